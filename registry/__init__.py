@@ -1,0 +1,3 @@
+"""Moorage: a self-hosted, OCI-compatible container registry."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,86 @@
+"""`moorage` command line: `moorage serve [--config FILE] [--host H] [--port P] [--workers N]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from registry import __version__
+from registry.settings import CONFIG_ENV, ConfigError, load_settings
+
+EXIT_CONFIG_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moorage", description="Moorage: a self-hosted OCI container registry.")
+    parser.add_argument("--version", action="version", version=f"moorage {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the registry server",
+        description="Run the registry. Settings come from the config file and "
+        "MOORAGE_<SECTION>__<KEY> environment variables; flags win over both.",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"YAML config file (default: ${CONFIG_ENV}, else config/moorage.yml if present)",
+    )
+    serve.add_argument("--host", help="address to listen on (http.host, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (http.port, default 5000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    # Workers are separate processes that load the settings themselves: hand them the same sources.
+    if args.config:
+        os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+    if args.host:
+        os.environ["MOORAGE_HTTP__HOST"] = args.host
+    if args.port is not None:
+        os.environ["MOORAGE_HTTP__PORT"] = str(args.port)
+    if args.workers < 1:
+        print("moorage: --workers must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        print(f"moorage: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    root = settings.storage.filesystem.root
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        print(f"moorage: config error: storage.filesystem.root: cannot create {root}: {e.strerror}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+    import uvicorn
+
+    uvicorn.run(
+        "registry.app:create_app",
+        factory=True,
+        host=settings.http.host,
+        port=settings.http.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log.level,
+        access_log=settings.http.access_log,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return EXIT_CONFIG_ERROR  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

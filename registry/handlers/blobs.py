@@ -1,0 +1,84 @@
+"""end-2 (GET/HEAD blob, with Range) and end-10 (DELETE blob)."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+
+from registry.errors import ErrorCode, RegistryError
+from registry.handlers.common import path_digest, registry_of, repository_name, require_delete_enabled
+
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """One satisfiable byte range (start, end inclusive); None to send the whole blob. RFC 9110 14.2."""
+    if not header:
+        return None
+    match = _RANGE_RE.match(header.strip().replace(" ", ""))
+    if not match or match.group(1) == match.group(2) == "":
+        return None  # multiple or malformed ranges: ignoring Range is always allowed
+    first, last = match.groups()
+    if first == "":
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise unsatisfiable(size)
+        return max(size - suffix, 0), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if end < start:
+        return None
+    if start >= size:
+        raise unsatisfiable(size)
+    return start, min(end, size - 1)
+
+
+def unsatisfiable(size: int) -> RegistryError:
+    return RegistryError(
+        ErrorCode.RANGE_INVALID,
+        detail={"size": size},
+        message="requested range not satisfiable",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+
+
+async def get_blob(request: Request) -> Response:
+    name = repository_name(request)
+    digest = path_digest(request)
+    registry = registry_of(request)
+    info = await registry.blobs.stat(name, digest)
+    headers = {
+        "Docker-Content-Digest": str(digest),
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{digest}"',
+        "Cache-Control": "max-age=31536000",
+    }
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(info.size)
+        return Response(status_code=200, headers=headers, media_type="application/octet-stream")
+    url = await registry.blobs.redirect_url(digest)
+    if url is not None:
+        return RedirectResponse(url, status_code=307, headers={"Docker-Content-Digest": str(digest)})
+    byte_range = parse_range(request.headers.get("range"), info.size)
+    if byte_range is None:
+        headers["Content-Length"] = str(info.size)
+        return StreamingResponse(registry.blobs.read(digest), headers=headers, media_type="application/octet-stream")
+    start, end = byte_range
+    headers["Content-Length"] = str(end - start + 1)
+    headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+    return StreamingResponse(
+        registry.blobs.read(digest, start, end - start + 1),
+        status_code=206,
+        headers=headers,
+        media_type="application/octet-stream",
+    )
+
+
+async def delete_blob(request: Request) -> Response:
+    name = repository_name(request)
+    digest = path_digest(request)
+    require_delete_enabled(request)
+    await registry_of(request).blobs.unlink(name, digest)
+    return Response(status_code=202, headers={"Docker-Content-Digest": str(digest), "Content-Length": "0"})

@@ -1,0 +1,134 @@
+"""What every handler needs: the registry from app state, validated path parts, pagination, errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from registry.digests import Digest
+from registry.errors import ErrorCode, RegistryError
+from registry.names import validate_name
+from registry.store.registry import Registry
+from registry.store.upload_state import UploadStateSigner
+from storage_backends import StorageUnavailable
+
+logger = logging.getLogger("moorage")
+API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
+JSON_TYPE = "application/json; charset=utf-8"
+MAX_PAGE_SIZE = 10_000
+
+
+def registry_of(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def signer_of(request: Request) -> UploadStateSigner:
+    signer: UploadStateSigner = request.app.state.upload_signer
+    return signer
+
+
+def repository_name(request: Request) -> str:
+    return validate_name(request.path_params["name"])
+
+
+def path_digest(request: Request, key: str = "digest") -> Digest:
+    return Digest.parse(request.path_params[key])
+
+
+def require_delete_enabled(request: Request) -> None:
+    if not registry_of(request).delete_enabled:
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED,
+            detail="deletes are disabled on this registry (storage.delete)",
+            message="the operation is unsupported",
+        )
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None, media_type: str = JSON_TYPE
+) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status, headers=headers, media_type=media_type)
+
+
+def parse_page_size(request: Request) -> int | None:
+    raw = request.query_params.get("n")
+    if raw is None or raw == "":
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, detail={"n": raw})
+    return min(n, MAX_PAGE_SIZE)
+
+
+def paginate(items: list[str], request: Request, path: str) -> tuple[list[str], dict[str, str]]:
+    """Apply `n` and `last` (exclusive) to sorted items; a Link header when more follow."""
+    n = parse_page_size(request)
+    last = request.query_params.get("last")
+    if last:
+        items = [item for item in items if item > last]
+    if n is None:
+        return items, {}
+    page = items[:n]
+    headers = {}
+    if n and len(items) > n:
+        query = urlencode({"n": n, "last": page[-1]})
+        headers["Link"] = f'<{quote(path)}?{query}>; rel="next"'
+    return page, headers
+
+
+def error_response(request: Request, error: RegistryError) -> Response:
+    headers = dict(error.headers)
+    if request.method == "HEAD":
+        return Response(status_code=error.status, headers=headers)
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+async def registry_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RegistryError)
+    return error_response(request, exc)
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        error = RegistryError(
+            ErrorCode.UNSUPPORTED,
+            detail={"method": request.method, "path": request.url.path},
+            message="method not allowed on this endpoint",
+        )
+    elif exc.status_code == 404:
+        error = RegistryError(ErrorCode.NOT_FOUND, detail={"path": request.url.path})
+    else:
+        error = RegistryError(ErrorCode.UNKNOWN, detail=exc.detail, status=exc.status_code)
+    return error_response(request, error)
+
+
+async def storage_unavailable_handler(request: Request, exc: Exception) -> Response:
+    logger.warning("storage unavailable: %s", exc)
+    return error_response(
+        request,
+        RegistryError(ErrorCode.UNAVAILABLE, detail="the storage backend is unavailable", headers={"Retry-After": "5"}),
+    )
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(request, RegistryError(ErrorCode.UNKNOWN, detail="internal error; see the server log"))
+
+
+EXCEPTION_HANDLERS = {
+    RegistryError: registry_error_handler,
+    HTTPException: http_exception_handler,
+    StorageUnavailable: storage_unavailable_handler,
+    Exception: unexpected_error_handler,
+}

@@ -1,0 +1,119 @@
+"""Typed configuration. Sources, lowest first: defaults, a YAML file, `MOORAGE_<SECTION>__<KEY>` variables.
+
+The YAML file is `--config FILE`, else `$MOORAGE_CONFIG`, else `config/moorage.yml` when it exists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_FILE = Path("config/moorage.yml")
+CONFIG_ENV = "MOORAGE_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for one line of output."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HttpSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=5000, ge=0, le=65535)
+    secret: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Signs upload-session state; every worker and replica must share it. Random if unset.",
+    )
+    access_log: bool = True
+
+
+class FilesystemSettings(Section):
+    root: Path = Path("./data")
+    fsync: bool = True
+
+
+class StorageSettings(Section):
+    backend: Literal["filesystem"] = "filesystem"
+    filesystem: FilesystemSettings = FilesystemSettings()
+    delete: bool = True
+    manifest_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+
+class LogSettings(Section):
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOORAGE_", env_nested_delimiter="__", extra="forbid")
+
+    http: HttpSettings = HttpSettings()
+    storage: StorageSettings = StorageSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs (see load_settings); the environment overrides it.
+        return env_settings, init_settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+    return data
+
+
+def config_file_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    problem = first["msg"]
+    if first["type"] == "extra_forbidden":
+        problem = "unknown key"
+    elif "input" in first and not isinstance(first["input"], dict):
+        problem = f"{problem} (got {first['input']!r})"
+    more = len(error.errors()) - 1
+    return f"{key}: {problem}" + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None) -> Settings:
+    """Build the settings, or raise ConfigError naming the key and the problem."""
+    path = config_file_path(config_file)
+    data = _read_yaml(path) if path else {}
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        where = f" (config file {path} and MOORAGE_* environment)" if path else " (MOORAGE_* environment)"
+        raise ConfigError(_describe(e) + where) from None

@@ -1,0 +1,206 @@
+"""Manifests: stored byte-exact as blobs, made visible by revision links, named by tags."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from registry import media_types, paths
+from registry.digests import DEFAULT_ALGORITHM, Digest
+from registry.errors import ErrorCode, RegistryError
+from registry.names import validate_tag
+from registry.store.blobs import BlobStore
+from registry.store.manifest_format import Descriptor, ParsedManifest, parse_manifest
+from registry.store.referrers import ReferrerStore
+from registry.store.tags import TagStore, manifest_unknown
+from storage_backends import PathNotFound, StorageBackend
+
+CACHE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: Digest
+    media_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    manifest: StoredManifest
+    parsed: ParsedManifest
+    tags: tuple[str, ...]
+
+
+class _ManifestCache:
+    """Manifests by digest. Content under a digest never changes, so entries never go stale."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: OrderedDict[Digest, StoredManifest] = OrderedDict()
+
+    def get(self, digest: Digest) -> StoredManifest | None:
+        entry = self._entries.get(digest)
+        if entry is not None:
+            self._entries.move_to_end(digest)
+        return entry
+
+    def put(self, manifest: StoredManifest) -> None:
+        if manifest.digest in self._entries or len(manifest.data) > self._max_bytes // 8:
+            return
+        self._entries[manifest.digest] = manifest
+        self._bytes += len(manifest.data)
+        while self._bytes > self._max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= len(evicted.data)
+
+
+def _media_type_of_stored(data: bytes) -> str | None:
+    """The media type a stored manifest declares, or what its shape says; lenient (it was accepted once)."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    declared = body.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    if body.get("schemaVersion") == 1:
+        return media_types.DOCKER_SCHEMA1_SIGNED if "signatures" in body else media_types.DOCKER_SCHEMA1
+    return media_types.OCI_INDEX if "manifests" in body else None
+
+
+class ManifestStore:
+    def __init__(
+        self,
+        backend: StorageBackend,
+        blobs: BlobStore,
+        tags: TagStore,
+        referrers: ReferrerStore,
+        max_bytes: int,
+    ) -> None:
+        self.backend = backend
+        self.blobs = blobs
+        self.tags = tags
+        self.referrers = referrers
+        self.max_bytes = max_bytes
+        self._cache = _ManifestCache()
+
+    async def resolve(self, name: str, reference: str) -> Digest:
+        """The digest a reference names in `name`; MANIFEST_UNKNOWN when there is none."""
+        if Digest.is_digest(reference):
+            digest = Digest.parse(reference)
+            if not await self.backend.exists(paths.manifest_revision_link(name, digest)):
+                raise manifest_unknown(name, reference)
+            return digest
+        validate_tag(reference)
+        return await self.tags.resolve(name, reference)
+
+    async def get(self, name: str, reference: str) -> StoredManifest:
+        digest = await self.resolve(name, reference)
+        try:
+            return await self.load(name, digest)
+        except PathNotFound:
+            raise manifest_unknown(name, reference) from None
+
+    async def load(self, name: str, digest: Digest) -> StoredManifest:
+        """The manifest content by digest, without a visibility check. Raises PathNotFound."""
+        cached = self._cache.get(digest)
+        if cached is not None:
+            return cached
+        data = await self.blobs.read_all(digest)
+        media_type = _media_type_of_stored(data)
+        if media_type is None:
+            try:
+                raw = await self.backend.get_content(paths.manifest_media_type(name, digest))
+                media_type = raw.decode().strip()
+            except PathNotFound:
+                media_type = media_types.OCI_MANIFEST
+        manifest = StoredManifest(digest, media_type, data)
+        self._cache.put(manifest)
+        return manifest
+
+    async def put(
+        self, name: str, reference: str, data: bytes, content_type: str, extra_tags: tuple[str, ...] = ()
+    ) -> PutResult:
+        if len(data) > self.max_bytes:
+            raise too_large(len(data), self.max_bytes)
+        tags = list(extra_tags)
+        if Digest.is_digest(reference):
+            expected = Digest.parse(reference)
+            digest = Digest.of(data, expected.algorithm)
+            if digest != expected:
+                raise RegistryError(
+                    ErrorCode.DIGEST_INVALID,
+                    detail={"expected": str(expected), "actual": str(digest)},
+                    message="manifest digest does not match the reference",
+                )
+        else:
+            tags.insert(0, validate_tag(reference))
+            digest = Digest.of(data, DEFAULT_ALGORITHM)
+        for tag in tags:
+            validate_tag(tag)
+        parsed = parse_manifest(data, content_type)
+        await self._check_references(name, parsed)
+
+        await self.blobs.put_small(digest, data)
+        if not parsed.has_media_type_field:
+            await self.backend.put_content(paths.manifest_media_type(name, digest), parsed.media_type.encode())
+        await self.backend.put_content(paths.manifest_revision_link(name, digest), str(digest).encode())
+        if parsed.subject is not None:
+            await self.referrers.add(name, parsed.subject.digest, digest)
+        for tag in dict.fromkeys(tags):
+            await self.tags.set(name, tag, digest)
+        manifest = StoredManifest(digest, parsed.media_type, data)
+        self._cache.put(manifest)
+        return PutResult(manifest, parsed, tuple(dict.fromkeys(tags)))
+
+    async def _check_references(self, name: str, parsed: ParsedManifest) -> None:
+        """Every blob and child manifest must already be in the repository; a subject need not be."""
+        checks = [self._check_blob(name, d) for d in (parsed.config, *parsed.layers) if d is not None]
+        checks += [self._check_child(name, d) for d in parsed.children]
+        await asyncio.gather(*checks)
+
+    async def _check_blob(self, name: str, descriptor: Descriptor) -> None:
+        if descriptor.urls and media_types.is_foreign_layer(descriptor.media_type):
+            return
+        try:
+            await self.blobs.stat(name, descriptor.digest)
+        except RegistryError:
+            raise RegistryError(ErrorCode.MANIFEST_BLOB_UNKNOWN, detail={"digest": str(descriptor.digest)}) from None
+
+    async def _check_child(self, name: str, descriptor: Descriptor) -> None:
+        if not await self.backend.exists(paths.manifest_revision_link(name, descriptor.digest)):
+            raise RegistryError(
+                ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                detail={"digest": str(descriptor.digest)},
+                message="manifest references a child manifest unknown to the repository",
+            )
+
+    async def delete(self, name: str, reference: str) -> None:
+        """By tag: untag. By digest: remove the revision and every tag pointing at it."""
+        if not Digest.is_digest(reference):
+            await self.tags.delete(name, validate_tag(reference))
+            return
+        digest = await self.resolve(name, reference)
+        for tag in await self.tags.tags_of(name, digest):
+            await self.backend.delete(paths.tag_dir(name, tag))
+        try:
+            parsed = parse_manifest((await self.load(name, digest)).data)
+        except (PathNotFound, RegistryError):
+            parsed = None
+        if parsed is not None and parsed.subject is not None:
+            await self.referrers.remove(name, parsed.subject.digest, digest)
+        await self.backend.delete(paths.manifest_revision_dir(name, digest))
+
+
+def too_large(size: int, limit: int) -> RegistryError:
+    return RegistryError(
+        ErrorCode.MANIFEST_TOO_LARGE,
+        detail={"size": size, "limit": limit},
+        message=f"manifest is larger than the {limit}-byte limit",
+    )

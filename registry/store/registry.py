@@ -1,0 +1,38 @@
+"""The registry's semantic layer in one object: what handlers call."""
+
+from __future__ import annotations
+
+from registry.settings import Settings
+from registry.store.blobs import BlobStore
+from registry.store.manifests import ManifestStore
+from registry.store.referrers import ReferrerStore
+from registry.store.repositories import RepositoryStore
+from registry.store.tags import TagStore
+from registry.store.uploads import UploadStore
+from storage_backends import StorageBackend, create_backend
+
+
+class Registry:
+    def __init__(
+        self, backend: StorageBackend, *, delete_enabled: bool = True, manifest_max_bytes: int = 4 * 1024 * 1024
+    ) -> None:
+        self.backend = backend
+        self.delete_enabled = delete_enabled
+        self.blobs = BlobStore(backend)
+        self.uploads = UploadStore(backend, self.blobs)
+        self.tags = TagStore(backend)
+        self.referrers = ReferrerStore(backend)
+        self.manifests = ManifestStore(backend, self.blobs, self.tags, self.referrers, manifest_max_bytes)
+        self.repositories = RepositoryStore(backend)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        storage = settings.storage
+        if storage.backend == "filesystem":
+            backend = create_backend("filesystem", storage.filesystem.model_dump())
+        else:  # pragma: no cover - Settings admits only known backends
+            raise ValueError(storage.backend)
+        return cls(backend, delete_enabled=storage.delete, manifest_max_bytes=storage.manifest_max_bytes)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()

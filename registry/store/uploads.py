@@ -1,0 +1,254 @@
+"""Resumable upload sessions that any worker process or replica can continue.
+
+A session lives only in storage: `_uploads/<id>/startedat` plus one object per received chunk, named by its
+byte offset and created exclusively, so a replayed or racing chunk loses (416) instead of corrupting the
+upload. The running hash of the common case (one process sees the whole upload) is kept in memory; a
+process without it re-reads the chunks at commit. Commit verifies the digest before the blob becomes
+visible, then links it into the repository and deletes the session.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+
+from registry import paths
+from registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
+from registry.errors import ErrorCode, RegistryError
+from registry.store.blobs import BlobInfo, BlobStore
+from registry.store.streaming import copy_stream, hash_into
+from storage_backends import PathNotFound, StorageBackend
+
+_UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+HASHER_CACHE_SIZE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStatus:
+    name: str
+    upload_id: str
+    offset: int
+    started_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    offset: int
+    size: int
+    path: str
+
+
+def upload_unknown(upload_id: str) -> RegistryError:
+    return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id})
+
+
+def range_header(offset: int) -> str:
+    # Distribution's convention: an empty upload reports "0-0".
+    return f"0-{max(offset - 1, 0)}"
+
+
+def out_of_order(upload_id: str, offset: int, requested: int | None) -> RegistryError:
+    return RegistryError(
+        ErrorCode.RANGE_INVALID,
+        detail={"uuid": upload_id, "expected_offset": offset, "requested_offset": requested},
+        message="chunk out of order: the upload continues at the offset in the Range header",
+        headers={"Range": range_header(offset)},
+    )
+
+
+class _HasherCache:
+    """upload id -> (offset the hash covers, algorithm, hasher); bounded, least recently used goes first."""
+
+    def __init__(self, size: int = HASHER_CACHE_SIZE) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, tuple[int, str, Hasher]] = OrderedDict()
+
+    def take(self, upload_id: str, offset: int) -> tuple[str, Hasher] | None:
+        entry = self._entries.get(upload_id)
+        if entry is None or entry[0] != offset:
+            return None
+        return entry[1], entry[2].copy()
+
+    def latest(self, upload_id: str) -> tuple[int, str, Hasher] | None:
+        entry = self._entries.get(upload_id)
+        return None if entry is None else (entry[0], entry[1], entry[2].copy())
+
+    def put(self, upload_id: str, offset: int, algorithm: str, hasher: Hasher) -> None:
+        self._entries[upload_id] = (offset, algorithm, hasher)
+        self._entries.move_to_end(upload_id)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def drop(self, upload_id: str) -> None:
+        self._entries.pop(upload_id, None)
+
+
+class UploadStore:
+    def __init__(self, backend: StorageBackend, blobs: BlobStore) -> None:
+        self.backend = backend
+        self.blobs = blobs
+        self._hashers = _HasherCache()
+
+    async def start(self, name: str, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
+        new_hasher(algorithm)  # rejects unsupported algorithms before anything is stored
+        upload_id = str(uuid.uuid4())
+        started_at = dt.datetime.now(dt.UTC)
+        await self.backend.put_content(paths.upload_started_at(name, upload_id), started_at.isoformat().encode())
+        self._hashers.put(upload_id, 0, algorithm, new_hasher(algorithm))
+        return UploadStatus(name, upload_id, 0, started_at)
+
+    async def status(self, name: str, upload_id: str) -> UploadStatus:
+        started_at = await self._started_at(name, upload_id)
+        chunks = await self._chunks(name, upload_id)
+        offset = chunks[-1].offset + chunks[-1].size if chunks else 0
+        return UploadStatus(name, upload_id, offset, started_at)
+
+    async def _started_at(self, name: str, upload_id: str) -> dt.datetime:
+        if not _UPLOAD_ID_RE.match(upload_id):
+            raise upload_unknown(upload_id)
+        try:
+            raw = await self.backend.get_content(paths.upload_started_at(name, upload_id))
+        except PathNotFound:
+            raise upload_unknown(upload_id) from None
+        try:
+            return dt.datetime.fromisoformat(raw.decode().strip())
+        except ValueError:
+            return dt.datetime.fromtimestamp(0, dt.UTC)
+
+    async def _chunks(self, name: str, upload_id: str) -> list[Chunk]:
+        try:
+            entries = await self.backend.list(paths.upload_chunks_dir(name, upload_id))
+        except PathNotFound:
+            return []
+        chunks = [Chunk(paths.parse_chunk_offset(e.path), e.size, e.path) for e in entries if not e.is_dir]
+        expected = 0
+        for chunk in chunks:
+            if chunk.offset != expected:
+                raise RegistryError(
+                    ErrorCode.BLOB_UPLOAD_INVALID,
+                    detail={"uuid": upload_id},
+                    message="upload chunks are not contiguous; restart the upload",
+                )
+            expected += chunk.size
+        return chunks
+
+    async def append(
+        self,
+        name: str,
+        upload_id: str,
+        body: AsyncIterable[bytes],
+        start: int | None = None,
+        length: int | None = None,
+        algorithm: str = DEFAULT_ALGORITHM,
+    ) -> UploadStatus:
+        """Store `body` as the next chunk. `start` (from Content-Range) must equal the current offset."""
+        status = await self.status(name, upload_id)
+        offset = status.offset
+        if start is not None and start != offset:
+            raise out_of_order(upload_id, offset, start)
+        cached = self._hashers.take(upload_id, offset)
+        if cached is None and offset == 0:
+            cached = (algorithm, new_hasher(algorithm))
+        writer = await self.backend.writer(paths.upload_chunk(name, upload_id, offset), exclusive=True)
+        async with writer:
+            size = await copy_stream(body, writer, cached[1] if cached else None)
+            if length is not None and size != length:
+                raise RegistryError(ErrorCode.SIZE_INVALID, detail={"expected": length, "received": size})
+            if size == 0:
+                return status
+            if not await writer.commit():
+                # Another request stored a chunk at this offset first.
+                self._hashers.drop(upload_id)
+                current = await self.status(name, upload_id)
+                raise out_of_order(upload_id, current.offset, offset)
+        if cached:
+            self._hashers.put(upload_id, offset + size, cached[0], cached[1])
+        return UploadStatus(name, upload_id, offset + size, status.started_at)
+
+    async def complete(self, name: str, upload_id: str, digest: Digest) -> BlobInfo:
+        """Verify the received bytes against `digest`, publish the blob and link it into `name`."""
+        await self._started_at(name, upload_id)
+        chunks = await self._chunks(name, upload_id)
+        total = sum(c.size for c in chunks)
+        try:
+            await self._publish(name, upload_id, digest, chunks, total)
+        except PathNotFound:
+            # A concurrent completion of the same session took the chunks first.
+            raise upload_unknown(upload_id) from None
+        except RegistryError:
+            await self.cancel(name, upload_id)
+            raise
+        await self.blobs.link(name, digest)
+        await self.cancel(name, upload_id)
+        return BlobInfo(digest, total)
+
+    async def _publish(self, name: str, upload_id: str, digest: Digest, chunks: list[Chunk], total: int) -> None:
+        data_path = paths.blob_data(digest)
+        hasher = await self._hash_state(upload_id, digest.algorithm, chunks)
+        if hasher is not None:
+            self._verify(digest, hasher, total)
+            if not chunks:
+                await self.backend.put_content(data_path, b"", exclusive=True)
+            elif len(chunks) == 1:
+                # The common case: one PATCH (or monolithic PUT). The chunk becomes the blob without a copy.
+                if not await self.backend.move(chunks[0].path, data_path, exclusive=True):
+                    return  # the blob already existed: a dedup hit, ours is dropped with the session
+            elif await self.blobs.stat_global(digest) is None:
+                async with await self.backend.writer(data_path, exclusive=True) as writer:
+                    await copy_stream(self._read_chunks(chunks), writer, None)
+                    await writer.commit()
+            return
+        # No running hash in this process: hash while concatenating, publish only if it matches.
+        hasher = new_hasher(digest.algorithm)
+        if len(chunks) == 1:
+            async for data in self.backend.reader(chunks[0].path):
+                await hash_into(hasher, data)
+            self._verify(digest, hasher, total)
+            await self.backend.move(chunks[0].path, data_path, exclusive=True)
+            return
+        async with await self.backend.writer(data_path, exclusive=True) as writer:
+            await copy_stream(self._read_chunks(chunks), writer, hasher)
+            self._verify(digest, hasher, total)
+            await writer.commit()
+
+    async def _hash_state(self, upload_id: str, algorithm: str, chunks: list[Chunk]) -> Hasher | None:
+        """The hash of all chunks from the in-memory state, reading only chunks it has not seen."""
+        latest = self._hashers.latest(upload_id)
+        if latest is None or latest[1] != algorithm:
+            return None
+        covered, _, hasher = latest
+        boundaries = {c.offset: i for i, c in enumerate(chunks)}
+        total = sum(c.size for c in chunks)
+        if covered == total:
+            return hasher
+        if covered not in boundaries:
+            return None
+        async for data in self._read_chunks(chunks[boundaries[covered] :]):
+            await hash_into(hasher, data)
+        return hasher
+
+    async def _read_chunks(self, chunks: list[Chunk]) -> AsyncIterable[bytes]:
+        for chunk in chunks:
+            async for data in self.backend.reader(chunk.path):
+                yield data
+
+    @staticmethod
+    def _verify(digest: Digest, hasher: Hasher, total: int) -> None:
+        actual = hasher.hexdigest()
+        if actual != digest.hex:
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID,
+                detail={"expected": str(digest), "actual": f"{digest.algorithm}:{actual}", "size": total},
+            )
+
+    async def cancel(self, name: str, upload_id: str) -> None:
+        self._hashers.drop(upload_id)
+        await self.backend.delete(paths.upload_dir(name, upload_id))
+
+    async def delete(self, name: str, upload_id: str) -> None:
+        await self._started_at(name, upload_id)
+        await self.cancel(name, upload_id)

@@ -1,0 +1,34 @@
+"""Storage backends: one implementation per module, chosen by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storage_backends.base import (
+    FileInfo,
+    InvalidPath,
+    PathNotFound,
+    StorageBackend,
+    StorageError,
+    StorageUnavailable,
+    Writer,
+)
+
+__all__ = [
+    "FileInfo",
+    "InvalidPath",
+    "PathNotFound",
+    "StorageBackend",
+    "StorageError",
+    "StorageUnavailable",
+    "Writer",
+    "create_backend",
+]
+
+
+def create_backend(kind: str, options: dict[str, Any]) -> StorageBackend:
+    if kind == "filesystem":
+        from storage_backends.filesystem import FilesystemBackend
+
+        return FilesystemBackend(**options)
+    raise ValueError(f"unknown storage backend: {kind!r}")

@@ -1,0 +1,145 @@
+"""The storage backend interface: a small async key/value store with streaming.
+
+Paths are '/'-separated keys relative to the backend's root ("docker/registry/v2/blobs/...").
+The backend knows nothing about registries, digests or HTTP; `registry/paths.py` builds the keys.
+
+Exceptions::
+
+    StorageError
+     ├── PathNotFound        the key (or prefix) does not exist
+     ├── InvalidPath         the key is not a clean relative path
+     └── StorageUnavailable  the store cannot be reached or keeps failing
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+
+
+class StorageError(Exception):
+    """Base class of every storage backend error."""
+
+
+class PathNotFound(StorageError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"path not found: {path}")
+        self.path = path
+
+
+class InvalidPath(StorageError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"invalid storage path: {path!r}")
+        self.path = path
+
+
+class StorageUnavailable(StorageError):
+    """The store failed in a way a retry later may fix (down, throttling, timeouts)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    path: str
+    size: int
+    modified: dt.datetime
+    is_dir: bool = False
+
+
+def check_path(path: str) -> str:
+    """Reject keys that could escape the root or that no backend can represent."""
+    if not path or path.startswith("/") or path.endswith("/") or "\\" in path or "\x00" in path:
+        raise InvalidPath(path)
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise InvalidPath(path)
+    return path
+
+
+class Writer(abc.ABC):
+    """Streams content to one key. Nothing is visible at the key until `commit` succeeds."""
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Bytes written so far."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def commit(self) -> bool:
+        """Make the content visible. False when the writer is exclusive and the key already existed."""
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Discard everything written; idempotent, and harmless after commit."""
+
+    async def __aenter__(self) -> Writer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.cancel()
+
+
+class StorageBackend(abc.ABC):
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    async def get_content(self, path: str) -> bytes:
+        """The whole content of a small object. Raises PathNotFound."""
+
+    @abc.abstractmethod
+    async def put_content(self, path: str, data: bytes, exclusive: bool = False) -> bool:
+        """Atomically store `data`. With `exclusive`, only if absent: returns False when it existed."""
+
+    @abc.abstractmethod
+    def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream `length` bytes (default: to the end) from `offset`. Raises PathNotFound on first iteration."""
+
+    @abc.abstractmethod
+    async def writer(self, path: str, exclusive: bool = False) -> Writer: ...
+
+    @abc.abstractmethod
+    async def stat(self, path: str) -> FileInfo:
+        """Size and modification time of an object, or a directory-like prefix. Raises PathNotFound."""
+
+    @abc.abstractmethod
+    async def list(self, path: str) -> list[FileInfo]:
+        """Immediate children of a prefix, sorted by path. Raises PathNotFound if the prefix is empty."""
+
+    @abc.abstractmethod
+    def walk(self, path: str, start_after: str | None = None) -> AsyncIterator[FileInfo]:
+        """Every object (not directory) under a prefix, in lexical path order, strictly after `start_after`."""
+
+    @abc.abstractmethod
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        """Copy an object. With `exclusive`, returns False (and copies nothing) when `dst` existed."""
+
+    @abc.abstractmethod
+    async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        """Move an object. With `exclusive` and an existing `dst`, leaves `src` in place and returns False."""
+
+    @abc.abstractmethod
+    async def delete(self, path: str) -> None:
+        """Delete an object or everything under a prefix. Deleting what is absent is not an error."""
+
+    async def touch(self, path: str) -> None:
+        """Refresh the modification time of an object (GC grace periods read it). Raises PathNotFound."""
+        await self.stat(path)
+
+    async def redirect_url(self, path: str, method: str = "GET") -> str | None:
+        """A URL the client can fetch the object from directly, or None to serve it ourselves."""
+        return None
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release connections and threads."""
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.stat(path)
+        except PathNotFound:
+            return False
+        return True

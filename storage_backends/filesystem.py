@@ -1,0 +1,295 @@
+"""Filesystem storage: keys are files under a root directory.
+
+Writes go to a temporary file under `<root>/.moorage-tmp/` and become visible with one atomic
+`rename` (or `link`, when the write must not replace an existing file), so a reader never sees
+half-written content and a crash leaves only temporary files behind. Recursive deletes are a
+rename into the same directory followed by a removal, so they are atomic too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import datetime as dt
+import errno
+import os
+import shutil
+import stat as stat_module
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+import aiofiles
+import aiofiles.os
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
+
+from storage_backends.base import (
+    DEFAULT_CHUNK_SIZE,
+    FileInfo,
+    PathNotFound,
+    StorageBackend,
+    StorageError,
+    Writer,
+    check_path,
+)
+
+T = TypeVar("T")
+TMP_DIR = ".moorage-tmp"
+
+
+def _info(path: str, st: os.stat_result) -> FileInfo:
+    is_dir = stat_module.S_ISDIR(st.st_mode)
+    modified = dt.datetime.fromtimestamp(st.st_mtime, tz=dt.UTC)
+    return FileInfo(path=path, size=0 if is_dir else st.st_size, modified=modified, is_dir=is_dir)
+
+
+class FilesystemWriter(Writer):
+    def __init__(
+        self, backend: FilesystemBackend, path: str, exclusive: bool, file: AsyncBufferedIOBase, tmp_path: str
+    ) -> None:
+        self._backend = backend
+        self._path = path
+        self._exclusive = exclusive
+        self._file = file
+        self._tmp_path = tmp_path
+        self._size = 0
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def write(self, data: bytes) -> None:
+        if self._done:
+            raise StorageError(f"write after commit or cancel: {self._path}")
+        await self._file.write(data)
+        self._size += len(data)
+
+    async def commit(self) -> bool:
+        if self._done:
+            raise StorageError(f"commit after commit or cancel: {self._path}")
+        self._done = True
+        try:
+            await self._file.flush()
+            if self._backend.fsync:
+                await aiofiles.os.wrap(os.fsync)(self._file.fileno())
+        finally:
+            await self._file.close()
+        return await self._backend._publish(self._tmp_path, self._path, self._exclusive)
+
+    async def cancel(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        await self._file.close()
+        await self._backend._run(_unlink_quietly, self._tmp_path)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class FilesystemBackend(StorageBackend):
+    name = "filesystem"
+
+    def __init__(self, root: str | os.PathLike[str], fsync: bool = True) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.fsync = fsync
+        self._tmp_root = os.path.join(self.root, TMP_DIR)
+        os.makedirs(self._tmp_root, exist_ok=True)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    def _full(self, path: str) -> str:
+        return os.path.join(self.root, check_path(path))
+
+    def _new_tmp(self) -> str:
+        return os.path.join(self._tmp_root, uuid.uuid4().hex)
+
+    # -- small objects ---------------------------------------------------------------------------
+
+    async def get_content(self, path: str) -> bytes:
+        return await self._run(self._get_content_sync, path)
+
+    def _get_content_sync(self, path: str) -> bytes:
+        try:
+            with open(self._full(path), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise PathNotFound(path) from None
+
+    async def put_content(self, path: str, data: bytes, exclusive: bool = False) -> bool:
+        return await self._run(self._put_content_sync, path, data, exclusive)
+
+    def _put_content_sync(self, path: str, data: bytes, exclusive: bool) -> bool:
+        full = self._full(path)
+        if exclusive and os.path.lexists(full):
+            return False
+        tmp = self._new_tmp()
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if self.fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        return self._publish_sync(tmp, path, exclusive)
+
+    # -- streaming ---------------------------------------------------------------------------------
+
+    async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        try:
+            f = await aiofiles.open(self._full(path), "rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise PathNotFound(path) from None
+        try:
+            if offset:
+                await f.seek(offset)
+            remaining = length
+            while remaining is None or remaining > 0:
+                size = DEFAULT_CHUNK_SIZE if remaining is None else min(DEFAULT_CHUNK_SIZE, remaining)
+                chunk = await f.read(size)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            await f.close()
+
+    async def writer(self, path: str, exclusive: bool = False) -> Writer:
+        check_path(path)
+        tmp = self._new_tmp()
+        file = await aiofiles.open(tmp, "wb")
+        return FilesystemWriter(self, path, exclusive, file, tmp)
+
+    async def _publish(self, tmp: str, path: str, exclusive: bool) -> bool:
+        return await self._run(self._publish_sync, tmp, path, exclusive)
+
+    def _publish_sync(self, tmp: str, path: str, exclusive: bool) -> bool:
+        full = self._full(path)
+        try:
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            if not exclusive:
+                os.replace(tmp, full)
+                return True
+            try:
+                os.link(tmp, full)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            _unlink_quietly(tmp)
+
+    # -- metadata ----------------------------------------------------------------------------------
+
+    async def stat(self, path: str) -> FileInfo:
+        try:
+            st = await aiofiles.os.stat(self._full(path))
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+        return _info(path, st)
+
+    async def touch(self, path: str) -> None:
+        try:
+            await self._run(os.utime, self._full(path))
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+
+    async def list(self, path: str) -> list[FileInfo]:
+        return await self._run(self._list_sync, path)
+
+    def _list_sync(self, path: str) -> builtins.list[FileInfo]:
+        full = self._full(path)
+        try:
+            with os.scandir(full) as it:
+                entries = [FileInfo(f"{path}/{e.name}", *self._entry_fields(e)) for e in it]
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+        if not entries:
+            raise PathNotFound(path)
+        entries.sort(key=lambda e: e.path)
+        return entries
+
+    @staticmethod
+    def _entry_fields(entry: os.DirEntry[str]) -> tuple[int, dt.datetime, bool]:
+        st = entry.stat(follow_symlinks=True)
+        info = _info(entry.name, st)
+        return info.size, info.modified, info.is_dir
+
+    async def walk(self, path: str, start_after: str | None = None) -> AsyncIterator[FileInfo]:
+        try:
+            children = await self.list(path)
+        except PathNotFound:
+            return
+        # Lexical order of full keys: a directory sorts as "name/" so "a-b" comes before "a/x".
+        children.sort(key=lambda e: e.path + "/" if e.is_dir else e.path)
+        for child in children:
+            if start_after is not None:
+                bound = child.path + "/" if child.is_dir else child.path
+                if child.is_dir and not start_after.startswith(bound) and bound <= start_after:
+                    continue
+                if not child.is_dir and child.path <= start_after:
+                    continue
+            if child.is_dir:
+                async for info in self.walk(child.path, start_after):
+                    yield info
+            else:
+                yield child
+
+    # -- whole-object operations ------------------------------------------------------------------
+
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        return await self._run(self._copy_sync, src, dst, exclusive)
+
+    def _copy_sync(self, src: str, dst: str, exclusive: bool) -> bool:
+        if exclusive and os.path.lexists(self._full(dst)):
+            return False
+        tmp = self._new_tmp()
+        try:
+            shutil.copyfile(self._full(src), tmp)
+        except (FileNotFoundError, NotADirectoryError):
+            _unlink_quietly(tmp)
+            raise PathNotFound(src) from None
+        return self._publish_sync(tmp, dst, exclusive)
+
+    async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        return await self._run(self._move_sync, src, dst, exclusive)
+
+    def _move_sync(self, src: str, dst: str, exclusive: bool) -> bool:
+        full_src, full_dst = self._full(src), self._full(dst)
+        if not os.path.isfile(full_src):
+            raise PathNotFound(src)
+        os.makedirs(os.path.dirname(full_dst), exist_ok=True)
+        if not exclusive:
+            os.replace(full_src, full_dst)
+            return True
+        try:
+            os.link(full_src, full_dst)
+        except FileExistsError:
+            return False
+        os.unlink(full_src)
+        return True
+
+    async def delete(self, path: str) -> None:
+        await self._run(self._delete_sync, path)
+
+    def _delete_sync(self, path: str) -> None:
+        full = self._full(path)
+        try:
+            os.unlink(full)
+            return
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except IsADirectoryError:
+            pass
+        except OSError as e:  # EPERM on some platforms for directories
+            if e.errno not in (errno.EPERM, errno.EISDIR):
+                raise
+        trash = self._new_tmp()
+        try:
+            os.rename(full, trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
