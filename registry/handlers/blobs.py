@@ -27,12 +27,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise unsatisfiable(size)
         return max(size - suffix, 0), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return None
     if start >= size:
         raise unsatisfiable(size)
-    return start, min(end, size - 1)
+    return start, min(int(last), size - 1) if last else size - 1
 
 
 def unsatisfiable(size: int) -> RegistryError:
