@@ -81,7 +81,7 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> No
 
 def test_bad_environment_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOORAGE_HTTP__PORT", "many")
-    with pytest.raises(ConfigError, match="http.port"):
+    with pytest.raises(ConfigError, match=r"http\.port"):
         load_settings()
 
 
@@ -90,8 +90,15 @@ def run_cli(*args: str, cwd: Path, env_extra: dict[str, str] | None = None) -> s
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "registry", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "registry", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -41,10 +41,10 @@ def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
     return {"mediaType": media_type, "digest": digest_of(data), "size": len(data), **extra}
 
 
-def image_manifest(config: bytes, layers: list[bytes], media_type: str = OCI_MANIFEST,
-                   **extra: Any) -> dict[str, Any]:
-    config_type, layer_type = (DOCKER_CONFIG, DOCKER_LAYER) if media_type == DOCKER_MANIFEST else (OCI_CONFIG,
-                                                                                                    OCI_LAYER)
+def image_manifest(config: bytes, layers: list[bytes], media_type: str = OCI_MANIFEST, **extra: Any) -> dict[str, Any]:
+    config_type, layer_type = (
+        (DOCKER_CONFIG, DOCKER_LAYER) if media_type == DOCKER_MANIFEST else (OCI_CONFIG, OCI_LAYER)
+    )
     return {
         "schemaVersion": 2,
         "mediaType": media_type,
@@ -59,7 +59,12 @@ def encode(manifest: dict[str, Any]) -> bytes:
 
 
 async def push_image(
-    client: httpx.AsyncClient, name: str, reference: str, *, seed: str = "x", media_type: str = OCI_MANIFEST,
+    client: httpx.AsyncClient,
+    name: str,
+    reference: str,
+    *,
+    seed: str = "x",
+    media_type: str = OCI_MANIFEST,
     **extra: Any,
 ) -> tuple[str, bytes]:
     """Push config, one layer and the manifest; returns (manifest digest, manifest bytes)."""
@@ -68,7 +73,6 @@ async def push_image(
     await push_blob(client, name, config)
     await push_blob(client, name, layer)
     body = encode(image_manifest(config, [layer], media_type, **extra))
-    response = await client.put(f"/v2/{name}/manifests/{reference}", content=body,
-                                headers={"Content-Type": media_type})
+    response = await client.put(f"/v2/{name}/manifests/{reference}", content=body, headers={"Content-Type": media_type})
     assert response.status_code == 201, response.text
     return digest_of(body), body

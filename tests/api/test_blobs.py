@@ -28,8 +28,13 @@ async def test_get_and_head_blob(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     ("range_header", "start", "end"),
-    [("bytes=0-99", 0, 99), ("bytes=100-", 100, len(DATA) - 1), ("bytes=-10", len(DATA) - 10, len(DATA) - 1),
-     ("bytes=10000-999999", 10000, len(DATA) - 1), ("bytes=5-5", 5, 5)],
+    [
+        ("bytes=0-99", 0, 99),
+        ("bytes=100-", 100, len(DATA) - 1),
+        ("bytes=-10", len(DATA) - 10, len(DATA) - 1),
+        ("bytes=10000-999999", 10000, len(DATA) - 1),
+        ("bytes=5-5", 5, 5),
+    ],
 )
 async def test_range_requests(client: httpx.AsyncClient, range_header: str, start: int, end: int) -> None:
     digest = await push_blob(client, "team/app", DATA)
@@ -87,11 +92,13 @@ async def test_blobs_are_stored_once_across_repositories(client: httpx.AsyncClie
 
 @pytest.mark.parametrize(
     ("path", "code"),
-    [("/v2/Team/App/blobs/sha256:" + "a" * 64, "NAME_INVALID"),
-     ("/v2/team/app/blobs/sha256:abc", "DIGEST_INVALID"),
-     ("/v2/team/app/blobs/md5:" + "a" * 32, "DIGEST_INVALID"),
-     ("/v2/team/app/blobs/sha256:" + "A" * 64, "DIGEST_INVALID"),
-     ("/v2/team/-app/blobs/sha256:" + "a" * 64, "NAME_INVALID")],
+    [
+        ("/v2/Team/App/blobs/sha256:" + "a" * 64, "NAME_INVALID"),
+        ("/v2/team/app/blobs/sha256:abc", "DIGEST_INVALID"),
+        ("/v2/team/app/blobs/md5:" + "a" * 32, "DIGEST_INVALID"),
+        ("/v2/team/app/blobs/sha256:" + "A" * 64, "DIGEST_INVALID"),
+        ("/v2/team/-app/blobs/sha256:" + "a" * 64, "NAME_INVALID"),
+    ],
 )
 async def test_bad_names_and_digests(client: httpx.AsyncClient, path: str, code: str) -> None:
     response = await client.get(path)

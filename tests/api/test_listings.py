@@ -11,8 +11,7 @@ TAGS = ["1.0", "1.1", "2.0", "latest", "A", "b_2"]
 async def push_tags(client: httpx.AsyncClient, name: str, tags: list[str]) -> None:
     _, body = await push_image(client, name, tags[0])
     for tag in tags[1:]:
-        response = await client.put(f"/v2/{name}/manifests/{tag}", content=body,
-                                    headers={"Content-Type": OCI_MANIFEST})
+        response = await client.put(f"/v2/{name}/manifests/{tag}", content=body, headers={"Content-Type": OCI_MANIFEST})
         assert response.status_code == 201
 
 

@@ -69,7 +69,7 @@ async def test_stored_byte_exact(client: httpx.AsyncClient) -> None:
 
 
 async def test_docker_schema2_manifest(client: httpx.AsyncClient) -> None:
-    digest, body = await push_image(client, "team/app", "docker", media_type=DOCKER_MANIFEST)
+    _digest, body = await push_image(client, "team/app", "docker", media_type=DOCKER_MANIFEST)
     response = await client.get("/v2/team/app/manifests/docker", headers={"Accept": DOCKER_MANIFEST})
     assert response.headers["Content-Type"] == DOCKER_MANIFEST
     assert response.content == body
@@ -99,10 +99,10 @@ async def test_index_with_children(client: httpx.AsyncClient, index_type: str, c
 
 
 async def test_index_with_unknown_child(client: httpx.AsyncClient) -> None:
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
-             "manifests": [descriptor(OCI_MANIFEST, b"not pushed")]}
-    response = await client.put("/v2/team/app/manifests/multi", content=encode(index),
-                                headers={"Content-Type": OCI_INDEX})
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor(OCI_MANIFEST, b"not pushed")]}
+    response = await client.put(
+        "/v2/team/app/manifests/multi", content=encode(index), headers={"Content-Type": OCI_INDEX}
+    )
     assert response.status_code == 400
     assert error_code(response) == "MANIFEST_BLOB_UNKNOWN"
 
@@ -132,20 +132,32 @@ async def test_foreign_layers_need_not_exist(client: httpx.AsyncClient) -> None:
     config = b"{}"
     await push_blob(client, "team/app", config)
     manifest = image_manifest(config, [], media_type=DOCKER_MANIFEST)
-    manifest["layers"] = [descriptor("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", b"windows",
-                                     urls=["https://example.invalid/layer"])]
-    response = await client.put("/v2/team/app/manifests/win", content=encode(manifest),
-                                headers={"Content-Type": DOCKER_MANIFEST})
+    manifest["layers"] = [
+        descriptor(
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            b"windows",
+            urls=["https://example.invalid/layer"],
+        )
+    ]
+    response = await client.put(
+        "/v2/team/app/manifests/win", content=encode(manifest), headers={"Content-Type": DOCKER_MANIFEST}
+    )
     assert response.status_code == 201, response.text
 
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", b"[1,2]", b'{"schemaVersion": 1}', b'{"schemaVersion": 2, "mediaType": "' + OCI_MANIFEST.encode()
-     + b'", "config": {"mediaType": "x", "digest": "sha256:12", "size": 1}, "layers": []}',
-     b'{"schemaVersion": 2, "mediaType": "' + OCI_MANIFEST.encode() + b'", "layers": []}',
-     b'{"schemaVersion": 2, "mediaType": "' + OCI_INDEX.encode() + b'"}',
-     b'{"schemaVersion": 2, "mediaType": "application/x-unknown", "config": {}}'],
+    [
+        b"not json",
+        b"[1,2]",
+        b'{"schemaVersion": 1}',
+        b'{"schemaVersion": 2, "mediaType": "'
+        + OCI_MANIFEST.encode()
+        + b'", "config": {"mediaType": "x", "digest": "sha256:12", "size": 1}, "layers": []}',
+        b'{"schemaVersion": 2, "mediaType": "' + OCI_MANIFEST.encode() + b'", "layers": []}',
+        b'{"schemaVersion": 2, "mediaType": "' + OCI_INDEX.encode() + b'"}',
+        b'{"schemaVersion": 2, "mediaType": "application/x-unknown", "config": {}}',
+    ],
 )
 async def test_invalid_manifests(client: httpx.AsyncClient, body: bytes) -> None:
     response = await client.put("/v2/team/app/manifests/bad", content=body, headers={"Content-Type": OCI_MANIFEST})
@@ -169,8 +181,9 @@ async def test_manifest_without_media_type_field_keeps_pushed_type(client: httpx
     await push_blob(client, "team/app", layer)
     manifest = image_manifest(config, [layer])
     del manifest["mediaType"]
-    response = await client.put("/v2/team/app/manifests/v1", content=encode(manifest),
-                                headers={"Content-Type": OCI_MANIFEST})
+    response = await client.put(
+        "/v2/team/app/manifests/v1", content=encode(manifest), headers={"Content-Type": OCI_MANIFEST}
+    )
     assert response.status_code == 201
     assert (await client.get("/v2/team/app/manifests/v1")).headers["Content-Type"] == OCI_MANIFEST
 
@@ -180,8 +193,9 @@ async def test_size_limit(client_factory: ClientFactory) -> None:
     config = b"{}"
     await push_blob(client, "team/app", config)
     manifest = image_manifest(config, [], annotations={"padding": "x" * 4096})
-    response = await client.put("/v2/team/app/manifests/big", content=encode(manifest),
-                                headers={"Content-Type": OCI_MANIFEST})
+    response = await client.put(
+        "/v2/team/app/manifests/big", content=encode(manifest), headers={"Content-Type": OCI_MANIFEST}
+    )
     assert response.status_code == 413
     assert error_code(response) == "MANIFEST_TOO_LARGE"
 
@@ -190,12 +204,14 @@ async def test_default_limit_accepts_4_mib(client: httpx.AsyncClient) -> None:
     config = b"{}"
     await push_blob(client, "team/app", config)
     manifest = image_manifest(config, [], annotations={"padding": "x" * (4 * 1024 * 1024 - 1024)})
-    response = await client.put("/v2/team/app/manifests/big", content=encode(manifest),
-                                headers={"Content-Type": OCI_MANIFEST})
+    response = await client.put(
+        "/v2/team/app/manifests/big", content=encode(manifest), headers={"Content-Type": OCI_MANIFEST}
+    )
     assert response.status_code == 201
     too_big = image_manifest(config, [], annotations={"padding": "x" * (4 * 1024 * 1024)})
-    response = await client.put("/v2/team/app/manifests/big", content=encode(too_big),
-                                headers={"Content-Type": OCI_MANIFEST})
+    response = await client.put(
+        "/v2/team/app/manifests/big", content=encode(too_big), headers={"Content-Type": OCI_MANIFEST}
+    )
     assert response.status_code == 413
 
 
@@ -204,12 +220,14 @@ async def test_put_by_digest(client: httpx.AsyncClient) -> None:
     await push_blob(client, "team/app", config)
     await push_blob(client, "team/app", layer)
     body = encode(image_manifest(config, [layer]))
-    wrong = await client.put(f"/v2/team/app/manifests/{digest_of(b'other')}", content=body,
-                             headers={"Content-Type": OCI_MANIFEST})
+    wrong = await client.put(
+        f"/v2/team/app/manifests/{digest_of(b'other')}", content=body, headers={"Content-Type": OCI_MANIFEST}
+    )
     assert wrong.status_code == 400
     assert error_code(wrong) == "DIGEST_INVALID"
-    right = await client.put(f"/v2/team/app/manifests/{digest_of(body)}", content=body,
-                             headers={"Content-Type": OCI_MANIFEST})
+    right = await client.put(
+        f"/v2/team/app/manifests/{digest_of(body)}", content=body, headers={"Content-Type": OCI_MANIFEST}
+    )
     assert right.status_code == 201
     tags = await client.get("/v2/team/app/tags/list")
     assert tags.json()["tags"] == []
@@ -220,8 +238,12 @@ async def test_put_by_digest_with_tags(client: httpx.AsyncClient) -> None:
     await push_blob(client, "team/app", config)
     await push_blob(client, "team/app", layer)
     body = encode(image_manifest(config, [layer]))
-    response = await client.put(f"/v2/team/app/manifests/{digest_of(body)}", params=[("tag", "a"), ("tag", "b")],
-                                content=body, headers={"Content-Type": OCI_MANIFEST})
+    response = await client.put(
+        f"/v2/team/app/manifests/{digest_of(body)}",
+        params=[("tag", "a"), ("tag", "b")],
+        content=body,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
     assert response.status_code == 201
     assert response.headers.get_list("OCI-Tag") == ["a", "b"]
     assert (await client.get("/v2/team/app/tags/list")).json()["tags"] == ["a", "b"]
@@ -310,10 +332,17 @@ async def test_subject_need_not_exist_and_is_echoed(client: httpx.AsyncClient) -
     subject = digest_of(b"a manifest pushed later")
     config = b"{}"
     await push_blob(client, "team/app", config)
-    manifest = image_manifest(config, [], artifactType="application/vnd.example.sbom",
-                              subject={"mediaType": OCI_MANIFEST, "digest": subject, "size": 23})
+    manifest = image_manifest(
+        config,
+        [],
+        artifactType="application/vnd.example.sbom",
+        subject={"mediaType": OCI_MANIFEST, "digest": subject, "size": 23},
+    )
     manifest["config"]["mediaType"] = "application/vnd.oci.empty.v1+json"
-    response = await client.put(f"/v2/team/app/manifests/{digest_of(encode(manifest))}", content=encode(manifest),
-                                headers={"Content-Type": OCI_MANIFEST})
+    response = await client.put(
+        f"/v2/team/app/manifests/{digest_of(encode(manifest))}",
+        content=encode(manifest),
+        headers={"Content-Type": OCI_MANIFEST},
+    )
     assert response.status_code == 201, response.text
     assert response.headers["OCI-Subject"] == subject

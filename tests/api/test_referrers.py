@@ -10,8 +10,14 @@ EMPTY_CONFIG = b"{}"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
 
 
-async def push_artifact(client: httpx.AsyncClient, name: str, subject_body: bytes, artifact_type: str | None,
-                        annotations: dict[str, str], payload: bytes = b"payload") -> str:
+async def push_artifact(
+    client: httpx.AsyncClient,
+    name: str,
+    subject_body: bytes,
+    artifact_type: str | None,
+    annotations: dict[str, str],
+    payload: bytes = b"payload",
+) -> str:
     await push_blob(client, name, EMPTY_CONFIG)
     await push_blob(client, name, payload)
     manifest: dict[str, object] = {
@@ -48,8 +54,9 @@ async def test_bad_digest(client: httpx.AsyncClient) -> None:
 async def test_referrers_listed_with_artifact_type_and_annotations(client: httpx.AsyncClient) -> None:
     subject, subject_body = await push_image(client, "team/app", "1.0")
     sbom = await push_artifact(client, "team/app", subject_body, "application/vnd.example.sbom", {"kind": "sbom"})
-    sig = await push_artifact(client, "team/app", subject_body, "application/vnd.example.sig", {"kind": "sig"},
-                              payload=b"signature")
+    sig = await push_artifact(
+        client, "team/app", subject_body, "application/vnd.example.sig", {"kind": "sig"}, payload=b"signature"
+    )
     legacy = await push_artifact(client, "team/app", subject_body, None, {}, payload=b"legacy")
     response = await client.get(f"/v2/team/app/referrers/{subject}")
     assert response.status_code == 200
@@ -61,8 +68,9 @@ async def test_referrers_listed_with_artifact_type_and_annotations(client: httpx
     assert manifests[legacy]["artifactType"] == "application/vnd.example.config+json"
     assert "annotations" not in manifests[legacy]
     assert "OCI-Filters-Applied" not in response.headers
-    filtered = await client.get(f"/v2/team/app/referrers/{subject}",
-                                params={"artifactType": "application/vnd.example.sig"})
+    filtered = await client.get(
+        f"/v2/team/app/referrers/{subject}", params={"artifactType": "application/vnd.example.sig"}
+    )
     assert filtered.headers["OCI-Filters-Applied"] == "artifactType"
     assert [m["digest"] for m in filtered.json()["manifests"]] == [sig]
 
@@ -90,13 +98,14 @@ async def test_referrers_are_per_repository(client: httpx.AsyncClient) -> None:
 
 
 async def test_tag_schema_fallback_index_is_included(client: httpx.AsyncClient) -> None:
-    subject, subject_body = await push_image(client, "team/app", "1.0")
+    subject, _subject_body = await push_image(client, "team/app", "1.0")
     old, old_body = await push_image(client, "team/app", "old-sig", seed="old")
     entry = descriptor(OCI_MANIFEST, old_body, artifactType="application/vnd.example.old")
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}
     tag = subject.replace(":", "-")
-    response = await client.put(f"/v2/team/app/manifests/{tag}", content=json.dumps(index).encode(),
-                                headers={"Content-Type": OCI_INDEX})
+    response = await client.put(
+        f"/v2/team/app/manifests/{tag}", content=json.dumps(index).encode(), headers={"Content-Type": OCI_INDEX}
+    )
     assert response.status_code == 201, response.text
     listed = await client.get(f"/v2/team/app/referrers/{subject}")
     assert [m["digest"] for m in listed.json()["manifests"]] == [old]

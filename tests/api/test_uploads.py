@@ -38,8 +38,9 @@ async def test_monolithic_single_post(client: httpx.AsyncClient) -> None:
 async def test_post_then_monolithic_put(client: httpx.AsyncClient) -> None:
     location = (await start(client)).headers["Location"]
     digest = digest_of(DATA)
-    response = await client.put(location, params={"digest": digest}, content=DATA,
-                                headers={"Content-Type": "application/octet-stream"})
+    response = await client.put(
+        location, params={"digest": digest}, content=DATA, headers={"Content-Type": "application/octet-stream"}
+    )
     assert response.status_code == 201, response.text
     assert response.headers["Location"] == f"/v2/team/app/blobs/{digest}"
     assert (await client.get(f"/v2/team/app/blobs/{digest}")).content == DATA
@@ -50,8 +51,11 @@ async def test_chunked_upload_with_content_range(client: httpx.AsyncClient, stor
     offset = 0
     for size in (1000, 5000, 7000):
         chunk = DATA[offset : offset + size]
-        response = await client.patch(location, content=chunk, headers={
-            "Content-Range": f"{offset}-{offset + size - 1}", "Content-Type": "application/octet-stream"})
+        response = await client.patch(
+            location,
+            content=chunk,
+            headers={"Content-Range": f"{offset}-{offset + size - 1}", "Content-Type": "application/octet-stream"},
+        )
         assert response.status_code == 202, response.text
         offset += size
         assert response.headers["Range"] == f"0-{offset - 1}"
@@ -61,8 +65,12 @@ async def test_chunked_upload_with_content_range(client: httpx.AsyncClient, stor
     assert status.headers["Range"] == f"0-{offset - 1}"
     assert status.headers["Location"]
     digest = digest_of(DATA)
-    final = await client.put(location, params={"digest": digest}, content=DATA[offset:],
-                             headers={"Content-Range": f"{offset}-{len(DATA) - 1}"})
+    final = await client.put(
+        location,
+        params={"digest": digest},
+        content=DATA[offset:],
+        headers={"Content-Range": f"{offset}-{len(DATA) - 1}"},
+    )
     assert final.status_code == 201, final.text
     assert final.headers["Docker-Content-Digest"] == digest
     assert (await client.get(f"/v2/team/app/blobs/{digest}")).content == DATA
@@ -142,8 +150,9 @@ async def test_two_patches_at_the_same_offset(client: httpx.AsyncClient) -> None
 
 async def test_two_identical_blobs_pushed_at_once(client: httpx.AsyncClient, storage_root: Path) -> None:
     digest = digest_of(DATA)
-    responses = await asyncio.gather(*(
-        client.post(f"/v2/team/app{i}/blobs/uploads/", params={"digest": digest}, content=DATA) for i in range(4)))
+    responses = await asyncio.gather(
+        *(client.post(f"/v2/team/app{i}/blobs/uploads/", params={"digest": digest}, content=DATA) for i in range(4))
+    )
     assert [r.status_code for r in responses] == [201] * 4
     assert len(stored_blobs(storage_root)) == 1
     for i in range(4):
@@ -188,8 +197,10 @@ async def test_put_with_malformed_digest(client: httpx.AsyncClient, bad: str) ->
 async def test_unknown_upload(client: httpx.AsyncClient) -> None:
     for method in ("GET", "PATCH", "PUT", "DELETE"):
         response = await client.request(
-            method, "/v2/team/app/blobs/uploads/00000000-0000-4000-8000-000000000000",
-            params={"digest": digest_of(b"")} if method == "PUT" else None)
+            method,
+            "/v2/team/app/blobs/uploads/00000000-0000-4000-8000-000000000000",
+            params={"digest": digest_of(b"")} if method == "PUT" else None,
+        )
         assert response.status_code == 404, method
         assert error_code(response) == "BLOB_UPLOAD_UNKNOWN"
     response = await client.get("/v2/team/app/blobs/uploads/../../etc")
@@ -254,8 +265,9 @@ async def test_mount_with_bad_parameters(client: httpx.AsyncClient) -> None:
     bad_digest = await client.post("/v2/team/target/blobs/uploads/", params={"mount": "sha256:zz", "from": "a"})
     assert bad_digest.status_code == 400
     assert error_code(bad_digest) == "DIGEST_INVALID"
-    bad_name = await client.post("/v2/team/target/blobs/uploads/",
-                                 params={"mount": digest_of(b"x"), "from": "Bad Name"})
+    bad_name = await client.post(
+        "/v2/team/target/blobs/uploads/", params={"mount": digest_of(b"x"), "from": "Bad Name"}
+    )
     assert bad_name.status_code == 400
     assert error_code(bad_name) == "NAME_INVALID"
 
@@ -281,8 +293,9 @@ async def test_upload_continues_on_another_worker(client_factory: ClientFactory)
     location = (await start(worker_a)).headers["Location"]
     first = await worker_a.patch(location, content=DATA[:5000], headers={"Content-Range": "0-4999"})
     assert first.status_code == 202
-    second = await worker_b.patch(first.headers["Location"], content=DATA[5000:],
-                                  headers={"Content-Range": f"5000-{len(DATA) - 1}"})
+    second = await worker_b.patch(
+        first.headers["Location"], content=DATA[5000:], headers={"Content-Range": f"5000-{len(DATA) - 1}"}
+    )
     assert second.status_code == 202
     final = await worker_a.put(second.headers["Location"], params={"digest": digest_of(DATA)})
     assert final.status_code == 201, final.text
