@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Set-up and entry points for a fresh Debian machine with Python 3.11:
+#   ./dev.sh run    serve the registry with the embedded defaults (filesystem under ./data, 127.0.0.1:5000)
+#   ./dev.sh test   run the whole test suite (installs skopeo and docker-registry with apt-get when missing)
+#   ./dev.sh lint   ruff and mypy
+# Each creates the virtualenv (.venv) and installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3.11}
+VENV=${VENV:-.venv}
+APT_PACKAGES_FILE=.ci/apt-packages.txt
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"
+    else echo "dev.sh: need root to run: $*" >&2; return 1
+    fi
+}
+
+apt_install() {
+    echo "dev.sh: installing with apt-get: $*" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_venv() {
+    if ! command -v "$PYTHON" >/dev/null 2>&1; then
+        echo "dev.sh: $PYTHON not found; install Python 3.11 (apt-get install python3.11 python3.11-venv)" >&2
+        exit 1
+    fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+            apt_install python3.11-venv
+        fi
+        "$PYTHON" -m venv "$VENV"
+    fi
+    local stamp="$VENV/.installed" want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+        echo "$want" > "$stamp"
+    fi
+}
+
+ensure_test_tools() {
+    local missing=()
+    while read -r package binary; do
+        [ -z "$package" ] || [ "${package:0:1}" = "#" ] && continue
+        command -v "${binary:-$package}" >/dev/null 2>&1 || missing+=("$package")
+    done < "$APT_PACKAGES_FILE"
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt_install "${missing[@]}"
+    fi
+}
+
+command=${1:-}
+shift || true
+case "$command" in
+    run)
+        ensure_venv
+        exec "$VENV/bin/moorage" serve "$@"
+        ;;
+    test)
+        ensure_venv
+        ensure_test_tools
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    lint)
+        ensure_venv
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/ruff" format --check .
+        "$VENV/bin/mypy"
+        ;;
+    *)
+        sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+        exit 2
+        ;;
+esac
