@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,6 +16,7 @@ from registry.settings import Settings, load_settings
 from registry.store.registry import Registry
 from registry.store.upload_state import UploadStateSigner, shared_secret
 
+IO_THREADS = 32
 _VERSION_HEADER = (API_VERSION_HEADER[0].lower().encode(), API_VERSION_HEADER[1].encode())
 
 
@@ -42,6 +45,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # File I/O and large hashes run on threads; the default pool (cores + 4) is too small for many
+        # concurrent uploads on a 2-core machine.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=IO_THREADS))
         secret = await shared_secret(registry.backend, settings.http.secret)
         app.state.upload_signer = UploadStateSigner(secret)
         try:

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from registry.digests import Digest
@@ -121,6 +121,12 @@ async def storage_unavailable_handler(request: Request, exc: Exception) -> Respo
     )
 
 
+async def client_disconnect_handler(request: Request, exc: Exception) -> Response:
+    # Whatever the request was writing has been discarded; nobody is left to read an answer.
+    logger.info("client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(request, RegistryError(ErrorCode.UNKNOWN, detail="internal error; see the server log"))
@@ -130,5 +136,6 @@ EXCEPTION_HANDLERS = {
     RegistryError: registry_error_handler,
     HTTPException: http_exception_handler,
     StorageUnavailable: storage_unavailable_handler,
+    ClientDisconnect: client_disconnect_handler,
     Exception: unexpected_error_handler,
 }
