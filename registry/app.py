@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # File I/O and large hashes run on threads; the default pool (cores + 4) is too small for many
         # concurrent uploads on a 2-core machine.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=IO_THREADS))
+        await registry.start()
         secret = await shared_secret(registry.backend, settings.http.secret)
         app.state.upload_signer = UploadStateSigner(secret)
         try:

@@ -50,12 +50,15 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"moorage: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    root = settings.storage.filesystem.root
-    try:
-        os.makedirs(root, exist_ok=True)
-    except OSError as e:
-        print(f"moorage: config error: storage.filesystem.root: cannot create {root}: {e.strerror}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    if settings.storage.backend == "filesystem":
+        root = settings.storage.filesystem.root
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as e:
+            print(
+                f"moorage: config error: storage.filesystem.root: cannot create {root}: {e.strerror}", file=sys.stderr
+            )
+            return EXIT_CONFIG_ERROR
 
     import uvicorn
 

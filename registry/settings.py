@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_FILE = Path("config/moorage.yml")
@@ -41,11 +41,43 @@ class FilesystemSettings(Section):
     fsync: bool = True
 
 
+class S3Settings(Section):
+    bucket: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    prefix: str = ""
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    path_style: bool = False
+    part_size: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = None
+    sse_kms_key_id: str | None = None
+    storage_class: str | None = None
+    max_connections: int = Field(default=64, ge=1)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    conditional_writes: bool | None = None
+
+
+class RedirectSettings(Section):
+    disable: bool = False
+    expiry_seconds: int = Field(default=1200, ge=60)
+
+
 class StorageSettings(Section):
-    backend: Literal["filesystem"] = "filesystem"
+    backend: Literal["filesystem", "s3"] = "filesystem"
     filesystem: FilesystemSettings = FilesystemSettings()
+    s3: S3Settings = S3Settings()
+    redirect: RedirectSettings = RedirectSettings()
     delete: bool = True
     manifest_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _backend_is_configured(self) -> StorageSettings:
+        if self.backend == "s3" and not self.s3.bucket:
+            raise ValueError("storage.s3.bucket is required when storage.backend is s3")
+        return self
 
 
 class LogSettings(Section):

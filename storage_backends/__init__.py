@@ -31,4 +31,8 @@ def create_backend(kind: str, options: dict[str, Any]) -> StorageBackend:
         from storage_backends.filesystem import FilesystemBackend
 
         return FilesystemBackend(**options)
+    if kind == "s3":
+        from storage_backends.s3 import S3Backend, S3Options
+
+        return S3Backend(S3Options(**options))
     raise ValueError(f"unknown storage backend: {kind!r}")

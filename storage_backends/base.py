@@ -134,6 +134,9 @@ class StorageBackend(abc.ABC):
         """A URL the client can fetch the object from directly, or None to serve it ourselves."""
         return None
 
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Check the store is usable; called once before serving. Raises StorageError."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections and threads."""
 

@@ -28,11 +28,19 @@ class Registry:
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
         storage = settings.storage
-        if storage.backend == "filesystem":
+        if storage.backend == "s3":
+            options = storage.s3.model_dump()
+            secret = storage.s3.secret_access_key
+            options["secret_access_key"] = secret.get_secret_value() if secret else None
+            options["redirect"] = not storage.redirect.disable
+            options["redirect_expiry_seconds"] = storage.redirect.expiry_seconds
+            backend = create_backend("s3", options)
+        else:
             backend = create_backend("filesystem", storage.filesystem.model_dump())
-        else:  # pragma: no cover - Settings admits only known backends
-            raise ValueError(storage.backend)
         return cls(backend, delete_enabled=storage.delete, manifest_max_bytes=storage.manifest_max_bytes)
+
+    async def start(self) -> None:
+        await self.backend.start()
 
     async def aclose(self) -> None:
         await self.backend.aclose()

@@ -1,0 +1,480 @@
+"""S3 storage (AWS S3, MinIO, Ceph RGW, ...) on boto3.
+
+boto3 is synchronous and thread-safe: every call runs on the event loop's thread pool. Objects stream both
+ways with bounded memory: writers buffer one part and switch to a multipart upload past `part_size`; readers
+fetch ranges. Exclusive creation uses conditional writes (`If-None-Match: *`) where the store honours them,
+else a stat-then-write fallback (harmless for content-addressed data, which is what needs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import datetime as dt
+import functools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from storage_backends.base import (
+    DEFAULT_CHUNK_SIZE,
+    FileInfo,
+    PathNotFound,
+    StorageBackend,
+    StorageError,
+    StorageUnavailable,
+    Writer,
+    check_path,
+)
+
+T = TypeVar("T")
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_COPY_OBJECT_SIZE = 5 * 1024 * 1024 * 1024
+COPY_PART_SIZE = 1024 * 1024 * 1024
+DELETE_BATCH = 1000
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
+PRECONDITION_CODES = frozenset({"412", "PreconditionFailed", "ConditionalRequestConflict"})
+UNAVAILABLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeTooSkewed",
+        "NoSuchBucket",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class S3Options:
+    bucket: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    prefix: str = ""
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    path_style: bool = False
+    part_size: int = 16 * 1024 * 1024
+    server_side_encryption: str | None = None
+    sse_kms_key_id: str | None = None
+    storage_class: str | None = None
+    max_connections: int = 64
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    max_attempts: int = 5
+    conditional_writes: bool | None = None  # None: probe the store at start
+    redirect: bool = False
+    redirect_expiry_seconds: int = 1200
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _status(error: ClientError) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+class S3Writer(Writer):
+    def __init__(self, backend: S3Backend, path: str, exclusive: bool) -> None:
+        self._backend = backend
+        self._path = path
+        self._key = backend.key(path)
+        self._exclusive = exclusive
+        self._buffer = bytearray()
+        self._size = 0
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def write(self, data: bytes) -> None:
+        if self._done:
+            raise StorageError(f"write after commit or cancel: {self._path}")
+        self._buffer += data
+        self._size += len(data)
+        part_size = self._backend.options.part_size
+        while len(self._buffer) >= part_size:
+            part = bytes(self._buffer[:part_size])
+            del self._buffer[:part_size]
+            await self._upload_part(part)
+
+    async def _upload_part(self, data: bytes) -> None:
+        backend = self._backend
+        if self._upload_id is None:
+            response = await backend.call(
+                backend.client.create_multipart_upload, Bucket=backend.bucket, Key=self._key, **backend.put_extra
+            )
+            self._upload_id = response["UploadId"]
+        number = len(self._parts) + 1
+        response = await backend.call(
+            backend.client.upload_part,
+            Bucket=backend.bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+
+    async def commit(self) -> bool:
+        if self._done:
+            raise StorageError(f"commit after commit or cancel: {self._path}")
+        self._done = True
+        backend = self._backend
+        if self._upload_id is None:
+            return await backend.put_object(self._key, bytes(self._buffer), self._exclusive)
+        try:
+            if self._buffer:
+                await self._upload_part(bytes(self._buffer))
+                self._buffer.clear()
+            if self._exclusive and not backend.conditional_writes and await backend.exists(self._path):
+                await self._abort()
+                return False
+            kwargs: dict[str, Any] = {}
+            if self._exclusive and backend.conditional_writes:
+                kwargs["IfNoneMatch"] = "*"
+            await backend.call(
+                backend.client.complete_multipart_upload,
+                Bucket=backend.bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+                **kwargs,
+            )
+        except PreconditionFailed:
+            await self._abort()
+            return False
+        except BaseException:
+            await self._abort()
+            raise
+        return True
+
+    async def cancel(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._buffer.clear()
+        await self._abort()
+
+    async def _abort(self) -> None:
+        if self._upload_id is None:
+            return
+        upload_id, self._upload_id = self._upload_id, None
+        backend = self._backend
+        # If the abort fails, the store's lifecycle rules (or a later GC) remove the abandoned upload.
+        with contextlib.suppress(StorageError):
+            await backend.call(
+                backend.client.abort_multipart_upload, Bucket=backend.bucket, Key=self._key, UploadId=upload_id
+            )
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write found the key already there."""
+
+
+class S3Backend(StorageBackend):
+    name = "s3"
+
+    def __init__(self, options: S3Options, client: Any = None) -> None:
+        if options.part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum part size)")
+        self.options = options
+        self.bucket = options.bucket
+        self.prefix = options.prefix.strip("/")
+        self.client = client or self._make_client(options)
+        self.conditional_writes = options.conditional_writes is not False
+        self._probed = options.conditional_writes is not None
+        self.put_extra: dict[str, Any] = {}
+        if options.server_side_encryption:
+            self.put_extra["ServerSideEncryption"] = options.server_side_encryption
+            if options.sse_kms_key_id:
+                self.put_extra["SSEKMSKeyId"] = options.sse_kms_key_id
+        if options.storage_class:
+            self.put_extra["StorageClass"] = options.storage_class
+
+    @staticmethod
+    def _make_client(options: S3Options) -> Any:
+        config = Config(
+            region_name=options.region,
+            max_pool_connections=options.max_connections,
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            retries={"mode": "adaptive", "max_attempts": options.max_attempts},
+            s3={"addressing_style": "path" if options.path_style else "auto"},
+            signature_version="s3v4",
+        )
+        session = boto3.session.Session(
+            aws_access_key_id=options.access_key_id,
+            aws_secret_access_key=options.secret_access_key,
+            region_name=options.region,
+        )
+        return session.client("s3", endpoint_url=options.endpoint_url, config=config)
+
+    def key(self, path: str) -> str:
+        check_path(path)
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def _path_of(self, key: str) -> str:
+        return key[len(self.prefix) + 1 :] if self.prefix else key
+
+    async def call(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """Run one boto3 call on a thread; map the store's failures to storage errors."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, functools.partial(fn, **kwargs))
+        except ClientError as e:
+            code = _code(e)
+            if code in NOT_FOUND_CODES or _status(e) == 404:
+                raise PathNotFound(str(kwargs.get("Key") or kwargs.get("Prefix") or "")) from None
+            if code in PRECONDITION_CODES or _status(e) == 412:
+                raise PreconditionFailed(str(kwargs.get("Key"))) from None
+            if code in UNAVAILABLE_CODES or _status(e) >= 500 or _status(e) in (403, 429):
+                raise StorageUnavailable(f"s3 {fn.__name__}: {code or _status(e)}: {e}") from None
+            raise StorageError(f"s3 {fn.__name__}: {code}: {e}") from None
+        except BotoCoreError as e:
+            raise StorageUnavailable(f"s3 {fn.__name__}: {e}") from None
+
+    async def start(self) -> None:
+        """Check the bucket is reachable and whether it honours conditional writes (If-None-Match: *)."""
+        await self.call(self.client.head_bucket, Bucket=self.bucket)
+        if self._probed:
+            return
+        probe_key = self.key("moorage/conditional-write-probe")
+        await self.call(self.client.put_object, Bucket=self.bucket, Key=probe_key, Body=b"probe")
+        try:
+            await self.call(self.client.put_object, Bucket=self.bucket, Key=probe_key, Body=b"probe", IfNoneMatch="*")
+            self.conditional_writes = False  # the store ignored the condition
+        except PreconditionFailed:
+            self.conditional_writes = True
+        except StorageError:
+            self.conditional_writes = False
+        self._probed = True
+
+    # -- small objects ---------------------------------------------------------------------------
+
+    async def get_content(self, path: str) -> bytes:
+        response = await self.call(self.client.get_object, Bucket=self.bucket, Key=self.key(path))
+        body = response["Body"]
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, body.read)
+        except BotoCoreError as e:
+            raise StorageUnavailable(f"s3 read {path}: {e}") from None
+        finally:
+            body.close()
+
+    async def put_object(self, key: str, data: bytes, exclusive: bool) -> bool:
+        kwargs: dict[str, Any] = dict(self.put_extra)
+        if exclusive:
+            if not self.conditional_writes:
+                if await self.exists(self._path_of(key)):
+                    return False
+            else:
+                kwargs["IfNoneMatch"] = "*"
+        try:
+            await self.call(self.client.put_object, Bucket=self.bucket, Key=key, Body=data, **kwargs)
+        except PreconditionFailed:
+            return False
+        return True
+
+    async def put_content(self, path: str, data: bytes, exclusive: bool = False) -> bool:
+        return await self.put_object(self.key(path), data, exclusive)
+
+    # -- streaming ---------------------------------------------------------------------------------
+
+    async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        key = self.key(path)
+        if length == 0:
+            await self.stat(path)
+            return
+        kwargs: dict[str, Any] = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            kwargs["Range"] = f"bytes={offset}-{end}"
+        try:
+            response = await self.call(self.client.get_object, Bucket=self.bucket, Key=key, **kwargs)
+        except StorageError as e:
+            if "InvalidRange" in str(e):
+                return  # offset at or past the end: nothing to read
+            raise
+        body = response["Body"]
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    chunk = await loop.run_in_executor(None, body.read, DEFAULT_CHUNK_SIZE)
+                except BotoCoreError as e:
+                    raise StorageUnavailable(f"s3 read {path}: {e}") from None
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            body.close()
+
+    async def writer(self, path: str, exclusive: bool = False) -> Writer:
+        return S3Writer(self, path, exclusive)
+
+    # -- metadata ----------------------------------------------------------------------------------
+
+    async def stat(self, path: str) -> FileInfo:
+        key = self.key(path)
+        try:
+            response = await self.call(self.client.head_object, Bucket=self.bucket, Key=key)
+        except PathNotFound:
+            listing = await self.call(self.client.list_objects_v2, Bucket=self.bucket, Prefix=key + "/", MaxKeys=1)
+            if not listing.get("KeyCount"):
+                raise PathNotFound(path) from None
+            return FileInfo(path, 0, listing["Contents"][0]["LastModified"], is_dir=True)
+        return FileInfo(path, int(response["ContentLength"]), response["LastModified"])
+
+    async def touch(self, path: str) -> None:
+        key = self.key(path)
+        info = await self.stat(path)
+        if info.is_dir:
+            return
+        if info.size > MAX_COPY_OBJECT_SIZE:
+            return  # a self-copy of more than 5 GiB needs a multipart copy; not worth it for a timestamp
+        await self.call(
+            self.client.copy_object,
+            Bucket=self.bucket,
+            Key=key,
+            CopySource={"Bucket": self.bucket, "Key": key},
+            MetadataDirective="REPLACE",
+            Metadata={"touched": dt.datetime.now(dt.UTC).isoformat()},
+            **self.put_extra,
+        )
+
+    async def list(self, path: str) -> builtins.list[FileInfo]:
+        prefix = self.key(path) + "/"
+        entries: builtins.list[FileInfo] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
+            if token:
+                kwargs["ContinuationToken"] = token
+            response = await self.call(self.client.list_objects_v2, **kwargs)
+            now = dt.datetime.now(dt.UTC)
+            for common in response.get("CommonPrefixes", []):
+                entries.append(FileInfo(self._path_of(common["Prefix"].rstrip("/")), 0, now, is_dir=True))
+            for item in response.get("Contents", []):
+                entries.append(FileInfo(self._path_of(item["Key"]), int(item["Size"]), item["LastModified"]))
+            if not response.get("IsTruncated"):
+                break
+            token = response.get("NextContinuationToken")
+        if not entries:
+            raise PathNotFound(path)
+        entries.sort(key=lambda e: e.path)
+        return entries
+
+    async def walk(self, path: str, start_after: str | None = None) -> AsyncIterator[FileInfo]:
+        prefix = self.key(path) + "/"
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            elif start_after is not None:
+                kwargs["StartAfter"] = self.key(start_after)
+            response = await self.call(self.client.list_objects_v2, **kwargs)
+            for item in response.get("Contents", []):
+                yield FileInfo(self._path_of(item["Key"]), int(item["Size"]), item["LastModified"])
+            if not response.get("IsTruncated"):
+                return
+            token = response.get("NextContinuationToken")
+
+    # -- whole-object operations ------------------------------------------------------------------
+
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        info = await self.stat(src)
+        if info.is_dir:
+            raise PathNotFound(src)
+        if exclusive and await self.exists(dst):
+            return False  # stat-then-copy: exclusive copies are only used for content-addressed data
+        source = {"Bucket": self.bucket, "Key": self.key(src)}
+        if info.size <= MAX_COPY_OBJECT_SIZE:
+            await self.call(
+                self.client.copy_object, Bucket=self.bucket, Key=self.key(dst), CopySource=source, **self.put_extra
+            )
+            return True
+        await self._multipart_copy(source, self.key(dst), info.size)
+        return True
+
+    async def _multipart_copy(self, source: dict[str, str], key: str, size: int) -> None:
+        upload = await self.call(self.client.create_multipart_upload, Bucket=self.bucket, Key=key, **self.put_extra)
+        upload_id = upload["UploadId"]
+        parts = []
+        try:
+            for number, start in enumerate(range(0, size, COPY_PART_SIZE), start=1):
+                end = min(start + COPY_PART_SIZE, size) - 1
+                response = await self.call(
+                    self.client.upload_part_copy,
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=source,
+                    CopySourceRange=f"bytes={start}-{end}",
+                )
+                parts.append({"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]})
+            await self.call(
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            await self.call(self.client.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+
+    async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        if not await self.copy(src, dst, exclusive):
+            return False
+        await self.call(self.client.delete_object, Bucket=self.bucket, Key=self.key(src))
+        return True
+
+    async def delete(self, path: str) -> None:
+        key = self.key(path)
+        await self.call(self.client.delete_object, Bucket=self.bucket, Key=key)
+        batch: builtins.list[dict[str, str]] = []
+        async for info in self.walk(path):
+            batch.append({"Key": self.key(info.path)})
+            if len(batch) == DELETE_BATCH:
+                await self._delete_batch(batch)
+                batch = []
+        if batch:
+            await self._delete_batch(batch)
+
+    async def _delete_batch(self, batch: builtins.list[dict[str, str]]) -> None:
+        await self.call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+    async def redirect_url(self, path: str, method: str = "GET") -> str | None:
+        if not self.options.redirect or method != "GET":
+            return None
+        url: str = await asyncio.get_running_loop().run_in_executor(
+            None,
+            functools.partial(
+                self.client.generate_presigned_url,
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self.key(path)},
+                ExpiresIn=self.options.redirect_expiry_seconds,
+            ),
+        )
+        return url
+
+    async def aclose(self) -> None:
+        self.client.close()
