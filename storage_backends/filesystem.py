@@ -91,6 +91,32 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
+_RACE_RETRIES = 10
+
+
+def _place(src: str, dst: str, exclusive: bool) -> bool:
+    """Rename `src` to `dst` (or hard-link it, when `exclusive`: False if `dst` exists), creating parents.
+
+    A concurrent recursive delete of an ancestor can remove the parent directory between `makedirs` and
+    the rename (FileNotFoundError), or between makedirs' mkdir and its own check (FileExistsError): retry.
+    """
+    for attempt in range(1, _RACE_RETRIES + 1):
+        try:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            if not exclusive:
+                os.replace(src, dst)
+                return True
+            try:
+                os.link(src, dst)
+            except FileExistsError:
+                return False
+            return True
+        except (FileNotFoundError, FileExistsError):
+            if attempt == _RACE_RETRIES or not os.path.lexists(src):
+                raise
+    raise AssertionError("unreachable")
+
+
 class FilesystemBackend(StorageBackend):
     name = "filesystem"
 
@@ -168,17 +194,8 @@ class FilesystemBackend(StorageBackend):
         return await self._run(self._publish_sync, tmp, path, exclusive)
 
     def _publish_sync(self, tmp: str, path: str, exclusive: bool) -> bool:
-        full = self._full(path)
         try:
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            if not exclusive:
-                os.replace(tmp, full)
-                return True
-            try:
-                os.link(tmp, full)
-            except FileExistsError:
-                return False
-            return True
+            return _place(tmp, self._full(path), exclusive)
         finally:
             _unlink_quietly(tmp)
 
@@ -244,12 +261,13 @@ class FilesystemBackend(StorageBackend):
         return await self._run(self._copy_sync, src, dst, exclusive)
 
     def _copy_sync(self, src: str, dst: str, exclusive: bool) -> bool:
-        if exclusive and os.path.lexists(self._full(dst)):
+        full_src, full_dst = self._full(src), self._full(dst)  # validate both before creating a temp file
+        if exclusive and os.path.lexists(full_dst):
             return False
         tmp = self._new_tmp()
         try:
-            shutil.copyfile(self._full(src), tmp)
-        except (FileNotFoundError, NotADirectoryError):
+            shutil.copyfile(full_src, tmp)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             _unlink_quietly(tmp)
             raise PathNotFound(src) from None
         return self._publish_sync(tmp, dst, exclusive)
@@ -261,16 +279,15 @@ class FilesystemBackend(StorageBackend):
         full_src, full_dst = self._full(src), self._full(dst)
         if not os.path.isfile(full_src):
             raise PathNotFound(src)
-        os.makedirs(os.path.dirname(full_dst), exist_ok=True)
-        if not exclusive:
-            os.replace(full_src, full_dst)
-            return True
         try:
-            os.link(full_src, full_dst)
-        except FileExistsError:
-            return False
-        os.unlink(full_src)
-        return True
+            placed = _place(full_src, full_dst, exclusive)
+        except FileNotFoundError:
+            if os.path.lexists(full_src):
+                raise
+            raise PathNotFound(src) from None  # moved or deleted meanwhile
+        if placed and exclusive:
+            _unlink_quietly(full_src)
+        return placed
 
     async def delete(self, path: str) -> None:
         await self._run(self._delete_sync, path)
@@ -292,4 +309,9 @@ class FilesystemBackend(StorageBackend):
             os.rename(full, trash)
         except FileNotFoundError:
             return
-        shutil.rmtree(trash, ignore_errors=True)
+        # A write whose path lookup raced the rename can still land in the trash after rmtree listed it
+        # (rmdir then fails with ENOTEMPTY, ignored): go again so no such file is left behind.
+        for _ in range(_RACE_RETRIES):
+            shutil.rmtree(trash, ignore_errors=True)
+            if not os.path.lexists(trash):
+                return
