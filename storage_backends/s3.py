@@ -86,6 +86,14 @@ def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
+@functools.lru_cache(maxsize=8)
+def _session(access_key_id: str | None, secret_access_key: str | None, region: str | None) -> Any:
+    """One boto3 session per identity: sessions load the service model once for all their clients."""
+    return boto3.session.Session(
+        aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=region
+    )
+
+
 class S3Writer(Writer):
     def __init__(self, backend: S3Backend, path: str, exclusive: bool) -> None:
         self._backend = backend
@@ -176,11 +184,7 @@ class S3Writer(Writer):
             return
         upload_id, self._upload_id = self._upload_id, None
         backend = self._backend
-        # If the abort fails, the store's lifecycle rules (or a later GC) remove the abandoned upload.
-        with contextlib.suppress(StorageError):
-            await backend.call(
-                backend.client.abort_multipart_upload, Bucket=backend.bucket, Key=self._key, UploadId=upload_id
-            )
+        await backend._abort_quietly(self._key, upload_id)
 
 
 class PreconditionFailed(StorageError):
@@ -218,11 +222,7 @@ class S3Backend(StorageBackend):
             s3={"addressing_style": "path" if options.path_style else "auto"},
             signature_version="s3v4",
         )
-        session = boto3.session.Session(
-            aws_access_key_id=options.access_key_id,
-            aws_secret_access_key=options.secret_access_key,
-            region_name=options.region,
-        )
+        session = _session(options.access_key_id, options.secret_access_key, options.region)
         return session.client("s3", endpoint_url=options.endpoint_url, config=config)
 
     def key(self, path: str) -> str:
@@ -388,7 +388,8 @@ class S3Backend(StorageBackend):
             if token:
                 kwargs["ContinuationToken"] = token
             elif start_after is not None:
-                kwargs["StartAfter"] = self.key(start_after)
+                # Any string bounds the walk, not only valid keys: no check_path here.
+                kwargs["StartAfter"] = f"{self.prefix}/{start_after}" if self.prefix else start_after
             response = await self.call(self.client.list_objects_v2, **kwargs)
             for item in response.get("Contents", []):
                 yield FileInfo(self._path_of(item["Key"]), int(item["Size"]), item["LastModified"])
@@ -402,18 +403,23 @@ class S3Backend(StorageBackend):
         info = await self.stat(src)
         if info.is_dir:
             raise PathNotFound(src)
-        if exclusive and await self.exists(dst):
-            return False  # stat-then-copy: exclusive copies are only used for content-addressed data
+        dst_key = self.key(dst)
         source = {"Bucket": self.bucket, "Key": self.key(src)}
+        if exclusive and self.conditional_writes:
+            # CopyObject's If-None-Match is not honoured everywhere; CompleteMultipartUpload's is.
+            if info.size == 0:
+                return await self.put_object(dst_key, b"", exclusive=True)
+            return await self._multipart_copy(source, dst_key, info.size, exclusive=True)
+        if exclusive and await self.exists(dst):
+            return False
         if info.size <= MAX_COPY_OBJECT_SIZE:
             await self.call(
-                self.client.copy_object, Bucket=self.bucket, Key=self.key(dst), CopySource=source, **self.put_extra
+                self.client.copy_object, Bucket=self.bucket, Key=dst_key, CopySource=source, **self.put_extra
             )
             return True
-        await self._multipart_copy(source, self.key(dst), info.size)
-        return True
+        return await self._multipart_copy(source, dst_key, info.size, exclusive=False)
 
-    async def _multipart_copy(self, source: dict[str, str], key: str, size: int) -> None:
+    async def _multipart_copy(self, source: dict[str, str], key: str, size: int, exclusive: bool) -> bool:
         upload = await self.call(self.client.create_multipart_upload, Bucket=self.bucket, Key=key, **self.put_extra)
         upload_id = upload["UploadId"]
         parts = []
@@ -430,16 +436,27 @@ class S3Backend(StorageBackend):
                     CopySourceRange=f"bytes={start}-{end}",
                 )
                 parts.append({"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]})
+            condition = {"IfNoneMatch": "*"} if exclusive else {}
             await self.call(
                 self.client.complete_multipart_upload,
                 Bucket=self.bucket,
                 Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
+                **condition,
             )
+        except PreconditionFailed:
+            await self._abort_quietly(key, upload_id)
+            return False
         except BaseException:
-            await self.call(self.client.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id)
+            await self._abort_quietly(key, upload_id)
             raise
+        return True
+
+    async def _abort_quietly(self, key: str, upload_id: str) -> None:
+        # If the abort fails, the store's lifecycle rules (or a later GC) remove the abandoned upload.
+        with contextlib.suppress(StorageError):
+            await self.call(self.client.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id)
 
     async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
         if not await self.copy(src, dst, exclusive):

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,29 +11,50 @@ from starlette.applications import Starlette
 
 from registry.app import create_app
 from registry.settings import Settings
+from registry.store.registry import Registry
+from storage_backends import StorageBackend
 
 ClientFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
-def make_settings(root: Path, **storage: Any) -> Settings:
-    return Settings.model_validate(
-        {"storage": {"filesystem": {"root": str(root), "fsync": False}, **storage}, "http": {"access_log": False}}
-    )
+def make_settings(storage: dict[str, Any], **overrides: Any) -> Settings:
+    merged = {**storage, **overrides}
+    return Settings.model_validate({"storage": merged, "http": {"access_log": False}})
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def storage_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The `storage` settings of one test: a fresh directory, or a fresh bucket on the session's S3 server."""
+    if request.param == "filesystem":
+        yield {"filesystem": {"root": str(tmp_path / "data"), "fsync": False}}
+        return
+    server = request.getfixturevalue("s3_server")
+    bucket = server.new_bucket()
+    # API tests read blobs through the registry; redirects to the store have a test of their own.
+    yield {**server.storage_settings(bucket), "redirect": {"disable": True}}
+    server.drop_bucket(bucket)
 
 
 @pytest.fixture
-def storage_root(tmp_path: Path) -> Path:
-    return tmp_path / "data"
+async def storage(storage_config: dict[str, Any]) -> AsyncIterator[StorageBackend]:
+    """A separate handle on the test's storage, for looking at what the registry wrote."""
+    backend = Registry.from_settings(make_settings(storage_config)).backend
+    yield backend
+    await backend.aclose()
+
+
+async def blob_data_paths(storage: StorageBackend) -> list[str]:
+    return [info.path async for info in storage.walk("docker/registry/v2/blobs") if info.path.endswith("/data")]
 
 
 @pytest.fixture
-async def client_factory(storage_root: Path) -> AsyncIterator[ClientFactory]:
-    """Clients of separate app instances over one storage root: stand-ins for workers or replicas."""
+async def client_factory(storage_config: dict[str, Any]) -> AsyncIterator[ClientFactory]:
+    """Clients of separate app instances over one storage: stand-ins for workers or replicas."""
     managers: list[LifespanManager] = []
     clients: list[httpx.AsyncClient] = []
 
-    async def factory(**storage: Any) -> httpx.AsyncClient:
-        app: Starlette = create_app(make_settings(storage_root, **storage))
+    async def factory(**overrides: Any) -> httpx.AsyncClient:
+        app: Starlette = create_app(make_settings(storage_config, **overrides))
         manager = LifespanManager(app)
         await manager.__aenter__()
         managers.append(manager)

@@ -5,7 +5,8 @@ import hashlib
 import httpx
 import pytest
 
-from tests.api.conftest import ClientFactory
+from storage_backends import StorageBackend
+from tests.api.conftest import ClientFactory, blob_data_paths
 from tests.api.helpers import digest_of, error_code, push_blob
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
@@ -76,18 +77,14 @@ async def test_blob_is_visible_only_in_repositories_that_link_it(client: httpx.A
     assert error_code(response) == "BLOB_UNKNOWN"
 
 
-async def test_blobs_are_stored_once_across_repositories(client: httpx.AsyncClient, storage_root: object) -> None:
-    from pathlib import Path
-
+async def test_blobs_are_stored_once_across_repositories(client: httpx.AsyncClient, storage: StorageBackend) -> None:
     digest = await push_blob(client, "team/one", DATA)
     await push_blob(client, "team/two", DATA)
-    root = Path(str(storage_root)) / "docker/registry/v2"
-    data_files = list((root / "blobs").rglob("data"))
-    assert len(data_files) == 1
+    assert len(await blob_data_paths(storage)) == 1
     hex_part = digest.split(":")[1]
     for repo in ("team/one", "team/two"):
-        link = root / "repositories" / repo / "_layers/sha256" / hex_part / "link"
-        assert link.read_text() == digest
+        link = f"docker/registry/v2/repositories/{repo}/_layers/sha256/{hex_part}/link"
+        assert await storage.get_content(link) == digest.encode()
 
 
 @pytest.mark.parametrize(

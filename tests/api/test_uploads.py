@@ -2,19 +2,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.api.conftest import ClientFactory
+from storage_backends import StorageBackend
+from tests.api.conftest import ClientFactory, blob_data_paths
 from tests.api.helpers import digest_of, error_code, push_blob
 
 DATA = b"0123456789abcdef" * 1000  # 16000 bytes
-
-
-def stored_blobs(storage_root: Path) -> list[Path]:
-    return list((storage_root / "docker/registry/v2/blobs").rglob("data"))
 
 
 async def start(client: httpx.AsyncClient, name: str = "team/app", **params: str) -> httpx.Response:
@@ -46,7 +42,7 @@ async def test_post_then_monolithic_put(client: httpx.AsyncClient) -> None:
     assert (await client.get(f"/v2/team/app/blobs/{digest}")).content == DATA
 
 
-async def test_chunked_upload_with_content_range(client: httpx.AsyncClient, storage_root: Path) -> None:
+async def test_chunked_upload_with_content_range(client: httpx.AsyncClient, storage: StorageBackend) -> None:
     location = (await start(client)).headers["Location"]
     offset = 0
     for size in (1000, 5000, 7000):
@@ -74,7 +70,7 @@ async def test_chunked_upload_with_content_range(client: httpx.AsyncClient, stor
     assert final.status_code == 201, final.text
     assert final.headers["Docker-Content-Digest"] == digest
     assert (await client.get(f"/v2/team/app/blobs/{digest}")).content == DATA
-    assert not list((storage_root / "docker/registry/v2/repositories/team/app/_uploads").iterdir())
+    assert [i.path async for i in storage.walk("docker/registry/v2/repositories/team/app/_uploads")] == []
 
 
 async def test_streamed_patches_without_content_range(client: httpx.AsyncClient) -> None:
@@ -148,18 +144,18 @@ async def test_two_patches_at_the_same_offset(client: httpx.AsyncClient) -> None
     assert (await client.get(f"/v2/team/app/blobs/{digest_of(winner)}")).content == winner
 
 
-async def test_two_identical_blobs_pushed_at_once(client: httpx.AsyncClient, storage_root: Path) -> None:
+async def test_two_identical_blobs_pushed_at_once(client: httpx.AsyncClient, storage: StorageBackend) -> None:
     digest = digest_of(DATA)
     responses = await asyncio.gather(
         *(client.post(f"/v2/team/app{i}/blobs/uploads/", params={"digest": digest}, content=DATA) for i in range(4))
     )
     assert [r.status_code for r in responses] == [201] * 4
-    assert len(stored_blobs(storage_root)) == 1
+    assert len(await blob_data_paths(storage)) == 1
     for i in range(4):
         assert (await client.get(f"/v2/team/app{i}/blobs/{digest}")).content == DATA
 
 
-async def test_digest_mismatch_leaves_nothing_visible(client: httpx.AsyncClient, storage_root: Path) -> None:
+async def test_digest_mismatch_leaves_nothing_visible(client: httpx.AsyncClient, storage: StorageBackend) -> None:
     location = (await start(client)).headers["Location"]
     claimed = digest_of(b"something else")
     response = await client.put(location, params={"digest": claimed}, content=DATA)
@@ -167,16 +163,16 @@ async def test_digest_mismatch_leaves_nothing_visible(client: httpx.AsyncClient,
     assert error_code(response) == "DIGEST_INVALID"
     assert (await client.head(f"/v2/team/app/blobs/{claimed}")).status_code == 404
     assert (await client.head(f"/v2/team/app/blobs/{digest_of(DATA)}")).status_code == 404
-    assert stored_blobs(storage_root) == []
+    assert await blob_data_paths(storage) == []
     assert (await client.get(location)).status_code == 404
 
 
-async def test_monolithic_post_digest_mismatch(client: httpx.AsyncClient, storage_root: Path) -> None:
+async def test_monolithic_post_digest_mismatch(client: httpx.AsyncClient, storage: StorageBackend) -> None:
     claimed = digest_of(b"other")
     response = await client.post("/v2/team/app/blobs/uploads/", params={"digest": claimed}, content=DATA)
     assert response.status_code == 400
     assert error_code(response) == "DIGEST_INVALID"
-    assert stored_blobs(storage_root) == []
+    assert await blob_data_paths(storage) == []
 
 
 async def test_put_without_digest(client: httpx.AsyncClient) -> None:
@@ -316,11 +312,11 @@ async def test_single_patch_finished_by_another_worker(client_factory: ClientFac
     assert (await worker_a.get(f"/v2/team/app/blobs/{digest_of(DATA)}")).content == DATA
 
 
-async def test_existing_blob_push_is_a_dedup_hit(client: httpx.AsyncClient, storage_root: Path) -> None:
+async def test_existing_blob_push_is_a_dedup_hit(client: httpx.AsyncClient, storage: StorageBackend) -> None:
     digest = await push_blob(client, "team/app", DATA)
     assert await push_blob(client, "team/app", DATA) == digest
     location = (await start(client, "team/third")).headers["Location"]
     await client.patch(location, content=DATA[:10])
     await client.patch(location, content=DATA[10:])
     assert (await client.put(location, params={"digest": digest})).status_code == 201
-    assert len(stored_blobs(storage_root)) == 1
+    assert len(await blob_data_paths(storage)) == 1

@@ -6,6 +6,7 @@ suite, write one factory function (like `filesystem_harness`) and add it to `HAR
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import os
@@ -18,6 +19,8 @@ import pytest
 
 from storage_backends.base import StorageBackend
 from storage_backends.filesystem import TMP_DIR, FilesystemBackend
+from storage_backends.s3 import S3Backend, S3Options
+from tests.s3_server import MotoServer
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,34 @@ async def filesystem_harness(request: pytest.FixtureRequest) -> AsyncIterator[Ba
     yield BackendHarness(backend=backend, leftovers=leftovers, backdate=backdate, redirects=False)
 
 
-# ---- The one place that lists the backends under test: add e.g. `"s3": s3_harness,` here. ----
+@contextlib.asynccontextmanager
+async def s3_harness(request: pytest.FixtureRequest) -> AsyncIterator[BackendHarness]:
+    """A fresh bucket on the session's moto server, reached over real HTTP."""
+    server: MotoServer = request.getfixturevalue("s3_server")
+    bucket = server.new_bucket()
+    options = {k: v for k, v in server.storage_settings(bucket)["s3"].items()}
+    backend = S3Backend(S3Options(**options, redirect=True))
+    await backend.start()
+    raw = server.client()
+
+    async def leftovers() -> list[str]:
+        uploads = raw.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        return sorted(f"multipart:{u['Key']}" for u in uploads)
+
+    async def backdate(path: str) -> None:
+        # S3 cannot set a modification time: wait until the store's clock (whole seconds) has moved on.
+        modified = (await backend.stat(path)).modified
+        wait = (modified + dt.timedelta(seconds=1.05) - dt.datetime.now(dt.UTC)).total_seconds()
+        await asyncio.sleep(max(wait, 0.0))
+
+    yield BackendHarness(backend=backend, leftovers=leftovers, backdate=backdate, redirects=True)
+    server.drop_bucket(bucket)
+
+
+# ---- The one place that lists the backends under test. ----
 HARNESSES: dict[str, HarnessFactory] = {
     "filesystem": filesystem_harness,
+    "s3": s3_harness,
 }
 
 _HARNESS_KEY = pytest.StashKey[BackendHarness]()

@@ -1,0 +1,121 @@
+"""A real S3 endpoint for tests: moto's standalone server as a separate process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import IO, Any
+
+import boto3
+import httpx
+
+ACCESS_KEY = "moorage-test"
+SECRET_KEY = "moorage-test-secret"
+REGION = "us-east-1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def moto_server_binary() -> str:
+    beside = Path(sys.executable).with_name("moto_server")
+    found = str(beside) if beside.exists() else shutil.which("moto_server")
+    if not found:
+        raise RuntimeError("moto_server not found: install the test extras (pip install -e '.[test]')")
+    return found
+
+
+class MotoServer:
+    """Start with `start()`, stop with `stop()`; `restart()` keeps the port (for outage tests; data is lost)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = _free_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._client: Any = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+        self._process = subprocess.Popen(
+            [moto_server_binary(), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"moto_server exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                httpx.get(f"{self.endpoint_url}/moto-api/", timeout=1.0)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("moto_server did not start in time")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def client(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+        )
+
+    def new_bucket(self) -> str:
+        name = f"moorage-{uuid.uuid4().hex[:16]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def drop_bucket(self, name: str) -> None:
+        """Delete a bucket and everything in it (keeps the long-lived server's memory small)."""
+        client = self.client()
+        for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=name)
+
+    def storage_settings(self, bucket: str, **extra: Any) -> dict[str, Any]:
+        """The `storage` section that points Moorage at a bucket of this server."""
+        return {
+            "backend": "s3",
+            "s3": {
+                "bucket": bucket,
+                "endpoint_url": self.endpoint_url,
+                "region": REGION,
+                "access_key_id": ACCESS_KEY,
+                "secret_access_key": SECRET_KEY,
+                "path_style": True,
+                "part_size": 5 * 1024 * 1024,
+                **extra,
+            },
+        }
