@@ -3,6 +3,7 @@
 #   ./dev.sh run    serve the registry with the embedded defaults (filesystem under ./data, 127.0.0.1:5000)
 #   ./dev.sh test   run the whole test suite (installs skopeo and docker-registry with apt-get when missing)
 #   ./dev.sh lint   ruff and mypy
+#   ./dev.sh bench  the benchmark against Debian's docker-registry (bench/README.md; about 5 minutes)
 # Each creates the virtualenv (.venv) and installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -67,6 +68,11 @@ case "$command" in
         ensure_test_tools
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
+    bench)
+        ensure_venv
+        ensure_test_tools
+        exec "$VENV/bin/python" bench/run.py "$@"
+        ;;
     lint)
         ensure_venv
         "$VENV/bin/ruff" check .
@@ -74,7 +80,7 @@ case "$command" in
         "$VENV/bin/mypy"
         ;;
     *)
-        sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac
