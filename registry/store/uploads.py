@@ -166,7 +166,14 @@ class UploadStore:
                 current = await self.status(name, upload_id)
                 raise out_of_order(upload_id, current.offset, offset)
         if cached:
-            self._hashers.put(upload_id, offset + size, cached[0], cached[1])
+            algorithm, hasher = cached
+            self._hashers.put(upload_id, offset + size, algorithm, hasher)
+            # hashlib state cannot be saved, but its digest can: whoever completes the upload, in any
+            # process, need not re-read the chunks when the client's digest matches this checkpoint.
+            await self.backend.put_content(
+                paths.upload_digest_checkpoint(name, upload_id, algorithm, offset + size),
+                hasher.hexdigest().encode(),
+            )
         return UploadStatus(name, upload_id, offset + size, status.started_at)
 
     async def complete(self, name: str, upload_id: str, digest: Digest) -> BlobInfo:
@@ -188,48 +195,57 @@ class UploadStore:
 
     async def _publish(self, name: str, upload_id: str, digest: Digest, chunks: list[Chunk], total: int) -> None:
         data_path = paths.blob_data(digest)
-        hasher = await self._hash_state(upload_id, digest.algorithm, chunks)
-        if hasher is not None:
-            self._verify(digest, hasher, total)
+        known = await self._known_digest(name, upload_id, digest.algorithm, chunks, total)
+        if known is not None:
+            self._verify(digest, known, total)
             if not chunks:
                 await self.backend.put_content(data_path, b"", exclusive=True)
             elif len(chunks) == 1:
-                # The common case: one PATCH (or monolithic PUT). The chunk becomes the blob without a copy.
-                if not await self.backend.move(chunks[0].path, data_path, exclusive=True):
-                    return  # the blob already existed: a dedup hit, ours is dropped with the session
+                # The common case: one PATCH (or monolithic PUT). The chunk becomes the blob without a copy;
+                # if the blob already existed (a dedup hit), ours goes with the session.
+                await self.backend.move(chunks[0].path, data_path, exclusive=True)
             elif await self.blobs.stat_global(digest) is None:
                 async with await self.backend.writer(data_path, exclusive=True) as writer:
                     await copy_stream(self._read_chunks(chunks), writer, None)
                     await writer.commit()
             return
-        # No running hash in this process: hash while concatenating, publish only if it matches.
+        # Nothing known about these bytes: hash while concatenating, publish only if it matches.
         hasher = new_hasher(digest.algorithm)
         if len(chunks) == 1:
             async for data in self.backend.reader(chunks[0].path):
                 await hash_into(hasher, data)
-            self._verify(digest, hasher, total)
+            self._verify(digest, hasher.hexdigest(), total)
             await self.backend.move(chunks[0].path, data_path, exclusive=True)
             return
         async with await self.backend.writer(data_path, exclusive=True) as writer:
             await copy_stream(self._read_chunks(chunks), writer, hasher)
-            self._verify(digest, hasher, total)
+            self._verify(digest, hasher.hexdigest(), total)
             await writer.commit()
 
-    async def _hash_state(self, upload_id: str, algorithm: str, chunks: list[Chunk]) -> Hasher | None:
-        """The hash of all chunks from the in-memory state, reading only chunks it has not seen."""
+    async def _known_digest(
+        self, name: str, upload_id: str, algorithm: str, chunks: list[Chunk], total: int
+    ) -> str | None:
+        """The hex digest of all chunks without reading them all: from this process's running hash (reading
+        only chunks it has not seen), else from the checkpoint the process that stored the last chunk wrote."""
         latest = self._hashers.latest(upload_id)
-        if latest is None or latest[1] != algorithm:
+        if latest is not None and latest[1] == algorithm:
+            covered, _, hasher = latest
+            boundaries = {c.offset: i for i, c in enumerate(chunks)}
+            if covered == total:
+                return hasher.hexdigest()
+            if covered in boundaries:
+                async for data in self._read_chunks(chunks[boundaries[covered] :]):
+                    await hash_into(hasher, data)
+                return hasher.hexdigest()
+        if not chunks:
+            return new_hasher(algorithm).hexdigest()
+        try:
+            checkpoint = await self.backend.get_content(
+                paths.upload_digest_checkpoint(name, upload_id, algorithm, total)
+            )
+        except PathNotFound:
             return None
-        covered, _, hasher = latest
-        boundaries = {c.offset: i for i, c in enumerate(chunks)}
-        total = sum(c.size for c in chunks)
-        if covered == total:
-            return hasher
-        if covered not in boundaries:
-            return None
-        async for data in self._read_chunks(chunks[boundaries[covered] :]):
-            await hash_into(hasher, data)
-        return hasher
+        return checkpoint.decode("ascii", "replace").strip() or None
 
     async def _read_chunks(self, chunks: list[Chunk]) -> AsyncIterable[bytes]:
         for chunk in chunks:
@@ -237,8 +253,7 @@ class UploadStore:
                 yield data
 
     @staticmethod
-    def _verify(digest: Digest, hasher: Hasher, total: int) -> None:
-        actual = hasher.hexdigest()
+    def _verify(digest: Digest, actual: str, total: int) -> None:
         if actual != digest.hex:
             raise RegistryError(
                 ErrorCode.DIGEST_INVALID,

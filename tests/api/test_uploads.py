@@ -320,3 +320,24 @@ async def test_existing_blob_push_is_a_dedup_hit(client: httpx.AsyncClient, stor
     await client.patch(location, content=DATA[10:])
     assert (await client.put(location, params={"digest": digest})).status_code == 201
     assert len(await blob_data_paths(storage)) == 1
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+async def test_completion_without_any_hash_state_rereads_the_chunks(
+    client_factory: ClientFactory, storage: StorageBackend, chunks: int
+) -> None:
+    """A process with neither the running hash nor a digest checkpoint hashes what storage holds."""
+    worker_a, worker_b = await client_factory(), await client_factory()
+    for claimed, expected_status in ((digest_of(b"nope"), 400), (digest_of(DATA), 201)):
+        location = (await start(worker_a)).headers["Location"]
+        upload_id = location.split("?")[0].rsplit("/", 1)[1]
+        size = -(-len(DATA) // chunks)
+        for i in range(0, len(DATA), size):
+            location = (await worker_a.patch(location, content=DATA[i : i + size])).headers["Location"]
+        checkpoints = f"docker/registry/v2/repositories/team/app/_uploads/{upload_id}/digests"
+        assert [info.path async for info in storage.walk(checkpoints)]
+        await storage.delete(checkpoints)
+        final = await worker_b.put(location, params={"digest": claimed})
+        assert final.status_code == expected_status, final.text
+    assert (await worker_a.get(f"/v2/team/app/blobs/{digest_of(DATA)}")).content == DATA
+    assert (await worker_b.head(f"/v2/team/app/blobs/{digest_of(b'nope')}")).status_code == 404
