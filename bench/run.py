@@ -82,7 +82,7 @@ class Config:
     small_images: int
     small_layers: int
     small_layer_size: int
-    moorage_workers: int
+    moorage_workers: int | None
     moorage_bin: str
     distribution_bin: str
     skopeo_bin: str
@@ -399,7 +399,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 round, 256 MiB instead of 1 GiB, 3 s wrk runs")
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "latest.json", help="JSON results file")
-    p.add_argument("--moorage-workers", type=int, default=2, help="moorage serve --workers (default 2)")
+    p.add_argument("--moorage-workers", type=int, default=None, help="moorage serve --workers (default: its own)")
+        "--moorage-workers", type=int, default=None, help="moorage serve --workers (default: moorage's own default)"
+    )
     p.add_argument("--moorage-bin", default=str(REPO_ROOT / ".venv" / "bin" / "moorage"))
     p.add_argument("--distribution-bin", default="/usr/bin/docker-registry")
     p.add_argument("--skopeo-bin", default=shutil.which("skopeo") or "/usr/bin/skopeo")
@@ -560,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     if all_rounds:
         print()
-        print(f"Moorage ({cfg.moorage_workers} workers) vs Distribution: medians of {len(all_rounds)} round(s)")
+        workers = cfg.moorage_workers or "default"
+        print(f"Moorage ({workers} workers) vs Distribution: medians of {len(all_rounds)} round(s)")
         print(render_table(summary, big_label, len(all_rounds)))
     print(f"\nRun took {duration:.0f}s. Raw numbers: {args.out}")
     if anomalies:

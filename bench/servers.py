@@ -167,7 +167,7 @@ def _wait_ready(server: Server) -> None:
     raise ServerError(f"{server.kind} not ready after {READY_TIMEOUT:.0f}s ({last}):\n{server.log_tail()}")
 
 
-def start_moorage(binary: str, root: Path, cwd: Path, workers: int) -> Server:
+def start_moorage(binary: str, root: Path, cwd: Path, workers: int | None) -> Server:
     """`moorage serve` with filesystem storage at `root`, access log off, cwd with no config/moorage.yml."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -179,7 +179,9 @@ def start_moorage(binary: str, root: Path, cwd: Path, workers: int) -> Server:
             "PYTHONUNBUFFERED": "1",
         }
     )
-    argv = [binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    argv = [binary, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
     return _start("moorage", argv, env=env, cwd=cwd, port=port, root=root)
 
 

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (http.host, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (http.port, default 5000)")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--workers", type=int, help="worker processes (http.workers, default 1)")
     return parser
 
 
@@ -42,9 +42,8 @@ def serve(args: argparse.Namespace) -> int:
         os.environ["MOORAGE_HTTP__HOST"] = args.host
     if args.port is not None:
         os.environ["MOORAGE_HTTP__PORT"] = str(args.port)
-    if args.workers < 1:
-        print("moorage: --workers must be at least 1", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    if args.workers is not None:
+        os.environ["MOORAGE_HTTP__WORKERS"] = str(args.workers)
     try:
         settings = load_settings()
     except ConfigError as e:
@@ -67,7 +66,7 @@ def serve(args: argparse.Namespace) -> int:
         factory=True,
         host=settings.http.host,
         port=settings.http.port,
-        workers=args.workers,
+        workers=settings.http.workers,
         loop="uvloop",
         http="httptools",
         log_level=settings.log.level,

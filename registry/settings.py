@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 DEFAULT_CONFIG_FILE = Path("config/moorage.yml")
 CONFIG_ENV = "MOORAGE_CONFIG"
+ENV_PREFIX = "MOORAGE_"
 
 
 class ConfigError(Exception):
@@ -34,6 +35,7 @@ class HttpSettings(Section):
         description="Signs upload-session state; every worker and replica must share it. Random if unset.",
     )
     access_log: bool = True
+    workers: int = Field(default=1, ge=1, le=64, description="Worker processes; `--workers` overrides.")
 
 
 class FilesystemSettings(Section):
@@ -85,7 +87,7 @@ class LogSettings(Section):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MOORAGE_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     http: HttpSettings = HttpSettings()
     storage: StorageSettings = StorageSettings()
@@ -140,8 +142,19 @@ def _describe(error: ValidationError) -> str:
     return f"{key}: {problem}" + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
+def _check_environment_sections() -> None:
+    """pydantic-settings ignores `MOORAGE_<X>__...` when X is not a section: a typo must not pass silently."""
+    sections = set(Settings.model_fields)
+    for name in os.environ:
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
+            if section not in sections:
+                raise ConfigError(f"{name}: unknown section {section!r} (sections: {', '.join(sorted(sections))})")
+
+
 def load_settings(config_file: str | os.PathLike[str] | None = None) -> Settings:
     """Build the settings, or raise ConfigError naming the key and the problem."""
+    _check_environment_sections()
     path = config_file_path(config_file)
     data = _read_yaml(path) if path else {}
     try:

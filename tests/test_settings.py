@@ -130,3 +130,23 @@ def test_cli_help_names_the_flags(tmp_path: Path) -> None:
     assert result.returncode == 0
     for flag in ("--config", "--host", "--port", "--workers"):
         assert flag in result.stdout
+
+
+def test_misspelt_section_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOORAGE_STORGE__S3__BUCKET", "b")
+    with pytest.raises(ConfigError, match="MOORAGE_STORGE__S3__BUCKET: unknown section 'storge'"):
+        load_settings()
+
+
+def test_unrelated_moorage_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOORAGE_PORT", "tcp://10.0.0.1:5000")  # what a Kubernetes Service link injects
+    assert load_settings().http.port == 5000
+
+
+def test_workers_setting_and_flag(tmp_path: Path) -> None:
+    result = run_cli("serve", "--workers", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "http.workers" in result.stderr
+    result = run_cli("serve", cwd=tmp_path, env_extra={"MOORAGE_HTTP__WORKERS": "-3"})
+    assert result.returncode == 2
+    assert "http.workers" in result.stderr
