@@ -400,8 +400,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke test: 1 round, 256 MiB instead of 1 GiB, 3 s wrk runs")
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "latest.json", help="JSON results file")
     p.add_argument("--moorage-workers", type=int, default=None, help="moorage serve --workers (default: its own)")
-        "--moorage-workers", type=int, default=None, help="moorage serve --workers (default: moorage's own default)"
-    )
     p.add_argument("--moorage-bin", default=str(REPO_ROOT / ".venv" / "bin" / "moorage"))
     p.add_argument("--distribution-bin", default="/usr/bin/docker-registry")
     p.add_argument("--skopeo-bin", default=shutil.which("skopeo") or "/usr/bin/skopeo")
