@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import ctypes.util
 import os
 import sys
 from collections.abc import Sequence
@@ -11,6 +14,7 @@ from registry import __version__
 from registry.settings import CONFIG_ENV, ConfigError, load_settings
 
 EXIT_CONFIG_ERROR = 2
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (http.port, default 5000)")
     serve.add_argument("--workers", type=int, help="worker processes (http.workers, default 1)")
     return parser
+
+
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own arena (up to 8 per core), and freed memory stays in them:
+    with a pool of I/O threads that is tens of MiB of RSS for nothing. Two arenas cost no measurable speed."""
+    os.environ.setdefault("MALLOC_ARENA_MAX", str(MALLOC_ARENAS))  # for worker processes, read at their start
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)  # for this process, whose allocator is already running
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -59,6 +75,7 @@ def serve(args: argparse.Namespace) -> int:
             )
             return EXIT_CONFIG_ERROR
 
+    limit_malloc_arenas()
     import uvicorn
 
     uvicorn.run(

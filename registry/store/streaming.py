@@ -32,20 +32,36 @@ async def _flush(writer: Writer, hasher: Hasher | None, data: bytes) -> None:
 
 
 async def copy_stream(source: AsyncIterable[bytes], writer: Writer, hasher: Hasher | None) -> int:
-    """Write every chunk of `source` to `writer` (and `hasher`), in buffers of about WRITE_BUFFER bytes."""
-    buffer = bytearray()
+    """Write every chunk of `source` to `writer` (and `hasher`), in buffers of about WRITE_BUFFER bytes.
+
+    One buffer is hashed and written (on threads) while the next is received: the server reads a request
+    body only as fast as the app consumes it, so waiting for each write would stall the socket.
+    """
+    parts: list[bytes] = []
+    buffered = 0
     total = 0
-    async for chunk in source:
-        if not chunk:
-            continue
-        total += len(chunk)
-        if not buffer and len(chunk) >= WRITE_BUFFER:
-            await _flush(writer, hasher, bytes(chunk))
-            continue
-        buffer += chunk
-        if len(buffer) >= WRITE_BUFFER:
-            await _flush(writer, hasher, bytes(buffer))
-            buffer.clear()
-    if buffer:
-        await _flush(writer, hasher, bytes(buffer))
+    pending: asyncio.Future[None] | None = None
+    try:
+        async for chunk in source:
+            if not chunk:
+                continue
+            total += len(chunk)
+            parts.append(chunk)
+            buffered += len(chunk)
+            if buffered >= WRITE_BUFFER:
+                data = b"".join(parts)
+                parts.clear()
+                buffered = 0
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(_flush(writer, hasher, data))
+        if pending is not None:
+            await pending
+            pending = None
+        if parts:
+            await _flush(writer, hasher, b"".join(parts))
+    finally:
+        if pending is not None and not pending.done():
+            # The source failed mid-way: let the write in flight finish before the caller cancels the writer.
+            await asyncio.wait([pending])
     return total
