@@ -100,7 +100,8 @@ class S3Writer(Writer):
         self._path = path
         self._key = backend.key(path)
         self._exclusive = exclusive
-        self._buffer = bytearray()
+        self._pending: list[bytes] = []  # received, not yet sent: less than one part
+        self._pending_size = 0
         self._size = 0
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
@@ -113,13 +114,24 @@ class S3Writer(Writer):
     async def write(self, data: bytes) -> None:
         if self._done:
             raise StorageError(f"write after commit or cancel: {self._path}")
-        self._buffer += data
+        self._pending.append(data)
+        self._pending_size += len(data)
         self._size += len(data)
         part_size = self._backend.options.part_size
-        while len(self._buffer) >= part_size:
-            part = bytes(self._buffer[:part_size])
-            del self._buffer[:part_size]
+        while self._pending_size >= part_size:
+            # One copy per part: join what is pending, send a part, keep the rest.
+            joined = b"".join(self._pending)
+            part, rest = joined[:part_size], joined[part_size:]
+            self._pending = [rest] if rest else []
+            self._pending_size = len(rest)
+            del joined
             await self._upload_part(part)
+
+    def _take_pending(self) -> bytes:
+        data = b"".join(self._pending)
+        self._pending = []
+        self._pending_size = 0
+        return data
 
     async def _upload_part(self, data: bytes) -> None:
         backend = self._backend
@@ -145,11 +157,10 @@ class S3Writer(Writer):
         self._done = True
         backend = self._backend
         if self._upload_id is None:
-            return await backend.put_object(self._key, bytes(self._buffer), self._exclusive)
+            return await backend.put_object(self._key, self._take_pending(), self._exclusive)
         try:
-            if self._buffer:
-                await self._upload_part(bytes(self._buffer))
-                self._buffer.clear()
+            if self._pending:
+                await self._upload_part(self._take_pending())
             if self._exclusive and not backend.conditional_writes and await backend.exists(self._path):
                 await self._abort()
                 return False
@@ -176,7 +187,7 @@ class S3Writer(Writer):
         if self._done:
             return
         self._done = True
-        self._buffer.clear()
+        self._take_pending()
         await self._abort()
 
     async def _abort(self) -> None:
