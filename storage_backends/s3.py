@@ -229,7 +229,7 @@ class S3Backend(StorageBackend):
             max_pool_connections=options.max_connections,
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
-            retries={"mode": "adaptive", "max_attempts": options.max_attempts},
+            retries={"mode": "adaptive", "total_max_attempts": options.max_attempts},
             s3={"addressing_style": "path" if options.path_style else "auto"},
             signature_version="s3v4",
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -22,6 +24,7 @@ logger = logging.getLogger("moorage")
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 JSON_TYPE = "application/json; charset=utf-8"
 MAX_PAGE_SIZE = 10_000
+DRAIN_SECONDS = 10.0
 
 
 def registry_of(request: Request) -> Registry:
@@ -93,8 +96,25 @@ def error_response(request: Request, error: RegistryError) -> Response:
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
+async def drain_unread_body(request: Request) -> None:
+    """Read and drop what the client is still sending before answering early on a `Connection: close` request.
+
+    uvicorn closes such a connection as soon as the response is sent; a client still writing its body (skopeo
+    sends PATCHes that way) then sees a reset instead of our error (RFC 9112 9.6). Bounded in time.
+    """
+    if "close" not in request.headers.get("connection", "").lower() or request.method in ("GET", "HEAD"):
+        return
+    if getattr(request, "_stream_consumed", True):  # Starlette's flag: the last body message has arrived
+        return
+    with contextlib.suppress(ClientDisconnect, RuntimeError, TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in request.stream():
+                pass
+
+
 async def registry_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RegistryError)
+    await drain_unread_body(request)
     return error_response(request, exc)
 
 
@@ -115,6 +135,7 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 
 async def storage_unavailable_handler(request: Request, exc: Exception) -> Response:
     logger.warning("storage unavailable: %s", exc)
+    await drain_unread_body(request)
     return error_response(
         request,
         RegistryError(ErrorCode.UNAVAILABLE, detail="the storage backend is unavailable", headers={"Retry-After": "5"}),

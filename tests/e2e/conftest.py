@@ -7,6 +7,7 @@ clients. A missing tool is a failure (with the package to install), never a skip
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,8 @@ from typing import Any, Protocol
 import httpx
 import pytest
 import yaml
+
+from tests.s3_server import MotoServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APT_PACKAGES_FILE = ".ci/apt-packages.txt"
@@ -97,6 +100,8 @@ class RunningServer:
     proc: subprocess.Popen[bytes]
     argv: list[str]
     _log_file: Any = field(repr=False, default=None)
+    # The MOORAGE_* settings the server was started with (moorage only), e.g. to start a replica like it.
+    moorage_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -210,6 +215,35 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("MOORAGE_", "REGISTRY_"))}
 
 
+def settings_env(section: str, values: Mapping[str, Any]) -> dict[str, str]:
+    """`MOORAGE_<SECTION>__<KEY>...` variables for a nested settings mapping: {"s3": {"bucket": "b"}} with section
+    "storage" gives MOORAGE_STORAGE__S3__BUCKET=b. Booleans become true/false; None values are left out."""
+    env: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{section}__{key}".upper()
+        if isinstance(value, Mapping):
+            env.update(settings_env(name, value))
+        elif value is None:
+            continue
+        elif isinstance(value, bool):
+            env[f"MOORAGE_{name}"] = "true" if value else "false"
+        else:
+            env[f"MOORAGE_{name}"] = str(value)
+    return env
+
+
+@pytest.fixture
+def teardown_callbacks() -> Iterator[Callable[[Callable[[], None]], None]]:
+    """Register callables to run at teardown, after every server has stopped (e.g. dropping an S3 bucket).
+
+    The server factories depend on this fixture, so it is torn down after them. Callbacks run last first.
+    """
+    callbacks: list[Callable[[], None]] = []
+    yield callbacks.append
+    for callback in reversed(callbacks):
+        callback()
+
+
 @pytest.fixture
 def cleanup_paths(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
     """Register big directories to delete at teardown, so that tmp dirs stay small.
@@ -228,7 +262,14 @@ def cleanup_paths(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
 
 
 class MoorageFactory(Protocol):
-    def __call__(self, root: Path | None = None, *, workers: int = 1) -> RunningServer: ...
+    def __call__(
+        self,
+        root: Path | None = None,
+        *,
+        workers: int = 1,
+        storage: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> RunningServer: ...
 
 
 class DistributionFactory(Protocol):
@@ -237,25 +278,42 @@ class DistributionFactory(Protocol):
 
 @pytest.fixture
 def moorage_factory(
-    request: pytest.FixtureRequest, tmp_path: Path, cleanup_paths: Callable[[Path], Path]
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    cleanup_paths: Callable[[Path], Path],
+    teardown_callbacks: Callable[[Callable[[], None]], None],
 ) -> Iterator[MoorageFactory]:
     """Start `python -m registry serve` processes; `root` defaults to a fresh directory under tmp_path.
 
-    (`cleanup_paths` is requested only so that it is torn down after these servers.)
+    `storage` is a `storage` settings section (e.g. `s3_server.storage_settings(bucket)`), passed to the server as
+    MOORAGE_STORAGE__... variables; without it the server stores on the filesystem under `root`. `env` adds or
+    overrides MOORAGE_* variables (e.g. {"MOORAGE_STORAGE__REDIRECT__DISABLE": "true"}).
+    (`cleanup_paths` and `teardown_callbacks` are requested only so that they are torn down after these servers.)
     Run with cwd=tmp_path so that no config/moorage.yml is picked up; settings come from MOORAGE_* variables only.
     """
     servers: list[RunningServer] = []
 
-    def start(root: Path | None = None, *, workers: int = 1) -> RunningServer:
+    def start(
+        root: Path | None = None,
+        *,
+        workers: int = 1,
+        storage: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> RunningServer:
         if root is None:
             root = tmp_path / f"moorage-root-{len(servers)}"
-        env = _clean_env()
-        env.update(
+        settings = {
+            "MOORAGE_STORAGE__FILESYSTEM__ROOT": str(root),
+            "MOORAGE_STORAGE__DELETE": "true",
+            "MOORAGE_LOG__LEVEL": "info",
+            "MOORAGE_HTTP__ACCESS_LOG": "true",
+        }
+        settings.update(settings_env("storage", storage or {}))
+        settings.update(env or {})
+        full_env = _clean_env()
+        full_env.update(settings)
+        full_env.update(
             {
-                "MOORAGE_STORAGE__FILESYSTEM__ROOT": str(root),
-                "MOORAGE_STORAGE__DELETE": "true",
-                "MOORAGE_LOG__LEVEL": "info",
-                "MOORAGE_HTTP__ACCESS_LOG": "true",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                 "PYTHONUNBUFFERED": "1",
             }
@@ -265,7 +323,8 @@ def moorage_factory(
             argv = [sys.executable, "-m", "registry", "serve", "--host", "127.0.0.1", "--port", str(port)]
             return [*argv, "--workers", str(workers)] if workers != 1 else argv
 
-        server = _start("moorage", prepare, env=env, cwd=tmp_path, root=root)
+        server = _start("moorage", prepare, env=full_env, cwd=tmp_path, root=root)
+        server.moorage_env = settings
         servers.append(server)
         return server
 
@@ -420,3 +479,80 @@ def skopeo(skopeo_binary: str, tmp_path: Path) -> Skopeo:
     workdir = tmp_path / "skopeo-tmp"
     workdir.mkdir(exist_ok=True)
     return Skopeo(skopeo_binary, workdir)
+
+
+BLOBS_PREFIX = "docker/registry/v2/blobs/"
+REPOSITORIES_PREFIX = "docker/registry/v2/repositories/"
+
+
+@dataclass
+class S3Bucket:
+    """A fresh bucket on the session's moto server, and what tests need to look inside it."""
+
+    server: MotoServer
+    name: str
+
+    def storage(self, **s3_extra: Any) -> dict[str, Any]:
+        """The `storage` settings section for `moorage_factory(storage=...)`: this bucket, path-style, 5 MiB parts."""
+        return self.server.storage_settings(self.name, **s3_extra)
+
+    def client(self) -> Any:
+        return self.server.client()
+
+    def keys(self, prefix: str = "") -> list[str]:
+        client = self.client()
+        keys: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    def blob_data_keys(self) -> dict[str, list[str]]:
+        """digest -> every `.../data` object stored for it under blobs/ (exactly one each, when all is well)."""
+        found: dict[str, list[str]] = {}
+        for key in self.keys(BLOBS_PREFIX):
+            parts = key[len(BLOBS_PREFIX) :].split("/")
+            if parts[-1] == "data" and len(parts) == 4:
+                found.setdefault(f"{parts[0]}:{parts[2]}", []).append(key)
+        return found
+
+    @staticmethod
+    def data_key(digest: str) -> str:
+        algorithm, _, hexdigest = digest.partition(":")
+        return f"{BLOBS_PREFIX}{algorithm}/{hexdigest[:2]}/{hexdigest}/data"
+
+    def read(self, key: str) -> bytes:
+        body = self.client().get_object(Bucket=self.name, Key=key)["Body"]
+        try:
+            data: bytes = body.read()
+        finally:
+            body.close()
+        return data
+
+    def hash_object(self, key: str, algorithm: str = "sha256") -> str:
+        """`algorithm:hex` of an object's content, streamed."""
+        h = hashlib.new(algorithm)
+        body = self.client().get_object(Bucket=self.name, Key=key)["Body"]
+        try:
+            for chunk in iter(lambda: body.read(1024 * 1024), b""):
+                h.update(chunk)
+        finally:
+            body.close()
+        return f"{algorithm}:{h.hexdigest()}"
+
+    def multipart_uploads(self) -> list[dict[str, Any]]:
+        uploads: list[dict[str, Any]] = self.client().list_multipart_uploads(Bucket=self.name).get("Uploads", [])
+        return uploads
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoServer, teardown_callbacks: Callable[[Callable[[], None]], None]) -> S3Bucket:
+    """A fresh bucket on the session's moto S3 server, dropped after the test's servers have stopped."""
+    bucket = S3Bucket(s3_server, s3_server.new_bucket())
+
+    def drop() -> None:
+        # Only to keep the long-lived moto server small: a failure here must not fail the test.
+        with contextlib.suppress(Exception):
+            s3_server.drop_bucket(bucket.name)
+
+    teardown_callbacks(drop)
+    return bucket
