@@ -1,0 +1,248 @@
+"""HTTP to one registry: httpx with plain-HTTP/TLS selection, basic and bearer-token auth, retries with backoff.
+
+Auth follows the Docker token flow: a request answered 401 with `WWW-Authenticate: Bearer realm=...,service=...,
+scope=...` fetches a token from the realm for every scope this transport was asked for plus the challenge's, and
+the request is sent again. `Basic` challenges are answered with the credentials. One token serves all requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import re
+import ssl
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from typing import Any
+
+import httpx
+
+from registry.client.credentials import Credentials
+from registry.client.errors import ClientError, ConnectionFailed, RegistryResponseError
+from registry.client.reference import api_host, is_local
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+DEFAULT_ATTEMPTS = 5
+CLIENT_ID = "moorage"
+DEFAULT_BACKOFF = 0.25
+MAX_BACKOFF = 10.0
+CONNECT_TIMEOUT = 15.0
+READ_TIMEOUT = 120.0
+_CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+Body = Callable[[], AsyncIterable[bytes]]
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`Bearer realm="...",service="..."` -> ("bearer", {"realm": ..., "service": ...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in _CHALLENGE_PARAM.finditer(rest)
+    }
+    return scheme.lower(), params
+
+
+def backoff_delay(attempt: int, base: float, retry_after: str | None = None) -> float:
+    if retry_after and retry_after.isdigit():
+        return min(float(retry_after), MAX_BACKOFF * 3)
+    return float(min(MAX_BACKOFF, base * 2**attempt) * (0.5 + random.random() / 2))
+
+
+class Transport:
+    """Requests to one registry host. `scopes` are the token scopes to ask for (`repository:team/app:pull,push`)."""
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        credentials: Credentials | None = None,
+        insecure: bool = False,
+        ca_file: str | None = None,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff: float = DEFAULT_BACKOFF,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.registry = registry
+        # A CA file means TLS even for a local registry; else localhost and --insecure mean plain HTTP.
+        scheme = "https" if ca_file else "http" if insecure or is_local(registry) else "https"
+        self.base_url = f"{scheme}://{api_host(registry)}"
+        self.credentials = credentials
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self.scopes: set[str] = set()
+        self._authorization: str | None = None
+        verify: ssl.SSLContext | bool = True
+        if ca_file:
+            verify = ssl.create_default_context()
+            try:
+                verify.load_verify_locations(cafile=ca_file)
+            except (OSError, ssl.SSLError) as e:
+                raise ClientError(f"--ca-file {ca_file}: {e}") from e
+        self._client = client or httpx.AsyncClient(
+            verify=verify,
+            timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            follow_redirects=True,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def add_scope(self, *scopes: str) -> None:
+        self.scopes.update(scopes)
+
+    def url(self, path_or_url: str) -> str:
+        """An absolute URL: registry paths (`/v2/...`) and relative `Location`s resolve against the registry."""
+        return str(httpx.URL(self.base_url).join(path_or_url))
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str | list[str]] | None = None,
+        content: bytes | None = None,
+        body: Body | None = None,
+        stream: bool = False,
+        retry: bool = True,
+    ) -> httpx.Response:
+        """Send a request with auth and retries; the response is read unless `stream` (then the caller closes it).
+
+        `body` makes a fresh streaming body for each attempt. With `retry=False`, a dropped connection raises
+        ConnectionFailed at once (the chunked upload resumes from the server's offset instead).
+        """
+        attempt = 0
+        auth_tries = 0
+        while True:
+            request_headers = dict(headers or {})
+            if self._authorization and "Authorization" not in request_headers:
+                request_headers["Authorization"] = self._authorization
+            request = self._client.build_request(
+                method,
+                self.url(url),
+                headers=request_headers,
+                params=params,
+                content=body() if body is not None else content,
+            )
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.TransportError as e:
+                if retry and attempt + 1 < self.attempts:
+                    await asyncio.sleep(backoff_delay(attempt, self.backoff))
+                    attempt += 1
+                    continue
+                raise ConnectionFailed(f"{method} {request.url}: {describe_transport_error(e)}") from e
+            if response.status_code == 401 and auth_tries < 2:
+                challenge = response.headers.get("WWW-Authenticate", "")
+                auth_tries += 1
+                try:
+                    renewed = bool(challenge) and await self._authenticate(challenge)
+                except BaseException:
+                    await response.aclose()
+                    raise
+                if renewed:
+                    await response.aclose()
+                    continue
+            if response.status_code in RETRY_STATUSES and retry and attempt + 1 < self.attempts:
+                await response.aclose()
+                await asyncio.sleep(backoff_delay(attempt, self.backoff, response.headers.get("Retry-After")))
+                attempt += 1
+                continue
+            if not stream:
+                try:
+                    await response.aread()
+                except httpx.TransportError as e:
+                    await response.aclose()
+                    if retry and attempt + 1 < self.attempts:
+                        attempt += 1
+                        continue
+                    raise ConnectionFailed(f"{method} {request.url}: {describe_transport_error(e)}") from e
+            return response
+
+    async def _authenticate(self, challenge: str) -> bool:
+        """Answer a challenge; False when there is nothing new to try (the request then fails with 401)."""
+        scheme, params = parse_challenge(challenge)
+        if scheme == "basic":
+            if self.credentials is None:
+                return False
+            token = base64.b64encode(f"{self.credentials.username}:{self.credentials.password}".encode()).decode()
+            return self._set_authorization(f"Basic {token}")
+        if scheme == "bearer" and "realm" in params:
+            scopes = set(self.scopes)
+            if params.get("scope"):
+                scopes.update(params["scope"].split(" "))
+            token = await self.fetch_token(params["realm"], params.get("service"), sorted(scopes))
+            return self._set_authorization(f"Bearer {token}")
+        return False
+
+    def _set_authorization(self, value: str) -> bool:
+        changed = value != self._authorization
+        self._authorization = value
+        return changed
+
+    async def _token_request(self, realm: str, service: str | None, scopes: list[str]) -> httpx.Response:
+        """OAuth2 refresh-token grant with an identity token; else GET with basic credentials (or anonymous)."""
+        if self.credentials is not None and self.credentials.identity_token:
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": self.credentials.identity_token,
+                "client_id": CLIENT_ID,
+                "scope": " ".join(scopes),
+            }
+            if service:
+                form["service"] = service
+            return await self._client.post(realm, data=form)
+        params: list[tuple[str, str | int | float | bool | None]] = []
+        if service:
+            params.append(("service", service))
+        params.extend(("scope", scope) for scope in scopes)
+        auth: tuple[str, str] | None = None
+        if self.credentials is not None:
+            params.append(("account", self.credentials.username))
+            auth = (self.credentials.username, self.credentials.password)
+        return await self._client.get(realm, params=params, auth=auth or httpx.USE_CLIENT_DEFAULT)
+
+    async def fetch_token(self, realm: str, service: str | None, scopes: Iterable[str]) -> str:
+        scope_list = list(scopes)
+        for attempt in range(self.attempts):
+            try:
+                response = await self._token_request(realm, service, scope_list)
+            except httpx.TransportError as e:
+                if attempt + 1 < self.attempts:
+                    await asyncio.sleep(backoff_delay(attempt, self.backoff))
+                    continue
+                raise ConnectionFailed(f"token server {realm}: {describe_transport_error(e)}") from e
+            if response.status_code in RETRY_STATUSES and attempt + 1 < self.attempts:
+                await asyncio.sleep(backoff_delay(attempt, self.backoff, response.headers.get("Retry-After")))
+                continue
+            break
+        if response.status_code in (401, 403):
+            who = f"as {self.credentials.username}" if self.credentials else "anonymously"
+            raise RegistryResponseError(
+                f"unauthorized: {self.registry}: the token server refused {who} (run `moorage login {self.registry}`)",
+                status=response.status_code,
+                code="UNAUTHORIZED",
+            )
+        if response.status_code != 200:
+            raise RegistryResponseError(
+                f"token server {realm} answered {response.status_code}", status=response.status_code
+            )
+        try:
+            data: Any = response.json()
+            token = data.get("token") or data.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise ClientError(f"token server {realm} sent no token")
+        return token
+
+
+def describe_transport_error(error: httpx.TransportError) -> str:
+    text = str(error) or type(error).__name__
+    if isinstance(error, httpx.ConnectError):
+        return f"cannot connect: {text}"
+    if isinstance(error, httpx.TimeoutException):
+        return f"timed out ({type(error).__name__})"
+    return text

@@ -1,0 +1,135 @@
+"""The transport and the API over httpx's MockTransport: auth challenges, retries, error lines."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from registry.client.api import Registry, error_from_response
+from registry.client.credentials import Credentials
+from registry.client.errors import ConnectionFailed, RegistryResponseError
+from registry.client.transport import Transport, parse_challenge
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def make_registry(handler: Handler, credentials: Credentials | None = None, host: str = "r.example") -> Registry:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return Registry(Transport(host, credentials=credentials, client=client, backoff=0.001))
+
+
+def test_parse_challenge() -> None:
+    scheme, params = parse_challenge(
+        'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push"'
+    )
+    assert scheme == "bearer"
+    assert params == {
+        "realm": "https://auth.example/token",
+        "service": "registry.example",
+        "scope": "repository:a/b:pull,push",
+    }
+    assert parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
+
+
+async def test_https_by_default_plain_http_for_localhost() -> None:
+    assert Transport("r.example").base_url == "https://r.example"
+    assert Transport("r.example:5000", insecure=True).base_url == "http://r.example:5000"
+    assert Transport("localhost:5000").base_url == "http://localhost:5000"
+    assert Transport("docker.io").base_url == "https://registry-1.docker.io"
+
+
+async def test_bearer_token_flow() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/token":
+            assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"u:p").decode()
+            assert request.url.params.get_list("scope") == ["repository:team/app:pull", "repository:team/app:pull,push"]
+            assert request.url.params["service"] == "reg"
+            return httpx.Response(200, json={"access_token": "T"})
+        if request.headers.get("Authorization") != "Bearer T":
+            challenge = 'Bearer realm="https://auth.example/token",service="reg",scope="repository:team/app:pull"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        return httpx.Response(200, json={"name": "team/app", "tags": ["1"]})
+
+    async with make_registry(handler, Credentials("u", "p")) as registry:
+        registry.allow("team/app", "pull,push")
+        assert await registry.tags("team/app") == ["1"]
+        assert await registry.tags("team/app") == ["1"]  # the token is reused
+    tags_path = "/v2/team/app/tags/list"
+    assert [r.url.path for r in seen] == [tags_path, "/token", tags_path, tags_path]
+
+
+async def test_basic_challenge_and_refused_credentials() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("Authorization") == "Basic " + base64.b64encode(b"u:right").decode():
+            return httpx.Response(200, json={})
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+
+    async with make_registry(handler, Credentials("u", "right")) as registry:
+        await registry.ping()
+    async with make_registry(handler, Credentials("u", "wrong")) as registry:
+        with pytest.raises(RegistryResponseError, match=r"^unauthorized: r\.example"):
+            await registry.ping()
+
+
+async def test_retries_5xx_and_429_then_succeeds() -> None:
+    answers = [503, 429, 502, 200]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status = answers.pop(0)
+        return httpx.Response(status, headers={"Retry-After": "0"} if status == 429 else {}, json={})
+
+    async with make_registry(handler) as registry:
+        await registry.ping()
+    assert answers == []
+
+
+async def test_connection_errors_are_retried_then_reported() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        raise httpx.ConnectError("connection refused")
+
+    async with make_registry(handler) as registry:
+        with pytest.raises(ConnectionFailed, match="cannot connect: connection refused"):
+            await registry.ping()
+    assert calls == 5
+
+
+def test_error_lines() -> None:
+    body = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown", "detail": {}}]}
+    error = error_from_response(httpx.Response(404, json=body), "team/app:2.0")
+    assert str(error) == "manifest unknown: team/app:2.0"
+    assert str(error_from_response(httpx.Response(404), "team/app:2.0")) == "not found: team/app:2.0"
+    denied = {"errors": [{"code": "DENIED", "message": "no push to this project"}]}
+    assert str(error_from_response(httpx.Response(403, json=denied), "x")) == "denied: x (no push to this project)"
+    assert str(error_from_response(httpx.Response(418), "x")) == "HTTP 418 I'm a teapot: x"
+
+
+async def test_identity_token_uses_the_oauth2_refresh_grant() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            assert request.method == "POST"
+            form = dict(httpx.QueryParams(request.content.decode()))
+            assert form == {
+                "grant_type": "refresh_token",
+                "refresh_token": "refresh-me",
+                "client_id": "moorage",
+                "scope": "repository:a:pull",
+                "service": "reg",
+            }
+            return httpx.Response(200, json={"token": "T2"})
+        if request.headers.get("Authorization") == "Bearer T2":
+            return httpx.Response(200, json={})
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://r.example/token",service="reg"'})
+
+    async with make_registry(handler, Credentials("", "", identity_token="refresh-me")) as registry:
+        registry.allow("a", "pull")
+        await registry.ping()
