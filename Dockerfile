@@ -26,6 +26,6 @@ WORKDIR /var/lib/moorage
 VOLUME ["/var/lib/moorage"]
 EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/v2/' % os.environ.get('MOORAGE_HTTP__PORT', '5000'), timeout=2)"]
+    CMD ["python", "-c", "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MOORAGE_HTTP__PORT', '5000'), timeout=2)"]
 ENTRYPOINT ["moorage"]
 CMD ["serve", "--workers", "2"]

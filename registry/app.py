@@ -4,44 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.handlers import routes
 from registry.handlers.common import API_VERSION_HEADER, EXCEPTION_HANDLERS
+from registry.handlers.health import Readiness
+from registry.instrumented_storage import InstrumentedBackend
+from registry.logs import ACCESS_LOGGER
+from registry.metrics import Metrics, mark_process_dead
+from registry.middleware import ReadOnlyGuard, RequestObserver
 from registry.settings import Settings, load_settings
-from registry.store.registry import Registry
+from registry.store.registry import Registry, backend_from_settings
 from registry.store.upload_state import UploadStateSigner, shared_secret
 
 IO_THREADS = 32
 _VERSION_HEADER = (API_VERSION_HEADER[0].lower().encode(), API_VERSION_HEADER[1].encode())
 
 
-class ApiVersionHeader:
-    """Adds `Docker-Distribution-API-Version` to every response (clients probe it on `/v2/` and on errors)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), _VERSION_HEADER]
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
-    registry = Registry.from_settings(settings)
+    metrics = Metrics() if settings.metrics.enabled else None
+    backend = backend_from_settings(settings)
+    if metrics is not None:
+        backend = InstrumentedBackend(backend, metrics)
+    registry = Registry.from_settings(settings, backend=backend, observer=metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -51,13 +42,37 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await registry.start()
         secret = await shared_secret(registry.backend, settings.http.secret)
         app.state.upload_signer = UploadStateSigner(secret)
+        if notifier is not None:
+            await notifier.start()
+        if metrics is not None:
+            await metrics.start()
         try:
             yield
         finally:
+            if metrics is not None:
+                await metrics.aclose()
+            if notifier is not None:
+                await notifier.aclose()
             await registry.aclose()
+            mark_process_dead(os.getpid())
 
-    app = Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    metrics_here = metrics is not None and settings.metrics.port is None
+    app = Starlette(routes=routes(metrics=metrics_here), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
-    app.add_middleware(ApiVersionHeader)
+    app.state.metrics = metrics
+    app.state.readiness = Readiness()
+    app.state.events = None  # the event sink: none unless a feature (webhooks) sets one
+    notifier = None
+    if settings.notifications.endpoints:
+        # An optional feature behind its seam: the core knows only registry.events.
+        from registry.notifications import setup as setup_notifications
+
+        notifier = setup_notifications(app, settings)
+    # Added innermost first: the observer sees every answer, the read-only guard's included. It also adds
+    # `Docker-Distribution-API-Version`, which clients probe on `/v2/` and on errors.
+    if settings.maintenance.read_only:
+        app.add_middleware(ReadOnlyGuard)
+    access_log = logging.getLogger(ACCESS_LOGGER) if settings.http.access_log else None
+    app.add_middleware(RequestObserver, metrics=metrics, access_log=access_log, headers=[_VERSION_HEADER])
     return app

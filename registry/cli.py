@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from registry import __version__
+from registry.client import cli as client_cli
 from registry.settings import CONFIG_ENV, ConfigError, load_settings
 
 EXIT_CONFIG_ERROR = 2
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (http.host, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (http.port, default 5000)")
     serve.add_argument("--workers", type=int, help="worker processes (http.workers, default 1)")
+    client_cli.add_commands(commands)
     return parser
 
 
@@ -76,21 +78,9 @@ def serve(args: argparse.Namespace) -> int:
             return EXIT_CONFIG_ERROR
 
     limit_malloc_arenas()
-    import uvicorn
+    from registry.server import run
 
-    uvicorn.run(
-        "registry.app:create_app",
-        factory=True,
-        host=settings.http.host,
-        port=settings.http.port,
-        workers=settings.http.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log.level,
-        access_log=settings.http.access_log,
-        server_header=False,
-        timeout_graceful_shutdown=30,
-    )
+    run(settings)
     return 0
 
 
@@ -98,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if client_cli.is_client_command(args):
+        return client_cli.run(args)
     return EXIT_CONFIG_ERROR  # pragma: no cover - argparse rejects unknown commands
 
 

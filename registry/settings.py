@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_FILE = Path("config/moorage.yml")
@@ -36,6 +36,7 @@ class HttpSettings(Section):
     )
     access_log: bool = True
     workers: int = Field(default=1, ge=1, le=64, description="Worker processes; `--workers` overrides.")
+    drain_timeout: int = Field(default=30, ge=0, description="Seconds in-flight requests may take after SIGTERM.")
 
 
 class FilesystemSettings(Section):
@@ -84,6 +85,83 @@ class StorageSettings(Section):
 
 class LogSettings(Section):
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="`auto`: text when standard error is a terminal, else JSON lines."
+    )
+
+
+class MaintenanceSettings(Section):
+    read_only: bool = Field(default=False, description="Refuse every write with 503; reads keep working.")
+
+
+class MetricsSettings(Section):
+    enabled: bool = True
+    host: str | None = Field(default=None, description="Address of the separate metrics port; default http.host.")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve /metrics on this port instead of the registry's."
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _credentials_come_in_pairs(self) -> MetricsSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("metrics.username and metrics.password are set together or not at all")
+        return self
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds, or a Go-style duration as Distribution's config has them: `500ms`, `1s`, `2m`, `1h`."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    for unit in sorted(_DURATION_UNITS, key=len, reverse=True):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * _DURATION_UNITS[unit]
+    return text
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+class IgnoreSettings(Section):
+    mediatypes: list[str] = []
+    actions: list[Literal["push", "pull", "delete", "mount"]] = []
+
+
+class EndpointSettings(Section):
+    """One webhook receiver, as in Distribution's `notifications.endpoints[]`."""
+
+    name: str
+    url: str
+    disabled: bool = False
+    headers: dict[str, list[str] | str] = {}
+    timeout: Seconds = 5.0
+    threshold: int = Field(default=5, ge=1, description="Failures in a row before retries slow down to `backoff`.")
+    backoff: Seconds = 10.0
+    ignoredmediatypes: list[str] = []
+    ignore: IgnoreSettings = IgnoreSettings()
+
+
+class NotificationsSettings(Section):
+    endpoints: list[EndpointSettings] = []
+    blobs: bool = Field(
+        default=False, description="Also send blob events (every layer push and pull), not only manifests."
+    )
+    queue_path: Path = Field(
+        default=Path("moorage-notifications.sqlite3"),
+        description="SQLite file holding undelivered events across restarts (local to this host).",
+    )
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> NotificationsSettings:
+        names = [endpoint.name for endpoint in self.endpoints]
+        if len(names) != len(set(names)):
+            raise ValueError("notifications.endpoints: every endpoint needs its own name")
+        return self
 
 
 class Settings(BaseSettings):
@@ -92,6 +170,9 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     storage: StorageSettings = StorageSettings()
     log: LogSettings = LogSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    notifications: NotificationsSettings = NotificationsSettings()
 
     @classmethod
     def settings_customise_sources(

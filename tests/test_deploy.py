@@ -702,9 +702,9 @@ def test_deployment_service_and_probes_agree() -> None:
     assert service_port["port"] == 5000
     assert resolve_port(container, service_port["targetPort"]) == 5000
 
-    for probe in ("readinessProbe", "livenessProbe"):
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         check = container[probe]["httpGet"]
-        assert check["path"] == "/v2/", f"{probe}: GET /v2/ is the endpoint that answers 200 today"
+        assert check["path"] == path, f"{probe}: GET {path} is the endpoint for it"
         assert resolve_port(container, check["port"]) == 5000, f"{probe} does not probe the container's port"
 
 
@@ -865,7 +865,7 @@ def test_dockerfile_shape() -> None:
     _options, sep, command = healthcheck.partition(" CMD ")
     assert sep, "HEALTHCHECK ... CMD [...]"
     argv = json.loads(command)
-    assert argv[:2] == ["python", "-c"] and "/v2/" in argv[2]
+    assert argv[:2] == ["python", "-c"] and "/readyz" in argv[2]
     compile(argv[2], "HEALTHCHECK", "exec")
 
     assert dockerfile_command() == ["moorage", "serve", "--workers", "2"]

@@ -150,3 +150,32 @@ def test_workers_setting_and_flag(tmp_path: Path) -> None:
     result = run_cli("serve", cwd=tmp_path, env_extra={"MOORAGE_HTTP__WORKERS": "-3"})
     assert result.returncode == 2
     assert "http.workers" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("metrics:\n  username: prometheus\n", "set together"),
+        ("log:\n  format: xml\n", "log.format"),
+        ("http:\n  drain_timeout: -1\n", "http.drain_timeout"),
+        ("maintenance:\n  read_only: sometimes\n", "maintenance.read_only"),
+    ],
+)
+def test_operations_settings_are_checked(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.yml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    assert message in str(info.value)
+
+
+def test_operations_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOORAGE_MAINTENANCE__READ_ONLY", "true")
+    monkeypatch.setenv("MOORAGE_METRICS__PORT", "9102")
+    monkeypatch.setenv("MOORAGE_LOG__FORMAT", "json")
+    monkeypatch.setenv("MOORAGE_HTTP__DRAIN_TIMEOUT", "5")
+    settings = load_settings()
+    assert settings.maintenance.read_only is True
+    assert settings.metrics.port == 9102 and settings.metrics.enabled is True
+    assert settings.log.format == "json"
+    assert settings.http.drain_timeout == 5

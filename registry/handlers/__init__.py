@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from registry.handlers import base, blobs, listings, manifests, referrers, uploads
+from registry.handlers import base, blobs, health, listings, manifests, referrers, uploads
 
 
-def routes() -> list[BaseRoute]:
+def routes(*, metrics: bool = False) -> list[BaseRoute]:
+    """The API's routes, the probes, and `/metrics` when it is served on the registry's port."""
+    probes = [
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+    ]
+    if metrics:
+        probes.append(Route("/metrics", health.metrics, methods=["GET"]))
+    # Last: the API's routes are the hot path, and no API path can be taken for a probe's.
+    return api_routes() + probes
+
+
+def api_routes() -> list[BaseRoute]:
     # `{name:path}` matches names with slashes; more specific suffixes come first.
     return [
         Route("/v2/", base.api_version, methods=["GET"]),

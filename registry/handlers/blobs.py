@@ -8,9 +8,11 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from registry.errors import ErrorCode, RegistryError
+from registry.events import notify
 from registry.handlers.common import path_digest, registry_of, repository_name, require_delete_enabled
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+BLOB_MEDIA_TYPE = "application/octet-stream"  # what Distribution reports: a blob's own type is in its manifest
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -57,6 +59,7 @@ async def get_blob(request: Request) -> Response:
     if request.method == "HEAD":
         headers["Content-Length"] = str(info.size)
         return Response(status_code=200, headers=headers, media_type="application/octet-stream")
+    notify(request, "pull", "blob", name, str(digest), BLOB_MEDIA_TYPE, info.size)
     url = await registry.blobs.redirect_url(digest)
     if url is not None:
         return RedirectResponse(url, status_code=307, headers={"Docker-Content-Digest": str(digest)})
@@ -80,4 +83,5 @@ async def delete_blob(request: Request) -> Response:
     digest = path_digest(request)
     require_delete_enabled(request)
     await registry_of(request).blobs.unlink(name, digest)
+    notify(request, "delete", "blob", name, str(digest), BLOB_MEDIA_TYPE)
     return Response(status_code=202, headers={"Docker-Content-Digest": str(digest), "Content-Length": "0"})

@@ -6,7 +6,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from registry import media_types
+from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
+from registry.events import notify
 from registry.handlers.common import registry_of, repository_name, require_delete_enabled
 from registry.store.manifests import too_large
 
@@ -27,8 +29,10 @@ async def get_manifest(request: Request) -> Response:
         "ETag": f'"{manifest.digest}"',
         "Content-Length": str(len(manifest.data)),
     }
-    body = b"" if request.method == "HEAD" else manifest.data
-    return Response(body, headers=headers, media_type=manifest.media_type)
+    if request.method == "HEAD":
+        return Response(b"", headers=headers, media_type=manifest.media_type)
+    notify(request, "pull", "manifest", name, str(manifest.digest), manifest.media_type, len(manifest.data), reference)
+    return Response(manifest.data, headers=headers, media_type=manifest.media_type)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -61,6 +65,7 @@ async def put_manifest(request: Request) -> Response:
     headers += [("OCI-Tag", tag) for tag in extra_tags]
     response = Response(status_code=201)
     response.raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers]
+    notify(request, "push", "manifest", name, str(digest), result.manifest.media_type, len(data), reference)
     return response
 
 
@@ -69,4 +74,6 @@ async def delete_manifest(request: Request) -> Response:
     reference = request.path_params["reference"]
     require_delete_enabled(request)
     await registry_of(request).manifests.delete(name, reference)
+    digest = reference if Digest.is_digest(reference) else ""
+    notify(request, "delete", "manifest", name, digest, reference=reference)
     return Response(status_code=202, headers={"Content-Length": "0"})

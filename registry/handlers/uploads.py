@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from registry.digests import DEFAULT_ALGORITHM, Digest, new_hasher
 from registry.errors import ErrorCode, RegistryError
+from registry.events import Action, notify
 from registry.handlers.common import registry_of, repository_name, signer_of
 from registry.names import validate_name
 from registry.store.blobs import BlobInfo
@@ -18,7 +19,8 @@ from registry.store.uploads import UploadStatus, range_header
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
 
 
-def blob_created(name: str, info: BlobInfo) -> Response:
+def blob_created(request: Request, name: str, info: BlobInfo, action: Action = "push") -> Response:
+    notify(request, action, "blob", name, str(info.digest), "application/octet-stream", info.size)
     return Response(
         status_code=201,
         headers={
@@ -89,7 +91,7 @@ async def start_upload(request: Request) -> Response:
         if source:
             info = await registry.blobs.mount(name, validate_name(source), digest)
             if info is not None:
-                return blob_created(name, info)
+                return blob_created(request, name, info, "mount")
     algorithm = params.get("digest-algorithm") or DEFAULT_ALGORITHM
     new_hasher(algorithm)
     digest_param = params.get("digest")
@@ -99,7 +101,7 @@ async def start_upload(request: Request) -> Response:
         await registry.uploads.append(
             name, status.upload_id, request.stream(), length=content_length(request), algorithm=digest.algorithm
         )
-        return blob_created(name, await registry.uploads.complete(name, status.upload_id, digest))
+        return blob_created(request, name, await registry.uploads.complete(name, status.upload_id, digest))
     status = await registry.uploads.start(name, algorithm)
     return upload_accepted(request, status, algorithm)
 
@@ -153,7 +155,7 @@ async def finish_upload(request: Request) -> Response:
         if length is None:
             length = content_length(request)
         await uploads.append(name, upload_id, request.stream(), start, length, algorithm)
-    return blob_created(name, await uploads.complete(name, upload_id, digest))
+    return blob_created(request, name, await uploads.complete(name, upload_id, digest))
 
 
 async def upload_status(request: Request) -> Response:

@@ -15,6 +15,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from registry import paths
 from registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
@@ -60,6 +61,13 @@ def out_of_order(upload_id: str, offset: int, requested: int | None) -> Registry
     )
 
 
+class UploadObserver(Protocol):
+    """Told of every blob an upload published; the app wires metrics (and notifications) in here."""
+
+    def blob_committed(self, name: str, blob: BlobInfo, deduplicated: bool) -> None:
+        """`deduplicated`: the blob already existed, so the uploaded bytes were dropped."""
+
+
 class _HasherCache:
     """upload id -> (offset the hash covers, algorithm, hasher); bounded, least recently used goes first."""
 
@@ -88,9 +96,10 @@ class _HasherCache:
 
 
 class UploadStore:
-    def __init__(self, backend: StorageBackend, blobs: BlobStore) -> None:
+    def __init__(self, backend: StorageBackend, blobs: BlobStore, observer: UploadObserver | None = None) -> None:
         self.backend = backend
         self.blobs = blobs
+        self.observer = observer
         self._hashers = _HasherCache()
 
     async def start(self, name: str, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
@@ -182,7 +191,7 @@ class UploadStore:
         chunks = await self._chunks(name, upload_id)
         total = sum(c.size for c in chunks)
         try:
-            await self._publish(name, upload_id, digest, chunks, total)
+            created = await self._publish(name, upload_id, digest, chunks, total)
         except PathNotFound:
             # A concurrent completion of the same session took the chunks first.
             raise upload_unknown(upload_id) from None
@@ -191,36 +200,39 @@ class UploadStore:
             raise
         await self.blobs.link(name, digest)
         await self.cancel(name, upload_id)
-        return BlobInfo(digest, total)
+        blob = BlobInfo(digest, total)
+        if self.observer is not None:
+            self.observer.blob_committed(name, blob, deduplicated=not created)
+        return blob
 
-    async def _publish(self, name: str, upload_id: str, digest: Digest, chunks: list[Chunk], total: int) -> None:
+    async def _publish(self, name: str, upload_id: str, digest: Digest, chunks: list[Chunk], total: int) -> bool:
+        """Make the verified bytes the blob; False when the blob already existed (ours is dropped)."""
         data_path = paths.blob_data(digest)
         known = await self._known_digest(name, upload_id, digest.algorithm, chunks, total)
         if known is not None:
             self._verify(digest, known, total)
             if not chunks:
-                await self.backend.put_content(data_path, b"", exclusive=True)
-            elif len(chunks) == 1:
+                return await self.backend.put_content(data_path, b"", exclusive=True)
+            if len(chunks) == 1:
                 # The common case: one PATCH (or monolithic PUT). The chunk becomes the blob without a copy;
                 # if the blob already existed (a dedup hit), ours goes with the session.
-                await self.backend.move(chunks[0].path, data_path, exclusive=True)
-            elif await self.blobs.stat_global(digest) is None:
-                async with await self.backend.writer(data_path, exclusive=True) as writer:
-                    await copy_stream(self._read_chunks(chunks), writer, None)
-                    await writer.commit()
-            return
+                return await self.backend.move(chunks[0].path, data_path, exclusive=True)
+            if await self.blobs.stat_global(digest) is not None:
+                return False
+            async with await self.backend.writer(data_path, exclusive=True) as writer:
+                await copy_stream(self._read_chunks(chunks), writer, None)
+                return await writer.commit()
         # Nothing known about these bytes: hash while concatenating, publish only if it matches.
         hasher = new_hasher(digest.algorithm)
         if len(chunks) == 1:
             async for data in self.backend.reader(chunks[0].path):
                 await hash_into(hasher, data)
             self._verify(digest, hasher.hexdigest(), total)
-            await self.backend.move(chunks[0].path, data_path, exclusive=True)
-            return
+            return await self.backend.move(chunks[0].path, data_path, exclusive=True)
         async with await self.backend.writer(data_path, exclusive=True) as writer:
             await copy_stream(self._read_chunks(chunks), writer, hasher)
             self._verify(digest, hasher.hexdigest(), total)
-            await writer.commit()
+            return await writer.commit()
 
     async def _known_digest(
         self, name: str, upload_id: str, algorithm: str, chunks: list[Chunk], total: int

@@ -17,9 +17,10 @@ from storage_backends import StorageBackend
 ClientFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
-def make_settings(storage: dict[str, Any], **overrides: Any) -> Settings:
+def make_settings(storage: dict[str, Any], sections: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+    """`overrides` go into the storage section; `sections` adds or replaces other sections (`{"maintenance": ...}`)."""
     merged = {**storage, **overrides}
-    return Settings.model_validate({"storage": merged, "http": {"access_log": False}})
+    return Settings.model_validate({"storage": merged, "http": {"access_log": False}, **(sections or {})})
 
 
 @pytest.fixture(params=["filesystem", "s3"])
@@ -53,8 +54,8 @@ async def client_factory(storage_config: dict[str, Any]) -> AsyncIterator[Client
     managers: list[LifespanManager] = []
     clients: list[httpx.AsyncClient] = []
 
-    async def factory(**overrides: Any) -> httpx.AsyncClient:
-        app: Starlette = create_app(make_settings(storage_config, **overrides))
+    async def factory(sections: dict[str, Any] | None = None, **overrides: Any) -> httpx.AsyncClient:
+        app: Starlette = create_app(make_settings(storage_config, sections, **overrides))
         manager = LifespanManager(app)
         await manager.__aenter__()
         managers.append(manager)

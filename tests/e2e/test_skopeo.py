@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
+import json
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -16,16 +15,18 @@ pytestmark = pytest.mark.e2e
 
 LARGE_LAYER_SIZE = 256 * 1024 * 1024
 LARGE_TIMEOUT = 300.0
-ACCESS_LOG_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
+UPLOADS_ROUTE = "/v2/{name:path}/blobs/uploads/"
 
 
-def access_log(server: RunningServer) -> list[tuple[str, str, int]]:
-    """(method, request target, status) for each request in the server's access log."""
-    return [
-        (m["method"], m["target"], int(m["status"]))
-        for line in server.log().splitlines()
-        if (m := ACCESS_LOG_LINE.search(line))
-    ]
+def access_log(server: RunningServer) -> list[dict[str, object]]:
+    """The fields of each line of the server's access log (JSON lines: its output is not a terminal)."""
+    entries = []
+    for line in server.log().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry["logger"] == "moorage.access":
+                entries.append(entry)
+    return entries
 
 
 def storage_blob(server: RunningServer, digest: str) -> Path:
@@ -106,7 +107,7 @@ def test_delete_manifest(moorage: RunningServer, skopeo: Skopeo, tmp_path: Path)
 
     # skopeo resolves the tag to a digest and sends DELETE /v2/<name>/manifests/<digest>.
     skopeo.delete(moorage.ref(repo, "doomed"))
-    deletes = [(unquote(target), status) for method, target, status in access_log(moorage) if method == "DELETE"]
+    deletes = [(e["path"], e["status"]) for e in access_log(moorage) if e["method"] == "DELETE"]
     assert deletes == [(f"/v2/{repo}/manifests/{doomed.manifest.digest}", 202)], deletes
 
     for reference in ("doomed", doomed.manifest.digest):
@@ -174,23 +175,14 @@ def test_cross_repository_mount(moorage: RunningServer, skopeo: Skopeo, tmp_path
     # Registry to registry: skopeo knows the blobs are in `source` on this registry, so it asks to mount them.
     skopeo.copy(moorage.ref(source, "v1"), moorage.ref(target, "v1"))
     requests = access_log(moorage)[before:]
-    mounts: dict[str, int] = {}
-    for method, request_target, status in requests:
-        url = urlsplit(request_target)
-        if method == "POST" and url.path == f"/v2/{target}/blobs/uploads/":
-            query = parse_qs(url.query)
-            if query.get("from") == [source] and "mount" in query:
-                mounts[query["mount"][0]] = status
+    # A mount answers the POST with 201 (the blob is there); an upload would answer 202, then PATCH and PUT.
+    to_target = [(e["method"], e["route"], e["status"]) for e in requests if e["repository"] == target]
+    mounts = [status for method, route, status in to_target if method == "POST" and route == UPLOADS_ROUTE]
     layers = {layer.digest for layer in image.layers}
-    assert layers <= set(mounts), f"skopeo did not mount every layer from {source}; requests: {requests}"
-    assert all(mounts[digest] == 201 for digest in layers), f"mount answers (201 expected): {mounts}"
-    # A mounted blob is never uploaded again (an upload ends with PUT ...?digest=<digest>).
-    uploaded = {
-        parse_qs(urlsplit(t).query).get("digest", [""])[0]
-        for m, t, _ in requests
-        if m == "PUT" and t.startswith(f"/v2/{target}/blobs/uploads/")
-    }
-    assert not uploaded & layers, f"layers uploaded to {target} despite the mounts: {uploaded & layers}"
+    assert mounts.count(201) >= len(layers), f"skopeo did not mount every layer from {source}; requests: {requests}"
+    # Only what was not mounted (the config, which skopeo does not try to mount) may be uploaded.
+    not_layers = len(image.blob_digests) - len(layers)
+    assert mounts.count(202) <= not_layers, f"layers uploaded to {target} despite the mounts: {to_target}"
 
     out = tmp_path / "pulled"
     skopeo.pull(moorage.ref(target, "v1"), out, "v1")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from registry.instrumented_storage import InstrumentedBackend
+from registry.metrics import Metrics
 from storage_backends.base import StorageBackend
 from storage_backends.filesystem import TMP_DIR, FilesystemBackend
 from storage_backends.s3 import S3Backend, S3Options
@@ -83,10 +86,19 @@ async def s3_harness(request: pytest.FixtureRequest) -> AsyncIterator[BackendHar
     server.drop_bucket(bucket)
 
 
+@contextlib.asynccontextmanager
+async def instrumented_harness(request: pytest.FixtureRequest) -> AsyncIterator[BackendHarness]:
+    """The filesystem behind the registry's metrics wrapper: wrapping must not change any behaviour."""
+    async with filesystem_harness(request) as inner:
+        wrapped = InstrumentedBackend(inner.backend, Metrics())
+        yield dataclasses.replace(inner, backend=wrapped)
+
+
 # ---- The one place that lists the backends under test. ----
 HARNESSES: dict[str, HarnessFactory] = {
     "filesystem": filesystem_harness,
     "s3": s3_harness,
+    "instrumented-filesystem": instrumented_harness,
 }
 
 _HARNESS_KEY = pytest.StashKey[BackendHarness]()

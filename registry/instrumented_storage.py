@@ -1,0 +1,163 @@
+"""A storage backend that times every call of the backend it wraps and counts its failures, by operation."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
+
+from registry.metrics import Metrics
+from storage_backends import FileInfo, PathNotFound, StorageBackend, Writer
+
+OPERATIONS = (
+    "get_content",
+    "put_content",
+    "reader",
+    "writer",
+    "commit",
+    "stat",
+    "list",
+    "walk",
+    "copy",
+    "move",
+    "delete",
+    "touch",
+    "redirect_url",
+)
+
+
+class _Timer:
+    """Observes one operation: its duration, and its failure unless the failure is only a missing path.
+
+    A plain class with __enter__/__exit__, not @contextmanager: this runs on every storage call of the hot path.
+    """
+
+    __slots__ = ("duration", "errors")
+
+    def __init__(self, duration: Any, errors: Any) -> None:
+        self.duration = duration
+        self.errors = errors
+
+    def __call__(self) -> _Timing:
+        return _Timing(self)
+
+
+class _Timing:
+    __slots__ = ("start", "timer")
+
+    def __init__(self, timer: _Timer) -> None:
+        self.timer = timer
+        self.start = 0.0
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        self.timer.duration.observe(time.perf_counter() - self.start)
+        if kind is not None and not issubclass(kind, PathNotFound):
+            self.timer.errors.inc()
+
+
+class InstrumentedWriter(Writer):
+    def __init__(self, inner: Writer, commit_timer: _Timer) -> None:
+        self._inner = inner
+        self._commit_timer = commit_timer
+
+    @property
+    def size(self) -> int:
+        return self._inner.size
+
+    async def write(self, data: bytes) -> None:
+        await self._inner.write(data)
+
+    async def commit(self) -> bool:
+        with self._commit_timer():
+            return await self._inner.commit()
+
+    async def cancel(self) -> None:
+        await self._inner.cancel()
+
+
+class InstrumentedBackend(StorageBackend):
+    def __init__(self, inner: StorageBackend, metrics: Metrics) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._timers = {
+            op: _Timer(
+                metrics.buffered_histogram(metrics.storage_duration.labels(inner.name, op)),
+                metrics.storage_errors.labels(inner.name, op),
+            )
+            for op in OPERATIONS
+        }
+
+    async def get_content(self, path: str) -> bytes:
+        with self._timers["get_content"]():
+            return await self.inner.get_content(path)
+
+    async def put_content(self, path: str, data: bytes, exclusive: bool = False) -> bool:
+        with self._timers["put_content"]():
+            return await self.inner.put_content(path, data, exclusive)
+
+    async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        # Timed until the first chunk: the rest of a stream goes at the client's pace.
+        stream = cast(AsyncGenerator[bytes, None], self.inner.reader(path, offset, length))
+        async with contextlib.aclosing(stream) as chunks:
+            with self._timers["reader"]():
+                first = await anext(chunks, None)
+            if first is None:
+                return
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+    async def writer(self, path: str, exclusive: bool = False) -> Writer:
+        with self._timers["writer"]():
+            inner = await self.inner.writer(path, exclusive)
+        return InstrumentedWriter(inner, self._timers["commit"])
+
+    async def stat(self, path: str) -> FileInfo:
+        with self._timers["stat"]():
+            return await self.inner.stat(path)
+
+    async def list(self, path: str) -> builtins.list[FileInfo]:
+        with self._timers["list"]():
+            return await self.inner.list(path)
+
+    async def walk(self, path: str, start_after: str | None = None) -> AsyncIterator[FileInfo]:
+        stream = cast(AsyncGenerator[FileInfo, None], self.inner.walk(path, start_after))
+        async with contextlib.aclosing(stream) as entries:
+            with self._timers["walk"]():
+                first = await anext(entries, None)
+            if first is None:
+                return
+            yield first
+            async for entry in entries:
+                yield entry
+
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        with self._timers["copy"]():
+            return await self.inner.copy(src, dst, exclusive)
+
+    async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        with self._timers["move"]():
+            return await self.inner.move(src, dst, exclusive)
+
+    async def delete(self, path: str) -> None:
+        with self._timers["delete"]():
+            await self.inner.delete(path)
+
+    async def touch(self, path: str) -> None:
+        with self._timers["touch"]():
+            await self.inner.touch(path)
+
+    async def redirect_url(self, path: str, method: str = "GET") -> str | None:
+        with self._timers["redirect_url"]():
+            return await self.inner.redirect_url(path, method)
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

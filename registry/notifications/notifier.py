@@ -1,0 +1,156 @@
+"""Takes events from requests, keeps them in the durable queue, delivers them to each endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import httpx
+
+from registry.events import Action, Kind
+from registry.notifications.queue import DeliveryQueue
+from registry.settings import EndpointSettings, NotificationsSettings
+
+logger = logging.getLogger("moorage.notifications")
+T = TypeVar("T")
+EVENTS_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
+BATCH = 16
+FLUSH_INTERVAL = 0.05
+POLL_INTERVAL = 1.0
+FIRST_RETRY = 0.2
+
+
+class EndpointFilter:
+    def __init__(self, endpoint: EndpointSettings) -> None:
+        self.name = endpoint.name
+        self.media_types = frozenset(endpoint.ignoredmediatypes) | frozenset(endpoint.ignore.mediatypes)
+        self.actions = frozenset(endpoint.ignore.actions)
+
+    def takes(self, action: str, media_type: str) -> bool:
+        return action not in self.actions and media_type not in self.media_types
+
+
+class Notifier:
+    """The app's event sink (see registry.events). Nothing here runs on the request path but a list append."""
+
+    def __init__(self, settings: NotificationsSettings) -> None:
+        self.settings = settings
+        self.endpoints = [e for e in settings.endpoints if not e.disabled]
+        self.filters = [EndpointFilter(e) for e in self.endpoints]
+        self._pending: list[tuple[str, str]] = []
+        self._queue: DeliveryQueue | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moorage-notifications")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._flushed = asyncio.Event()
+        self._wake: dict[str, asyncio.Event] = {}
+
+    # -- the sink ------------------------------------------------------------------------------------
+
+    def wants(self, kind: Kind, action: Action, media_type: str) -> bool:
+        if kind == "blob" and not self.settings.blobs:
+            return False
+        return any(f.takes(action, media_type) for f in self.filters)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        encoded = json.dumps(event, separators=(",", ":"))
+        action, media_type = event["action"], event["target"].get("mediaType", "")
+        self._pending.extend((f.name, encoded) for f in self.filters if f.takes(action, media_type))
+
+    # -- lifetime ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._queue = await self._run(DeliveryQueue, self.settings.queue_path)
+        self._tasks.append(asyncio.create_task(self._flush_forever(), name="notifications-flush"))
+        for endpoint in self.endpoints:
+            self._wake[endpoint.name] = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._deliver_forever(endpoint), name=f"notify-{endpoint.name}"))
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # What requests emitted while we were stopping is kept for the next start.
+        await self._flush()
+        if self._queue is not None:
+            await self._run(self._queue.close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- queueing ------------------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        if not self._pending or self._queue is None:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            await self._run(self._queue.add, batch)
+        except Exception:
+            logger.exception("could not queue %d notification(s); keeping them in memory", len(batch))
+            self._pending[:0] = batch
+            return
+        for name in {endpoint for endpoint, _ in batch}:
+            if name in self._wake:
+                self._wake[name].set()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            await self._flush()
+
+    # -- delivery ------------------------------------------------------------------------------------
+
+    async def _deliver_forever(self, endpoint: EndpointSettings) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        wake = self._wake[endpoint.name]
+        headers = {"Content-Type": EVENTS_MEDIA_TYPE, "User-Agent": "moorage-notifications"}
+        extra = [
+            (k, v) for k, values in endpoint.headers.items() for v in ([values] if isinstance(values, str) else values)
+        ]
+        failures = 0
+        async with httpx.AsyncClient(timeout=endpoint.timeout) as client:
+            while True:
+                try:
+                    deliveries = await self._run(queue.claim, endpoint.name, BATCH, endpoint.timeout + 30.0)
+                except Exception:
+                    logger.exception("notifications: cannot read the queue")
+                    deliveries = []
+                if not deliveries:
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), POLL_INTERVAL)
+                    continue
+                ids = [d.id for d in deliveries]
+                body = '{"events":[' + ",".join(d.event for d in deliveries) + "]}"
+                try:
+                    response = await client.post(
+                        endpoint.url, content=body.encode(), headers=httpx.Headers([*headers.items(), *extra])
+                    )
+                    ok = 200 <= response.status_code < 300
+                    problem = f"answered {response.status_code}"
+                except httpx.HTTPError as e:
+                    ok, problem = False, f"{type(e).__name__}: {e}"
+                if ok:
+                    failures = 0
+                    await self._run(queue.delivered, ids)
+                    continue
+                failures += 1
+                delay = endpoint.backoff if failures >= endpoint.threshold else FIRST_RETRY * 2 ** (failures - 1)
+                delay = min(delay, endpoint.backoff)
+                logger.warning(
+                    "notifications: endpoint %s %s; %d event(s) retried in %.1fs",
+                    endpoint.name,
+                    problem,
+                    len(ids),
+                    delay,
+                )
+                await self._run(queue.retry_later, ids, delay)
+                await asyncio.sleep(delay)

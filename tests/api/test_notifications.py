@@ -1,0 +1,136 @@
+"""Webhook notifications: Distribution's envelope, filters, retries until the receiver answers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from registry.settings import parse_duration
+from tests.api.conftest import ClientFactory
+from tests.api.helpers import OCI_MANIFEST, push_blob, push_image
+from tests.webhook_receiver import Receiver
+
+EVENTS_TYPE = "application/vnd.docker.distribution.events.v1+json"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    made = Receiver()
+    yield made
+    made.close()
+
+
+def notifications(receiver: Receiver, tmp_path: Path, **endpoint: Any) -> dict[str, Any]:
+    settings = {
+        "endpoints": [
+            {
+                "name": "ci",
+                "url": receiver.url,
+                "timeout": "2s",
+                "threshold": 2,
+                "backoff": "300ms",
+                "headers": {"Authorization": ["Bearer hook-token"]},
+                **endpoint,
+            }
+        ],
+        "queue_path": str(tmp_path / "notifications.sqlite3"),
+    }
+    return {"notifications": settings}
+
+
+async def test_push_pull_delete_events_carry_every_field(
+    client_factory: ClientFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    client = await client_factory(sections=notifications(receiver, tmp_path))
+    headers = {"X-Request-ID": "push-1", "User-Agent": "ci-pusher/1.0"}
+    digest, body = await push_image(client, "team/app", "v1")
+    put = await client.put("/v2/team/app/manifests/v1", content=body, headers={"Content-Type": OCI_MANIFEST, **headers})
+    assert put.status_code == 201
+
+    (first, second) = await receiver.wait_for("push", "manifests", 2)
+    assert second["request"]["id"] == "push-1"
+    event = second
+    assert set(event) == {"id", "timestamp", "action", "target", "request", "actor", "source"}
+    assert event["id"] != first["id"]
+    assert event["timestamp"].endswith("Z") and event["timestamp"][10] == "T"
+    assert event["target"] == {
+        "mediaType": OCI_MANIFEST,
+        "digest": digest,
+        "size": len(body),
+        "length": len(body),
+        "repository": "team/app",
+        "url": f"http://registry.test/v2/team/app/manifests/{digest}",
+        "tag": "v1",
+    }
+    request = event["request"]
+    assert request["method"] == "PUT" and request["useragent"] == "ci-pusher/1.0"
+    assert request["host"] == "registry.test" and request["addr"]
+    assert event["actor"] == {"name": ""}
+    assert set(event["source"]) == {"addr", "instanceID"} and event["source"]["instanceID"]
+    sent_headers, _ = receiver.envelopes[0]
+    assert sent_headers["Content-Type"] == EVENTS_TYPE
+    assert sent_headers["Authorization"] == "Bearer hook-token"
+    # Blob events are off by default: manifests only.
+    assert all("/manifests/" in e["target"]["url"] for e in receiver.events())
+
+    pulled = await client.get(f"/v2/team/app/manifests/{digest}", headers={"Accept": OCI_MANIFEST})
+    assert pulled.status_code == 200
+    (pull,) = await receiver.wait_for("pull", "manifests")
+    assert pull["target"]["digest"] == digest and "tag" not in pull["target"]
+    assert (await client.head("/v2/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST})).status_code == 200
+
+    assert (await client.delete(f"/v2/team/app/manifests/{digest}")).status_code == 202
+    (delete,) = await receiver.wait_for("delete", "manifests")
+    assert delete["target"]["digest"] == digest and delete["target"]["repository"] == "team/app"
+    assert len(await receiver.wait_for("pull", "manifests")) == 1  # HEAD is not a pull
+
+
+async def test_blob_events_and_ignore_filters(
+    client_factory: ClientFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    sections = notifications(receiver, tmp_path, ignore={"actions": ["pull"]})
+    sections["notifications"]["blobs"] = True
+    client = await client_factory(sections=sections)
+    data = b"layer bytes" * 100
+    digest = await push_blob(client, "team/app", data)
+    (push,) = await receiver.wait_for("push", "blobs")
+    assert push["target"]["digest"] == digest and push["target"]["size"] == len(data)
+    assert (await client.post(f"/v2/other/app/blobs/uploads/?mount={digest}&from=team/app")).status_code == 201
+    (mount,) = await receiver.wait_for("mount", "blobs")
+    assert mount["target"]["repository"] == "other/app"
+    assert (await client.get(f"/v2/team/app/blobs/{digest}")).status_code == 200
+    # Events go out in order: once a later push arrived, an unfiltered pull would have arrived before it.
+    await push_blob(client, "team/app", b"later")
+    assert len(await receiver.wait_for("push", "blobs", 2)) == 2
+    assert [e for e in receiver.events() if e["action"] == "pull"] == []
+
+
+async def test_events_wait_for_a_receiver_that_is_down(
+    client_factory: ClientFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.status = 503
+    client = await client_factory(sections=notifications(receiver, tmp_path))
+    digest, _ = await push_image(client, "team/app", "v1")
+    await asyncio.sleep(1.0)  # several failed attempts
+    assert receiver.events() == []
+    receiver.status = 200
+    (push,) = await receiver.wait_for("push", "manifests")
+    assert push["target"]["digest"] == digest
+    await asyncio.sleep(0.5)
+    assert len(receiver.events()) == 1, "delivered more than once"
+
+
+async def test_no_endpoints_no_events(client: httpx.AsyncClient) -> None:
+    await push_image(client, "team/app", "v1")  # nothing to set up, nothing fails
+
+
+def test_durations_in_distributions_format() -> None:
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("2s") == 2.0
+    assert parse_duration("1.5m") == 90.0
+    assert parse_duration(3) == 3
