@@ -92,6 +92,11 @@ def add_commands(commands: Any) -> None:
     push.add_argument("src", metavar="SRC")
     push.add_argument("ref", metavar="REF", help="e.g. registry.example:5000/team/app:1.0")
     push.add_argument("--tag", "-t", action="append", default=[], metavar="T", help="also tag as T (repeatable)")
+    push.add_argument(
+        "--mount-from",
+        metavar="REPO",
+        help="mount blobs the destination lacks from REPO on the same registry instead of uploading them",
+    )
     _output_flags(push, transfers=True)
     _chunk_flag(push)
 

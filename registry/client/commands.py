@@ -59,6 +59,7 @@ async def cmd_push(args: argparse.Namespace) -> int:
                 extra_tags=tags,
                 concurrency=args.concurrency,
                 chunk_size=args.chunk_size,
+                mount_from=args.mount_from,
             )
     finally:
         reporter.close()

@@ -24,6 +24,7 @@ async def _push_blobs(
     reporter: Reporter,
     concurrency: int,
     chunk_size: int | None = None,
+    mount_from: str | None = None,
 ) -> None:
     async def push_one(blob: Descriptor) -> None:
         progress = reporter.blob(blob.digest, blob.size, "pushing")
@@ -34,6 +35,7 @@ async def _push_blobs(
             lambda offset: source.stream(blob.digest, offset),
             progress,
             chunk_size=chunk_size,
+            mount_from=mount_from,
         )
         reporter.done(blob.digest, blob.size, outcome)
 
@@ -57,19 +59,20 @@ async def push_manifest_tree(
     reporter: Reporter,
     concurrency: int,
     chunk_size: int | None = None,
+    mount_from: str | None = None,
 ) -> Manifest:
     """Blobs first, then child manifests by digest; the root manifest is returned, not yet put."""
     manifest = source.manifest(root)
     if manifest.is_index:
         children = [source.manifest(child) for child in manifest.children]
         blobs = [blob for child in children for blob in child.blobs]
-        await _push_blobs(registry, source, repository, blobs, reporter, concurrency, chunk_size)
+        await _push_blobs(registry, source, repository, blobs, reporter, concurrency, chunk_size, mount_from)
         for child in children:
             if child.is_index:
                 raise ClientError(f"{source.description}: nested indexes are not supported ({child.digest})")
             await registry.put_manifest(repository, child.digest, child)
     else:
-        await _push_blobs(registry, source, repository, manifest.blobs, reporter, concurrency, chunk_size)
+        await _push_blobs(registry, source, repository, manifest.blobs, reporter, concurrency, chunk_size, mount_from)
     return manifest
 
 
@@ -83,13 +86,19 @@ async def push_image(
     extra_tags: Iterable[str] = (),
     concurrency: int = DEFAULT_CONCURRENCY,
     chunk_size: int | None = None,
+    mount_from: str | None = None,
 ) -> str:
     """Push `root` (an image manifest or an index) from `source` as `dest`, then tag it with `extra_tags` too.
 
-    Returns the manifest digest. Extra tags are manifest PUTs only: no blob is sent twice.
+    Returns the manifest digest. Extra tags are manifest PUTs only: no blob is sent twice. With `mount_from`, a
+    blob the destination lacks is first mounted from that repository of the same registry (no bytes sent).
     """
     registry.allow(dest.repository, "pull,push")
-    manifest = await push_manifest_tree(registry, source, root, dest.repository, reporter, concurrency, chunk_size)
+    if mount_from:
+        registry.allow(mount_from, "pull")
+    manifest = await push_manifest_tree(
+        registry, source, root, dest.repository, reporter, concurrency, chunk_size, mount_from
+    )
     if dest.digest and dest.digest != manifest.digest:
         raise ClientError(f"{dest}: the image's digest is {manifest.digest}")
     digest = await registry.put_manifest(dest.repository, dest.digest or dest.reference, manifest)

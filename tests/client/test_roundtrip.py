@@ -225,3 +225,16 @@ async def test_push_survives_a_dropped_connection_mid_layer(
     dest = tmp_path / "pulled"
     (await run_cli_async("pull", f"{registry_server.host}/team/dropped:1", str(dest), docker_config=tmp_path)).ok()
     assert_identical_trees(layout.path, dest)
+
+
+def test_push_mounts_from_a_known_repository(moorage_factory: MoorageFactory, cli: Cli, tmp_path: Path) -> None:
+    moorage = moorage_factory()
+    layout = OciLayout(tmp_path / "src")
+    index = multiarch_index(layout, name="mountable", tag="1")
+    first = cli("push", str(layout.path), f"{moorage.host}/team/base:1").ok()
+    assert "pushed" in first.stderr
+    mounted = cli("push", str(layout.path), f"{moorage.host}/team/derived:1", "--mount-from", "team/base").ok()
+    assert "mounted" in mounted.stderr and "pushed" not in mounted.stderr
+    assert mounted.stdout.strip().endswith(index.index.digest)
+    unknown = cli("push", str(layout.path), f"{moorage.host}/team/third:1", "--mount-from", "team/nothing").ok()
+    assert "pushed" in unknown.stderr  # the registry answers 202: the client uploads instead
