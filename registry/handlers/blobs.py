@@ -49,7 +49,7 @@ async def get_blob(request: Request) -> Response:
     name = repository_name(request)
     digest = path_digest(request)
     registry = registry_of(request)
-    info = await registry.blobs.stat(name, digest)
+    info = await registry.blobs.stat_recent(name, digest)
     headers = {
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",

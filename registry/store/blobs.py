@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -9,6 +11,9 @@ from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from storage_backends import PathNotFound, StorageBackend
+
+EXISTENCE_TTL = 1.0
+EXISTENCE_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +27,11 @@ def blob_unknown(digest: Digest) -> RegistryError:
 
 
 class BlobStore:
-    def __init__(self, backend: StorageBackend) -> None:
+    def __init__(self, backend: StorageBackend, existence_ttl: float = EXISTENCE_TTL) -> None:
         self.backend = backend
+        self._existence_ttl = existence_ttl
+        # (repository, digest) -> (info, monotonic expiry): positive answers only, for blob GET/HEAD.
+        self._seen: OrderedDict[tuple[str, Digest], tuple[BlobInfo, float]] = OrderedDict()
 
     async def _linked(self, name: str, digest: Digest) -> bool:
         """Distribution lets a repository see a blob through a layer link or a manifest revision link."""
@@ -52,6 +60,25 @@ class BlobStore:
             raise blob_unknown(digest)
         return info
 
+    async def stat_recent(self, name: str, digest: Digest) -> BlobInfo:
+        """`stat`, answered from a short-lived memory of blobs seen present (Distribution keeps a blob
+        descriptor cache too). A link removed by another process may still answer for EXISTENCE_TTL seconds;
+        one removed here is forgotten at once. Manifest validation and mounts always ask storage."""
+        key = (name, digest)
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and seen[1] > now:
+            return seen[0]
+        info = await self.stat(name, digest)
+        self._seen[key] = (info, now + self._existence_ttl)
+        self._seen.move_to_end(key)
+        while len(self._seen) > EXISTENCE_CACHE_SIZE:
+            self._seen.popitem(last=False)
+        return info
+
+    def forget(self, name: str, digest: Digest) -> None:
+        self._seen.pop((name, digest), None)
+
     def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self.backend.reader(paths.blob_data(digest), offset, length)
 
@@ -66,6 +93,7 @@ class BlobStore:
 
     async def unlink(self, name: str, digest: Digest) -> None:
         """Remove the repository's layer link; the data stays for other repositories (GC collects orphans)."""
+        self.forget(name, digest)
         link = paths.layer_link(name, digest)
         if not await self.backend.exists(link):
             raise blob_unknown(digest)

@@ -196,6 +196,7 @@ class ManifestStore:
         if parsed is not None and parsed.subject is not None:
             await self.referrers.remove(name, parsed.subject.digest, digest)
         await self.backend.delete(paths.manifest_revision_dir(name, digest))
+        self.blobs.forget(name, digest)
 
 
 def too_large(size: int, limit: int) -> RegistryError:

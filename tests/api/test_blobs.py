@@ -132,3 +132,20 @@ async def test_sha512_blob(client: httpx.AsyncClient) -> None:
     get = await client.get(f"/v2/team/app/blobs/{digest}")
     assert get.status_code == 200
     assert hashlib.sha512(get.content).hexdigest() == digest.split(":")[1]
+
+
+async def test_existence_memory_is_short_and_local(client_factory: ClientFactory) -> None:
+    """HEAD answers from a 1 s memory of blobs seen present: a delete on this process is seen at once, one on
+    another process within the memory's lifetime."""
+    import asyncio
+
+    from registry.store.blobs import EXISTENCE_TTL
+
+    worker_a, worker_b = await client_factory(), await client_factory()
+    digest = await push_blob(worker_a, "team/app", DATA)
+    assert (await worker_a.head(f"/v2/team/app/blobs/{digest}")).status_code == 200
+    assert (await worker_b.head(f"/v2/team/app/blobs/{digest}")).status_code == 200
+    assert (await worker_b.delete(f"/v2/team/app/blobs/{digest}")).status_code == 202
+    assert (await worker_b.head(f"/v2/team/app/blobs/{digest}")).status_code == 404
+    await asyncio.sleep(EXISTENCE_TTL + 0.1)
+    assert (await worker_a.head(f"/v2/team/app/blobs/{digest}")).status_code == 404
