@@ -9,7 +9,7 @@ from registry import paths
 from registry.digests import Digest
 from registry.errors import RegistryError
 from registry.store.manifest_format import parse_manifest
-from storage_backends import PathNotFound, StorageBackend
+from storage_backends import StorageBackend
 
 
 class ReferrerStore:
@@ -23,13 +23,16 @@ class ReferrerStore:
         await self.backend.delete(paths.referrer_link(name, subject, referrer).rsplit("/", 1)[0])
 
     async def digests(self, name: str, subject: Digest) -> list[Digest]:
+        """The referrers' digests, read off the link paths (`.../<alg>/<hex>/link`): no read per link."""
         found = []
         async for info in self.backend.walk(paths.referrers_dir(name, subject)):
-            if info.path.endswith("/link"):
-                try:
-                    found.append(Digest.parse((await self.backend.get_content(info.path)).decode().strip()))
-                except (PathNotFound, RegistryError, UnicodeDecodeError):
-                    continue
+            parts = info.path.split("/")
+            if parts[-1] != "link" or len(parts) < 3:
+                continue
+            try:
+                found.append(Digest.parse(f"{parts[-3]}:{parts[-2]}"))
+            except RegistryError:
+                continue
         return found
 
 
