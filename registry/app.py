@@ -11,13 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
 
+from registry.auth import setup as auth_setup
+from registry.gc import setup as gc_setup
 from registry.handlers import routes
 from registry.handlers.common import API_VERSION_HEADER, EXCEPTION_HANDLERS
 from registry.handlers.health import Readiness
+from registry.index import setup as index_setup
 from registry.instrumented_storage import InstrumentedBackend
 from registry.logs import ACCESS_LOGGER
 from registry.metrics import Metrics, mark_process_dead
 from registry.middleware import ReadOnlyGuard, RequestObserver
+from registry.services import Service
 from registry.settings import Settings, load_settings
 from registry.store.registry import Registry, backend_from_settings
 from registry.store.upload_state import UploadStateSigner, shared_secret
@@ -46,9 +50,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await notifier.start()
         if metrics is not None:
             await metrics.start()
+        for service in services:
+            await service.start()
         try:
             yield
         finally:
+            for service in reversed(services):
+                await service.aclose()
             if metrics is not None:
                 await metrics.aclose()
             if notifier is not None:
@@ -69,10 +77,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         from registry.notifications import setup as setup_notifications
 
         notifier = setup_notifications(app, settings)
-    # Added innermost first: the observer sees every answer, the read-only guard's included. It also adds
-    # `Docker-Distribution-API-Version`, which clients probe on `/v2/` and on errors.
+    # Features behind their seams; each may add state, middleware or a background service.
+    services: list[Service] = []
+    for feature in (index_setup, gc_setup):
+        service = feature.install(app, settings, registry)
+        if service is not None:
+            services.append(service)
+    # Added innermost first: the observer sees every answer, the read-only guard's and auth's included. It also
+    # adds `Docker-Distribution-API-Version`, which clients probe on `/v2/` and on errors.
     if settings.maintenance.read_only:
         app.add_middleware(ReadOnlyGuard)
+    auth_service = auth_setup.install(app, settings, registry)
+    if auth_service is not None:
+        services.append(auth_service)
     access_log = logging.getLogger(ACCESS_LOGGER) if settings.http.access_log else None
     app.add_middleware(RequestObserver, metrics=metrics, access_log=access_log, headers=[_VERSION_HEADER])
     return app

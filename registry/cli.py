@@ -11,10 +11,14 @@ import sys
 from collections.abc import Sequence
 
 from registry import __version__
+from registry.auth import cli as auth_cli
 from registry.client import cli as client_cli
+from registry.gc import cli as gc_cli
+from registry.index import cli as index_cli
 from registry.settings import CONFIG_ENV, ConfigError, load_settings
 
 EXIT_CONFIG_ERROR = 2
+ADMIN_FEATURES = (auth_cli, gc_cli, index_cli)
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 
@@ -37,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (http.port, default 5000)")
     serve.add_argument("--workers", type=int, help="worker processes (http.workers, default 1)")
     client_cli.add_commands(commands)
+    for feature in ADMIN_FEATURES:
+        feature.add_commands(commands)
     return parser
 
 
@@ -90,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if client_cli.is_client_command(args):
         return client_cli.run(args)
+    admin_run = getattr(args, "admin_run", None)
+    if admin_run is not None:
+        result: int = admin_run(args)
+        return result
     return EXIT_CONFIG_ERROR  # pragma: no cover - argparse rejects unknown commands
 
 

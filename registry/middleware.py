@@ -84,6 +84,25 @@ class RequestObserver:
                 received += len(message.get("body", b""))
             return message
 
+        observed = False
+
+        def observe() -> None:
+            # Once per request: when the response's last byte is handed to the server (work the handler does
+            # after that, e.g. background tasks, is not the client's wait), or when the app returns without it.
+            nonlocal observed, status
+            if observed:
+                return
+            observed = True
+            # No response started: the exception goes on to the outermost handler, which answers 500.
+            status = status or 500
+            duration = time.perf_counter() - start
+            route = scope.get("route")
+            template = getattr(route, "path", UNMATCHED_ROUTE)
+            if self.metrics is not None:
+                self.metrics.observe_request(method, template, status, duration, received, sent)
+            if self.access_log is not None:
+                self._log(scope, request_id, template, status, duration, received, sent)
+
         async def send_observed(message: Message) -> None:
             nonlocal status, sent
             if message["type"] == "http.response.start":
@@ -92,6 +111,8 @@ class RequestObserver:
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                observe()
 
         metrics = self.metrics
         has_body = method in _UPLOAD_METHODS
@@ -104,15 +125,7 @@ class RequestObserver:
         finally:
             if upload:
                 metrics.uploads_in_progress.dec()  # type: ignore[union-attr]
-            # No response started: the exception goes on to the outermost handler, which answers 500.
-            status = status or 500
-            duration = time.perf_counter() - start
-            route = scope.get("route")
-            template = getattr(route, "path", UNMATCHED_ROUTE)
-            if metrics is not None:
-                metrics.observe_request(method, template, status, duration, received, sent)
-            if self.access_log is not None:
-                self._log(scope, request_id, template, status, duration, received, sent)
+            observe()
 
     def _log(
         self, scope: Scope, request_id: str, route: str, status: int, duration: float, received: int, sent: int

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from registry.auth.settings import AccessRule, AuthSettings
+from registry.durations import Seconds
+from registry.gc.settings import GcSettings, ImmutableTagRule, RetentionRule, UploadsSettings
+from registry.index.settings import IndexSettings
 
 DEFAULT_CONFIG_FILE = Path("config/moorage.yml")
 CONFIG_ENV = "MOORAGE_CONFIG"
@@ -26,6 +31,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TlsSettings(Section):
+    certificate: Path
+    key: Path
+
+
 class HttpSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=5000, ge=0, le=65535)
@@ -37,6 +47,7 @@ class HttpSettings(Section):
     access_log: bool = True
     workers: int = Field(default=1, ge=1, le=64, description="Worker processes; `--workers` overrides.")
     drain_timeout: int = Field(default=30, ge=0, description="Seconds in-flight requests may take after SIGTERM.")
+    tls: TlsSettings | None = Field(default=None, description="Serve HTTPS with this certificate and key.")
 
 
 class FilesystemSettings(Section):
@@ -110,23 +121,6 @@ class MetricsSettings(Section):
         return self
 
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: Any) -> Any:
-    """Seconds, or a Go-style duration as Distribution's config has them: `500ms`, `1s`, `2m`, `1h`."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    for unit in sorted(_DURATION_UNITS, key=len, reverse=True):
-        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
-            return float(text[: -len(unit)]) * _DURATION_UNITS[unit]
-    return text
-
-
-Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-
-
 class IgnoreSettings(Section):
     mediatypes: list[str] = []
     actions: list[Literal["push", "pull", "delete", "mount"]] = []
@@ -173,6 +167,13 @@ class Settings(BaseSettings):
     maintenance: MaintenanceSettings = MaintenanceSettings()
     metrics: MetricsSettings = MetricsSettings()
     notifications: NotificationsSettings = NotificationsSettings()
+    auth: AuthSettings | None = Field(default=None, description="Absent: no authentication (laptop mode).")
+    access: list[AccessRule] = []
+    index: IndexSettings = IndexSettings()
+    gc: GcSettings = GcSettings()
+    uploads: UploadsSettings = UploadsSettings()
+    retention: list[RetentionRule] = []
+    immutable_tags: list[ImmutableTagRule] = []
 
     @classmethod
     def settings_customise_sources(

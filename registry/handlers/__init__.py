@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from registry.handlers import base, blobs, health, listings, manifests, referrers, uploads
+from registry.handlers import admin, auth_token, base, blobs, health, listings, manifests, referrers, search, uploads
 
 
 def routes(*, metrics: bool = False) -> list[BaseRoute]:
@@ -16,7 +16,7 @@ def routes(*, metrics: bool = False) -> list[BaseRoute]:
     if metrics:
         probes.append(Route("/metrics", health.metrics, methods=["GET"]))
     # Last: the API's routes are the hot path, and no API path can be taken for a probe's.
-    return api_routes() + probes
+    return api_routes() + search.routes() + admin.routes() + auth_token.routes() + probes
 
 
 def api_routes() -> list[BaseRoute]:

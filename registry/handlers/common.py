@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 from starlette.exceptions import HTTPException
@@ -35,6 +36,22 @@ def registry_of(request: Request) -> Registry:
 def signer_of(request: Request) -> UploadStateSigner:
     signer: UploadStateSigner = request.app.state.upload_signer
     return signer
+
+
+ACCESS_SCOPE_KEY = "moorage.access"
+
+
+class AccessView(Protocol):
+    def allows(self, repository: str, action: str) -> bool:
+        """Whether the caller may do `action` ("pull", "push", "delete") on `repository`."""
+
+
+def pull_filter(request: Request) -> Callable[[str], bool] | None:
+    """Which repositories the caller may see (catalog, search); None when every repository is visible."""
+    access: AccessView | None = request.scope.get(ACCESS_SCOPE_KEY)
+    if access is None:
+        return None
+    return lambda repository: access.allows(repository, "pull")
 
 
 def repository_name(request: Request) -> str:

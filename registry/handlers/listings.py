@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from registry.errors import ErrorCode, RegistryError
-from registry.handlers.common import json_response, paginate, registry_of, repository_name
+from registry.handlers.common import json_response, paginate, pull_filter, registry_of, repository_name
 
 
 async def list_tags(request: Request) -> Response:
@@ -21,5 +21,8 @@ async def list_tags(request: Request) -> Response:
 
 async def catalog(request: Request) -> Response:
     names = await registry_of(request).repositories.names()
+    visible = pull_filter(request)
+    if visible is not None:
+        names = [name for name in names if visible(name)]
     page, headers = paginate(names, request, request.url.path)
     return json_response({"repositories": page}, headers=headers)

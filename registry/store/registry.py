@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from registry import paths
+from registry.index.base import MetadataIndex
 from registry.settings import Settings
 from registry.store.blobs import BlobStore
 from registry.store.manifests import ManifestStore
@@ -42,6 +43,9 @@ class Registry:
         self.referrers = ReferrerStore(backend)
         self.manifests = ManifestStore(backend, self.blobs, self.tags, self.referrers, manifest_max_bytes)
         self.repositories = RepositoryStore(backend)
+        # Set by the app when the metadata index is on; whoever changes a repository behind the API's back
+        # (GC, retention, repository deletion) tells it.
+        self.index: MetadataIndex | None = None
 
     @classmethod
     def from_settings(

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.settings import parse_duration
+from registry.durations import parse_duration
 from tests.api.conftest import ClientFactory
 from tests.api.helpers import OCI_MANIFEST, push_blob, push_image
 from tests.webhook_receiver import Receiver

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,20 @@ def access_log(server: RunningServer) -> list[dict[str, object]]:
             if entry["logger"] == "moorage.access":
                 entries.append(entry)
     return entries
+
+
+def access_log_once(server: RunningServer, done: Callable[[dict[str, object]], bool]) -> list[dict[str, object]]:
+    """The access log once an entry satisfying `done` is in it.
+
+    The server writes a request's access line just after sending its response, so a client that has already
+    exited may be a moment ahead of the log: wait (boundedly) for the line that marks the end of what we look at.
+    """
+    deadline = time.monotonic() + 10
+    while True:
+        entries = access_log(server)
+        if any(done(entry) for entry in entries) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.02)
 
 
 def storage_blob(server: RunningServer, digest: str) -> Path:
@@ -107,7 +122,8 @@ def test_delete_manifest(moorage: RunningServer, skopeo: Skopeo, tmp_path: Path)
 
     # skopeo resolves the tag to a digest and sends DELETE /v2/<name>/manifests/<digest>.
     skopeo.delete(moorage.ref(repo, "doomed"))
-    deletes = [(e["path"], e["status"]) for e in access_log(moorage) if e["method"] == "DELETE"]
+    entries = access_log_once(moorage, lambda e: e["method"] == "DELETE")
+    deletes = [(e["path"], e["status"]) for e in entries if e["method"] == "DELETE"]
     assert deletes == [(f"/v2/{repo}/manifests/{doomed.manifest.digest}", 202)], deletes
 
     for reference in ("doomed", doomed.manifest.digest):
@@ -174,7 +190,10 @@ def test_cross_repository_mount(moorage: RunningServer, skopeo: Skopeo, tmp_path
 
     # Registry to registry: skopeo knows the blobs are in `source` on this registry, so it asks to mount them.
     skopeo.copy(moorage.ref(source, "v1"), moorage.ref(target, "v1"))
-    requests = access_log(moorage)[before:]
+    # skopeo's last request is the manifest PUT to the target.
+    requests = access_log_once(
+        moorage, lambda e: e["method"] == "PUT" and e["repository"] == target and "/manifests/" in str(e["path"])
+    )[before:]
     # A mount answers the POST with 201 (the blob is there); an upload would answer 202, then PATCH and PUT.
     to_target = [(e["method"], e["route"], e["status"]) for e in requests if e["repository"] == target]
     mounts = [status for method, route, status in to_target if method == "POST" and route == UPLOADS_ROUTE]

@@ -1,0 +1,58 @@
+"""What every admin command (`moorage token|gc|repo|du|index ...`) shares: `--config`, settings, an open registry.
+
+Admin commands work on the storage directly (the source of truth every replica shares), so they run beside live
+servers; each module registers its subcommands with `add_commands` and sets `admin_run` to its entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+from registry.settings import CONFIG_ENV, ConfigError, Settings, load_settings
+from registry.store.registry import Registry
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG_ERROR = 2
+
+AdminMain = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help=f"YAML config file (default: ${CONFIG_ENV}, else config/moorage.yml)"
+    )
+
+
+def set_main(parser: argparse.ArgumentParser, main: AdminMain) -> None:
+    """Make `main(args, settings)` the entry point of an admin subcommand."""
+    add_config_argument(parser)
+    parser.set_defaults(admin_run=lambda args: run_admin(main, args))
+
+
+def run_admin(main: AdminMain, args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(getattr(args, "config", None))
+    except ConfigError as e:
+        print(f"moorage: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    try:
+        return asyncio.run(main(args, settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+@contextlib.asynccontextmanager
+async def open_registry(settings: Settings) -> AsyncIterator[Registry]:
+    """The registry over the configured storage, started, and closed afterwards."""
+    registry = Registry.from_settings(settings)
+    await registry.start()
+    try:
+        yield registry
+    finally:
+        await registry.aclose()

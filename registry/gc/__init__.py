@@ -1,0 +1,1 @@
+"""Online garbage collection, upload purging, retention, immutable tags, repository deletion, storage accounting."""

@@ -1,0 +1,1 @@
+"""The metadata index: derived data about repositories, tags and manifests (storage stays the source of truth)."""
