@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set-up and entry points for a fresh Debian machine with Python 3.11:
 #   ./dev.sh run    serve the registry with the embedded defaults (filesystem under ./data, 127.0.0.1:5000)
-#   ./dev.sh test   run the whole test suite (installs skopeo and docker-registry with apt-get when missing)
+#   ./dev.sh test   run the whole test suite (installs the Debian packages in .ci/apt-packages.txt when missing)
 #   ./dev.sh lint   ruff and mypy
 #   ./dev.sh bench  the benchmark against Debian's docker-registry (bench/README.md; about 5 minutes)
 # Each creates the virtualenv (.venv) and installs what it needs first.
