@@ -136,6 +136,17 @@ class Metrics:
             ("backend", "operation"),
             registry=r,
         )
+        self.gc_runs = Counter("moorage_gc_runs", "Garbage collection runs, by outcome.", ("outcome",), registry=r)
+        self.gc_blobs_removed = Counter("moorage_gc_blobs_removed", "Blobs deleted by garbage collection.", registry=r)
+        self.gc_bytes_removed = Counter(
+            "moorage_gc_removed_bytes", "Bytes of blobs deleted by garbage collection.", registry=r
+        )
+        self.gc_manifests_removed = Counter(
+            "moorage_gc_manifests_removed", "Manifests removed by retention or untagged-manifest GC.", registry=r
+        )
+        self.gc_uploads_purged = Counter(
+            "moorage_gc_uploads_purged", "Stale upload sessions removed by garbage collection.", registry=r
+        )
         self._http_children: dict[
             tuple[str, str, int], tuple[BufferedCounter, BufferedHistogram, BufferedCounter, BufferedCounter]
         ] = {}
@@ -199,6 +210,16 @@ class Metrics:
         if deduplicated:
             self.dedup_hits.inc()
             self.dedup_saved_bytes.inc(blob.size)
+
+    def gc_finished(self, blobs: int, removed_bytes: int, manifests: int, uploads: int) -> None:
+        self.gc_runs.labels("ok").inc()
+        self.gc_blobs_removed.inc(blobs)
+        self.gc_bytes_removed.inc(removed_bytes)
+        self.gc_manifests_removed.inc(manifests)
+        self.gc_uploads_purged.inc(uploads)
+
+    def gc_failed(self) -> None:
+        self.gc_runs.labels("failed").inc()
 
     def exposition(self) -> bytes:
         """The text format of every metric; in multiprocess mode, summed over all processes.

@@ -12,6 +12,24 @@ BLOBS = f"{ROOT}/blobs"
 REPOSITORIES = f"{ROOT}/repositories"
 # Ours, outside Distribution's tree: the generated secret every worker and replica shares.
 HTTP_SECRET = "moorage/http-secret"
+# Ours: authentication state every replica shares (CI tokens are stored as hashes, never as secrets).
+TOKEN_SIGNING_KEY = "moorage/auth/token-signing-key.pem"
+CI_TOKENS = "moorage/auth/ci-tokens"
+
+
+def ci_token(name: str) -> str:
+    """A CI token's record; `name` is validated by registry.auth.ci_tokens first."""
+    return f"{CI_TOKENS}/{name}.json"
+
+
+# Ours: the metadata index's change records (one per repository change, read by every process) and the identity of
+# this storage's index generation; the filesystem backend keeps the SQLite file itself there too.
+INDEX_CHANGES = "moorage/index-changes"
+INDEX_EPOCH = "moorage/index-epoch"
+INDEX_DATABASE = "moorage/index.sqlite"
+# Ours: blobs GC has set aside (restorable until it deletes them), and the scheduled GC's per-slot leases.
+GC_QUARANTINE = "moorage/gc/quarantine"
+GC_LEASES = "moorage/gc/leases"
 
 
 def blob_data(digest: Digest) -> str:
@@ -109,3 +127,62 @@ def repository_marker_dirs() -> tuple[str, ...]:
 
 def repository_name_of(repository_dir: str) -> str:
     return repository_dir[len(REPOSITORIES) + 1 :]
+
+
+def quarantined_blob(digest: Digest) -> str:
+    """Where GC keeps a blob between taking it out of `blobs/` and deleting it (see registry/gc/collector.py)."""
+    return f"{GC_QUARANTINE}/{digest.algorithm}/{digest.hex}"
+
+
+def gc_lease(slot: int) -> str:
+    return f"{GC_LEASES}/{slot:012d}"
+
+
+def parse_gc_lease(path: str) -> int | None:
+    base = path.rsplit("/", 1)[-1]
+    return int(base) if base.isdigit() else None
+
+
+def parse_blob_data(path: str) -> tuple[str, str] | None:
+    """(algorithm, hex) of a `blobs/<alg>/<hh>/<hex>/data` path; None for anything else."""
+    parts = path[len(BLOBS) + 1 :].split("/") if path.startswith(BLOBS + "/") else []
+    if len(parts) != 4 or parts[3] != "data":
+        return None
+    return parts[0], parts[2]
+
+
+def parse_quarantined_blob(path: str) -> tuple[str, str] | None:
+    parts = path[len(GC_QUARANTINE) + 1 :].split("/") if path.startswith(GC_QUARANTINE + "/") else []
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def parse_repository_path(path: str) -> tuple[str, str, list[str]] | None:
+    """(repository name, area, parts after the area) of a path under repositories/, the area being one of
+    `_manifests`, `_layers`, `_uploads`; None for anything else. No name component starts with `_`."""
+    if not path.startswith(REPOSITORIES + "/"):
+        return None
+    parts = path[len(REPOSITORIES) + 1 :].split("/")
+    for i, part in enumerate(parts):
+        if part.startswith("_"):
+            if i == 0:
+                return None
+            return "/".join(parts[:i]), part, parts[i + 1 :]
+    return None
+
+
+def repository_areas(name: str) -> tuple[str, ...]:
+    """Everything a repository owns, without the repositories nested under its name (`a` vs `a/b`)."""
+    return tuple(f"{repository(name)}/{area}" for area in ("_manifests", "_layers", "_uploads"))
+
+
+def manifest_revisions_dir(name: str) -> str:
+    """Holds `<algorithm>/<hex>/link` for every manifest revision of the repository."""
+    return f"{REPOSITORIES}/{name}/_manifests/revisions"
+
+
+def index_change(key: str) -> str:
+    return f"{INDEX_CHANGES}/{key}"
+
+
+def index_change_key(path: str) -> str:
+    return path.rsplit("/", 1)[1]

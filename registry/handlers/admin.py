@@ -2,8 +2,50 @@
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from registry.errors import ErrorCode, RegistryError
+from registry.gc.accounting import measure
+from registry.gc.repositories import delete_repository
+from registry.handlers.common import (
+    ACCESS_SCOPE_KEY,
+    AccessView,
+    json_response,
+    pull_filter,
+    registry_of,
+    repository_name,
+    require_delete_enabled,
+)
+
+
+async def delete_repository_endpoint(request: Request) -> Response:
+    name = repository_name(request)
+    require_delete_enabled(request)
+    access: AccessView | None = request.scope.get(ACCESS_SCOPE_KEY)
+    if access is not None and not access.allows(name, "pull"):
+        raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"name": name})  # what the caller may not see is absent
+    if access is not None and not access.allows(name, "delete"):
+        raise RegistryError(ErrorCode.DENIED, detail={"name": name, "action": "delete"})
+    settings = request.app.state.settings
+    deleted = await delete_repository(registry_of(request), name, settings.immutable_tags)
+    return json_response(deleted.as_dict(), status=202)
+
+
+async def stats(request: Request) -> Response:
+    repository = request.query_params.get("repository")
+    visible = pull_filter(request)
+    if repository is not None:
+        repository = repository.strip()
+        if visible is not None and not visible(repository):
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"name": repository})
+    usage = await measure(registry_of(request), only=repository or None, visible=visible)
+    return json_response(usage.as_dict())
 
 
 def routes() -> list[BaseRoute]:
-    return []
+    return [
+        Route("/api/v1/repositories/{name:path}", delete_repository_endpoint, methods=["DELETE"]),
+        Route("/api/v1/stats", stats, methods=["GET"]),
+    ]

@@ -49,7 +49,8 @@ async def get_blob(request: Request) -> Response:
     name = repository_name(request)
     digest = path_digest(request)
     registry = registry_of(request)
-    info = await registry.blobs.stat_recent(name, digest)
+    # A HEAD usually precedes a manifest PUT that relies on the blob: it refreshes an old blob's age for GC.
+    info = await registry.blobs.stat_recent(name, digest, touch=request.method == "HEAD")
     headers = {
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
-from storage_backends import PathNotFound, StorageBackend
+from storage_backends import FileInfo, PathNotFound, StorageBackend
 
 EXISTENCE_TTL = 1.0
 EXISTENCE_CACHE_SIZE = 4096
+# Half of GC's default grace period; the GC feature sets it from `gc.grace` (see registry/gc/setup.py).
+DEFAULT_TOUCH_AFTER = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +29,20 @@ def blob_unknown(digest: Digest) -> RegistryError:
 
 
 class BlobStore:
-    def __init__(self, backend: StorageBackend, existence_ttl: float = EXISTENCE_TTL) -> None:
+    """Also GC's partner (see registry/gc/collector.py): every existence check made on a client's behalf before
+    a manifest PUT (HEAD, mount, the PUT's own verification) refreshes an unreferenced-looking blob's age once
+    it is older than `touch_after`, and a blob GC has set aside is brought back when a repository that links
+    it asks for it."""
+
+    def __init__(
+        self, backend: StorageBackend, existence_ttl: float = EXISTENCE_TTL, touch_after: float = DEFAULT_TOUCH_AFTER
+    ) -> None:
         self.backend = backend
         self._existence_ttl = existence_ttl
-        # (repository, digest) -> (info, monotonic expiry): positive answers only, for blob GET/HEAD.
-        self._seen: OrderedDict[tuple[str, Digest], tuple[BlobInfo, float]] = OrderedDict()
+        self.touch_after = touch_after
+        # (repository, digest) -> (info, monotonic expiry, wall-clock time of the data's last modification):
+        # positive answers only, for blob GET/HEAD.
+        self._seen: OrderedDict[tuple[str, Digest], tuple[BlobInfo, float, float]] = OrderedDict()
 
     async def _linked(self, name: str, digest: Digest) -> bool:
         """Distribution lets a repository see a blob through a layer link or a manifest revision link."""
@@ -45,44 +56,114 @@ class BlobStore:
         return False
 
     async def stat_global(self, digest: Digest) -> BlobInfo | None:
+        info = await self._stat_data(digest)
+        return None if info is None else BlobInfo(digest, info.size)
+
+    async def _stat_data(self, digest: Digest) -> FileInfo | None:
         try:
-            info = await self.backend.stat(paths.blob_data(digest))
+            return await self.backend.stat(paths.blob_data(digest))
         except PathNotFound:
             return None
+
+    async def stat(self, name: str, digest: Digest, *, touch: bool = False) -> BlobInfo:
+        """The blob as `name` sees it; BLOB_UNKNOWN when not linked there or when its data is gone.
+
+        With `touch`, the caller is about to rely on the blob staying (a client's HEAD, a mount, a manifest
+        PUT): an old blob's age is refreshed so that GC's grace period covers the push that follows."""
+        info = await self._stat_linked(name, digest)
+        if touch:
+            await self._touch_if_old(digest, info)
         return BlobInfo(digest, info.size)
 
-    async def stat(self, name: str, digest: Digest) -> BlobInfo:
-        """The blob as `name` sees it; BLOB_UNKNOWN when not linked there or when its data is gone."""
+    async def _stat_linked(self, name: str, digest: Digest) -> FileInfo:
         if not await self._linked(name, digest):
             raise blob_unknown(digest)
-        info = await self.stat_global(digest)
+        info = await self._stat_data(digest)
+        if info is None and await self.restore(digest):
+            info = await self._stat_data(digest)
         if info is None:
             raise blob_unknown(digest)
         return info
 
-    async def stat_recent(self, name: str, digest: Digest) -> BlobInfo:
+    async def _touch_if_old(self, digest: Digest, info: FileInfo) -> float:
+        """The data's modification time (as a timestamp) after refreshing it when older than `touch_after`."""
+        modified = info.modified.timestamp()
+        if time.time() - modified <= self.touch_after:
+            return modified
+        try:
+            await self.backend.touch(paths.blob_data(digest))
+        except PathNotFound:
+            # Taken out by GC between our stat and the touch: bring it back, which refreshes it too.
+            if not await self.restore(digest):
+                raise blob_unknown(digest) from None
+        return time.time()
+
+    async def stat_recent(self, name: str, digest: Digest, *, touch: bool = False) -> BlobInfo:
         """`stat`, answered from a short-lived memory of blobs seen present (Distribution keeps a blob
         descriptor cache too). A link removed by another process may still answer for EXISTENCE_TTL seconds;
-        one removed here is forgotten at once. Manifest validation and mounts always ask storage."""
+        one removed here is forgotten at once. Manifest validation and mounts always ask storage. A remembered
+        answer serves a `touch` only while the blob is younger than `touch_after`."""
         key = (name, digest)
         now = time.monotonic()
         seen = self._seen.get(key)
-        if seen is not None and seen[1] > now:
+        if seen is not None and seen[1] > now and not (touch and time.time() - seen[2] > self.touch_after):
             return seen[0]
-        info = await self.stat(name, digest)
-        self._seen[key] = (info, now + self._existence_ttl)
+        data = await self._stat_linked(name, digest)
+        modified = await self._touch_if_old(digest, data) if touch else data.modified.timestamp()
+        info = BlobInfo(digest, data.size)
+        self._seen[key] = (info, now + self._existence_ttl, modified)
         self._seen.move_to_end(key)
         while len(self._seen) > EXISTENCE_CACHE_SIZE:
             self._seen.popitem(last=False)
         return info
 
+    def forget_digest(self, digest: Digest) -> None:
+        """Drop every remembered answer about `digest` (GC took the blob out)."""
+        for key in [key for key in self._seen if key[1] == digest]:
+            del self._seen[key]
+
+    def forget_repository(self, name: str) -> None:
+        for key in [key for key in self._seen if key[0] == name]:
+            del self._seen[key]
+
+    async def restore(self, digest: Digest) -> bool:
+        """Bring back a blob GC set aside; True when the blob's data is in place afterwards."""
+        quarantined = paths.quarantined_blob(digest)
+        try:
+            if await self.backend.move(quarantined, paths.blob_data(digest), exclusive=True):
+                await self.backend.touch(paths.blob_data(digest))
+                return True
+            await self.backend.delete(quarantined)  # pushed again meanwhile: the set-aside copy is a duplicate
+        except PathNotFound:
+            pass
+        return await self._stat_data(digest) is not None
+
     def forget(self, name: str, digest: Digest) -> None:
         self._seen.pop((name, digest), None)
 
-    def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        return self.backend.reader(paths.blob_data(digest), offset, length)
+    async def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The blob's bytes. A blob GC set aside since a remembered `stat_recent` answer is brought back first."""
+        path = paths.blob_data(digest)
+        stream = self.backend.reader(path, offset, length)
+        try:
+            first = await anext(stream, None)
+        except PathNotFound:
+            if not await self.restore(digest):
+                raise
+            stream = self.backend.reader(path, offset, length)
+            first = await anext(stream, None)
+        if first is None:
+            return
+        yield first
+        async for chunk in stream:
+            yield chunk
 
     async def read_all(self, digest: Digest) -> bytes:
+        try:
+            return await self.backend.get_content(paths.blob_data(digest))
+        except PathNotFound:
+            if not await self.restore(digest):
+                raise
         return await self.backend.get_content(paths.blob_data(digest))
 
     async def redirect_url(self, digest: Digest) -> str | None:
@@ -102,7 +183,7 @@ class BlobStore:
     async def mount(self, name: str, source: str, digest: Digest) -> BlobInfo | None:
         """Link a blob that `source` can see into `name`, or None when `source` cannot see it."""
         try:
-            info = await self.stat(source, digest)
+            info = await self.stat(source, digest, touch=True)
         except RegistryError:
             return None
         await self.link(name, digest)
@@ -110,5 +191,17 @@ class BlobStore:
 
     async def put_small(self, digest: Digest, data: bytes) -> None:
         """Store small content (a manifest) whose digest the caller has computed from `data`."""
-        if await self.stat_global(digest) is None:
+        info = await self._stat_data(digest)
+        if info is not None:
+            await self._touch_if_old(digest, info)
+        elif not await self.restore(digest):
             await self.backend.put_content(paths.blob_data(digest), data, exclusive=True)
+
+    async def ensure_present(self, digest: Digest, *, touch: bool = False) -> bool:
+        """Whether the blob's data is in place, restoring it from GC's quarantine if need be."""
+        info = await self._stat_data(digest)
+        if info is None:
+            return await self.restore(digest)
+        if touch:
+            await self._touch_if_old(digest, info)
+        return True

@@ -145,12 +145,16 @@ class ManifestStore:
         for tag in tags:
             validate_tag(tag)
         parsed = parse_manifest(data, content_type)
+        for tag in dict.fromkeys(tags):
+            await self.tags.check_can_set(name, tag, digest)
         await self._check_references(name, parsed)
 
         await self.blobs.put_small(digest, data)
         if not parsed.has_media_type_field:
             await self.backend.put_content(paths.manifest_media_type(name, digest), parsed.media_type.encode())
-        await self.backend.put_content(paths.manifest_revision_link(name, digest), str(digest).encode())
+        link = paths.manifest_revision_link(name, digest)
+        created = await self.backend.put_content(link, str(digest).encode(), exclusive=True)
+        await self._recheck_references(name, digest, parsed, created)
         if parsed.subject is not None:
             await self.referrers.add(name, parsed.subject.digest, digest)
         for tag in dict.fromkeys(tags):
@@ -166,20 +170,40 @@ class ManifestStore:
         await asyncio.gather(*checks)
 
     async def _check_blob(self, name: str, descriptor: Descriptor) -> None:
-        if descriptor.urls and media_types.is_foreign_layer(descriptor.media_type):
+        if _is_foreign(descriptor):
             return
         try:
-            await self.blobs.stat(name, descriptor.digest)
+            await self.blobs.stat(name, descriptor.digest, touch=True)
         except RegistryError:
             raise RegistryError(ErrorCode.MANIFEST_BLOB_UNKNOWN, detail={"digest": str(descriptor.digest)}) from None
 
     async def _check_child(self, name: str, descriptor: Descriptor) -> None:
-        if not await self.backend.exists(paths.manifest_revision_link(name, descriptor.digest)):
+        if not await self.backend.exists(
+            paths.manifest_revision_link(name, descriptor.digest)
+        ) or not await self.blobs.ensure_present(descriptor.digest, touch=True):
             raise RegistryError(
                 ErrorCode.MANIFEST_BLOB_UNKNOWN,
                 detail={"digest": str(descriptor.digest)},
                 message="manifest references a child manifest unknown to the repository",
             )
+
+    async def _recheck_references(self, name: str, digest: Digest, parsed: ParsedManifest, created: bool) -> None:
+        """After the revision link is written, GC's marking sees this manifest; a blob GC took out before that
+        is brought back from its quarantine here. One already deleted (the PUT outlived GC's settle period)
+        means the manifest cannot stand: its new link is removed and the PUT refused, never left dangling."""
+        wanted = [d.digest for d in (parsed.config, *parsed.layers, *parsed.children) if d and not _is_foreign(d)]
+        present = await asyncio.gather(*(self.blobs.ensure_present(d) for d in [digest, *wanted]))
+        missing = [d for d, ok in zip([digest, *wanted], present, strict=True) if not ok]
+        if not missing:
+            return
+        if created:
+            await self.backend.delete(paths.manifest_revision_dir(name, digest))
+            self.blobs.forget(name, digest)
+        raise RegistryError(
+            ErrorCode.MANIFEST_BLOB_UNKNOWN,
+            detail={"digest": str(missing[0])},
+            message="a blob the manifest references was garbage-collected during the push; push it again",
+        )
 
     async def delete(self, name: str, reference: str) -> None:
         """By tag: untag. By digest: remove the revision and every tag pointing at it."""
@@ -187,7 +211,10 @@ class ManifestStore:
             await self.tags.delete(name, validate_tag(reference))
             return
         digest = await self.resolve(name, reference)
-        for tag in await self.tags.tags_of(name, digest):
+        tags = await self.tags.tags_of(name, digest)
+        for tag in tags:
+            self.tags.check_can_delete(name, tag)
+        for tag in tags:
             await self.backend.delete(paths.tag_dir(name, tag))
         try:
             parsed = parse_manifest((await self.load(name, digest)).data)
@@ -197,6 +224,10 @@ class ManifestStore:
             await self.referrers.remove(name, parsed.subject.digest, digest)
         await self.backend.delete(paths.manifest_revision_dir(name, digest))
         self.blobs.forget(name, digest)
+
+
+def _is_foreign(descriptor: Descriptor) -> bool:
+    return bool(descriptor.urls) and media_types.is_foreign_layer(descriptor.media_type)
 
 
 def too_large(size: int, limit: int) -> RegistryError:

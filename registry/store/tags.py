@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
@@ -12,9 +14,44 @@ def manifest_unknown(name: str, reference: str) -> RegistryError:
     return RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"name": name, "reference": reference})
 
 
+class TagGuard(Protocol):
+    def rule_protecting(self, name: str, tag: str) -> str | None:
+        """A description of the rule that makes the tag immutable, or None when it may change."""
+
+
+def tag_immutable(name: str, tag: str, rule: str, action: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.DENIED,
+        detail={"name": name, "tag": tag, "rule": rule},
+        message=f"tag {tag!r} of {name} is immutable and cannot be {action} ({rule})",
+    )
+
+
 class TagStore:
-    def __init__(self, backend: StorageBackend) -> None:
+    def __init__(self, backend: StorageBackend, guard: TagGuard | None = None) -> None:
         self.backend = backend
+        # Set by the GC feature from `immutable_tags` (registry/gc/setup.py).
+        self.guard = guard
+
+    def protecting_rule(self, name: str, tag: str) -> str | None:
+        return None if self.guard is None else self.guard.rule_protecting(name, tag)
+
+    async def check_can_set(self, name: str, tag: str, digest: Digest) -> None:
+        """DENIED when `tag` is immutable and already names another digest (re-pushing the same one is fine)."""
+        rule = self.protecting_rule(name, tag)
+        if rule is None:
+            return
+        try:
+            current = await self.resolve(name, tag)
+        except RegistryError:
+            return
+        if current != digest:
+            raise tag_immutable(name, tag, rule, "moved")
+
+    def check_can_delete(self, name: str, tag: str) -> None:
+        rule = self.protecting_rule(name, tag)
+        if rule is not None:
+            raise tag_immutable(name, tag, rule, "deleted")
 
     async def resolve(self, name: str, tag: str) -> Digest:
         try:
@@ -33,6 +70,7 @@ class TagStore:
     async def delete(self, name: str, tag: str) -> None:
         if not await self.backend.exists(paths.tag_current_link(name, tag)):
             raise manifest_unknown(name, tag)
+        self.check_can_delete(name, tag)
         await self.backend.delete(paths.tag_dir(name, tag))
 
     async def all(self, name: str) -> list[str]:

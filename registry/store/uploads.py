@@ -198,6 +198,9 @@ class UploadStore:
         except RegistryError:
             await self.cancel(name, upload_id)
             raise
+        if not created:
+            # A dedup hit on an old blob: its age is what GC's grace period reads, and a manifest PUT follows.
+            await self.blobs.ensure_present(digest, touch=True)
         await self.blobs.link(name, digest)
         await self.cancel(name, upload_id)
         blob = BlobInfo(digest, total)

@@ -1,0 +1,349 @@
+"""Online garbage collection: mark and sweep while every replica keeps serving pushes and pulls.
+
+One run:
+
+1. **Inventory**: one listing of `repositories/` (revisions, tags, layer links, upload sessions), one of `blobs/`.
+2. **Retention** (`retention:` rules) and, with `delete_untagged`, removal of manifests no tag reaches (children
+   of a tagged index and, with `keep_referrers`, referrers of kept manifests stay). Untagged manifests younger than
+   the grace period stay too: a multi-arch push writes its children by digest before the index that tags them.
+3. **Mark**: every blob a kept manifest references (config, layers, child manifests, the manifest itself).
+4. **Set aside**: each unmarked blob older than the grace period (`stat().modified`, re-read just before) is moved
+   to a quarantine area, and this process's blob-existence memory forgets it.
+5. **Settle**, then **mark again** (a fresh listing; manifests are read once per digest), and for each quarantined
+   blob: restore it when a manifest now references it, else delete it for good.
+6. Remove dangling `_layers/` links and upload sessions older than `uploads.purge_after`.
+
+Why no push loses a blob, whatever the interleaving (the servers' side is in registry/store/blobs.py and
+registry/store/manifests.py):
+
+- A blob becomes referenced when a manifest PUT writes its revision link. Before that the PUT verifies each blob
+  with `touch`, and after it re-verifies them all. Every existence check made for a client on the way to a manifest
+  PUT (HEAD, mount, upload dedup hit, the PUT's checks) refreshes the blob's modification time once it is older
+  than half the grace period, so the blob stays younger than the grace period for at least half of it after the
+  check: GC's age test (step 4, re-read just before the move) spares it. Only a client whose HEAD-to-PUT gap
+  exceeds half the grace period can meet a set-aside blob.
+- A set-aside blob is not gone: any repository that links it (a blob GET/HEAD or mount that misses, a manifest
+  read, the PUT's checks) moves it back. So a manifest written after the first mark — whose blobs step 4 may have
+  taken — either has its link listed by the second mark (step 5 restores the blob), or its PUT re-verifies after
+  GC's second listing, while the blob is still in quarantine, and restores it itself.
+- The settle period (`gc.settle`, longer than the servers' 1 s existence memory and than a manifest PUT) separates
+  the move from the second listing: a PUT whose first check saw the blob in place has written its link by then.
+- What remains is a PUT that stays in its handler longer than the settle period and the second mark together, and
+  whose blob GC set aside right after that PUT's first check. Its re-verification finds the blob gone, removes
+  the revision link it wrote and answers MANIFEST_BLOB_UNKNOWN: the client pushes the blob again. No manifest is
+  ever left pointing at a missing blob.
+- Deleting never leaves a stale cache entry here (`BlobStore.forget_digest`); other processes remember a blob for
+  at most 1 s, less than the settle period, and a read that follows a remembered answer restores a set-aside blob
+  before streaming it. (With S3 redirects the client fetches from the bucket itself: for that 1 s a redirect to a
+  set-aside blob can 404, and the client's retry is answered from storage, which restores it.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry import paths
+from registry.digests import Digest
+from registry.errors import RegistryError
+from registry.gc.inventory import Inventory, read_blobs, read_manifests, read_repositories, read_tags
+from registry.gc.retention import Removal, plan_retention, reachable, rule_for
+from registry.gc.settings import GcSettings, ImmutableTagRule, RetentionRule, UploadsSettings
+from registry.store.registry import Registry
+from storage_backends import PathNotFound
+
+logger = logging.getLogger("moorage.gc")
+
+
+@dataclass(frozen=True, slots=True)
+class GcOptions:
+    grace: float = 3600.0
+    settle: float = 5.0
+    delete_untagged: bool = False
+    keep_referrers: bool = True
+    purge_uploads_after: float = 86400.0
+    retention: tuple[RetentionRule, ...] = ()
+    immutable_tags: tuple[ImmutableTagRule, ...] = ()
+    dry_run: bool = False
+
+    @classmethod
+    def from_settings(
+        cls,
+        gc: GcSettings,
+        uploads: UploadsSettings,
+        retention: Iterable[RetentionRule] = (),
+        immutable_tags: Iterable[ImmutableTagRule] = (),
+        **overrides: Any,
+    ) -> GcOptions:
+        options = cls(
+            grace=gc.grace,
+            settle=gc.settle,
+            delete_untagged=gc.delete_untagged,
+            keep_referrers=gc.keep_referrers,
+            purge_uploads_after=uploads.purge_after,
+            retention=tuple(retention),
+            immutable_tags=tuple(immutable_tags),
+        )
+        return cls(**{**_as_dict(options), **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def _as_dict(options: GcOptions) -> dict[str, Any]:
+    return {name: getattr(options, name) for name in GcOptions.__slots__}
+
+
+@dataclass(slots=True)
+class GcReport:
+    dry_run: bool
+    blobs_removed: dict[Digest, int] = field(default_factory=dict)
+    blobs_restored: list[Digest] = field(default_factory=list)
+    blobs_kept_young: int = 0
+    blobs_in_use: int = 0
+    removals: list[Removal] = field(default_factory=list)
+    links_removed: list[tuple[str, Digest]] = field(default_factory=list)
+    uploads_purged: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def bytes_reclaimed(self) -> int:
+        return sum(self.blobs_removed.values())
+
+    @property
+    def manifests_removed(self) -> list[Removal]:
+        return [r for r in self.removals if r.kind == "manifest"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "blobs_removed": [
+                {"digest": str(d), "size": s} for d, s in sorted(self.blobs_removed.items(), key=lambda i: str(i[0]))
+            ],
+            "bytes_reclaimed": self.bytes_reclaimed,
+            "blobs_restored": [str(d) for d in self.blobs_restored],
+            "blobs_kept_young": self.blobs_kept_young,
+            "blobs_in_use": self.blobs_in_use,
+            "tags_removed": [
+                {"repository": r.repository, "tag": r.target, "reason": r.reason}
+                for r in self.removals
+                if r.kind == "tag"
+            ],
+            "manifests_removed": [
+                {"repository": r.repository, "digest": r.target, "reason": r.reason} for r in self.manifests_removed
+            ],
+            "links_removed": [{"repository": n, "digest": str(d)} for n, d in self.links_removed],
+            "uploads_purged": [{"repository": n, "uuid": u} for n, u in self.uploads_purged],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class GarbageCollector:
+    def __init__(self, registry: Registry, options: GcOptions) -> None:
+        self.registry = registry
+        self.options = options
+        self.backend = registry.backend
+
+    async def run(self) -> GcReport:
+        started = asyncio.get_running_loop().time()
+        options = self.options
+        report = GcReport(dry_run=options.dry_run)
+        now = _now()
+        inventory = Inventory()
+        await read_repositories(self.registry, inventory)
+        await read_tags(self.registry, inventory)
+        await read_blobs(self.registry, inventory)
+        await read_manifests(self.registry, inventory, _all_revisions(inventory))
+
+        changed = await self._remove_manifests(inventory, report, now)
+        marked = self._mark(inventory)
+        grace = dt.timedelta(seconds=options.grace)
+        candidates: dict[Digest, int] = {}
+        for digest, (size, modified) in sorted(inventory.blobs.items(), key=lambda item: str(item[0])):
+            if digest in marked:
+                report.blobs_in_use += 1
+            elif now - modified <= grace:
+                report.blobs_kept_young += 1
+            else:
+                candidates[digest] = size
+        if options.dry_run:
+            report.blobs_removed = candidates
+        else:
+            await self._sweep(candidates, inventory, report)
+        await self._remove_dangling_links(inventory, report)
+        await self._purge_uploads(inventory, report, now)
+        if not options.dry_run:
+            await self._tell_index(changed)
+        report.seconds = asyncio.get_running_loop().time() - started
+        return report
+
+    async def _remove_manifests(self, inventory: Inventory, report: GcReport, now: dt.datetime) -> set[str]:
+        """Retention, then (with delete_untagged) manifests no tag reaches; applied to `inventory` as well, so that
+        a dry run marks what a real run would."""
+        options = self.options
+        changed: set[str] = set()
+        grace = dt.timedelta(seconds=options.grace)
+        for contents in list(inventory.repositories.values()):
+            removals: list[Removal] = []
+            rule = rule_for(list(options.retention), contents.name)
+            if rule is not None:
+                removals += plan_retention(
+                    contents, inventory, rule, list(options.immutable_tags), options.keep_referrers, now
+                )
+                self._apply_in_memory(contents.name, inventory, removals)
+            if options.delete_untagged:
+                alive = reachable(contents, inventory, contents.tags.values(), options.keep_referrers)
+                young = [d for d, pushed in contents.revisions.items() if now - pushed <= grace]
+                alive |= reachable(contents, inventory, young, options.keep_referrers)
+                untagged = [
+                    Removal(contents.name, "manifest", str(d), "untagged (gc.delete_untagged)")
+                    for d in sorted(contents.revisions, key=str)
+                    if d not in alive
+                ]
+                self._apply_in_memory(contents.name, inventory, untagged)
+                removals += untagged
+            if not removals:
+                continue
+            report.removals += removals
+            if not options.dry_run:
+                await self._apply(removals)
+                changed.add(contents.name)
+        return changed
+
+    @staticmethod
+    def _apply_in_memory(name: str, inventory: Inventory, removals: list[Removal]) -> None:
+        contents = inventory.repositories[name]
+        for removal in removals:
+            if removal.kind == "tag":
+                contents.tags.pop(removal.target, None)
+                contents.tag_links.pop(removal.target, None)
+            else:
+                digest = Digest.parse(removal.target)
+                contents.revisions.pop(digest, None)
+                for tag in [t for t, d in contents.tags.items() if d == digest]:
+                    del contents.tags[tag]
+
+    async def _apply(self, removals: list[Removal]) -> None:
+        for removal in removals:
+            try:
+                if removal.kind == "tag":
+                    await self.registry.tags.delete(removal.repository, removal.target)
+                else:
+                    await self.registry.manifests.delete(removal.repository, removal.target)
+            except RegistryError as e:
+                # Gone already, or made immutable meanwhile: nothing to do.
+                logger.info("gc: not removing %s %s of %s: %s", removal.kind, removal.target, removal.repository, e)
+
+    @staticmethod
+    def _mark(inventory: Inventory) -> set[Digest]:
+        marked: set[Digest] = set()
+        for contents in inventory.repositories.values():
+            for digest in contents.revisions:
+                marked.add(digest)
+                references = inventory.manifests.get(digest)
+                if references is not None:
+                    marked.update(references.blobs)
+                    marked.update(references.children)
+        return marked
+
+    async def _sweep(self, candidates: dict[Digest, int], inventory: Inventory, report: GcReport) -> None:
+        grace = dt.timedelta(seconds=self.options.grace)
+        aside: dict[Digest, int] = {}
+        for digest, size in candidates.items():
+            if await self._set_aside(digest, grace):
+                aside[digest] = size
+        # What an interrupted run (or another replica's run, once settled) left in quarantine goes through the same
+        # check; a quarantined copy's modification time is when it was set aside.
+        settled = _now() - dt.timedelta(seconds=self.options.settle)
+        leftovers = {d: s for d, (s, at) in inventory.quarantined.items() if d not in aside and at < settled}
+        if not aside and not leftovers:
+            return
+        if aside and self.options.settle:
+            await asyncio.sleep(self.options.settle)
+        second = Inventory(manifests=inventory.manifests)
+        await read_repositories(self.registry, second)
+        await read_manifests(self.registry, second, _all_revisions(second))
+        marked = self._mark(second)
+        for digest, size in {**leftovers, **aside}.items():
+            if digest in marked:
+                if await self.registry.blobs.restore(digest):
+                    report.blobs_restored.append(digest)
+                continue
+            if await self.backend.exists(paths.blob_data(digest)):
+                # Pushed again meanwhile: the quarantined copy is a duplicate.
+                await self.backend.delete(paths.quarantined_blob(digest))
+                continue
+            await self.backend.delete(paths.quarantined_blob(digest))
+            self.registry.blobs.forget_digest(digest)
+            report.blobs_removed[digest] = size
+            inventory.blobs.pop(digest, None)
+        for digest in report.blobs_restored:
+            inventory.blobs.setdefault(digest, (0, _now()))
+
+    async def _set_aside(self, digest: Digest, grace: dt.timedelta) -> bool:
+        """Move an unreferenced blob into quarantine if it is still older than the grace period."""
+        data = paths.blob_data(digest)
+        try:
+            info = await self.backend.stat(data)
+        except PathNotFound:
+            return False
+        if _now() - info.modified <= grace:
+            return False
+        quarantined = paths.quarantined_blob(digest)
+        await self.backend.delete(quarantined)  # a duplicate left by an interrupted run
+        try:
+            if not await self.backend.move(data, quarantined, exclusive=True):
+                return False
+            await self.backend.touch(quarantined)  # when it was set aside: see `leftovers` in _sweep
+        except PathNotFound:
+            return False  # restored at once by a client's request
+        finally:
+            self.registry.blobs.forget_digest(digest)
+        return True
+
+    async def _remove_dangling_links(self, inventory: Inventory, report: GcReport) -> None:
+        """`_layers/` links to blobs that are neither stored nor set aside, and have not been written lately."""
+        keep_after = _now() - dt.timedelta(seconds=max(self.options.grace, self.options.settle))
+        for contents in inventory.repositories.values():
+            for digest in sorted(contents.layer_links, key=str):
+                if digest in inventory.blobs and digest not in report.blobs_removed:
+                    continue
+                link = paths.layer_link(contents.name, digest)
+                try:
+                    if (await self.backend.stat(link)).modified > keep_after:
+                        continue
+                except PathNotFound:
+                    continue
+                if await self.backend.exists(paths.blob_data(digest)) or await self.backend.exists(
+                    paths.quarantined_blob(digest)
+                ):
+                    continue
+                report.links_removed.append((contents.name, digest))
+                if not self.options.dry_run:
+                    await self.backend.delete(paths.layer_link_dir(contents.name, digest))
+                    self.registry.blobs.forget(contents.name, digest)
+
+    async def _purge_uploads(self, inventory: Inventory, report: GcReport, now: dt.datetime) -> None:
+        limit = dt.timedelta(seconds=self.options.purge_uploads_after)
+        for contents in inventory.repositories.values():
+            for upload_id, started in sorted(contents.uploads.items()):
+                if now - started > limit:
+                    report.uploads_purged.append((contents.name, upload_id))
+                    if not self.options.dry_run:
+                        await self.registry.uploads.cancel(contents.name, upload_id)
+
+    async def _tell_index(self, names: Iterable[str]) -> None:
+        index = self.registry.index
+        if index is None:
+            return
+        for name in sorted(names):
+            await index.repository_changed(name)
+
+
+def _all_revisions(inventory: Inventory) -> list[Digest]:
+    return [d for contents in inventory.repositories.values() for d in contents.revisions]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,231 @@
+"""GC racing live pushes: a real `moorage serve`, clients pushing images that share layers, re-pushing and deleting
+them, while `moorage gc --grace 0s` runs in a loop. Afterwards every image pulls completely, every stored blob
+hashes to its name, and no client ever saw MANIFEST_BLOB_UNKNOWN or BLOB_UNKNOWN."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.e2e.conftest import REPO_ROOT, MoorageFactory, RunningServer
+
+RACE_SECONDS = 25.0
+CLIENTS = 4
+SHARED_LAYERS = 8
+LAYER_SIZE = 32 * 1024
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+GC_TIMEOUT = 60.0
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def descriptor(media_type: str, data: bytes) -> dict[str, object]:
+    return {"mediaType": media_type, "digest": digest_of(data), "size": len(data)}
+
+
+@dataclass
+class Image:
+    repository: str
+    tag: str
+    blobs: list[bytes]
+    manifest: bytes = b""
+
+    def __post_init__(self) -> None:
+        config, *layers = self.blobs
+        body = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", layer) for layer in layers],
+        }
+        self.manifest = json.dumps(body).encode()
+
+
+@dataclass
+class Outcome:
+    errors: Counter[str] = field(default_factory=Counter)
+    pushes: int = 0
+    repushes: int = 0
+    deletes: int = 0
+    mounts: int = 0
+    live: dict[tuple[str, str], Image] = field(default_factory=dict)
+
+
+def record(outcome: Outcome, response: httpx.Response) -> None:
+    if response.status_code >= 400 and response.request.method != "HEAD":
+        try:
+            codes = [e["code"] for e in response.json()["errors"]]
+        except (ValueError, KeyError, TypeError):
+            codes = [f"HTTP {response.status_code}"]
+        outcome.errors.update(codes)
+
+
+async def push(client: httpx.AsyncClient, image: Image, outcome: Outcome, mount_from: str | None) -> bool:
+    """What docker and skopeo do: HEAD each blob, upload (or mount) the missing ones, PUT the manifest."""
+    name = image.repository
+    for blob in image.blobs:
+        digest = digest_of(blob)
+        head = await client.head(f"/v2/{name}/blobs/{digest}")
+        if head.status_code == 200:
+            continue
+        if mount_from is not None:
+            mounted = await client.post(f"/v2/{name}/blobs/uploads/", params={"mount": digest, "from": mount_from})
+            record(outcome, mounted)
+            if mounted.status_code == 201:
+                outcome.mounts += 1
+                continue
+        started = await client.post(f"/v2/{name}/blobs/uploads/")
+        record(outcome, started)
+        if started.status_code != 202:
+            return False
+        finished = await client.put(started.headers["location"], params={"digest": digest}, content=blob)
+        record(outcome, finished)
+        if finished.status_code != 201:
+            return False
+    response = await client.put(
+        f"/v2/{name}/manifests/{image.tag}", content=image.manifest, headers={"Content-Type": OCI_MANIFEST}
+    )
+    record(outcome, response)
+    return response.status_code == 201
+
+
+async def pull(client: httpx.AsyncClient, image: Image, outcome: Outcome) -> list[str]:
+    """Problems found pulling the image completely (empty when every blob came back intact)."""
+    problems = []
+    response = await client.get(f"/v2/{image.repository}/manifests/{image.tag}", headers={"Accept": OCI_MANIFEST})
+    record(outcome, response)
+    if response.status_code != 200 or response.content != image.manifest:
+        return [f"{image.repository}:{image.tag}: manifest {response.status_code}"]
+    for blob in image.blobs:
+        got = await client.get(f"/v2/{image.repository}/blobs/{digest_of(blob)}")
+        record(outcome, got)
+        if got.status_code != 200 or got.content != blob:
+            problems.append(f"{image.repository}:{image.tag}: blob {digest_of(blob)} {got.status_code}")
+    return problems
+
+
+async def client_loop(server: RunningServer, number: int, shared: list[bytes], outcome: Outcome, stop: float) -> None:
+    rng = random.Random(number)
+    own: list[Image] = []
+    deleted: list[Image] = []
+    async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as client:
+        count = 0
+        while time.monotonic() < stop:
+            count += 1
+            choice = rng.random()
+            if own and choice < 0.25:
+                image = rng.choice(own)  # re-push: every blob is there, the client skips them all
+                outcome.repushes += 1
+            elif deleted and choice < 0.45:
+                image = deleted.pop()  # push again what was deleted: its blobs may be garbage by now
+                own.append(image)
+                outcome.repushes += 1
+            else:
+                repository = rng.choice(["race/one", "race/two"])
+                config = json.dumps({"client": number, "image": count}).encode()
+                unique = os.urandom(LAYER_SIZE // 4)
+                image = Image(repository, f"c{number}-{count}", [config, *rng.sample(shared, 2), unique])
+                own.append(image)
+                outcome.pushes += 1
+            other = "race/two" if image.repository == "race/one" else "race/one"
+            if not await push(client, image, outcome, mount_from=other if rng.random() < 0.5 else None):
+                continue
+            problems = await pull(client, image, outcome)
+            assert not problems, problems
+            if len(own) > 3 and rng.random() < 0.3:
+                victim = own.pop(rng.randrange(len(own)))
+                digest = digest_of(victim.manifest)
+                response = await client.delete(f"/v2/{victim.repository}/manifests/{digest}")
+                record(outcome, response)
+                if response.status_code == 202:
+                    outcome.deletes += 1
+                    deleted.append(victim)
+        for image in own:
+            outcome.live[(image.repository, image.tag)] = image
+
+
+def gc_loop(server: RunningServer, cwd: Path, stop: threading.Event, reports: list[dict[str, Any]]) -> None:
+    env = {**os.environ, **server.moorage_env, "PYTHONPATH": str(REPO_ROOT)}
+    while not stop.is_set():
+        result = subprocess.run(
+            [sys.executable, "-m", "registry", "gc", "--grace", "0s", "--settle", "2s", "--json"],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=GC_TIMEOUT,
+        )
+        assert result.returncode == 0, result.stderr
+        reports.append(json.loads(result.stdout))
+
+
+def test_gc_loses_nothing_while_clients_push(moorage_factory: MoorageFactory, tmp_path: Path) -> None:
+    server = moorage_factory()
+    shared = [os.urandom(LAYER_SIZE) for _ in range(SHARED_LAYERS)]
+    outcome = Outcome()
+    reports: list[dict[str, Any]] = []
+    stop_gc = threading.Event()
+    gc_thread = threading.Thread(target=gc_loop, args=(server, tmp_path, stop_gc, reports))
+
+    async def race() -> None:
+        stop = time.monotonic() + RACE_SECONDS
+        await asyncio.gather(*(client_loop(server, n, shared, outcome, stop) for n in range(CLIENTS)))
+
+    gc_thread.start()
+    try:
+        asyncio.run(race())
+    finally:
+        stop_gc.set()
+        gc_thread.join(GC_TIMEOUT)
+    assert reports, "GC never completed a run"
+
+    async def check() -> list[str]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as client:
+            problems = []
+            for image in outcome.live.values():
+                problems += await pull(client, image, outcome)
+            return problems
+
+    # One more collection now that nothing is pushing, then everything still tagged must pull intact.
+    final = subprocess.run(
+        [sys.executable, "-m", "registry", "gc", "--grace", "0s", "--settle", "0s", "--json"],
+        cwd=tmp_path,
+        env={**os.environ, **server.moorage_env, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=GC_TIMEOUT,
+        check=True,
+    )
+    reports.append(json.loads(final.stdout))
+    assert asyncio.run(check()) == []
+    assert outcome.errors["MANIFEST_BLOB_UNKNOWN"] == 0 and outcome.errors["BLOB_UNKNOWN"] == 0, outcome.errors
+    assert not outcome.errors, outcome.errors
+    removed = sum(len(r["blobs_removed"]) for r in reports)
+    assert removed > 0, "the race must make GC delete something"
+    assert outcome.pushes > 20 and outcome.repushes > 5 and outcome.deletes > 3, outcome
+
+    blobs = server.root / "docker/registry/v2/blobs/sha256"
+    stored = list(blobs.glob("*/*/data"))
+    assert stored
+    for data in stored:
+        assert hashlib.sha256(data.read_bytes()).hexdigest() == data.parent.name, data
+    print(
+        f"\nrace: {outcome.pushes} pushes, {outcome.repushes} re-pushes, {outcome.deletes} deletes, "
+        f"{outcome.mounts} mounts; {len(reports)} GC runs removed {removed} blobs, restored "
+        f"{sum(len(r['blobs_restored']) for r in reports)}"
+    )
