@@ -1,4 +1,5 @@
-"""Probes and metrics: `/healthz` (the process answers), `/readyz` (storage answers), `/metrics`."""
+"""Probes and metrics: `/healthz` (the process answers), `/readyz` (storage answers, the metadata index is built),
+`/metrics`."""
 
 from __future__ import annotations
 
@@ -59,7 +60,10 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     readiness: Readiness = request.app.state.readiness
-    problem = await readiness.problem(registry_of(request))
+    registry = registry_of(request)
+    problem = await readiness.problem(registry)
+    if problem is None and registry.index is not None and not registry.index.ready:
+        problem = "the metadata index is being built from storage"
     if problem is not None:
         raise RegistryError(ErrorCode.UNAVAILABLE, detail=problem, message="not ready", headers={"Retry-After": "1"})
     return json_response({"status": "ready"})

@@ -1,12 +1,31 @@
-"""end-8a/8b (tags list) and the catalog (`/v2/_catalog`, Docker's; outside the OCI spec)."""
+"""end-8a/8b (tags list) and the catalog (`/v2/_catalog`, Docker's; outside the OCI spec).
+
+The catalog reads the metadata index when it is on and built, so it never walks the bucket; until then (and with
+the index off) it walks storage as Distribution does. Tags are listed from storage: one list call however large the
+registry, and what a client just pushed through any replica is there at once.
+"""
 
 from __future__ import annotations
+
+from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from registry.errors import ErrorCode, RegistryError
-from registry.handlers.common import json_response, paginate, pull_filter, registry_of, repository_name
+from registry.handlers.common import (
+    json_response,
+    paginate,
+    parse_page_size,
+    pull_filter,
+    registry_of,
+    repository_name,
+)
+from registry.index.base import IndexUnavailable
+
+
+def next_link(path: str, query: dict[str, str | int]) -> str:
+    return f'<{quote(path)}?{urlencode(query)}>; rel="next"'
 
 
 async def list_tags(request: Request) -> Response:
@@ -20,8 +39,21 @@ async def list_tags(request: Request) -> Response:
 
 
 async def catalog(request: Request) -> Response:
-    names = await registry_of(request).repositories.names()
     visible = pull_filter(request)
+    index = registry_of(request).index
+    if index is not None and index.ready:
+        n = parse_page_size(request)
+        try:
+            names = [] if n == 0 else await index.catalog(request.query_params.get("last"), n and n + 1, visible)
+        except IndexUnavailable:
+            pass
+        else:
+            headers = {}
+            if n is not None and len(names) > n:
+                names = names[:n]
+                headers["Link"] = next_link(request.url.path, {"n": n, "last": names[-1]})
+            return json_response({"repositories": names}, headers=headers)
+    names = await registry_of(request).repositories.names()
     if visible is not None:
         names = [name for name in names if visible(name)]
     page, headers = paginate(names, request, request.url.path)

@@ -31,6 +31,9 @@ async def get_manifest(request: Request) -> Response:
     }
     if request.method == "HEAD":
         return Response(b"", headers=headers, media_type=manifest.media_type)
+    index = registry_of(request).index
+    if index is not None:
+        index.count_pull(name)  # in memory; written in batches off the request
     notify(request, "pull", "manifest", name, str(manifest.digest), manifest.media_type, len(manifest.data), reference)
     return Response(manifest.data, headers=headers, media_type=manifest.media_type)
 
@@ -50,10 +53,14 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 async def put_manifest(request: Request) -> Response:
     name = repository_name(request)
     reference = request.path_params["reference"]
-    manifests = registry_of(request).manifests
+    registry = registry_of(request)
+    manifests = registry.manifests
     data = await _read_limited(request, manifests.max_bytes)
     extra_tags = tuple(request.query_params.getlist("tag"))
+    change = await registry.index.changing(name) if registry.index is not None else None
     result = await manifests.put(name, reference, data, request.headers.get("content-type", ""), extra_tags)
+    if registry.index is not None:
+        await registry.index.refresh(name, change)
     digest = result.manifest.digest
     headers = [
         ("Location", f"/v2/{name}/manifests/{digest}"),
@@ -73,7 +80,11 @@ async def delete_manifest(request: Request) -> Response:
     name = repository_name(request)
     reference = request.path_params["reference"]
     require_delete_enabled(request)
-    await registry_of(request).manifests.delete(name, reference)
+    registry = registry_of(request)
+    change = await registry.index.changing(name) if registry.index is not None else None
+    await registry.manifests.delete(name, reference)
+    if registry.index is not None:
+        await registry.index.refresh(name, change)
     digest = reference if Digest.is_digest(reference) else ""
     notify(request, "delete", "manifest", name, digest, reference=reference)
     return Response(status_code=202, headers={"Content-Length": "0"})

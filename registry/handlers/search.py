@@ -1,9 +1,160 @@
-"""`docker search` (`/v1/_ping`, `/v1/search`) and Moorage's search and repository summaries under `/api/v1/`."""
+"""`docker search` (`/v1/_ping`, `/v1/search`) and Moorage's search and repository summaries under `/api/v1/`.
+
+The docker CLI's side of the contract is in SPEC.md §2: it pings `/v1/_ping` (reading only two headers), then sends
+`GET /v1/search?q=TERM&n=LIMIT` with `X-Docker-Token: true` and decodes `{query, num_results, results}`.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import datetime as dt
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from registry.errors import ErrorCode, RegistryError
+from registry.handlers.common import json_response, pull_filter, registry_of, repository_name
+from registry.handlers.listings import next_link
+from registry.index.base import IndexUnavailable, ManifestRecord, MetadataIndex, SearchHit
+from registry.index.query import parse_query
+
+DEFAULT_RESULTS = 25
+MAX_RESULTS = 100
+# The last version of the v1 protocol; the docker CLI only logs it.
+V1_REGISTRY_VERSION = "0.6.0"
 
 
 def routes() -> list[BaseRoute]:
-    return []
+    return [
+        Route("/v1/_ping", ping, methods=["GET"]),
+        Route("/v1/search", docker_search, methods=["GET"]),
+        Route("/api/v1/search", search, methods=["GET"]),
+        Route("/api/v1/repositories/{name:path}", repository, methods=["GET"]),
+    ]
+
+
+async def ping(request: Request) -> Response:
+    headers = {"X-Docker-Registry-Version": V1_REGISTRY_VERSION, "X-Docker-Registry-Standalone": "true"}
+    return json_response({"version": V1_REGISTRY_VERSION, "standalone": True}, headers=headers)
+
+
+def result_count(request: Request) -> int:
+    """`n`: 1 to 100, 25 when absent (what the docker CLI allows)."""
+    raw = request.query_params.get("n")
+    if raw is None or raw == "":
+        return DEFAULT_RESULTS
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_RESULTS:
+        raise RegistryError(
+            ErrorCode.PAGINATION_NUMBER_INVALID,
+            detail={"n": raw, "reason": f"n must be a whole number from 1 to {MAX_RESULTS}"},
+        )
+    return n
+
+
+def usable_index(request: Request) -> MetadataIndex:
+    index = registry_of(request).index
+    if index is None:
+        raise RegistryError(
+            ErrorCode.NOT_FOUND, detail="search needs the metadata index, which is off on this registry (index.enabled)"
+        )
+    if not index.ready:
+        raise _not_ready()
+    return index
+
+
+def _not_ready() -> RegistryError:
+    return RegistryError(
+        ErrorCode.UNAVAILABLE, detail="the metadata index is being built from storage", headers={"Retry-After": "5"}
+    )
+
+
+async def docker_search(request: Request) -> Response:
+    q = request.query_params.get("q", "")
+    n = result_count(request)
+    query = parse_query(q)
+    try:
+        hits = await usable_index(request).search(query, None, n, pull_filter(request))
+    except IndexUnavailable:
+        raise _not_ready() from None
+    results = [
+        {
+            "name": hit.repository,
+            "description": hit.description or "",
+            "star_count": 0,
+            "is_official": False,
+            "is_automated": False,
+        }
+        for hit in hits
+    ]
+    return json_response({"query": q, "num_results": len(results), "results": results})
+
+
+async def search(request: Request) -> Response:
+    q = request.query_params.get("q", "")
+    n = result_count(request)
+    last = request.query_params.get("last") or None
+    query = parse_query(q)
+    try:
+        hits = await usable_index(request).search(query, last, n + 1, pull_filter(request))
+    except IndexUnavailable:
+        raise _not_ready() from None
+    headers = {}
+    if len(hits) > n:
+        hits = hits[:n]
+        headers["Link"] = next_link(request.url.path, {"q": q, "n": n, "last": hits[-1].repository})
+    return json_response({"query": q, "results": [_hit(hit) for hit in hits]}, headers=headers)
+
+
+async def repository(request: Request) -> Response:
+    name = repository_name(request)
+    visible = pull_filter(request)
+    try:
+        summary = await usable_index(request).repository(name)
+    except IndexUnavailable:
+        raise _not_ready() from None
+    if summary is None or (visible is not None and not visible(name)):
+        raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"name": name})
+    body = {
+        "name": summary.name,
+        "description": summary.description,
+        "pushedAt": _time(summary.pushed_at),
+        "pulls": summary.pulls,
+        "manifests": summary.manifest_count,
+        "tags": [{"tag": t.tag, **_manifest(t.manifest), "pushedAt": _time(t.pushed_at)} for t in summary.tags],
+    }
+    return json_response(body)
+
+
+def _hit(hit: SearchHit) -> dict[str, Any]:
+    return {
+        "name": hit.repository,
+        "description": hit.description,
+        "tags": list(hit.tags),
+        **_manifest(hit.manifest),
+        "pushedAt": _time(hit.repository_pushed_at),
+        "pulls": hit.pulls,
+    }
+
+
+def _manifest(manifest: ManifestRecord | None) -> dict[str, Any]:
+    if manifest is None:  # a repository without manifests (only blobs pushed, or every manifest deleted)
+        return {"digest": None, "mediaType": None, "artifactType": None, "size": 0, "platforms": [], "created": None}
+    return {
+        "digest": manifest.digest,
+        "mediaType": manifest.media_type,
+        "artifactType": manifest.artifact_type,
+        "size": manifest.size,
+        "platforms": list(manifest.platforms),
+        "created": manifest.created,
+    }
+
+
+def _time(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

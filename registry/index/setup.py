@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+from pathlib import Path
+
 from starlette.applications import Starlette
 
+from registry import paths
+from registry.index.local import LocalIndex
 from registry.services import Service
 from registry.settings import Settings
 from registry.store.registry import Registry
 
 
+def index_path(settings: Settings) -> Path:
+    """`index.path`, else beside the data on the filesystem backend, else a file of this bucket's own on S3."""
+    if settings.index.path is not None:
+        return settings.index.path
+    storage = settings.storage
+    if storage.backend == "filesystem":
+        return storage.filesystem.root / paths.INDEX_DATABASE
+    where = f"{storage.s3.endpoint_url or 'aws'}|{storage.s3.region or ''}|{storage.s3.bucket}|{storage.s3.prefix}"
+    digest = hashlib.sha256(where.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "moorage-index" / f"{storage.s3.bucket}-{digest}.sqlite"
+
+
+def open_index(settings: Settings, registry: Registry) -> LocalIndex:
+    """The index over `registry`'s storage. Started, it serves queries; unstarted (what an admin command that
+    changes repositories needs) it only records changes, which every running server then applies."""
+    return LocalIndex(registry, settings.index, index_path(settings))
+
+
 def install(app: Starlette, settings: Settings, registry: Registry) -> Service | None:
-    """Add routes state, middleware or a background service; return the service to start with the app, if any."""
-    return None
+    """Set `registry.index` and return the service that builds, heals and follows it; None when it is off."""
+    if not settings.index.enabled:
+        return None
+    index = open_index(settings, registry)
+    registry.index = index
+    return index

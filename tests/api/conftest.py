@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ def storage_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[d
     # API tests read blobs through the registry; redirects to the store have a test of their own.
     yield {**server.storage_settings(bucket), "redirect": {"disable": True}}
     server.drop_bucket(bucket)
+    # On S3 the metadata index's file defaults to one per bucket in the temporary directory: drop it too.
+    for leftover in (Path(tempfile.gettempdir()) / "moorage-index").glob(f"{bucket}-*"):
+        leftover.unlink(missing_ok=True)
 
 
 @pytest.fixture

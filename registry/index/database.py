@@ -1,0 +1,367 @@
+"""The index in an SQLite file (WAL mode: several processes share it, readers never wait for the writer).
+
+Blocking calls: the async side (registry/index/sqlite.py) runs them on threads. One connection writes, one reads,
+each behind its own lock, so a rebuild's writes never hold up a catalog page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from registry.index.base import ManifestRecord, RepositorySnapshot, RepositorySummary, SearchQuery, TagSummary
+from registry.index.query import rank_sql
+
+SCHEMA_VERSION = 1
+DESCRIPTION_KEYS = ("org.opencontainers.image.description", "description")
+_TABLES = ("meta", "repositories", "manifests", "tags", "labels", "platforms")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS repositories (
+    name TEXT PRIMARY KEY,
+    description TEXT,
+    pushed_at REAL,
+    pulls INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS manifests (
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    artifact_type TEXT,
+    size INTEGER NOT NULL,
+    platforms TEXT NOT NULL,
+    created TEXT,
+    labels TEXT NOT NULL,
+    pushed_at REAL NOT NULL,
+    PRIMARY KEY (repository, digest)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tags (
+    repository TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    pushed_at REAL NOT NULL,
+    PRIMARY KEY (repository, tag)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_by_digest ON tags (repository, digest);
+CREATE TABLE IF NOT EXISTS labels (
+    repository TEXT NOT NULL, digest TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS labels_by_key ON labels (key, value);
+CREATE INDEX IF NOT EXISTS labels_by_manifest ON labels (repository, digest);
+CREATE TABLE IF NOT EXISTS platforms (repository TEXT NOT NULL, digest TEXT NOT NULL, platform TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS platforms_by_name ON platforms (platform);
+CREATE INDEX IF NOT EXISTS platforms_by_manifest ON platforms (repository, digest);
+"""
+_MANIFEST_COLUMNS = "digest, media_type, artifact_type, size, platforms, created, labels, pushed_at"
+
+
+class IndexCorrupt(Exception):
+    """The file is not a usable index: delete it and build a new one."""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=30000")
+    return db
+
+
+def remove_files(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + suffix).unlink()
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._writer = _connect(path)
+        self._reader = _connect(path)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        try:
+            self._prepare()
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise IndexCorrupt(f"{path}: {e}") from e
+
+    @classmethod
+    def open(cls, path: Path) -> Database:
+        """The index at `path`; a corrupt file is replaced by an empty index (a rebuild fills it)."""
+        try:
+            return cls(path)
+        except IndexCorrupt:
+            remove_files(path)
+            return cls(path)
+
+    def _prepare(self) -> None:
+        with self._write_lock:
+            db = self._writer
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._schema_version(db)
+                if version is not None and version != SCHEMA_VERSION:
+                    for table in _TABLES:
+                        db.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def healthy(self) -> bool:
+        try:
+            with self._read_lock:
+                return bool(self._reader.execute("PRAGMA quick_check").fetchone()[0] == "ok")
+        except sqlite3.OperationalError:
+            return True  # busy or locked: not the file's fault
+        except sqlite3.DatabaseError:
+            return False
+
+    @staticmethod
+    def _schema_version(db: sqlite3.Connection) -> int | None:
+        exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        if exists is None:
+            return None
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        return int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+
+    def close(self) -> None:
+        self._writer.close()
+        self._reader.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    def _read(self, sql: str, parameters: Iterable[Any] = ()) -> list[Any]:
+        with self._read_lock:
+            return self._reader.execute(sql, tuple(parameters)).fetchall()
+
+    # Meta: schema version, the storage's index epoch, the position in the change records.
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, values: Mapping[str, str]) -> None:
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
+
+    def claim(self, key: str, owner: str, seconds: float) -> bool:
+        """Take (or renew) the lease `key` for `seconds` unless another owner holds it; whether `owner` holds it."""
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                holder, _, until = str(row[0]).rpartition("@")
+                if holder != owner and float(until or 0) > now:
+                    return False
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, f"{owner}@{now + seconds}"))
+        return True
+
+    def release(self, key: str, owner: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM meta WHERE key = ? AND value LIKE ?", (key, f"{owner}@%"))
+
+    # Writes.
+
+    def known_manifests(self, name: str) -> dict[str, ManifestRecord]:
+        rows = self._read(f"SELECT {_MANIFEST_COLUMNS} FROM manifests WHERE repository = ?", (name,))
+        return {row[0]: _manifest(row) for row in rows}
+
+    def replace(self, name: str, snapshot: RepositorySnapshot | None) -> None:
+        """Make the index hold `snapshot` for `name` (None: the repository is gone). Pull counts are kept."""
+        with self._transaction() as db:
+            for table in ("manifests", "tags", "labels", "platforms"):
+                db.execute(f"DELETE FROM {table} WHERE repository = ?", (name,))
+            if snapshot is None:
+                db.execute("DELETE FROM repositories WHERE name = ?", (name,))
+                return
+            manifests = {m.digest: m for m in snapshot.manifests}
+            db.executemany(
+                f"INSERT INTO manifests (repository, {_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        name,
+                        m.digest,
+                        m.media_type,
+                        m.artifact_type,
+                        m.size,
+                        json.dumps(m.platforms),
+                        m.created,
+                        json.dumps(m.labels),
+                        m.pushed_at,
+                    )
+                    for m in snapshot.manifests
+                ],
+            )
+            db.executemany(
+                "INSERT INTO tags (repository, tag, digest, pushed_at) VALUES (?, ?, ?, ?)",
+                [(name, t.tag, t.digest, t.pushed_at) for t in snapshot.tags],
+            )
+            db.executemany(
+                "INSERT INTO labels (repository, digest, key, value) VALUES (?, ?, ?, ?)",
+                [(name, m.digest, k, v) for m in snapshot.manifests for k, v in m.labels.items()],
+            )
+            db.executemany(
+                "INSERT INTO platforms (repository, digest, platform) VALUES (?, ?, ?)",
+                [(name, m.digest, p.lower()) for m in snapshot.manifests for p in m.platforms],
+            )
+            pushed = [t.pushed_at for t in snapshot.tags] + [m.pushed_at for m in snapshot.manifests]
+            db.execute(
+                "INSERT INTO repositories (name, description, pushed_at) VALUES (?, ?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET description = excluded.description, pushed_at = excluded.pushed_at",
+                (name, _description(snapshot, manifests), max(pushed, default=None)),
+            )
+
+    def names(self) -> set[str]:
+        return {row[0] for row in self._read("SELECT name FROM repositories")}
+
+    def add_pulls(self, counts: Mapping[str, int]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE repositories SET pulls = pulls + ? WHERE name = ?", [(n, k) for k, n in counts.items()]
+            )
+
+    # Queries.
+
+    def catalog(self, last: str | None, limit: int) -> list[str]:
+        rows = self._read("SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?", (last or "", limit))
+        return [row[0] for row in rows]
+
+    def ranked(self, query: SearchQuery, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+        """(rank, name) of the repositories matching `query`, best first, after `after`, at most `limit`."""
+        rank, rank_parameters = rank_sql("name", query.terms)
+        where: list[str] = []
+        parameters: list[Any] = []
+        for term in query.terms:
+            where.append("(instr(name, ?) > 0 OR instr(lower(coalesce(description, '')), ?) > 0)")
+            parameters += [term, term]
+        if query.filters_manifests:
+            conditions, more = _manifest_conditions(query)
+            where.append(f"EXISTS (SELECT 1 FROM manifests m WHERE m.repository = name AND {conditions})")
+            parameters += more
+        sql = f"SELECT {rank} AS rank, name FROM repositories WHERE {' AND '.join(where) or '1'}"
+        sql = f"SELECT rank, name FROM ({sql}) WHERE (rank, name) > (?, ?) ORDER BY rank, name LIMIT ?"
+        start = after or (-1, "")
+        rows = self._read(sql, [*rank_parameters, *parameters, *start, limit])
+        return [(int(row[0]), str(row[1])) for row in rows]
+
+    def rank_of(self, name: str, terms: tuple[str, ...]) -> int:
+        """What `ranked` gives `name` (for a cursor naming a repository that may be gone meanwhile)."""
+        rank, parameters = rank_sql("name", terms)
+        return int(self._read(f"SELECT {rank} FROM (SELECT ? AS name)", [*parameters, name])[0][0])
+
+    def best_match(self, name: str, query: SearchQuery) -> tuple[ManifestRecord, tuple[str, ...]] | None:
+        """The repository's manifest that matches `query` best (tagged first, then the latest) and its tags."""
+        conditions, parameters = _manifest_conditions(query)
+        tagged = "EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository AND t.digest = m.digest)"
+        columns = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.split(","))
+        rows = self._read(
+            f"SELECT {columns} FROM manifests m WHERE m.repository = ? AND {conditions} "
+            f"ORDER BY {tagged} DESC, m.pushed_at DESC, m.digest LIMIT 1",
+            [name, *parameters],
+        )
+        if not rows:
+            return None
+        manifest = _manifest(rows[0])
+        tags = [
+            row[0]
+            for row in self._read(
+                "SELECT tag FROM tags WHERE repository = ? AND digest = ? ORDER BY tag", (name, manifest.digest)
+            )
+        ]
+        if query.tags:
+            tags = [tag for tag in tags if any(_glob(tag, pattern) for pattern in query.tags)]
+        return manifest, tuple(tags)
+
+    def summary(self, name: str) -> RepositorySummary | None:
+        rows = self._read("SELECT description, pushed_at, pulls FROM repositories WHERE name = ?", (name,))
+        if not rows:
+            return None
+        description, pushed_at, pulls = rows[0]
+        manifests = self.known_manifests(name)
+        tags = tuple(
+            TagSummary(tag, manifests[digest], at)
+            for tag, digest, at in self._read(
+                "SELECT tag, digest, pushed_at FROM tags WHERE repository = ? ORDER BY tag", (name,)
+            )
+            if digest in manifests
+        )
+        return RepositorySummary(name, description, pushed_at, pulls, len(manifests), tags)
+
+    def details(self, name: str) -> tuple[str | None, float | None, int] | None:
+        rows = self._read("SELECT description, pushed_at, pulls FROM repositories WHERE name = ?", (name,))
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+
+def _manifest_conditions(query: SearchQuery) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    parameters: list[Any] = []
+    same = "x.repository = m.repository AND x.digest = m.digest"
+    for key, value in query.labels:
+        if value is None:
+            where.append(f"EXISTS (SELECT 1 FROM labels x WHERE {same} AND x.key = ?)")
+            parameters.append(key)
+        else:
+            where.append(f"EXISTS (SELECT 1 FROM labels x WHERE {same} AND x.key = ? AND x.value = ?)")
+            parameters += [key, value]
+    for platform in query.platforms:
+        where.append(f"EXISTS (SELECT 1 FROM platforms x WHERE {same} AND (x.platform = ? OR x.platform GLOB ?))")
+        parameters += [platform, _glob_literal(platform) + "/*"]
+    for artifact_type in query.artifact_types:
+        where.append("m.artifact_type = ?")
+        parameters.append(artifact_type)
+    for pattern in query.tags:
+        where.append(f"EXISTS (SELECT 1 FROM tags x WHERE {same} AND x.tag GLOB ?)")
+        parameters.append(pattern)
+    return " AND ".join(where) or "1", parameters
+
+
+def _glob_literal(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _glob(text: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(text, pattern)
+
+
+def _manifest(row: Any) -> ManifestRecord:
+    digest, media_type, artifact_type, size, platforms, created, labels, pushed_at = row
+    return ManifestRecord(
+        digest, media_type, artifact_type, size, tuple(json.loads(platforms)), created, json.loads(labels), pushed_at
+    )
+
+
+def _description(snapshot: RepositorySnapshot, manifests: Mapping[str, ManifestRecord]) -> str | None:
+    """The first description found: `latest`'s, then the other tags' (the last pushed first), then untagged ones."""
+    tags = sorted(snapshot.tags, key=lambda t: (t.tag != "latest", -t.pushed_at, t.tag))
+    tagged = [manifests[t.digest] for t in tags if t.digest in manifests]
+    rest = sorted(snapshot.manifests, key=lambda m: (-m.pushed_at, m.digest))
+    for manifest in (*tagged, *rest):
+        for key in DESCRIPTION_KEYS:
+            if manifest.labels.get(key):
+                return manifest.labels[key]
+    return None

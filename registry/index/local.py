@@ -1,0 +1,326 @@
+"""The metadata index of one process: an SQLite file (shared by the processes of one host) kept in line with storage.
+
+Storage stays the source of truth. On start the index is built from storage when it is missing, corrupt, of an older
+schema, of another storage (the epoch file differs) or too old to catch up from the change records; otherwise the
+change records since its position are replayed, which also repairs a crash between a storage write and the index
+write. Then every `poll_interval` it reads the change records others wrote (see changes.py) and writes pull counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from registry import paths
+from registry.index.base import IndexUnavailable, RepositorySummary, SearchHit, SearchQuery, Visible
+from registry.index.changes import ChangeLog, position_at, time_of
+from registry.index.database import Database
+from registry.index.scan import read_repository
+from registry.index.settings import IndexSettings
+from registry.store.registry import Registry
+from storage_backends import PathNotFound, StorageError
+
+logger = logging.getLogger("moorage")
+T = TypeVar("T")
+PRUNE_EVERY_SECONDS = 60.0
+RETRY_SECONDS = 5.0
+CATALOG_BATCH = 500
+SEARCH_BATCH = 200
+START_WAIT_SECONDS = 3.0
+BUILD_LEASE = "builder"
+BUILD_LEASE_SECONDS = 30.0
+BUILD_WAIT_SECONDS = 0.5
+
+
+class LocalIndex:
+    def __init__(self, registry: Registry, settings: IndexSettings, path: Path) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.path = path
+        self.changes = ChangeLog(registry.backend, settings.settle, settings.changes_retention)
+        self._db: Database | None = None
+        self._ready = False
+        self._became_ready = asyncio.Event()
+        self._position = ""
+        self._pulls: Counter[str] = Counter()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._failed: set[str] = set()  # refreshes that failed here: the poll loop retries them
+        self._task: asyncio.Task[None] | None = None
+        self._pruned_at = 0.0
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def behind(self) -> frozenset[str]:
+        """Repositories whose last refresh failed here (the poll loop retries them)."""
+        return frozenset(self._failed)
+
+    # Service.
+
+    async def start(self) -> None:
+        """Open the file and start building or catching up; wait for that a little (a small registry is then
+        ready for its first request), not longer: until the index is ready the catalog walks storage."""
+        await self.open()
+        self._task = asyncio.create_task(self._run(), name="metadata index")
+        waiter = asyncio.create_task(self._became_ready.wait())
+        await asyncio.wait({self._task, waiter}, timeout=START_WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+
+    async def open(self) -> None:
+        """Open (or create, or replace when corrupt) the file, without following storage: for admin commands."""
+        if self._db is None:
+            self._db = await asyncio.to_thread(Database.open, self.path)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._ready = False
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._flush_pulls()
+            await asyncio.to_thread(self._db.close)
+            self._db = None
+
+    async def _run(self) -> None:
+        while True:
+            while not self._ready:
+                try:
+                    await self.catch_up()
+                except Exception:
+                    logger.exception("index: could not build the metadata index; retrying in %gs", RETRY_SECONDS)
+                    await self._reopen_if_corrupt()
+                    await asyncio.sleep(RETRY_SECONDS)
+            while self._ready:
+                await asyncio.sleep(self.settings.poll_interval)
+                try:
+                    await self.poll()
+                except (StorageError, OSError, sqlite3.OperationalError) as e:
+                    logger.warning("index: following storage failed (%s); trying again", e)
+                except Exception:
+                    logger.exception("index: following storage failed")
+                    await self._reopen_if_corrupt()
+
+    async def _reopen_if_corrupt(self) -> None:
+        """A file that went bad is replaced by a new one, built from storage (queries fall back meanwhile)."""
+        db = self._database()
+        if await asyncio.to_thread(db.healthy):
+            return
+        logger.error("index: %s is corrupt: building a new one", self.path)
+        self._ready = False
+        self._db = None
+        await asyncio.to_thread(db.close)
+        await self.open()
+
+    async def catch_up(self) -> None:
+        """Rebuild when the index cannot be trusted, else replay the change records since its position. Processes
+        sharing the file take turns: one builds, the others wait for it and then replay."""
+        db = self._database()
+        epoch = await self._storage_epoch()
+        while True:
+            position = await asyncio.to_thread(db.get_meta, "position")
+            stored_epoch = await asyncio.to_thread(db.get_meta, "epoch")
+            too_old = position is None or time_of(position) < time.time() - self.settings.changes_retention
+            if stored_epoch == epoch and not too_old:
+                assert position is not None
+                self._position = position
+                await self.poll()
+                break
+            if await asyncio.to_thread(db.claim, BUILD_LEASE, self._owner, BUILD_LEASE_SECONDS):
+                why = "new" if stored_epoch is None else "of other storage" if stored_epoch != epoch else "too old"
+                logger.info("index: building the metadata index from storage (the index is %s)", why)
+                await self.rebuild(epoch)
+                break
+            await asyncio.sleep(BUILD_WAIT_SECONDS)  # another process builds this file: wait for it
+        self._ready = True
+        self._became_ready.set()
+
+    async def rebuild(self, epoch: str | None = None, *, reread: bool = False) -> int:
+        """Read every repository from storage into the index; returns how many there are. With `reread`, manifests
+        already indexed are read again too (their content cannot change, but how it is indexed may have)."""
+        db = self._database()
+        epoch = epoch or await self._storage_epoch()
+        # Changes made while this runs are in the records after this position; they are replayed afterwards.
+        position = position_at(time.time() - self.settings.settle)
+        started = time.monotonic()
+        names = await self.registry.repositories.names()
+        limit = asyncio.Semaphore(self.settings.rebuild_concurrency)
+
+        async def one(name: str) -> None:
+            async with limit:
+                await self._refresh(name, fresh=reread)
+
+        renewing = asyncio.create_task(self._hold_build_lease())
+        try:
+            await asyncio.gather(*(one(name) for name in names))
+        finally:
+            renewing.cancel()
+            await asyncio.to_thread(db.release, BUILD_LEASE, self._owner)
+        # Not listed: gone, unless pushed since the listing (then storage has it): storage decides each one.
+        await asyncio.gather(*(one(name) for name in await asyncio.to_thread(db.names) - set(names)))
+        await asyncio.to_thread(db.set_meta, {"epoch": epoch, "position": position})
+        self._position = position
+        logger.info("index: %d repositories indexed in %.1fs", len(names), time.monotonic() - started)
+        return len(names)
+
+    async def _hold_build_lease(self) -> None:
+        db = self._database()
+        while True:
+            await asyncio.to_thread(db.claim, BUILD_LEASE, self._owner, BUILD_LEASE_SECONDS)
+            await asyncio.sleep(BUILD_LEASE_SECONDS / 3)
+
+    async def poll(self) -> None:
+        """Apply the changes other processes recorded, retry failed refreshes, write pull counts, prune records."""
+        db = self._database()
+        changed, position = await self.changes.read(self._position)
+        retry, self._failed = self._failed, set()
+        for name in sorted(changed | retry):
+            await self._refresh(name)
+        if position != self._position:
+            await asyncio.to_thread(db.set_meta, {"position": position})
+            self._position = position
+        await self._flush_pulls()
+        if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
+            self._pruned_at = time.monotonic()
+            await self.changes.prune()
+
+    async def _storage_epoch(self) -> str:
+        """The identity of this storage's index generation (a fresh bucket or directory gets a new one)."""
+        try:
+            return (await self.registry.backend.get_content(paths.INDEX_EPOCH)).decode()
+        except PathNotFound:
+            await self.registry.backend.put_content(paths.INDEX_EPOCH, uuid.uuid4().hex.encode(), exclusive=True)
+            return (await self.registry.backend.get_content(paths.INDEX_EPOCH)).decode()
+
+    def _database(self) -> Database:
+        if self._db is None:
+            raise IndexUnavailable("the metadata index is closed")
+        return self._db
+
+    # Writes (MetadataIndex).
+
+    async def changing(self, name: str) -> str:
+        return await self.changes.append(name)
+
+    async def refresh(self, name: str, change: str | None = None) -> None:
+        applied = await self._refresh(name)
+        if change is None:
+            return
+        if applied:
+            self.changes.applied(change)
+        # Others may have read the first record before the write was done: a second one says it is.
+        try:
+            done = await self.changes.append(name)
+        except StorageError as e:
+            logger.warning(
+                "index: could not record the change of %s (%s); others see it within %gs", name, e, self.settings.settle
+            )
+            return
+        if applied:
+            self.changes.applied(done)
+
+    async def repository_changed(self, name: str) -> None:
+        key = await self.changes.append(name)
+        if self._db is None and await asyncio.to_thread(self.path.exists):
+            # An admin command beside servers of this host: update the file they read, so they answer right at once.
+            await self.open()
+        if await self._refresh(name):
+            self.changes.applied(key)
+
+    async def _refresh(self, name: str, fresh: bool = False) -> bool:
+        """Re-read `name` from storage into the index; False (and a retry at the next poll) when that failed."""
+        db = self._db
+        if db is None:
+            return False  # not started: an admin command's index only records changes for the servers
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        try:
+            async with lock:
+                known = {} if fresh else await asyncio.to_thread(db.known_manifests, name)
+                snapshot = await read_repository(self.registry, name, known)
+                await asyncio.to_thread(db.replace, name, snapshot)
+        except (StorageError, OSError, sqlite3.Error) as e:
+            logger.warning("index: could not read %s from storage (%s); retrying later", name, e)
+            self._failed.add(name)
+            return False
+        return True
+
+    def count_pull(self, name: str) -> None:
+        self._pulls[name] += 1
+
+    async def _flush_pulls(self) -> None:
+        if self._pulls and self._db is not None:
+            counts, self._pulls = self._pulls, Counter()
+            await asyncio.to_thread(self._db.add_pulls, counts)
+
+    # Queries (MetadataIndex).
+
+    def _queryable(self) -> Database:
+        if not self._ready or self._db is None:
+            raise IndexUnavailable("the metadata index is being built")
+        return self._db
+
+    @staticmethod
+    async def _read(function: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.to_thread(function, *args)
+        except sqlite3.Error as e:
+            raise IndexUnavailable(f"the metadata index failed: {e}") from e
+
+    async def catalog(self, last: str | None, limit: int | None, visible: Visible | None) -> list[str]:
+        db = self._queryable()
+        if limit is None:
+            limit = 2**62
+        found: list[str] = []
+        while len(found) < limit:
+            batch_size = min(limit - len(found), CATALOG_BATCH) if visible is None else CATALOG_BATCH
+            batch = await self._read(db.catalog, last, batch_size)
+            found += batch if visible is None else [name for name in batch if visible(name)]
+            if len(batch) < batch_size:
+                break
+            last = batch[-1]
+        return found[:limit]
+
+    async def search(
+        self, query: SearchQuery, last: str | None, limit: int, visible: Visible | None
+    ) -> list[SearchHit]:
+        db = self._queryable()
+        after = (await self._read(db.rank_of, last, query.terms), last) if last else None
+        batch_size = limit if visible is None else max(limit, SEARCH_BATCH)
+        found: list[str] = []
+        while len(found) < limit:
+            batch = await self._read(db.ranked, query, after, batch_size)
+            found += [name for _, name in batch if visible is None or visible(name)]
+            if len(batch) < batch_size:
+                break
+            after = batch[-1]
+        return await self._read(self._hits, db, query, found[:limit])
+
+    @staticmethod
+    def _hits(db: Database, query: SearchQuery, names: list[str]) -> list[SearchHit]:
+        hits = []
+        for name in names:
+            details = db.details(name)
+            if details is None:
+                continue  # dropped since the candidates were read
+            best = db.best_match(name, query)
+            manifest, tags = best if best is not None else (None, ())
+            hits.append(SearchHit(name, details[0], details[1], details[2], manifest, tags))
+        return hits
+
+    async def repository(self, name: str) -> RepositorySummary | None:
+        db = self._queryable()
+        return await self._read(db.summary, name)

@@ -1,0 +1,190 @@
+"""Reading what the index holds about one repository from storage, the source of truth.
+
+A repository costs a listing of its tags and of its revisions, a stat and a read per tag, a stat per revision (push
+times are the links' modification times) and, for manifests the index does not know yet (content under a digest
+never changes), a read of the manifest and of its image config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from registry import paths
+from registry.digests import Digest
+from registry.errors import RegistryError
+from registry.index.base import ManifestRecord, RepositorySnapshot, TagRecord
+from registry.store.manifest_format import Descriptor, ParsedManifest, parse_manifest
+from registry.store.registry import Registry
+from storage_backends import PathNotFound
+
+CONFIG_TYPES = frozenset({"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"})
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+READS_AT_ONCE = 16
+CREATED_ANNOTATION = "org.opencontainers.image.created"
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    digest: str
+    media_type: str
+    size: int
+    parsed: ParsedManifest | None
+    config: dict[str, Any] | None
+
+
+async def read_repository(
+    registry: Registry, name: str, known: Mapping[str, ManifestRecord]
+) -> RepositorySnapshot | None:
+    """`name` as storage holds it, or None when it is not a repository (any more). Manifests in `known` are reused."""
+    limit = asyncio.Semaphore(READS_AT_ONCE)
+    tag_names, revision_digests = await asyncio.gather(registry.tags.all(name), _revision_digests(registry, name))
+    if not tag_names and not revision_digests and not await registry.repositories.exists(name):
+        return None
+    read_tags, pushed = await asyncio.gather(
+        asyncio.gather(*(_read_tag(registry, name, tag, limit) for tag in tag_names)),
+        asyncio.gather(*(_pushed_at(registry, name, digest, limit) for digest in revision_digests)),
+    )
+    revisions = {str(d): at for d, at in zip(revision_digests, pushed, strict=True) if at is not None}
+    unknown = [digest for digest in revisions if digest not in known]
+    loaded = [found for found in await asyncio.gather(*(_load(registry, name, d, limit) for d in unknown)) if found]
+    records = {d: dataclasses.replace(known[d], pushed_at=at) for d, at in revisions.items() if d in known}
+    # Images first: an index's size and platforms come from its children.
+    for item in sorted(loaded, key=lambda item: item.parsed is not None and item.parsed.is_index):
+        records[item.digest] = _record(item, revisions[item.digest], records)
+    tags = tuple(tag for tag in read_tags if tag is not None and tag.digest in records)
+    return RepositorySnapshot(name, tags, tuple(records[d] for d in sorted(records)))
+
+
+async def _revision_digests(registry: Registry, name: str) -> list[Digest]:
+    """One listing per digest algorithm (one in practice): the revision directories' names are the digests."""
+    found: list[Digest] = []
+    try:
+        algorithms = await registry.backend.list(paths.manifest_revisions_dir(name))
+    except PathNotFound:
+        return found
+    for algorithm in algorithms:
+        if not algorithm.is_dir:
+            continue
+        try:
+            entries = await registry.backend.list(algorithm.path)
+        except PathNotFound:
+            continue
+        for entry in entries:
+            with contextlib.suppress(RegistryError):
+                found.append(Digest.parse(f"{_base(algorithm.path)}:{_base(entry.path)}"))
+    return found
+
+
+def _base(path: str) -> str:
+    return path.rsplit("/", 1)[1]
+
+
+async def _pushed_at(registry: Registry, name: str, digest: Digest, limit: asyncio.Semaphore) -> float | None:
+    """When the revision link was written; None when there is no link (a revision directory left half deleted)."""
+    async with limit:
+        try:
+            info = await registry.backend.stat(paths.manifest_revision_link(name, digest))
+        except PathNotFound:
+            return None
+    return info.modified.timestamp()
+
+
+async def _read_tag(registry: Registry, name: str, tag: str, limit: asyncio.Semaphore) -> TagRecord | None:
+    link = paths.tag_current_link(name, tag)
+    async with limit:
+        try:
+            info, raw = await asyncio.gather(registry.backend.stat(link), registry.backend.get_content(link))
+            digest = Digest.parse(raw.decode("ascii").strip())
+        except (PathNotFound, UnicodeDecodeError, RegistryError):
+            return None
+    return TagRecord(tag, str(digest), info.modified.timestamp())
+
+
+async def _load(registry: Registry, name: str, digest: str, limit: asyncio.Semaphore) -> _Loaded | None:
+    async with limit:
+        try:
+            stored = await registry.manifests.load(name, Digest.parse(digest))
+        except (PathNotFound, RegistryError):
+            return None  # a revision link without its data: not pullable, so not indexed
+    try:
+        parsed: ParsedManifest | None = parse_manifest(stored.data, stored.media_type)
+    except RegistryError:
+        parsed = None  # accepted once under other rules (schema 1): indexed by name and size only
+    config = None
+    if parsed is not None and parsed.config is not None and _is_image_config(parsed.config):
+        async with limit:
+            try:
+                body = json.loads(await registry.blobs.read_all(parsed.config.digest))
+            except (PathNotFound, ValueError):
+                body = None
+        config = body if isinstance(body, dict) else None
+    return _Loaded(digest, stored.media_type, len(stored.data), parsed, config)
+
+
+def _is_image_config(descriptor: Descriptor) -> bool:
+    return descriptor.media_type in CONFIG_TYPES and descriptor.size <= MAX_CONFIG_BYTES
+
+
+def _record(item: _Loaded, pushed_at: float, others: Mapping[str, ManifestRecord]) -> ManifestRecord:
+    parsed = item.parsed
+    if parsed is None:
+        return ManifestRecord(item.digest, item.media_type, None, item.size, (), None, {}, pushed_at)
+    if not parsed.is_index:
+        config = item.config or {}
+        size = item.size + sum(d.size for d in (parsed.config, *parsed.layers) if d is not None)
+        platform = _platform(config)
+        labels = {**_string_map((config.get("config") or {}).get("Labels")), **parsed.annotations}
+        created = config.get("created") if isinstance(config.get("created"), str) else None
+        return ManifestRecord(
+            item.digest,
+            item.media_type,
+            parsed.referrer_artifact_type(),
+            size,
+            (platform,) if platform else (),
+            created or parsed.annotations.get(CREATED_ANNOTATION),
+            labels,
+            pushed_at,
+        )
+    children = [others.get(str(child.digest)) for child in parsed.children]
+    size = item.size + sum(
+        child.size if child is not None else descriptor.size
+        for descriptor, child in zip(parsed.children, children, strict=True)
+    )
+    platforms: list[str] = []
+    labels = {}
+    created = parsed.annotations.get(CREATED_ANNOTATION)
+    for descriptor, child in zip(parsed.children, children, strict=True):
+        declared = _platform(descriptor.raw.get("platform"))
+        found = (declared,) if declared else (child.platforms if child is not None else ())
+        platforms += [p for p in found if p not in platforms]
+        if child is not None and declared:  # attestations and signatures have no real platform
+            labels = {**child.labels, **labels}
+            created = created or child.created
+    labels.update(parsed.annotations)
+    return ManifestRecord(
+        item.digest, item.media_type, parsed.artifact_type, size, tuple(platforms), created, labels, pushed_at
+    )
+
+
+def _platform(value: Any) -> str | None:
+    """`os/architecture[/variant]` of an image config or a descriptor's `platform`; None for `unknown/unknown`."""
+    if not isinstance(value, dict):
+        return None
+    os_name, architecture, variant = value.get("os"), value.get("architecture"), value.get("variant")
+    if not isinstance(os_name, str) or not isinstance(architecture, str) or not os_name or not architecture:
+        return None
+    if os_name == "unknown" and architecture == "unknown":
+        return None
+    return "/".join([os_name, architecture, *([variant] if isinstance(variant, str) and variant else [])])
+
+
+def _string_map(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}

@@ -1,0 +1,98 @@
+"""The SQLite file: what it keeps, and how it heals (corrupt file, older schema)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from registry.index.base import ManifestRecord, RepositorySnapshot, SearchQuery, TagRecord
+from registry.index.database import SCHEMA_VERSION, Database
+
+
+def snapshot(name: str, description: str = "") -> RepositorySnapshot:
+    labels = {"org.opencontainers.image.description": description} if description else {}
+    image = ManifestRecord(
+        "sha256:a", "application/vnd.oci.image.manifest.v1+json", None, 10, ("linux/amd64",), None, labels, 100.0
+    )
+    arm = ManifestRecord(
+        "sha256:b",
+        "application/vnd.oci.image.manifest.v1+json",
+        None,
+        20,
+        ("linux/arm64/v8",),
+        "2024-01-01T00:00:00Z",
+        {"team": "core"},
+        200.0,
+    )
+    return RepositorySnapshot(
+        name, (TagRecord("latest", "sha256:a", 150.0), TagRecord("v2", "sha256:b", 250.0)), (image, arm)
+    )
+
+
+def test_replace_query_and_drop(tmp_path: Path) -> None:
+    db = Database.open(tmp_path / "index.sqlite")
+    db.replace("team/app", snapshot("team/app", "the app"))
+    db.replace("team/db", snapshot("team/db"))
+    db.add_pulls({"team/app": 3})
+    db.replace("team/app", snapshot("team/app", "the app, again"))  # a refresh keeps the pull count
+    summary = db.summary("team/app")
+    assert summary is not None
+    assert (summary.description, summary.pushed_at, summary.pulls, summary.manifest_count) == (
+        "the app, again",
+        250.0,
+        3,
+        2,
+    )
+    assert [(t.tag, t.manifest.digest, t.pushed_at) for t in summary.tags] == [
+        ("latest", "sha256:a", 150.0),
+        ("v2", "sha256:b", 250.0),
+    ]
+    assert db.catalog(None, 10) == ["team/app", "team/db"]
+    assert db.catalog("team/app", 10) == ["team/db"]
+    assert db.ranked(SearchQuery(terms=("again",)), None, 10) == [(4, "team/app")]  # by its description
+    assert db.ranked(SearchQuery(platforms=("linux/arm64",)), None, 10) == [(0, "team/app"), (0, "team/db")]
+    assert db.ranked(SearchQuery(platforms=("linux/arm",)), None, 10) == []
+    best = db.best_match("team/app", SearchQuery(labels=(("team", "core"),)))
+    assert best is not None and best[0].digest == "sha256:b" and best[1] == ("v2",)
+    best = db.best_match("team/app", SearchQuery(tags=("lat*",)))
+    assert best is not None and best[0].digest == "sha256:a" and best[1] == ("latest",)
+    db.replace("team/app", None)
+    assert db.catalog(None, 10) == ["team/db"]
+    assert db.summary("team/app") is None and db.known_manifests("team/app") == {}
+    db.close()
+
+
+def test_a_corrupt_file_is_replaced_by_an_empty_index(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    db = Database.open(path)
+    assert db.catalog(None, 10) == [] and db.get_meta("schema") == str(SCHEMA_VERSION)
+    db.close()
+
+
+def test_an_index_of_an_older_schema_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    db = Database.open(path)
+    db.replace("team/app", snapshot("team/app"))
+    db.set_meta({"epoch": "e1", "position": "1"})
+    db.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE meta SET value = '0' WHERE key = 'schema'")
+    db = Database.open(path)
+    assert db.catalog(None, 10) == [] and db.get_meta("epoch") is None
+    db.close()
+
+
+def test_one_process_at_a_time_holds_the_build_lease(tmp_path: Path) -> None:
+    first, second = Database.open(tmp_path / "index.sqlite"), Database.open(tmp_path / "index.sqlite")
+    assert first.claim("builder", "a", 60)
+    assert not second.claim("builder", "b", 60)
+    assert first.claim("builder", "a", 60)  # renewed
+    first.release("builder", "a")
+    assert second.claim("builder", "b", 60)
+    second.release("builder", "a")  # not a's any more: still b's
+    assert not first.claim("builder", "a", 60)
+    assert second.claim("builder", "b", -1)  # expired at once
+    assert first.claim("builder", "a", 60)
+    first.close()
+    second.close()
