@@ -6,12 +6,13 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from types import FrameType
 
 from registry.logs import logging_config
-from registry.settings import Settings
+from registry.settings import ConfigError, Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is first imported
 
@@ -77,9 +78,30 @@ def exit_quietly_on_stop_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def check_files(settings: Settings) -> None:
+    """The TLS and auth files the settings name, read once before uvicorn starts. Raises ConfigError."""
+    tls = settings.http.tls
+    if tls is not None:
+        for key, path in (("http.tls.certificate", tls.certificate), ("http.tls.key", tls.key)):
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as e:
+                raise ConfigError(f"{key} {path}: {e.strerror or e}") from None
+    from registry.auth.preflight import preflight
+
+    preflight(settings)
+
+
 def run(settings: Settings) -> None:
     import uvicorn
 
+    try:
+        check_files(settings)
+    except ConfigError as e:
+        print(f"moorage: config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    tls = settings.http.tls
     with exit_quietly_on_stop_signals(), metrics_directory(settings), metrics_port(settings):
         uvicorn.run(
             "registry.app:create_app",
@@ -94,4 +116,6 @@ def run(settings: Settings) -> None:
             access_log=False,  # ours replaces it (http.access_log): it knows routes, repositories, request ids
             server_header=False,
             timeout_graceful_shutdown=settings.http.drain_timeout,
+            ssl_certfile=str(tls.certificate) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
         )

@@ -1,9 +1,110 @@
-"""Admin subcommands of this feature (see registry/admin.py for the shared parts)."""
+"""`moorage token create|list|revoke`: CI tokens, kept in the storage every replica reads (see registry/admin.py)."""
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
+import sys
 from typing import Any
+
+from registry.admin import EXIT_FAILURE, EXIT_OK, open_registry, set_main
+from registry.auth.ci_tokens import CiToken, CiTokenError, CiTokenStore
+from registry.durations import parse_duration
+from registry.settings import Settings
 
 
 def add_commands(commands: Any) -> None:
     """Register subcommands on the `moorage` parser's subparsers."""
+    token = commands.add_parser(
+        "token",
+        help="manage CI tokens (scoped secrets for pipelines)",
+        description="CI tokens: a name and a secret, used as user name and password (basic auth, docker login, "
+        "/auth/token). Only a hash of the secret is stored, in the registry's storage, so every replica sees a "
+        "new or revoked token at once.",
+    )
+    actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create", help="create a token and print its secret (once)", description="The secret is the last line."
+    )
+    create.add_argument("--name", required=True, help="the token's name: the user name it logs in with")
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        metavar="SCOPE",
+        help="repository:NAME:ACTIONS, e.g. 'repository:team/app:pull,push' (NAME may be a glob: team/*, team/**; "
+        "ACTIONS among pull, push, delete, or *); repeat for several",
+    )
+    create.add_argument("--expires", metavar="DURATION", help="lifetime, e.g. 30d, 12h, 90m (default: no expiry)")
+    set_main(create, _create)
+    listing = actions.add_parser("list", help="list the tokens (never their secrets)")
+    set_main(listing, _list)
+    revoke = actions.add_parser("revoke", help="delete a token: it is refused at once, on every replica")
+    revoke.add_argument("name", metavar="NAME")
+    set_main(revoke, _revoke)
+
+
+def _lifetime(text: str | None) -> dt.timedelta | None:
+    if text is None:
+        return None
+    seconds = parse_duration(text)
+    if isinstance(seconds, str):
+        try:
+            seconds = float(seconds)
+        except ValueError:
+            raise CiTokenError(f"--expires {text}: expected a duration such as 30d, 12h or 90m") from None
+    if not isinstance(seconds, float | int) or seconds <= 0:
+        raise CiTokenError(f"--expires {text}: the duration must be positive")
+    return dt.timedelta(seconds=seconds)
+
+
+def _when(value: dt.datetime | None) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else "never"
+
+
+def _scopes(token: CiToken) -> str:
+    return " ".join(str(grant) for grant in token.grants)
+
+
+async def _create(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        lifetime = _lifetime(args.expires)
+        async with open_registry(settings) as registry:
+            token, secret = await CiTokenStore(registry.backend).create(args.name, args.scope, lifetime)
+    except CiTokenError as e:
+        print(f"moorage token create: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"Created CI token {token.name!r}: {_scopes(token)}; expires {_when(token.expires_at)}.")
+    print(f"Log in with the user name {token.name!r} and this secret as the password; it is not shown again:")
+    print(secret)
+    return EXIT_OK
+
+
+async def _list(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_registry(settings) as registry:
+        tokens = await CiTokenStore(registry.backend).list()
+    if not tokens:
+        print("No CI tokens.", file=sys.stderr)
+        return EXIT_OK
+    rows = [("NAME", "SCOPES", "CREATED", "EXPIRES")]
+    for token in tokens:
+        expires = _when(token.expires_at) + (" (expired)" if token.expired() else "")
+        rows.append((token.name, _scopes(token), _when(token.created_at), expires))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[3])
+    return EXIT_OK
+
+
+async def _revoke(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        async with open_registry(settings) as registry:
+            revoked = await CiTokenStore(registry.backend).revoke(args.name)
+    except CiTokenError as e:
+        print(f"moorage token revoke: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not revoked:
+        print(f"moorage token revoke: no token named {args.name!r}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"Revoked CI token {args.name!r}.")
+    return EXIT_OK

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
+from registry.auth.authenticator import Authenticator
+from registry.auth.htpasswd import HtpasswdError
+from registry.auth.middleware import AuthMiddleware
 from registry.services import Service
-from registry.settings import Settings
+from registry.settings import ConfigError, Settings
 from registry.store.registry import Registry
+
+AUTH_STATE = "auth"
 
 
 def install(app: Starlette, settings: Settings, registry: Registry) -> Service | None:
-    """Add routes state, middleware or a background service; return the service to start with the app, if any."""
-    return None
+    """Laptop mode (no `auth:` section): nothing at all, not even a pass-through layer. Else the auth middleware,
+    and the authenticator as a service (it loads the token signing key from storage at start)."""
+    setattr(app.state, AUTH_STATE, None)
+    if settings.auth is None:
+        return None
+    authenticator = Authenticator(settings, registry.backend)
+    if authenticator.htpasswd is not None:
+        try:
+            authenticator.htpasswd.load()  # a missing or malformed file stops the start, with its name
+        except HtpasswdError as e:
+            raise ConfigError(str(e)) from None
+    setattr(app.state, AUTH_STATE, authenticator)
+    app.add_middleware(AuthMiddleware, authenticator=authenticator)
+    return authenticator

@@ -137,8 +137,10 @@ class Transport:
             if response.status_code == 401 and auth_tries < 2:
                 challenge = response.headers.get("WWW-Authenticate", "")
                 auth_tries += 1
+                # Concurrent requests sent before another one authenticated: retry with what it found first.
+                stale = self._authorization is not None and request_headers.get("Authorization") != self._authorization
                 try:
-                    renewed = bool(challenge) and await self._authenticate(challenge)
+                    renewed = stale or (bool(challenge) and await self._authenticate(challenge))
                 except BaseException:
                     await response.aclose()
                     raise

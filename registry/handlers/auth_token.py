@@ -1,9 +1,165 @@
-"""The built-in Docker token service (`/auth/token`)."""
+"""The built-in Docker token service (`/auth/token`): GET per the token spec, POST per its OAuth2 variant.
+
+The token grants what was asked, narrowed to what the caller may do; asking for more than that is not an error.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from collections.abc import Awaitable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from registry.auth.access import ANONYMOUS_IDENTITY, Identity, Scope, ScopeError
+from registry.auth.authenticator import Authenticator, AuthFailed, TooManyFailures
+from registry.auth.bearer import CI_TOKEN_CLAIM, KIND_CLAIM, InvalidToken, TokenAuthority
+from registry.errors import ErrorCode, RegistryError
+from registry.handlers.common import json_response
+
+MAX_FORM_BYTES = 64 * 1024
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def routes() -> list[BaseRoute]:
-    return []
+    return [
+        Route("/auth/token", token_get, methods=["GET"]),
+        Route("/auth/token", token_post, methods=["POST"]),
+    ]
+
+
+def _service(request: Request) -> tuple[Authenticator, TokenAuthority]:
+    auth: Authenticator | None = getattr(request.app.state, "auth", None)
+    if auth is None or auth.authority is None:
+        raise RegistryError(ErrorCode.NOT_FOUND, detail={"path": request.url.path})
+    return auth, auth.authority
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def _unauthorized(auth: Authenticator, message: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.UNAUTHORIZED,
+        message=message,
+        headers={"WWW-Authenticate": f'Basic realm="{auth.settings.realm}",charset="UTF-8"', **NO_STORE},
+    )
+
+
+def _too_many(error: TooManyFailures) -> RegistryError:
+    return RegistryError(
+        ErrorCode.TOOMANYREQUESTS,
+        message="too many failed logins: wait before trying again",
+        headers={"Retry-After": str(error.retry_after)},
+    )
+
+
+def _bad_request(message: str) -> RegistryError:
+    return RegistryError(ErrorCode.UNSUPPORTED, message=message, status=400)
+
+
+def _check_service(authority: TokenAuthority, service: str | None) -> None:
+    if service and service != authority.service:
+        raise _bad_request(f"unknown service {service[:100]!r}: this token service serves {authority.service!r}")
+
+
+def _scopes(texts: list[str]) -> list[Scope]:
+    try:
+        return Scope.parse_many(texts)
+    except ScopeError as e:
+        raise _bad_request(str(e)) from None
+
+
+async def _login(auth: Authenticator, call: Awaitable[Identity]) -> Identity:
+    try:
+        identity = await call
+    except TooManyFailures as e:
+        raise _too_many(e) from None
+    except AuthFailed as e:
+        raise _unauthorized(auth, str(e)) from None
+    return identity
+
+
+def _token_body(
+    auth: Authenticator, authority: TokenAuthority, identity: Identity, scopes: list[Scope], *, offline: bool
+) -> dict[str, Any]:
+    access = auth.rules.grant(identity, scopes)
+    issued = authority.issue(identity, access)
+    body: dict[str, Any] = {
+        "token": issued.token,
+        "access_token": issued.token,
+        "expires_in": issued.expires_in,
+        "issued_at": issued.issued_at,
+        "scope": " ".join(f"{e['type']}:{e['name']}:{','.join(e['actions'])}" for e in access),
+    }
+    if offline and identity.authenticated:
+        body["refresh_token"] = authority.issue_refresh(identity)
+    return body
+
+
+async def token_get(request: Request) -> Response:
+    """`GET /auth/token?service=&scope=...[&offline_token=true]`, anonymous or with Basic credentials."""
+    auth, authority = _service(request)
+    _check_service(authority, request.query_params.get("service"))
+    scopes = _scopes(request.query_params.getlist("scope"))
+    identity = ANONYMOUS_IDENTITY
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "basic":
+            raise _unauthorized(auth, "the token service takes Basic credentials")
+        identity = await _login(auth, auth.basic(credentials.strip(), _address(request)))
+    offline = request.query_params.get("offline_token", "").lower() == "true"
+    return json_response(_token_body(auth, authority, identity, scopes, offline=offline), headers=NO_STORE)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise _bad_request("form too large")
+    try:
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+    except (UnicodeDecodeError, ValueError):
+        raise _bad_request("the body must be an application/x-www-form-urlencoded form") from None
+
+
+async def _refresh_identity(auth: Authenticator, authority: TokenAuthority, refresh_token: str) -> Identity:
+    try:
+        claims = authority.verify(refresh_token, refresh=True)
+    except InvalidToken:
+        raise _unauthorized(auth, "invalid refresh token") from None
+    subject = str(claims.get("sub") or "")
+    if claims.get(KIND_CLAIM) == "ci":
+        record = await auth.ci_tokens.get(subject)
+        if record is None or record.id != claims.get(CI_TOKEN_CLAIM) or record.expired():
+            raise _unauthorized(auth, "the CI token has been revoked or has expired")
+        return record.identity()
+    if not subject or auth.htpasswd is None or not auth.htpasswd.has_user(subject):
+        raise _unauthorized(auth, "invalid refresh token")
+    return Identity("user", subject)
+
+
+async def token_post(request: Request) -> Response:
+    """OAuth2: `grant_type=password` (username, password) or `refresh_token`; `scope` is space-separated."""
+    auth, authority = _service(request)
+    form = await _form(request)
+    _check_service(authority, form.get("service"))
+    scopes = _scopes([form.get("scope", "")])
+    grant_type = form.get("grant_type", "")
+    if grant_type == "password":
+        username, password = form.get("username", ""), form.get("password", "")
+        if not username or not password:
+            raise _bad_request("grant_type=password needs username and password")
+        identity = await _login(auth, auth.login(username, password, _address(request)))
+        offline = form.get("access_type") == "offline"
+    elif grant_type == "refresh_token":
+        identity = await _refresh_identity(auth, authority, form.get("refresh_token", ""))
+        offline = False
+    else:
+        raise _bad_request(f"unsupported grant_type {grant_type[:40]!r}: password or refresh_token")
+    return json_response(_token_body(auth, authority, identity, scopes, offline=offline), headers=NO_STORE)

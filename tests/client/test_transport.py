@@ -133,3 +133,30 @@ async def test_identity_token_uses_the_oauth2_refresh_grant() -> None:
     async with make_registry(handler, Credentials("", "", identity_token="refresh-me")) as registry:
         registry.allow("a", "pull")
         await registry.ping()
+
+
+async def test_concurrent_requests_challenged_together_all_go_through() -> None:
+    """Requests sent before one of them answered a Basic challenge retry with what it found (they used to fail)."""
+    import asyncio
+
+    good = "Basic " + base64.b64encode(b"u:p").decode()
+    arrived = 0
+    all_arrived = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal arrived
+        if request.headers.get("Authorization") != good:
+            arrived += 1
+            if arrived >= 4:
+                all_arrived.set()
+            await all_arrived.wait()  # every first attempt is answered only once all were sent unauthenticated
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+        return httpx.Response(200, json={"name": "team/app", "tags": []})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    transport = Transport("r.example", credentials=Credentials("u", "p"), client=client, backoff=0.001)
+    try:
+        responses = await asyncio.gather(*(transport.request("GET", "/v2/team/app/tags/list") for _ in range(4)))
+    finally:
+        await transport.aclose()
+    assert [response.status_code for response in responses] == [200] * 4

@@ -188,7 +188,7 @@ def _start(
 
 
 def _wait_ready(server: RunningServer) -> None:
-    """Poll `GET /v2/` until it answers 200; fail with the server's log if it exits or times out."""
+    """Poll `GET /v2/` until it answers 200 (401 with auth on); fail with the server's log if it exits or times out."""
     deadline = time.monotonic() + READY_TIMEOUT
     last = "no answer yet"
     with httpx.Client(timeout=2.0) as client:
@@ -203,7 +203,7 @@ def _wait_ready(server: RunningServer) -> None:
             except httpx.TransportError as e:
                 last = f"{type(e).__name__}: {e}"
             else:
-                if response.status_code == 200:
+                if response.status_code in (200, 401):  # 401: authentication is on, and it is serving
                     return
                 last = f"GET /v2/ answered {response.status_code}: {response.text[:500]}"
             time.sleep(0.1)

@@ -1,0 +1,238 @@
+"""Who may do what: scopes (`repository:team/app:pull,push`), the `access:` rules, and the caller's rights.
+
+A user's rights on a repository are the union of the actions of every rule naming both; nothing matches = no
+rights. Rules for `anonymous` hold for every caller (logging in never takes a right away). A CI token can do
+what its own scopes say (plus what anonymous may), whatever the rules grant to names like its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from registry.auth.settings import ACTIONS, ANONYMOUS, AccessRule
+
+ALL_ACTIONS = frozenset(ACTIONS)
+NO_ACTIONS: frozenset[str] = frozenset()
+_CACHE_LIMIT = 10_000
+
+IdentityKind = Literal["anonymous", "user", "ci", "external"]
+
+
+@functools.lru_cache(maxsize=1024)
+def glob_regex(pattern: str, *, segments: bool) -> re.Pattern[str]:
+    """`**` matches anything; `*` matches within one path segment when `segments`, else anything."""
+    parts = []
+    for piece in re.split(r"(\*\*|\*)", pattern):
+        if piece == "**":
+            parts.append(".*")
+        elif piece == "*":
+            parts.append("[^/]*" if segments else ".*")
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("".join(parts) + r"\Z", re.DOTALL)
+
+
+def expand_actions(actions: Iterable[str]) -> frozenset[str]:
+    """`*` is every action; unknown actions are dropped."""
+    result = set()
+    for action in actions:
+        if action == "*":
+            return ALL_ACTIONS
+        if action in ALL_ACTIONS:
+            result.add(action)
+    return frozenset(result)
+
+
+class ScopeError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One `type[(class)]:name:actions` item of the Docker token spec."""
+
+    type: str
+    name: str
+    actions: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        kind, sep, rest = text.partition(":")
+        name, sep2, actions = rest.rpartition(":")
+        if not sep or not sep2 or not kind or not name:
+            raise ScopeError(f"invalid scope {text!r}: expected type:name:action[,action]")
+        kind = kind.split("(", 1)[0]  # `repository(plugin)`: the class does not matter here
+        return cls(kind, name, tuple(a for a in actions.split(",") if a))
+
+    @classmethod
+    def parse_many(cls, texts: Iterable[str]) -> list[Scope]:
+        """Scopes from query parameters or form fields; several may share one, separated by spaces."""
+        return [cls.parse(item) for text in texts for item in text.split() if item]
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.name}:{','.join(self.actions)}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A repository glob and the actions allowed on repositories it matches (a CI token's scope)."""
+
+    pattern: str
+    actions: frozenset[str]
+
+    def matches(self, repository: str) -> bool:
+        return glob_regex(self.pattern, segments=True).match(repository) is not None
+
+    @classmethod
+    def from_scope(cls, scope: Scope) -> Grant:
+        if scope.type != "repository":
+            raise ScopeError(f"invalid scope {scope}: CI tokens take repository scopes")
+        actions = expand_actions(scope.actions)
+        if not actions or len(actions) < len(set(scope.actions) - {"*"}):
+            raise ScopeError(f"invalid scope {scope}: actions are pull, push, delete or *")
+        return cls(scope.name, actions)
+
+    def __str__(self) -> str:
+        return f"repository:{self.pattern}:{','.join(a for a in ACTIONS if a in self.actions)}"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling. `name` is empty for anonymous callers."""
+
+    kind: IdentityKind
+    name: str = ""
+    grants: tuple[Grant, ...] = ()  # a CI token's scopes
+    token_id: str = ""  # a CI token's record id, so that its revocation is seen at once
+
+    @property
+    def authenticated(self) -> bool:
+        return self.kind != "anonymous"
+
+
+ANONYMOUS_IDENTITY = Identity("anonymous")
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    repository: re.Pattern[str]
+    users: tuple[re.Pattern[str], ...]
+    any_user: bool
+    anonymous: bool
+    actions: frozenset[str]
+
+
+class AccessRules:
+    """The `access:` rules, compiled, with a memory of answers (rules are fixed while the process runs)."""
+
+    def __init__(self, rules: Sequence[AccessRule]) -> None:
+        self._rules = [
+            _CompiledRule(
+                repository=glob_regex(rule.repository, segments=True),
+                users=tuple(glob_regex(u, segments=False) for u in rule.users if u not in ("*", ANONYMOUS)),
+                any_user="*" in rule.users,
+                anonymous=ANONYMOUS in rule.users,
+                actions=expand_actions(rule.actions),
+            )
+            for rule in rules
+        ]
+        self.anonymous_allowed = any(rule.anonymous and rule.actions for rule in self._rules)
+        self._cache: dict[tuple[str, str, str], frozenset[str]] = {}
+
+    def _rule_actions(self, kind: IdentityKind, user: str, repository: str) -> frozenset[str]:
+        actions: set[str] = set()
+        for rule in self._rules:
+            if not rule.repository.match(repository):
+                continue
+            if rule.anonymous or (kind == "user" and (rule.any_user or any(u.match(user) for u in rule.users))):
+                actions |= rule.actions
+        return frozenset(actions)
+
+    def actions(self, identity: Identity, repository: str) -> frozenset[str]:
+        """Every action `identity` may do on `repository`."""
+        key = (identity.kind, identity.name, repository)
+        cached = self._cache.get(key) if identity.kind != "ci" else None
+        if cached is not None:
+            return cached
+        actions = self._rule_actions(identity.kind, identity.name, repository)
+        if identity.kind == "ci":
+            for grant in identity.grants:
+                if grant.matches(repository):
+                    actions = actions | grant.actions
+            return actions
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = actions
+        return actions
+
+    def grant(self, identity: Identity, scopes: Iterable[Scope]) -> list[dict[str, Any]]:
+        """The token spec's `access` claim: what was asked, narrowed to what is allowed (never an error)."""
+        granted: list[dict[str, Any]] = []
+        for scope in scopes:
+            if scope.type == "repository":
+                allowed = self.actions(identity, scope.name)
+                actions = [a for a in ACTIONS if a in allowed and ("*" in scope.actions or a in scope.actions)]
+            elif scope.type == "registry" and scope.name == "catalog":
+                # Listings and search show each caller only what it may pull: anyone let in may ask.
+                actions = list(scope.actions) if identity.authenticated or self.anonymous_allowed else []
+            else:
+                actions = []
+            if actions:
+                granted.append({"type": scope.type, "name": scope.name, "actions": actions})
+        return granted
+
+
+class RuleView:
+    """The caller's rights according to the rules (`registry.handlers.common.AccessView`)."""
+
+    __slots__ = ("identity", "rules")
+
+    def __init__(self, rules: AccessRules, identity: Identity) -> None:
+        self.rules = rules
+        self.identity = identity
+
+    def allows(self, repository: str, action: str) -> bool:
+        return action in self.rules.actions(self.identity, repository)
+
+
+class ClaimsView:
+    """Rights carried by a bearer token's `access` claim (tokens of an external issuer are taken at their word)."""
+
+    __slots__ = ("_actions", "catalog")
+
+    def __init__(self, access: object) -> None:
+        self._actions: dict[str, frozenset[str]] = {}
+        self.catalog = False
+        if not isinstance(access, list):
+            return
+        for entry in access:
+            if not isinstance(entry, dict):
+                continue
+            kind, name, actions = entry.get("type"), entry.get("name"), entry.get("actions")
+            if not isinstance(name, str) or not isinstance(actions, list):
+                continue
+            if kind == "repository":
+                self._actions[name] = self._actions.get(name, NO_ACTIONS) | expand_actions(map(str, actions))
+            elif kind == "registry" and name == "catalog" and actions:
+                self.catalog = True
+
+    def allows(self, repository: str, action: str) -> bool:
+        return action in self._actions.get(repository, NO_ACTIONS)
+
+    def allows_listing(self, repository: str, action: str) -> bool:
+        """For catalog and search: a token granting the catalog lists everything, like Distribution does."""
+        return self.catalog or self.allows(repository, action)
+
+
+class ListingView:
+    __slots__ = ("claims",)
+
+    def __init__(self, claims: ClaimsView) -> None:
+        self.claims = claims
+
+    def allows(self, repository: str, action: str) -> bool:
+        return self.claims.allows_listing(repository, action)

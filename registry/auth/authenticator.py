@@ -1,0 +1,213 @@
+"""Who is calling: an `Authorization` header (Basic or Bearer) turned into a Caller, with short memories so that
+bcrypt and signature checks do not run on every request, and with failed logins rate-limited.
+
+CI tokens are the exception to the memory: their record is read from storage on every use, so that revoking one
+takes effect at once on every replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from registry.auth.access import (
+    ANONYMOUS_IDENTITY,
+    AccessRules,
+    ClaimsView,
+    Identity,
+    ListingView,
+    RuleView,
+)
+from registry.auth.bearer import CI_TOKEN_CLAIM, KIND_CLAIM, InvalidToken, TokenAuthority
+from registry.auth.ci_tokens import CiTokenStore, looks_like_secret
+from registry.auth.htpasswd import HtpasswdFile
+from registry.auth.ratelimit import FailedLogins
+from registry.auth.settings import ANONYMOUS
+from registry.settings import Settings
+from storage_backends import StorageBackend
+
+if TYPE_CHECKING:
+    from registry.handlers.common import AccessView
+
+logger = logging.getLogger("moorage.auth")
+_CACHE_LIMIT = 10_000
+
+
+class AuthFailed(Exception):
+    """401: no valid credentials. The message is safe to send to the client."""
+
+
+class TooManyFailures(Exception):
+    """429: too many failed logins for this user from this address."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    identity: Identity
+    claims: ClaimsView | None  # a bearer token's grants; None when the rules decide (basic, anonymous)
+    listing: AccessView  # what catalog and search show this caller
+    bearer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _VerifiedToken:
+    claims: dict[str, Any]
+    view: ClaimsView
+    until: float
+
+
+class Authenticator:
+    def __init__(self, settings: Settings, backend: StorageBackend) -> None:
+        assert settings.auth is not None
+        self.settings = settings.auth
+        self.rules = AccessRules(settings.access)
+        self.htpasswd = HtpasswdFile(self.settings.htpasswd.path) if self.settings.htpasswd else None
+        self.ci_tokens = CiTokenStore(backend)
+        self.failures = FailedLogins(self.settings.rate_limit.failures, self.settings.rate_limit.window)
+        self.backend = backend
+        self.authority: TokenAuthority | None = None
+        self.anonymous = Caller(ANONYMOUS_IDENTITY, None, RuleView(self.rules, ANONYMOUS_IDENTITY))
+        self._basic: dict[bytes, tuple[Identity, float, int]] = {}
+        self._pending: dict[bytes, asyncio.Future[Identity]] = {}
+        self._bearer: dict[str, _VerifiedToken] = {}
+
+    async def start(self) -> None:
+        if self.htpasswd is not None and self.htpasswd.generation == 0:
+            self.htpasswd.load()
+        if self.settings.token.enabled:
+            self.authority = await TokenAuthority.create(self.settings.token, self.backend)
+
+    async def aclose(self) -> None:
+        self._basic.clear()
+        self._bearer.clear()
+
+    @property
+    def bearer_enabled(self) -> bool:
+        return self.settings.token.enabled
+
+    async def login(self, username: str, password: str, address: str) -> Identity:
+        """Check a user name and password (or a CI token's name and secret)."""
+        retry_after = self.failures.retry_after(username, address)
+        if retry_after is not None:
+            raise TooManyFailures(retry_after)
+        identity: Identity | None = None
+        if looks_like_secret(password):
+            identity = await self.ci_tokens.authenticate(username, password)
+        elif (
+            self.htpasswd is not None
+            and username != ANONYMOUS
+            and password
+            and await self.htpasswd.verify(username, password)
+        ):
+            identity = Identity("user", username)
+        if identity is None:
+            self.failures.failed(username, address)
+            logger.warning("failed login for user %r from %s", username[:100], address)
+            raise AuthFailed("invalid username or password")
+        self.failures.succeeded(username, address)
+        return identity
+
+    async def basic(self, encoded: str, address: str) -> Identity:
+        key = hashlib.sha256(encoded.encode()).digest()
+        generation = 0
+        if self.htpasswd is not None:
+            self.htpasswd.refresh()
+            generation = self.htpasswd.generation
+        hit = self._basic.get(key)
+        if hit is not None and hit[1] > time.monotonic() and hit[2] == generation:
+            return hit[0]
+        # Clients open several connections at once with the same credentials: one bcrypt check serves them all.
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._check_basic(encoded, address, key, generation))
+            self._pending[key] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _check_basic(self, encoded: str, address: str, key: bytes, generation: int) -> Identity:
+        try:
+            decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise AuthFailed("malformed basic credentials") from None
+        username, sep, password = decoded.partition(":")
+        if not sep:
+            raise AuthFailed("malformed basic credentials")
+        if not username and not password:
+            return ANONYMOUS_IDENTITY  # what skopeo sends when it has no credentials for a Basic challenge
+        identity = await self.login(username, password, address)
+        if identity.kind == "user":
+            if len(self._basic) >= _CACHE_LIMIT:
+                self._basic.clear()
+            self._basic[key] = (identity, time.monotonic() + self.settings.cache_ttl, generation)
+        return identity
+
+    def _verify(self, token: str) -> _VerifiedToken:
+        now = time.monotonic()
+        hit = self._bearer.get(token)
+        if hit is not None and hit.until > now:
+            return hit
+        if self.authority is None:
+            raise AuthFailed("bearer tokens are not accepted here")
+        try:
+            claims = self.authority.verify(token)
+        except InvalidToken as e:
+            logger.info("bearer token refused: %s", e)
+            raise AuthFailed("invalid token") from None
+        lifetime = float(claims["exp"]) - time.time()
+        verified = _VerifiedToken(
+            claims, ClaimsView(claims.get("access")), now + min(self.settings.cache_ttl, lifetime)
+        )
+        if len(self._bearer) >= _CACHE_LIMIT:
+            self._bearer.clear()
+        self._bearer[token] = verified
+        return verified
+
+    async def bearer(self, token: str) -> Caller:
+        verified = self._verify(token)
+        claims = verified.claims
+        subject = str(claims.get("sub") or "")
+        kind = claims.get(KIND_CLAIM)
+        if kind == "external":
+            identity = Identity("external", subject) if subject else ANONYMOUS_IDENTITY
+            return Caller(identity, verified.view, ListingView(verified.view), bearer=True)
+        if kind == "ci":
+            record = await self.ci_tokens.get(subject)
+            if record is None or record.id != claims.get(CI_TOKEN_CLAIM) or record.expired():
+                raise AuthFailed("the CI token this token was issued to has been revoked or has expired")
+            identity = record.identity()
+        elif subject:
+            identity = Identity("user", subject)
+        else:
+            identity = ANONYMOUS_IDENTITY
+        return Caller(identity, verified.view, RuleView(self.rules, identity), bearer=True)
+
+    async def identify(self, authorization: str | None, address: str) -> Caller:
+        """The caller of a request; raises AuthFailed or TooManyFailures."""
+        if not authorization:
+            return self.anonymous
+        scheme, _, credentials = authorization.strip().partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic":
+            identity = await self.basic(credentials.strip(), address)
+            return Caller(identity, None, RuleView(self.rules, identity))
+        if scheme == "bearer":
+            return await self.bearer(credentials.strip())
+        raise AuthFailed(f"unsupported authorization scheme {scheme[:20]!r}")
+
+    def may(self, caller: Caller, repository: str, action: str) -> bool:
+        if caller.claims is not None:
+            return caller.claims.allows(repository, action)
+        return action in self.rules.actions(caller.identity, repository)
+
+    def rules_allow(self, identity: Identity, repository: str, action: str) -> bool:
+        return identity.kind != "external" and action in self.rules.actions(identity, repository)
