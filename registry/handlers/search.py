@@ -133,6 +133,7 @@ async def repository(request: Request) -> Response:
 def _hit(hit: SearchHit) -> dict[str, Any]:
     return {
         "name": hit.repository,
+        "repository": hit.repository,  # the same: `name` as in docker search and the catalog, `repository` as said
         "description": hit.description,
         "tags": list(hit.tags),
         **_manifest(hit.manifest),

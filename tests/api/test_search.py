@@ -181,6 +181,7 @@ async def test_search_api_filters_ranks_and_pages(client: httpx.AsyncClient) -> 
     arm = (await client.get("/api/v1/search", params={"q": "platform:linux/arm64 app"})).json()["results"]
     assert arm[0] == {
         "name": "team/app",
+        "repository": "team/app",
         "description": "multi-arch app",
         "tags": ["1.0"],
         "digest": multi["digest"],
