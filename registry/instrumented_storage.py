@@ -25,6 +25,7 @@ OPERATIONS = (
     "delete",
     "touch",
     "redirect_url",
+    "purge_abandoned_writes",
 )
 
 
@@ -155,6 +156,10 @@ class InstrumentedBackend(StorageBackend):
     async def redirect_url(self, path: str, method: str = "GET") -> str | None:
         with self._timers["redirect_url"]():
             return await self.inner.redirect_url(path, method)
+
+    async def purge_abandoned_writes(self, older_than: float, dry_run: bool = False) -> int:
+        with self._timers["purge_abandoned_writes"]():
+            return await self.inner.purge_abandoned_writes(older_than, dry_run)
 
     async def start(self) -> None:
         await self.inner.start()

@@ -134,6 +134,12 @@ class StorageBackend(abc.ABC):
         """A URL the client can fetch the object from directly, or None to serve it ourselves."""
         return None
 
+    async def purge_abandoned_writes(self, older_than: float, dry_run: bool = False) -> int:
+        """Remove what interrupted writes left behind (a crashed process's temporary files, incomplete multipart
+        uploads) started more than `older_than` seconds ago; returns how many (with `dry_run`: how many would go).
+        Committed content is never touched. A backend whose writes leave nothing behind removes nothing."""
+        return 0
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Check the store is usable; called once before serving. Raises StorageError."""
 

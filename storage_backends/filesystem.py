@@ -16,6 +16,7 @@ import errno
 import os
 import shutil
 import stat as stat_module
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
@@ -134,6 +135,32 @@ class FilesystemBackend(StorageBackend):
 
     def _new_tmp(self) -> str:
         return os.path.join(self._tmp_root, uuid.uuid4().hex)
+
+    async def purge_abandoned_writes(self, older_than: float, dry_run: bool = False) -> int:
+        return await self._run(self._purge_tmp_sync, older_than, dry_run)
+
+    def _purge_tmp_sync(self, older_than: float, dry_run: bool) -> int:
+        """Temporary files (and deleted trees moved aside) a crash left in the temporary directory; a live
+        writer's file is as fresh as its last write, so an age far beyond any request's spares it."""
+        cutoff = time.time() - older_than
+        removed = 0
+        with os.scandir(self._tmp_root) as entries:
+            for entry in entries:
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                        continue
+                except FileNotFoundError:
+                    continue
+                if dry_run:
+                    removed += 1
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    _unlink_quietly(entry.path)
+                if not os.path.lexists(entry.path):
+                    removed += 1
+        return removed
 
     # -- small objects ---------------------------------------------------------------------------
 

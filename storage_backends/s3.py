@@ -469,6 +469,48 @@ class S3Backend(StorageBackend):
         with contextlib.suppress(StorageError):
             await self.call(self.client.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id)
 
+    async def purge_abandoned_writes(self, older_than: float, dry_run: bool = False) -> int:
+        """Multipart uploads under our prefix that nobody completed or aborted (a process died mid-write, or the
+        store was down for the abort): invisible, but billed until aborted."""
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        listing: dict[str, Any] = {"Bucket": self.bucket}
+        if self.prefix:
+            listing["Prefix"] = f"{self.prefix}/"
+        removed = 0
+        while True:
+            page = await self.call(self.client.list_multipart_uploads, **listing)
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] >= cutoff or await self._last_part_time(upload) >= cutoff:
+                    continue
+                if not dry_run:
+                    with contextlib.suppress(PathNotFound):  # completed or aborted meanwhile
+                        await self.call(
+                            self.client.abort_multipart_upload,
+                            Bucket=self.bucket,
+                            Key=upload["Key"],
+                            UploadId=upload["UploadId"],
+                        )
+                removed += 1
+            if not page.get("IsTruncated"):
+                return removed
+            listing["KeyMarker"] = page["NextKeyMarker"]
+            listing["UploadIdMarker"] = page["NextUploadIdMarker"]
+
+    async def _last_part_time(self, upload: dict[str, Any]) -> dt.datetime:
+        """When the upload last received a part (its start when it has none): one still receiving is alive."""
+        latest: dt.datetime = upload["Initiated"]
+        listing: dict[str, Any] = {"Bucket": self.bucket, "Key": upload["Key"], "UploadId": upload["UploadId"]}
+        while True:
+            try:
+                page = await self.call(self.client.list_parts, **listing)
+            except PathNotFound:  # completed or aborted meanwhile: nothing to purge
+                return dt.datetime.max.replace(tzinfo=dt.UTC)
+            for part in page.get("Parts", []):
+                latest = max(latest, part["LastModified"])
+            if not page.get("IsTruncated"):
+                return latest
+            listing["PartNumberMarker"] = page["NextPartNumberMarker"]
+
     async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
         if not await self.copy(src, dst, exclusive):
             return False

@@ -113,6 +113,8 @@ def format_report(report: GcReport) -> str:
         lines.append(f"{verb} blob {digest} ({size} bytes)")
     lines += [f"{verb} dangling link {name}@{digest}" for name, digest in report.links_removed]
     lines += [f"{verb} upload session {name}/{upload_id}" for name, upload_id in report.uploads_purged]
+    if report.abandoned_writes_purged:
+        lines.append(f"{verb} {report.abandoned_writes_purged} leftovers of interrupted writes in the store")
     lines.append(
         f"{'dry run: ' if report.dry_run else ''}{len(report.blobs_removed)} blobs, {_size(report.bytes_reclaimed)} "
         f"{'reclaimable' if report.dry_run else 'reclaimed'}; {len(report.manifests_removed)} manifests, "

@@ -11,7 +11,8 @@ One run:
    to a quarantine area, and this process's blob-existence memory forgets it.
 5. **Settle**, then **mark again** (a fresh listing; manifests are read once per digest), and for each quarantined
    blob: restore it when a manifest now references it, else delete it for good.
-6. Remove dangling `_layers/` links and upload sessions older than `uploads.purge_after`.
+6. Remove dangling `_layers/` links, upload sessions older than `uploads.purge_after`, and what interrupted writes
+   left in the store for as long (temporary files; incomplete S3 multipart uploads, which are billed until aborted).
 
 Why no push loses a blob, whatever the interleaving (the servers' side is in registry/store/blobs.py and
 registry/store/manifests.py):
@@ -105,6 +106,8 @@ class GcReport:
     removals: list[Removal] = field(default_factory=list)
     links_removed: list[tuple[str, Digest]] = field(default_factory=list)
     uploads_purged: list[tuple[str, str]] = field(default_factory=list)
+    abandoned_writes_purged: int = 0
+    """Leftovers of interrupted writes in the store (temporary files, incomplete S3 multipart uploads)."""
     seconds: float = 0.0
 
     @property
@@ -135,6 +138,7 @@ class GcReport:
             ],
             "links_removed": [{"repository": n, "digest": str(d)} for n, d in self.links_removed],
             "uploads_purged": [{"repository": n, "uuid": u} for n, u in self.uploads_purged],
+            "abandoned_writes_purged": self.abandoned_writes_purged,
             "seconds": round(self.seconds, 3),
         }
 
@@ -332,6 +336,10 @@ class GarbageCollector:
                     report.uploads_purged.append((contents.name, upload_id))
                     if not self.options.dry_run:
                         await self.registry.uploads.cancel(contents.name, upload_id)
+        # Same age limit: no request writes for as long as an upload session may stay idle.
+        report.abandoned_writes_purged = await self.backend.purge_abandoned_writes(
+            self.options.purge_uploads_after, dry_run=self.options.dry_run
+        )
 
     async def _tell_index(self, names: Iterable[str]) -> None:
         index = self.registry.index

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from registry.digests import Digest
+from registry.gc.cli import format_report
 from registry.gc.collector import GarbageCollector, GcOptions, GcReport
 from registry.store.registry import Registry
 from storage_backends import StorageBackend
@@ -149,3 +150,23 @@ def test_report_serializes_to_json() -> None:
     body = json.loads(json.dumps(report.as_dict()))
     assert body["bytes_reclaimed"] == 1 and body["dry_run"] is True
     assert body["blobs_removed"] == [{"digest": digest_of(b"x"), "size": 1}]
+
+
+async def test_gc_purges_what_interrupted_writes_left_in_the_store(
+    storage: StorageBackend, storage_config: dict[str, Any]
+) -> None:
+    """A process that died mid-write leaves a temporary file (filesystem) or an incomplete multipart upload (S3,
+    invisible but billed): GC removes it once it is older than `uploads.purge_after`, and a dry run only counts."""
+    writer = await storage.writer("docker/registry/v2/blobs/sha256/ab/abandoned/data")
+    await writer.write(b"y" * (6 * 1024 * 1024))  # beyond one S3 part: under way in the store itself
+    try:
+        assert (await collect(storage_config)).abandoned_writes_purged == 0  # younger than the default 24 h
+        dry = await collect(storage_config, purge_uploads_after=0.000001, dry_run=True)
+        assert dry.abandoned_writes_purged >= 1
+        assert f"would remove {dry.abandoned_writes_purged} leftovers" in format_report(dry)
+        purged = await collect(storage_config, purge_uploads_after=0.000001)
+        assert purged.abandoned_writes_purged == dry.abandoned_writes_purged
+        assert purged.as_dict()["abandoned_writes_purged"] == dry.abandoned_writes_purged
+        assert (await collect(storage_config, purge_uploads_after=0.000001)).abandoned_writes_purged == 0
+    finally:
+        await writer.cancel()

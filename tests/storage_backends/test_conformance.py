@@ -919,6 +919,28 @@ async def test_touch_of_missing_key(backend: StorageBackend) -> None:
     await assert_missing(backend, "t/missing")
 
 
+# -- purge_abandoned_writes -------------------------------------------------------------------------------------
+
+
+async def test_purge_abandoned_writes_removes_only_old_leftovers(backend: StorageBackend) -> None:
+    await backend.put_content("kept/obj", b"committed")
+    writer = await backend.writer("abandoned/obj")
+    # More than one S3 part: the write is under way in the store itself, not only in this process's buffer.
+    await writer.write(b"x" * (6 * 1024 * 1024))
+    # The process "dies" here: the writer is neither committed nor cancelled.
+    try:
+        assert await backend.purge_abandoned_writes(3600) == 0  # younger than the limit: a live write, kept
+        found = await backend.purge_abandoned_writes(0, dry_run=True)
+        assert found >= 1
+        assert await backend.purge_abandoned_writes(0, dry_run=True) == found  # a dry run removes nothing
+        assert await backend.purge_abandoned_writes(0) == found
+        assert await backend.purge_abandoned_writes(0) == 0
+    finally:
+        await writer.cancel()  # harmless after the purge; closes what this process still holds
+    assert await backend.get_content("kept/obj") == b"committed"
+    await assert_missing(backend, "abandoned/obj")
+
+
 # -- redirect_url / aclose --------------------------------------------------------------------------------------
 
 
