@@ -77,7 +77,7 @@ async def measure(
     if only is not None and only not in names:
         raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"name": only})
     await read_manifests(registry, inventory, [d for n in names for d in inventory.repositories[n].revisions])
-    referenced = {n: _referenced(inventory, n) for n in names}
+    referenced = {n: inventory.referenced_by(n) for n in names}
     everything = set().union(*referenced.values()) if referenced else set()
     usage = StorageUsage()
     if only is None and visible is None:
@@ -100,17 +100,6 @@ async def measure(
         )
     usage.physical_bytes = sum(sizes[d] for d in everything if d in sizes)
     return usage
-
-
-def _referenced(inventory: Inventory, name: str) -> set[Digest]:
-    found: set[Digest] = set()
-    for digest in inventory.repositories[name].revisions:
-        found.add(digest)
-        references = inventory.manifests.get(digest)
-        if references is not None:
-            found.update(references.blobs)
-            found.update(references.children)
-    return found
 
 
 async def _stat_sizes(registry: Registry, digests: set[Digest]) -> dict[Digest, int]:

@@ -242,13 +242,8 @@ class GarbageCollector:
     @staticmethod
     def _mark(inventory: Inventory) -> set[Digest]:
         marked: set[Digest] = set()
-        for contents in inventory.repositories.values():
-            for digest in contents.revisions:
-                marked.add(digest)
-                references = inventory.manifests.get(digest)
-                if references is not None:
-                    marked.update(references.blobs)
-                    marked.update(references.children)
+        for name in inventory.repositories:
+            marked |= inventory.referenced_by(name)
         return marked
 
     async def _sweep(self, candidates: dict[Digest, int], inventory: Inventory, report: GcReport) -> None:

@@ -63,6 +63,17 @@ class Inventory:
             contents = self.repositories[name] = RepositoryContents(name)
         return contents
 
+    def referenced_by(self, name: str) -> set[Digest]:
+        """What `name`'s manifest revisions reference: themselves, their configs and layers, their children."""
+        found: set[Digest] = set()
+        for digest in self.repositories[name].revisions:
+            found.add(digest)
+            references = self.manifests.get(digest)
+            if references is not None:
+                found.update(references.blobs)
+                found.update(references.children)
+        return found
+
 
 def _digest(algorithm: str, hex_part: str) -> Digest | None:
     try:
