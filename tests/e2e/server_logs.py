@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -82,3 +84,28 @@ def statuses(server: RunningServer, method: str, resource: Resource, repository:
         for r in logged_requests(server)
         if r.method == method and r.resource == resource and r.repository == repository
     ]
+
+
+def access_log(server: RunningServer) -> list[dict[str, object]]:
+    """The fields of each line of moorage's JSON access log (its output is not a terminal, so JSON lines)."""
+    entries = []
+    for line in server.log().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry["logger"] == "moorage.access":
+                entries.append(entry)
+    return entries
+
+
+def access_log_once(server: RunningServer, done: Callable[[dict[str, object]], bool]) -> list[dict[str, object]]:
+    """The access log once an entry satisfying `done` is in it.
+
+    The server writes a request's access line just after sending its response, so a client that has already
+    exited may be a moment ahead of the log: wait (boundedly) for the line that marks the end of what we look at.
+    """
+    deadline = time.monotonic() + 10
+    while True:
+        entries = access_log(server)
+        if any(done(entry) for entry in entries) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.02)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import threading
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import MoorageFactory, RunningServer, Skopeo, free_port
 from .images import OciLayout, small_image
+from .server_logs import access_log_once
 
 pytestmark = pytest.mark.e2e
 
@@ -59,16 +59,6 @@ def worker_pids(server: RunningServer) -> list[int]:
 def environment_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(entry.decode().partition("=")[::2] for entry in raw if b"=" in entry)
-
-
-def access_entries(server: RunningServer) -> list[dict[str, object]]:
-    entries = []
-    for line in server.log().splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry["logger"] == "moorage.access":
-                entries.append(entry)
-    return entries
 
 
 def test_metrics_add_up_over_two_workers(moorage_factory: MoorageFactory, skopeo: Skopeo, tmp_path: Path) -> None:
@@ -127,7 +117,8 @@ def test_metrics_port_with_basic_auth_and_json_logs(moorage_factory: MoorageFact
     counts = scrape_until(metrics_url, {("GET", "/readyz", "200"): 1.0}, auth=("prometheus", "scrape-secret"))
     assert counts[("GET", "/v2/", "200")] >= 1 and counts[("GET", "/readyz", "200")] == 1
 
-    (entry,) = [e for e in access_entries(server) if e["request_id"] == "e2e-request-1"]
+    logged = access_log_once(server, lambda e: e["request_id"] == "e2e-request-1")
+    (entry,) = [e for e in logged if e["request_id"] == "e2e-request-1"]
     assert (entry["method"], entry["route"], entry["status"], entry["user"]) == ("GET", "/v2/", 200, "")
     assert "scrape-secret" not in server.log()
     # uvicorn's own access log is replaced, not doubled.
@@ -199,7 +190,8 @@ def test_sigterm_lets_an_inflight_upload_finish(moorage_factory: MoorageFactory)
     assert outcome == [201], server.describe()
     assert server.proc.wait(EXIT_TIMEOUT) == 0, server.describe()
     assert blob_path(server, digest).read_bytes() == data
-    assert any(e["method"] == "POST" and e["status"] == 201 for e in access_entries(server))
+    finished = access_log_once(server, lambda e: e["method"] == "POST" and e["status"] == 201)
+    assert any(e["method"] == "POST" and e["status"] == 201 for e in finished)
 
 
 def test_drain_timeout_bounds_the_wait_and_leaves_nothing_half_committed(moorage_factory: MoorageFactory) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,37 +9,13 @@ import pytest
 
 from .conftest import RunningServer, Skopeo
 from .images import MT_INDEX, OciLayout, assert_same_blobs, file_digest, multiarch_index, small_image
+from .server_logs import access_log, access_log_once
 
 pytestmark = pytest.mark.e2e
 
 LARGE_LAYER_SIZE = 256 * 1024 * 1024
 LARGE_TIMEOUT = 300.0
 UPLOADS_ROUTE = "/v2/{name:path}/blobs/uploads/"
-
-
-def access_log(server: RunningServer) -> list[dict[str, object]]:
-    """The fields of each line of the server's access log (JSON lines: its output is not a terminal)."""
-    entries = []
-    for line in server.log().splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry["logger"] == "moorage.access":
-                entries.append(entry)
-    return entries
-
-
-def access_log_once(server: RunningServer, done: Callable[[dict[str, object]], bool]) -> list[dict[str, object]]:
-    """The access log once an entry satisfying `done` is in it.
-
-    The server writes a request's access line just after sending its response, so a client that has already
-    exited may be a moment ahead of the log: wait (boundedly) for the line that marks the end of what we look at.
-    """
-    deadline = time.monotonic() + 10
-    while True:
-        entries = access_log(server)
-        if any(done(entry) for entry in entries) or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.02)
 
 
 def storage_blob(server: RunningServer, digest: str) -> Path:
