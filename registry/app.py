@@ -20,7 +20,8 @@ from registry.index import setup as index_setup
 from registry.instrumented_storage import InstrumentedBackend
 from registry.logs import ACCESS_LOGGER
 from registry.metrics import Metrics, mark_process_dead
-from registry.middleware import ReadOnlyGuard, RequestObserver
+from registry.middleware import RequestObserver
+from registry.routing import check_declared
 from registry.services import Service
 from registry.settings import Settings, load_settings
 from registry.store.registry import Registry, backend_from_settings
@@ -83,13 +84,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         service = feature.install(app, settings, registry)
         if service is not None:
             services.append(service)
-    # Added innermost first: the observer sees every answer, the read-only guard's and auth's included. It also
-    # adds `Docker-Distribution-API-Version`, which clients probe on `/v2/` and on errors.
-    if settings.maintenance.read_only:
-        app.add_middleware(ReadOnlyGuard)
+    # Every route declares the access it needs; the check runs after routing (registry/routing.py).
+    check_declared(app.routes)
     auth_service = auth_setup.install(app, settings, registry)
     if auth_service is not None:
         services.append(auth_service)
+    # The observer sees every answer, refusals included. It also adds `Docker-Distribution-API-Version`, which
+    # clients probe on `/v2/` and on errors.
     access_log = logging.getLogger(ACCESS_LOGGER) if settings.http.access_log else None
     app.add_middleware(RequestObserver, metrics=metrics, access_log=access_log, headers=[_VERSION_HEADER])
     return app

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids, the access log and HTTP metrics in one pass; the read-only switch.
+"""Pure ASGI middleware: request ids, the access log and HTTP metrics in one pass.
 
 Both sit on the GET-manifest hot path, so they do the least they can: no Request objects, no extra tasks.
 """
@@ -6,7 +6,6 @@ Both sit on the GET-manifest hot path, so they do the least they can: no Request
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import re
 import secrets
@@ -14,13 +13,11 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry.errors import ErrorCode, RegistryError
 from registry.metrics import UNMATCHED_ROUTE, Metrics
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
-_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Unique across processes and restarts without a uuid4 per request: a random prefix per process, then a counter.
 _REQUEST_ID_PREFIX = secrets.token_hex(6)
 _request_numbers = itertools.count(1)
@@ -156,34 +153,3 @@ class RequestObserver:
             "user_agent": _user_agent(scope),
         }
         self.access_log.handle(record)
-
-
-def read_only_error() -> RegistryError:
-    return RegistryError(
-        ErrorCode.UNAVAILABLE,
-        message="the registry is in read-only mode",
-        detail="maintenance.read_only is set: pushes and deletes are refused; pulls keep working",
-        headers={"Retry-After": "300"},
-    )
-
-
-class ReadOnlyGuard:
-    """Answers every write under /v2/ with 503 UNAVAILABLE before it reaches a handler or storage."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        error = read_only_error()
-        self._body = json.dumps(error.body(), separators=(",", ":")).encode()
-        self._status = error.status
-        self._headers = [
-            (b"content-type", b"application/json; charset=utf-8"),
-            (b"content-length", str(len(self._body)).encode()),
-            *((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
-        ]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in _WRITE_METHODS and scope["path"].startswith("/v2/"):
-            await send({"type": "http.response.start", "status": self._status, "headers": list(self._headers)})
-            await send({"type": "http.response.body", "body": self._body})
-            return
-        await self.app(scope, receive, send)

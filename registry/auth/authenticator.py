@@ -33,7 +33,7 @@ from registry.settings import Settings
 from storage_backends import StorageBackend
 
 if TYPE_CHECKING:
-    from registry.handlers.common import AccessView
+    from registry.routing import Rights
 
 logger = logging.getLogger("moorage.auth")
 _CACHE_LIMIT = 10_000
@@ -55,7 +55,7 @@ class TooManyFailures(Exception):
 class Caller:
     identity: Identity
     claims: ClaimsView | None  # a bearer token's grants; None when the rules decide (basic, anonymous)
-    listing: AccessView  # what catalog and search show this caller
+    listing: Rights  # what catalog and search show this caller
     bearer: bool = False
 
 
@@ -125,6 +125,10 @@ class Authenticator:
             generation = self.htpasswd.generation
         hit = self._basic.get(key)
         if hit is not None and hit[1] > time.monotonic() and hit[2] == generation:
+            # A remembered good login does not skip a lockout: the guesser may have just found the password.
+            retry_after = self.failures.retry_after(hit[0].name, address)
+            if retry_after is not None:
+                raise TooManyFailures(retry_after)
             return hit[0]
         # Clients open several connections at once with the same credentials: one bcrypt check serves them all.
         pending = self._pending.get(key)

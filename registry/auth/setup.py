@@ -5,8 +5,9 @@ from __future__ import annotations
 from starlette.applications import Starlette
 
 from registry.auth.authenticator import Authenticator
+from registry.auth.guard import AccessGuard
 from registry.auth.htpasswd import HtpasswdError
-from registry.auth.middleware import AuthMiddleware
+from registry.routing import GUARD_STATE
 from registry.services import Service
 from registry.settings import ConfigError, Settings
 from registry.store.registry import Registry
@@ -15,9 +16,10 @@ AUTH_STATE = "auth"
 
 
 def install(app: Starlette, settings: Settings, registry: Registry) -> Service | None:
-    """Laptop mode (no `auth:` section): nothing at all, not even a pass-through layer. Else the auth middleware,
-    and the authenticator as a service (it loads the token signing key from storage at start)."""
+    """Laptop mode (no `auth:` section): no guard, routes check only the read-only switch. Else the access guard
+    every route consults after routing, and the authenticator as a service (it loads the token signing key)."""
     setattr(app.state, AUTH_STATE, None)
+    setattr(app.state, GUARD_STATE, None)
     if settings.auth is None:
         return None
     authenticator = Authenticator(settings, registry.backend)
@@ -27,5 +29,5 @@ def install(app: Starlette, settings: Settings, registry: Registry) -> Service |
         except HtpasswdError as e:
             raise ConfigError(str(e)) from None
     setattr(app.state, AUTH_STATE, authenticator)
-    app.add_middleware(AuthMiddleware, authenticator=authenticator)
+    setattr(app.state, GUARD_STATE, AccessGuard(authenticator))
     return authenticator

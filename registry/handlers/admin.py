@@ -4,30 +4,24 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from registry.errors import ErrorCode, RegistryError
 from registry.gc.accounting import measure
 from registry.gc.repositories import delete_repository
 from registry.handlers.common import (
-    ACCESS_SCOPE_KEY,
-    AccessView,
     json_response,
     pull_filter,
     registry_of,
     repository_name,
     require_delete_enabled,
 )
+from registry.routing import LOGIN, ApiRoute, on_repository
 
 
 async def delete_repository_endpoint(request: Request) -> Response:
     name = repository_name(request)
     require_delete_enabled(request)
-    access: AccessView | None = request.scope.get(ACCESS_SCOPE_KEY)
-    if access is not None and not access.allows(name, "pull"):
-        raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"name": name})  # what the caller may not see is absent
-    if access is not None and not access.allows(name, "delete"):
-        raise RegistryError(ErrorCode.DENIED, detail={"name": name, "action": "delete"})
     settings = request.app.state.settings
     deleted = await delete_repository(registry_of(request), name, settings.immutable_tags)
     return json_response(deleted.as_dict(), status=202)
@@ -46,6 +40,11 @@ async def stats(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/api/v1/repositories/{name:path}", delete_repository_endpoint, methods=["DELETE"]),
-        Route("/api/v1/stats", stats, methods=["GET"]),
+        ApiRoute(
+            "/api/v1/repositories/{name:path}",
+            delete_repository_endpoint,
+            methods=["DELETE"],
+            access=on_repository("delete"),
+        ),
+        ApiRoute("/api/v1/stats", stats, methods=["GET"], access=LOGIN),
     ]

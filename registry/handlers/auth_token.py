@@ -11,13 +11,14 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from registry.auth.access import ANONYMOUS_IDENTITY, Identity, Scope, ScopeError
 from registry.auth.authenticator import Authenticator, AuthFailed, TooManyFailures
 from registry.auth.bearer import CI_TOKEN_CLAIM, KIND_CLAIM, InvalidToken, TokenAuthority
 from registry.errors import ErrorCode, RegistryError
 from registry.handlers.common import json_response
+from registry.routing import PUBLIC, ApiRoute
 
 MAX_FORM_BYTES = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -25,8 +26,9 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/auth/token", token_get, methods=["GET"]),
-        Route("/auth/token", token_post, methods=["POST"]),
+        # The token service authenticates the caller itself: the credentials are what it exchanges.
+        ApiRoute("/auth/token", token_get, methods=["GET"], access=PUBLIC),
+        ApiRoute("/auth/token", token_post, methods=["POST"], access=PUBLIC),
     ]
 
 

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from starlette.exceptions import HTTPException
@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.names import validate_name
+from registry.routing import LISTING_SCOPE_KEY, Rights
 from registry.store.registry import Registry
 from registry.store.upload_state import UploadStateSigner
 from storage_backends import StorageUnavailable
@@ -38,17 +39,9 @@ def signer_of(request: Request) -> UploadStateSigner:
     return signer
 
 
-ACCESS_SCOPE_KEY = "moorage.access"
-
-
-class AccessView(Protocol):
-    def allows(self, repository: str, action: str) -> bool:
-        """Whether the caller may do `action` ("pull", "push", "delete") on `repository`."""
-
-
 def pull_filter(request: Request) -> Callable[[str], bool] | None:
     """Which repositories the caller may see (catalog, search); None when every repository is visible."""
-    access: AccessView | None = request.scope.get(ACCESS_SCOPE_KEY)
+    access: Rights | None = request.scope.get(LISTING_SCOPE_KEY)
     if access is None:
         return None
     return lambda repository: access.allows(repository, "pull")
@@ -56,6 +49,14 @@ def pull_filter(request: Request) -> Callable[[str], bool] | None:
 
 def repository_name(request: Request) -> str:
     return validate_name(request.path_params["name"])
+
+
+def single_query(request: Request, key: str, code: ErrorCode) -> str | None:
+    """A query parameter that may appear once: a repeated one is ambiguous and refused, never guessed."""
+    values = request.query_params.getlist(key)
+    if len(values) > 1:
+        raise RegistryError(code, detail={"parameter": key, "reason": "given more than once"})
+    return values[0] if values else None
 
 
 def path_digest(request: Request, key: str = "digest") -> Digest:
@@ -78,7 +79,7 @@ def json_response(
 
 
 def parse_page_size(request: Request) -> int | None:
-    raw = request.query_params.get("n")
+    raw = single_query(request, "n", ErrorCode.PAGINATION_NUMBER_INVALID)
     if raw is None or raw == "":
         return None
     try:
@@ -93,7 +94,7 @@ def parse_page_size(request: Request) -> int | None:
 def paginate(items: list[str], request: Request, path: str) -> tuple[list[str], dict[str, str]]:
     """Apply `n` and `last` (exclusive) to sorted items; a Link header when more follow."""
     n = parse_page_size(request)
-    last = request.query_params.get("last")
+    last = single_query(request, "last", ErrorCode.PAGINATION_NUMBER_INVALID)
     if last:
         items = [item for item in items if item > last]
     if n is None:

@@ -11,13 +11,14 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from registry.errors import ErrorCode, RegistryError
 from registry.handlers.common import json_response, pull_filter, registry_of, repository_name
 from registry.handlers.listings import next_link
 from registry.index.base import IndexUnavailable, ManifestRecord, MetadataIndex, SearchHit
 from registry.index.query import parse_query
+from registry.routing import DOCKER_SEARCH, PUBLIC, SEARCH, ApiRoute, on_repository
 
 DEFAULT_RESULTS = 25
 MAX_RESULTS = 100
@@ -27,10 +28,10 @@ V1_REGISTRY_VERSION = "0.6.0"
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/v1/_ping", ping, methods=["GET"]),
-        Route("/v1/search", docker_search, methods=["GET"]),
-        Route("/api/v1/search", search, methods=["GET"]),
-        Route("/api/v1/repositories/{name:path}", repository, methods=["GET"]),
+        ApiRoute("/v1/_ping", ping, methods=["GET"], access=PUBLIC),
+        ApiRoute("/v1/search", docker_search, methods=["GET"], access=DOCKER_SEARCH),
+        ApiRoute("/api/v1/search", search, methods=["GET"], access=SEARCH),
+        ApiRoute("/api/v1/repositories/{name:path}", repository, methods=["GET"], access=on_repository("pull")),
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -11,12 +12,18 @@ from starlette.responses import Response
 from registry.digests import DEFAULT_ALGORITHM, Digest, new_hasher
 from registry.errors import ErrorCode, RegistryError
 from registry.events import Action, notify
-from registry.handlers.common import registry_of, repository_name, signer_of
+from registry.handlers.common import registry_of, repository_name, signer_of, single_query
+from registry.index.base import IndexUnavailable
 from registry.names import validate_name
+from registry.routing import RIGHTS_SCOPE_KEY, Need, RepositoryAccess, allowed, granted
 from registry.store.blobs import BlobInfo
+from registry.store.registry import Registry
 from registry.store.uploads import UploadStatus, range_header
 
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_START_KEY = "moorage.upload_start"
+# A mount without `from` looks at no more repositories than this (each costs a storage read or two).
+MOUNT_DISCOVERY_LIMIT = 64
 
 
 def blob_created(request: Request, name: str, info: BlobInfo, action: Action = "push") -> Response:
@@ -64,7 +71,7 @@ def content_length(request: Request) -> int | None:
 
 
 def query_digest(request: Request) -> Digest:
-    raw = request.query_params.get("digest")
+    raw = single_query(request, "digest", ErrorCode.DIGEST_INVALID)
     if not raw:
         raise RegistryError(
             ErrorCode.DIGEST_INVALID, detail="the digest query parameter is required", message="digest missing"
@@ -72,38 +79,109 @@ def query_digest(request: Request) -> Digest:
     return Digest.parse(raw)
 
 
-def session_algorithm(request: Request, name: str) -> str:
-    """The digest algorithm the session was opened with, from the signed `_state`, if the client kept it."""
-    token = request.query_params.get("_state")
-    if not token:
-        return DEFAULT_ALGORITHM
-    return signer_of(request).verify(token, name, request.path_params["upload_id"])
+async def session_algorithm(request: Request, name: str) -> str:
+    """The digest algorithm the session was opened with, from the signed `_state` of the Location we gave out.
+
+    Required, as Distribution requires it: it binds the session id to its repository and algorithm. A session
+    that does not exist is BLOB_UPLOAD_UNKNOWN whatever the state says."""
+    upload_id = request.path_params["upload_id"]
+    token = single_query(request, "_state", ErrorCode.BLOB_UPLOAD_INVALID)
+    try:
+        if not token:
+            raise RegistryError(
+                ErrorCode.BLOB_UPLOAD_INVALID,
+                detail={"uuid": upload_id, "reason": "the _state query parameter is missing"},
+                message="use the Location the registry returned, with its _state",
+            )
+        return signer_of(request).verify(token, name, upload_id)
+    except RegistryError:
+        await registry_of(request).uploads.status(name, upload_id)
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class StartUpload:
+    """A POST to the uploads endpoint, parsed once: the access check and the handler read this same object."""
+
+    name: str
+    mount: Digest | None
+    source: str | None  # `from`; None asks the registry to find a repository the caller may pull
+    digest: Digest | None
+    algorithm: str
+
+    @classmethod
+    def of(cls, request: Request) -> StartUpload:
+        parsed: StartUpload | None = request.scope.get(_START_KEY)
+        if parsed is None:
+            parsed = request.scope[_START_KEY] = cls._parse(request)
+        return parsed
+
+    @classmethod
+    def _parse(cls, request: Request) -> StartUpload:
+        name = repository_name(request)
+        invalid = ErrorCode.BLOB_UPLOAD_INVALID
+        mount = single_query(request, "mount", invalid)
+        source = single_query(request, "from", invalid)
+        digest = single_query(request, "digest", ErrorCode.DIGEST_INVALID)
+        algorithm = single_query(request, "digest-algorithm", invalid) or DEFAULT_ALGORITHM
+        new_hasher(algorithm)
+        return cls(
+            name=name,
+            mount=Digest.parse(mount) if mount else None,
+            source=validate_name(source) if mount and source else None,
+            digest=Digest.parse(digest) if digest else None,
+            algorithm=algorithm,
+        )
+
+
+def start_access(request: Request) -> Need:
+    """push on the repository; pull on a mount's source is asked, not required (without it: a plain upload)."""
+    start = StartUpload.of(request)
+    optional = (RepositoryAccess(start.source, "pull"),) if start.source else ()
+    return Need("repository", (RepositoryAccess(start.name, "push"),), optional)
 
 
 async def start_upload(request: Request) -> Response:
-    name = repository_name(request)
+    start = StartUpload.of(request)
+    name = start.name
     registry = registry_of(request)
-    params = request.query_params
-    mount = params.get("mount")
-    if mount:
-        digest = Digest.parse(mount)
-        source = params.get("from")
-        if source:
-            info = await registry.blobs.mount(name, validate_name(source), digest)
-            if info is not None:
-                return blob_created(request, name, info, "mount")
-    algorithm = params.get("digest-algorithm") or DEFAULT_ALGORITHM
-    new_hasher(algorithm)
-    digest_param = params.get("digest")
-    if digest_param:
-        digest = Digest.parse(digest_param)
-        status = await registry.uploads.start(name, digest.algorithm)
+    if start.mount is not None:
+        info = await _mount(request, registry, start.mount, start.source)
+        if info is not None:
+            return blob_created(request, name, info, "mount")
+    if start.digest is not None:
+        status = await registry.uploads.start(name, start.digest.algorithm)
         await registry.uploads.append(
-            name, status.upload_id, request.stream(), length=content_length(request), algorithm=digest.algorithm
+            name, status.upload_id, request.stream(), length=content_length(request), algorithm=start.digest.algorithm
         )
-        return blob_created(request, name, await registry.uploads.complete(name, status.upload_id, digest))
-    status = await registry.uploads.start(name, algorithm)
-    return upload_accepted(request, status, algorithm)
+        return blob_created(request, name, await registry.uploads.complete(name, status.upload_id, start.digest))
+    status = await registry.uploads.start(name, start.algorithm)
+    return upload_accepted(request, status, start.algorithm)
+
+
+async def _mount(request: Request, registry: Registry, digest: Digest, source: str | None) -> BlobInfo | None:
+    """Link the blob from a repository the caller may pull; None (a plain upload follows) when there is none.
+
+    Without `from` (the spec lets a registry find the blob itself) only repositories the caller may pull are
+    looked at: the target, then, without auth, the registry's copy, else a bounded list of pullable ones."""
+    name = StartUpload.of(request).name
+    if source is not None:
+        return await registry.blobs.mount(name, source, digest) if granted(request, source, "pull") else None
+    candidates = [name] if allowed(request, name, "pull") else []
+    if request.scope.get(RIGHTS_SCOPE_KEY) is None:
+        return await registry.blobs.mount_any(name, digest)
+    index = registry.index
+    if index is not None and index.ready:
+        try:
+            pullable = await index.catalog(None, MOUNT_DISCOVERY_LIMIT, lambda repo: allowed(request, repo, "pull"))
+        except IndexUnavailable:
+            pullable = []
+        candidates += [repository for repository in pullable if repository != name]
+    for candidate in candidates:
+        info = await registry.blobs.mount(name, candidate, digest)
+        if info is not None:
+            return info
+    return None
 
 
 def parse_content_range(request: Request) -> tuple[int | None, int | None]:
@@ -136,7 +214,7 @@ def parse_content_range(request: Request) -> tuple[int | None, int | None]:
 async def patch_upload(request: Request) -> Response:
     name = repository_name(request)
     upload_id = request.path_params["upload_id"]
-    algorithm = session_algorithm(request, name)
+    algorithm = await session_algorithm(request, name)
     start, length = parse_content_range(request)
     if length is None:
         length = content_length(request)
@@ -147,7 +225,7 @@ async def patch_upload(request: Request) -> Response:
 async def finish_upload(request: Request) -> Response:
     name = repository_name(request)
     upload_id = request.path_params["upload_id"]
-    algorithm = session_algorithm(request, name)
+    algorithm = await session_algorithm(request, name)
     digest = query_digest(request)
     uploads = registry_of(request).uploads
     if has_body(request):
@@ -161,7 +239,7 @@ async def finish_upload(request: Request) -> Response:
 async def upload_status(request: Request) -> Response:
     name = repository_name(request)
     upload_id = request.path_params["upload_id"]
-    algorithm = session_algorithm(request, name)
+    algorithm = await session_algorithm(request, name)
     status = await registry_of(request).uploads.status(name, upload_id)
     return upload_accepted(request, status, algorithm, code=204)
 
@@ -169,6 +247,6 @@ async def upload_status(request: Request) -> Response:
 async def cancel_upload(request: Request) -> Response:
     name = repository_name(request)
     upload_id = request.path_params["upload_id"]
-    session_algorithm(request, name)
+    await session_algorithm(request, name)
     await registry_of(request).uploads.delete(name, upload_id)
     return Response(status_code=204)

@@ -189,6 +189,17 @@ class BlobStore:
         await self.link(name, digest)
         return info
 
+    async def mount_any(self, name: str, digest: Digest) -> BlobInfo | None:
+        """Link the registry's copy of a blob into `name`, or None when there is none. Only for callers who may
+        pull every repository (a registry without auth): it reveals that some repository has the blob."""
+        if not await self.ensure_present(digest, touch=True):
+            return None
+        info = await self.stat_global(digest)
+        if info is None:
+            return None
+        await self.link(name, digest)
+        return info
+
     async def put_small(self, digest: Digest, data: bytes) -> None:
         """Store small content (a manifest) whose digest the caller has computed from `data`."""
         info = await self._stat_data(digest)

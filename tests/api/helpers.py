@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -76,3 +77,9 @@ async def push_image(
     response = await client.put(f"/v2/{name}/manifests/{reference}", content=body, headers={"Content-Type": media_type})
     assert response.status_code == 201, response.text
     return digest_of(body), body
+
+
+def at(location: str, **params: str) -> str:
+    """A Location the registry gave out, with more query parameters, as clients send it (httpx's `params=`
+    would replace the Location's own query, its `_state` included)."""
+    return location + ("&" if "?" in location else "?") + urlencode(params)

@@ -8,7 +8,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import ClientFactory
-from tests.api.helpers import OCI_MANIFEST, digest_of, push_blob, push_image
+from tests.api.helpers import OCI_MANIFEST, at, digest_of, push_blob, push_image
 
 MANIFEST_ROUTE = "/v2/{name:path}/manifests/{reference}"
 
@@ -77,7 +77,7 @@ async def test_dedup_hits_and_saved_bytes(client: httpx.AsyncClient) -> None:
     # Chunked: POST, PATCH, PUT.
     started = await client.post("/v2/three/app/blobs/uploads/")
     patched = await client.patch(started.headers["Location"], content=data)
-    finished = await client.put(patched.headers["Location"], params={"digest": digest_of(data)})
+    finished = await client.put(at(patched.headers["Location"], digest=digest_of(data)))
     assert finished.status_code == 201
     after = await scrape(client)
     assert value(after, "moorage_blob_dedup_hits_total") == 2

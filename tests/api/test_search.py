@@ -11,7 +11,7 @@ from asgi_lifespan import LifespanManager
 from starlette.types import Receive, Scope, Send
 
 from registry.app import create_app
-from registry.handlers.common import ACCESS_SCOPE_KEY
+from registry.routing import LISTING_SCOPE_KEY
 from tests.api.conftest import ClientFactory, make_settings
 from tests.api.helpers import (
     OCI_CONFIG,
@@ -275,7 +275,7 @@ async def test_callers_find_only_what_they_may_pull(storage_config: dict[str, An
 
     async def restricted(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":  # pushes go through unrestricted
-            scope = {**scope, ACCESS_SCOPE_KEY: OnlyTeam()}
+            scope = {**scope, LISTING_SCOPE_KEY: OnlyTeam()}
         await app(scope, receive, send)
 
     async with LifespanManager(app):

@@ -8,7 +8,7 @@ import pytest
 
 from storage_backends import StorageBackend
 from tests.api.conftest import ClientFactory, blob_data_paths
-from tests.api.helpers import digest_of, error_code, push_blob
+from tests.api.helpers import at, digest_of, error_code, push_blob
 
 DATA = b"0123456789abcdef" * 1000  # 16000 bytes
 
@@ -35,7 +35,7 @@ async def test_post_then_monolithic_put(client: httpx.AsyncClient) -> None:
     location = (await start(client)).headers["Location"]
     digest = digest_of(DATA)
     response = await client.put(
-        location, params={"digest": digest}, content=DATA, headers={"Content-Type": "application/octet-stream"}
+        at(location, digest=digest), content=DATA, headers={"Content-Type": "application/octet-stream"}
     )
     assert response.status_code == 201, response.text
     assert response.headers["Location"] == f"/v2/team/app/blobs/{digest}"
@@ -62,8 +62,7 @@ async def test_chunked_upload_with_content_range(client: httpx.AsyncClient, stor
     assert status.headers["Location"]
     digest = digest_of(DATA)
     final = await client.put(
-        location,
-        params={"digest": digest},
+        at(location, digest=digest),
         content=DATA[offset:],
         headers={"Content-Range": f"{offset}-{len(DATA) - 1}"},
     )
@@ -80,7 +79,7 @@ async def test_streamed_patches_without_content_range(client: httpx.AsyncClient)
         assert response.status_code == 202
         location = response.headers["Location"]
     assert response.headers["Range"] == f"0-{len(DATA) - 1}"
-    final = await client.put(location, params={"digest": digest_of(DATA)})
+    final = await client.put(at(location, digest=digest_of(DATA)))
     assert final.status_code == 201
     assert (await client.get(f"/v2/team/app/blobs/{digest_of(DATA)}")).content == DATA
 
@@ -95,7 +94,7 @@ async def test_streaming_request_body(client: httpx.AsyncClient) -> None:
 
     response = await client.patch(location, content=body())
     assert response.status_code == 202
-    final = await client.put(response.headers["Location"], params={"digest": digest_of(DATA)})
+    final = await client.put(at(response.headers["Location"], digest=digest_of(DATA)))
     assert final.status_code == 201
 
 
@@ -111,7 +110,7 @@ async def test_out_of_order_chunk(client: httpx.AsyncClient) -> None:
     assert error_code(replayed) == "RANGE_INVALID"
     ok = await client.patch(location, content=DATA[100:], headers={"Content-Range": f"100-{len(DATA) - 1}"})
     assert ok.status_code == 202
-    assert (await client.put(location, params={"digest": digest_of(DATA)})).status_code == 201
+    assert (await client.put(at(location, digest=digest_of(DATA)))).status_code == 201
 
 
 @pytest.mark.parametrize("content_range", ["abc", "5-2", "bytes=x-1"])
@@ -139,7 +138,7 @@ async def test_two_patches_at_the_same_offset(client: httpx.AsyncClient) -> None
     )
     assert sorted(r.status_code for r in responses) == [202, 416]
     winner = first if responses[0].status_code == 202 else second
-    final = await client.put(location, params={"digest": digest_of(winner)})
+    final = await client.put(at(location, digest=digest_of(winner)))
     assert final.status_code == 201
     assert (await client.get(f"/v2/team/app/blobs/{digest_of(winner)}")).content == winner
 
@@ -158,7 +157,7 @@ async def test_two_identical_blobs_pushed_at_once(client: httpx.AsyncClient, sto
 async def test_digest_mismatch_leaves_nothing_visible(client: httpx.AsyncClient, storage: StorageBackend) -> None:
     location = (await start(client)).headers["Location"]
     claimed = digest_of(b"something else")
-    response = await client.put(location, params={"digest": claimed}, content=DATA)
+    response = await client.put(at(location, digest=claimed), content=DATA)
     assert response.status_code == 400
     assert error_code(response) == "DIGEST_INVALID"
     assert (await client.head(f"/v2/team/app/blobs/{claimed}")).status_code == 404
@@ -185,7 +184,7 @@ async def test_put_without_digest(client: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize("bad", ["sha256:short", "nonsense", "sha1:" + "a" * 40])
 async def test_put_with_malformed_digest(client: httpx.AsyncClient, bad: str) -> None:
     location = (await start(client)).headers["Location"]
-    response = await client.put(location, params={"digest": bad}, content=DATA)
+    response = await client.put(at(location, digest=bad), content=DATA)
     assert response.status_code == 400
     assert error_code(response) == "DIGEST_INVALID"
 
@@ -231,7 +230,7 @@ async def test_cancel_upload(client: httpx.AsyncClient) -> None:
 async def test_empty_blob(client: httpx.AsyncClient) -> None:
     location = (await start(client)).headers["Location"]
     digest = digest_of(b"")
-    response = await client.put(location, params={"digest": digest})
+    response = await client.put(at(location, digest=digest))
     assert response.status_code == 201, response.text
     get = await client.get(f"/v2/team/app/blobs/{digest}")
     assert get.status_code == 200
@@ -253,8 +252,49 @@ async def test_mount_from_repository_without_the_blob_opens_a_session(client: ht
     assert response.status_code == 202
     assert "/blobs/uploads/" in response.headers["Location"]
     assert (await client.head(f"/v2/team/target/blobs/{digest}")).status_code == 404
-    without_from = await client.post("/v2/team/target/blobs/uploads/", params={"mount": digest})
-    assert without_from.status_code == 202
+    unknown = await client.post("/v2/team/target/blobs/uploads/", params={"mount": digest_of(b"held nowhere")})
+    assert unknown.status_code == 202
+    assert "/blobs/uploads/" in unknown.headers["Location"]
+
+
+async def test_mount_without_from_finds_the_blob(client: httpx.AsyncClient) -> None:
+    """The spec lets `from` be optional (the OCI conformance suite's automatic content discovery): without auth
+    every repository may be pulled, so the registry's copy is mounted."""
+    digest = await push_blob(client, "team/source", DATA)
+    response = await client.post("/v2/team/target/blobs/uploads/", params={"mount": digest})
+    assert response.status_code == 201, response.text
+    assert response.headers["Location"] == f"/v2/team/target/blobs/{digest}"
+    assert (await client.get(f"/v2/team/target/blobs/{digest}")).content == DATA
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "mount={d}&mount={d}&from=team/source",
+        "mount={d}&from=team/source&from=team/other",
+        "digest={d}&digest={d}",
+        "mount={d}&from=team/source&digest-algorithm=sha256&digest-algorithm=sha512",
+    ],
+)
+async def test_repeated_upload_parameters_are_refused(client: httpx.AsyncClient, query: str) -> None:
+    digest = await push_blob(client, "team/source", DATA)
+    response = await client.post(f"/v2/team/target/blobs/uploads/?{query.format(d=digest)}", content=DATA)
+    assert response.status_code == 400, response.text
+    assert error_code(response) in ("BLOB_UPLOAD_INVALID", "DIGEST_INVALID")
+    assert (await client.head(f"/v2/team/target/blobs/{digest}")).status_code == 404
+
+
+async def test_patch_and_put_need_the_signed_state(client: httpx.AsyncClient) -> None:
+    location = (await start(client)).headers["Location"]
+    bare = location.split("?")[0]
+    for method, url in (("PATCH", bare), ("PUT", f"{bare}?digest={digest_of(DATA)}"), ("GET", bare)):
+        response = await client.request(method, url, content=DATA if method != "GET" else None)
+        assert response.status_code == 400, method
+        assert error_code(response) == "BLOB_UPLOAD_INVALID"
+    assert (await client.head(f"/v2/team/app/blobs/{digest_of(DATA)}")).status_code == 404
+    repeated = await client.patch(location + "&_state=x", content=DATA)
+    assert repeated.status_code == 400
+    assert (await client.put(at(location, digest=digest_of(DATA)), content=DATA)).status_code == 201
 
 
 async def test_mount_with_bad_parameters(client: httpx.AsyncClient) -> None:
@@ -272,7 +312,7 @@ async def test_sha512_upload_announced_by_digest_algorithm(client: httpx.AsyncCl
     location = (await start(client, **{"digest-algorithm": "sha512"})).headers["Location"]
     response = await client.patch(location, content=DATA)
     digest = f"sha512:{hashlib.sha512(DATA).hexdigest()}"
-    final = await client.put(response.headers["Location"], params={"digest": digest})
+    final = await client.put(at(response.headers["Location"], digest=digest))
     assert final.status_code == 201
     assert final.headers["Docker-Content-Digest"] == digest
 
@@ -293,7 +333,7 @@ async def test_upload_continues_on_another_worker(client_factory: ClientFactory)
         first.headers["Location"], content=DATA[5000:], headers={"Content-Range": f"5000-{len(DATA) - 1}"}
     )
     assert second.status_code == 202
-    final = await worker_a.put(second.headers["Location"], params={"digest": digest_of(DATA)})
+    final = await worker_a.put(at(second.headers["Location"], digest=digest_of(DATA)))
     assert final.status_code == 201, final.text
     assert (await worker_b.get(f"/v2/team/app/blobs/{digest_of(DATA)}")).content == DATA
 
@@ -302,12 +342,12 @@ async def test_single_patch_finished_by_another_worker(client_factory: ClientFac
     worker_a, worker_b = await client_factory(), await client_factory()
     location = (await start(worker_a)).headers["Location"]
     patched = await worker_a.patch(location, content=DATA)
-    bad = await worker_b.put(patched.headers["Location"], params={"digest": digest_of(b"nope")})
+    bad = await worker_b.put(at(patched.headers["Location"], digest=digest_of(b"nope")))
     assert bad.status_code == 400
     assert error_code(bad) == "DIGEST_INVALID"
     location = (await start(worker_a)).headers["Location"]
     patched = await worker_a.patch(location, content=DATA)
-    final = await worker_b.put(patched.headers["Location"], params={"digest": digest_of(DATA)})
+    final = await worker_b.put(at(patched.headers["Location"], digest=digest_of(DATA)))
     assert final.status_code == 201
     assert (await worker_a.get(f"/v2/team/app/blobs/{digest_of(DATA)}")).content == DATA
 
@@ -318,7 +358,7 @@ async def test_existing_blob_push_is_a_dedup_hit(client: httpx.AsyncClient, stor
     location = (await start(client, "team/third")).headers["Location"]
     await client.patch(location, content=DATA[:10])
     await client.patch(location, content=DATA[10:])
-    assert (await client.put(location, params={"digest": digest})).status_code == 201
+    assert (await client.put(at(location, digest=digest))).status_code == 201
     assert len(await blob_data_paths(storage)) == 1
 
 
@@ -337,7 +377,7 @@ async def test_completion_without_any_hash_state_rereads_the_chunks(
         checkpoints = f"docker/registry/v2/repositories/team/app/_uploads/{upload_id}/digests"
         assert [info.path async for info in storage.walk(checkpoints)]
         await storage.delete(checkpoints)
-        final = await worker_b.put(location, params={"digest": claimed})
+        final = await worker_b.put(at(location, digest=claimed))
         assert final.status_code == expected_status, final.text
     assert (await worker_a.get(f"/v2/team/app/blobs/{digest_of(DATA)}")).content == DATA
     assert (await worker_b.head(f"/v2/team/app/blobs/{digest_of(b'nope')}")).status_code == 404

@@ -1,0 +1,155 @@
+"""Routes that declare the access they need, and the one check that runs after routing.
+
+Every route of the app is an `ApiRoute` with an `Access` declaration: a function of the routed request (its
+path parameters and the very query parameters the handler reads) to the `Need` the request must meet. The
+check runs after the router matched, inside the route, before the handler, so auth and handler cannot disagree
+on what was asked: there is one parse of the request, and the handler reads it too. A route without a
+declaration stops the app from starting.
+
+    Need kinds
+      public      anyone (probes, `/v1/_ping`, the token service, which authenticates on its own)
+      ping        `/v2/`: a login or any valid bearer token (clients take their challenge here)
+      login       anyone logged in
+      listing     catalog and search: anyone let in; the handler lists only what the caller may pull
+      repository  `required` actions on repositories; `optional` ones are asked, not required (a mount's
+                  source: without `pull` there, the mount becomes a plain upload)
+
+Auth (registry/auth) implements `Guard` and never imports a handler; without auth the guard is absent and only
+the read-only switch applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from registry.errors import ErrorCode, RegistryError
+from registry.names import validate_name
+
+Action = Literal["pull", "push", "delete"]
+NeedKind = Literal["public", "ping", "login", "listing", "repository"]
+Endpoint = Callable[[Request], Awaitable[Response]]
+GUARD_STATE = "guard"
+GRANTED_SCOPE_KEY = "moorage.granted"
+RIGHTS_SCOPE_KEY = "moorage.rights"
+LISTING_SCOPE_KEY = "moorage.listing"
+_READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryAccess:
+    repository: str
+    action: Action
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    kind: NeedKind
+    required: tuple[RepositoryAccess, ...] = ()
+    optional: tuple[RepositoryAccess, ...] = ()
+    scope: str = ""  # the registry scope a bearer challenge names for listings
+    challenge_first: bool = True  # listings: challenge a request without credentials before showing anonymous's
+
+    @property
+    def writes(self) -> bool:
+        return any(access.action != "pull" for access in self.required)
+
+
+Access = Callable[[Request], Need]
+
+
+def on_repository(action: Action, *, key: str = "name") -> Access:
+    """The declaration of a route acting on the repository named by its `{name}` path parameter."""
+
+    def need(request: Request) -> Need:
+        return Need("repository", (RepositoryAccess(validate_name(request.path_params[key]), action),))
+
+    need.__qualname__ = f"on_repository({action!r})"
+    return need
+
+
+def constant(need: Need) -> Access:
+    def access(request: Request) -> Need:
+        return need
+
+    access.__qualname__ = f"constant({need.kind!r})"
+    return access
+
+
+PUBLIC = constant(Need("public"))
+PING = constant(Need("ping"))
+LOGIN = constant(Need("login"))
+CATALOG = constant(Need("listing", scope="registry:catalog:*"))
+SEARCH = constant(Need("listing", scope="registry:catalog:search"))
+# docker search sends credentials unasked when it has any, and cannot answer a challenge: none there.
+DOCKER_SEARCH = constant(Need("listing", scope="registry:catalog:search", challenge_first=False))
+
+
+class Rights(Protocol):
+    def allows(self, repository: str, action: str) -> bool:
+        """Whether the caller may do `action` on `repository`."""
+
+
+class Guard(Protocol):
+    async def authorize(self, request: Request, need: Need) -> None:
+        """Raise RegistryError (401, 403, 429) unless the caller meets `need`; record what `optional` granted."""
+
+
+def read_only_error() -> RegistryError:
+    return RegistryError(
+        ErrorCode.UNAVAILABLE,
+        message="the registry is in read-only mode",
+        detail="maintenance.read_only is set: pushes and deletes are refused; pulls keep working",
+        headers={"Retry-After": "300"},
+    )
+
+
+def granted(request: Request, repository: str, action: Action) -> bool:
+    """Whether the check granted an `optional` access of this request (always, without auth)."""
+    grants: frozenset[RepositoryAccess] | None = request.scope.get(GRANTED_SCOPE_KEY)
+    return grants is None or RepositoryAccess(repository, action) in grants
+
+
+def allowed(request: Request, repository: str, action: Action) -> bool:
+    """Whether the caller may do `action` on `repository` (always, without auth): for handlers that choose among
+    repositories the request did not name, such as a mount without `from`."""
+    rights: Rights | None = request.scope.get(RIGHTS_SCOPE_KEY)
+    return rights is None or rights.allows(repository, action)
+
+
+class ApiRoute(Route):
+    """A route with its access declaration; the handler runs only once the declared need is met."""
+
+    def __init__(self, path: str, endpoint: Endpoint, *, methods: Sequence[str], access: Access) -> None:
+        self.access = access
+        self.handler = endpoint
+
+        async def checked(request: Request) -> Response:
+            need = access(request)
+            state = request.app.state
+            if need.writes and state.settings.maintenance.read_only and request.method not in _READ_METHODS:
+                raise read_only_error()
+            guard: Guard | None = getattr(state, GUARD_STATE, None)
+            if guard is not None and need.kind != "public":
+                await guard.authorize(request, need)
+            return await endpoint(request)
+
+        checked.__name__ = endpoint.__name__
+        checked.__qualname__ = endpoint.__qualname__
+        super().__init__(path, checked, methods=list(methods))
+
+
+class UndeclaredRoute(Exception):
+    """A route that says nothing of the access it needs: the app refuses to start."""
+
+
+def check_declared(routes: Sequence[BaseRoute]) -> None:
+    for route in routes:
+        if not isinstance(route, ApiRoute) or not callable(getattr(route, "access", None)):
+            path = getattr(route, "path", repr(route))
+            raise UndeclaredRoute(f"route {path} declares no access (use registry.routing.ApiRoute)")
