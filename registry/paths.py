@@ -171,8 +171,9 @@ def parse_repository_path(path: str) -> tuple[str, str, list[str]] | None:
 
 
 def repository_areas(name: str) -> tuple[str, ...]:
-    """Everything a repository owns, without the repositories nested under its name (`a` vs `a/b`)."""
-    return tuple(f"{repository(name)}/{area}" for area in ("_manifests", "_layers", "_uploads"))
+    """Everything a repository owns, without the repositories nested under its name (`a` vs `a/b`), in the
+    order a deletion removes them: what makes blobs visible before the manifests that reference them."""
+    return tuple(f"{repository(name)}/{area}" for area in ("_layers", "_manifests", "_uploads"))
 
 
 def manifest_revisions_dir(name: str) -> str:

@@ -248,9 +248,16 @@ class FilesystemBackend(StorageBackend):
 
     def _list_sync(self, path: str) -> builtins.list[FileInfo]:
         full = self._full(path)
+        entries = []
         try:
             with os.scandir(full) as it:
-                entries = [FileInfo(f"{path}/{e.name}", *self._entry_fields(e)) for e in it]
+                for entry in it:
+                    try:
+                        entries.append(FileInfo(f"{path}/{entry.name}", *self._entry_fields(entry)))
+                    except FileNotFoundError:
+                        # Removed between the directory read and its stat: a sibling going away never fails
+                        # or shrinks the rest of the listing (GC and the tags list read it while clients delete).
+                        continue
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(path) from None
         if not entries:

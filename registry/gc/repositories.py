@@ -24,6 +24,21 @@ class DeletedRepository:
         return {"name": self.name, "tags": self.tags, "manifests": self.manifests}
 
 
+async def _remove(registry: Registry, name: str) -> None:
+    """Tags, then blob links, then manifests, then upload sessions; then tags and manifests once more.
+
+    A manifest PUT racing the deletion re-checks its blob links after writing its revision and tags (see
+    ManifestStore.put). If that re-check comes after the links went, the PUT fails and takes back what it wrote;
+    if it came before, its writes came before the second pass, which removes them. Either way no tag or manifest
+    is left whose layers are gone: the push fails, or it happened before the deletion."""
+    backend = registry.backend
+    await backend.delete(paths.tags_dir(name))
+    for area in paths.repository_areas(name):
+        await backend.delete(area)
+    await backend.delete(paths.tags_dir(name))
+    await backend.delete(paths.manifest_revisions_dir(name))
+
+
 async def delete_repository(
     registry: Registry, name: str, immutable: Sequence[ImmutableTagRule] = (), *, force: bool = False
 ) -> DeletedRepository:
@@ -41,10 +56,7 @@ async def delete_repository(
     inventory = Inventory()
     await read_repositories(registry, inventory, only=name)
     revisions = len(inventory.repository(name).revisions)
-    # Tags first, then revisions and links (the reverse of a push), then upload sessions.
-    await registry.backend.delete(paths.tags_dir(name))
-    for area in paths.repository_areas(name):
-        await registry.backend.delete(area)
+    await _remove(registry, name)
     registry.blobs.forget_repository(name)
     if registry.index is not None:
         await registry.index.repository_changed(name)

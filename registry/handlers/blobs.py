@@ -10,6 +10,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from registry.errors import ErrorCode, RegistryError
 from registry.events import notify
 from registry.handlers.common import path_digest, registry_of, repository_name, require_delete_enabled
+from registry.store.blobs import blob_unknown
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 BLOB_MEDIA_TYPE = "application/octet-stream"  # what Distribution reports: a blob's own type is in its manifest
@@ -60,8 +61,12 @@ async def get_blob(request: Request) -> Response:
     if request.method == "HEAD":
         headers["Content-Length"] = str(info.size)
         return Response(status_code=200, headers=headers, media_type="application/octet-stream")
-    notify(request, "pull", "blob", name, str(digest), BLOB_MEDIA_TYPE, info.size)
     url = await registry.blobs.redirect_url(digest)
+    # Checked in storage, not from the memory that answered above: the client fetches this URL from the bucket
+    # itself, so it must name data that is in place (GC may have set the blob aside: this restores it).
+    if url is not None and not await registry.blobs.ensure_present(digest):
+        raise blob_unknown(digest)
+    notify(request, "pull", "blob", name, str(digest), BLOB_MEDIA_TYPE, info.size)
     if url is not None:
         return RedirectResponse(url, status_code=307, headers={"Docker-Content-Digest": str(digest)})
     byte_range = parse_range(request.headers.get("range"), info.size)
