@@ -147,6 +147,17 @@ class Metrics:
         self.gc_uploads_purged = Counter(
             "moorage_gc_uploads_purged", "Stale upload sessions removed by garbage collection.", registry=r
         )
+        self.index_skipped_objects = Counter(
+            "moorage_index_skipped_objects",
+            "Manifests and image configs the metadata index could read only in part (indexed without the rest).",
+            ("kind",),
+            registry=r,
+        )
+        self.index_refresh_failures = Counter(
+            "moorage_index_refresh_failures",
+            "Index updates that failed after a storage write (repaired from the change records later).",
+            registry=r,
+        )
         self._http_children: dict[
             tuple[str, str, int], tuple[BufferedCounter, BufferedHistogram, BufferedCounter, BufferedCounter]
         ] = {}
@@ -220,6 +231,12 @@ class Metrics:
 
     def gc_failed(self) -> None:
         self.gc_runs.labels("failed").inc()
+
+    def index_object_skipped(self, kind: str) -> None:
+        self.index_skipped_objects.labels(kind).inc()
+
+    def index_refresh_failed(self) -> None:
+        self.index_refresh_failures.inc()
 
     def exposition(self) -> bytes:
         """The text format of every metric; in multiprocess mode, summed over all processes.

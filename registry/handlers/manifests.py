@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -10,7 +12,10 @@ from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.events import notify
 from registry.handlers.common import registry_of, repository_name, require_delete_enabled
+from registry.metrics import Metrics
 from registry.store.manifests import too_large
+
+logger = logging.getLogger("moorage")
 
 
 async def get_manifest(request: Request) -> Response:
@@ -59,8 +64,7 @@ async def put_manifest(request: Request) -> Response:
     extra_tags = tuple(request.query_params.getlist("tag"))
     change = await registry.index.changing(name) if registry.index is not None else None
     result = await manifests.put(name, reference, data, request.headers.get("content-type", ""), extra_tags)
-    if registry.index is not None:
-        await registry.index.refresh(name, change)
+    await _index_after_write(request, name, change)
     digest = result.manifest.digest
     headers = [
         ("Location", f"/v2/{name}/manifests/{digest}"),
@@ -83,8 +87,25 @@ async def delete_manifest(request: Request) -> Response:
     registry = registry_of(request)
     change = await registry.index.changing(name) if registry.index is not None else None
     await registry.manifests.delete(name, reference)
-    if registry.index is not None:
-        await registry.index.refresh(name, change)
+    await _index_after_write(request, name, change)
     digest = reference if Digest.is_digest(reference) else ""
     notify(request, "delete", "manifest", name, digest, reference=reference)
     return Response(status_code=202, headers={"Content-Length": "0"})
+
+
+async def _index_after_write(request: Request, name: str, change: str | None) -> None:
+    """The write reached storage, so the request succeeded whatever the index does now. `refresh` never raises;
+    should one fail anyway, the change record written before the write (`changing`) still has every process,
+    this one included, re-read the repository at its next poll."""
+    index = registry_of(request).index
+    if index is None:
+        return
+    try:
+        await index.refresh(name, change)
+    except Exception:
+        logger.exception(
+            "index: updating %s after a manifest %s failed; its change record repairs it", name, request.method
+        )
+        metrics: Metrics | None = request.app.state.metrics
+        if metrics is not None:
+            metrics.index_refresh_failed()

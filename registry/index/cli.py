@@ -48,4 +48,6 @@ async def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             await index.aclose()
     print(f"indexed {count} repositories in {time.monotonic() - started:.1f}s into {index.path}")
+    if index.skipped:
+        print(f"{index.skipped} manifests or configs could be indexed only in part (the log says which and why)")
     return EXIT_OK

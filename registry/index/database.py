@@ -7,8 +7,10 @@ each behind its own lock, so a rebuild's writes never hold up a catalog page.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -60,6 +62,12 @@ CREATE INDEX IF NOT EXISTS platforms_by_name ON platforms (platform);
 CREATE INDEX IF NOT EXISTS platforms_by_manifest ON platforms (repository, digest);
 """
 _MANIFEST_COLUMNS = "digest, media_type, artifact_type, size, platforms, created, labels, pushed_at"
+# What one record may hold: enough for any real image, bounded for the rest (a 4 MiB config of labels).
+INT64_MAX = 2**63 - 1
+MAX_TEXT = 4096
+MAX_LABELS = 512
+MAX_PLATFORMS = 256
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class IndexCorrupt(Exception):
@@ -193,6 +201,7 @@ class Database:
 
     def replace(self, name: str, snapshot: RepositorySnapshot | None) -> None:
         """Make the index hold `snapshot` for `name` (None: the repository is gone). Pull counts are kept."""
+        snapshot = storable(snapshot) if snapshot is not None else None
         with self._transaction() as db:
             for table in ("manifests", "tags", "labels", "platforms"):
                 db.execute(f"DELETE FROM {table} WHERE repository = ?", (name,))
@@ -315,6 +324,37 @@ class Database:
     def details(self, name: str) -> tuple[str | None, float | None, int] | None:
         rows = self._read("SELECT description, pushed_at, pulls FROM repositories WHERE name = ?", (name,))
         return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+
+def storable(snapshot: RepositorySnapshot) -> RepositorySnapshot:
+    """`snapshot` as SQLite can hold it whatever the manifests said: integers within INTEGER's 64 bits, text
+    without the unpaired surrogates UTF-8 cannot encode and at most MAX_TEXT long, bounded label and platform
+    counts (the description's labels kept)."""
+    return dataclasses.replace(
+        snapshot,
+        tags=tuple(dataclasses.replace(t, tag=_text(t.tag)) for t in snapshot.tags),
+        manifests=tuple(_storable_manifest(m) for m in snapshot.manifests),
+    )
+
+
+def _storable_manifest(m: ManifestRecord) -> ManifestRecord:
+    labels = dict(list(m.labels.items())[:MAX_LABELS])
+    labels.update({key: m.labels[key] for key in DESCRIPTION_KEYS if key in m.labels})
+    return dataclasses.replace(
+        m,
+        digest=_text(m.digest),
+        media_type=_text(m.media_type),
+        artifact_type=_text(m.artifact_type) if m.artifact_type is not None else None,
+        size=min(max(m.size, 0), INT64_MAX),
+        platforms=tuple(dict.fromkeys(_text(p) for p in m.platforms[:MAX_PLATFORMS])),
+        created=_text(m.created) if m.created is not None else None,
+        labels={_text(k): _text(v) for k, v in labels.items()},
+    )
+
+
+def _text(value: str) -> str:
+    value = value[:MAX_TEXT]
+    return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
 
 
 def _manifest_conditions(query: SearchQuery) -> tuple[str, list[Any]]:

@@ -27,6 +27,7 @@ from registry.index.changes import ChangeLog, position_at, time_of
 from registry.index.database import Database
 from registry.index.scan import read_repository
 from registry.index.settings import IndexSettings
+from registry.metrics import Metrics
 from registry.store.registry import Registry
 from storage_backends import PathNotFound, StorageError
 
@@ -43,10 +44,12 @@ BUILD_WAIT_SECONDS = 0.5
 
 
 class LocalIndex:
-    def __init__(self, registry: Registry, settings: IndexSettings, path: Path) -> None:
+    def __init__(self, registry: Registry, settings: IndexSettings, path: Path, metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.settings = settings
         self.path = path
+        self.metrics = metrics
+        self.skipped = 0  # objects indexed in part since this started (`moorage index rebuild` reports it)
         self.changes = ChangeLog(registry.backend, settings.settle, settings.changes_retention)
         self._db: Database | None = None
         self._ready = False
@@ -217,7 +220,16 @@ class LocalIndex:
         return await self.changes.append(name)
 
     async def refresh(self, name: str, change: str | None = None) -> None:
-        applied = await self._refresh(name)
+        try:
+            applied = await self._refresh(name)
+        except Exception:  # _refresh catches what it can foresee; whatever else, the write it follows stands
+            logger.exception("index: could not index %s after changing it; repaired from its change record", name)
+            self._failed.add(name)
+            applied = False
+        # Not applied: the change record written before the storage write stays unmarked, so the next poll reads
+        # it (here and in every other process), and the repository is in `_failed` for a retry as well.
+        if not applied and self._db is not None and self.metrics is not None:
+            self.metrics.index_refresh_failed()
         if change is None:
             return
         if applied:
@@ -225,7 +237,7 @@ class LocalIndex:
         # Others may have read the first record before the write was done: a second one says it is.
         try:
             done = await self.changes.append(name)
-        except StorageError as e:
+        except (StorageError, OSError) as e:
             logger.warning(
                 "index: could not record the change of %s (%s); others see it within %gs", name, e, self.settings.settle
             )
@@ -250,13 +262,26 @@ class LocalIndex:
         try:
             async with lock:
                 known = {} if fresh else await asyncio.to_thread(db.known_manifests, name)
-                snapshot = await read_repository(self.registry, name, known)
+                snapshot = await read_repository(self.registry, name, known, self._skipped)
                 await asyncio.to_thread(db.replace, name, snapshot)
         except (StorageError, OSError, sqlite3.Error) as e:
             logger.warning("index: could not read %s from storage (%s); retrying later", name, e)
             self._failed.add(name)
             return False
+        except Exception:
+            # Content cannot cause this (the scan reads it leniently, the database clamps it): a bug, which must
+            # neither stop a rebuild nor fail the request that changed the repository.
+            logger.exception("index: could not index %s; retrying later", name)
+            self._failed.add(name)
+            return False
         return True
+
+    def _skipped(self, kind: str, what: str, problems: list[str]) -> None:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        logger.warning("index: %s read in part: %s", what, shown)
+        self.skipped += 1
+        if self.metrics is not None:
+            self.metrics.index_object_skipped(kind)
 
     def count_pull(self, name: str) -> None:
         self._pulls[name] += 1

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,14 +18,21 @@ from registry import paths
 from registry.digests import Digest
 from registry.errors import RegistryError
 from registry.index.base import ManifestRecord, RepositorySnapshot, TagRecord
-from registry.store.manifest_format import Descriptor, ParsedManifest, parse_manifest
+from registry.store.manifest_format import Descriptor, ParsedManifest, decode_stored_json, read_stored_manifest
 from registry.store.registry import Registry
-from storage_backends import PathNotFound
+from storage_backends import PathNotFound, StorageError
 
 CONFIG_TYPES = frozenset({"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"})
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 READS_AT_ONCE = 16
 CREATED_ANNOTATION = "org.opencontainers.image.created"
+
+Skipped = Callable[[str, str, list[str]], None]
+"""Told of each object read only in part: its kind (`manifest` or `config`), which one it is, and why."""
+
+
+def _ignore(kind: str, what: str, problems: list[str]) -> None:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +45,14 @@ class _Loaded:
 
 
 async def read_repository(
-    registry: Registry, name: str, known: Mapping[str, ManifestRecord]
+    registry: Registry, name: str, known: Mapping[str, ManifestRecord], skipped: Skipped = _ignore
 ) -> RepositorySnapshot | None:
-    """`name` as storage holds it, or None when it is not a repository (any more). Manifests in `known` are reused."""
+    """`name` as storage holds it, or None when it is not a repository (any more). Manifests in `known` are reused.
+
+    Content never makes this fail: what cannot be read of a manifest or its config is left out of its record (and
+    `skipped` is told), a manifest that cannot be read at all is recorded by its digest, type and size. Only
+    storage failing does (the caller retries), so that no transient error leaves a record short for good.
+    """
     limit = asyncio.Semaphore(READS_AT_ONCE)
     tag_names, revision_digests = await asyncio.gather(registry.tags.all(name), _revision_digests(registry, name))
     if not tag_names and not revision_digests and not await registry.repositories.exists(name):
@@ -52,11 +63,16 @@ async def read_repository(
     )
     revisions = {str(d): at for d, at in zip(revision_digests, pushed, strict=True) if at is not None}
     unknown = [digest for digest in revisions if digest not in known]
-    loaded = [found for found in await asyncio.gather(*(_load(registry, name, d, limit) for d in unknown)) if found]
+    loading = (_load(registry, name, d, limit, skipped) for d in unknown)
+    loaded = [found for found in await asyncio.gather(*loading) if found]
     records = {d: dataclasses.replace(known[d], pushed_at=at) for d, at in revisions.items() if d in known}
     # Images first: an index's size and platforms come from its children.
     for item in sorted(loaded, key=lambda item: item.parsed is not None and item.parsed.is_index):
-        records[item.digest] = _record(item, revisions[item.digest], records)
+        try:
+            records[item.digest] = _record(item, revisions[item.digest], records)
+        except Exception as e:  # a case the record's code did not foresee: the manifest stays listed
+            skipped("manifest", f"manifest {item.digest} of {name}", [f"not indexed in full: {e!r}"])
+            records[item.digest] = _bare_record(item, revisions[item.digest])
     tags = tuple(tag for tag in read_tags if tag is not None and tag.digest in records)
     return RepositorySnapshot(name, tags, tuple(records[d] for d in sorted(records)))
 
@@ -106,40 +122,72 @@ async def _read_tag(registry: Registry, name: str, tag: str, limit: asyncio.Sema
     return TagRecord(tag, str(digest), info.modified.timestamp())
 
 
-async def _load(registry: Registry, name: str, digest: str, limit: asyncio.Semaphore) -> _Loaded | None:
+async def _load(
+    registry: Registry, name: str, digest: str, limit: asyncio.Semaphore, skipped: Skipped
+) -> _Loaded | None:
     async with limit:
         try:
             stored = await registry.manifests.load(name, Digest.parse(digest))
         except (PathNotFound, RegistryError):
             return None  # a revision link without its data: not pullable, so not indexed
+    what = f"manifest {digest} of {name}"
     try:
-        parsed: ParsedManifest | None = parse_manifest(stored.data, stored.media_type)
-    except RegistryError:
-        parsed = None  # accepted once under other rules (schema 1): indexed by name and size only
-    config = None
-    if parsed is not None and parsed.config is not None and _is_image_config(parsed.config):
-        async with limit:
-            try:
-                body = json.loads(await registry.blobs.read_all(parsed.config.digest))
-            except (PathNotFound, ValueError):
-                body = None
-        config = body if isinstance(body, dict) else None
+        problems: list[str] = []
+        parsed = read_stored_manifest(stored.data, stored.media_type, problems)
+        if problems:
+            skipped("manifest", what, problems)
+        config = None
+        if parsed is not None and parsed.config is not None and _is_image_config(parsed.config):
+            config = await _read_config(registry, parsed.config.digest, f"config of {what}", limit, skipped)
+    except (StorageError, OSError):
+        raise
+    except Exception as e:  # a case the lenient reader did not foresee: indexed by name and size
+        skipped("manifest", what, [f"not readable: {e!r}"])
+        parsed, config = None, None
     return _Loaded(digest, stored.media_type, len(stored.data), parsed, config)
+
+
+async def _read_config(
+    registry: Registry, digest: Digest, what: str, limit: asyncio.Semaphore, skipped: Skipped
+) -> dict[str, Any] | None:
+    """The image config, when it is a JSON object of at most MAX_CONFIG_BYTES (its descriptor's size may lie)."""
+    data = bytearray()
+    async with limit:
+        try:
+            async for chunk in registry.blobs.read(digest, 0, MAX_CONFIG_BYTES + 1):
+                data += chunk
+        except PathNotFound:
+            return None
+    if len(data) > MAX_CONFIG_BYTES:
+        skipped("config", what, [f"larger than {MAX_CONFIG_BYTES} bytes"])
+        return None
+    problems: list[str] = []
+    body = decode_stored_json(bytes(data), problems)
+    if body is not None and not isinstance(body, dict):
+        problems.append("not a JSON object")
+    if problems:
+        skipped("config", what, problems)
+    return body if isinstance(body, dict) else None
 
 
 def _is_image_config(descriptor: Descriptor) -> bool:
     return descriptor.media_type in CONFIG_TYPES and descriptor.size <= MAX_CONFIG_BYTES
 
 
+def _bare_record(item: _Loaded, pushed_at: float) -> ManifestRecord:
+    return ManifestRecord(item.digest, item.media_type, None, item.size, (), None, {}, pushed_at)
+
+
 def _record(item: _Loaded, pushed_at: float, others: Mapping[str, ManifestRecord]) -> ManifestRecord:
     parsed = item.parsed
     if parsed is None:
-        return ManifestRecord(item.digest, item.media_type, None, item.size, (), None, {}, pushed_at)
+        return _bare_record(item, pushed_at)
     if not parsed.is_index:
         config = item.config or {}
         size = item.size + sum(d.size for d in (parsed.config, *parsed.layers) if d is not None)
         platform = _platform(config)
-        labels = {**_string_map((config.get("config") or {}).get("Labels")), **parsed.annotations}
+        runtime = config.get("config")  # Docker's and OCI's name for the container's settings, labels among them
+        labels = {**_string_map(runtime.get("Labels") if isinstance(runtime, dict) else None), **parsed.annotations}
         created = config.get("created") if isinstance(config.get("created"), str) else None
         return ManifestRecord(
             item.digest,

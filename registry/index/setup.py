@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 
 from registry import paths
 from registry.index.local import LocalIndex
+from registry.metrics import Metrics
 from registry.services import Service
 from registry.settings import Settings
 from registry.store.registry import Registry
@@ -27,16 +28,16 @@ def index_path(settings: Settings) -> Path:
     return Path(tempfile.gettempdir()) / "moorage-index" / f"{storage.s3.bucket}-{digest}.sqlite"
 
 
-def open_index(settings: Settings, registry: Registry) -> LocalIndex:
+def open_index(settings: Settings, registry: Registry, metrics: Metrics | None = None) -> LocalIndex:
     """The index over `registry`'s storage. Started, it serves queries; unstarted (what an admin command that
     changes repositories needs) it only records changes, which every running server then applies."""
-    return LocalIndex(registry, settings.index, index_path(settings))
+    return LocalIndex(registry, settings.index, index_path(settings), metrics)
 
 
 def install(app: Starlette, settings: Settings, registry: Registry) -> Service | None:
     """Set `registry.index` and return the service that builds, heals and follows it; None when it is off."""
     if not settings.index.enabled:
         return None
-    index = open_index(settings, registry)
+    index = open_index(settings, registry, app.state.metrics)
     registry.index = index
     return index

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -12,7 +11,13 @@ from registry.digests import DEFAULT_ALGORITHM, Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.names import validate_tag
 from registry.store.blobs import BlobStore
-from registry.store.manifest_format import Descriptor, ParsedManifest, parse_manifest
+from registry.store.manifest_format import (
+    Descriptor,
+    ParsedManifest,
+    decode_stored_json,
+    parse_manifest,
+    read_stored_manifest,
+)
 from registry.store.referrers import ReferrerStore
 from registry.store.tags import TagStore, manifest_unknown
 from storage_backends import PathNotFound, StorageBackend
@@ -60,10 +65,7 @@ class _ManifestCache:
 
 def _media_type_of_stored(data: bytes) -> str | None:
     """The media type a stored manifest declares, or what its shape says; lenient (it was accepted once)."""
-    try:
-        body = json.loads(data)
-    except ValueError:
-        return None
+    body = decode_stored_json(data)
     if not isinstance(body, dict):
         return None
     declared = body.get("mediaType")
@@ -217,9 +219,11 @@ class ManifestStore:
         for tag in tags:
             await self.backend.delete(paths.tag_dir(name, tag))
         try:
-            parsed = parse_manifest((await self.load(name, digest)).data)
-        except (PathNotFound, RegistryError):
+            stored = await self.load(name, digest)
+        except PathNotFound:
             parsed = None
+        else:
+            parsed = read_stored_manifest(stored.data, stored.media_type)
         if parsed is not None and parsed.subject is not None:
             await self.referrers.remove(name, parsed.subject.digest, digest)
         await self.backend.delete(paths.manifest_revision_dir(name, digest))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from registry import paths
 from registry.digests import Digest
 from registry.errors import RegistryError
-from registry.store.manifest_format import parse_manifest
+from registry.store.manifest_format import decode_stored_json, read_stored_manifest
 from storage_backends import StorageBackend
 
 
@@ -38,9 +37,8 @@ class ReferrerStore:
 
 def referrer_descriptor(digest: Digest, data: bytes) -> dict[str, Any] | None:
     """The index entry the referrers API returns for one referring manifest."""
-    try:
-        parsed = parse_manifest(data)
-    except RegistryError:
+    parsed = read_stored_manifest(data)
+    if parsed is None:
         return None
     descriptor: dict[str, Any] = {"mediaType": parsed.media_type, "digest": str(digest), "size": len(data)}
     artifact_type = parsed.referrer_artifact_type()
@@ -57,9 +55,6 @@ def fallback_tag(subject: Digest) -> str:
 
 
 def descriptors_in_index(data: bytes) -> list[dict[str, Any]]:
-    try:
-        body = json.loads(data)
-    except ValueError:
-        return []
+    body = decode_stored_json(data)
     manifests = body.get("manifests") if isinstance(body, dict) else None
     return [m for m in manifests if isinstance(m, dict)] if isinstance(manifests, list) else []
