@@ -26,6 +26,10 @@ class ErrorCode(enum.Enum):
     RANGE_INVALID = ("invalid content range", 416)
     PAGINATION_NUMBER_INVALID = ("invalid number of results requested", 400)
     UNAVAILABLE = ("service unavailable", 503)
+    # Answered by the HTTP layer before a request reaches the application (registry/http_limits.py).
+    REQUEST_INVALID = ("malformed HTTP request", 400)
+    REQUEST_TIMEOUT = ("the request was not received in time", 408)
+    REQUEST_HEADERS_TOO_LARGE = ("request header fields too large", 431)
     UNKNOWN = ("unknown error", 500)
     NOT_FOUND = ("no such API endpoint", 404)
 

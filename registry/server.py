@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from types import FrameType
 
+from registry.http_limits import HttpLimits, bounded_protocol, ensure_file_descriptors
 from registry.logs import logging_config
 from registry.settings import ConfigError, Settings
 
@@ -102,6 +103,10 @@ def run(settings: Settings) -> None:
         print(f"moorage: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     tls = settings.http.tls
+    limits, warning = ensure_file_descriptors(HttpLimits.from_settings(settings.http))
+    if warning:
+        print(f"moorage: warning: {warning}", file=sys.stderr)
+    trusted_proxies = settings.http.trusted_proxies
     with exit_quietly_on_stop_signals(), metrics_directory(settings), metrics_port(settings):
         uvicorn.run(
             "registry.app:create_app",
@@ -110,7 +115,11 @@ def run(settings: Settings) -> None:
             port=settings.http.port,
             workers=settings.http.workers,
             loop="uvloop",
-            http="httptools",
+            http=bounded_protocol(limits),
+            ws="none",  # no WebSocket routes: an upgrade must not hand the connection to a protocol without limits
+            # uvicorn's default trusts X-Forwarded-For from 127.0.0.1, so any local client could pick its address.
+            proxy_headers=bool(trusted_proxies),
+            forwarded_allow_ips=list(trusted_proxies),
             log_config=logging_config(settings.log.format, settings.log.level),
             log_level=settings.log.level,
             access_log=False,  # ours replaces it (http.access_log): it knows routes, repositories, request ids

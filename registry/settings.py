@@ -5,12 +5,13 @@ The YAML file is `--config FILE`, else `$MOORAGE_CONFIG`, else `config/moorage.y
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from registry.auth.settings import AccessRule, AuthSettings
@@ -48,6 +49,39 @@ class HttpSettings(Section):
     workers: int = Field(default=1, ge=1, le=64, description="Worker processes; `--workers` overrides.")
     drain_timeout: int = Field(default=30, ge=0, description="Seconds in-flight requests may take after SIGTERM.")
     tls: TlsSettings | None = Field(default=None, description="Serve HTTPS with this certificate and key.")
+    # Bounds on what one client may make the server hold (registry/http_limits.py); per worker process.
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Request line plus headers; larger heads are answered 431. Fits large bearer tokens.",
+    )
+    header_timeout: Seconds = Field(default=30.0, description="Time to receive a complete request head.")
+    body_idle_timeout: Seconds = Field(default=60.0, description="A request body silent this long is cut.")
+    body_min_rate: int = Field(
+        default=1024, ge=0, description="Bytes/s a request body must average over body_rate_window; 0: no floor."
+    )
+    body_rate_window: Seconds = Field(default=30.0, description="The sliding window body_min_rate is measured over.")
+    max_connections: int = Field(
+        default=1024, ge=1, description="Open connections; beyond it new ones are answered 503 and closed."
+    )
+    max_uploads: int = Field(
+        default=512, ge=1, description="Upload requests (POST/PATCH/PUT under /blobs/uploads) served at once."
+    )
+    trusted_proxies: list[str] = Field(
+        default=[],
+        description="Addresses or CIDRs whose X-Forwarded-For/-Proto are believed; empty: nobody's.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, proxies: list[str]) -> list[str]:
+        # uvicorn would take a malformed entry as a literal host name and silently never match it.
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy)
+            except ValueError as e:
+                raise ValueError(f"{proxy!r} is not an IP address or network ({e})") from None
+        return proxies
 
 
 class FilesystemSettings(Section):

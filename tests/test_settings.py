@@ -179,3 +179,51 @@ def test_operations_settings_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert settings.metrics.port == 9102 and settings.metrics.enabled is True
     assert settings.log.format == "json"
     assert settings.http.drain_timeout == 5
+
+
+def test_http_limits_default_to_serving_a_busy_fleet() -> None:
+    http = load_settings().http
+    assert http.max_header_bytes == 64 * 1024  # room for large bearer tokens
+    assert (http.header_timeout, http.body_idle_timeout) == (30.0, 60.0)
+    assert (http.body_min_rate, http.body_rate_window) == (1024, 30.0)
+    assert (http.max_connections, http.max_uploads) == (1024, 512)
+    assert http.trusted_proxies == []  # nobody's X-Forwarded-For is believed
+
+
+def test_http_limits_from_yaml_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "moorage.yml"
+    config.write_text(
+        "http:\n  header_timeout: 10s\n  body_rate_window: 1m\n  trusted_proxies: [10.0.0.0/8, '::1']\n"
+        "  max_uploads: 64\n"
+    )
+    monkeypatch.setenv("MOORAGE_HTTP__MAX_HEADER_BYTES", "16384")
+    monkeypatch.setenv("MOORAGE_HTTP__BODY_IDLE_TIMEOUT", "500ms")
+    monkeypatch.setenv("MOORAGE_HTTP__MAX_CONNECTIONS", "200")
+    http = load_settings(config).http
+    assert (http.header_timeout, http.body_rate_window, http.body_idle_timeout) == (10.0, 60.0, 0.5)
+    assert (http.max_header_bytes, http.max_connections, http.max_uploads) == (16384, 200, 64)
+    assert http.trusted_proxies == ["10.0.0.0/8", "::1"]
+    monkeypatch.setenv("MOORAGE_HTTP__TRUSTED_PROXIES", '["192.0.2.10"]')
+    assert load_settings(config).http.trusted_proxies == ["192.0.2.10"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("http:\n  max_header_bytes: 100\n", "http.max_header_bytes"),
+        ("http:\n  header_timeout: 0\n", "http.header_timeout"),
+        ("http:\n  body_idle_timeout: -1s\n", "http.body_idle_timeout"),
+        ("http:\n  body_min_rate: -1\n", "http.body_min_rate"),
+        ("http:\n  max_connections: 0\n", "http.max_connections"),
+        ("http:\n  max_uploads: 0\n", "http.max_uploads"),
+        # A network with host bits set, or a name: uvicorn would silently never match it.
+        ("http:\n  trusted_proxies: [10.0.0.1/8]\n", "'10.0.0.1/8' is not an IP address or network"),
+        ("http:\n  trusted_proxies: [proxy.internal]\n", "'proxy.internal' is not an IP address or network"),
+    ],
+)
+def test_http_limits_are_checked(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.yml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    assert message in str(info.value)

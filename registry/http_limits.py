@@ -1,0 +1,490 @@
+"""Bounds on what one client can make a server process hold, applied where the bytes arrive.
+
+uvicorn's httptools protocol keeps appending to a request head for as long as a client sends one, waits forever
+for a head or a body that trickles in, and its connection cap answers plain text. `BoundedHttpToolsProtocol`:
+
+- answers a request head (request line and headers) longer than `max_header_bytes` with 431;
+- cuts a connection whose head is not complete `header_timeout` after the connection could send it (408 when
+  part of it arrived);
+- cuts a request body silent for `body_idle_timeout`, or averaging under `body_min_rate` bytes/s over the last
+  `body_rate_window` seconds; time the server itself is not reading (back-pressure while the application is
+  busy, a 100 Continue not yet sent) does not count against the client;
+- answers 503 UNAVAILABLE with Retry-After to connections beyond `max_connections`, and to upload requests
+  beyond `max_uploads`; past a further allowance, surplus connections are closed without an answer, so that
+  file descriptors never run out (`ensure_file_descriptors` sizes the process's limit to match).
+
+Every answer is the spec's JSON error body. The cost is a comparison per read and at most one timer per
+connection, re-armed when it fires, never per byte or per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import json
+import logging
+import math
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from http import HTTPStatus
+from typing import Any, cast
+
+from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+
+from registry.errors import ErrorCode, RegistryError
+from registry.settings import HttpSettings
+
+logger = logging.getLogger("moorage.http")
+
+RETRY_AFTER_SECONDS = 5
+# A client refused with a response gets this long to read it while what it still sends is discarded: closing at
+# once, with its request unread, would make the kernel reset the connection and destroy the answer in transit.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024  # and at most this much of it, so that discarding costs little CPU
+# A connection beyond max_connections is answered once its request head is in; it gets less time to send it.
+OVER_CAPACITY_HEAD_TIMEOUT = 2.0
+# Descriptors for everything but connections and upload files: storage pools, databases, logs, the event loop.
+RESERVED_FILE_DESCRIPTORS = 256
+LOG_INTERVAL = 10.0
+_UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int
+    header_timeout: float
+    body_idle_timeout: float
+    body_min_rate: int
+    body_rate_window: float
+    max_connections: int
+    max_uploads: int
+
+    @classmethod
+    def from_settings(cls, http: HttpSettings) -> HttpLimits:
+        return cls(
+            max_header_bytes=http.max_header_bytes,
+            header_timeout=http.header_timeout,
+            body_idle_timeout=http.body_idle_timeout,
+            body_min_rate=http.body_min_rate,
+            body_rate_window=http.body_rate_window,
+            max_connections=http.max_connections,
+            max_uploads=http.max_uploads,
+        )
+
+    @property
+    def surplus_connections(self) -> int:
+        """Connections beyond max_connections that still get their 503; past these, new ones are just closed."""
+        return max(16, self.max_connections // 8)
+
+    @property
+    def body_check_interval(self) -> float:
+        return max(0.05, min(1.0, self.body_idle_timeout / 4, self.body_rate_window / 4))
+
+    @property
+    def file_descriptors_needed(self) -> int:
+        return self.max_connections + self.surplus_connections + self.max_uploads + RESERVED_FILE_DESCRIPTORS
+
+
+def ensure_file_descriptors(limits: HttpLimits) -> tuple[HttpLimits, str | None]:
+    """Raise this process's open-file limit (inherited by worker processes) to what `limits` need.
+
+    When the hard limit is lower, the connection and upload caps shrink to fit, with a warning to print: a
+    refused connection is better than an accept() failing for every client, or a storage write failing mid-upload.
+    """
+    needed = limits.file_descriptors_needed
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return limits, None
+    share = max(0.0, (soft - RESERVED_FILE_DESCRIPTORS) / (needed - RESERVED_FILE_DESCRIPTORS))
+    fitted = replace(
+        limits,
+        max_connections=max(1, int(limits.max_connections * share)),
+        max_uploads=max(1, int(limits.max_uploads * share)),
+    )
+    warning = (
+        f"the open-file limit is {soft} (hard limit {hard}), {needed} are needed for http.max_connections "
+        f"{limits.max_connections} and http.max_uploads {limits.max_uploads}: serving at most "
+        f"{fitted.max_connections} connections and {fitted.max_uploads} uploads per process"
+    )
+    return fitted, warning
+
+
+class UploadSlots:
+    """How many upload requests this process is serving, against a cap."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+
+    def try_acquire(self) -> bool:
+        if self.in_use >= self.limit:
+            return False
+        self.in_use += 1
+        return True
+
+    def release(self) -> None:
+        self.in_use -= 1
+
+    def holding(self, app: ASGI3Application) -> ASGI3Application:
+        """`app`, releasing a slot acquired for it when it returns."""
+
+        async def run(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+            try:
+                await app(scope, receive, send)
+            finally:
+                self.release()
+
+        return run
+
+
+class LimitTally:
+    """Counts what the limits refused and logs each kind at most once per LOG_INTERVAL: a flood must not become a
+    log flood, and the first of each kind is logged at once."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.next_report: dict[str, float] = {}
+
+    def count(self, what: str, now: float) -> None:
+        self.counts[what] += 1
+        if now >= self.next_report.get(what, 0.0):
+            logger.warning("request limits applied: %s x%d", what, self.counts.pop(what))
+            self.next_report[what] = now + LOG_INTERVAL
+
+
+_tally = LimitTally()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An error the protocol answers by itself, before (or instead of) the application."""
+
+    tally_name: str
+    status: int
+    headers: bytes
+    body: bytes
+
+    @classmethod
+    def of(cls, tally_name: str, error: RegistryError) -> Refusal:
+        body = json.dumps(error.body(), separators=(",", ":")).encode()
+        headers = [
+            (b"content-type", b"application/json; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            *((name.lower().encode(), value.encode()) for name, value in error.headers.items()),
+            (b"connection", b"close"),
+        ]
+        return cls(tally_name, error.status, b"".join(name + b": " + value + b"\r\n" for name, value in headers), body)
+
+    def response(self, default_headers: list[tuple[bytes, bytes]], *, head_only: bool = False) -> bytes:
+        status_line = f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}\r\n".encode()
+        defaults = b"".join(name + b": " + value + b"\r\n" for name, value in default_headers)  # uvicorn's Date
+        return b"".join(
+            (status_line, defaults, api_version_header(), self.headers, b"\r\n", b"" if head_only else self.body)
+        )
+
+
+@functools.cache
+def api_version_header() -> bytes:
+    # Imported when first needed, in a worker: the handlers pull in prometheus-client, which must not be imported
+    # by the parent process before it has chosen the metrics directory (registry/server.py).
+    from registry.handlers.common import API_VERSION_HEADER
+
+    name, value = API_VERSION_HEADER
+    return f"{name.lower()}: {value}\r\n".encode()
+
+
+_retry_later = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+CONNECTIONS_FULL = Refusal.of(
+    "connections over http.max_connections",
+    RegistryError(
+        ErrorCode.UNAVAILABLE,
+        message="too many connections",
+        detail="the server is at its connection limit (http.max_connections); retry later",
+        headers=_retry_later,
+    ),
+)
+UPLOADS_FULL = Refusal.of(
+    "uploads over http.max_uploads",
+    RegistryError(
+        ErrorCode.UNAVAILABLE,
+        message="too many uploads in progress",
+        detail="the server is at its limit of concurrent uploads (http.max_uploads); retry later",
+        headers=_retry_later,
+    ),
+)
+HEAD_TOO_LARGE = Refusal.of(
+    "request heads over http.max_header_bytes",
+    RegistryError(
+        ErrorCode.REQUEST_HEADERS_TOO_LARGE, detail="the request line and headers exceed http.max_header_bytes"
+    ),
+)
+HEAD_TOO_SLOW = Refusal.of(
+    "request heads over http.header_timeout",
+    RegistryError(ErrorCode.REQUEST_TIMEOUT, detail="the request head did not arrive within http.header_timeout"),
+)
+MALFORMED = Refusal.of(
+    "malformed requests", RegistryError(ErrorCode.REQUEST_INVALID, detail="not a valid HTTP/1.1 request")
+)
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds of this module. One instance per connection."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: HttpLimits,
+        upload_slots: UploadSlots,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = limits
+        self.upload_slots = upload_slots
+        self.header_timeout = limits.header_timeout
+        self.over_capacity = False
+        self.lingering = False
+        self.linger_limit = 0  # `received` at which a lingering connection is closed
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.watchdog_at = math.inf
+        self.received = 0  # bytes, over the connection's life
+        # The parser is between requests or inside a head; what that head may still take.
+        self.in_head = True
+        self.max_header_bytes = limits.max_header_bytes
+        self.head_budget = limits.max_header_bytes
+        self.head_clock: float | None = None  # when the wait for the current head began; None: not timed
+        # Inside a body: when it last made progress, and (time, bytes received) samples over the rate window.
+        self.in_body = False
+        self.body_watched = False
+        self.body_progress_at = 0.0
+        self.body_progress_bytes = 0
+        self.body_samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    # Connection lifetime
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        open_connections = len(self.connections)
+        if open_connections > self.limits.max_connections:
+            if open_connections > self.limits.max_connections + self.limits.surplus_connections:
+                _tally.count("connections closed unanswered over the surplus", self.loop.time())
+                transport.abort()
+                return
+            self.over_capacity = True
+            self.header_timeout = min(self.header_timeout, OVER_CAPACITY_HEAD_TIMEOUT)
+        self.start_head_clock()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        super().connection_lost(exc)
+
+    # The per-request path: these run for every request, so they call the base class directly (super() costs
+    # more than the rest of the checks) and do the least they can.
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.lingering or (self.in_head and len(data) > self.head_budget):
+            self.receive_carefully(data)
+            return
+        if self.in_head:
+            self.head_budget -= len(data)
+        HttpToolsProtocol.data_received(self, data)
+        if self.in_body and not self.body_watched:
+            self.watch_body()
+
+    def receive_carefully(self, data: bytes) -> None:
+        """`data` while refusing, or when it may take the head over its budget."""
+        while not self.lingering:
+            if not self.in_head or len(data) <= self.head_budget:
+                if self.in_head:
+                    self.head_budget -= len(data)
+                HttpToolsProtocol.data_received(self, data)
+                if self.in_body and not self.body_watched:
+                    self.watch_body()
+                return
+            # The head may end inside this chunk: give the parser only what the head may still take.
+            allowed, self.head_budget = self.head_budget, 0
+            if allowed:
+                HttpToolsProtocol.data_received(self, data[:allowed])
+            if self.transport.is_closing() or self.lingering:
+                return
+            if self.in_head and self.head_budget == 0:  # no new request began: this head is still unfinished
+                self.refuse(HEAD_TOO_LARGE)
+                return
+            data = data[allowed:]
+        if self.received > self.linger_limit:
+            self.transport.abort()
+
+    def send_400_response(self, msg: str) -> None:
+        self.refuse(MALFORMED)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.head_clock = None
+        self.in_body = True
+        HttpToolsProtocol.on_headers_complete(self)
+
+    def on_message_complete(self) -> None:
+        self.in_body = False
+        self.body_watched = False
+        self.in_head = True
+        self.head_budget = self.max_header_bytes
+        HttpToolsProtocol.on_message_complete(self)
+        # Answered before its body was all in (an early error): uvicorn armed its keep-alive timer then, and the
+        # body's bytes cancelled it. The next head is due now.
+        if self.cycle.response_complete and self.head_clock is None and not self.lingering:
+            self.start_head_clock()
+
+    def on_response_complete(self) -> None:
+        HttpToolsProtocol.on_response_complete(self)
+        # From now on the client may send its next request: its head is timed (uvicorn's keep-alive timer is
+        # cancelled by any byte, even a lone CRLF that begins nothing). A pipelined head, sent before this
+        # response, is timed from here too; its size is bounded all along.
+        if self.in_head and self.head_clock is None and not self.lingering:
+            self.start_head_clock()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if self.lingering:  # refused: what the parser still finds in the last chunk read is not served
+            return
+        if self.over_capacity:
+            self.refuse(CONNECTIONS_FULL, cycle)
+            return
+        scope = cycle.scope
+        if scope["method"] in _UPLOAD_METHODS and "/blobs/uploads" in scope["path"]:
+            if not self.upload_slots.try_acquire():
+                self.refuse(UPLOADS_FULL, cycle)
+                return
+            app = self.upload_slots.holding(app)
+        HttpToolsProtocol._start_asgi_task(self, cycle, app)
+
+    # Timing: one timer per connection, set for the earliest thing to check and re-armed when it fires
+
+    def start_head_clock(self) -> None:
+        now = self.loop.time()
+        self.head_clock = now
+        if self.watchdog is None:  # else it is due first (a body check: at most a second late) and re-arms
+            self.wake_at(now + self.header_timeout)
+
+    def watch_body(self) -> None:
+        now = self.loop.time()
+        self.body_watched = True
+        self.restart_body_clock(now)
+        self.wake_at(now + self.limits.body_check_interval)
+
+    def restart_body_clock(self, now: float) -> None:
+        self.body_progress_at = now
+        self.body_progress_bytes = self.received
+        self.body_samples.clear()
+        self.body_samples.append((now, self.received))
+
+    def wake_at(self, when: float) -> None:
+        if self.lingering:  # the watchdog is the end of the linger now
+            return
+        if self.watchdog is not None:
+            if self.watchdog_at <= when:
+                return  # it fires first and re-arms for what is then due
+            self.watchdog.cancel()
+        self.watchdog = self.loop.call_at(when, self.check)
+        self.watchdog_at = when
+
+    def check(self) -> None:
+        self.watchdog = None
+        if self.lingering or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        next_check = math.inf
+        if self.head_clock is not None:
+            deadline = self.head_clock + self.header_timeout
+            if now >= deadline:
+                self.head_timed_out()
+                return
+            next_check = deadline
+        if self.in_body and self.body_watched:
+            if not self.body_is_moving(now):
+                return
+            next_check = min(next_check, now + self.limits.body_check_interval)
+        if next_check != math.inf:
+            self.wake_at(next_check)
+
+    def head_timed_out(self) -> None:
+        if self.head_budget < self.limits.max_header_bytes:  # part of a head arrived: say why it is cut
+            _tally.count(HEAD_TOO_SLOW.tally_name, self.loop.time())
+            self.transport.write(HEAD_TOO_SLOW.response(self.server_state.default_headers))
+        else:
+            _tally.count("idle connections over http.header_timeout", self.loop.time())
+        self.transport.close()
+
+    def body_is_moving(self, now: float) -> bool:
+        """Whether the body arrives fast enough; else the connection is cut."""
+        if self.flow.read_paused or (self.cycle is not None and self.cycle.waiting_for_100_continue):
+            self.restart_body_clock(now)  # the client is waiting for us
+            return True
+        limits = self.limits
+        received = self.received
+        if received != self.body_progress_bytes:
+            self.body_progress_bytes = received
+            self.body_progress_at = now
+        elif now - self.body_progress_at >= limits.body_idle_timeout:
+            self.cut("request bodies over http.body_idle_timeout", now)
+            return False
+        if limits.body_min_rate:
+            samples = self.body_samples
+            samples.append((now, received))
+            window_start = now - limits.body_rate_window
+            while len(samples) > 2 and samples[1][0] <= window_start:
+                samples.popleft()
+            oldest_time, oldest_received = samples[0]
+            span = now - oldest_time
+            if span >= limits.body_rate_window and received - oldest_received < limits.body_min_rate * span:
+                self.cut("request bodies under http.body_min_rate", now)
+                return False
+        return True
+
+    # Ending a connection
+
+    def cut(self, why: str, now: float) -> None:
+        _tally.count(why, now)
+        # Not close(): that would wait to flush a response to a client that may not be reading either.
+        self.transport.abort()
+
+    def refuse(self, refusal: Refusal, cycle: RequestResponseCycle | None = None) -> None:
+        """Answer `refusal` and close, after letting the client read it (see LINGER_SECONDS)."""
+        _tally.count(refusal.tally_name, self.loop.time())
+        head_only = cycle is not None and cycle.scope["method"] == "HEAD"
+        if cycle is not None:
+            cycle.response_complete = True  # the parser drops the rest of its body; shutdown may close at once
+        self.transport.write(refusal.response(self.server_state.default_headers, head_only=head_only))
+        self.lingering = True
+        self.linger_limit = self.received + LINGER_BYTES
+        self.in_body = False
+        self.head_clock = None
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        self.watchdog = self.loop.call_later(LINGER_SECONDS, self.transport.abort)
+
+
+def bounded_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
+    """What to pass to uvicorn as `http`: it calls it like a protocol class, with one UploadSlots per process
+    (each worker process unpickles its own copy)."""
+    factory: Callable[..., BoundedHttpToolsProtocol] = functools.partial(
+        BoundedHttpToolsProtocol, limits=limits, upload_slots=UploadSlots(limits.max_uploads)
+    )
+    return cast("type[asyncio.Protocol]", factory)
