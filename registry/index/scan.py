@@ -163,11 +163,29 @@ async def _read_config(
         return None
     problems: list[str] = []
     body = decode_stored_json(bytes(data), problems)
-    if body is not None and not isinstance(body, dict):
+    if isinstance(body, dict):
+        problems += _config_problems(body)
+    elif body is not None:
         problems.append("not a JSON object")
     if problems:
         skipped("config", what, problems)
     return body if isinstance(body, dict) else None
+
+
+def _config_problems(config: dict[str, Any]) -> list[str]:
+    """What of an image config the index reads but cannot use (it leaves those out of the record)."""
+    problems = [
+        f"{key}: not a string"
+        for key in ("architecture", "os", "variant", "created")
+        if config.get(key) is not None and not isinstance(config[key], str)
+    ]
+    runtime = config.get("config")
+    labels = runtime.get("Labels") if isinstance(runtime, dict) else None
+    if runtime is not None and not isinstance(runtime, dict):
+        problems.append("config: not an object")
+    elif labels is not None and len(_string_map(labels)) != (len(labels) if isinstance(labels, dict) else -1):
+        problems.append("config.Labels: not a map of strings to strings")
+    return problems
 
 
 def _is_image_config(descriptor: Descriptor) -> bool:

@@ -135,6 +135,7 @@ def decode_stored_json(data: bytes, problems: list[str] | None = None) -> Any:
         try:
             body = json.loads(data)
         except UnicodeDecodeError:
+            _note(problems, "not UTF-8: invalid bytes replaced by U+FFFD")
             body = json.loads(data.decode("utf-8", "replace"))
     except RecursionError:
         _note(problems, "JSON nested too deep to read")

@@ -119,7 +119,8 @@ class ManifestStore:
         if media_type is None:
             try:
                 raw = await self.backend.get_content(paths.manifest_media_type(name, digest))
-                media_type = raw.decode().strip()
+                # Written by us, another registry or a hand: not necessarily a media type (the index bounds it).
+                media_type = raw.decode("utf-8", "replace").strip() or media_types.OCI_MANIFEST
             except PathNotFound:
                 media_type = media_types.OCI_MANIFEST
         manifest = StoredManifest(digest, media_type, data)
