@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from registry import paths
 from registry.index.base import IndexUnavailable, RepositorySummary, SearchHit, SearchQuery, Visible
@@ -27,9 +27,12 @@ from registry.index.changes import ChangeLog, position_at, time_of
 from registry.index.database import Database
 from registry.index.scan import read_repository
 from registry.index.settings import IndexSettings
-from registry.metrics import Metrics
 from registry.store.registry import Registry
 from storage_backends import PathNotFound, StorageError
+
+if TYPE_CHECKING:
+    # Only the type: prometheus-client must not be imported before `serve` sets its multiprocess directory.
+    from registry.metrics import Metrics
 
 logger = logging.getLogger("moorage")
 T = TypeVar("T")

@@ -5,15 +5,19 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 
 from registry import paths
 from registry.index.local import LocalIndex
-from registry.metrics import Metrics
 from registry.services import Service
 from registry.settings import Settings
 from registry.store.registry import Registry
+
+if TYPE_CHECKING:
+    # Only the type: prometheus-client must not be imported before `serve` sets its multiprocess directory.
+    from registry.metrics import Metrics
 
 
 def index_path(settings: Settings) -> Path:

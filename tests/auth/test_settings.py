@@ -76,7 +76,8 @@ def test_serve_names_an_unreadable_file_and_exits_2(tmp_path: Path, yaml_text: s
 def test_checking_the_files_does_not_load_prometheus_client() -> None:
     """prometheus-client reads its multiprocess directory at import: `serve` sets it only after this check."""
     code = (
-        "import sys; from registry.settings import Settings; from registry.server import check_files; "
+        "import sys; import registry.cli; from registry.settings import Settings; "
+        "from registry.server import check_files; "
         "check_files(Settings.model_validate({'auth': {}})); "
         "assert 'prometheus_client' not in sys.modules, 'prometheus_client imported'"
     )
