@@ -209,10 +209,10 @@ class GarbageCollector:
                 removals += untagged
             if not removals:
                 continue
-            report.removals += removals
             if not options.dry_run:
-                await self._apply(removals)
+                removals = await self._apply(removals, inventory)
                 changed.add(contents.name)
+            report.removals += removals
         return changed
 
     @staticmethod
@@ -228,16 +228,50 @@ class GarbageCollector:
                 for tag in [t for t, d in contents.tags.items() if d == digest]:
                     del contents.tags[tag]
 
-    async def _apply(self, removals: list[Removal]) -> None:
+    async def _apply(self, removals: list[Removal], inventory: Inventory) -> list[Removal]:
+        """What was removed: each removal is decided again at the moment of removing, not from the listing."""
+        applied = []
         for removal in removals:
             try:
                 if removal.kind == "tag":
-                    await self.registry.tags.delete(removal.repository, removal.target)
+                    done = await self.registry.tags.delete_if_current(
+                        removal.repository, removal.target, Digest.parse(removal.digest)
+                    )
                 else:
-                    await self.registry.manifests.delete(removal.repository, removal.target)
+                    digest = Digest.parse(removal.target)
+                    references = inventory.manifests.get(digest)
+                    subject = references.subject if references is not None else None
+                    done = await self._delete_if_untagged(removal.repository, digest, subject)
             except RegistryError as e:
-                # Gone already, or made immutable meanwhile: nothing to do.
+                # Made immutable meanwhile, or unreadable: nothing to do.
                 logger.info("gc: not removing %s %s of %s: %s", removal.kind, removal.target, removal.repository, e)
+                done = False
+            if done:
+                applied.append(removal)
+            else:
+                logger.info(
+                    "gc: %s %s of %s changed since the listing: kept", removal.kind, removal.target, removal.repository
+                )
+        return applied
+
+    async def _delete_if_untagged(self, name: str, digest: Digest, subject: Digest | None) -> bool:
+        """Delete a manifest revision only if no tag names it at the moment of deleting.
+
+        A push tagging it meanwhile either wrote its tag before the second look below (which puts the revision
+        back), or after it; then the push's own re-check after writing its tag finds the revision gone and
+        writes it again (ManifestStore.put). Either way the tag a client was answered 201 for keeps its
+        manifest; the blobs follow from the second mark of the sweep, which sees the revision again."""
+        tags = self.registry.tags
+        if await tags.tags_of(name, digest):
+            return False
+        await self.backend.delete(paths.manifest_revision_dir(name, digest))
+        self.registry.blobs.forget(name, digest)
+        if await tags.tags_of(name, digest):
+            await self.backend.put_content(paths.manifest_revision_link(name, digest), str(digest).encode())
+            return False
+        if subject is not None:
+            await self.registry.referrers.remove(name, subject, digest)
+        return True
 
     @staticmethod
     def _mark(inventory: Inventory) -> set[Digest]:

@@ -20,6 +20,7 @@ class Removal:
     kind: Literal["tag", "manifest"]
     target: str
     reason: str
+    digest: str = ""  # for a tag: what it named when the removal was planned (a tag moved since is kept)
 
 
 def reachable(
@@ -69,7 +70,7 @@ def plan_retention(
         candidates.sort(key=lambda tag: (contents.tag_links.get(tag, now), tag), reverse=True)
         for tag in candidates[rule.keep_last or 0 :]:
             del kept_tags[tag]
-            removals.append(Removal(name, "tag", tag, rule.describe()))
+            removals.append(Removal(name, "tag", tag, rule.describe(), str(contents.tags[tag])))
     if rule.untagged_older_than is not None:
         limit = dt.timedelta(seconds=rule.untagged_older_than)
         alive = reachable(contents, inventory, kept_tags.values(), keep_referrers)

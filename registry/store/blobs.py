@@ -44,6 +44,10 @@ class BlobStore:
         # positive answers only, for blob GET/HEAD.
         self._seen: OrderedDict[tuple[str, Digest], tuple[BlobInfo, float, float]] = OrderedDict()
 
+    async def is_linked(self, name: str, digest: Digest) -> bool:
+        """Whether `name` links the blob (its data may be anywhere: in place, set aside, or gone)."""
+        return await self._linked(name, digest)
+
     async def _linked(self, name: str, digest: Digest) -> bool:
         """Distribution lets a repository see a blob through a layer link or a manifest revision link."""
         for link in (paths.layer_link(name, digest), paths.manifest_revision_link(name, digest)):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from registry import media_types, paths
 from registry.digests import DEFAULT_ALGORITHM, Digest
 from registry.errors import ErrorCode, RegistryError
-from registry.names import validate_tag
+from registry.names import TAG_RE, validate_tag
 from registry.store.blobs import BlobStore
 from registry.store.manifest_format import (
     Descriptor,
@@ -99,7 +100,10 @@ class ManifestStore:
             if not await self.backend.exists(paths.manifest_revision_link(name, digest)):
                 raise manifest_unknown(name, reference)
             return digest
-        validate_tag(reference)
+        if not TAG_RE.match(reference):
+            # A reference no tag can have names nothing here: unknown (what the OCI conformance suite expects
+            # of GET and HEAD); a PUT still refuses such a tag with TAG_INVALID.
+            raise manifest_unknown(name, reference)
         return await self.tags.resolve(name, reference)
 
     async def get(self, name: str, reference: str) -> StoredManifest:
@@ -157,11 +161,11 @@ class ManifestStore:
             await self.backend.put_content(paths.manifest_media_type(name, digest), parsed.media_type.encode())
         link = paths.manifest_revision_link(name, digest)
         created = await self.backend.put_content(link, str(digest).encode(), exclusive=True)
-        await self._recheck_references(name, digest, parsed, created)
         if parsed.subject is not None:
             await self.referrers.add(name, parsed.subject.digest, digest)
         for tag in dict.fromkeys(tags):
             await self.tags.set(name, tag, digest)
+        await self._confirm(name, digest, data, parsed, tuple(dict.fromkeys(tags)), created)
         manifest = StoredManifest(digest, parsed.media_type, data)
         self._cache.put(manifest)
         return PutResult(manifest, parsed, tuple(dict.fromkeys(tags)))
@@ -190,23 +194,58 @@ class ManifestStore:
                 message="manifest references a child manifest unknown to the repository",
             )
 
-    async def _recheck_references(self, name: str, digest: Digest, parsed: ParsedManifest, created: bool) -> None:
-        """After the revision link is written, GC's marking sees this manifest; a blob GC took out before that
-        is brought back from its quarantine here. One already deleted (the PUT outlived GC's settle period)
-        means the manifest cannot stand: its new link is removed and the PUT refused, never left dangling."""
-        wanted = [d.digest for d in (parsed.config, *parsed.layers, *parsed.children) if d and not _is_foreign(d)]
-        present = await asyncio.gather(*(self.blobs.ensure_present(d) for d in [digest, *wanted]))
-        missing = [d for d, ok in zip([digest, *wanted], present, strict=True) if not ok]
-        if not missing:
-            return
-        if created:
-            await self.backend.delete(paths.manifest_revision_dir(name, digest))
-            self.blobs.forget(name, digest)
-        raise RegistryError(
-            ErrorCode.MANIFEST_BLOB_UNKNOWN,
-            detail={"digest": str(missing[0])},
-            message="a blob the manifest references was garbage-collected during the push; push it again",
+    async def _confirm(
+        self, name: str, digest: Digest, data: bytes, parsed: ParsedManifest, tags: tuple[str, ...], created: bool
+    ) -> None:
+        """Look again, once the revision and tags are written, at what GC or a repository deletion may have
+        removed since the checks. Each of them looks again after removing, too (registry/gc/collector.py,
+        registry/gc/repositories.py), so one of the two sides always sees the other's write.
+
+        - From the revision link on, GC's marking sees this manifest: a blob GC set aside before is brought back
+          from quarantine here. One deleted for good (the PUT outlived GC's settle period) means the manifest
+          cannot stand.
+        - A blob link or child manifest of the repository gone: the repository was deleted under the push.
+        In both cases the push fails and takes back what it wrote: never a tag whose content is gone.
+        - The revision link gone (GC found the manifest untagged before the tag landed): written again.
+        - A tag gone (retention removed it as this push moved it): written again."""
+        blobs = [d.digest for d in (parsed.config, *parsed.layers) if d is not None and not _is_foreign(d)]
+        children = [d.digest for d in parsed.children]
+        checks = await asyncio.gather(
+            *(self.blobs.is_linked(name, d) for d in blobs),
+            *(self.backend.exists(paths.manifest_revision_link(name, d)) for d in children),
+            *(self.blobs.ensure_present(d) for d in [*blobs, *children]),
         )
+        unlinked = [d for d, ok in zip([*blobs, *children], checks, strict=False) if not ok]
+        gone = [d for d, ok in zip([*blobs, *children], checks[len(blobs) + len(children) :], strict=True) if not ok]
+        if not await self.blobs.ensure_present(digest):
+            await self.blobs.put_small(digest, data)
+        if unlinked or gone:
+            for tag in tags:
+                with contextlib.suppress(RegistryError):
+                    if await self.tags.resolve(name, tag) == digest:
+                        await self.backend.delete(paths.tag_dir(name, tag))
+            if created or unlinked:
+                await self.backend.delete(paths.manifest_revision_dir(name, digest))
+                self.blobs.forget(name, digest)
+            if unlinked:
+                raise RegistryError(
+                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                    detail={"digest": str(unlinked[0])},
+                    message="the repository's blobs were removed during the push (repository deleted?); push again",
+                )
+            raise RegistryError(
+                ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                detail={"digest": str(gone[0])},
+                message="a blob the manifest references was garbage-collected during the push; push it again",
+            )
+        revision = paths.manifest_revision_link(name, digest)
+        if not await self.backend.exists(revision):
+            await self.backend.put_content(revision, str(digest).encode())
+        for tag in tags:
+            try:
+                await self.tags.resolve(name, tag)
+            except RegistryError:
+                await self.tags.set(name, tag, digest)
 
     async def delete(self, name: str, reference: str) -> None:
         """By tag: untag. By digest: remove the revision and every tag pointing at it."""

@@ -73,6 +73,19 @@ class TagStore:
         self.check_can_delete(name, tag)
         await self.backend.delete(paths.tag_dir(name, tag))
 
+    async def delete_if_current(self, name: str, tag: str, digest: Digest) -> bool:
+        """Untag only while the tag still names `digest` (GC's retention decided on that digest; a tag a client
+        moved since is the client's). A push moving the tag between this read and the delete re-checks its tag
+        after writing it (ManifestStore.put) and writes it again."""
+        try:
+            if await self.resolve(name, tag) != digest:
+                return False
+        except RegistryError:
+            return False
+        self.check_can_delete(name, tag)
+        await self.backend.delete(paths.tag_dir(name, tag))
+        return True
+
     async def all(self, name: str) -> list[str]:
         try:
             entries = await self.backend.list(paths.tags_dir(name))

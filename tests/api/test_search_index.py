@@ -178,7 +178,7 @@ async def test_a_crash_between_the_storage_write_and_the_index_write_is_repaired
         body = (await client.get("/v2/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST})).content
         await ChangeLog(registry.backend, 30, 3600).append("team/app")
         await registry.manifests.put("team/app", "v2", body, OCI_MANIFEST)
-        assert [t["tag"] for t in (await client.get("/api/v1/repositories/team/app")).json()["tags"]] == ["v1"]
+        # (This process's once-a-second poll may already have read the change record: it is what repairs.)
     async with serving(storage_config, path) as (client, _):
         tags = (await client.get("/api/v1/repositories/team/app")).json()["tags"]
         assert [t["tag"] for t in tags] == ["v1", "v2"]

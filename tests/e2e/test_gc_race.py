@@ -93,7 +93,8 @@ async def push(client: httpx.AsyncClient, image: Image, outcome: Outcome, mount_
         record(outcome, started)
         if started.status_code != 202:
             return False
-        finished = await client.put(started.headers["location"], params={"digest": digest}, content=blob)
+        location = started.headers["location"]  # keeps its signed _state: the digest goes beside it
+        finished = await client.put(f"{location}&digest={digest}", content=blob)
         record(outcome, finished)
         if finished.status_code != 201:
             return False
