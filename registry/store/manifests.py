@@ -206,46 +206,63 @@ class ManifestStore:
           cannot stand.
         - A blob link or child manifest of the repository gone: the repository was deleted under the push.
         In both cases the push fails and takes back what it wrote: never a tag whose content is gone.
-        - The revision link gone (GC found the manifest untagged before the tag landed): written again.
-        - A tag gone (retention removed it as this push moved it): written again."""
+        - The revision link or a tag gone (GC found the manifest untagged before the tag landed; retention
+          removed the tag as this push moved it): written again, and the blob links looked at once more, since
+          a repository deletion may have passed between the first look and the rewrite."""
         blobs = [d.digest for d in (parsed.config, *parsed.layers) if d is not None and not _is_foreign(d)]
         children = [d.digest for d in parsed.children]
-        checks = await asyncio.gather(
-            *(self.blobs.is_linked(name, d) for d in blobs),
-            *(self.backend.exists(paths.manifest_revision_link(name, d)) for d in children),
-            *(self.blobs.ensure_present(d) for d in [*blobs, *children]),
-        )
-        unlinked = [d for d, ok in zip([*blobs, *children], checks, strict=False) if not ok]
-        gone = [d for d, ok in zip([*blobs, *children], checks[len(blobs) + len(children) :], strict=True) if not ok]
+        gone = [
+            d
+            for d, ok in zip(
+                [*blobs, *children],
+                await asyncio.gather(*(self.blobs.ensure_present(d) for d in [*blobs, *children])),
+                strict=True,
+            )
+            if not ok
+        ]
         if not await self.blobs.ensure_present(digest):
             await self.blobs.put_small(digest, data)
-        if unlinked or gone:
+        unlinked = await self._unlinked(name, blobs, children)
+        if not unlinked and not gone:
+            rewrote = False
+            revision = paths.manifest_revision_link(name, digest)
+            if not await self.backend.exists(revision):
+                await self.backend.put_content(revision, str(digest).encode())
+                rewrote = True
             for tag in tags:
-                with contextlib.suppress(RegistryError):
-                    if await self.tags.resolve(name, tag) == digest:
-                        await self.backend.delete(paths.tag_dir(name, tag))
-            if created or unlinked:
-                await self.backend.delete(paths.manifest_revision_dir(name, digest))
-                self.blobs.forget(name, digest)
-            if unlinked:
-                raise RegistryError(
-                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
-                    detail={"digest": str(unlinked[0])},
-                    message="the repository's blobs were removed during the push (repository deleted?); push again",
-                )
+                try:
+                    await self.tags.resolve(name, tag)
+                except RegistryError:
+                    await self.tags.set(name, tag, digest)
+                    rewrote = True
+            if not rewrote or not (unlinked := await self._unlinked(name, blobs, children)):
+                return
+        for tag in tags:
+            with contextlib.suppress(RegistryError):
+                if await self.tags.resolve(name, tag) == digest:
+                    await self.backend.delete(paths.tag_dir(name, tag))
+        if created or unlinked:
+            await self.backend.delete(paths.manifest_revision_dir(name, digest))
+            self.blobs.forget(name, digest)
+        if unlinked:
             raise RegistryError(
                 ErrorCode.MANIFEST_BLOB_UNKNOWN,
-                detail={"digest": str(gone[0])},
-                message="a blob the manifest references was garbage-collected during the push; push it again",
+                detail={"digest": str(unlinked[0])},
+                message="the repository's blobs were removed during the push (repository deleted?); push again",
             )
-        revision = paths.manifest_revision_link(name, digest)
-        if not await self.backend.exists(revision):
-            await self.backend.put_content(revision, str(digest).encode())
-        for tag in tags:
-            try:
-                await self.tags.resolve(name, tag)
-            except RegistryError:
-                await self.tags.set(name, tag, digest)
+        raise RegistryError(
+            ErrorCode.MANIFEST_BLOB_UNKNOWN,
+            detail={"digest": str(gone[0])},
+            message="a blob the manifest references was garbage-collected during the push; push it again",
+        )
+
+    async def _unlinked(self, name: str, blobs: list[Digest], children: list[Digest]) -> list[Digest]:
+        """Which of the blobs and child manifests the repository no longer links."""
+        present = await asyncio.gather(
+            *(self.blobs.is_linked(name, d) for d in blobs),
+            *(self.backend.exists(paths.manifest_revision_link(name, d)) for d in children),
+        )
+        return [d for d, ok in zip([*blobs, *children], present, strict=True) if not ok]
 
     async def delete(self, name: str, reference: str) -> None:
         """By tag: untag. By digest: remove the revision and every tag pointing at it."""
