@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from registry import media_types, paths
 from registry.digests import Digest
 from registry.errors import RegistryError
+from registry.store.manifest_format import decode_stored_json
 from registry.store.registry import Registry
 from storage_backends import PathNotFound
 
@@ -163,10 +163,7 @@ async def read_manifests(registry: Registry, inventory: Inventory, digests: Iter
 
 def references_of(data: bytes) -> References:
     """Config, layers, children and subject of any manifest shape (OCI, Docker schema 2 and 1), leniently."""
-    try:
-        body = json.loads(data)
-    except ValueError:
-        return References(size=len(data))
+    body = decode_stored_json(data)  # never raises: not even on a manifest nested past the recursion limit
     if not isinstance(body, dict):
         return References(size=len(data))
     blobs: list[tuple[Digest, int]] = []

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from registry import paths
 from registry.digests import Digest
 from registry.gc.cli import format_report
 from registry.gc.collector import GarbageCollector, GcOptions, GcReport
@@ -170,3 +171,17 @@ async def test_gc_purges_what_interrupted_writes_left_in_the_store(
         assert (await collect(storage_config, purge_uploads_after=0.000001)).abandoned_writes_purged == 0
     finally:
         await writer.cancel()
+
+
+async def test_gc_runs_over_a_stored_manifest_nested_past_the_recursion_limit(
+    client: httpx.AsyncClient, storage: StorageBackend, storage_config: dict[str, Any]
+) -> None:
+    """Written by another registry (Distribution accepts deep nesting): GC must not stop on it."""
+    await push_image(client, "team/app", "v1")
+    hostile = b"[" * 100_000 + b"]" * 100_000
+    digest = Digest.parse(digest_of(hostile))
+    await storage.put_content(paths.blob_data(digest), hostile)
+    await storage.put_content(paths.manifest_revision_link("team/old", digest), str(digest).encode())
+    report = await collect(storage_config)
+    assert report.blobs_in_use >= 3  # team/app's manifest, config and layer, and the hostile manifest itself
+    await pull_completely(client, "team/app", "v1")
