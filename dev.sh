@@ -66,7 +66,9 @@ case "$command" in
     test)
         ensure_venv
         ensure_test_tools
-        exec "$VENV/bin/python" -m pytest "$@"
+        # Two test processes (pytest-xdist) keep both cores busy while tests wait on real servers and clients;
+        # TEST_WORKERS=0 runs everything in this process (an `-n` among the arguments wins too).
+        exec "$VENV/bin/python" -m pytest -n "${TEST_WORKERS:-2}" "$@"
         ;;
     bench)
         ensure_venv
