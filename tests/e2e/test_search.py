@@ -21,8 +21,8 @@ from .images import OciLayout, multiarch_index, small_image
 
 pytestmark = pytest.mark.e2e
 
-# What the docker CLI sends for `docker search 127.0.0.1:PORT/TERM` (moby registry/search_session.go); `docker
-# search` needs a daemon, which CI does not have, so the requests are sent as it would send them.
+# What the docker CLI sends for `docker search 127.0.0.1:PORT/TERM` (moby registry/search_session.go), sent as it
+# would send them over many queries; the real CLI through a real daemon is in tests/e2e/test_docker.py.
 DOCKER_HEADERS = {"User-Agent": "docker/27.5.1 go/go1.22.10 git-commit/4c9b3b0 os/linux arch/amd64"}
 QUERIES = ["", "e2e", "app", "platform:linux/arm64", "label:e2e.name=app-v1", "tag:v*"]
 
