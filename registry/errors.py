@@ -26,6 +26,8 @@ class ErrorCode(enum.Enum):
     RANGE_INVALID = ("invalid content range", 416)
     PAGINATION_NUMBER_INVALID = ("invalid number of results requested", 400)
     UNAVAILABLE = ("service unavailable", 503)
+    # Not in the spec's table (clients read the status, RFC 4918's 507): the store has no room for the upload.
+    INSUFFICIENT_STORAGE = ("insufficient storage: the registry has no space left to store this", 507)
     # Answered by the HTTP layer before a request reaches the application (registry/http_limits.py).
     REQUEST_INVALID = ("malformed HTTP request", 400)
     REQUEST_TIMEOUT = ("the request was not received in time", 408)

@@ -1,16 +1,23 @@
-"""A storage backend that times every call of the backend it wraps and counts its failures, by operation."""
+"""A storage backend that times every call of the backend it wraps and counts its failures, by operation; and keeps
+the store's availability (and free space, where there is such a thing) in gauges, probing every few seconds."""
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
 from registry.metrics import Metrics
-from storage_backends import FileInfo, PathNotFound, StorageBackend, Writer
+from storage_backends import FileInfo, PathNotFound, StorageBackend, StorageError, Writer
 
+logger = logging.getLogger("moorage")
+# Readiness probes also update the gauges (cached for a second); this is for when nobody polls them.
+PROBE_INTERVAL = 5.0
+PROBE_TIMEOUT = 2.0
 OPERATIONS = (
     "get_content",
     "put_content",
@@ -26,6 +33,7 @@ OPERATIONS = (
     "touch",
     "redirect_url",
     "purge_abandoned_writes",
+    "check",
 )
 
 
@@ -92,6 +100,9 @@ class InstrumentedBackend(StorageBackend):
             )
             for op in OPERATIONS
         }
+        self._up = metrics.storage_up.labels(inner.name)
+        self._free_bytes = metrics.storage_free_bytes
+        self._prober: asyncio.Task[None] | None = None
 
     async def get_content(self, path: str) -> bytes:
         with self._timers["get_content"]():
@@ -161,8 +172,38 @@ class InstrumentedBackend(StorageBackend):
         with self._timers["purge_abandoned_writes"]():
             return await self.inner.purge_abandoned_writes(older_than, dry_run)
 
+    async def check(self) -> None:
+        """Probe the store, and set the availability and free-space gauges from what it says."""
+        try:
+            with self._timers["check"]():
+                await self.inner.check()
+                free = await self.inner.free_bytes()
+        except BaseException:
+            self._up.set(0)
+            raise
+        self._up.set(1)
+        if free is not None:
+            self._free_bytes.labels(self.name).set(free)
+
+    async def free_bytes(self) -> int | None:
+        return await self.inner.free_bytes()
+
+    async def _probe_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.check(), PROBE_TIMEOUT)
+            except (StorageError, OSError, TimeoutError) as e:
+                logger.debug("storage probe failed: %s", e)
+            await asyncio.sleep(PROBE_INTERVAL)
+
     async def start(self) -> None:
         await self.inner.start()
+        self._prober = asyncio.create_task(self._probe_forever(), name="storage-probe")
 
     async def aclose(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+            self._prober = None
         await self.inner.aclose()

@@ -153,6 +153,23 @@ class Metrics:
             ("kind",),
             registry=r,
         )
+        # Set by the storage probe (readiness checks, and every few seconds in the background): 0 while the store is
+        # unreachable, gone or refusing us. With several workers, the lowest: one worker that cannot reach it is
+        # enough to worry about.
+        self.storage_up = Gauge(
+            "moorage_storage_up",
+            "Whether the storage backend answered its last probe (1) or not (0).",
+            ("backend",),
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.storage_free_bytes = Gauge(
+            "moorage_storage_free_bytes",
+            "Space left for writes on the storage backend (filesystem only: statvfs of the root, unprivileged).",
+            ("backend",),
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.index_refresh_failures = Counter(
             "moorage_index_refresh_failures",
             "Index updates that failed after a storage write (repaired from the change records later).",

@@ -10,6 +10,7 @@ from storage_backends.base import (
     PathNotFound,
     StorageBackend,
     StorageError,
+    StorageFull,
     StorageUnavailable,
     Writer,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "PathNotFound",
     "StorageBackend",
     "StorageError",
+    "StorageFull",
     "StorageUnavailable",
     "Writer",
     "create_backend",

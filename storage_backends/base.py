@@ -8,7 +8,12 @@ Exceptions::
     StorageError
      ├── PathNotFound        the key (or prefix) does not exist
      ├── InvalidPath         the key is not a clean relative path
-     └── StorageUnavailable  the store cannot be reached or keeps failing
+     ├── StorageUnavailable  the store cannot be reached, keeps failing, is gone (no bucket, no root directory) or
+     │                       refuses us (access denied): a retry later may work without anything changing here
+     └── StorageFull         the store has no room for what is being written (ENOSPC, EDQUOT, MinIO's
+                             XMinioStorageFull): writes fail until space is freed; reads still work
+
+A failed write leaves nothing behind that a reader could see, whichever of these it raises.
 """
 
 from __future__ import annotations
@@ -38,7 +43,18 @@ class InvalidPath(StorageError):
 
 
 class StorageUnavailable(StorageError):
-    """The store failed in a way a retry later may fix (down, throttling, timeouts)."""
+    """The store failed in a way a retry later may fix (down, throttling, timeouts, bucket gone, access denied).
+
+    `reason` is short and safe to show a client (no endpoint, bucket name or path); the message has the details.
+    """
+
+    def __init__(self, message: str, reason: str = "the store does not answer or keeps failing") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class StorageFull(StorageError):
+    """The store has no space (or no quota) left for a write; nothing of the write is visible."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +158,19 @@ class StorageBackend(abc.ABC):
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Check the store is usable; called once before serving. Raises StorageError."""
+
+    async def check(self) -> None:
+        """One cheap call that needs the store to answer (readiness probes, the availability gauge).
+
+        Raises StorageUnavailable when the store is unreachable, gone or refuses us. A backend that can ask its
+        store something more telling (S3: HeadBucket) overrides this: a missing key answers as well from a
+        deleted bucket as from a healthy one.
+        """
+        await self.exists("moorage/readiness-probe")
+
+    async def free_bytes(self) -> int | None:
+        """Space left for writes, where the store has such a limit (a filesystem); None when it has not."""
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections and threads."""

@@ -4,6 +4,11 @@ Writes go to a temporary file under `<root>/.moorage-tmp/` and become visible wi
 `rename` (or `link`, when the write must not replace an existing file), so a reader never sees
 half-written content and a crash leaves only temporary files behind. Recursive deletes are a
 rename into the same directory followed by a removal, so they are atomic too.
+
+A write that fails (a full disk, most often) removes its temporary file before it raises. Operating-system
+errors that say something about the store rather than the key become storage errors: no space (ENOSPC,
+EDQUOT) is StorageFull; a store that is failing or refusing us (EIO, EROFS, EACCES, a stale or disconnected
+network mount), or a root directory that is gone, is StorageUnavailable.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import shutil
 import stat as stat_module
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import BinaryIO, TypeVar
 
 import aiofiles
 import aiofiles.os
@@ -31,12 +36,37 @@ from storage_backends.base import (
     PathNotFound,
     StorageBackend,
     StorageError,
+    StorageFull,
+    StorageUnavailable,
     Writer,
     check_path,
 )
 
 T = TypeVar("T")
 TMP_DIR = ".moorage-tmp"
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+UNAVAILABLE_ERRNOS = frozenset({errno.EIO, errno.EROFS, errno.EACCES, errno.ESTALE, errno.ENOTCONN})
+ROOT_MISSING = "the storage root directory is missing"
+
+
+def _translated(error: OSError) -> StorageError | None:
+    """The storage error an operating-system error stands for; None when it is about the key, not the store."""
+    if error.errno in FULL_ERRNOS:
+        return StorageFull(f"filesystem: {error}")
+    if error.errno in UNAVAILABLE_ERRNOS:
+        return StorageUnavailable(f"filesystem: {error}", reason=f"the store fails: {os.strerror(error.errno)}")
+    return None
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        translated = _translated(e)
+        if translated is None:
+            raise
+        raise translated from e
 
 
 def _info(path: str, st: os.stat_result) -> FileInfo:
@@ -64,27 +94,41 @@ class FilesystemWriter(Writer):
     async def write(self, data: bytes) -> None:
         if self._done:
             raise StorageError(f"write after commit or cancel: {self._path}")
-        await self._file.write(data)
+        try:
+            with _store_errors():
+                await self._file.write(data)
+        except BaseException:
+            # A full disk fails the write part-way: the temporary file goes now, whatever the caller does next.
+            await self.cancel()
+            raise
         self._size += len(data)
 
     async def commit(self) -> bool:
         if self._done:
             raise StorageError(f"commit after commit or cancel: {self._path}")
-        self._done = True
         try:
-            await self._file.flush()
-            if self._backend.fsync:
-                await aiofiles.os.wrap(os.fsync)(self._file.fileno())
-        finally:
-            await self._file.close()
+            with _store_errors():
+                # Buffered bytes reach the disk here: a full disk may fail the flush, the fsync or the close.
+                await self._file.flush()
+                if self._backend.fsync:
+                    await aiofiles.os.wrap(os.fsync)(self._file.fileno())
+                await self._file.close()
+        except BaseException:
+            await self.cancel()
+            raise
+        self._done = True
         return await self._backend._publish(self._tmp_path, self._path, self._exclusive)
 
     async def cancel(self) -> None:
         if self._done:
             return
         self._done = True
-        await self._file.close()
-        await self._backend._run(_unlink_quietly, self._tmp_path)
+        try:
+            # Closing flushes what is buffered, which fails again on a full disk: the file goes all the same.
+            with contextlib.suppress(OSError):
+                await self._file.close()
+        finally:
+            await self._backend._run(_unlink_quietly, self._tmp_path)
 
 
 def _unlink_quietly(path: str) -> None:
@@ -95,7 +139,7 @@ def _unlink_quietly(path: str) -> None:
 _RACE_RETRIES = 10
 
 
-def _place(src: str, dst: str, exclusive: bool) -> bool:
+def _place(src: str, dst: str, exclusive: bool, root: str) -> bool:
     """Rename `src` to `dst` (or hard-link it, when `exclusive`: False if `dst` exists), creating parents.
 
     A concurrent recursive delete of an ancestor can remove the parent directory between `makedirs` and
@@ -115,7 +159,26 @@ def _place(src: str, dst: str, exclusive: bool) -> bool:
         except (FileNotFoundError, FileExistsError):
             if attempt == _RACE_RETRIES or not os.path.lexists(src):
                 raise
+        except OSError as e:
+            if e.errno in FULL_ERRNOS:
+                # No room for a new directory: drop the ones this call made, so no empty repository or link
+                # directory shows up in a listing for a write that did not happen.
+                _remove_empty_parents(os.path.dirname(dst), stop=root)
+            raise
     raise AssertionError("unreachable")
+
+
+def _remove_empty_parents(directory: str, stop: str) -> None:
+    """rmdir `directory` and its parents while they are empty, up to (not including) `stop`.
+
+    A concurrent writer that just made one of them sees FileNotFoundError in `_place` and makes it again.
+    """
+    while directory.startswith(stop + os.sep):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+        directory = os.path.dirname(directory)
 
 
 class FilesystemBackend(StorageBackend):
@@ -136,8 +199,45 @@ class FilesystemBackend(StorageBackend):
     def _new_tmp(self) -> str:
         return os.path.join(self._tmp_root, uuid.uuid4().hex)
 
+    def _open_tmp_sync(self) -> tuple[str, BinaryIO]:
+        """A new temporary file, open for writing."""
+        tmp = self._new_tmp()
+        try:
+            return tmp, open(tmp, "wb")
+        except FileNotFoundError:
+            self._repair_tmp_dir()
+            return tmp, open(tmp, "wb")
+
+    def _repair_tmp_dir(self) -> None:
+        """The temporary directory is gone: the root went away (StorageUnavailable), or came back without it (a
+        volume remounted, a directory restored) and we carry on in a new one."""
+        if not os.path.isdir(self.root):
+            raise StorageUnavailable(f"filesystem: storage root {self.root} is missing", reason=ROOT_MISSING)
+        os.makedirs(self._tmp_root, exist_ok=True)
+
+    def _missing(self, path: str) -> StorageError:
+        """What a missing file means: nothing at that key, unless the whole root is gone (then nothing is known)."""
+        if not os.path.isdir(self.root):
+            return StorageUnavailable(f"filesystem: storage root {self.root} is missing", reason=ROOT_MISSING)
+        return PathNotFound(path)
+
+    async def check(self) -> None:
+        with _store_errors():
+            await self._run(self._check_sync)
+
+    def _check_sync(self) -> None:
+        if not os.path.isdir(self._tmp_root):
+            self._repair_tmp_dir()
+
+    async def free_bytes(self) -> int | None:
+        with _store_errors():
+            usage = await self._run(os.statvfs, self.root)
+        # f_bavail: what an unprivileged writer may still use (root's reserved blocks excluded).
+        return usage.f_bavail * usage.f_frsize
+
     async def purge_abandoned_writes(self, older_than: float, dry_run: bool = False) -> int:
-        return await self._run(self._purge_tmp_sync, older_than, dry_run)
+        with _store_errors():
+            return await self._run(self._purge_tmp_sync, older_than, dry_run)
 
     def _purge_tmp_sync(self, older_than: float, dry_run: bool) -> int:
         """Temporary files (and deleted trees moved aside) a crash left in the temporary directory; a live
@@ -167,44 +267,52 @@ class FilesystemBackend(StorageBackend):
     async def get_content(self, path: str) -> bytes:
         # Small objects (links, manifests) are read on the event loop: on a local disk that is a few
         # microseconds from the page cache, while a hop to the thread pool costs a hundred or more under load.
-        return self._get_content_sync(path)
+        with _store_errors():
+            return self._get_content_sync(path)
 
     def _get_content_sync(self, path: str) -> bytes:
         try:
             with open(self._full(path), "rb") as f:
                 return f.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise PathNotFound(path) from None
+            raise self._missing(path) from None
 
     async def put_content(self, path: str, data: bytes, exclusive: bool = False) -> bool:
-        return await self._run(self._put_content_sync, path, data, exclusive)
+        with _store_errors():
+            return await self._run(self._put_content_sync, path, data, exclusive)
 
     def _put_content_sync(self, path: str, data: bytes, exclusive: bool) -> bool:
         full = self._full(path)
         if exclusive and os.path.lexists(full):
             return False
-        tmp = self._new_tmp()
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
+        tmp, f = self._open_tmp_sync()
+        try:
+            with f:
+                f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+        except BaseException:
+            _unlink_quietly(tmp)  # a full disk: no 0-byte or partial temporary file stays behind
+            raise
         return self._publish_sync(tmp, path, exclusive)
 
     # -- streaming ---------------------------------------------------------------------------------
 
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         try:
-            f = await aiofiles.open(self._full(path), "rb")
+            with _store_errors():
+                f = await aiofiles.open(self._full(path), "rb")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise PathNotFound(path) from None
+            raise self._missing(path) from None
         try:
             if offset:
                 await f.seek(offset)
             remaining = length
             while remaining is None or remaining > 0:
                 size = DEFAULT_CHUNK_SIZE if remaining is None else min(DEFAULT_CHUNK_SIZE, remaining)
-                chunk = await f.read(size)
+                with _store_errors():
+                    chunk = await f.read(size)
                 if not chunk:
                     break
                 if remaining is not None:
@@ -216,15 +324,21 @@ class FilesystemBackend(StorageBackend):
     async def writer(self, path: str, exclusive: bool = False) -> Writer:
         check_path(path)
         tmp = self._new_tmp()
-        file = await aiofiles.open(tmp, "wb")
+        with _store_errors():
+            try:
+                file = await aiofiles.open(tmp, "wb")
+            except FileNotFoundError:
+                await self._run(self._repair_tmp_dir)
+                file = await aiofiles.open(tmp, "wb")
         return FilesystemWriter(self, path, exclusive, file, tmp)
 
     async def _publish(self, tmp: str, path: str, exclusive: bool) -> bool:
-        return await self._run(self._publish_sync, tmp, path, exclusive)
+        with _store_errors():
+            return await self._run(self._publish_sync, tmp, path, exclusive)
 
     def _publish_sync(self, tmp: str, path: str, exclusive: bool) -> bool:
         try:
-            return _place(tmp, self._full(path), exclusive)
+            return _place(tmp, self._full(path), exclusive, self.root)
         finally:
             _unlink_quietly(tmp)
 
@@ -232,19 +346,22 @@ class FilesystemBackend(StorageBackend):
 
     async def stat(self, path: str) -> FileInfo:
         try:
-            st = os.stat(self._full(path))  # a metadata call: inline, like get_content
+            with _store_errors():
+                st = os.stat(self._full(path))  # a metadata call: inline, like get_content
         except (FileNotFoundError, NotADirectoryError):
-            raise PathNotFound(path) from None
+            raise self._missing(path) from None
         return _info(path, st)
 
     async def touch(self, path: str) -> None:
         try:
-            await self._run(os.utime, self._full(path))
+            with _store_errors():
+                await self._run(os.utime, self._full(path))
         except (FileNotFoundError, NotADirectoryError):
-            raise PathNotFound(path) from None
+            raise self._missing(path) from None
 
     async def list(self, path: str) -> list[FileInfo]:
-        return await self._run(self._list_sync, path)
+        with _store_errors():
+            return await self._run(self._list_sync, path)
 
     def _list_sync(self, path: str) -> builtins.list[FileInfo]:
         full = self._full(path)
@@ -259,7 +376,7 @@ class FilesystemBackend(StorageBackend):
                         # or shrinks the rest of the listing (GC and the tags list read it while clients delete).
                         continue
         except (FileNotFoundError, NotADirectoryError):
-            raise PathNotFound(path) from None
+            raise self._missing(path) from None
         if not entries:
             raise PathNotFound(path)
         entries.sort(key=lambda e: e.path)
@@ -294,29 +411,37 @@ class FilesystemBackend(StorageBackend):
     # -- whole-object operations ------------------------------------------------------------------
 
     async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
-        return await self._run(self._copy_sync, src, dst, exclusive)
+        with _store_errors():
+            return await self._run(self._copy_sync, src, dst, exclusive)
 
     def _copy_sync(self, src: str, dst: str, exclusive: bool) -> bool:
         full_src, full_dst = self._full(src), self._full(dst)  # validate both before creating a temp file
         if exclusive and os.path.lexists(full_dst):
             return False
-        tmp = self._new_tmp()
         try:
-            shutil.copyfile(full_src, tmp)
+            source = open(full_src, "rb")  # noqa: SIM115 - closed below
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            _unlink_quietly(tmp)
-            raise PathNotFound(src) from None
+            raise self._missing(src) from None
+        with source:
+            tmp, target = self._open_tmp_sync()
+            try:
+                with target:
+                    shutil.copyfileobj(source, target, DEFAULT_CHUNK_SIZE)
+            except BaseException:
+                _unlink_quietly(tmp)  # a full disk half-way through the copy
+                raise
         return self._publish_sync(tmp, dst, exclusive)
 
     async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
-        return await self._run(self._move_sync, src, dst, exclusive)
+        with _store_errors():
+            return await self._run(self._move_sync, src, dst, exclusive)
 
     def _move_sync(self, src: str, dst: str, exclusive: bool) -> bool:
         full_src, full_dst = self._full(src), self._full(dst)
         if not os.path.isfile(full_src):
-            raise PathNotFound(src)
+            raise self._missing(src)
         try:
-            placed = _place(full_src, full_dst, exclusive)
+            placed = _place(full_src, full_dst, exclusive, self.root)
         except FileNotFoundError:
             if os.path.lexists(full_src):
                 raise
@@ -326,7 +451,8 @@ class FilesystemBackend(StorageBackend):
         return placed
 
     async def delete(self, path: str) -> None:
-        await self._run(self._delete_sync, path)
+        with _store_errors():
+            await self._run(self._delete_sync, path)
 
     def _delete_sync(self, path: str) -> None:
         full = self._full(path)

@@ -27,6 +27,7 @@ from storage_backends.base import (
     PathNotFound,
     StorageBackend,
     StorageError,
+    StorageFull,
     StorageUnavailable,
     Writer,
     check_path,
@@ -39,7 +40,8 @@ COPY_PART_SIZE = 1024 * 1024 * 1024
 DELETE_BATCH = 1000
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
 PRECONDITION_CODES = frozenset({"412", "PreconditionFailed", "ConditionalRequestConflict"})
-UNAVAILABLE_CODES = frozenset(
+# The store is there but struggling: a retry later may work.
+FAILING_CODES = frozenset(
     {
         "SlowDown",
         "ServiceUnavailable",
@@ -48,12 +50,19 @@ UNAVAILABLE_CODES = frozenset(
         "Throttling",
         "ThrottlingException",
         "RequestTimeTooSkewed",
-        "NoSuchBucket",
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
     }
 )
+# The bucket is gone, or refuses our credentials: nothing we store or read works until an operator acts. Checked
+# before the not-found codes: NoSuchBucket comes with status 404 like NoSuchKey, and must not read as "no such key"
+# (a pull would answer MANIFEST_UNKNOWN for everything while the bucket is missing).
+GONE_CODES = frozenset({"NoSuchBucket"})
+DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccountProblem"})
+# MinIO refuses writes below its free-space threshold with 507 XMinioStorageFull. (AWS S3 has no such answer;
+# EntityTooLarge is about one request's size and RGW's QuotaExceeded about a quota an operator set: neither is a
+# full store, and both stay what they are.)
+FULL_CODES = frozenset({"XMinioStorageFull"})
+BUCKET_GONE = "the bucket does not exist"
+ACCESS_DENIED = "the store denies access"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +101,25 @@ def _session(access_key_id: str | None, secret_access_key: str | None, region: s
     return boto3.session.Session(
         aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=region
     )
+
+
+def _storage_error(error: ClientError, operation: str, kwargs: dict[str, Any]) -> StorageError:
+    """The storage error a failed call stands for; the order matters (see GONE_CODES)."""
+    code, status = _code(error), _status(error)
+    described = f"s3 {operation}: {code or status}: {error}"
+    if code in FULL_CODES or status == 507:
+        return StorageFull(described)
+    if code in GONE_CODES:
+        return StorageUnavailable(described, reason=BUCKET_GONE)
+    if code in DENIED_CODES or status == 403:
+        return StorageUnavailable(described, reason=ACCESS_DENIED)
+    if code in NOT_FOUND_CODES or status == 404:
+        return PathNotFound(str(kwargs.get("Key") or kwargs.get("Prefix") or ""))
+    if code in PRECONDITION_CODES or status == 412:
+        return PreconditionFailed(str(kwargs.get("Key")))
+    if code in FAILING_CODES or status >= 500 or status == 429:
+        return StorageUnavailable(described)
+    return StorageError(f"s3 {operation}: {code}: {error}")
 
 
 class S3Writer(Writer):
@@ -249,20 +277,13 @@ class S3Backend(StorageBackend):
         try:
             return await loop.run_in_executor(None, functools.partial(fn, **kwargs))
         except ClientError as e:
-            code = _code(e)
-            if code in NOT_FOUND_CODES or _status(e) == 404:
-                raise PathNotFound(str(kwargs.get("Key") or kwargs.get("Prefix") or "")) from None
-            if code in PRECONDITION_CODES or _status(e) == 412:
-                raise PreconditionFailed(str(kwargs.get("Key"))) from None
-            if code in UNAVAILABLE_CODES or _status(e) >= 500 or _status(e) in (403, 429):
-                raise StorageUnavailable(f"s3 {fn.__name__}: {code or _status(e)}: {e}") from None
-            raise StorageError(f"s3 {fn.__name__}: {code}: {e}") from None
+            raise _storage_error(e, fn.__name__, kwargs) from None
         except BotoCoreError as e:
-            raise StorageUnavailable(f"s3 {fn.__name__}: {e}") from None
+            raise StorageUnavailable(f"s3 {fn.__name__}: {e}", reason="the store does not answer") from None
 
     async def start(self) -> None:
         """Check the bucket is reachable and whether it honours conditional writes (If-None-Match: *)."""
-        await self.call(self.client.head_bucket, Bucket=self.bucket)
+        await self.check()
         if self._probed:
             return
         probe_key = self.key("moorage/conditional-write-probe")
@@ -276,6 +297,13 @@ class S3Backend(StorageBackend):
             self.conditional_writes = False
         self._probed = True
 
+    async def check(self) -> None:
+        """HeadBucket: answers 404 (no body, so no NoSuchBucket code) when the bucket is gone, 403 when denied."""
+        try:
+            await self.call(self.client.head_bucket, Bucket=self.bucket)
+        except PathNotFound:
+            raise StorageUnavailable(f"s3 head_bucket: bucket {self.bucket!r} not found", reason=BUCKET_GONE) from None
+
     # -- small objects ---------------------------------------------------------------------------
 
     async def get_content(self, path: str) -> bytes:
@@ -284,7 +312,7 @@ class S3Backend(StorageBackend):
         try:
             return await asyncio.get_running_loop().run_in_executor(None, body.read)
         except BotoCoreError as e:
-            raise StorageUnavailable(f"s3 read {path}: {e}") from None
+            raise StorageUnavailable(f"s3 read {path}: {e}", reason="the store does not answer") from None
         finally:
             body.close()
 
@@ -329,7 +357,7 @@ class S3Backend(StorageBackend):
                 try:
                     chunk = await loop.run_in_executor(None, body.read, DEFAULT_CHUNK_SIZE)
                 except BotoCoreError as e:
-                    raise StorageUnavailable(f"s3 read {path}: {e}") from None
+                    raise StorageUnavailable(f"s3 read {path}: {e}", reason="the store does not answer") from None
                 if not chunk:
                     break
                 yield chunk

@@ -20,13 +20,14 @@ from registry.names import validate_name
 from registry.routing import LISTING_SCOPE_KEY, Rights
 from registry.store.registry import Registry
 from registry.store.upload_state import UploadStateSigner
-from storage_backends import StorageUnavailable
+from storage_backends import StorageFull, StorageUnavailable
 
 logger = logging.getLogger("moorage")
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 JSON_TYPE = "application/json; charset=utf-8"
 MAX_PAGE_SIZE = 10_000
 DRAIN_SECONDS = 10.0
+RETRY_AFTER_SECONDS = "5"
 
 
 def registry_of(request: Request) -> Registry:
@@ -152,12 +153,23 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 
 
 async def storage_unavailable_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StorageUnavailable)
     logger.warning("storage unavailable: %s", exc)
     await drain_unread_body(request)
+    # The reason (bucket gone, access denied, ...) is written for clients; the message, with endpoints and paths,
+    # stays in the log.
+    detail = f"the storage backend is unavailable: {exc.reason}"
     return error_response(
-        request,
-        RegistryError(ErrorCode.UNAVAILABLE, detail="the storage backend is unavailable", headers={"Retry-After": "5"}),
+        request, RegistryError(ErrorCode.UNAVAILABLE, detail=detail, headers={"Retry-After": RETRY_AFTER_SECONDS})
     )
+
+
+async def storage_full_handler(request: Request, exc: Exception) -> Response:
+    # No Retry-After: space comes back when an operator (or GC) frees it, not after a delay we could name.
+    logger.error("storage full: %s", exc)
+    await drain_unread_body(request)
+    error = RegistryError(ErrorCode.INSUFFICIENT_STORAGE, detail="the storage backend has no space left")
+    return error_response(request, error)
 
 
 async def client_disconnect_handler(request: Request, exc: Exception) -> Response:
@@ -175,6 +187,7 @@ EXCEPTION_HANDLERS = {
     RegistryError: registry_error_handler,
     HTTPException: http_exception_handler,
     StorageUnavailable: storage_unavailable_handler,
+    StorageFull: storage_full_handler,
     ClientDisconnect: client_disconnect_handler,
     Exception: unexpected_error_handler,
 }

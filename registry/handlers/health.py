@@ -16,7 +16,7 @@ from registry.handlers.common import json_response, registry_of
 from registry.metrics import CONTENT_TYPE, WWW_AUTHENTICATE, Metrics, basic_auth_ok
 from registry.settings import MetricsSettings
 from registry.store.registry import Registry
-from storage_backends import StorageError
+from storage_backends import StorageError, StorageUnavailable
 
 logger = logging.getLogger("moorage")
 READINESS_CACHE_SECONDS = 1.0
@@ -48,6 +48,9 @@ class Readiness:
             await asyncio.wait_for(registry.check_storage(), READINESS_TIMEOUT_SECONDS)
         except TimeoutError:
             return f"the storage backend did not answer within {READINESS_TIMEOUT_SECONDS:g}s"
+        except StorageUnavailable as e:
+            logger.warning("not ready: storage check failed: %s", e)
+            return f"the storage backend is unavailable: {e.reason}"
         except (StorageError, OSError) as e:
             logger.warning("not ready: storage check failed: %s", e)
             return f"the storage backend is unavailable: {e.__class__.__name__}"
@@ -76,6 +79,9 @@ async def metrics(request: Request) -> Response:
         password = settings.password.get_secret_value()
         if not basic_auth_ok(request.headers.get("authorization"), settings.username, password):
             raise RegistryError(ErrorCode.UNAUTHORIZED, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
+    # The storage gauges as of this scrape (the probe is cached, so frequent scrapes cost the store nothing more).
+    readiness: Readiness = request.app.state.readiness
+    await readiness.problem(registry_of(request))
     collected.flush()
     body = await run_in_threadpool(collected.exposition)
     return Response(body, media_type=CONTENT_TYPE)

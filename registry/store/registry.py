@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from registry import paths
 from registry.index.base import MetadataIndex
 from registry.settings import Settings
 from registry.store.blobs import BlobStore
@@ -63,7 +62,7 @@ class Registry:
 
     async def check_storage(self) -> None:
         """One cheap call that needs the store to answer. Raises StorageError (or OSError) when it cannot."""
-        await self.backend.exists(paths.HTTP_SECRET)
+        await self.backend.check()
 
     async def aclose(self) -> None:
         await self.backend.aclose()
