@@ -20,6 +20,7 @@ from registry.handlers.common import (
     pull_filter,
     registry_of,
     repository_name,
+    single_query,
 )
 from registry.index.base import IndexUnavailable
 
@@ -43,8 +44,9 @@ async def catalog(request: Request) -> Response:
     index = registry_of(request).index
     if index is not None and index.ready:
         n = parse_page_size(request)
+        last = single_query(request, "last", ErrorCode.PAGINATION_NUMBER_INVALID)
         try:
-            names = [] if n == 0 else await index.catalog(request.query_params.get("last"), n and n + 1, visible)
+            names = [] if n == 0 else await index.catalog(last, n and n + 1, visible)
         except IndexUnavailable:
             pass
         else:

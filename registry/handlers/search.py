@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from registry.errors import ErrorCode, RegistryError
-from registry.handlers.common import json_response, pull_filter, registry_of, repository_name
+from registry.handlers.common import json_response, pull_filter, registry_of, repository_name, single_query
 from registry.handlers.listings import next_link
 from registry.index.base import IndexUnavailable, ManifestRecord, MetadataIndex, SearchHit
 from registry.index.query import parse_query
@@ -42,7 +42,7 @@ async def ping(request: Request) -> Response:
 
 def result_count(request: Request) -> int:
     """`n`: 1 to 100, 25 when absent (what the docker CLI allows)."""
-    raw = request.query_params.get("n")
+    raw = single_query(request, "n", ErrorCode.PAGINATION_NUMBER_INVALID)
     if raw is None or raw == "":
         return DEFAULT_RESULTS
     try:
@@ -98,7 +98,7 @@ async def docker_search(request: Request) -> Response:
 async def search(request: Request) -> Response:
     q = request.query_params.get("q", "")
     n = result_count(request)
-    last = request.query_params.get("last") or None
+    last = single_query(request, "last", ErrorCode.PAGINATION_NUMBER_INVALID) or None
     query = parse_query(q)
     try:
         hits = await usable_index(request).search(query, last, n + 1, pull_filter(request))
