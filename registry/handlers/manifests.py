@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from registry import media_types
-from registry.digests import Digest
+from registry.digests import DEFAULT_ALGORITHM, Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.events import notify
 from registry.handlers.common import registry_of, repository_name, require_delete_enabled
@@ -62,7 +62,12 @@ async def put_manifest(request: Request) -> Response:
     manifests = registry.manifests
     data = await _read_limited(request, manifests.max_bytes)
     extra_tags = tuple(request.query_params.getlist("tag"))
-    change = await registry.index.changing(name) if registry.index is not None else None
+    change = None
+    if registry.index is not None:
+        # What is about to change, so that the index re-reads those rows only (see registry/index/changes.py).
+        digest = reference if Digest.is_digest(reference) else str(Digest.of(data, DEFAULT_ALGORITHM))
+        tags = [*([] if Digest.is_digest(reference) else [reference]), *extra_tags]
+        change = await registry.index.changing(name, tags=tags, manifests=[digest])
     result = await manifests.put(name, reference, data, request.headers.get("content-type", ""), extra_tags)
     await _index_after_write(request, name, change)
     digest = result.manifest.digest
@@ -85,7 +90,12 @@ async def delete_manifest(request: Request) -> Response:
     reference = request.path_params["reference"]
     require_delete_enabled(request)
     registry = registry_of(request)
-    change = await registry.index.changing(name) if registry.index is not None else None
+    change = None
+    if registry.index is not None:
+        by_digest = Digest.is_digest(reference)
+        change = await registry.index.changing(
+            name, tags=[] if by_digest else [reference], manifests=[reference] if by_digest else []
+        )
     await registry.manifests.delete(name, reference)
     await _index_after_write(request, name, change)
     digest = reference if Digest.is_digest(reference) else ""

@@ -6,7 +6,7 @@ embedded SQLite one does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -100,12 +100,13 @@ class MetadataIndex(Protocol):
     def ready(self) -> bool:
         """Whether queries are answered from an index that is built and in line with storage."""
 
-    async def changing(self, name: str) -> str:
-        """Announce, before writing storage, that `name` is about to change (other processes re-read it); returns
-        the change to pass to `refresh`."""
+    async def changing(self, name: str, tags: Iterable[str] = (), manifests: Iterable[str] = ()) -> str:
+        """Announce, before writing storage, that these tags and manifests of `name` (none named: anything in it)
+        are about to change; other processes re-read them. Returns the change to pass to `refresh`."""
 
     async def refresh(self, name: str, change: str | None = None) -> None:
-        """Re-read `name` from storage after this process changed it (never raises: a failure is retried later)."""
+        """Re-read from storage what the change named, after this process made it (never raises: a failure is
+        retried later)."""
 
     async def repository_changed(self, name: str) -> None:
         """Bring one repository's entry in line with storage (dropping it if the repository is gone), here and in

@@ -1,20 +1,26 @@
-"""Change records in storage: how every process and replica learns which repositories another one changed.
+"""Change records in storage: how every process and replica learns what another one changed.
 
-Before a repository changes, its writer appends a tiny record naming it (`paths.index_change(key)`, the key being
-`<nanoseconds since the epoch>-<uuid>`, so keys sort by time). Every process lists the records after its position
-every poll interval and re-reads those repositories. A record is read when first seen and once more when it is
-older than `settle` (the write it announced may not have been finished the first time); the position only moves
-past settled records, and it is kept in the index, so a restart replays what a crash left half done.
+Before a repository changes, its writer appends a tiny record (`paths.index_change(key)`, the key being
+`<nanoseconds since the epoch>-<uuid>`, so keys sort by time) naming the repository and, when it knows them, the
+tags and manifests it is about to change: `{"repository": ..., "tags": [...], "manifests": [...]}`. A record with
+only a name (the older form, and what GC and repository deletion write) means the whole repository. Every process
+lists the records after its position every poll interval and re-reads from storage what they name. A record is
+read when first seen and once more when it is older than `settle` (the write it announced may not have been
+finished the first time); the position only moves past settled records, and it is kept in the index, so a
+restart replays what a crash left half done.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from registry import paths
-from registry.errors import RegistryError
+from registry.errors import ErrorCode, RegistryError
 from registry.names import validate_name
 from storage_backends import PathNotFound, StorageBackend
 
@@ -30,27 +36,82 @@ def time_of(position: str) -> float:
     return int(position.partition("-")[0]) / 1e9
 
 
+@dataclass(slots=True)
+class Change:
+    """What changed in one repository: some tags and manifests, or (`whole`) anything."""
+
+    repository: str
+    tags: set[str] = field(default_factory=set)
+    manifests: set[str] = field(default_factory=set)
+    whole: bool = False
+
+    def merge(self, other: Change) -> None:
+        self.whole = self.whole or other.whole
+        self.tags |= other.tags
+        self.manifests |= other.manifests
+
+    def encode(self) -> bytes:
+        if self.whole:
+            return self.repository.encode()
+        body = {"repository": self.repository, "tags": sorted(self.tags), "manifests": sorted(self.manifests)}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Change:
+        """Raises RegistryError for a record that names no valid repository."""
+        text = data.decode("utf-8", "replace").strip()
+        if not text.startswith("{"):
+            return cls(validate_name(text), whole=True)
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("repository"), str):
+            raise RegistryError(ErrorCode.NAME_INVALID, detail="not a change record")
+        tags, manifests = body.get("tags"), body.get("manifests")
+        if not isinstance(tags, list) or not isinstance(manifests, list):
+            return cls(validate_name(body["repository"]), whole=True)
+        return cls(
+            validate_name(body["repository"]),
+            {t for t in tags if isinstance(t, str)},
+            {m for m in manifests if isinstance(m, str)},
+        )
+
+
+def merged(changes: Iterable[Change]) -> dict[str, Change]:
+    """One change per repository."""
+    found: dict[str, Change] = {}
+    for change in changes:
+        if change.repository in found:
+            found[change.repository].merge(change)
+        else:
+            found[change.repository] = Change(change.repository, set(change.tags), set(change.manifests), change.whole)
+    return found
+
+
 class ChangeLog:
     def __init__(self, backend: StorageBackend, settle: float, retention: float) -> None:
         self.backend = backend
         self.settle = settle
         self.retention = retention
         self._own: set[str] = set()  # records this process wrote and applied itself
-        self._seen: dict[str, str] = {}  # unsettled records read once: key -> repository
+        self._seen: dict[str, Change] = {}  # unsettled records read once
 
-    async def append(self, name: str) -> str:
+    async def append(self, change: Change | str) -> str:
+        """Record a change (a repository's name alone: anything in it) before making it."""
+        record = change if isinstance(change, Change) else Change(change, whole=True)
         key = f"{time.time_ns():020d}-{uuid.uuid4().hex}"
-        await self.backend.put_content(paths.index_change(key), name.encode())
+        await self.backend.put_content(paths.index_change(key), record.encode())
         return key
 
     def applied(self, key: str) -> None:
         """This process brought the index in line after the change `key` announced: no need to read it back."""
         self._own.add(key)
 
-    async def read(self, position: str) -> tuple[set[str], str]:
-        """The repositories changed since `position` (that this process did not apply itself), and the new position."""
+    async def read(self, position: str) -> tuple[list[Change], str]:
+        """The changes recorded since `position` (that this process did not apply itself), and the new position."""
         cutoff = position_at(time.time() - self.settle)
-        changed: set[str] = set()
+        changed: list[Change] = []
         async for info in self.backend.walk(paths.INDEX_CHANGES, start_after=paths.index_change(position)):
             key = paths.index_change_key(info.path)
             if not key[:1].isdigit():
@@ -60,26 +121,25 @@ class ChangeLog:
                 if settled:
                     self._own.discard(key)
                 continue
-            name = self._seen.pop(key, None) if settled else self._seen.get(key)
-            if name is None:
-                name = await self._name_in(info.path)
-                if name is None:
+            change = self._seen.pop(key, None) if settled else self._seen.get(key)
+            if change is None:
+                change = await self._change_in(info.path)
+                if change is None:
                     continue
-                changed.add(name)
+                changed.append(change)
                 if not settled:
-                    self._seen[key] = name
+                    self._seen[key] = change
             elif settled:
-                changed.add(name)
+                changed.append(change)
         return changed, max(cutoff, position)
 
-    async def _name_in(self, path: str) -> str | None:
+    async def _change_in(self, path: str) -> Change | None:
         try:
-            name = (await self.backend.get_content(path)).decode("utf-8", "replace").strip()
-            return validate_name(name)
+            return Change.decode(await self.backend.get_content(path))
         except PathNotFound:
             return None  # pruned meanwhile
         except RegistryError:
-            logger.warning("index: ignoring the change record %s: not a repository name", path)
+            logger.warning("index: ignoring the change record %s: it names no repository", path)
             return None
 
     async def prune(self) -> int:

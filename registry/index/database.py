@@ -18,11 +18,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from registry.index.base import ManifestRecord, RepositorySnapshot, RepositorySummary, SearchQuery, TagSummary
+from registry.index.base import (
+    ManifestRecord,
+    RepositorySnapshot,
+    RepositorySummary,
+    SearchQuery,
+    TagRecord,
+    TagSummary,
+)
 from registry.index.query import rank_sql
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: push-time indexes for updates by row (an older file is rebuilt)
 DESCRIPTION_KEYS = ("org.opencontainers.image.description", "description")
+_BATCH = 500  # digests per `IN (...)`: well under SQLite's limit on bound parameters
 _TABLES = ("meta", "repositories", "manifests", "tags", "labels", "platforms")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -52,6 +60,8 @@ CREATE TABLE IF NOT EXISTS tags (
     PRIMARY KEY (repository, tag)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tags_by_digest ON tags (repository, digest);
+CREATE INDEX IF NOT EXISTS tags_by_push ON tags (repository, pushed_at);
+CREATE INDEX IF NOT EXISTS manifests_by_push ON manifests (repository, pushed_at);
 CREATE TABLE IF NOT EXISTS labels (
     repository TEXT NOT NULL, digest TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL
 );
@@ -209,34 +219,10 @@ class Database:
                 db.execute("DELETE FROM repositories WHERE name = ?", (name,))
                 return
             manifests = {m.digest: m for m in snapshot.manifests}
-            db.executemany(
-                f"INSERT INTO manifests (repository, {_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        name,
-                        m.digest,
-                        m.media_type,
-                        m.artifact_type,
-                        m.size,
-                        json.dumps(m.platforms),
-                        m.created,
-                        json.dumps(m.labels),
-                        m.pushed_at,
-                    )
-                    for m in snapshot.manifests
-                ],
-            )
+            _insert_manifests(db, name, snapshot.manifests)
             db.executemany(
                 "INSERT INTO tags (repository, tag, digest, pushed_at) VALUES (?, ?, ?, ?)",
                 [(name, t.tag, t.digest, t.pushed_at) for t in snapshot.tags],
-            )
-            db.executemany(
-                "INSERT INTO labels (repository, digest, key, value) VALUES (?, ?, ?, ?)",
-                [(name, m.digest, k, v) for m in snapshot.manifests for k, v in m.labels.items()],
-            )
-            db.executemany(
-                "INSERT INTO platforms (repository, digest, platform) VALUES (?, ?, ?)",
-                [(name, m.digest, p.lower()) for m in snapshot.manifests for p in m.platforms],
             )
             pushed = [t.pushed_at for t in snapshot.tags] + [m.pushed_at for m in snapshot.manifests]
             db.execute(
@@ -244,6 +230,75 @@ class Database:
                 "DO UPDATE SET description = excluded.description, pushed_at = excluded.pushed_at",
                 (name, _description(snapshot, manifests), max(pushed, default=None)),
             )
+
+    def manifests_by_digest(self, name: str, digests: list[str]) -> dict[str, ManifestRecord]:
+        found: dict[str, ManifestRecord] = {}
+        for start in range(0, len(digests), _BATCH):
+            batch = digests[start : start + _BATCH]
+            rows = self._read(
+                f"SELECT {_MANIFEST_COLUMNS} FROM manifests WHERE repository = ? "
+                f"AND digest IN ({','.join('?' * len(batch))})",
+                (name, *batch),
+            )
+            found.update((row[0], _manifest(row)) for row in rows)
+        return found
+
+    def tags_pointing_at(self, name: str, digests: list[str]) -> list[str]:
+        found: list[str] = []
+        for start in range(0, len(digests), _BATCH):
+            batch = digests[start : start + _BATCH]
+            rows = self._read(
+                f"SELECT tag FROM tags WHERE repository = ? AND digest IN ({','.join('?' * len(batch))})",
+                (name, *batch),
+            )
+            found += [row[0] for row in rows]
+        return found
+
+    def apply(
+        self, name: str, tags: Mapping[str, TagRecord | None], manifests: Mapping[str, ManifestRecord | None]
+    ) -> bool:
+        """Write exactly the rows of these tags and manifests (None: gone), then the repository's own row (its
+        description only when a manifest that has or had one was touched). Returns whether the repository still
+        has tags or manifests here (without, the caller asks storage whether the repository is gone)."""
+        manifests = {_text(d): _storable_manifest(m) if m is not None else None for d, m in manifests.items()}
+        tags = {_text(t): dataclasses.replace(r, tag=_text(r.tag)) if r is not None else None for t, r in tags.items()}
+        with self._transaction() as db:
+            previous = [
+                row[0]
+                for tag in tags
+                for row in db.execute("SELECT digest FROM tags WHERE repository = ? AND tag = ?", (name, tag))
+            ]
+            touched = sorted({*manifests, *previous, *(r.digest for r in tags.values() if r is not None)})
+            described_before = _describes(db, name, touched)
+            for digest, record in manifests.items():
+                for table in ("manifests", "labels", "platforms"):
+                    db.execute(f"DELETE FROM {table} WHERE repository = ? AND digest = ?", (name, digest))
+                if record is not None:
+                    _insert_manifests(db, name, [record])
+            for tag, tag_record in tags.items():
+                if tag_record is None:
+                    db.execute("DELETE FROM tags WHERE repository = ? AND tag = ?", (name, tag))
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO tags (repository, tag, digest, pushed_at) VALUES (?, ?, ?, ?)",
+                        (name, tag_record.tag, tag_record.digest, tag_record.pushed_at),
+                    )
+            pushed_at = db.execute(
+                "SELECT MAX(at) FROM (SELECT MAX(pushed_at) AS at FROM tags WHERE repository = ? "
+                "UNION ALL SELECT MAX(pushed_at) FROM manifests WHERE repository = ?)",
+                (name, name),
+            ).fetchone()[0]
+            current = db.execute("SELECT description FROM repositories WHERE name = ?", (name,)).fetchone()
+            if current is None or described_before or _describes(db, name, touched):
+                description = _description_of(db, name)
+            else:
+                description = current[0]
+            db.execute(
+                "INSERT INTO repositories (name, description, pushed_at) VALUES (?, ?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET description = excluded.description, pushed_at = excluded.pushed_at",
+                (name, description, pushed_at),
+            )
+            return pushed_at is not None
 
     def names(self) -> set[str]:
         return {row[0] for row in self._read("SELECT name FROM repositories")}
@@ -393,6 +448,69 @@ def _manifest(row: Any) -> ManifestRecord:
     return ManifestRecord(
         digest, media_type, artifact_type, size, tuple(json.loads(platforms)), created, json.loads(labels), pushed_at
     )
+
+
+def _insert_manifests(db: sqlite3.Connection, name: str, manifests: Iterable[ManifestRecord]) -> None:
+    manifests = list(manifests)
+    db.executemany(
+        f"INSERT INTO manifests (repository, {_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                name,
+                m.digest,
+                m.media_type,
+                m.artifact_type,
+                m.size,
+                json.dumps(m.platforms),
+                m.created,
+                json.dumps(m.labels),
+                m.pushed_at,
+            )
+            for m in manifests
+        ],
+    )
+    db.executemany(
+        "INSERT INTO labels (repository, digest, key, value) VALUES (?, ?, ?, ?)",
+        [(name, m.digest, k, v) for m in manifests for k, v in m.labels.items()],
+    )
+    db.executemany(
+        "INSERT INTO platforms (repository, digest, platform) VALUES (?, ?, ?)",
+        [(name, m.digest, p.lower()) for m in manifests for p in m.platforms],
+    )
+
+
+_DESCRIPTION_RANK = "CASE l.key " + " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(DESCRIPTION_KEYS)) + " END"
+_DESCRIPTION_KEYS_SQL = ",".join(f"'{k}'" for k in DESCRIPTION_KEYS)
+
+
+def _describes(db: sqlite3.Connection, name: str, digests: list[str]) -> bool:
+    """Whether any of these manifests carries a description label (only they can change the description)."""
+    for start in range(0, len(digests), _BATCH):
+        batch = digests[start : start + _BATCH]
+        row = db.execute(
+            f"SELECT 1 FROM labels l WHERE l.repository = ? AND l.digest IN ({','.join('?' * len(batch))}) "
+            f"AND l.key IN ({_DESCRIPTION_KEYS_SQL}) AND l.value != '' LIMIT 1",
+            (name, *batch),
+        ).fetchone()
+        if row is not None:
+            return True
+    return False
+
+
+def _description_of(db: sqlite3.Connection, name: str) -> str | None:
+    """`_description` in SQL, over the rows the index holds for `name`."""
+    for sql in (
+        "SELECT l.value FROM tags t JOIN labels l ON l.repository = t.repository AND l.digest = t.digest "
+        f"WHERE t.repository = ? AND l.key IN ({_DESCRIPTION_KEYS_SQL}) AND l.value != '' "
+        f"ORDER BY (t.tag != 'latest'), t.pushed_at DESC, t.tag, {_DESCRIPTION_RANK} LIMIT 1",
+        "SELECT l.value FROM manifests m JOIN labels l ON l.repository = m.repository AND l.digest = m.digest "
+        f"WHERE m.repository = ? AND l.key IN ({_DESCRIPTION_KEYS_SQL}) AND l.value != '' "
+        f"ORDER BY m.pushed_at DESC, m.digest, {_DESCRIPTION_RANK} LIMIT 1",
+    ):
+        row = db.execute(sql, (name,)).fetchone()
+        if row is not None:
+            return str(row[0])
+    return None
 
 
 def _description(snapshot: RepositorySnapshot, manifests: Mapping[str, ManifestRecord]) -> str | None:

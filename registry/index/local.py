@@ -17,15 +17,22 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from registry import paths
-from registry.index.base import IndexUnavailable, RepositorySummary, SearchHit, SearchQuery, Visible
-from registry.index.changes import ChangeLog, position_at, time_of
+from registry.index.base import (
+    IndexUnavailable,
+    ManifestRecord,
+    RepositorySummary,
+    SearchHit,
+    SearchQuery,
+    Visible,
+)
+from registry.index.changes import Change, ChangeLog, merged, position_at, time_of
 from registry.index.database import Database
-from registry.index.scan import read_repository
+from registry.index.scan import read_facts, read_repository
 from registry.index.settings import IndexSettings
 from registry.store.registry import Registry
 from storage_backends import PathNotFound, StorageError
@@ -44,6 +51,7 @@ START_WAIT_SECONDS = 3.0
 BUILD_LEASE = "builder"
 BUILD_LEASE_SECONDS = 30.0
 BUILD_WAIT_SECONDS = 0.5
+ANNOUNCED_LIMIT = 10_000
 
 
 class LocalIndex:
@@ -61,6 +69,7 @@ class LocalIndex:
         self._pulls: Counter[str] = Counter()
         self._locks: dict[str, asyncio.Lock] = {}
         self._failed: set[str] = set()  # refreshes that failed here: the poll loop retries them
+        self._announced: dict[str, Change] = {}  # change records written here, until their write is applied
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -192,10 +201,11 @@ class LocalIndex:
     async def poll(self) -> None:
         """Apply the changes other processes recorded, retry failed refreshes, write pull counts, prune records."""
         db = self._database()
-        changed, position = await self.changes.read(self._position)
+        changes, position = await self.changes.read(self._position)
         retry, self._failed = self._failed, set()
-        for name in sorted(changed | retry):
-            await self._refresh(name)
+        pending = merged([*changes, *(Change(name, whole=True) for name in retry)])
+        for name in sorted(pending):
+            await self._apply(pending[name])
         if position != self._position:
             await asyncio.to_thread(db.set_meta, {"position": position})
             self._position = position
@@ -219,12 +229,18 @@ class LocalIndex:
 
     # Writes (MetadataIndex).
 
-    async def changing(self, name: str) -> str:
-        return await self.changes.append(name)
+    async def changing(self, name: str, tags: Iterable[str] = (), manifests: Iterable[str] = ()) -> str:
+        change = Change(name, set(tags), set(manifests), whole=not tags and not manifests)
+        key = await self.changes.append(change)
+        if len(self._announced) >= ANNOUNCED_LIMIT:  # writes that failed never refresh: their records remain
+            del self._announced[next(iter(self._announced))]
+        self._announced[key] = change
+        return key
 
     async def refresh(self, name: str, change: str | None = None) -> None:
+        announced = self._announced.pop(change, None) if change is not None else None
         try:
-            applied = await self._refresh(name)
+            applied = await self._apply(announced or Change(name, whole=True))
         except Exception:  # _refresh catches what it can foresee; whatever else, the write it follows stands
             logger.exception("index: could not index %s after changing it; repaired from its change record", name)
             self._failed.add(name)
@@ -239,7 +255,7 @@ class LocalIndex:
             self.changes.applied(change)
         # Others may have read the first record before the write was done: a second one says it is.
         try:
-            done = await self.changes.append(name)
+            done = await self.changes.append(announced or name)
         except (StorageError, OSError) as e:
             logger.warning(
                 "index: could not record the change of %s (%s); others see it within %gs", name, e, self.settings.settle
@@ -255,6 +271,37 @@ class LocalIndex:
             await self.open()
         if await self._refresh(name):
             self.changes.applied(key)
+
+    async def _apply(self, change: Change) -> bool:
+        """Bring what `change` names in line with storage: only its rows, unless it names the whole repository."""
+        if change.whole:
+            return await self._refresh(change.repository)
+        name, db = change.repository, self._db
+        if db is None:
+            return False
+        lock = self._locks.setdefault(name, asyncio.Lock())
+
+        async def lookup(digests: list[str]) -> dict[str, ManifestRecord]:
+            return await asyncio.to_thread(db.manifests_by_digest, name, digests)
+
+        try:
+            async with lock:
+                # Tags that named a changed manifest may have gone with it (a DELETE by digest untags).
+                tags = {*change.tags, *await asyncio.to_thread(db.tags_pointing_at, name, sorted(change.manifests))}
+                facts = await read_facts(self.registry, name, tags, change.manifests, lookup, self._skipped)
+                left = await asyncio.to_thread(db.apply, name, facts.tags, facts.manifests)
+                # Nothing indexable left: a repository with blobs only stays listed, a deleted one goes.
+                if not left and not await self.registry.repositories.exists(name):
+                    await asyncio.to_thread(db.replace, name, None)
+        except (StorageError, OSError, sqlite3.Error) as e:
+            logger.warning("index: could not read %s from storage (%s); retrying later", name, e)
+            self._failed.add(name)
+            return False
+        except Exception:
+            logger.exception("index: could not index %s; retrying later", name)
+            self._failed.add(name)
+            return False
+        return True
 
     async def _refresh(self, name: str, fresh: bool = False) -> bool:
         """Re-read `name` from storage into the index; False (and a retry at the next poll) when that failed."""

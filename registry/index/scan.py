@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from registry import paths
 from registry.digests import Digest
 from registry.errors import RegistryError
 from registry.index.base import ManifestRecord, RepositorySnapshot, TagRecord
+from registry.names import TAG_RE
 from registry.store.manifest_format import Descriptor, ParsedManifest, decode_stored_json, read_stored_manifest
 from registry.store.registry import Registry
 from storage_backends import PathNotFound, StorageError
@@ -29,6 +30,16 @@ CREATED_ANNOTATION = "org.opencontainers.image.created"
 
 Skipped = Callable[[str, str, list[str]], None]
 """Told of each object read only in part: its kind (`manifest` or `config`), which one it is, and why."""
+Lookup = Callable[[list[str]], Awaitable[Mapping[str, ManifestRecord]]]
+"""The records the index holds for some digests of the repository (content under a digest never changes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What storage now says of some tags and manifests of one repository: a record, or None when gone."""
+
+    tags: dict[str, TagRecord | None]
+    manifests: dict[str, ManifestRecord | None]
 
 
 def _ignore(kind: str, what: str, problems: list[str]) -> None:
@@ -75,6 +86,52 @@ async def read_repository(
             records[item.digest] = _bare_record(item, revisions[item.digest])
     tags = tuple(tag for tag in read_tags if tag is not None and tag.digest in records)
     return RepositorySnapshot(name, tags, tuple(records[d] for d in sorted(records)))
+
+
+async def read_facts(
+    registry: Registry,
+    name: str,
+    tags: Iterable[str],
+    digests: Iterable[str],
+    lookup: Lookup,
+    skipped: Skipped = _ignore,
+) -> Facts:
+    """The named tags and manifests as storage holds them now, for an index that updates only those rows: a
+    stat and a read per tag, a stat per manifest, and a read of the manifests (and their configs) it does not know.
+    A tag is left out (None) unless its manifest is indexable, as in `read_repository`."""
+    limit = asyncio.Semaphore(READS_AT_ONCE)
+    tag_names = sorted(tag for tag in set(tags) if TAG_RE.match(tag))  # a refused PUT's record may name others
+    read_tags = await asyncio.gather(*(_read_tag(registry, name, tag, limit) for tag in tag_names))
+    wanted = sorted({*digests, *(tag.digest for tag in read_tags if tag is not None)})
+    parsed_digests = []
+    for digest in wanted:
+        with contextlib.suppress(RegistryError):
+            parsed_digests.append(Digest.parse(digest))
+    pushed = await asyncio.gather(*(_pushed_at(registry, name, d, limit) for d in parsed_digests))
+    revisions = {str(d): at for d, at in zip(parsed_digests, pushed, strict=True) if at is not None}
+    known = await lookup(list(revisions))
+    unknown = [digest for digest in revisions if digest not in known]
+    loaded = [
+        found for found in await asyncio.gather(*(_load(registry, name, d, limit, skipped) for d in unknown)) if found
+    ]
+    children = {str(c.digest) for item in loaded if item.parsed is not None for c in item.parsed.children}
+    others = dict(await lookup(sorted(children - revisions.keys()))) if children - revisions.keys() else {}
+    records = {d: dataclasses.replace(known[d], pushed_at=at) for d, at in revisions.items() if d in known}
+    others.update(records)
+    for item in sorted(loaded, key=lambda item: item.parsed is not None and item.parsed.is_index):
+        try:
+            records[item.digest] = _record(item, revisions[item.digest], others)
+        except Exception as e:  # a case the record's code did not foresee: the manifest stays listed
+            skipped("manifest", f"manifest {item.digest} of {name}", [f"not indexed in full: {e!r}"])
+            records[item.digest] = _bare_record(item, revisions[item.digest])
+        others[item.digest] = records[item.digest]
+    return Facts(
+        tags={
+            tag: record if record is not None and record.digest in records else None
+            for tag, record in zip(tag_names, read_tags, strict=True)
+        },
+        manifests={digest: records.get(digest) for digest in wanted},
+    )
 
 
 async def _revision_digests(registry: Registry, name: str) -> list[Digest]:

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registry.app import create_app
+from registry.index.changes import Change
 from registry.index.database import Database
 from registry.index.local import LocalIndex
 from tests.api.conftest import make_settings
@@ -268,21 +269,21 @@ async def test_a_failed_index_update_after_a_put_still_answers_201_and_is_repair
     client, app = served
     index = app.state.registry.index
     assert isinstance(index, LocalIndex)
-    original = index._refresh
+    original = index._apply
     broken = True
 
-    async def failing_while_broken(name: str, fresh: bool = False) -> bool:
+    async def failing_while_broken(change: Change) -> bool:
         if broken:
             raise RuntimeError("an index bug")
-        return await original(name, fresh)
+        return await original(change)
 
-    monkeypatch.setattr(index, "_refresh", failing_while_broken)
+    monkeypatch.setattr(index, "_apply", failing_while_broken)
     await push_config(client, "team/app", b"{}")
     assert (await put(client, "team/app", "v1", encode(manifest(b"{}")))).status_code == 201
     assert "moorage_index_refresh_failures_total 1.0" in (await client.get("/metrics")).text
     assert (await client.get("/api/v1/repositories/team/app")).status_code == 404
     broken = False
-    for _ in range(200):  # the next poll re-reads the repository from its change record
+    for _ in range(500):  # the next poll re-reads the repository from its change record (bounded: 10 s)
         if (await client.get("/api/v1/repositories/team/app")).status_code == 200:
             break
         await asyncio.sleep(0.02)

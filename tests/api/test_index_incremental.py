@@ -1,0 +1,127 @@
+"""The index updates only the rows a write names (registry/index/changes.py), and ends up holding exactly what a
+fresh rebuild from storage holds, whatever sequence of pushes, retags and deletes led there (filesystem and S3)."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from registry.index.local import LocalIndex
+from registry.settings import Settings
+from registry.store.registry import Registry
+from tests.api.conftest import make_settings
+from tests.api.helpers import OCI_INDEX, OCI_MANIFEST, descriptor, encode, push_image
+from tests.api.test_search_index import serving
+
+OPERATIONS = 60
+TABLES = {
+    "repositories": "name, description, pushed_at",
+    "tags": "repository, tag, digest, pushed_at",
+    "manifests": "repository, digest, media_type, artifact_type, size, platforms, created, labels, pushed_at",
+    "labels": "repository, digest, key, value",
+    "platforms": "repository, digest, platform",
+}
+
+
+def rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the index file but pull counts (the one thing storage does not hold)."""
+    db = sqlite3.connect(path)
+    try:
+        return {
+            table: sorted(db.execute(f"SELECT {columns} FROM {table}").fetchall()) for table, columns in TABLES.items()
+        }
+    finally:
+        db.close()
+
+
+async def rebuilt(storage_config: dict[str, Any], path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    settings: Settings = make_settings(storage_config, {"index": {"path": str(path)}})
+    registry = Registry.from_settings(settings)
+    await registry.start()
+    index = LocalIndex(registry, settings.index, path)
+    await index.open()
+    try:
+        await index.rebuild()
+    finally:
+        await index.aclose()
+        await registry.aclose()
+    return rows(path)
+
+
+async def random_writes(client: httpx.AsyncClient, rng: random.Random) -> dict[str, int]:
+    done: dict[str, int] = {}
+    images: dict[str, list[tuple[str, bytes]]] = {}  # repository -> (digest, body) of images pushed there
+    for step in range(OPERATIONS):
+        repository = rng.choice(["team/app", "team/web", "solo"])
+        pushed = images.setdefault(repository, [])
+        choice = rng.random()
+        if not pushed or choice < 0.3:
+            labels = {"org.opencontainers.image.description": f"step {step}"} if rng.random() < 0.5 else {}
+            digest, body = await push_image(
+                client, repository, rng.choice(["latest", f"v{step}", "stable"]), seed=f"{step}", annotations=labels
+            )
+            pushed.append((digest, body))
+            kind = "push"
+        elif choice < 0.45:
+            digest, body = rng.choice(pushed)
+            tags = [f"re{step}", "latest"] if rng.random() < 0.5 else [f"re{step}"]
+            query = "&".join(f"tag={t}" for t in tags[1:])
+            response = await client.put(
+                f"/v2/{repository}/manifests/{tags[0]}" + (f"?{query}" if query else ""),
+                content=body,
+                headers={"Content-Type": OCI_MANIFEST},
+            )
+            assert response.status_code == 201, response.text
+            kind = "retag"
+        elif choice < 0.55 and len(pushed) >= 2:
+            children = rng.sample(pushed, 2)
+            platforms = [{"os": "linux", "architecture": a} for a in ("amd64", "arm64")]
+            body = encode(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_INDEX,
+                    "manifests": [
+                        descriptor(OCI_MANIFEST, child, platform=platform)
+                        for (_, child), platform in zip(children, platforms, strict=True)
+                    ],
+                }
+            )
+            response = await client.put(
+                f"/v2/{repository}/manifests/multi{step}", content=body, headers={"Content-Type": OCI_INDEX}
+            )
+            assert response.status_code in (201, 400), response.text  # 400: a child was deleted meanwhile
+            kind = "index"
+        elif choice < 0.75:
+            tags = (await client.get(f"/v2/{repository}/tags/list")).json().get("tags") or []
+            if not tags:
+                continue
+            response = await client.delete(f"/v2/{repository}/manifests/{rng.choice(tags)}")
+            assert response.status_code == 202, response.text
+            kind = "untag"
+        elif choice < 0.9:
+            digest, _ = pushed.pop(rng.randrange(len(pushed)))
+            response = await client.delete(f"/v2/{repository}/manifests/{digest}")
+            assert response.status_code in (202, 404), response.text
+            kind = "delete"
+        else:
+            response = await client.delete(f"/api/v1/repositories/{repository}")
+            assert response.status_code in (202, 404), response.text
+            images.pop(repository, None)
+            kind = "repository delete"
+        done[kind] = done.get(kind, 0) + 1
+    return done
+
+
+async def test_the_index_equals_a_rebuild_after_random_writes(storage_config: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    async with serving(storage_config, path) as (client, _):
+        done = await random_writes(client, random.Random(7))
+    assert done.get("push", 0) > 5 and done.get("retag", 0) > 3 and done.get("delete", 0) > 3, done
+    incremental = rows(path)
+    fresh = await rebuilt(storage_config, tmp_path / "fresh.sqlite")
+    assert incremental == fresh
+    assert incremental["tags"], "the sequence must leave something to compare"
