@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from registry.auth.access import ListingView
 from registry.auth.authenticator import Authenticator, AuthFailed, Caller, TooManyFailures
 from registry.errors import ErrorCode, RegistryError
 from registry.routing import (
@@ -24,6 +25,7 @@ from registry.routing import (
 )
 
 CHALLENGE_ACTIONS = {"pull": "pull", "push": "pull,push", "delete": "delete"}
+CATALOG_SCOPE = "registry:catalog:*"
 
 
 def _quote(value: str) -> str:
@@ -79,7 +81,12 @@ class AccessGuard:
         except AuthFailed as e:
             raise self._challenge(request, need, str(e), "invalid_token") from None
         scope["user_name"] = caller.identity.name
-        scope[LISTING_SCOPE_KEY] = caller.listing
+        listing = caller.listing
+        if isinstance(listing, ListingView) and need.scope != CATALOG_SCOPE and caller.claims is not None:
+            # An issuer's catalog grant lists every name in `/v2/_catalog` (as Distribution does), no more: search
+            # and stats, which show tags, digests and sizes, show only what the token may pull.
+            listing = caller.claims
+        scope[LISTING_SCOPE_KEY] = listing
         scope[RIGHTS_SCOPE_KEY] = CallerRights(self.auth, caller)
         if need.kind == "repository":
             for access in need.required:

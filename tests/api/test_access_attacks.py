@@ -11,12 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from registry.errors import RegistryError
 from registry.names import is_valid_name, validate_name, validate_tag
 from tests.api.conftest import ClientFactory
 from tests.api.helpers import error_code, push_blob, push_image
-from tests.api.test_route_access import PASSWORD, USERS, basic, caller_token, sections
+from tests.api.test_route_access import PASSWORD, SERVICE, USERS, basic, caller_token, sections
+from tests.auth.forge import claims, foreign_key, signed
 from tests.auth.test_htpasswd import bcrypt_entry
 
 SECRET = b"a layer of secret/app"
@@ -171,3 +173,31 @@ async def test_another_repositorys_upload_session_cannot_be_used_or_cancelled(
         assert response.status_code in (400, 404), (method, response.status_code)
     status = await client.get(location, headers=admin)
     assert status.status_code == 204, status.text  # still there, untouched
+
+
+async def test_an_issuers_catalog_grant_lists_names_but_shows_nothing_it_may_not_pull(
+    client_factory: ClientFactory, htpasswd: Path, tmp_path: Path
+) -> None:
+    """A token of another issuer granting only `registry:catalog:*` (or `:search`, what docker search asks for)."""
+    issuer_key = foreign_key()
+    public = tmp_path / "issuer.pem"
+    public.write_bytes(
+        issuer_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    config = sections(htpasswd, token=True)
+    config["auth"]["token"]["external"] = {"issuer": "https://idp.example", "public_key": str(public)}
+    client = await client_factory(config)
+    await admin_pushes(client, bearer=True)
+    for actions in (["*"], ["search"]):
+        access = [{"type": "registry", "name": "catalog", "actions": actions}]
+        token = signed(claims(SERVICE, access, sub="carol", issuer="https://idp.example"), issuer_key)
+        headers = {"Authorization": f"Bearer {token}"}
+        assert (await client.get("/v2/secret/app/tags/list", headers=headers)).status_code == 401
+        await index_ready(client, headers)
+        for path in ("/api/v1/search?q=", "/v1/search?q=", "/api/v1/stats"):
+            response = await client.get(path, headers=headers)
+            assert response.status_code == 200 and "secret/app" not in response.text, (actions, path, response.text)
+        catalog = (await client.get("/v2/_catalog", headers=headers)).json()["repositories"]
+        assert catalog == ["mallory/base", "secret/app"], actions  # names only, as Distribution lists them
