@@ -33,7 +33,17 @@ def test_reference_helpers() -> None:
     assert parse_reference(f"h:1/a:1@{DIGEST}").reference == DIGEST
 
 
-@pytest.mark.parametrize("text", ["", "localhost:5000/Team/app", "localhost:5000/app:bad tag", "h.io/app@sha256"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "localhost:5000/Team/app",
+        "localhost:5000/app:bad tag",
+        "h.io/app@sha256",
+        "localhost:5000/app:v1\n",  # `$` would match before a final newline
+        f"localhost:5000/app@{DIGEST}\n",
+    ],
+)
 def test_invalid_references(text: str) -> None:
     with pytest.raises(ClientError):
         parse_reference(text)
