@@ -205,7 +205,11 @@ class LocalIndex:
         retry, self._failed = self._failed, set()
         pending = merged([*changes, *(Change(name, whole=True) for name in retry)])
         for name in sorted(pending):
-            await self._apply(pending[name])
+            try:
+                await self._apply(pending[name])
+            except Exception:  # _apply catches what it can foresee; one repository never stops the others
+                logger.exception("index: could not apply the changes of %s; retrying at the next poll", name)
+                self._failed.add(name)
         if position != self._position:
             await asyncio.to_thread(db.set_meta, {"position": position})
             self._position = position
