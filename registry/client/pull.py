@@ -195,6 +195,10 @@ async def pull_image(
         await _download_all(registry, ref.repository, blobs, layout, reporter, concurrency)
         entry = top.descriptor
         name = ref.tag or (None if ref.digest else "latest")
+        if name and fmt == "docker-archive":
+            # The archive is an OCI archive too, and podman loads it as one, naming the image after this
+            # annotation: the whole reference, not the bare tag (which podman would load as `localhost/<tag>`).
+            name = f"{ref.repository_name}:{name}"
         if name:
             entry = Descriptor(entry.media_type, entry.digest, entry.size, annotations={REF_NAME: name})
         layout.write_index([entry])

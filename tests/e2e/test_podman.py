@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.client.cli_runner import client_env
 
 from .conftest import RunningServer, Skopeo, require_tool
 from .images import OciLayout, small_image
@@ -101,3 +104,31 @@ def test_podman_reports_a_missing_image(moorage: RunningServer, podman: Podman) 
     result = podman.run("pull", "--tls-verify=false", f"{moorage.host}/e2e/nothing:here", check=False)
     assert result.returncode != 0
     assert "manifest unknown" in result.stderr, result.stderr
+
+
+def test_a_docker_archive_from_moorage_pull_loads_under_its_own_name(
+    moorage: RunningServer, skopeo: Skopeo, podman: Podman, tmp_path: Path
+) -> None:
+    """The archive is a docker-archive and an OCI archive at once; podman loads it as the latter and names the
+    image after the index's ref name, which must be the whole reference (not `localhost/2.0:latest`)."""
+    src = OciLayout(tmp_path / "src")
+    image = small_image(src, name="archive", tag="2.0")
+    skopeo.push(src.path, "2.0", moorage.ref("team/demo", "2.0"))
+    archive = tmp_path / "demo.tar"
+    docker_config = tmp_path / "docker"
+    docker_config.mkdir()
+    reference = f"{moorage.host}/team/demo:2.0"
+    pulled = subprocess.run(
+        [sys.executable, "-m", "registry", "pull", reference, str(archive), "--format", "docker-archive"],
+        capture_output=True,
+        text=True,
+        timeout=PODMAN_TIMEOUT,
+        env=client_env(docker_config),
+        check=False,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    loaded = podman.run("load", "--input", str(archive))
+    assert f"Loaded image: {reference}" in loaded.stdout + loaded.stderr, loaded.stdout + loaded.stderr
+    assert podman.image_config(reference)["RootFS"]["Layers"] == list(image.diff_ids)
+    inspected = skopeo.inspect(f"docker-archive:{archive}")
+    assert inspected["Layers"] and inspected["Architecture"] == "amd64"
