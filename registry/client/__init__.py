@@ -4,7 +4,7 @@ The CLI (`registry.client.cli`) is a thin layer over this API::
 
     ref = parse_reference("localhost:5000/team/app:1.0")
     source, _ = open_source("./layout")
-    async with Registry.connect(ref.registry) as registry:
+    async with RegistryClient.connect(ref.registry) as registry:
         digest = await push_image(source, source.choose_root(ref.tag), ref, registry, QuietReporter())
         await pull_image(ref, Path("./copy"), registry, QuietReporter(), platform=parse_platform("linux/arm64"))
 
@@ -20,7 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from registry.client.api import Registry
+    from registry.client.api import RegistryClient
     from registry.client.copy import copy_image
     from registry.client.errors import ClientError
     from registry.client.layouts import ImageSource, open_source
@@ -36,7 +36,7 @@ _EXPORTS = {
     "ImageSource": "layouts",
     "QuietReporter": "progress",
     "Reference": "reference",
-    "Registry": "api",
+    "RegistryClient": "api",
     "copy_image": "copy",
     "make_reporter": "progress",
     "open_source": "layouts",
@@ -59,7 +59,7 @@ __all__ = [
     "ImageSource",
     "QuietReporter",
     "Reference",
-    "Registry",
+    "RegistryClient",
     "copy_image",
     "make_reporter",
     "open_source",

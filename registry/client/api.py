@@ -45,8 +45,8 @@ def next_link(response: httpx.Response) -> str | None:
     return str(link.split(";", 1)[0].strip().strip("<>"))
 
 
-class Registry:
-    """One registry: `async with Registry.connect("localhost:5000") as registry: ...`."""
+class RegistryClient:
+    """One registry: `async with RegistryClient.connect("localhost:5000") as registry: ...`."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
@@ -62,13 +62,13 @@ class Registry:
         ca_file: str | None = None,
         anonymous: bool = False,
         attempts: int | None = None,
-    ) -> Registry:
+    ) -> RegistryClient:
         if credentials is None and not anonymous:
             credentials = lookup(registry)
         kwargs: dict[str, Any] = {} if attempts is None else {"attempts": attempts}
         return cls(Transport(registry, credentials=credentials, insecure=insecure, ca_file=ca_file, **kwargs))
 
-    async def __aenter__(self) -> Registry:
+    async def __aenter__(self) -> RegistryClient:
         return self
 
     async def __aexit__(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.client import credentials
-from registry.client.api import Registry
+from registry.client.api import RegistryClient
 from registry.client.copy import copy_image
 from registry.client.errors import ClientError
 from registry.client.inspection import format_inspection, inspect_image
@@ -23,8 +23,8 @@ from registry.client.push import push_image
 from registry.client.reference import check_tag, parse_reference, parse_registry, parse_repository
 
 
-def _connect(args: argparse.Namespace, registry: str) -> Registry:
-    return Registry.connect(registry, insecure=args.insecure, ca_file=args.ca_file, attempts=args.retries + 1)
+def _connect(args: argparse.Namespace, registry: str) -> RegistryClient:
+    return RegistryClient.connect(registry, insecure=args.insecure, ca_file=args.ca_file, attempts=args.retries + 1)
 
 
 def _reporter(args: argparse.Namespace) -> Reporter:
@@ -200,7 +200,7 @@ async def cmd_login(args: argparse.Namespace) -> int:
     creds = credentials.Credentials(username, _read_password(args))
     if not creds.password:
         raise ClientError("empty password")
-    async with Registry.connect(
+    async with RegistryClient.connect(
         host, credentials=creds, insecure=args.insecure, ca_file=args.ca_file, attempts=args.retries + 1
     ) as registry:
         await registry.ping()

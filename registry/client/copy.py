@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from registry.client.api import Registry
+from registry.client.api import RegistryClient
 from registry.client.errors import ClientError
-from registry.client.manifests import Descriptor
+from registry.client.manifests import ContentDescriptor
 from registry.client.progress import Reporter
 from registry.client.reference import Reference
 from registry.client.tasks import run_limited
@@ -15,7 +15,9 @@ from registry.client.uploads import upload_blob
 DEFAULT_CONCURRENCY = 4
 
 
-async def remote_stream(registry: Registry, repository: str, digest: str, offset: int) -> AsyncGenerator[bytes, None]:
+async def remote_stream(
+    registry: RegistryClient, repository: str, digest: str, offset: int
+) -> AsyncGenerator[bytes, None]:
     """A blob's bytes from another registry, from `offset` (a Range request when resuming)."""
     async with registry.open_blob(repository, digest, offset) as response:
         if offset and response.status_code != 206:
@@ -27,8 +29,8 @@ async def remote_stream(registry: Registry, repository: str, digest: str, offset
 async def copy_image(
     src: Reference,
     dst: Reference,
-    src_registry: Registry,
-    dst_registry: Registry,
+    src_registry: RegistryClient,
+    dst_registry: RegistryClient,
     reporter: Reporter,
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
@@ -46,7 +48,7 @@ async def copy_image(
         raise ClientError(f"{src}: nested indexes are not supported")
     mount_from = src.repository if same_registry and src.repository != dst.repository else None
 
-    async def one(blob: Descriptor) -> None:
+    async def one(blob: ContentDescriptor) -> None:
         progress = reporter.blob(blob.digest, blob.size, "copying")
         outcome = await upload_blob(
             dst_registry,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from registry.client.api import Registry
+from registry.client.api import RegistryClient
 from registry.client.manifests import Manifest, format_platform
 from registry.client.progress import human_size
 from registry.client.reference import Reference
@@ -27,7 +27,7 @@ def _image_summary(image: Manifest, config: dict[str, Any] | None) -> dict[str, 
     return summary
 
 
-async def _config(registry: Registry, repository: str, image: Manifest) -> dict[str, Any] | None:
+async def _config(registry: RegistryClient, repository: str, image: Manifest) -> dict[str, Any] | None:
     descriptor = image.config
     if descriptor is None or not descriptor.media_type.endswith("json") or descriptor.size > 4 * 1024 * 1024:
         return None
@@ -39,7 +39,7 @@ async def _config(registry: Registry, repository: str, image: Manifest) -> dict[
     return config if isinstance(config, dict) else None
 
 
-async def inspect_image(registry: Registry, ref: Reference) -> dict[str, Any]:
+async def inspect_image(registry: RegistryClient, ref: Reference) -> dict[str, Any]:
     """A JSON-able description of `ref`: for an index, one entry per platform."""
     registry.allow(ref.repository, "pull")
     top = await registry.get_manifest(ref.repository, ref.reference)

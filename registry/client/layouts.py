@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.client.errors import ClientError
-from registry.client.manifests import REF_NAME, Descriptor, Manifest
+from registry.client.manifests import REF_NAME, ContentDescriptor, Manifest
 from registry.media_types import OCI_MANIFEST
 
 CHUNK = 1024 * 1024
@@ -41,7 +41,7 @@ class ImageSource:
 
     def __init__(self, description: str) -> None:
         self.description = description
-        self.roots: list[Descriptor] = []
+        self.roots: list[ContentDescriptor] = []
         self._extents: dict[str, _Extent] = {}
         self._memory: dict[str, bytes] = {}
 
@@ -71,7 +71,7 @@ class ImageSource:
             f.seek(extent.offset)
             return f.read(extent.size)
 
-    def manifest(self, descriptor: Descriptor) -> Manifest:
+    def manifest(self, descriptor: ContentDescriptor) -> Manifest:
         return Manifest.parse(self.read_bytes(descriptor.digest), descriptor.media_type, descriptor.digest)
 
     async def stream(self, digest: str, offset: int = 0) -> AsyncGenerator[bytes, None]:
@@ -93,7 +93,7 @@ class ImageSource:
         finally:
             f.close()
 
-    def choose_root(self, tag: str | None) -> Descriptor:
+    def choose_root(self, tag: str | None) -> ContentDescriptor:
         """The one image to push: the only root, else the one whose ref name is `tag`."""
         if len(self.roots) == 1:
             return self.roots[0]
@@ -176,10 +176,10 @@ class TarSource(ImageSource):
         return digest, extent.size, head
 
 
-def _read_index(description: str, data: bytes) -> list[Descriptor]:
+def _read_index(description: str, data: bytes) -> list[ContentDescriptor]:
     try:
         index = json.loads(data)
-        return [Descriptor.from_json(entry) for entry in index.get("manifests", [])]
+        return [ContentDescriptor.from_json(entry) for entry in index.get("manifests", [])]
     except (ValueError, AttributeError) as e:
         raise ClientError(f"{description}: invalid index.json") from e
 
@@ -210,7 +210,7 @@ def _docker_save(source: TarSource) -> None:
         tags = entry.get("RepoTags") or [None]
         for tag in tags:
             annotations = {REF_NAME: tag} if tag else None
-            source.roots.append(Descriptor(OCI_MANIFEST, parsed.digest, len(data), annotations=annotations))
+            source.roots.append(ContentDescriptor(OCI_MANIFEST, parsed.digest, len(data), annotations=annotations))
 
 
 def _member_name(name: str) -> str:

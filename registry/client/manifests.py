@@ -24,7 +24,7 @@ _MACHINE_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64
 
 
 @dataclass(frozen=True)
-class Descriptor:
+class ContentDescriptor:
     media_type: str
     digest: str
     size: int
@@ -33,7 +33,7 @@ class Descriptor:
     artifact_type: str | None = None
 
     @classmethod
-    def from_json(cls, obj: Any) -> Descriptor:
+    def from_json(cls, obj: Any) -> ContentDescriptor:
         try:
             return cls(
                 media_type=str(obj.get("mediaType", "")),
@@ -84,25 +84,29 @@ class Manifest:
         return self.media_type in INDEXES
 
     @property
-    def descriptor(self) -> Descriptor:
-        return Descriptor(self.media_type, self.digest, len(self.data))
+    def descriptor(self) -> ContentDescriptor:
+        return ContentDescriptor(self.media_type, self.digest, len(self.data))
 
     @property
-    def children(self) -> list[Descriptor]:
+    def children(self) -> list[ContentDescriptor]:
         """Manifests of an index (platform order kept)."""
-        return [Descriptor.from_json(m) for m in self.document.get("manifests", [])] if self.is_index else []
+        return [ContentDescriptor.from_json(m) for m in self.document.get("manifests", [])] if self.is_index else []
 
     @property
-    def config(self) -> Descriptor | None:
+    def config(self) -> ContentDescriptor | None:
         config = self.document.get("config")
-        return Descriptor.from_json(config) if config and not self.is_index else None
+        return ContentDescriptor.from_json(config) if config and not self.is_index else None
 
     @property
-    def layers(self) -> list[Descriptor]:
-        return [Descriptor.from_json(layer) for layer in self.document.get("layers", [])] if not self.is_index else []
+    def layers(self) -> list[ContentDescriptor]:
+        return (
+            [ContentDescriptor.from_json(layer) for layer in self.document.get("layers", [])]
+            if not self.is_index
+            else []
+        )
 
     @property
-    def blobs(self) -> list[Descriptor]:
+    def blobs(self) -> list[ContentDescriptor]:
         """Config first, then layers (an index has none: its children are manifests)."""
         config = self.config
         return ([config] if config else []) + self.layers
@@ -144,7 +148,7 @@ def host_platform_spec() -> dict[str, str]:
     return {"os": "linux", "architecture": _MACHINE_ARCH.get(machine, machine)}
 
 
-def select_platform(index: Manifest, wanted: dict[str, str]) -> Descriptor:
+def select_platform(index: Manifest, wanted: dict[str, str]) -> ContentDescriptor:
     """The index entry for `wanted` (a variant is compared only when asked for)."""
     for child in index.children:
         platform = child.platform or {}

@@ -17,10 +17,10 @@ from typing import BinaryIO
 
 import httpx
 
-from registry.client.api import Registry
+from registry.client.api import RegistryClient
 from registry.client.archives import write_docker_archive
 from registry.client.errors import ClientError, ConnectionFailed, DigestMismatch
-from registry.client.manifests import REF_NAME, Descriptor, Manifest, select_platform
+from registry.client.manifests import REF_NAME, ContentDescriptor, Manifest, select_platform
 from registry.client.progress import BlobProgress, Reporter
 from registry.client.reference import Reference
 from registry.client.tasks import run_limited
@@ -55,7 +55,7 @@ class LayoutWriter:
     def write_bytes(self, digest: str, data: bytes) -> None:
         self.blob_path(digest).write_bytes(data)
 
-    def write_index(self, entries: list[Descriptor]) -> None:
+    def write_index(self, entries: list[ContentDescriptor]) -> None:
         index = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -74,7 +74,7 @@ def _write_and_hash(f: BinaryIO, h: hashlib._Hash, chunk: bytes) -> None:
 
 
 async def download_blob(
-    registry: Registry, repository: str, blob: Descriptor, path: Path, progress: BlobProgress
+    registry: RegistryClient, repository: str, blob: ContentDescriptor, path: Path, progress: BlobProgress
 ) -> None:
     """Stream a blob to `path`, hashing as it goes; resume with a Range request after a dropped connection."""
     algorithm, _, expected = blob.digest.partition(":")
@@ -128,14 +128,14 @@ async def download_blob(
 
 
 async def _download_all(
-    registry: Registry,
+    registry: RegistryClient,
     repository: str,
-    blobs: list[Descriptor],
+    blobs: list[ContentDescriptor],
     layout: LayoutWriter,
     reporter: Reporter,
     concurrency: int,
 ) -> None:
-    async def one(blob: Descriptor) -> None:
+    async def one(blob: ContentDescriptor) -> None:
         progress = reporter.blob(blob.digest, blob.size, "pulling")
         await download_blob(registry, repository, blob, layout.blob_path(blob.digest), progress)
         reporter.done(blob.digest, blob.size, "pulled")
@@ -155,7 +155,7 @@ def _check_dest(dest: Path) -> Path:
 
 
 async def resolve(
-    registry: Registry, ref: Reference, platform: dict[str, str] | None
+    registry: RegistryClient, ref: Reference, platform: dict[str, str] | None
 ) -> tuple[Manifest, list[Manifest]]:
     """The manifest to write at the top (an index, or the chosen platform's image) and every image manifest."""
     top = await registry.get_manifest(ref.repository, ref.reference)
@@ -171,7 +171,7 @@ async def resolve(
 async def pull_image(
     ref: Reference,
     dest: Path,
-    registry: Registry,
+    registry: RegistryClient,
     reporter: Reporter,
     *,
     platform: dict[str, str] | None = None,
@@ -200,7 +200,7 @@ async def pull_image(
             # annotation: the whole reference, not the bare tag (which podman would load as `localhost/<tag>`).
             name = f"{ref.repository_name}:{name}"
         if name:
-            entry = Descriptor(entry.media_type, entry.digest, entry.size, annotations={REF_NAME: name})
+            entry = ContentDescriptor(entry.media_type, entry.digest, entry.size, annotations={REF_NAME: name})
         layout.write_index([entry])
         if fmt == "oci":
             os.rename(layout.root, dest)

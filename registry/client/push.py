@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from registry.client.api import Registry
+from registry.client.api import RegistryClient
 from registry.client.errors import ClientError
 from registry.client.layouts import ImageSource
-from registry.client.manifests import Descriptor, Manifest
+from registry.client.manifests import ContentDescriptor, Manifest
 from registry.client.progress import Reporter
 from registry.client.reference import Reference
 from registry.client.tasks import run_limited
@@ -17,16 +17,16 @@ DEFAULT_CONCURRENCY = 4
 
 
 async def _push_blobs(
-    registry: Registry,
+    registry: RegistryClient,
     source: ImageSource,
     repository: str,
-    blobs: Iterable[Descriptor],
+    blobs: Iterable[ContentDescriptor],
     reporter: Reporter,
     concurrency: int,
     chunk_size: int | None = None,
     mount_from: str | None = None,
 ) -> None:
-    async def push_one(blob: Descriptor) -> None:
+    async def push_one(blob: ContentDescriptor) -> None:
         progress = reporter.blob(blob.digest, blob.size, "pushing")
         outcome = await upload_blob(
             registry,
@@ -52,9 +52,9 @@ async def _push_blobs(
 
 
 async def push_manifest_tree(
-    registry: Registry,
+    registry: RegistryClient,
     source: ImageSource,
-    root: Descriptor,
+    root: ContentDescriptor,
     repository: str,
     reporter: Reporter,
     concurrency: int,
@@ -78,9 +78,9 @@ async def push_manifest_tree(
 
 async def push_image(
     source: ImageSource,
-    root: Descriptor,
+    root: ContentDescriptor,
     dest: Reference,
-    registry: Registry,
+    registry: RegistryClient,
     reporter: Reporter,
     *,
     extra_tags: Iterable[str] = (),

@@ -9,9 +9,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import httpx
 
-from registry.client.api import Registry, error_from_response
+from registry.client.api import RegistryClient, error_from_response
 from registry.client.errors import ClientError, ConnectionFailed, RegistryResponseError
-from registry.client.manifests import Descriptor
+from registry.client.manifests import ContentDescriptor
 from registry.client.progress import BlobProgress, NoProgress
 from registry.client.transport import backoff_delay
 
@@ -46,9 +46,9 @@ class BlobUpload:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: RegistryClient,
         repository: str,
-        descriptor: Descriptor,
+        descriptor: ContentDescriptor,
         source: BlobStream,
         chunk_size: int | None = None,
     ) -> None:
@@ -151,9 +151,9 @@ class BlobUpload:
 
 
 async def upload_blob(
-    registry: Registry,
+    registry: RegistryClient,
     repository: str,
-    descriptor: Descriptor,
+    descriptor: ContentDescriptor,
     source: BlobStream,
     progress: BlobProgress,
     *,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from registry.client import (
     QuietReporter,
-    Registry,
+    RegistryClient,
     copy_image,
     open_source,
     parse_platform,
@@ -26,7 +26,7 @@ async def test_push_copy_pull_with_the_python_api(tmp_path: Path) -> None:
     try:
         ref = parse_reference(f"{fake.host}/team/api:1")
         source, _ = open_source(str(layout.path))
-        async with Registry.connect(ref.registry, anonymous=True) as registry:
+        async with RegistryClient.connect(ref.registry, anonymous=True) as registry:
             digest = await push_image(
                 source, source.choose_root(ref.tag), ref, registry, QuietReporter(), extra_tags=["x"]
             )
@@ -76,7 +76,7 @@ async def test_progress_counts_every_byte_once_even_across_a_resume(tmp_path: Pa
         ref = parse_reference(f"{fake.host}/team/progress:1")
         source, _ = open_source(str(layout.path))
         reporter = RecordingReporter()
-        async with Registry.connect(ref.registry, anonymous=True) as registry:
+        async with RegistryClient.connect(ref.registry, anonymous=True) as registry:
             await push_image(source, source.choose_root("1"), ref, registry, reporter, chunk_size=700 * 1024)
     finally:
         await fake.stop()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from registry.client.api import Registry, error_from_response
+from registry.client.api import RegistryClient, error_from_response
 from registry.client.credentials import Credentials
 from registry.client.errors import ConnectionFailed, RegistryResponseError
 from registry.client.transport import Transport, parse_challenge
@@ -16,9 +16,9 @@ from registry.client.transport import Transport, parse_challenge
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def make_registry(handler: Handler, credentials: Credentials | None = None, host: str = "r.example") -> Registry:
+def make_registry(handler: Handler, credentials: Credentials | None = None, host: str = "r.example") -> RegistryClient:
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return Registry(Transport(host, credentials=credentials, client=client, backoff=0.001))
+    return RegistryClient(Transport(host, credentials=credentials, client=client, backoff=0.001))
 
 
 def test_parse_challenge() -> None:
