@@ -37,4 +37,8 @@ def create_backend(kind: str, options: dict[str, Any]) -> StorageBackend:
         from storage_backends.s3 import S3Backend, S3Options
 
         return S3Backend(S3Options(**options))
+    if kind == "memory":
+        from storage_backends.memory import MemoryBackend
+
+        return MemoryBackend(**options)
     raise ValueError(f"unknown storage backend: {kind!r}")

@@ -22,6 +22,7 @@ from registry.instrumented_storage import InstrumentedBackend
 from registry.metrics import Metrics
 from storage_backends.base import StorageBackend
 from storage_backends.filesystem import TMP_DIR, FilesystemBackend
+from storage_backends.memory import MemoryBackend
 from storage_backends.s3 import S3Backend, S3Options
 from tests.s3_server import MotoServer
 
@@ -94,11 +95,26 @@ async def instrumented_harness(request: pytest.FixtureRequest) -> AsyncIterator[
         yield dataclasses.replace(inner, backend=wrapped)
 
 
+@contextlib.asynccontextmanager
+async def memory_harness(request: pytest.FixtureRequest) -> AsyncIterator[BackendHarness]:
+    """The in-memory test double: it must behave as the real stores do."""
+    backend = MemoryBackend()
+
+    async def leftovers() -> list[str]:
+        return backend.open_writes()
+
+    async def backdate(path: str) -> None:
+        backend.backdate(path, 86400)
+
+    yield BackendHarness(backend=backend, leftovers=leftovers, backdate=backdate, redirects=False)
+
+
 # ---- The one place that lists the backends under test. ----
 HARNESSES: dict[str, HarnessFactory] = {
     "filesystem": filesystem_harness,
     "s3": s3_harness,
     "instrumented-filesystem": instrumented_harness,
+    "memory": memory_harness,
 }
 
 _HARNESS_KEY = pytest.StashKey[BackendHarness]()

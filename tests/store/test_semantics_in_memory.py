@@ -1,0 +1,118 @@
+"""The store's semantics on the in-memory backend: no server, no files, milliseconds per test. What the API and
+real-server tests check over HTTP on real stores, these check at the store's own calls."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from registry.digests import Digest
+from registry.errors import ErrorCode, RegistryError
+from registry.gc.collector import GarbageCollector, GcOptions
+from registry.gc.repositories import delete_repository
+from registry.store.registry import Registry
+from storage_backends.memory import MemoryBackend
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def digest_of(data: bytes) -> Digest:
+    return Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+
+
+@pytest.fixture
+async def registry() -> AsyncIterator[Registry]:
+    store = Registry(MemoryBackend())
+    await store.start()
+    yield store
+    await store.aclose()
+
+
+async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def upload(registry: Registry, name: str, data: bytes) -> Digest:
+    status = await registry.uploads.start(name)
+    await registry.uploads.append(name, status.upload_id, one_chunk(data))
+    return (await registry.uploads.complete(name, status.upload_id, digest_of(data))).digest
+
+
+async def image(registry: Registry, name: str, seed: str) -> bytes:
+    config, layer = json.dumps({"os": "linux", "architecture": "amd64", "seed": seed}).encode(), seed.encode() * 50
+    for blob in (config, layer):
+        await upload(registry, name, blob)
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": str(digest_of(config)),
+            "size": len(config),
+        },
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(digest_of(layer)), "size": len(layer)}
+        ],
+    }
+    return json.dumps(body).encode()
+
+
+async def test_an_upload_becomes_visible_only_with_the_right_digest(registry: Registry) -> None:
+    status = await registry.uploads.start("team/app")
+    await registry.uploads.append("team/app", status.upload_id, one_chunk(b"layer bytes"))
+    with pytest.raises(RegistryError) as refused:
+        await registry.uploads.complete("team/app", status.upload_id, digest_of(b"other bytes"))
+    assert refused.value.code is ErrorCode.DIGEST_INVALID
+    assert await registry.blobs.stat_global(digest_of(b"layer bytes")) is None
+    digest = await upload(registry, "team/app", b"layer bytes")
+    assert (await registry.blobs.stat("team/app", digest)).size == len(b"layer bytes")
+    with pytest.raises(RegistryError):
+        await registry.blobs.stat("team/other", digest)  # stored once, visible only where linked
+
+
+async def test_tags_move_and_a_delete_by_digest_takes_its_tags(registry: Registry) -> None:
+    first, second = await image(registry, "team/app", "one"), await image(registry, "team/app", "two")
+    await registry.manifests.put("team/app", "latest", first, OCI_MANIFEST, ("v1",))
+    await registry.manifests.put("team/app", "latest", second, OCI_MANIFEST)
+    assert (await registry.manifests.get("team/app", "latest")).data == second
+    assert await registry.tags.tags_of("team/app", digest_of(first)) == ["v1"]
+    await registry.manifests.delete("team/app", str(digest_of(first)))
+    assert await registry.tags.all("team/app") == ["latest"]
+    with pytest.raises(RegistryError) as gone:
+        await registry.manifests.get("team/app", "v1")
+    assert gone.value.code is ErrorCode.MANIFEST_UNKNOWN
+
+
+async def test_a_manifest_needs_its_blobs_in_the_repository(registry: Registry) -> None:
+    body = await image(registry, "team/app", "one")
+    with pytest.raises(RegistryError) as refused:
+        await registry.manifests.put("team/elsewhere", "v1", body, OCI_MANIFEST)
+    assert refused.value.code is ErrorCode.MANIFEST_BLOB_UNKNOWN
+    config = json.loads(body)["config"]["digest"]
+    assert await registry.blobs.mount("team/elsewhere", "team/app", Digest.parse(config)) is not None
+    assert await registry.blobs.mount("team/elsewhere", "team/nothing", Digest.parse(config)) is None
+
+
+async def test_gc_keeps_what_tags_reach_and_collects_the_rest(registry: Registry) -> None:
+    kept, dropped = await image(registry, "team/app", "kept"), await image(registry, "team/app", "dropped")
+    await registry.manifests.put("team/app", "v1", kept, OCI_MANIFEST)
+    await registry.manifests.put("team/app", str(digest_of(dropped)), dropped, OCI_MANIFEST)
+    report = await GarbageCollector(registry, GcOptions(grace=0, settle=0, delete_untagged=True)).run()
+    assert [r.target for r in report.manifests_removed] == [str(digest_of(dropped))]
+    assert digest_of(dropped) in report.blobs_removed
+    assert (await registry.manifests.get("team/app", "v1")).data == kept
+    for layer in json.loads(kept)["layers"]:
+        assert await registry.blobs.read_all(Digest.parse(layer["digest"])) == b"kept" * 50
+
+
+async def test_a_deleted_repository_leaves_nothing_readable(registry: Registry) -> None:
+    body = await image(registry, "team/app", "one")
+    await registry.manifests.put("team/app", "v1", body, OCI_MANIFEST)
+    deleted = await delete_repository(registry, "team/app")
+    assert (deleted.tags, deleted.manifests) == (1, 1)
+    assert not await registry.repositories.exists("team/app")
+    with pytest.raises(RegistryError):
+        await registry.manifests.get("team/app", "v1")
