@@ -4,8 +4,10 @@ error handler.
 
     ping        a login, or any valid bearer token (clients take their challenges from `/v2/`)
     login       an authenticated caller
-    listing     anyone let in (anonymous only if a rule names it, and after a challenge unless the route says
-                not to); the handler lists only what the caller may pull
+    listing     a login or any valid bearer token (an anonymous token included: it lists what anonymous may
+                pull, nothing when no rule names anonymous); without credentials, only if a rule names anonymous
+                and after a challenge unless the route says not to. The handler lists only what the caller may
+                pull
     repository  every `required` action; each `optional` one is granted or not, never refused
 """
 
