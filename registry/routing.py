@@ -122,6 +122,11 @@ def allowed(request: Request, repository: str, action: Action) -> bool:
     return rights is None or rights.allows(repository, action)
 
 
+def unrestricted(request: Request) -> bool:
+    """Whether the caller may do anything anywhere (a registry without auth)."""
+    return request.scope.get(RIGHTS_SCOPE_KEY) is None
+
+
 class ApiRoute(Route):
     """A route with its access declaration; the handler runs only once the declared need is met."""
 

@@ -15,7 +15,7 @@ from registry.events import Action, notify
 from registry.handlers.common import registry_of, repository_name, signer_of, single_query
 from registry.index.base import IndexUnavailable
 from registry.names import validate_name
-from registry.routing import RIGHTS_SCOPE_KEY, Need, RepositoryAccess, allowed, granted
+from registry.routing import Need, RepositoryAccess, allowed, granted, unrestricted
 from registry.store.blobs import BlobInfo
 from registry.store.registry import Registry
 from registry.store.uploads import UploadStatus, range_header
@@ -146,7 +146,7 @@ async def start_upload(request: Request) -> Response:
     name = start.name
     registry = registry_of(request)
     if start.mount is not None:
-        info = await _mount(request, registry, start.mount, start.source)
+        info = await _mount(request, registry, start, start.mount)
         if info is not None:
             return blob_created(request, name, info, "mount")
     if start.digest is not None:
@@ -159,17 +159,17 @@ async def start_upload(request: Request) -> Response:
     return upload_accepted(request, status, start.algorithm)
 
 
-async def _mount(request: Request, registry: Registry, digest: Digest, source: str | None) -> BlobInfo | None:
+async def _mount(request: Request, registry: Registry, start: StartUpload, digest: Digest) -> BlobInfo | None:
     """Link the blob from a repository the caller may pull; None (a plain upload follows) when there is none.
 
     Without `from` (the spec lets a registry find the blob itself) only repositories the caller may pull are
     looked at: the target, then, without auth, the registry's copy, else a bounded list of pullable ones."""
-    name = StartUpload.of(request).name
+    name, source = start.name, start.source
     if source is not None:
         return await registry.blobs.mount(name, source, digest) if granted(request, source, "pull") else None
-    candidates = [name] if allowed(request, name, "pull") else []
-    if request.scope.get(RIGHTS_SCOPE_KEY) is None:
+    if unrestricted(request):
         return await registry.blobs.mount_any(name, digest)
+    candidates = [name] if allowed(request, name, "pull") else []
     index = registry.index
     if index is not None and index.ready:
         try:

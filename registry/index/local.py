@@ -17,7 +17,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -280,44 +280,41 @@ class LocalIndex:
         """Bring what `change` names in line with storage: only its rows, unless it names the whole repository."""
         if change.whole:
             return await self._refresh(change.repository)
-        name, db = change.repository, self._db
-        if db is None:
-            return False
-        lock = self._locks.setdefault(name, asyncio.Lock())
+        name = change.repository
 
-        async def lookup(digests: list[str]) -> dict[str, ManifestRecord]:
-            return await asyncio.to_thread(db.manifests_by_digest, name, digests)
+        async def rows(db: Database) -> None:
+            async def lookup(digests: list[str]) -> dict[str, ManifestRecord]:
+                return await asyncio.to_thread(db.manifests_by_digest, name, digests)
 
-        try:
-            async with lock:
-                # Tags that named a changed manifest may have gone with it (a DELETE by digest untags).
-                tags = {*change.tags, *await asyncio.to_thread(db.tags_pointing_at, name, sorted(change.manifests))}
-                facts = await read_facts(self.registry, name, tags, change.manifests, lookup, self._skipped)
-                left = await asyncio.to_thread(db.apply, name, facts.tags, facts.manifests)
-                # Nothing indexable left: a repository with blobs only stays listed, a deleted one goes.
-                if not left and not await self.registry.repositories.exists(name):
-                    await asyncio.to_thread(db.replace, name, None)
-        except (StorageError, OSError, sqlite3.Error) as e:
-            logger.warning("index: could not read %s from storage (%s); retrying later", name, e)
-            self._failed.add(name)
-            return False
-        except Exception:
-            logger.exception("index: could not index %s; retrying later", name)
-            self._failed.add(name)
-            return False
-        return True
+            # Tags that named a changed manifest may have gone with it (a DELETE by digest untags).
+            tags = {*change.tags, *await asyncio.to_thread(db.tags_pointing_at, name, sorted(change.manifests))}
+            facts = await read_facts(self.registry, name, tags, change.manifests, lookup, self._skipped)
+            left = await asyncio.to_thread(db.apply, name, facts.tags, facts.manifests)
+            # Nothing indexable left: a repository with blobs only stays listed, a deleted one goes.
+            if not left and not await self.registry.repositories.exists(name):
+                await asyncio.to_thread(db.replace, name, None)
+
+        return await self._locked(name, rows)
 
     async def _refresh(self, name: str, fresh: bool = False) -> bool:
         """Re-read `name` from storage into the index; False (and a retry at the next poll) when that failed."""
+
+        async def whole(db: Database) -> None:
+            known = {} if fresh else await asyncio.to_thread(db.known_manifests, name)
+            snapshot = await read_repository(self.registry, name, known, self._skipped)
+            await asyncio.to_thread(db.replace, name, snapshot)
+
+        return await self._locked(name, whole)
+
+    async def _locked(self, name: str, update: Callable[[Database], Awaitable[None]]) -> bool:
+        """Run one update of `name`'s rows under its lock; False (and a retry at the next poll) when it failed."""
         db = self._db
         if db is None:
             return False  # not started: an admin command's index only records changes for the servers
         lock = self._locks.setdefault(name, asyncio.Lock())
         try:
             async with lock:
-                known = {} if fresh else await asyncio.to_thread(db.known_manifests, name)
-                snapshot = await read_repository(self.registry, name, known, self._skipped)
-                await asyncio.to_thread(db.replace, name, snapshot)
+                await update(db)
         except (StorageError, OSError, sqlite3.Error) as e:
             logger.warning("index: could not read %s from storage (%s); retrying later", name, e)
             self._failed.add(name)

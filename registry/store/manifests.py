@@ -211,31 +211,16 @@ class ManifestStore:
           a repository deletion may have passed between the first look and the rewrite."""
         blobs = [d.digest for d in (parsed.config, *parsed.layers) if d is not None and not _is_foreign(d)]
         children = [d.digest for d in parsed.children]
-        gone = [
-            d
-            for d, ok in zip(
-                [*blobs, *children],
-                await asyncio.gather(*(self.blobs.ensure_present(d) for d in [*blobs, *children])),
-                strict=True,
-            )
-            if not ok
-        ]
+        present = await asyncio.gather(*(self.blobs.ensure_present(d) for d in [*blobs, *children]))
+        gone = [d for d, ok in zip([*blobs, *children], present, strict=True) if not ok]
         if not await self.blobs.ensure_present(digest):
             await self.blobs.put_small(digest, data)
         unlinked = await self._unlinked(name, blobs, children)
         if not unlinked and not gone:
-            rewrote = False
-            revision = paths.manifest_revision_link(name, digest)
-            if not await self.backend.exists(revision):
-                await self.backend.put_content(revision, str(digest).encode())
-                rewrote = True
-            for tag in tags:
-                try:
-                    await self.tags.resolve(name, tag)
-                except RegistryError:
-                    await self.tags.set(name, tag, digest)
-                    rewrote = True
-            if not rewrote or not (unlinked := await self._unlinked(name, blobs, children)):
+            if not await self._rewrite_vanished(name, digest, tags):
+                return
+            unlinked = await self._unlinked(name, blobs, children)
+            if not unlinked:
                 return
         for tag in tags:
             with contextlib.suppress(RegistryError):
@@ -255,6 +240,21 @@ class ManifestStore:
             detail={"digest": str(gone[0])},
             message="a blob the manifest references was garbage-collected during the push; push it again",
         )
+
+    async def _rewrite_vanished(self, name: str, digest: Digest, tags: tuple[str, ...]) -> bool:
+        """Write again the revision link and tags that are gone; whether anything was."""
+        rewrote = False
+        revision = paths.manifest_revision_link(name, digest)
+        if not await self.backend.exists(revision):
+            await self.backend.put_content(revision, str(digest).encode())
+            rewrote = True
+        for tag in tags:
+            try:
+                await self.tags.resolve(name, tag)
+            except RegistryError:
+                await self.tags.set(name, tag, digest)
+                rewrote = True
+        return rewrote
 
     async def _unlinked(self, name: str, blobs: list[Digest], children: list[Digest]) -> list[Digest]:
         """Which of the blobs and child manifests the repository no longer links."""
