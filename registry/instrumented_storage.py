@@ -178,7 +178,7 @@ class InstrumentedBackend(StorageBackend):
             with self._timers["check"]():
                 await self.inner.check()
                 free = await self.inner.free_bytes()
-        except BaseException:
+        except Exception:  # not on cancellation: a shutdown says nothing of the store (a timeout is marked below)
             self._up.set(0)
             raise
         self._up.set(1)
@@ -192,7 +192,10 @@ class InstrumentedBackend(StorageBackend):
         while True:
             try:
                 await asyncio.wait_for(self.check(), PROBE_TIMEOUT)
-            except (StorageError, OSError, TimeoutError) as e:
+            except TimeoutError:
+                self._up.set(0)  # a store that does not answer in time is down as far as clients can tell
+                logger.debug("storage probe timed out")
+            except (StorageError, OSError) as e:
                 logger.debug("storage probe failed: %s", e)
             await asyncio.sleep(PROBE_INTERVAL)
 
