@@ -13,7 +13,9 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from registry.services import Service
 from registry.settings import CONFIG_ENV, ConfigError, Settings, load_settings
+from registry.store.events import Origin, acting_as
 from registry.store.registry import Registry
 
 EXIT_OK = 0
@@ -48,11 +50,29 @@ def run_admin(main: AdminMain, args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def open_registry(settings: Settings) -> AsyncIterator[Registry]:
-    """The registry over the configured storage, started, and closed afterwards."""
+async def open_registry(settings: Settings, actor: str = "moorage:admin") -> AsyncIterator[Registry]:
+    """The registry over the configured storage, started, and closed afterwards. What it changes emits the same
+    events as the API (as `actor`): the running servers' metadata index follows (through its change records), and
+    webhooks are queued for them to deliver."""
     registry = Registry.from_settings(settings)
     await registry.start()
+    followers: list[Service] = []
     try:
-        yield registry
+        if settings.index.enabled:
+            from registry.index.setup import open_index
+
+            index = open_index(settings, registry)
+            index.follow(registry.events)
+            followers.append(index)
+        if settings.notifications.endpoints:
+            from registry.notifications import follow as follow_notifications
+
+            notifier = follow_notifications(settings, registry, deliver=False)
+            await notifier.start()
+            followers.append(notifier)
+        with acting_as(Origin(actor=actor)):
+            yield registry
     finally:
+        for follower in reversed(followers):
+            await follower.aclose()
         await registry.aclose()

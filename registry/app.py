@@ -37,7 +37,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     backend = backend_from_settings(settings)
     if metrics is not None:
         backend = InstrumentedBackend(backend, metrics)
-    registry = Registry.from_settings(settings, backend=backend, observer=metrics)
+    registry = Registry.from_settings(settings, backend=backend)
+    if metrics is not None:
+        metrics.follow(registry.events)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -71,13 +73,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.readiness = Readiness()
-    app.state.events = None  # the event sink: none unless a feature (webhooks) sets one
     notifier = None
     if settings.notifications.endpoints:
-        # An optional feature behind its seam: the core knows only registry.events.
-        from registry.notifications import setup as setup_notifications
+        # An optional feature: it follows the store's events.
+        from registry.notifications import follow as follow_notifications
 
-        notifier = setup_notifications(app, settings)
+        notifier = follow_notifications(settings, registry)
     # Features behind their seams; each may add state, middleware or a background service.
     services: list[Service] = []
     for feature in (index_setup, gc_setup):

@@ -23,7 +23,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from registry.store.blobs import BlobInfo
+from registry.store.events import Event, EventBus, EventType
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -123,6 +123,12 @@ class Metrics:
             "moorage_blob_dedup_saved_bytes", "Bytes not stored again thanks to dedup hits.", registry=r
         )
         self.blobs_committed = Counter("moorage_blob_uploads_committed", "Blob uploads committed.", registry=r)
+        self.store_events = Counter(
+            "moorage_store_events",
+            "What the store did (blob.pushed, manifest.pulled, tag.deleted, ...), whoever asked: API, GC, admin.",
+            ("type",),
+            registry=r,
+        )
         self.storage_duration = Histogram(
             "moorage_storage_operation_duration_seconds",
             "Storage backend calls (streams: until the first chunk).",
@@ -233,11 +239,19 @@ class Metrics:
         if sent:
             sent_bytes.inc(sent)
 
-    def blob_committed(self, name: str, blob: BlobInfo, deduplicated: bool) -> None:
-        self.blobs_committed.inc()
-        if deduplicated:
-            self.dedup_hits.inc()
-            self.dedup_saved_bytes.inc(blob.size)
+    def follow(self, events: EventBus) -> None:
+        """Count every store event by type; blob uploads also by whether dedup dropped their bytes."""
+        counters = {kind: self.buffered_counter(self.store_events.labels(kind.value)) for kind in EventType}
+
+        def count(event: Event) -> None:
+            counters[event.type].inc()
+            if event.type is EventType.BLOB_PUSHED:
+                self.blobs_committed.inc()
+                if event.deduplicated:
+                    self.dedup_hits.inc()
+                    self.dedup_saved_bytes.inc(event.size or 0)
+
+        events.subscribe(count)
 
     def gc_finished(self, blobs: int, removed_bytes: int, manifests: int, uploads: int) -> None:
         self.gc_runs.labels("ok").inc()

@@ -65,6 +65,23 @@ def manifest_media_type(name: str, digest: Digest) -> str:
     return f"{manifest_revision_dir(name, digest)}/mediatype"
 
 
+def revision_tags_dir(name: str, digest: Digest) -> str:
+    """Ours: one empty file per tag pointed at this revision (a tag moved away since leaves its file), so that the
+    tags of a manifest are found without reading every tag. Apart from the revision: a deletion of the revision
+    that races a tag write must still find the tag when it looks again."""
+    return f"{REPOSITORIES}/{name}/_manifests/revision-tags/{digest.algorithm}/{digest.hex}"
+
+
+def revision_tag(name: str, digest: Digest, tag: str) -> str:
+    return f"{revision_tags_dir(name, digest)}/{tag}"
+
+
+def revision_tags_complete(name: str) -> str:
+    """Ours: present once every tag of the repository has its `revision_tag` file (tags written before those files
+    existed get theirs on the first lookup)."""
+    return f"{REPOSITORIES}/{name}/_manifests/revision-tags-complete"
+
+
 def tags_dir(name: str) -> str:
     return f"{REPOSITORIES}/{name}/_manifests/tags"
 

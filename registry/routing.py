@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute, Route
 
 from registry.errors import ErrorCode, RegistryError
 from registry.names import validate_name
+from registry.store.events import Origin, set_origin
 
 Action = Literal["pull", "push", "delete"]
 NeedKind = Literal["public", "ping", "login", "listing", "repository"]
@@ -127,6 +128,21 @@ def unrestricted(request: Request) -> bool:
     return request.scope.get(RIGHTS_SCOPE_KEY) is None
 
 
+def origin_of(request: Request) -> Origin:
+    client = request.client
+    server = request.scope.get("server") or ("", 0)
+    return Origin(
+        actor=request.scope.get("user_name", ""),
+        request_id=request.scope.get("request_id", ""),
+        address=f"{client.host}:{client.port}" if client else "",
+        host=request.headers.get("host", ""),
+        method=request.method,
+        user_agent=request.headers.get("user-agent", ""),
+        base_url=str(request.base_url),
+        server_port=server[1] or 0,
+    )
+
+
 class ApiRoute(Route):
     """A route with its access declaration; the handler runs only once the declared need is met."""
 
@@ -142,6 +158,7 @@ class ApiRoute(Route):
             guard: Guard | None = getattr(state, GUARD_STATE, None)
             if guard is not None and need.kind != "public":
                 await guard.authorize(request, need)
+            set_origin(origin_of(request))  # who the store's events name (registry/store/events.py)
             return await endpoint(request)
 
         checked.__name__ = endpoint.__name__

@@ -41,7 +41,7 @@ class Receiver:
         return [event for _, envelope in self.envelopes for event in envelope["events"]]
 
     def found(self, action: str, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events() if e["action"] == action and f"/{kind}/" in e["target"]["url"]]
+        return [e for e in self.events() if e["action"] == action and f"/{kind}/" in e["target"].get("url", "")]
 
     async def wait_for(self, action: str, kind: str, count: int = 1) -> list[dict[str, Any]]:
         deadline = time.monotonic() + WAIT

@@ -12,10 +12,7 @@ from registry.durations import parse_duration
 from registry.errors import RegistryError
 from registry.gc.accounting import StorageUsage, measure
 from registry.gc.collector import GarbageCollector, GcOptions, GcReport
-from registry.gc.immutable import ImmutableTags
-from registry.gc.repositories import delete_repository
 from registry.settings import Settings
-from registry.store.registry import Registry
 from storage_backends import StorageError
 
 
@@ -66,17 +63,6 @@ def add_commands(commands: Any) -> None:
     set_main(du, run_du)
 
 
-def prepare(settings: Settings, registry: Registry) -> None:
-    """Immutable tags hold here too, and changes made here reach the running servers' metadata index (through its
-    change records)."""
-    if settings.immutable_tags:
-        registry.tags.guard = ImmutableTags(settings.immutable_tags)
-    if settings.index.enabled:
-        from registry.index.setup import open_index
-
-        registry.index = open_index(settings, registry)
-
-
 async def run_gc(args: argparse.Namespace, settings: Settings) -> int:
     options = GcOptions.from_settings(
         settings.gc,
@@ -90,7 +76,6 @@ async def run_gc(args: argparse.Namespace, settings: Settings) -> int:
     )
     try:
         async with open_registry(settings) as registry:
-            prepare(settings, registry)
             report = await GarbageCollector(registry, options).run()
     except StorageError as e:
         # Safe to run again: whatever this run set aside is restored or deleted by the next one.
@@ -131,9 +116,8 @@ async def run_repo_rm(args: argparse.Namespace, settings: Settings) -> int:
         print("moorage: deletes are disabled on this registry (storage.delete)", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     async with open_registry(settings) as registry:
-        prepare(settings, registry)
         try:
-            deleted = await delete_repository(registry, args.name, settings.immutable_tags, force=args.force)
+            deleted = await registry.repositories.delete(args.name, force=args.force)
         except RegistryError as e:
             print(f"moorage: {e.message}: {json.dumps(e.detail)}", file=sys.stderr)
             return EXIT_FAILURE

@@ -54,9 +54,11 @@ from registry.errors import RegistryError
 from registry.gc.inventory import Inventory, read_blobs, read_manifests, read_repositories, read_tags
 from registry.gc.retention import Removal, plan_retention, reachable, rule_for
 from registry.gc.settings import GcSettings, ImmutableTagRule, RetentionRule, UploadsSettings
+from registry.store.events import Origin, acting_as
 from registry.store.registry import Registry
 from storage_backends import PathNotFound
 
+GC_ORIGIN = Origin(actor="moorage:gc")
 logger = logging.getLogger("moorage.gc")
 
 
@@ -150,6 +152,11 @@ class GarbageCollector:
         self.backend = registry.backend
 
     async def run(self) -> GcReport:
+        """One collection; what it removes emits the store's events as the actor `moorage:gc`."""
+        with acting_as(GC_ORIGIN):
+            return await self._run()
+
+    async def _run(self) -> GcReport:
         started = asyncio.get_running_loop().time()
         options = self.options
         report = GcReport(dry_run=options.dry_run)
@@ -160,7 +167,7 @@ class GarbageCollector:
         await read_blobs(self.registry, inventory)
         await read_manifests(self.registry, inventory, _all_revisions(inventory))
 
-        changed = await self._remove_manifests(inventory, report, now)
+        await self._remove_manifests(inventory, report, now)
         marked = self._mark(inventory)
         grace = dt.timedelta(seconds=options.grace)
         candidates: dict[Digest, int] = {}
@@ -177,16 +184,13 @@ class GarbageCollector:
             await self._sweep(candidates, inventory, report)
         await self._remove_dangling_links(inventory, report)
         await self._purge_uploads(inventory, report, now)
-        if not options.dry_run:
-            await self._tell_index(changed)
         report.seconds = asyncio.get_running_loop().time() - started
         return report
 
-    async def _remove_manifests(self, inventory: Inventory, report: GcReport, now: dt.datetime) -> set[str]:
+    async def _remove_manifests(self, inventory: Inventory, report: GcReport, now: dt.datetime) -> None:
         """Retention, then (with delete_untagged) manifests no tag reaches; applied to `inventory` as well, so that
         a dry run marks what a real run would."""
         options = self.options
-        changed: set[str] = set()
         grace = dt.timedelta(seconds=options.grace)
         for contents in list(inventory.repositories.values()):
             removals: list[Removal] = []
@@ -211,9 +215,7 @@ class GarbageCollector:
                 continue
             if not options.dry_run:
                 removals = await self._apply(removals, inventory)
-                changed.add(contents.name)
             report.removals += removals
-        return changed
 
     @staticmethod
     def _apply_in_memory(name: str, inventory: Inventory, removals: list[Removal]) -> None:
@@ -241,7 +243,7 @@ class GarbageCollector:
                     digest = Digest.parse(removal.target)
                     references = inventory.manifests.get(digest)
                     subject = references.subject if references is not None else None
-                    done = await self._delete_if_untagged(removal.repository, digest, subject)
+                    done = await self.registry.manifests.delete_if_untagged(removal.repository, digest, subject)
             except RegistryError as e:
                 # Made immutable meanwhile, or unreadable: nothing to do.
                 logger.info("gc: not removing %s %s of %s: %s", removal.kind, removal.target, removal.repository, e)
@@ -253,25 +255,6 @@ class GarbageCollector:
                     "gc: %s %s of %s changed since the listing: kept", removal.kind, removal.target, removal.repository
                 )
         return applied
-
-    async def _delete_if_untagged(self, name: str, digest: Digest, subject: Digest | None) -> bool:
-        """Delete a manifest revision only if no tag names it at the moment of deleting.
-
-        A push tagging it meanwhile either wrote its tag before the second look below (which puts the revision
-        back), or after it; then the push's own re-check after writing its tag finds the revision gone and
-        writes it again (ManifestStore.put). Either way the tag a client was answered 201 for keeps its
-        manifest; the blobs follow from the second mark of the sweep, which sees the revision again."""
-        tags = self.registry.tags
-        if await tags.tags_of(name, digest):
-            return False
-        await self.backend.delete(paths.manifest_revision_dir(name, digest))
-        self.registry.blobs.forget(name, digest)
-        if await tags.tags_of(name, digest):
-            await self.backend.put_content(paths.manifest_revision_link(name, digest), str(digest).encode())
-            return False
-        if subject is not None:
-            await self.registry.referrers.remove(name, subject, digest)
-        return True
 
     @staticmethod
     def _mark(inventory: Inventory) -> set[Digest]:
@@ -354,8 +337,7 @@ class GarbageCollector:
                     continue
                 report.links_removed.append((contents.name, digest))
                 if not self.options.dry_run:
-                    await self.backend.delete(paths.layer_link_dir(contents.name, digest))
-                    self.registry.blobs.forget(contents.name, digest)
+                    await self.registry.blobs.drop_link(contents.name, digest)
 
     async def _purge_uploads(self, inventory: Inventory, report: GcReport, now: dt.datetime) -> None:
         limit = dt.timedelta(seconds=self.options.purge_uploads_after)
@@ -369,13 +351,6 @@ class GarbageCollector:
         report.abandoned_writes_purged = await self.backend.purge_abandoned_writes(
             self.options.purge_uploads_after, dry_run=self.options.dry_run
         )
-
-    async def _tell_index(self, names: Iterable[str]) -> None:
-        index = self.registry.index
-        if index is None:
-            return
-        for name in sorted(names):
-            await index.repository_changed(name)
 
 
 def _all_revisions(inventory: Inventory) -> list[Digest]:

@@ -8,7 +8,6 @@ from starlette.routing import BaseRoute
 
 from registry.errors import ErrorCode, RegistryError
 from registry.gc.accounting import measure
-from registry.gc.repositories import delete_repository
 from registry.handlers.common import (
     json_response,
     pull_filter,
@@ -22,8 +21,7 @@ from registry.routing import LOGIN, ApiRoute, on_repository
 async def delete_repository_endpoint(request: Request) -> Response:
     name = repository_name(request)
     require_delete_enabled(request)
-    settings = request.app.state.settings
-    deleted = await delete_repository(registry_of(request), name, settings.immutable_tags)
+    deleted = await registry_of(request).repositories.delete(name)
     return json_response(deleted.as_dict(), status=202)
 
 

@@ -8,7 +8,6 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from registry.errors import ErrorCode, RegistryError
-from registry.events import notify
 from registry.handlers.common import path_digest, registry_of, repository_name, require_delete_enabled
 from registry.store.blobs import blob_unknown
 
@@ -51,7 +50,8 @@ async def get_blob(request: Request) -> Response:
     digest = path_digest(request)
     registry = registry_of(request)
     # A HEAD usually precedes a manifest PUT that relies on the blob: it refreshes an old blob's age for GC.
-    info = await registry.blobs.stat_recent(name, digest, touch=request.method == "HEAD")
+    blobs = registry.blobs
+    info = await (blobs.stat_recent(name, digest, touch=True) if request.method == "HEAD" else blobs.pull(name, digest))
     headers = {
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",
@@ -66,7 +66,6 @@ async def get_blob(request: Request) -> Response:
     # itself, so it must name data that is in place (GC may have set the blob aside: this restores it).
     if url is not None and not await registry.blobs.ensure_present(digest):
         raise blob_unknown(digest)
-    notify(request, "pull", "blob", name, str(digest), BLOB_MEDIA_TYPE, info.size)
     if url is not None:
         return RedirectResponse(url, status_code=307, headers={"Docker-Content-Digest": str(digest)})
     byte_range = parse_range(request.headers.get("range"), info.size)
@@ -89,5 +88,4 @@ async def delete_blob(request: Request) -> Response:
     digest = path_digest(request)
     require_delete_enabled(request)
     await registry_of(request).blobs.unlink(name, digest)
-    notify(request, "delete", "blob", name, str(digest), BLOB_MEDIA_TYPE)
     return Response(status_code=202, headers={"Docker-Content-Digest": str(digest), "Content-Length": "0"})

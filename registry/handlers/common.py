@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
+from registry.index.base import MetadataIndex
 from registry.names import validate_name
 from registry.routing import LISTING_SCOPE_KEY, Rights
 from registry.store.registry import Registry
@@ -33,6 +34,12 @@ RETRY_AFTER_SECONDS = "5"
 def registry_of(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
+
+
+def index_of(request: Request) -> MetadataIndex | None:
+    """The metadata index for queries (catalog, search, mount discovery); None when it is off."""
+    index: MetadataIndex | None = getattr(request.app.state, "index", None)
+    return index
 
 
 def signer_of(request: Request) -> UploadStateSigner:

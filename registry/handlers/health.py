@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from registry.errors import ErrorCode, RegistryError
-from registry.handlers.common import json_response, registry_of
+from registry.handlers.common import index_of, json_response, registry_of
 from registry.metrics import CONTENT_TYPE, WWW_AUTHENTICATE, Metrics, basic_auth_ok
 from registry.settings import MetricsSettings
 from registry.store.registry import Registry
@@ -65,7 +65,7 @@ async def readyz(request: Request) -> Response:
     readiness: Readiness = request.app.state.readiness
     registry = registry_of(request)
     problem = await readiness.problem(registry)
-    if problem is None and registry.index is not None and not registry.index.ready:
+    if problem is None and (index := index_of(request)) is not None and not index.ready:
         problem = "the metadata index is being built from storage"
     if problem is not None:
         raise RegistryError(ErrorCode.UNAVAILABLE, detail=problem, message="not ready", headers={"Retry-After": "1"})

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from registry.errors import ErrorCode, RegistryError
 from registry.handlers.common import (
+    index_of,
     json_response,
     paginate,
     parse_page_size,
@@ -41,7 +42,7 @@ async def list_tags(request: Request) -> Response:
 
 async def catalog(request: Request) -> Response:
     visible = pull_filter(request)
-    index = registry_of(request).index
+    index = index_of(request)
     if index is not None and index.ready:
         n = parse_page_size(request)
         last = single_query(request, "last", ErrorCode.PAGINATION_NUMBER_INVALID)

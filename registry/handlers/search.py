@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from registry.errors import ErrorCode, RegistryError
-from registry.handlers.common import json_response, pull_filter, registry_of, repository_name, single_query
+from registry.handlers.common import index_of, json_response, pull_filter, repository_name, single_query
 from registry.handlers.listings import next_link
 from registry.index.base import IndexUnavailable, ManifestRecord, MetadataIndex, SearchHit
 from registry.index.query import parse_query
@@ -58,7 +58,7 @@ def result_count(request: Request) -> int:
 
 
 def usable_index(request: Request) -> MetadataIndex:
-    index = registry_of(request).index
+    index = index_of(request)
     if index is None:
         raise RegistryError(
             ErrorCode.NOT_FOUND, detail="search needs the metadata index, which is off on this registry (index.enabled)"

@@ -11,8 +11,7 @@ from starlette.responses import Response
 
 from registry.digests import DEFAULT_ALGORITHM, Digest, new_hasher
 from registry.errors import ErrorCode, RegistryError
-from registry.events import Action, notify
-from registry.handlers.common import registry_of, repository_name, signer_of, single_query
+from registry.handlers.common import index_of, registry_of, repository_name, signer_of, single_query
 from registry.index.base import IndexUnavailable
 from registry.names import validate_name
 from registry.routing import Need, RepositoryAccess, allowed, granted, unrestricted
@@ -26,8 +25,7 @@ _START_KEY = "moorage.upload_start"
 MOUNT_DISCOVERY_LIMIT = 64
 
 
-def blob_created(request: Request, name: str, info: BlobInfo, action: Action = "push") -> Response:
-    notify(request, action, "blob", name, str(info.digest), "application/octet-stream", info.size)
+def blob_created(name: str, info: BlobInfo) -> Response:
     return Response(
         status_code=201,
         headers={
@@ -148,13 +146,13 @@ async def start_upload(request: Request) -> Response:
     if start.mount is not None:
         info = await _mount(request, registry, start, start.mount)
         if info is not None:
-            return blob_created(request, name, info, "mount")
+            return blob_created(name, info)
     if start.digest is not None:
         status = await registry.uploads.start(name, start.digest.algorithm)
         await registry.uploads.append(
             name, status.upload_id, request.stream(), length=content_length(request), algorithm=start.digest.algorithm
         )
-        return blob_created(request, name, await registry.uploads.complete(name, status.upload_id, start.digest))
+        return blob_created(name, await registry.uploads.complete(name, status.upload_id, start.digest))
     status = await registry.uploads.start(name, start.algorithm)
     return upload_accepted(request, status, start.algorithm)
 
@@ -170,7 +168,7 @@ async def _mount(request: Request, registry: Registry, start: StartUpload, diges
     if unrestricted(request):
         return await registry.blobs.mount_any(name, digest)
     candidates = [name] if allowed(request, name, "pull") else []
-    index = registry.index
+    index = index_of(request)
     if index is not None and index.ready:
         try:
             pullable = await index.catalog(None, MOUNT_DISCOVERY_LIMIT, lambda repo: allowed(request, repo, "pull"))
@@ -233,7 +231,7 @@ async def finish_upload(request: Request) -> Response:
         if length is None:
             length = content_length(request)
         await uploads.append(name, upload_id, request.stream(), start, length, algorithm)
-    return blob_created(request, name, await uploads.complete(name, upload_id, digest))
+    return blob_created(name, await uploads.complete(name, upload_id, digest))
 
 
 async def upload_status(request: Request) -> Response:

@@ -6,7 +6,7 @@ embedded SQLite one does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -99,21 +99,6 @@ class MetadataIndex(Protocol):
     @property
     def ready(self) -> bool:
         """Whether queries are answered from an index that is built and in line with storage."""
-
-    async def changing(self, name: str, tags: Iterable[str] = (), manifests: Iterable[str] = ()) -> str:
-        """Announce, before writing storage, that these tags and manifests of `name` (none named: anything in it)
-        are about to change; other processes re-read them. Returns the change to pass to `refresh`."""
-
-    async def refresh(self, name: str, change: str | None = None) -> None:
-        """Re-read from storage what the change named, after this process made it (never raises: a failure is
-        retried later)."""
-
-    async def repository_changed(self, name: str) -> None:
-        """Bring one repository's entry in line with storage (dropping it if the repository is gone), here and in
-        every other process and replica. For whoever changed a repository behind the API's back (GC, retention)."""
-
-    def count_pull(self, name: str) -> None:
-        """One manifest GET of `name`; counted in memory, written in batches."""
 
     async def catalog(self, last: str | None, limit: int | None, visible: Visible | None) -> list[str]:
         """Repository names after `last` in lexical order, at most `limit` (None: all) of those `visible` allows."""

@@ -1,13 +1,15 @@
 """Change records in storage: how every process and replica learns what another one changed.
 
-Before a repository changes, its writer appends a tiny record (`paths.index_change(key)`, the key being
-`<nanoseconds since the epoch>-<uuid>`, so keys sort by time) naming the repository and, when it knows them, the
-tags and manifests it is about to change: `{"repository": ..., "tags": [...], "manifests": [...]}`. A record with
-only a name (the older form, and what GC and repository deletion write) means the whole repository. Every process
-lists the records after its position every poll interval and re-reads from storage what they name. A record is
-read when first seen and once more when it is older than `settle` (the write it announced may not have been
-finished the first time); the position only moves past settled records, and it is kept in the index, so a
-restart replays what a crash left half done.
+Around each write the index of the writing process appends a tiny record (`paths.index_change(key)`, the key being
+`<nanoseconds since the epoch>-<uuid>`, so keys sort by time) naming the repository and the tags and manifests the
+write changes: `{"repository": ..., "tags": [...], "manifests": [...]}`; a record with only a name (the older form)
+means the whole repository. One record goes before the write, so that a process dying in the middle leaves a trace,
+and one after it, to say it is done. Every process lists the records after its position every poll interval and
+re-reads from storage the rows they name: only those. A record is read when first seen and once more when it is
+older than `settle` (the write it announced may not have been finished the first time); the position only moves
+past settled records, and it is kept in the index, so a restart replays what a crash left half done. The writing
+process skips its own records at first sight (it applies its changes itself) but reads its announcements once
+settled, which repairs a write that failed or was cut short after it announced.
 """
 
 from __future__ import annotations
@@ -98,11 +100,15 @@ class ChangeLog:
         self._seen: dict[str, Change] = {}  # unsettled records read once
 
     async def append(self, change: Change | str) -> str:
-        """Record a change (a repository's name alone: anything in it) before making it."""
+        """Record a change (a repository's name alone: anything in it)."""
         record = change if isinstance(change, Change) else Change(change, whole=True)
         key = f"{time.time_ns():020d}-{uuid.uuid4().hex}"
         await self.backend.put_content(paths.index_change(key), record.encode())
         return key
+
+    def announced(self, key: str, change: Change) -> None:
+        """This process wrote the record `key` before a write of its own: read it only once it has settled."""
+        self._seen[key] = change
 
     def applied(self, key: str) -> None:
         """This process brought the index in line after the change `key` announced: no need to read it back."""

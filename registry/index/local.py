@@ -4,6 +4,11 @@ Storage stays the source of truth. On start the index is built from storage when
 schema, of another storage (the epoch file differs) or too old to catch up from the change records; otherwise the
 change records since its position are replayed, which also repairs a crash between a storage write and the index
 write. Then every `poll_interval` it reads the change records others wrote (see changes.py) and writes pull counts.
+
+It follows the store's events (registry/store/events.py): before a write, the change is recorded in storage (a
+trace every replica reads, even if this process dies mid-write); after it, the rows the events name are re-read
+from storage off the request path, and a second record says the change is done. Queries first wait (briefly) for
+the changes this process made, so a client reads its own writes.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,6 +39,7 @@ from registry.index.changes import Change, ChangeLog, merged, position_at, time_
 from registry.index.database import Database
 from registry.index.scan import read_facts, read_repository
 from registry.index.settings import IndexSettings
+from registry.store.events import Event, EventBus, EventType, Planned
 from registry.store.registry import Registry
 from storage_backends import PathNotFound, StorageError
 
@@ -51,7 +57,15 @@ START_WAIT_SECONDS = 3.0
 BUILD_LEASE = "builder"
 BUILD_LEASE_SECONDS = 30.0
 BUILD_WAIT_SECONDS = 0.5
-ANNOUNCED_LIMIT = 10_000
+OWN_WRITES_WAIT_SECONDS = 2.0
+FOLLOWED = (
+    EventType.MANIFEST_PUSHED,
+    EventType.MANIFEST_DELETED,
+    EventType.TAG_SET,
+    EventType.TAG_DELETED,
+    EventType.REPOSITORY_DELETED,
+    EventType.MANIFEST_PULLED,
+)
 
 
 class LocalIndex:
@@ -69,7 +83,8 @@ class LocalIndex:
         self._pulls: Counter[str] = Counter()
         self._locks: dict[str, asyncio.Lock] = {}
         self._failed: set[str] = set()  # refreshes that failed here: the poll loop retries them
-        self._announced: dict[str, Change] = {}  # change records written here, until their write is applied
+        self._queued: dict[str, Change] = {}  # what the store's events named, not yet applied
+        self._applier: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -104,6 +119,9 @@ class LocalIndex:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._applier is not None:
+            with contextlib.suppress(Exception):
+                await self._applier  # the records of what this process changed are written before it goes
         self._ready = False
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
@@ -233,48 +251,64 @@ class LocalIndex:
 
     # Writes (MetadataIndex).
 
-    async def changing(self, name: str, tags: Iterable[str] = (), manifests: Iterable[str] = ()) -> str:
-        change = Change(name, set(tags), set(manifests), whole=not tags and not manifests)
-        key = await self.changes.append(change)
-        if len(self._announced) >= ANNOUNCED_LIMIT:  # writes that failed never refresh: their records remain
-            del self._announced[next(iter(self._announced))]
-        self._announced[key] = change
-        return key
+    def follow(self, events: EventBus) -> None:
+        """Record, before each write of the store, what it is about to change; apply what it changed after."""
+        events.on_prepare(self._prepare)
+        events.subscribe(self._on_event, FOLLOWED)
 
-    async def refresh(self, name: str, change: str | None = None) -> None:
-        announced = self._announced.pop(change, None) if change is not None else None
-        try:
-            applied = await self._apply(announced or Change(name, whole=True))
-        except Exception:  # _refresh catches what it can foresee; whatever else, the write it follows stands
-            logger.exception("index: could not index %s after changing it; repaired from its change record", name)
-            self._failed.add(name)
-            applied = False
-        # Not applied: the change record written before the storage write stays unmarked, so the next poll reads
-        # it (here and in every other process), and the repository is in `_failed` for a retry as well.
-        if not applied and self._db is not None and self.metrics is not None:
-            self.metrics.index_refresh_failed()
-        if change is None:
-            return
-        if applied:
-            self.changes.applied(change)
-        # Others may have read the first record before the write was done: a second one says it is.
-        try:
-            done = await self.changes.append(announced or name)
-        except (StorageError, OSError) as e:
-            logger.warning(
-                "index: could not record the change of %s (%s); others see it within %gs", name, e, self.settings.settle
-            )
-            return
-        if applied:
-            self.changes.applied(done)
+    async def _prepare(self, planned: Planned) -> None:
+        change = Change(planned.repository, set(planned.tags), set(planned.manifests), planned.whole)
+        self.changes.announced(await self.changes.append(change), change)
 
-    async def repository_changed(self, name: str) -> None:
-        key = await self.changes.append(name)
-        if self._db is None and await asyncio.to_thread(self.path.exists):
-            # An admin command beside servers of this host: update the file they read, so they answer right at once.
-            await self.open()
-        if await self._refresh(name):
-            self.changes.applied(key)
+    def _on_event(self, event: Event) -> None:
+        name = event.repository
+        if event.type is EventType.MANIFEST_PULLED:
+            self._pulls[name] += 1  # in memory; written in batches off the request
+            return
+        whole = event.type is EventType.REPOSITORY_DELETED
+        change = Change(name, {event.tag} if event.tag else set(), {event.digest} if event.digest else set(), whole)
+        if name in self._queued:
+            self._queued[name].merge(change)
+        else:
+            self._queued[name] = change
+        if self._applier is None or self._applier.done():
+            self._applier = asyncio.get_running_loop().create_task(self._apply_queued(), name="index: apply")
+
+    async def _apply_queued(self) -> None:
+        """Apply what the events named, then tell every other process it is done (one record per repository)."""
+        while self._queued:
+            batch, self._queued = self._queued, {}
+            if self._db is None and await asyncio.to_thread(self.path.exists):
+                # An admin command beside servers of this host: update the file they read, so they answer right away.
+                with contextlib.suppress(Exception):
+                    await self.open()
+            for name in sorted(batch):
+                try:
+                    applied = await self._apply(batch[name])
+                except Exception:  # _apply catches what it can foresee; the poll loop retries the repository
+                    logger.exception("index: could not apply the changes of %s; retrying at the next poll", name)
+                    self._failed.add(name)
+                    applied = False
+                if not applied and self._db is not None and self.metrics is not None:
+                    self.metrics.index_refresh_failed()
+                try:
+                    done = await self.changes.append(batch[name])
+                except (StorageError, OSError) as e:
+                    logger.warning(
+                        "index: could not record the change of %s (%s); others see it within %gs",
+                        name,
+                        e,
+                        self.settings.settle,
+                    )
+                    continue
+                if applied:
+                    self.changes.applied(done)
+
+    async def _own_writes(self) -> None:
+        """Wait (a little) until what this process changed is in the index."""
+        applier = self._applier
+        if applier is not None and not applier.done():
+            await asyncio.wait({applier}, timeout=OWN_WRITES_WAIT_SECONDS)
 
     async def _apply(self, change: Change) -> bool:
         """Bring what `change` names in line with storage: only its rows, unless it names the whole repository."""
@@ -334,9 +368,6 @@ class LocalIndex:
         if self.metrics is not None:
             self.metrics.index_object_skipped(kind)
 
-    def count_pull(self, name: str) -> None:
-        self._pulls[name] += 1
-
     async def _flush_pulls(self) -> None:
         if self._pulls and self._db is not None:
             counts, self._pulls = self._pulls, Counter()
@@ -344,7 +375,8 @@ class LocalIndex:
 
     # Queries (MetadataIndex).
 
-    def _queryable(self) -> Database:
+    async def _queryable(self) -> Database:
+        await self._own_writes()
         if not self._ready or self._db is None:
             raise IndexUnavailable("the metadata index is being built")
         return self._db
@@ -357,7 +389,7 @@ class LocalIndex:
             raise IndexUnavailable(f"the metadata index failed: {e}") from e
 
     async def catalog(self, last: str | None, limit: int | None, visible: Visible | None) -> list[str]:
-        db = self._queryable()
+        db = await self._queryable()
         if limit is None:
             limit = 2**62
         found: list[str] = []
@@ -373,7 +405,7 @@ class LocalIndex:
     async def search(
         self, query: SearchQuery, last: str | None, limit: int, visible: Visible | None
     ) -> list[SearchHit]:
-        db = self._queryable()
+        db = await self._queryable()
         after = (await self._read(db.rank_of, last, query.terms), last) if last else None
         batch_size = limit if visible is None else max(limit, SEARCH_BATCH)
         found: list[str] = []
@@ -398,5 +430,5 @@ class LocalIndex:
         return hits
 
     async def repository(self, name: str) -> RepositorySummary | None:
-        db = self._queryable()
+        db = await self._queryable()
         return await self._read(db.summary, name)

@@ -33,15 +33,19 @@ def index_path(settings: Settings) -> Path:
 
 
 def open_index(settings: Settings, registry: Registry, metrics: Metrics | None = None) -> LocalIndex:
-    """The index over `registry`'s storage. Started, it serves queries; unstarted (what an admin command that
-    changes repositories needs) it only records changes, which every running server then applies."""
+    """The index over `registry`'s storage. Started, it serves queries; unstarted but following the store's events
+    (what an admin command that changes repositories needs) it records changes, which every running server then
+    applies."""
     return LocalIndex(registry, settings.index, index_path(settings), metrics)
 
 
 def install(app: Starlette, settings: Settings, registry: Registry) -> Service | None:
-    """Set `registry.index` and return the service that builds, heals and follows it; None when it is off."""
+    """Put the index on the app for queries (`app.state.index`), have it follow the store's events, and return the
+    service that builds, heals and follows it; None when it is off."""
+    app.state.index = None
     if not settings.index.enabled:
         return None
     index = open_index(settings, registry, app.state.metrics)
-    registry.index = index
+    index.follow(registry.events)
+    app.state.index = index
     return index

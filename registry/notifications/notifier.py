@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 
 import httpx
 
-from registry.events import Action, Kind
+from registry.notifications.envelope import ACTIONS, BLOB_EVENTS, envelope_event, media_type_of
 from registry.notifications.queue import DeliveryQueue
 from registry.settings import EndpointSettings, NotificationsSettings
+from registry.store.events import Event, EventBus
 
 logger = logging.getLogger("moorage.notifications")
 T = TypeVar("T")
@@ -35,10 +36,12 @@ class EndpointFilter:
 
 
 class Notifier:
-    """The app's event sink (see registry.events). Nothing here runs on the request path but a list append."""
+    """Follows the store's events (registry/store/events.py). Nothing here runs on the request path but a list
+    append. With `deliver` off (admin commands), events are only queued, and a running server delivers them."""
 
-    def __init__(self, settings: NotificationsSettings) -> None:
+    def __init__(self, settings: NotificationsSettings, *, deliver: bool = True) -> None:
         self.settings = settings
+        self.deliver = deliver
         self.endpoints = [e for e in settings.endpoints if not e.disabled]
         self.filters = [EndpointFilter(e) for e in self.endpoints]
         self._pending: list[tuple[str, str]] = []
@@ -48,24 +51,27 @@ class Notifier:
         self._flushed = asyncio.Event()
         self._wake: dict[str, asyncio.Event] = {}
 
-    # -- the sink ------------------------------------------------------------------------------------
+    # -- following the store -------------------------------------------------------------------------
 
-    def wants(self, kind: Kind, action: Action, media_type: str) -> bool:
-        if kind == "blob" and not self.settings.blobs:
-            return False
-        return any(f.takes(action, media_type) for f in self.filters)
+    def follow(self, events: EventBus) -> None:
+        """Subscribe to the events some endpoint takes (blob events only with `notifications.blobs`)."""
+        types = [t for t in ACTIONS if t not in BLOB_EVENTS or self.settings.blobs]
+        events.subscribe(self._take, [t for t in types if any(ACTIONS[t] not in f.actions for f in self.filters)])
 
-    def emit(self, event: dict[str, Any]) -> None:
-        encoded = json.dumps(event, separators=(",", ":"))
-        action, media_type = event["action"], event["target"].get("mediaType", "")
-        self._pending.extend((f.name, encoded) for f in self.filters if f.takes(action, media_type))
+    def _take(self, event: Event) -> None:
+        action, media_type = ACTIONS[event.type], media_type_of(event)
+        takers = [f.name for f in self.filters if f.takes(action, media_type)]
+        if not takers:
+            return
+        encoded = json.dumps(envelope_event(event), separators=(",", ":"))
+        self._pending.extend((name, encoded) for name in takers)
 
     # -- lifetime ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._queue = await self._run(DeliveryQueue, self.settings.queue_path)
         self._tasks.append(asyncio.create_task(self._flush_forever(), name="notifications-flush"))
-        for endpoint in self.endpoints:
+        for endpoint in self.endpoints if self.deliver else []:
             self._wake[endpoint.name] = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._deliver_forever(endpoint), name=f"notify-{endpoint.name}"))
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
+from registry.store.events import Event, EventBus, EventType
 from storage_backends import FileInfo, PathNotFound, StorageBackend
 
 EXISTENCE_TTL = 1.0
@@ -35,9 +36,14 @@ class BlobStore:
     it asks for it."""
 
     def __init__(
-        self, backend: StorageBackend, existence_ttl: float = EXISTENCE_TTL, touch_after: float = DEFAULT_TOUCH_AFTER
+        self,
+        backend: StorageBackend,
+        events: EventBus,
+        existence_ttl: float = EXISTENCE_TTL,
+        touch_after: float = DEFAULT_TOUCH_AFTER,
     ) -> None:
         self.backend = backend
+        self.events = events
         self._existence_ttl = existence_ttl
         self.touch_after = touch_after
         # (repository, digest) -> (info, monotonic expiry, wall-clock time of the data's last modification):
@@ -182,7 +188,20 @@ class BlobStore:
         link = paths.layer_link(name, digest)
         if not await self.backend.exists(link):
             raise blob_unknown(digest)
+        await self.drop_link(name, digest)
+
+    async def drop_link(self, name: str, digest: Digest) -> None:
+        """Remove the layer link, whether or not it is there (GC drops links whose data is gone)."""
         await self.backend.delete(paths.layer_link_dir(name, digest))
+        self.forget(name, digest)
+        self.events.emit(Event(EventType.BLOB_DELETED, name, str(digest)))
+
+    async def pull(self, name: str, digest: Digest) -> BlobInfo:
+        """`stat_recent` for a client about to take the bytes (a GET): counted as a pull."""
+        info = await self.stat_recent(name, digest)
+        if self.events.wants(EventType.BLOB_PULLED):
+            self.events.emit(Event(EventType.BLOB_PULLED, name, str(digest), size=info.size))
+        return info
 
     async def mount(self, name: str, source: str, digest: Digest) -> BlobInfo | None:
         """Link a blob that `source` can see into `name`, or None when `source` cannot see it."""
@@ -191,6 +210,7 @@ class BlobStore:
         except RegistryError:
             return None
         await self.link(name, digest)
+        self.events.emit(Event(EventType.BLOB_MOUNTED, name, str(digest), size=info.size, source=source))
         return info
 
     async def mount_any(self, name: str, digest: Digest) -> BlobInfo | None:
@@ -202,6 +222,7 @@ class BlobStore:
         if info is None:
             return None
         await self.link(name, digest)
+        self.events.emit(Event(EventType.BLOB_MOUNTED, name, str(digest), size=info.size))
         return info
 
     async def put_small(self, digest: Digest, data: bytes) -> None:

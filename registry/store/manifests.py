@@ -12,6 +12,7 @@ from registry.digests import DEFAULT_ALGORITHM, Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.names import TAG_RE, validate_tag
 from registry.store.blobs import BlobStore
+from registry.store.events import Event, EventBus, EventType
 from registry.store.manifest_format import (
     Descriptor,
     ParsedManifest,
@@ -84,9 +85,11 @@ class ManifestStore:
         blobs: BlobStore,
         tags: TagStore,
         referrers: ReferrerStore,
+        events: EventBus,
         max_bytes: int,
     ) -> None:
         self.backend = backend
+        self.events = events
         self.blobs = blobs
         self.tags = tags
         self.referrers = referrers
@@ -112,6 +115,18 @@ class ManifestStore:
             return await self.load(name, digest)
         except PathNotFound:
             raise manifest_unknown(name, reference) from None
+
+    async def pull(self, name: str, reference: str) -> StoredManifest:
+        """`get` for a client that takes the content (a GET, not a HEAD): counted as a pull."""
+        manifest = await self.get(name, reference)
+        if self.events.wants(EventType.MANIFEST_PULLED):
+            tag = "" if Digest.is_digest(reference) else reference
+            self.events.emit(
+                Event(
+                    EventType.MANIFEST_PULLED, name, str(manifest.digest), tag, manifest.media_type, len(manifest.data)
+                )
+            )
+        return manifest
 
     async def load(self, name: str, digest: Digest) -> StoredManifest:
         """The manifest content by digest, without a visibility check. Raises PathNotFound."""
@@ -152,9 +167,13 @@ class ManifestStore:
         for tag in tags:
             validate_tag(tag)
         parsed = parse_manifest(data, content_type)
-        for tag in dict.fromkeys(tags):
-            await self.tags.check_can_set(name, tag, digest)
-        await self._check_references(name, parsed)
+        unique = tuple(dict.fromkeys(tags))
+        # What is about to change is announced (the index records it for every replica) while the checks run.
+        await asyncio.gather(
+            self.events.prepare(name, tags=unique, manifests=[str(digest)]),
+            *(self.tags.check_can_set(name, tag, digest) for tag in unique),
+            self._check_references(name, parsed),
+        )
 
         await self.blobs.put_small(digest, data)
         if not parsed.has_media_type_field:
@@ -163,12 +182,15 @@ class ManifestStore:
         created = await self.backend.put_content(link, str(digest).encode(), exclusive=True)
         if parsed.subject is not None:
             await self.referrers.add(name, parsed.subject.digest, digest)
-        for tag in dict.fromkeys(tags):
-            await self.tags.set(name, tag, digest)
-        await self._confirm(name, digest, data, parsed, tuple(dict.fromkeys(tags)), created)
+        await asyncio.gather(*(self.tags.write(name, tag, digest) for tag in unique))
+        await self._confirm(name, digest, data, parsed, unique, created)
         manifest = StoredManifest(digest, parsed.media_type, data)
         self._cache.put(manifest)
-        return PutResult(manifest, parsed, tuple(dict.fromkeys(tags)))
+        for tag in unique or ("",):
+            self.events.emit(Event(EventType.MANIFEST_PUSHED, name, str(digest), tag, parsed.media_type, len(data)))
+        for tag in unique:
+            self.events.emit(Event(EventType.TAG_SET, name, str(digest), tag, parsed.media_type, len(data)))
+        return PutResult(manifest, parsed, unique)
 
     async def _check_references(self, name: str, parsed: ParsedManifest) -> None:
         """Every blob and child manifest must already be in the repository; a subject need not be."""
@@ -252,8 +274,11 @@ class ManifestStore:
             try:
                 await self.tags.resolve(name, tag)
             except RegistryError:
-                await self.tags.set(name, tag, digest)
+                await self.tags.write(name, tag, digest)
                 rewrote = True
+                continue
+            if rewrote:  # the revision was deleted and written again: its list of tags may have gone with it
+                await self.backend.put_content(paths.revision_tag(name, digest, tag), b"")
         return rewrote
 
     async def _unlinked(self, name: str, blobs: list[Digest], children: list[Digest]) -> list[Digest]:
@@ -273,18 +298,46 @@ class ManifestStore:
         tags = await self.tags.tags_of(name, digest)
         for tag in tags:
             self.tags.check_can_delete(name, tag)
+        await self.events.prepare(name, tags=tags, manifests=[str(digest)])
         for tag in tags:
-            await self.backend.delete(paths.tag_dir(name, tag))
+            await self.tags.remove(name, tag, digest)
+        subject = await self._subject_of(name, digest)
+        await self.backend.delete(paths.manifest_revision_dir(name, digest))
+        await self._removed(name, digest, subject)
+        await self.backend.delete(paths.revision_tags_dir(name, digest))
+
+    async def delete_if_untagged(self, name: str, digest: Digest, subject: Digest | None) -> bool:
+        """Delete a manifest revision only if no tag names it at the moment of deleting (GC's untagged removal).
+
+        A push tagging it meanwhile either wrote its tag before the second look below (which puts the revision
+        back), or after it; then the push's own re-check after writing its tag finds the revision gone and
+        writes it again (`_confirm`). Either way the tag a client was answered 201 for keeps its manifest."""
+        if await self.tags.tags_of(name, digest):
+            return False
+        await self.events.prepare(name, manifests=[str(digest)])
+        await self.backend.delete(paths.manifest_revision_dir(name, digest))
+        self.blobs.forget(name, digest)
+        if await self.tags.tags_of(name, digest):
+            await self.backend.put_content(paths.manifest_revision_link(name, digest), str(digest).encode())
+            return False
+        await self._removed(name, digest, subject)
+        await self.backend.delete(paths.revision_tags_dir(name, digest))
+        return True
+
+    async def _subject_of(self, name: str, digest: Digest) -> Digest | None:
         try:
             stored = await self.load(name, digest)
         except PathNotFound:
-            parsed = None
-        else:
-            parsed = read_stored_manifest(stored.data, stored.media_type)
-        if parsed is not None and parsed.subject is not None:
-            await self.referrers.remove(name, parsed.subject.digest, digest)
-        await self.backend.delete(paths.manifest_revision_dir(name, digest))
+            return None
+        parsed = read_stored_manifest(stored.data, stored.media_type)
+        return None if parsed is None or parsed.subject is None else parsed.subject.digest
+
+    async def _removed(self, name: str, digest: Digest, subject: Digest | None) -> None:
+        """The revision is gone: so is its entry among its subject's referrers."""
         self.blobs.forget(name, digest)
+        if subject is not None:
+            await self.referrers.remove(name, subject, digest)
+        self.events.emit(Event(EventType.MANIFEST_DELETED, name, str(digest)))
 
 
 def _is_foreign(descriptor: Descriptor) -> bool:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from registry.index.base import MetadataIndex
+import math
+
 from registry.settings import Settings
-from registry.store.blobs import BlobStore
+from registry.store.blobs import DEFAULT_TOUCH_AFTER, BlobStore
+from registry.store.events import EventBus
 from registry.store.manifests import ManifestStore
 from registry.store.referrers import ReferrerStore
 from registry.store.repositories import RepositoryStore
+from registry.store.tag_policy import TagPolicy
 from registry.store.tags import TagStore
-from registry.store.uploads import UploadObserver, UploadStore
+from registry.store.uploads import UploadStore
 from storage_backends import StorageBackend, create_backend
 
 
@@ -25,36 +28,42 @@ def backend_from_settings(settings: Settings) -> StorageBackend:
     return create_backend("filesystem", storage.filesystem.model_dump())
 
 
+# A client's existence check refreshes a blob older than this fraction of GC's grace period (see registry/gc/).
+TOUCH_FRACTION = 0.5
+
+
 class Registry:
+    """Every write goes through here and emits its events on `events` (registry/store/events.py)."""
+
     def __init__(
         self,
         backend: StorageBackend,
         *,
         delete_enabled: bool = True,
         manifest_max_bytes: int = 4 * 1024 * 1024,
-        observer: UploadObserver | None = None,
+        tag_policy: TagPolicy | None = None,
+        touch_after: float = DEFAULT_TOUCH_AFTER,
     ) -> None:
         self.backend = backend
         self.delete_enabled = delete_enabled
-        self.blobs = BlobStore(backend)
-        self.uploads = UploadStore(backend, self.blobs, observer)
-        self.tags = TagStore(backend)
+        self.events = EventBus()
+        self.blobs = BlobStore(backend, self.events, touch_after=touch_after)
+        self.uploads = UploadStore(backend, self.blobs, self.events)
+        self.tags = TagStore(backend, self.events, tag_policy)
         self.referrers = ReferrerStore(backend)
-        self.manifests = ManifestStore(backend, self.blobs, self.tags, self.referrers, manifest_max_bytes)
-        self.repositories = RepositoryStore(backend)
-        # Set by the app when the metadata index is on; whoever changes a repository behind the API's back
-        # (GC, retention, repository deletion) tells it.
-        self.index: MetadataIndex | None = None
+        self.manifests = ManifestStore(backend, self.blobs, self.tags, self.referrers, self.events, manifest_max_bytes)
+        self.repositories = RepositoryStore(backend, self.tags, self.blobs, self.events)
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, *, backend: StorageBackend | None = None, observer: UploadObserver | None = None
-    ) -> Registry:
+    def from_settings(cls, settings: Settings, *, backend: StorageBackend | None = None) -> Registry:
+        grace = settings.gc.grace
         return cls(
             backend or backend_from_settings(settings),
             delete_enabled=settings.storage.delete,
             manifest_max_bytes=settings.storage.manifest_max_bytes,
-            observer=observer,
+            tag_policy=TagPolicy(settings.immutable_tags),
+            # With no grace period, ages protect nothing: never pay for a touch.
+            touch_after=grace * TOUCH_FRACTION if grace > 0 else math.inf,
         )
 
     async def start(self) -> None:

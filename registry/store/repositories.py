@@ -1,14 +1,34 @@
-"""The catalog: which repositories exist, found by walking `repositories/` (Distribution's way)."""
+"""Repositories: which exist (found by walking `repositories/`, Distribution's way), and deleting one."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from registry import paths
+from registry.errors import ErrorCode, RegistryError
+from registry.names import validate_name
+from registry.store.blobs import BlobStore
+from registry.store.events import Event, EventBus, EventType
+from registry.store.tags import TagStore, tag_immutable
 from storage_backends import PathNotFound, StorageBackend
 
 
+@dataclass(frozen=True, slots=True)
+class DeletedRepository:
+    name: str
+    tags: int
+    manifests: int
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {"name": self.name, "tags": self.tags, "manifests": self.manifests}
+
+
 class RepositoryStore:
-    def __init__(self, backend: StorageBackend) -> None:
+    def __init__(self, backend: StorageBackend, tags: TagStore, blobs: BlobStore, events: EventBus) -> None:
         self.backend = backend
+        self.tags = tags
+        self.blobs = blobs
+        self.events = events
 
     async def exists(self, name: str) -> bool:
         for marker in paths.repository_marker_dirs():
@@ -34,3 +54,52 @@ class RepositoryStore:
             if base.startswith("_"):
                 continue
             await self._collect(child, found)
+
+    async def delete(self, name: str, *, force: bool = False) -> DeletedRepository:
+        """The repository's manifests, tags, links and uploads go now; its unique blobs at the next GC.
+        NAME_UNKNOWN when there is no such repository; DENIED when it holds an immutable tag (unless `force`).
+        Repositories nested under the name (`name/sub`) are not touched."""
+        validate_name(name)
+        if not await self.exists(name):
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"name": name})
+        tags = await self.tags.all(name)
+        if not force:
+            for tag in tags:
+                rule = self.tags.protecting_rule(name, tag)
+                if rule is not None:
+                    raise tag_immutable(name, tag, rule, "deleted (so neither can its repository)")
+        revisions = await self._revision_count(name)
+        await self.events.prepare(name, whole=True)
+        await self._remove(name)
+        self.blobs.forget_repository(name)
+        self.tags.forget_repository(name)
+        self.events.emit(Event(EventType.REPOSITORY_DELETED, name))
+        return DeletedRepository(name, len(tags), revisions)
+
+    async def _revision_count(self, name: str) -> int:
+        count = 0
+        try:
+            algorithms = await self.backend.list(paths.manifest_revisions_dir(name))
+        except PathNotFound:
+            return 0
+        for algorithm in algorithms:
+            if algorithm.is_dir:
+                try:
+                    count += sum(1 for entry in await self.backend.list(algorithm.path) if entry.is_dir)
+                except PathNotFound:
+                    continue
+        return count
+
+    async def _remove(self, name: str) -> None:
+        """Tags, then blob links, then manifests, then upload sessions; then tags and manifests once more.
+
+        A manifest PUT racing the deletion re-checks its blob links after writing its revision and tags (see
+        ManifestStore.put). If that re-check comes after the links went, the PUT fails and takes back what it wrote;
+        if it came before, its writes came before the second pass, which removes them. Either way no tag or manifest
+        is left whose layers are gone: the push fails, or it happened before the deletion."""
+        backend = self.backend
+        await backend.delete(paths.tags_dir(name))
+        for area in paths.repository_areas(name):
+            await backend.delete(area)
+        await backend.delete(paths.tags_dir(name))
+        await backend.delete(paths.manifest_revisions_dir(name))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
 
 from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
+from registry.store.events import Event, EventBus, EventType
+from registry.store.tag_policy import TagPolicy
 from storage_backends import PathNotFound, StorageBackend
 
 READS_AT_ONCE = 16
@@ -15,11 +16,6 @@ READS_AT_ONCE = 16
 
 def manifest_unknown(name: str, reference: str) -> RegistryError:
     return RegistryError(ErrorCode.MANIFEST_UNKNOWN, detail={"name": name, "reference": reference})
-
-
-class TagGuard(Protocol):
-    def rule_protecting(self, name: str, tag: str) -> str | None:
-        """A description of the rule that makes the tag immutable, or None when it may change."""
 
 
 def tag_immutable(name: str, tag: str, rule: str, action: str) -> RegistryError:
@@ -31,13 +27,14 @@ def tag_immutable(name: str, tag: str, rule: str, action: str) -> RegistryError:
 
 
 class TagStore:
-    def __init__(self, backend: StorageBackend, guard: TagGuard | None = None) -> None:
+    def __init__(self, backend: StorageBackend, events: EventBus, policy: TagPolicy | None = None) -> None:
         self.backend = backend
-        # Set by the GC feature from `immutable_tags` (registry/gc/setup.py).
-        self.guard = guard
+        self.events = events
+        self.policy = policy or TagPolicy()
+        self._complete: set[str] = set()  # repositories whose every tag is listed on its revision
 
     def protecting_rule(self, name: str, tag: str) -> str | None:
-        return None if self.guard is None else self.guard.rule_protecting(name, tag)
+        return self.policy.rule_protecting(name, tag)
 
     async def check_can_set(self, name: str, tag: str, digest: Digest) -> None:
         """DENIED when `tag` is immutable and already names another digest (re-pushing the same one is fine)."""
@@ -66,15 +63,25 @@ class TagStore:
         except (UnicodeDecodeError, RegistryError):
             raise manifest_unknown(name, tag) from None
 
-    async def set(self, name: str, tag: str, digest: Digest) -> None:
-        await self.backend.put_content(paths.tag_index_link(name, tag, digest), str(digest).encode())
+    async def write(self, name: str, tag: str, digest: Digest) -> None:
+        """Point `tag` at `digest` in storage; the caller emits the event (a manifest PUT emits its own). The
+        revision's mark of the tag comes first: a tag never names a revision that does not list it."""
+        await asyncio.gather(
+            self.backend.put_content(paths.tag_index_link(name, tag, digest), str(digest).encode()),
+            self.backend.put_content(paths.revision_tag(name, digest, tag), b""),
+        )
         await self.backend.put_content(paths.tag_current_link(name, tag), str(digest).encode())
 
-    async def delete(self, name: str, tag: str) -> None:
-        if not await self.backend.exists(paths.tag_current_link(name, tag)):
-            raise manifest_unknown(name, tag)
-        self.check_can_delete(name, tag)
+    async def remove(self, name: str, tag: str, digest: Digest | None = None) -> None:
+        """Take the tag out of storage and say so (the caller checked the policy and prepared the change)."""
         await self.backend.delete(paths.tag_dir(name, tag))
+        self.events.emit(Event(EventType.TAG_DELETED, name, str(digest or ""), tag=tag))
+
+    async def delete(self, name: str, tag: str) -> None:
+        digest = await self.resolve(name, tag)
+        self.check_can_delete(name, tag)
+        await self.events.prepare(name, tags=[tag])
+        await self.remove(name, tag, digest)
 
     async def delete_if_current(self, name: str, tag: str, digest: Digest) -> bool:
         """Untag only while the tag still names `digest` (GC's retention decided on that digest; a tag a client
@@ -86,7 +93,8 @@ class TagStore:
         except RegistryError:
             return False
         self.check_can_delete(name, tag)
-        await self.backend.delete(paths.tag_dir(name, tag))
+        await self.events.prepare(name, tags=[tag])
+        await self.remove(name, tag, digest)
         return True
 
     async def all(self, name: str) -> list[str]:
@@ -96,17 +104,50 @@ class TagStore:
             return []
         return sorted(e.path.rsplit("/", 1)[1] for e in entries if e.is_dir)
 
+    def forget_repository(self, name: str) -> None:
+        self._complete.discard(name)
+
     async def tags_of(self, name: str, digest: Digest) -> list[str]:
-        """Every tag of `name` that currently points at `digest`. Reads every tag's link (as Distribution does),
-        several at a time: on S3 each read is a round trip."""
+        """Every tag of `name` that currently points at `digest`: the tags the revision lists, each read to confirm
+        (one may have moved on). The cost follows the revision's tags, not the repository's."""
+        if name not in self._complete and not await self.backend.exists(paths.revision_tags_complete(name)):
+            await self._list_every_tag_on_its_revision(name)
+        self._complete.add(name)
+        try:
+            entries = await self.backend.list(paths.revision_tags_dir(name, digest))
+        except PathNotFound:
+            return []
+        candidates = sorted(e.path.rsplit("/", 1)[1] for e in entries if not e.is_dir)
+        return await self._naming(name, candidates, digest)
+
+    async def _naming(self, name: str, tags: list[str], digest: Digest | None) -> list[str]:
+        """Those of `tags` that point at `digest` (any digest when None), read several at a time: on S3 each read is
+        a round trip."""
         limit = asyncio.Semaphore(READS_AT_ONCE)
 
         async def names_it(tag: str) -> bool:
             async with limit:
                 try:
-                    return await self.resolve(name, tag) == digest
+                    current = await self.resolve(name, tag)
                 except RegistryError:
                     return False
+                return digest is None or current == digest
 
-        tags = await self.all(name)
-        return [tag for tag, hit in zip(tags, await asyncio.gather(*(names_it(t) for t in tags)), strict=True) if hit]
+        hits = await asyncio.gather(*(names_it(t) for t in tags))
+        return [tag for tag, hit in zip(tags, hits, strict=True) if hit]
+
+    async def _list_every_tag_on_its_revision(self, name: str) -> None:
+        """Once per repository whose tags were written before revisions listed them: read every tag and list it on
+        its revision."""
+        limit = asyncio.Semaphore(READS_AT_ONCE)
+
+        async def mark(tag: str) -> None:
+            async with limit:
+                try:
+                    digest = await self.resolve(name, tag)
+                except RegistryError:
+                    return
+                await self.backend.put_content(paths.revision_tag(name, digest, tag), b"")
+
+        await asyncio.gather(*(mark(tag) for tag in await self.all(name)))
+        await self.backend.put_content(paths.revision_tags_complete(name), b"")

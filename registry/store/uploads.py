@@ -15,12 +15,12 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
-from typing import Protocol
 
 from registry import paths
 from registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
 from registry.errors import ErrorCode, RegistryError
 from registry.store.blobs import BlobInfo, BlobStore
+from registry.store.events import Event, EventBus, EventType
 from registry.store.streaming import copy_stream, hash_into
 from storage_backends import PathNotFound, StorageBackend
 
@@ -61,13 +61,6 @@ def out_of_order(upload_id: str, offset: int, requested: int | None) -> Registry
     )
 
 
-class UploadObserver(Protocol):
-    """Told of every blob an upload published; the app wires metrics (and notifications) in here."""
-
-    def blob_committed(self, name: str, blob: BlobInfo, deduplicated: bool) -> None:
-        """`deduplicated`: the blob already existed, so the uploaded bytes were dropped."""
-
-
 class _HasherCache:
     """upload id -> (offset the hash covers, algorithm, hasher); bounded, least recently used goes first."""
 
@@ -96,10 +89,10 @@ class _HasherCache:
 
 
 class UploadStore:
-    def __init__(self, backend: StorageBackend, blobs: BlobStore, observer: UploadObserver | None = None) -> None:
+    def __init__(self, backend: StorageBackend, blobs: BlobStore, events: EventBus) -> None:
         self.backend = backend
         self.blobs = blobs
-        self.observer = observer
+        self.events = events
         self._hashers = _HasherCache()
 
     async def start(self, name: str, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
@@ -203,10 +196,8 @@ class UploadStore:
             await self.blobs.ensure_present(digest, touch=True)
         await self.blobs.link(name, digest)
         await self.cancel(name, upload_id)
-        blob = BlobInfo(digest, total)
-        if self.observer is not None:
-            self.observer.blob_committed(name, blob, deduplicated=not created)
-        return blob
+        self.events.emit(Event(EventType.BLOB_PUSHED, name, str(digest), size=total, deduplicated=not created))
+        return BlobInfo(digest, total)
 
     async def _publish(self, name: str, upload_id: str, digest: Digest, chunks: list[Chunk], total: int) -> bool:
         """Make the verified bytes the blob; False when the blob already existed (ours is dropped)."""

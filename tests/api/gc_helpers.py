@@ -7,26 +7,34 @@ from typing import Any
 import httpx
 
 from registry.gc.collector import GarbageCollector, GcOptions, GcReport
+from registry.store.events import Event, EventBus, EventType
 from registry.store.registry import Registry
 from storage_backends import StorageBackend
 from tests.api.conftest import make_settings
 from tests.api.helpers import OCI_INDEX, OCI_MANIFEST, descriptor, digest_of, encode, push_image
 
 
-class IndexRecorder:
-    """Stands in for the metadata index: records which repositories it was told about."""
+class EventRecorder:
+    """Follows a registry's events, as the metadata index and webhooks do: records them."""
 
     def __init__(self) -> None:
-        self.changed: list[str] = []
+        self.events: list[Event] = []
 
-    async def repository_changed(self, name: str) -> None:
-        self.changed.append(name)
+    def follow(self, events: EventBus) -> None:
+        events.subscribe(self.events.append)
+
+    @property
+    def changed(self) -> list[str]:
+        """The repositories whose tags, manifests or existence changed, in order, each once."""
+        kinds = {EventType.TAG_DELETED, EventType.MANIFEST_DELETED, EventType.REPOSITORY_DELETED}
+        return list(dict.fromkeys(e.repository for e in self.events if e.type in kinds))
 
 
-async def collect(storage_config: dict[str, Any], index: Any = None, **options: Any) -> GcReport:
+async def collect(storage_config: dict[str, Any], recorder: EventRecorder | None = None, **options: Any) -> GcReport:
     """One GC run from a separate process's point of view: its own registry over the test's storage."""
     registry = Registry.from_settings(make_settings(storage_config))
-    registry.index = index
+    if recorder is not None:
+        recorder.follow(registry.events)
     await registry.start()
     try:
         return await GarbageCollector(registry, GcOptions(**{"grace": 0.0, "settle": 0.0, **options})).run()

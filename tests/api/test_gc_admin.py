@@ -12,7 +12,7 @@ from registry.gc.accounting import measure
 from registry.store.registry import Registry
 from storage_backends import StorageBackend
 from tests.api.conftest import ClientFactory, blob_data_paths, make_settings
-from tests.api.gc_helpers import IndexRecorder, blob_digests, collect, pull_completely, put_manifest
+from tests.api.gc_helpers import EventRecorder, blob_digests, collect, pull_completely, put_manifest
 from tests.api.helpers import OCI_MANIFEST, digest_of, encode, error_code, image_manifest, push_blob, push_image
 
 
@@ -93,10 +93,10 @@ async def test_repository_deletion_and_storage_accounting(
     assert [r.name for r in visible_only.repositories] == ["team/b"]
     assert visible_only.physical_bytes == logical_b and visible_only.stored_bytes is None
 
-    # Whoever deletes tells the metadata index (which updates every process's catalog and search).
-    recorder = IndexRecorder()
+    # What the store deletes, it says (the metadata index follows, which updates every catalog and search).
+    recorder = EventRecorder()
     app = create_app(make_settings(storage_config))
-    app.state.registry.index = recorder
+    recorder.follow(app.state.registry.events)
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://registry.test") as admin,

@@ -9,7 +9,7 @@ import httpx
 from registry.gc.collector import GcReport
 from registry.gc.settings import ImmutableTagRule, RetentionRule
 from tests.api.conftest import ClientFactory
-from tests.api.gc_helpers import IndexRecorder, collect, pull_completely, push_index
+from tests.api.gc_helpers import EventRecorder, collect, pull_completely, push_index
 from tests.api.helpers import OCI_MANIFEST, error_code, push_image
 
 IMMUTABLE = {"immutable_tags": [{"repository": "team/*", "tags": ["v*"]}]}
@@ -50,8 +50,8 @@ async def test_retention_keeps_what_the_rules_say(client: httpx.AsyncClient, sto
     assert all("keep_last=2" in r.reason for r in dry.removals)
     assert await tags_of(client, "team/app") == ["a-old", "b-mid", "c-new", "multi", "release-1", "v1"]
 
-    recorder = IndexRecorder()
-    report: GcReport = await collect(storage_config, index=recorder, **options)
+    recorder = EventRecorder()
+    report: GcReport = await collect(storage_config, recorder, **options)
     assert {(r.repository, r.target) for r in report.removals if r.kind == "tag"} == expected_tags
     assert {(r.repository, r.target) for r in report.manifests_removed} == expected_manifests
     assert recorder.changed == ["team/app"]

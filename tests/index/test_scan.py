@@ -41,7 +41,7 @@ async def store_manifest(registry: Registry, name: str, tag: str, data: bytes, m
     if media_type is not None:
         await registry.backend.put_content(paths.manifest_media_type(name, digest), media_type)
     await registry.backend.put_content(paths.manifest_revision_link(name, digest), str(digest).encode())
-    await registry.tags.set(name, tag, digest)
+    await registry.tags.write(name, tag, digest)
     return str(digest)
 
 
@@ -78,6 +78,7 @@ async def test_generated_objects_in_storage_never_stop_a_build(
     registry = Registry.from_settings(make_settings({"filesystem": {"root": str(root), "fsync": False}}))
     await registry.start()
     index = LocalIndex(registry, IndexSettings(), root / "index.sqlite")
+    index.follow(registry.events)
     try:
         for blob in (config, LAYER, b"{}", image(b"{}")):
             await store_blob(registry, blob)
@@ -103,8 +104,7 @@ async def test_generated_objects_in_storage_never_stop_a_build(
         rendered = json.dumps(dataclasses.asdict(summary), ensure_ascii=False).encode("utf-8")
         assert all(-(2**63) <= t.manifest.size < 2**63 for t in summary.tags), rendered[:200]
 
-        await registry.manifests.delete("team/app", bad)
-        await index.repository_changed("team/app")
+        await registry.manifests.delete("team/app", bad)  # the index follows the store's events
         summary = await index.repository("team/app")
         assert summary is not None and [t.tag for t in summary.tags] == ["good"]
     finally:

@@ -12,7 +12,6 @@ import pytest
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.gc.collector import GarbageCollector, GcOptions
-from registry.gc.repositories import delete_repository
 from registry.store.registry import Registry
 from storage_backends.memory import MemoryBackend
 
@@ -111,7 +110,7 @@ async def test_gc_keeps_what_tags_reach_and_collects_the_rest(registry: Registry
 async def test_a_deleted_repository_leaves_nothing_readable(registry: Registry) -> None:
     body = await image(registry, "team/app", "one")
     await registry.manifests.put("team/app", "v1", body, OCI_MANIFEST)
-    deleted = await delete_repository(registry, "team/app")
+    deleted = await registry.repositories.delete("team/app")
     assert (deleted.tags, deleted.manifests) == (1, 1)
     assert not await registry.repositories.exists("team/app")
     with pytest.raises(RegistryError):
