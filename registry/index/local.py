@@ -369,6 +369,8 @@ class LocalIndex:
             self.metrics.index_object_skipped(kind)
 
     async def _flush_pulls(self) -> None:
+        if self._pulls:
+            await self._own_writes()  # a pull of a repository just pushed counts once its row is in
         if self._pulls and self._db is not None:
             counts, self._pulls = self._pulls, Counter()
             await asyncio.to_thread(self._db.add_pulls, counts)
