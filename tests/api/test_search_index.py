@@ -206,7 +206,7 @@ async def test_the_registry_answers_while_the_index_is_built(
 
     monkeypatch.setattr(LocalIndex, "rebuild", slow_rebuild)
     monkeypatch.setattr("registry.index.local.START_WAIT_SECONDS", 0.01)
-    async with serving(storage_config, path) as (client, registry):
+    async with serving(storage_config, path) as (client, _):
         response = await client.get("/readyz")
         assert response.status_code == 503 and "index" in response.json()["errors"][0]["detail"]
         assert await catalog(client) == ["team/app"]  # from storage meanwhile
