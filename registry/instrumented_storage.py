@@ -108,9 +108,9 @@ class InstrumentedBackend(StorageBackend):
         with self._timers["get_content"]():
             return await self.inner.get_content(path)
 
-    async def put_content(self, path: str, data: bytes, exclusive: bool = False) -> bool:
+    async def put_content(self, path: str, data: bytes, exclusive: bool = False, durable: bool = True) -> bool:
         with self._timers["put_content"]():
-            return await self.inner.put_content(path, data, exclusive)
+            return await self.inner.put_content(path, data, exclusive, durable)
 
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         # Timed until the first chunk: the rest of a stream goes at the client's pace.

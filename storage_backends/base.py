@@ -108,8 +108,10 @@ class StorageBackend(abc.ABC):
         """The whole content of a small object. Raises PathNotFound."""
 
     @abc.abstractmethod
-    async def put_content(self, path: str, data: bytes, exclusive: bool = False) -> bool:
-        """Atomically store `data`. With `exclusive`, only if absent: returns False when it existed."""
+    async def put_content(self, path: str, data: bytes, exclusive: bool = False, durable: bool = True) -> bool:
+        """Atomically store `data`. With `exclusive`, only if absent: returns False when it existed. Without
+        `durable`, a power failure right after may lose the write (never tear it): for hints that something else
+        can rebuild (change records, history), where the cost of flushing to disk is not worth it."""
 
     @abc.abstractmethod
     def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:

@@ -277,11 +277,11 @@ class FilesystemBackend(StorageBackend):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise self._missing(path) from None
 
-    async def put_content(self, path: str, data: bytes, exclusive: bool = False) -> bool:
+    async def put_content(self, path: str, data: bytes, exclusive: bool = False, durable: bool = True) -> bool:
         with _store_errors():
-            return await self._run(self._put_content_sync, path, data, exclusive)
+            return await self._run(self._put_content_sync, path, data, exclusive, durable and self.fsync)
 
-    def _put_content_sync(self, path: str, data: bytes, exclusive: bool) -> bool:
+    def _put_content_sync(self, path: str, data: bytes, exclusive: bool, fsync: bool) -> bool:
         full = self._full(path)
         if exclusive and os.path.lexists(full):
             return False
@@ -289,7 +289,7 @@ class FilesystemBackend(StorageBackend):
         try:
             with f:
                 f.write(data)
-                if self.fsync:
+                if fsync:
                     f.flush()
                     os.fsync(f.fileno())
         except BaseException:

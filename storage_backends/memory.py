@@ -80,7 +80,7 @@ class MemoryBackend(StorageBackend):
     async def get_content(self, path: str) -> bytes:
         return self._object(path).data
 
-    async def put_content(self, path: str, data: bytes, exclusive: bool = False) -> bool:
+    async def put_content(self, path: str, data: bytes, exclusive: bool = False, durable: bool = True) -> bool:
         check_path(path)
         if exclusive and path in self._objects:
             return False

@@ -330,7 +330,7 @@ class S3Backend(StorageBackend):
             return False
         return True
 
-    async def put_content(self, path: str, data: bytes, exclusive: bool = False) -> bool:
+    async def put_content(self, path: str, data: bytes, exclusive: bool = False, durable: bool = True) -> bool:
         return await self.put_object(self.key(path), data, exclusive)
 
     # -- streaming ---------------------------------------------------------------------------------

@@ -103,7 +103,8 @@ class ChangeLog:
         """Record a change (a repository's name alone: anything in it)."""
         record = change if isinstance(change, Change) else Change(change, whole=True)
         key = f"{time.time_ns():020d}-{uuid.uuid4().hex}"
-        await self.backend.put_content(paths.index_change(key), record.encode())
+        # A hint for the indexes, which storage can rebuild: not worth a flush to disk per write.
+        await self.backend.put_content(paths.index_change(key), record.encode(), durable=False)
         return key
 
     def announced(self, key: str, change: Change) -> None:
@@ -112,6 +113,7 @@ class ChangeLog:
 
     def applied(self, key: str) -> None:
         """This process brought the index in line after the change `key` announced: no need to read it back."""
+        self._seen.pop(key, None)
         self._own.add(key)
 
     async def read(self, position: str) -> tuple[list[Change], str]:

@@ -58,6 +58,8 @@ BUILD_LEASE = "builder"
 BUILD_LEASE_SECONDS = 30.0
 BUILD_WAIT_SECONDS = 0.5
 OWN_WRITES_WAIT_SECONDS = 2.0
+APPLY_DELAY_SECONDS = 0.05  # events arriving meanwhile are applied together (a query hurries it)
+ANNOUNCED_LIMIT = 10_000
 FOLLOWED = (
     EventType.MANIFEST_PUSHED,
     EventType.MANIFEST_DELETED,
@@ -84,6 +86,8 @@ class LocalIndex:
         self._locks: dict[str, asyncio.Lock] = {}
         self._failed: set[str] = set()  # refreshes that failed here: the poll loop retries them
         self._queued: dict[str, Change] = {}  # what the store's events named, not yet applied
+        self._announced: dict[str, Change] = {}  # change records written before writes, until events cover them
+        self._hurry = asyncio.Event()
         self._applier: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
@@ -258,7 +262,11 @@ class LocalIndex:
 
     async def _prepare(self, planned: Planned) -> None:
         change = Change(planned.repository, set(planned.tags), set(planned.manifests), planned.whole)
-        self.changes.announced(await self.changes.append(change), change)
+        key = await self.changes.append(change)
+        self.changes.announced(key, change)
+        if len(self._announced) >= ANNOUNCED_LIMIT:  # writes that failed never emit: their records are read back
+            del self._announced[next(iter(self._announced))]
+        self._announced[key] = change
 
     def _on_event(self, event: Event) -> None:
         name = event.repository
@@ -276,6 +284,9 @@ class LocalIndex:
 
     async def _apply_queued(self) -> None:
         """Apply what the events named, then tell every other process it is done (one record per repository)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), APPLY_DELAY_SECONDS)
+        self._hurry.clear()
         while self._queued:
             batch, self._queued = self._queued, {}
             if self._db is None and await asyncio.to_thread(self.path.exists):
@@ -303,11 +314,23 @@ class LocalIndex:
                     continue
                 if applied:
                     self.changes.applied(done)
+                    self._covered(batch[name])
+
+    def _covered(self, change: Change) -> None:
+        """The announcements whose rows `change` applied need not be read back (their write emitted its events)."""
+        for key, announced in list(self._announced.items()):
+            if announced.repository == change.repository and (
+                change.whole
+                or (not announced.whole and announced.tags <= change.tags and announced.manifests <= change.manifests)
+            ):
+                del self._announced[key]
+                self.changes.applied(key)
 
     async def _own_writes(self) -> None:
         """Wait (a little) until what this process changed is in the index."""
         applier = self._applier
         if applier is not None and not applier.done():
+            self._hurry.set()
             await asyncio.wait({applier}, timeout=OWN_WRITES_WAIT_SECONDS)
 
     async def _apply(self, change: Change) -> bool:

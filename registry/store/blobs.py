@@ -226,12 +226,13 @@ class BlobStore:
         return info
 
     async def put_small(self, digest: Digest, data: bytes) -> None:
-        """Store small content (a manifest) whose digest the caller has computed from `data`."""
+        """Store small content (a manifest) whose digest the caller has computed from `data`. A copy GC set aside
+        meanwhile is a duplicate once this one is written (GC drops it)."""
+        if await self.backend.put_content(paths.blob_data(digest), data, exclusive=True):
+            return
         info = await self._stat_data(digest)
         if info is not None:
             await self._touch_if_old(digest, info)
-        elif not await self.restore(digest):
-            await self.backend.put_content(paths.blob_data(digest), data, exclusive=True)
 
     async def ensure_present(self, digest: Digest, *, touch: bool = False) -> bool:
         """Whether the blob's data is in place, restoring it from GC's quarantine if need be."""

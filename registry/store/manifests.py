@@ -168,21 +168,24 @@ class ManifestStore:
             validate_tag(tag)
         parsed = parse_manifest(data, content_type)
         unique = tuple(dict.fromkeys(tags))
-        # What is about to change is announced (the index records it for every replica) while the checks run.
+        await asyncio.gather(
+            *(self.tags.check_can_set(name, tag, digest) for tag in unique), self._check_references(name, parsed)
+        )
+        # Three rounds of writes (each round's writes are independent; on S3 each is a round trip): what nothing
+        # reads yet, with the announcement of the change (the index records it for every replica); the revision
+        # link, which makes the manifest part of the repository; the tags.
         await asyncio.gather(
             self.events.prepare(name, tags=unique, manifests=[str(digest)]),
-            *(self.tags.check_can_set(name, tag, digest) for tag in unique),
-            self._check_references(name, parsed),
+            self.blobs.put_small(digest, data),
+            *(self.tags.prepare_write(name, tag, digest) for tag in unique),
         )
-
-        await self.blobs.put_small(digest, data)
         if not parsed.has_media_type_field:
             await self.backend.put_content(paths.manifest_media_type(name, digest), parsed.media_type.encode())
         link = paths.manifest_revision_link(name, digest)
         created = await self.backend.put_content(link, str(digest).encode(), exclusive=True)
         if parsed.subject is not None:
             await self.referrers.add(name, parsed.subject.digest, digest)
-        await asyncio.gather(*(self.tags.write(name, tag, digest) for tag in unique))
+        await asyncio.gather(*(self.tags.point(name, tag, digest) for tag in unique))
         await self._confirm(name, digest, data, parsed, unique, created)
         manifest = StoredManifest(digest, parsed.media_type, data)
         self._cache.put(manifest)
@@ -233,13 +236,20 @@ class ManifestStore:
           a repository deletion may have passed between the first look and the rewrite."""
         blobs = [d.digest for d in (parsed.config, *parsed.layers) if d is not None and not _is_foreign(d)]
         children = [d.digest for d in parsed.children]
-        present = await asyncio.gather(*(self.blobs.ensure_present(d) for d in [*blobs, *children]))
+        # Every look in one round of reads (on S3 each is a round trip; they are independent).
+        present, manifest_present, unlinked, revision_present, missing = await asyncio.gather(
+            asyncio.gather(*(self.blobs.ensure_present(d) for d in [*blobs, *children])),
+            self.blobs.ensure_present(digest),
+            self._unlinked(name, blobs, children),
+            self.backend.exists(paths.manifest_revision_link(name, digest)),
+            asyncio.gather(*(self._tag_missing(name, tag) for tag in tags)),
+        )
         gone = [d for d, ok in zip([*blobs, *children], present, strict=True) if not ok]
-        if not await self.blobs.ensure_present(digest):
+        if not manifest_present:
             await self.blobs.put_small(digest, data)
-        unlinked = await self._unlinked(name, blobs, children)
         if not unlinked and not gone:
-            if not await self._rewrite_vanished(name, digest, tags):
+            vanished = [tag for tag, lost in zip(tags, missing, strict=True) if lost]
+            if not await self._rewrite_vanished(name, digest, tags, revision_present, vanished):
                 return
             unlinked = await self._unlinked(name, blobs, children)
             if not unlinked:
@@ -263,23 +273,28 @@ class ManifestStore:
             message="a blob the manifest references was garbage-collected during the push; push it again",
         )
 
-    async def _rewrite_vanished(self, name: str, digest: Digest, tags: tuple[str, ...]) -> bool:
+    async def _tag_missing(self, name: str, tag: str) -> bool:
+        try:
+            await self.tags.resolve(name, tag)
+        except RegistryError:
+            return True
+        return False
+
+    async def _rewrite_vanished(
+        self, name: str, digest: Digest, tags: tuple[str, ...], revision_present: bool, vanished: list[str]
+    ) -> bool:
         """Write again the revision link and tags that are gone; whether anything was."""
-        rewrote = False
-        revision = paths.manifest_revision_link(name, digest)
-        if not await self.backend.exists(revision):
-            await self.backend.put_content(revision, str(digest).encode())
-            rewrote = True
-        for tag in tags:
-            try:
-                await self.tags.resolve(name, tag)
-            except RegistryError:
-                await self.tags.write(name, tag, digest)
-                rewrote = True
-                continue
-            if rewrote:  # the revision was deleted and written again: its list of tags may have gone with it
-                await self.backend.put_content(paths.revision_tag(name, digest, tag), b"")
-        return rewrote
+        if revision_present and not vanished:
+            return False
+        if not revision_present:
+            await self.backend.put_content(paths.manifest_revision_link(name, digest), str(digest).encode())
+        # The revision deleted and written again: the list of its tags may have gone with it.
+        marks = [] if revision_present else [t for t in tags if t not in vanished]
+        await asyncio.gather(
+            *(self.tags.write(name, tag, digest) for tag in vanished),
+            *(self.backend.put_content(paths.revision_tag(name, digest, tag), b"") for tag in marks),
+        )
+        return True
 
     async def _unlinked(self, name: str, blobs: list[Digest], children: list[Digest]) -> list[Digest]:
         """Which of the blobs and child manifests the repository no longer links."""

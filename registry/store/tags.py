@@ -64,12 +64,22 @@ class TagStore:
             raise manifest_unknown(name, tag) from None
 
     async def write(self, name: str, tag: str, digest: Digest) -> None:
-        """Point `tag` at `digest` in storage; the caller emits the event (a manifest PUT emits its own). The
-        revision's mark of the tag comes first: a tag never names a revision that does not list it."""
+        """Point `tag` at `digest` in storage; the caller emits the event (a manifest PUT emits its own)."""
+        await self.prepare_write(name, tag, digest)
+        await self.point(name, tag, digest)
+
+    async def prepare_write(self, name: str, tag: str, digest: Digest) -> None:
+        """What must be in place before `point`: the revision's mark of the tag (a tag never names a revision that
+        does not list it) and the tag's history entry (Distribution's `index/`, which nothing here reads).
+
+        Neither is flushed to disk on its own: the mark is an empty file, all metadata, which a journaling
+        filesystem commits no later than the durable write of the tag's link that follows it."""
         await asyncio.gather(
-            self.backend.put_content(paths.tag_index_link(name, tag, digest), str(digest).encode()),
-            self.backend.put_content(paths.revision_tag(name, digest, tag), b""),
+            self.backend.put_content(paths.tag_index_link(name, tag, digest), str(digest).encode(), durable=False),
+            self.backend.put_content(paths.revision_tag(name, digest, tag), b"", durable=False),
         )
+
+    async def point(self, name: str, tag: str, digest: Digest) -> None:
         await self.backend.put_content(paths.tag_current_link(name, tag), str(digest).encode())
 
     async def remove(self, name: str, tag: str, digest: Digest | None = None) -> None:

@@ -71,14 +71,14 @@ async def test_a_tag_written_after_gc_deleted_the_manifest_never_dangles(
     body = await untagged_image(client, "team/app")
     pusher = await opened(storage_config)
     entered, resume = asyncio.Event(), asyncio.Event()
-    set_tag = pusher.tags.write
+    set_tag = pusher.tags.point
 
     async def paused(name: str, tag: str, digest: Digest) -> None:
         entered.set()
         await resume.wait()
         await set_tag(name, tag, digest)
 
-    monkeypatch.setattr(pusher.tags, "write", paused)
+    monkeypatch.setattr(pusher.tags, "point", paused)
     push = asyncio.create_task(pusher.manifests.put("team/app", "again", body, OCI_MANIFEST))
     await asyncio.wait_for(entered.wait(), 10)
     report = await collect(storage_config, delete_untagged=True)
