@@ -8,15 +8,18 @@ many repositories share it: the difference is what layer dedup saves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.gc.inventory import READS_AT_ONCE, Inventory, read_blobs, read_manifests, read_repositories
 from registry.names import validate_name
 from registry.store.registry import Registry
+from storage_backends import PathNotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +111,8 @@ async def _stat_sizes(registry: Registry, digests: set[Digest]) -> dict[Digest, 
 
     async def stat(digest: Digest) -> None:
         async with limit:
-            info = await registry.blobs.stat_global(digest)
-        if info is not None:
-            sizes[digest] = info.size
+            with contextlib.suppress(PathNotFound):  # the stored size, as it is: a blob GC set aside stays aside
+                sizes[digest] = (await registry.backend.stat(paths.blob_data(digest))).size
 
     await asyncio.gather(*(stat(d) for d in digests))
     return sizes

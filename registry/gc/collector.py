@@ -14,29 +14,9 @@ One run:
 6. Remove dangling `_layers/` links, upload sessions older than `uploads.purge_after`, and what interrupted writes
    left in the store for as long (temporary files; incomplete S3 multipart uploads, which are billed until aborted).
 
-Why no push loses a blob, whatever the interleaving (the servers' side is in registry/store/blobs.py and
-registry/store/manifests.py):
-
-- A blob becomes referenced when a manifest PUT writes its revision link. Before that the PUT verifies each blob
-  with `touch`, and after it re-verifies them all. Every existence check made for a client on the way to a manifest
-  PUT (HEAD, mount, upload dedup hit, the PUT's checks) refreshes the blob's modification time once it is older
-  than half the grace period, so the blob stays younger than the grace period for at least half of it after the
-  check: GC's age test (step 4, re-read just before the move) spares it. Only a client whose HEAD-to-PUT gap
-  exceeds half the grace period can meet a set-aside blob.
-- A set-aside blob is not gone: any repository that links it (a blob GET/HEAD or mount that misses, a manifest
-  read, the PUT's checks) moves it back. So a manifest written after the first mark — whose blobs step 4 may have
-  taken — either has its link listed by the second mark (step 5 restores the blob), or its PUT re-verifies after
-  GC's second listing, while the blob is still in quarantine, and restores it itself.
-- The settle period (`gc.settle`, longer than the servers' 1 s existence memory and than a manifest PUT) separates
-  the move from the second listing: a PUT whose first check saw the blob in place has written its link by then.
-- What remains is a PUT that stays in its handler longer than the settle period and the second mark together, and
-  whose blob GC set aside right after that PUT's first check. Its re-verification finds the blob gone, removes
-  the revision link it wrote and answers MANIFEST_BLOB_UNKNOWN: the client pushes the blob again. No manifest is
-  ever left pointing at a missing blob.
-- Deleting never leaves a stale cache entry here (`BlobStore.forget_digest`); other processes remember a blob for
-  at most 1 s, less than the settle period, and a read that follows a remembered answer restores a set-aside blob
-  before streaming it. (With S3 redirects the client fetches from the bucket itself: for that 1 s a redirect to a
-  set-aside blob can 404, and the client's retry is answered from storage, which restores it.)
+Steps 4 and 5 are the quarantine protocol (set aside, restore, purge, and the servers' touch rule), which
+registry/store/quarantine.py states with the invariant it keeps: no blob a manifest references is deleted for good,
+whatever the interleaving with pushes.
 """
 
 from __future__ import annotations
@@ -281,16 +261,14 @@ class GarbageCollector:
         await read_repositories(self.registry, second)
         await read_manifests(self.registry, second, _all_revisions(second))
         marked = self._mark(second)
+        quarantine = self.registry.blobs.quarantine
         for digest, size in {**leftovers, **aside}.items():
             if digest in marked:
-                if await self.registry.blobs.restore(digest):
+                if await quarantine.restore(digest):
                     report.blobs_restored.append(digest)
                 continue
-            if await self.backend.exists(paths.blob_data(digest)):
-                # Pushed again meanwhile: the quarantined copy is a duplicate.
-                await self.backend.delete(paths.quarantined_blob(digest))
-                continue
-            await self.backend.delete(paths.quarantined_blob(digest))
+            if not await quarantine.purge(digest):
+                continue  # pushed again meanwhile: the set-aside copy was a duplicate
             self.registry.blobs.forget_digest(digest)
             report.blobs_removed[digest] = size
             inventory.blobs.pop(digest, None)
@@ -298,25 +276,10 @@ class GarbageCollector:
             inventory.blobs.setdefault(digest, (0, _now()))
 
     async def _set_aside(self, digest: Digest, grace: dt.timedelta) -> bool:
-        """Move an unreferenced blob into quarantine if it is still older than the grace period."""
-        data = paths.blob_data(digest)
         try:
-            info = await self.backend.stat(data)
-        except PathNotFound:
-            return False
-        if _now() - info.modified <= grace:
-            return False
-        quarantined = paths.quarantined_blob(digest)
-        await self.backend.delete(quarantined)  # a duplicate left by an interrupted run
-        try:
-            if not await self.backend.move(data, quarantined, exclusive=True):
-                return False
-            await self.backend.touch(quarantined)  # when it was set aside: see `leftovers` in _sweep
-        except PathNotFound:
-            return False  # restored at once by a client's request
+            return await self.registry.blobs.quarantine.set_aside(digest, grace, _now())
         finally:
             self.registry.blobs.forget_digest(digest)
-        return True
 
     async def _remove_dangling_links(self, inventory: Inventory, report: GcReport) -> None:
         """`_layers/` links to blobs that are neither stored nor set aside, and have not been written lately."""

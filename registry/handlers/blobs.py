@@ -51,7 +51,10 @@ async def get_blob(request: Request) -> Response:
     registry = registry_of(request)
     # A HEAD usually precedes a manifest PUT that relies on the blob: it refreshes an old blob's age for GC.
     blobs = registry.blobs
-    info = await (blobs.stat_recent(name, digest, touch=True) if request.method == "HEAD" else blobs.pull(name, digest))
+    if request.method == "HEAD":
+        info = await blobs.stat(name, digest, touch=True, remembered=True)
+    else:
+        info = await blobs.pull(name, digest)
     headers = {
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",
@@ -64,7 +67,7 @@ async def get_blob(request: Request) -> Response:
     url = await registry.blobs.redirect_url(digest)
     # Checked in storage, not from the memory that answered above: the client fetches this URL from the bucket
     # itself, so it must name data that is in place (GC may have set the blob aside: this restores it).
-    if url is not None and not await registry.blobs.ensure_present(digest):
+    if url is not None and await registry.blobs.present(digest) is None:
         raise blob_unknown(digest)
     if url is not None:
         return RedirectResponse(url, status_code=307, headers={"Docker-Content-Digest": str(digest)})

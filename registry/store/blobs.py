@@ -11,12 +11,11 @@ from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.store.events import Event, EventBus, EventType
+from registry.store.quarantine import DEFAULT_TOUCH_AFTER, Quarantine
 from storage_backends import FileInfo, PathNotFound, StorageBackend
 
 EXISTENCE_TTL = 1.0
 EXISTENCE_CACHE_SIZE = 4096
-# Half of GC's default grace period; the GC feature sets it from `gc.grace` (see registry/gc/setup.py).
-DEFAULT_TOUCH_AFTER = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +29,10 @@ def blob_unknown(digest: Digest) -> RegistryError:
 
 
 class BlobStore:
-    """Also GC's partner (see registry/gc/collector.py): every existence check made on a client's behalf before
-    a manifest PUT (HEAD, mount, the PUT's own verification) refreshes an unreferenced-looking blob's age once
-    it is older than `touch_after`, and a blob GC has set aside is brought back when a repository that links
-    it asks for it."""
+    """Blobs as repositories see them. Three ways to ask whether a blob exists, each with its own meaning:
+    `is_linked` (the repository links it), `stat` (the repository can serve it: linked, data in place) and `present`
+    (the registry holds its data). The last two bring back a blob GC set aside and, with `touch`, refresh an old
+    blob's age (registry/store/quarantine.py says why)."""
 
     def __init__(
         self,
@@ -44,18 +43,15 @@ class BlobStore:
     ) -> None:
         self.backend = backend
         self.events = events
+        self.quarantine = Quarantine(backend, touch_after)
         self._existence_ttl = existence_ttl
-        self.touch_after = touch_after
         # (repository, digest) -> (info, monotonic expiry, wall-clock time of the data's last modification):
         # positive answers only, for blob GET/HEAD.
         self._seen: OrderedDict[tuple[str, Digest], tuple[BlobInfo, float, float]] = OrderedDict()
 
     async def is_linked(self, name: str, digest: Digest) -> bool:
-        """Whether `name` links the blob (its data may be anywhere: in place, set aside, or gone)."""
-        return await self._linked(name, digest)
-
-    async def _linked(self, name: str, digest: Digest) -> bool:
-        """Distribution lets a repository see a blob through a layer link or a manifest revision link."""
+        """Whether `name` links the blob (its data may be anywhere: in place, set aside, or gone). Distribution lets
+        a repository see a blob through a layer link or a manifest revision link."""
         for link in (paths.layer_link(name, digest), paths.manifest_revision_link(name, digest)):
             try:
                 target = await self.backend.get_content(link)
@@ -65,67 +61,63 @@ class BlobStore:
                 return True
         return False
 
-    async def stat_global(self, digest: Digest) -> BlobInfo | None:
-        info = await self._stat_data(digest)
-        return None if info is None else BlobInfo(digest, info.size)
+    async def stat(self, name: str, digest: Digest, *, touch: bool = False, remembered: bool = False) -> BlobInfo:
+        """The blob as `name` sees it; BLOB_UNKNOWN when not linked there or when its data is gone.
 
-    async def _stat_data(self, digest: Digest) -> FileInfo | None:
+        With `touch`, the caller is about to rely on the blob staying (a client's HEAD, a mount, a manifest PUT):
+        an old blob's age is refreshed so that GC's grace period covers the push that follows.
+
+        With `remembered` (blob GET/HEAD), the answer may come from a short-lived memory of blobs seen present
+        (Distribution keeps a blob descriptor cache too): a link removed by another process may still answer for
+        EXISTENCE_TTL seconds; one removed here is forgotten at once. A remembered answer serves a `touch` only
+        while the blob is younger than the touch threshold. Manifest checks and mounts always ask storage."""
+        key = (name, digest)
+        now = time.monotonic()
+        if remembered:
+            seen = self._seen.get(key)
+            stale_for_touch = touch and seen is not None and time.time() - seen[2] > self.quarantine.touch_after
+            if seen is not None and seen[1] > now and not stale_for_touch:
+                return seen[0]
+        if not await self.is_linked(name, digest):
+            raise blob_unknown(digest)
+        data = await self._data(digest)
+        if data is None and await self.quarantine.restore(digest):
+            data = await self._data(digest)
+        if data is None:
+            raise blob_unknown(digest)
+        modified = data.modified.timestamp()
+        if touch:
+            refreshed = await self.quarantine.refresh(digest, data)
+            if refreshed is None:
+                raise blob_unknown(digest)
+            modified = refreshed
+        info = BlobInfo(digest, data.size)
+        if remembered:
+            self._seen[key] = (info, now + self._existence_ttl, modified)
+            self._seen.move_to_end(key)
+            while len(self._seen) > EXISTENCE_CACHE_SIZE:
+                self._seen.popitem(last=False)
+        return info
+
+    async def present(self, digest: Digest, *, touch: bool = False) -> BlobInfo | None:
+        """The registry's copy of the blob, whichever repositories link it (brought back if GC set it aside), or
+        None when there is none."""
+        data = await self._data(digest)
+        if data is None:
+            if not await self.quarantine.restore(digest):
+                return None
+            data = await self._data(digest)
+            if data is None:
+                return None
+        elif touch and await self.quarantine.refresh(digest, data) is None:
+            return None
+        return BlobInfo(digest, data.size)
+
+    async def _data(self, digest: Digest) -> FileInfo | None:
         try:
             return await self.backend.stat(paths.blob_data(digest))
         except PathNotFound:
             return None
-
-    async def stat(self, name: str, digest: Digest, *, touch: bool = False) -> BlobInfo:
-        """The blob as `name` sees it; BLOB_UNKNOWN when not linked there or when its data is gone.
-
-        With `touch`, the caller is about to rely on the blob staying (a client's HEAD, a mount, a manifest
-        PUT): an old blob's age is refreshed so that GC's grace period covers the push that follows."""
-        info = await self._stat_linked(name, digest)
-        if touch:
-            await self._touch_if_old(digest, info)
-        return BlobInfo(digest, info.size)
-
-    async def _stat_linked(self, name: str, digest: Digest) -> FileInfo:
-        if not await self._linked(name, digest):
-            raise blob_unknown(digest)
-        info = await self._stat_data(digest)
-        if info is None and await self.restore(digest):
-            info = await self._stat_data(digest)
-        if info is None:
-            raise blob_unknown(digest)
-        return info
-
-    async def _touch_if_old(self, digest: Digest, info: FileInfo) -> float:
-        """The data's modification time (as a timestamp) after refreshing it when older than `touch_after`."""
-        modified = info.modified.timestamp()
-        if time.time() - modified <= self.touch_after:
-            return modified
-        try:
-            await self.backend.touch(paths.blob_data(digest))
-        except PathNotFound:
-            # Taken out by GC between our stat and the touch: bring it back, which refreshes it too.
-            if not await self.restore(digest):
-                raise blob_unknown(digest) from None
-        return time.time()
-
-    async def stat_recent(self, name: str, digest: Digest, *, touch: bool = False) -> BlobInfo:
-        """`stat`, answered from a short-lived memory of blobs seen present (Distribution keeps a blob
-        descriptor cache too). A link removed by another process may still answer for EXISTENCE_TTL seconds;
-        one removed here is forgotten at once. Manifest validation and mounts always ask storage. A remembered
-        answer serves a `touch` only while the blob is younger than `touch_after`."""
-        key = (name, digest)
-        now = time.monotonic()
-        seen = self._seen.get(key)
-        if seen is not None and seen[1] > now and not (touch and time.time() - seen[2] > self.touch_after):
-            return seen[0]
-        data = await self._stat_linked(name, digest)
-        modified = await self._touch_if_old(digest, data) if touch else data.modified.timestamp()
-        info = BlobInfo(digest, data.size)
-        self._seen[key] = (info, now + self._existence_ttl, modified)
-        self._seen.move_to_end(key)
-        while len(self._seen) > EXISTENCE_CACHE_SIZE:
-            self._seen.popitem(last=False)
-        return info
 
     def forget_digest(self, digest: Digest) -> None:
         """Drop every remembered answer about `digest` (GC took the blob out)."""
@@ -136,29 +128,17 @@ class BlobStore:
         for key in [key for key in self._seen if key[0] == name]:
             del self._seen[key]
 
-    async def restore(self, digest: Digest) -> bool:
-        """Bring back a blob GC set aside; True when the blob's data is in place afterwards."""
-        quarantined = paths.quarantined_blob(digest)
-        try:
-            if await self.backend.move(quarantined, paths.blob_data(digest), exclusive=True):
-                await self.backend.touch(paths.blob_data(digest))
-                return True
-            await self.backend.delete(quarantined)  # pushed again meanwhile: the set-aside copy is a duplicate
-        except PathNotFound:
-            pass
-        return await self._stat_data(digest) is not None
-
     def forget(self, name: str, digest: Digest) -> None:
         self._seen.pop((name, digest), None)
 
     async def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """The blob's bytes. A blob GC set aside since a remembered `stat_recent` answer is brought back first."""
+        """The blob's bytes. A blob GC set aside since a remembered `stat` answer is brought back first."""
         path = paths.blob_data(digest)
         stream = self.backend.reader(path, offset, length)
         try:
             first = await anext(stream, None)
         except PathNotFound:
-            if not await self.restore(digest):
+            if not await self.quarantine.restore(digest):
                 raise
             stream = self.backend.reader(path, offset, length)
             first = await anext(stream, None)
@@ -172,7 +152,7 @@ class BlobStore:
         try:
             return await self.backend.get_content(paths.blob_data(digest))
         except PathNotFound:
-            if not await self.restore(digest):
+            if not await self.quarantine.restore(digest):
                 raise
         return await self.backend.get_content(paths.blob_data(digest))
 
@@ -197,8 +177,8 @@ class BlobStore:
         self.events.emit(Event(EventType.BLOB_DELETED, name, str(digest)))
 
     async def pull(self, name: str, digest: Digest) -> BlobInfo:
-        """`stat_recent` for a client about to take the bytes (a GET): counted as a pull."""
-        info = await self.stat_recent(name, digest)
+        """`stat` (remembered) for a client about to take the bytes (a GET): counted as a pull."""
+        info = await self.stat(name, digest, remembered=True)
         if self.events.wants(EventType.BLOB_PULLED):
             self.events.emit(Event(EventType.BLOB_PULLED, name, str(digest), size=info.size))
         return info
@@ -216,9 +196,7 @@ class BlobStore:
     async def mount_any(self, name: str, digest: Digest) -> BlobInfo | None:
         """Link the registry's copy of a blob into `name`, or None when there is none. Only for callers who may
         pull every repository (a registry without auth): it reveals that some repository has the blob."""
-        if not await self.ensure_present(digest, touch=True):
-            return None
-        info = await self.stat_global(digest)
+        info = await self.present(digest, touch=True)
         if info is None:
             return None
         await self.link(name, digest)
@@ -230,15 +208,4 @@ class BlobStore:
         meanwhile is a duplicate once this one is written (GC drops it)."""
         if await self.backend.put_content(paths.blob_data(digest), data, exclusive=True):
             return
-        info = await self._stat_data(digest)
-        if info is not None:
-            await self._touch_if_old(digest, info)
-
-    async def ensure_present(self, digest: Digest, *, touch: bool = False) -> bool:
-        """Whether the blob's data is in place, restoring it from GC's quarantine if need be."""
-        info = await self._stat_data(digest)
-        if info is None:
-            return await self.restore(digest)
-        if touch:
-            await self._touch_if_old(digest, info)
-        return True
+        await self.present(digest, touch=True)

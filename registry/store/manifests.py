@@ -210,9 +210,10 @@ class ManifestStore:
             raise RegistryError(ErrorCode.MANIFEST_BLOB_UNKNOWN, detail={"digest": str(descriptor.digest)}) from None
 
     async def _check_child(self, name: str, descriptor: Descriptor) -> None:
-        if not await self.backend.exists(
-            paths.manifest_revision_link(name, descriptor.digest)
-        ) or not await self.blobs.ensure_present(descriptor.digest, touch=True):
+        if (
+            not await self.backend.exists(paths.manifest_revision_link(name, descriptor.digest))
+            or await self.blobs.present(descriptor.digest, touch=True) is None
+        ):
             raise RegistryError(
                 ErrorCode.MANIFEST_BLOB_UNKNOWN,
                 detail={"digest": str(descriptor.digest)},
@@ -238,14 +239,14 @@ class ManifestStore:
         children = [d.digest for d in parsed.children]
         # Every look in one round of reads (on S3 each is a round trip; they are independent).
         present, manifest_present, unlinked, revision_present, missing = await asyncio.gather(
-            asyncio.gather(*(self.blobs.ensure_present(d) for d in [*blobs, *children])),
-            self.blobs.ensure_present(digest),
+            asyncio.gather(*(self.blobs.present(d) for d in [*blobs, *children])),
+            self.blobs.present(digest),
             self._unlinked(name, blobs, children),
             self.backend.exists(paths.manifest_revision_link(name, digest)),
             asyncio.gather(*(self._tag_missing(name, tag) for tag in tags)),
         )
-        gone = [d for d, ok in zip([*blobs, *children], present, strict=True) if not ok]
-        if not manifest_present:
+        gone = [d for d, info in zip([*blobs, *children], present, strict=True) if info is None]
+        if manifest_present is None:
             await self.blobs.put_small(digest, data)
         if not unlinked and not gone:
             vanished = [tag for tag, lost in zip(tags, missing, strict=True) if lost]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 from registry.settings import Settings
-from registry.store.blobs import DEFAULT_TOUCH_AFTER, BlobStore
+from registry.store.blobs import BlobStore
 from registry.store.events import EventBus
 from registry.store.manifests import ManifestStore
+from registry.store.quarantine import DEFAULT_TOUCH_AFTER
 from registry.store.referrers import ReferrerStore
 from registry.store.repositories import RepositoryStore
 from registry.store.tag_policy import TagPolicy

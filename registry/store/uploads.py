@@ -193,7 +193,7 @@ class UploadStore:
             raise
         if not created:
             # A dedup hit on an old blob: its age is what GC's grace period reads, and a manifest PUT follows.
-            await self.blobs.ensure_present(digest, touch=True)
+            await self.blobs.present(digest, touch=True)
         await self.blobs.link(name, digest)
         await self.cancel(name, upload_id)
         self.events.emit(Event(EventType.BLOB_PUSHED, name, str(digest), size=total, deduplicated=not created))
@@ -211,7 +211,7 @@ class UploadStore:
                 # The common case: one PATCH (or monolithic PUT). The chunk becomes the blob without a copy;
                 # if the blob already existed (a dedup hit), ours goes with the session.
                 return await self.backend.move(chunks[0].path, data_path, exclusive=True)
-            if await self.blobs.stat_global(digest) is not None:
+            if await self.blobs.present(digest) is not None:
                 return False
             async with await self.backend.writer(data_path, exclusive=True) as writer:
                 await copy_stream(self._read_chunks(chunks), writer, None)

@@ -65,7 +65,7 @@ async def test_an_upload_becomes_visible_only_with_the_right_digest(registry: Re
     with pytest.raises(RegistryError) as refused:
         await registry.uploads.complete("team/app", status.upload_id, digest_of(b"other bytes"))
     assert refused.value.code is ErrorCode.DIGEST_INVALID
-    assert await registry.blobs.stat_global(digest_of(b"layer bytes")) is None
+    assert await registry.blobs.present(digest_of(b"layer bytes")) is None
     digest = await upload(registry, "team/app", b"layer bytes")
     assert (await registry.blobs.stat("team/app", digest)).size == len(b"layer bytes")
     with pytest.raises(RegistryError):
