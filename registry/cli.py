@@ -16,9 +16,10 @@ from registry.client import cli as client_cli
 from registry.gc import cli as gc_cli
 from registry.index import cli as index_cli
 from registry.settings import CONFIG_ENV, ConfigError, load_settings
+from registry.store import cli as store_cli
 
 EXIT_CONFIG_ERROR = 2
-ADMIN_FEATURES = (auth_cli, gc_cli, index_cli)
+ADMIN_FEATURES = (auth_cli, gc_cli, store_cli, index_cli)
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 

@@ -1,1 +1,1 @@
-"""Online garbage collection, upload purging, retention, immutable tags, repository deletion, storage accounting."""
+"""Online garbage collection: retention and the removal of what nothing references, on a schedule or on demand."""

@@ -31,10 +31,10 @@ from typing import Any
 from registry import paths
 from registry.digests import Digest
 from registry.errors import RegistryError
-from registry.gc.inventory import Inventory, read_blobs, read_manifests, read_repositories, read_tags
 from registry.gc.retention import Removal, plan_retention, reachable, rule_for
 from registry.gc.settings import GcSettings, ImmutableTagRule, RetentionRule, UploadsSettings
 from registry.store.events import Origin, acting_as
+from registry.store.inventory import Inventory, read_blobs, read_manifests, read_repositories, read_tags
 from registry.store.registry import Registry
 from storage_backends import PathNotFound
 

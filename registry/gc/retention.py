@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from registry.digests import Digest
-from registry.gc.inventory import Inventory, RepositoryContents
 from registry.gc.settings import ImmutableTagRule, RetentionRule, rule_protecting
+from registry.store.inventory import Inventory, RepositoryContents
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from registry.errors import ErrorCode, RegistryError
-from registry.gc.accounting import measure
 from registry.handlers.common import (
     json_response,
     pull_filter,
@@ -16,6 +15,7 @@ from registry.handlers.common import (
     require_delete_enabled,
 )
 from registry.routing import LOGIN, ApiRoute, on_repository
+from registry.store.usage import measure
 
 
 async def delete_repository_endpoint(request: Request) -> Response:

@@ -8,6 +8,9 @@ One walk, two readers:
   the declared media type does not have.
 - `read_stored_manifest` is lenient, for what storage already holds (accepted under older rules, or written by
   another registry or by hand): it never raises, drops the parts it cannot use, and lists them in `problems`.
+
+And GC's reading, `references_of`: every digest a manifest may reference (Docker schema 1 included), counted
+however malformed the descriptor around it, since a blob overlooked there could be collected while still needed.
 """
 
 from __future__ import annotations
@@ -361,3 +364,69 @@ def _shown(value: object) -> str:
     """A value for an error message: escaped (so never a surrogate on the wire), and short."""
     text = repr(value)
     return text if len(text) <= _SHOWN_CHARACTERS else text[: _SHOWN_CHARACTERS - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class References:
+    """What one manifest points at: blobs (config, layers), child manifests, and its subject."""
+
+    blobs: tuple[Digest, ...] = ()
+    blob_sizes: tuple[int, ...] = ()
+    children: tuple[Digest, ...] = ()
+    subject: Digest | None = None
+    size: int = 0
+    readable: bool = True
+
+
+def references_of(data: bytes) -> References:
+    """Config, layers, children and subject of any manifest shape (OCI, Docker schema 2 and 1), as GC must read
+    them: every digest a descriptor-like object names counts, however malformed the rest of it (a blob it would
+    overlook could be collected while a manifest needs it)."""
+    body = decode_stored_json(data)  # never raises: not even on a manifest nested past the recursion limit
+    if not isinstance(body, dict):
+        return References(size=len(data))
+    blobs: list[tuple[Digest, int]] = []
+    for item in [body.get("config"), *_items(body.get("layers"))]:
+        found = _descriptor_digest(item)
+        if found is not None and not _is_foreign(item):
+            blobs.append(found)
+    for item in _items(body.get("fsLayers")):  # Docker schema 1
+        blob_sum = _digest_text(item.get("blobSum") if isinstance(item, dict) else None)
+        if blob_sum is not None:
+            blobs.append((blob_sum, 0))
+    children = [found[0] for item in _items(body.get("manifests")) if (found := _descriptor_digest(item))]
+    subject = _descriptor_digest(body.get("subject"))
+    return References(
+        blobs=tuple(d for d, _ in blobs),
+        blob_sizes=tuple(s for _, s in blobs),
+        children=tuple(children),
+        subject=subject[0] if subject else None,
+        size=len(data),
+    )
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _is_foreign(item: Any) -> bool:
+    if not isinstance(item, dict) or not item.get("urls"):
+        return False
+    return media_types.is_foreign_layer(str(item.get("mediaType")))
+
+
+def _digest_text(value: Any) -> Digest | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return Digest.parse(value)
+    except RegistryError:
+        return None
+
+
+def _descriptor_digest(item: Any) -> tuple[Digest, int] | None:
+    if not isinstance(item, dict):
+        return None
+    digest = _digest_text(item.get("digest"))
+    size = item.get("size")
+    return None if digest is None else (digest, size if isinstance(size, int) and size >= 0 else 0)

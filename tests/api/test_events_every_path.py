@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.gc.cli import run_gc, run_repo_rm
+from registry.gc.cli import run_gc
+from registry.store.cli import run_repo_rm
 from tests.api.conftest import ClientFactory, make_settings
 from tests.api.helpers import OCI_MANIFEST, digest_of, encode, image_manifest, push_blob, push_image
 from tests.webhook_receiver import Receiver

@@ -8,8 +8,8 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from registry.app import create_app
-from registry.gc.accounting import measure
 from registry.store.registry import Registry
+from registry.store.usage import measure
 from storage_backends import StorageBackend
 from tests.api.conftest import ClientFactory, blob_data_paths, make_settings
 from tests.api.gc_helpers import EventRecorder, blob_digests, collect, pull_completely, put_manifest

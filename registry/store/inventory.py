@@ -12,12 +12,11 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from registry import media_types, paths
+from registry import paths
 from registry.digests import Digest
 from registry.errors import RegistryError
-from registry.store.manifest_format import decode_stored_json
+from registry.store.manifest_format import References, references_of
 from registry.store.registry import Registry
 from storage_backends import PathNotFound
 
@@ -36,18 +35,6 @@ class RepositoryContents:
     @property
     def is_repository(self) -> bool:
         return bool(self.revisions or self.tag_links or self.layer_links)
-
-
-@dataclass(frozen=True, slots=True)
-class References:
-    """What one manifest points at: blobs (config, layers), child manifests, and its subject."""
-
-    blobs: tuple[Digest, ...] = ()
-    blob_sizes: tuple[int, ...] = ()
-    children: tuple[Digest, ...] = ()
-    subject: Digest | None = None
-    size: int = 0
-    readable: bool = True
 
 
 @dataclass(slots=True)
@@ -159,55 +146,3 @@ async def read_manifests(registry: Registry, inventory: Inventory, digests: Iter
         inventory.manifests[digest] = references_of(data)
 
     await asyncio.gather(*(load(d) for d in wanted))
-
-
-def references_of(data: bytes) -> References:
-    """Config, layers, children and subject of any manifest shape (OCI, Docker schema 2 and 1), leniently."""
-    body = decode_stored_json(data)  # never raises: not even on a manifest nested past the recursion limit
-    if not isinstance(body, dict):
-        return References(size=len(data))
-    blobs: list[tuple[Digest, int]] = []
-    for item in [body.get("config"), *_items(body.get("layers"))]:
-        found = _descriptor_digest(item)
-        if found is not None and not _is_foreign(item):
-            blobs.append(found)
-    for item in _items(body.get("fsLayers")):  # Docker schema 1
-        blob_sum = _digest_text(item.get("blobSum") if isinstance(item, dict) else None)
-        if blob_sum is not None:
-            blobs.append((blob_sum, 0))
-    children = [found[0] for item in _items(body.get("manifests")) if (found := _descriptor_digest(item))]
-    subject = _descriptor_digest(body.get("subject"))
-    return References(
-        blobs=tuple(d for d, _ in blobs),
-        blob_sizes=tuple(s for _, s in blobs),
-        children=tuple(children),
-        subject=subject[0] if subject else None,
-        size=len(data),
-    )
-
-
-def _items(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _is_foreign(item: Any) -> bool:
-    if not isinstance(item, dict) or not item.get("urls"):
-        return False
-    return media_types.is_foreign_layer(str(item.get("mediaType")))
-
-
-def _digest_text(value: Any) -> Digest | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return Digest.parse(value)
-    except RegistryError:
-        return None
-
-
-def _descriptor_digest(item: Any) -> tuple[Digest, int] | None:
-    if not isinstance(item, dict):
-        return None
-    digest = _digest_text(item.get("digest"))
-    size = item.get("size")
-    return None if digest is None else (digest, size if isinstance(size, int) and size >= 0 else 0)

@@ -16,8 +16,8 @@ from typing import Any
 from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
-from registry.gc.inventory import READS_AT_ONCE, Inventory, read_blobs, read_manifests, read_repositories
 from registry.names import validate_name
+from registry.store.inventory import READS_AT_ONCE, Inventory, read_blobs, read_manifests, read_repositories
 from registry.store.registry import Registry
 from storage_backends import PathNotFound
 
@@ -116,3 +116,13 @@ async def _stat_sizes(registry: Registry, digests: set[Digest]) -> dict[Digest, 
 
     await asyncio.gather(*(stat(d) for d in digests))
     return sizes
+
+
+def readable_size(count: int) -> str:
+    """1536 -> "1.5 KiB"."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

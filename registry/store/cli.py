@@ -1,0 +1,79 @@
+"""`moorage repo rm NAME` and `moorage du [REPO]`: repository deletion and storage accounting, straight on the
+store (see registry/admin.py for the shared parts)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from registry.admin import EXIT_CONFIG_ERROR, EXIT_FAILURE, EXIT_OK, open_registry, set_main
+from registry.errors import RegistryError
+from registry.settings import Settings
+from registry.store.usage import StorageUsage, measure
+from registry.store.usage import readable_size as _size
+
+
+def add_commands(commands: Any) -> None:
+    """Register subcommands on the `moorage` parser's subparsers."""
+    repo = commands.add_parser("repo", help="manage repositories", description="Manage repositories.")
+    repo_commands = repo.add_subparsers(dest="repo_command", required=True, metavar="ACTION")
+    rm = repo_commands.add_parser(
+        "rm",
+        help="delete a repository (its unique blobs go at the next GC)",
+        description="Delete a repository: its tags, manifests, links and uploads now; blobs no other repository "
+        "uses at the next GC.",
+    )
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("--force", action="store_true", help="delete even if it holds immutable tags")
+    set_main(rm, run_repo_rm)
+
+    du = commands.add_parser(
+        "du",
+        help="storage used per repository, and what dedup saves",
+        description="Logical size per repository (each blob it references once), and for the registry logical "
+        "vs physical bytes.",
+    )
+    du.add_argument("repository", nargs="?", metavar="REPO")
+    du.add_argument("--json", action="store_true", help="print JSON")
+    set_main(du, run_du)
+
+
+async def run_repo_rm(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.storage.delete:
+        print("moorage: deletes are disabled on this registry (storage.delete)", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    async with open_registry(settings) as registry:
+        try:
+            deleted = await registry.repositories.delete(args.name, force=args.force)
+        except RegistryError as e:
+            print(f"moorage: {e.message}: {json.dumps(e.detail)}", file=sys.stderr)
+            return EXIT_FAILURE
+    print(f"deleted {deleted.name}: {deleted.tags} tags, {deleted.manifests} manifests; unique blobs go at the next gc")
+    return EXIT_OK
+
+
+async def run_du(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_registry(settings) as registry:
+        try:
+            usage = await measure(registry, only=args.repository)
+        except RegistryError as e:
+            print(f"moorage: {e.message}: {json.dumps(e.detail)}", file=sys.stderr)
+            return EXIT_FAILURE
+    print(json.dumps(usage.as_dict(), indent=2) if args.json else format_usage(usage))
+    return EXIT_OK
+
+
+def format_usage(usage: StorageUsage) -> str:
+    width = max([len("REPOSITORY"), *(len(r.name) for r in usage.repositories)])
+    lines = [f"{'REPOSITORY':<{width}}  {'MANIFESTS':>9}  {'TAGS':>5}  {'BLOBS':>6}  {'LOGICAL':>10}"]
+    for r in usage.repositories:
+        lines.append(f"{r.name:<{width}}  {r.manifests:>9}  {r.tags:>5}  {r.blobs:>6}  {_size(r.logical_bytes):>10}")
+    lines.append(
+        f"logical {_size(usage.logical_bytes)} ({usage.logical_bytes} bytes), physical {_size(usage.physical_bytes)} "
+        f"({usage.physical_bytes} bytes): dedup saves {_size(usage.saved_bytes)}"
+    )
+    if usage.stored_bytes is not None:
+        lines.append(f"stored {_size(usage.stored_bytes)} ({usage.stored_bytes} bytes), garbage included")
+    return "\n".join(lines)
