@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from registry.gc.collector import GarbageCollector, GcOptions
+from registry.gc.settings import RetentionRule
 from registry.index.local import LocalIndex
 from registry.settings import Settings
 from registry.store.registry import Registry
@@ -52,7 +54,7 @@ async def rebuilt(storage_config: dict[str, Any], path: Path) -> dict[str, list[
     return rows(path)
 
 
-async def random_writes(client: httpx.AsyncClient, rng: random.Random) -> dict[str, int]:
+async def random_writes(client: httpx.AsyncClient, registry: Registry, rng: random.Random) -> dict[str, int]:
     done: dict[str, int] = {}
     images: dict[str, list[tuple[str, bytes]]] = {}  # repository -> (digest, body) of images pushed there
     for step in range(OPERATIONS):
@@ -107,20 +109,29 @@ async def random_writes(client: httpx.AsyncClient, rng: random.Random) -> dict[s
             response = await client.delete(f"/v2/{repository}/manifests/{digest}")
             assert response.status_code in (202, 404), response.text
             kind = "delete"
-        else:
+        elif choice < 0.95:
             response = await client.delete(f"/api/v1/repositories/{repository}")
             assert response.status_code in (202, 404), response.text
             images.pop(repository, None)
             kind = "repository delete"
+        else:
+            # GC in this process (as its schedule runs it): retention untags, untagged manifests go, their blobs
+            # are swept; what was pushed before may be gone, so later steps push afresh.
+            rule = RetentionRule(repository="team/*", keep_last=2)
+            options = GcOptions(grace=0.0, settle=0.0, delete_untagged=True, retention=[rule])
+            await GarbageCollector(registry, options).run()
+            images.clear()
+            kind = "gc"
         done[kind] = done.get(kind, 0) + 1
     return done
 
 
 async def test_the_index_equals_a_rebuild_after_random_writes(storage_config: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
-    async with serving(storage_config, path) as (client, _):
-        done = await random_writes(client, random.Random(7))
+    async with serving(storage_config, path) as (client, registry):
+        done = await random_writes(client, registry, random.Random(7))
     assert done.get("push", 0) > 5 and done.get("retag", 0) > 3 and done.get("delete", 0) > 3, done
+    assert done.get("gc", 0) >= 1 and done.get("repository delete", 0) >= 1, done
     incremental = rows(path)
     fresh = await rebuilt(storage_config, tmp_path / "fresh.sqlite")
     assert incremental == fresh
