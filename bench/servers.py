@@ -3,6 +3,11 @@
 Each server runs in its own session (`start_new_session=True`), so every process it starts (uvicorn's worker
 processes, multiprocessing helpers) carries the server's session id: that is how the sampler finds them, even if a
 child were re-parented, and how `stop()` reaches all of them with one `killpg`.
+
+Both registries can also run on S3: `Moto` starts moto's standalone S3 server (as the tests do, `tests/s3_server.py`:
+`moto_server -H 127.0.0.1 -p PORT`, the test keys, path-style addressing) and hands out buckets (`S3Bucket`), which
+`start_moorage(..., s3=bucket)` and `start_distribution(..., s3=bucket)` are pointed at. `Moto.requests` counts the
+S3 requests moto logged for one bucket, by kind.
 """
 
 from __future__ import annotations
@@ -10,18 +15,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import resource
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import parse_qs
 
 import httpx
 
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -56,6 +67,11 @@ class Server:
     argv: list[str]
     proc: subprocess.Popen[bytes]
     _log_file: IO[bytes] | None = field(default=None, repr=False)
+    # Distribution's debug listener (http.debug.addr: /metrics), when it was asked for.
+    debug_port: int | None = None
+    # Where the data is: "filesystem" (under `root`) or "s3" (`bucket`).
+    storage: str = "filesystem"
+    bucket: str | None = None
 
     @property
     def host(self) -> str:
@@ -167,51 +183,386 @@ def _wait_ready(server: Server) -> None:
     raise ServerError(f"{server.kind} not ready after {READY_TIMEOUT:.0f}s ({last}):\n{server.log_tail()}")
 
 
-def start_moorage(binary: str, root: Path, cwd: Path, workers: int | None) -> Server:
-    """`moorage serve` with filesystem storage at `root`, access log off, cwd with no config/moorage.yml."""
+def start_moorage(
+    binary: str,
+    root: Path,
+    cwd: Path,
+    workers: int | None,
+    *,
+    s3: S3Bucket | None = None,
+    redirect: bool = True,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """`moorage serve` with filesystem storage at `root` (or, with `s3`, on that bucket), access log off, cwd with
+    no config/moorage.yml. `redirect=False` streams blob GETs through Moorage instead of redirecting to S3; `env`
+    adds settings (MOORAGE_...)."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = clean_env()
-    env.update(
-        {
-            "MOORAGE_STORAGE__FILESYSTEM__ROOT": str(root),
-            "MOORAGE_HTTP__ACCESS_LOG": "false",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    environment = clean_env()
+    environment.update({"MOORAGE_HTTP__ACCESS_LOG": "false", "PYTHONUNBUFFERED": "1"})
+    if s3 is None:
+        environment["MOORAGE_STORAGE__FILESYSTEM__ROOT"] = str(root)
+    else:
+        environment.update(s3.moorage_env())
+    if not redirect:
+        environment["MOORAGE_STORAGE__REDIRECT__DISABLE"] = "true"
+    environment.update(env or {})
     argv = [binary, "serve", "--host", "127.0.0.1", "--port", str(port)]
     if workers is not None:
         argv += ["--workers", str(workers)]
-    return _start("moorage", argv, env=env, cwd=cwd, port=port, root=root)
+    server = _start("moorage", argv, env=environment, cwd=cwd, port=port, root=root)
+    if s3 is not None:
+        server.storage, server.bucket = "s3", s3.bucket
+    return server
 
 
-def distribution_config(root: Path, port: int) -> dict[str, Any]:
-    """Debian's /etc/docker/registry/config.yml, minus htpasswd auth, with our paths and the access log off."""
-    return {
+def wait_moorage_ready(server: Server, timeout: float = 120.0) -> float:
+    """Wait until `/readyz` answers 200 (storage reachable, metadata index built); the seconds it took."""
+    start = time.monotonic()
+    last = "no answer yet"
+    with httpx.Client(timeout=5.0) as client:
+        while time.monotonic() - start < timeout:
+            if not server.alive():
+                raise ServerError(f"moorage exited with status {server.proc.poll()}:\n{server.log_tail()}")
+            try:
+                response = client.get(f"{server.url}/readyz")
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {e}"
+            else:
+                if response.status_code == 200:
+                    return time.monotonic() - start
+                last = f"/readyz answered {response.status_code}: {response.text[:200]}"
+            time.sleep(0.1)
+    raise ServerError(f"moorage not ready after {timeout:.0f}s ({last})")
+
+
+def distribution_config(
+    root: Path, port: int, *, s3: S3Bucket | None = None, debug_port: int | None = None, health: bool = True
+) -> dict[str, Any]:
+    """Debian's /etc/docker/registry/config.yml, minus htpasswd auth, with our paths and the access log off.
+
+    `s3`: the s3 storage driver on that bucket instead of the filesystem. `debug_port`: the debug listener on
+    127.0.0.1 with Prometheus metrics at /metrics. `health=False` drops the storage-driver health check (a `Stat`
+    every 10 s, which would show in the storage metrics)."""
+    storage: dict[str, Any] = {
+        "cache": {"blobdescriptor": "inmemory"},
+        "delete": {"enabled": True},
+        "maintenance": {"uploadpurging": {"enabled": False}},
+    }
+    if s3 is None:
+        storage["filesystem"] = {"rootdirectory": str(root)}
+    else:
+        storage["s3"] = s3.distribution_params()
+    http: dict[str, Any] = {
+        "addr": f"127.0.0.1:{port}",
+        "secret": "moorage-bench-distribution-secret",
+        "headers": {"X-Content-Type-Options": ["nosniff"]},
+    }
+    if debug_port is not None:
+        http["debug"] = {"addr": f"127.0.0.1:{debug_port}", "prometheus": {"enabled": True, "path": "/metrics"}}
+    config: dict[str, Any] = {
         "version": 0.1,
         "log": {"level": "warn", "accesslog": {"disabled": True}, "fields": {"service": "registry"}},
-        "storage": {
-            "cache": {"blobdescriptor": "inmemory"},
-            "filesystem": {"rootdirectory": str(root)},
-            "delete": {"enabled": True},
-            "maintenance": {"uploadpurging": {"enabled": False}},
-        },
-        "http": {
-            "addr": f"127.0.0.1:{port}",
-            "secret": "moorage-bench-distribution-secret",
-            "headers": {"X-Content-Type-Options": ["nosniff"]},
-        },
-        "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
+        "storage": storage,
+        "http": http,
     }
+    if health:
+        config["health"] = {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}}
+    return config
 
 
-def start_distribution(binary: str, root: Path, cwd: Path) -> Server:
+def start_distribution(
+    binary: str,
+    root: Path,
+    cwd: Path,
+    *,
+    s3: S3Bucket | None = None,
+    debug: bool = False,
+    health: bool = True,
+) -> Server:
+    """`docker-registry serve` on filesystem storage at `root` (or on the `s3` bucket); `debug`: with its debug
+    listener and Prometheus metrics (`Server.debug_port`)."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    debug_port = free_port() if debug else None
     config = cwd / f"distribution-{port}.yml"
     # JSON is YAML.
-    config.write_text(json.dumps(distribution_config(root, port), indent=2))
-    return _start("distribution", [binary, "serve", str(config)], env=clean_env(), cwd=cwd, port=port, root=root)
+    settings = distribution_config(root, port, s3=s3, debug_port=debug_port, health=health)
+    config.write_text(json.dumps(settings, indent=2))
+    env = clean_env()
+    if s3 is not None:
+        # aws-sdk-go reads AWS_* from the environment; AWS_CA_BUNDLE in particular makes it panic at startup ("unable
+        # to load custom CA bundle, HTTPClient's transport unsupported type"). The driver's parameters say it all.
+        env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    server = _start("distribution", [binary, "serve", str(config)], env=env, cwd=cwd, port=port, root=root)
+    server.debug_port = debug_port
+    if s3 is not None:
+        server.storage, server.bucket = "s3", s3.bucket
+    return server
+
+
+def export_source(revision: str, dest: Path) -> tuple[str, dict[str, str]]:
+    """Moorage's code at `revision` (`git archive` of registry/ and storage_backends/ into `dest`, read from git's
+    objects: the working tree and the index are not touched) and the environment that makes `moorage` run it
+    (PYTHONPATH comes before the editable install's finder). Returns (the full commit, that environment)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{revision}^{{commit}}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "registry", "storage_backends"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=60)
+    return commit, {"PYTHONPATH": str(dest)}
+
+
+def git_state(revision: str | None) -> dict[str, Any]:
+    """What Moorage code a run measures: `revision`'s commit (see `export_source`) or, with None, the working tree:
+    HEAD plus the files modified under registry/ and storage_backends/ (others edit the checkout concurrently)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    if revision is not None:
+        return {"source": "commit", "commit": git("rev-parse", "--short", f"{revision}^{{commit}}"), "modified": []}
+    dirty = git("status", "--porcelain", "--", "registry", "storage_backends")
+    return {"source": "working tree", "commit": git("rev-parse", "--short", "HEAD"), "modified": dirty.splitlines()}
+
+
+# -- S3 (moto) ----------------------------------------------------------------------------------------------------
+
+
+def _s3_test_settings() -> tuple[str, str, str, str]:
+    """(access key, secret key, region, moto_server binary) from tests/s3_server.py: one place for the test keys."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from tests.s3_server import ACCESS_KEY, REGION, SECRET_KEY, moto_server_binary
+
+    return ACCESS_KEY, SECRET_KEY, REGION, moto_server_binary()
+
+
+@dataclass(frozen=True)
+class S3Bucket:
+    """A bucket on an S3 endpoint reached by path-style addressing over plain HTTP (moto)."""
+
+    endpoint_url: str
+    bucket: str
+    region: str
+    access_key: str
+    secret_key: str
+
+    def moorage_env(self) -> dict[str, str]:
+        return {
+            "MOORAGE_STORAGE__BACKEND": "s3",
+            "MOORAGE_STORAGE__S3__BUCKET": self.bucket,
+            "MOORAGE_STORAGE__S3__ENDPOINT_URL": self.endpoint_url,
+            "MOORAGE_STORAGE__S3__REGION": self.region,
+            "MOORAGE_STORAGE__S3__ACCESS_KEY_ID": self.access_key,
+            "MOORAGE_STORAGE__S3__SECRET_ACCESS_KEY": self.secret_key,
+            "MOORAGE_STORAGE__S3__PATH_STYLE": "true",
+        }
+
+    def distribution_params(self) -> dict[str, Any]:
+        """Distribution 2.8's `s3` driver. 2.8 has no `forcepathstyle` parameter: it always uses path-style
+        addressing when `regionendpoint` is set (registry/storage/driver/s3-aws/s3.go, v2.8.2)."""
+        return {
+            "region": self.region,
+            "bucket": self.bucket,
+            "regionendpoint": self.endpoint_url,
+            "accesskey": self.access_key,
+            "secretkey": self.secret_key,
+            "secure": False,
+            "v4auth": True,
+        }
+
+
+# moto's request log (werkzeug): 127.0.0.1 - - [06/Dec/2026 04:11:44] "PUT /bucket/key HTTP/1.1" 200 -
+# werkzeug colours some lines by status (206, 304, 4xx, 5xx) with ANSI escapes inside the quotes: removed first.
+_MOTO_LOG_LINE = re.compile(r'"([A-Z]+) (/[^ "]*) HTTP/[0-9.]+" (\d{3})')
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def s3_request_kind(method: str, target: str, bucket: str) -> str | None:
+    """What one request to `bucket` was ("GET", "HEAD", "PUT", "DELETE" of an object, "LIST", "PUT part",
+    "POST ?uploads", ...); None if it is not about that bucket. The bucket's own HEAD (Moorage's availability probe)
+    is "HEAD bucket"."""
+    path, _, query = target.partition("?")
+    if path != f"/{bucket}" and not path.startswith(f"/{bucket}/"):
+        return None
+    params = parse_qs(query, keep_blank_values=True)
+    on_key = len(path) > len(bucket) + 2
+    if not on_key:
+        if method == "GET" and "uploads" in params:
+            return "LIST uploads"
+        if method == "GET" and "location" not in params and "versioning" not in params:
+            return "LIST"
+        if method == "POST" and "delete" in params:
+            return "POST ?delete"
+        return f"{method} bucket"
+    if method == "POST":
+        return "POST ?uploads" if "uploads" in params else "POST ?uploadId"
+    if method == "PUT" and "partNumber" in params:
+        return "PUT part"
+    if method == "GET" and "uploadId" in params:
+        return "LIST parts"
+    if method == "DELETE" and "uploadId" in params:
+        return "DELETE ?uploadId"
+    return method
+
+
+class Moto:
+    """moto's standalone S3 server (`moto_server -H 127.0.0.1 -p P`) in its own session, so that stop() reaches
+    every process it starts; its request log in `log_path` (one line per request, parsed by `requests`).
+
+    moto keeps every object in memory; objects larger than its key buffer (~5 MiB) spill to temporary files: TMPDIR
+    points them into `workdir`. Its ListObjects looks at every key of the bucket (moto/s3/models.py
+    `list_objects`), so on moto a listing costs time in proportion to the bucket's size, prefix or not: real S3
+    does not behave so."""
+
+    READY_TIMEOUT = 30.0
+
+    def __init__(self, workdir: Path) -> None:
+        self.access_key, self.secret_key, self.region, self.binary = _s3_test_settings()
+        self.port = free_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"moto-{self.port}.log"
+        self.tmpdir = workdir / "moto-tmp"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._client: Any = None
+
+    def start(self) -> Moto:
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
+        env = clean_env()
+        env.update(
+            {
+                "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "TMPDIR": str(self.tmpdir),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        with self.log_path.open("wb") as log_file:
+            self.proc = subprocess.Popen(
+                [self.binary, "-H", "127.0.0.1", "-p", str(self.port)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        if _server_nice is not None:
+            set_autogroup_nice(self.proc.pid, _server_nice)
+        deadline = time.monotonic() + self.READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(f"moto_server exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                httpx.get(f"{self.endpoint_url}/moto-api/", timeout=1.0)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise ServerError(f"moto_server not ready after {self.READY_TIMEOUT:.0f}s: {self.log_tail()}")
+
+    def log_tail(self, limit: int = 2000) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as e:
+            return f"<cannot read {self.log_path}: {e}>"
+        return text if len(text) <= limit else "..." + text[-limit:]
+
+    def stop(self) -> None:
+        """SIGTERM to moto's process group, SIGKILL after STOP_TIMEOUT. Idempotent."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=STOP_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this server (one, made on first use; boto3 clients are thread-safe)."""
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                region_name=self.region,
+                aws_access_key_id=self.access_key,
+                aws_secret_access_key=self.secret_key,
+            )
+        return self._client
+
+    def new_bucket(self, name: str) -> S3Bucket:
+        self.client().create_bucket(Bucket=name)
+        return S3Bucket(self.endpoint_url, name, self.region, self.access_key, self.secret_key)
+
+    def drop_bucket(self, name: str) -> int:
+        """Delete every object of the bucket (and its multipart uploads), then the bucket: keeps moto small.
+        Returns the number of objects deleted."""
+        client = self.client()
+        for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+        deleted = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+                deleted += len(keys)
+        client.delete_bucket(Bucket=name)
+        return deleted
+
+    def delete_prefix(self, bucket: str, prefix: str) -> int:
+        """Delete every object whose key starts with `prefix`; how many."""
+        client = self.client()
+        deleted = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                deleted += len(keys)
+        return deleted
+
+    def log_offset(self) -> int:
+        """Where moto's log ends now: pass it to `requests` later."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def requests(self, bucket: str, start: int, end: int | None = None) -> Counter[str]:
+        """The requests to `bucket` that moto logged between two `log_offset`s, by kind (`s3_request_kind`)."""
+        with self.log_path.open("rb") as f:
+            f.seek(start)
+            data = f.read() if end is None else f.read(max(0, end - start))
+        kinds: Counter[str] = Counter()
+        for match in _MOTO_LOG_LINE.finditer(_ANSI_ESCAPE.sub("", data.decode(errors="replace"))):
+            kind = s3_request_kind(match.group(1), match.group(2), bucket)
+            if kind is not None:
+                kinds[kind] += 1
+        return kinds
 
 
 @dataclass

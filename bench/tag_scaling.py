@@ -1,14 +1,20 @@
-"""Write cost against repository size (issue 13): Moorage and Distribution side by side, filesystem storage.
+"""Write cost against repository size (issue 13): Moorage and Distribution side by side, on filesystem storage and
+on S3 (moto).
 
-For each N, the repository first holds N tags (each on its own manifest, as a CI pipeline that tags every commit
-leaves it), then, timed one request at a time:
+For each storage and each N, the repository first holds N tags (each on its own manifest, as a CI pipeline that
+tags every commit leaves it), then, timed one request at a time:
   - manifest PUT of a new manifest under a new tag,
   - tag DELETE (DELETE /v2/<name>/manifests/<tag>) of a tag just pushed,
   - manifest DELETE by digest of a manifest just pushed (with one tag).
-Reports the median (p50) per operation and N, and Moorage/Distribution ratios. Never part of the test suite.
+Reports the median (p50) per operation and N, the Moorage/Distribution ratios and each server's growth from the
+smallest N to the largest. On S3 it also counts the S3 requests each operation made (from moto's request log).
+Distribution 2.8 answers a tag DELETE with 400 (it deletes manifests by digest only): that time is shown marked, and
+the harness removes the tag from its storage itself. See bench/README.md. Never part of the test suite.
 
-    .venv/bin/python bench/tag_scaling.py                     # N = 1, 1000, 10000 (about 5 minutes)
-    .venv/bin/python bench/tag_scaling.py --sizes 1 200 --samples 20
+    .venv/bin/python bench/tag_scaling.py --storage filesystem     # N = 1, 1000, 10000 on the filesystem (~3 min)
+    .venv/bin/python bench/tag_scaling.py --sizes 1 1000           # both storages up to 1,000 tags (~5 min)
+    .venv/bin/python bench/tag_scaling.py                          # both storages up to 10,000 (over 30 min on moto)
+    .venv/bin/python bench/tag_scaling.py --sizes 1 50 --samples 5 --storage s3   # smoke test
 """
 
 from __future__ import annotations
@@ -17,23 +23,49 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
+import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from servers import Server, start_distribution, start_moorage
+from servers import (
+    CLOCK_TICKS,
+    CpuSnapshot,
+    Moto,
+    Server,
+    export_source,
+    git_state,
+    start_distribution,
+    start_moorage,
+    wait_for_idle,
+    wait_moorage_ready,
+)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 REPOSITORY = "bench/tags"
-FILL_CONCURRENCY = 8
+STORAGES = ("filesystem", "s3")
+SERVERS = ("distribution", "moorage")
 OPERATIONS = ("manifest PUT", "tag DELETE", "manifest DELETE by digest")
+FILL_CONCURRENCY = {"filesystem": 8, "s3": 16}
+MIN_SAMPLES = 3
+PROGRESS_EVERY_S = 10.0
+REQUEST_TIMEOUT_S = 300.0
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def digest(data: bytes) -> str:
@@ -62,23 +94,129 @@ def manifest(serial: str) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-async def put(client: httpx.AsyncClient, reference: str, body: bytes) -> None:
+async def put(client: httpx.AsyncClient, reference: str, body: bytes) -> int:
     response = await client.put(
         f"/v2/{REPOSITORY}/manifests/{reference}", content=body, headers={"Content-Type": OCI_MANIFEST}
     )
     if response.status_code != 201:
         raise RuntimeError(f"PUT {reference}: {response.status_code} {response.text[:200]}")
+    return response.status_code
 
 
-async def timed(action: Any) -> float:
-    started = time.perf_counter()
-    await action
-    return (time.perf_counter() - started) * 1000
+async def delete(client: httpx.AsyncClient, reference: str, accept: tuple[int, ...] = (202,)) -> int:
+    response = await client.delete(f"/v2/{REPOSITORY}/manifests/{reference}")
+    if response.status_code not in accept:
+        raise RuntimeError(f"DELETE {reference}: {response.status_code} {response.text[:200]}")
+    return response.status_code
 
 
-async def measure(server: Server, sizes: list[int], samples: int) -> dict[int, dict[str, float]]:
-    results: dict[int, dict[str, float]] = {}
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=120) as client:
+# Distribution 2.8 deletes manifests by digest only: DELETE /v2/<name>/manifests/<tag> answers 400 DIGEST_INVALID
+# (tag deletion came in 3.0). Its "tag DELETE" time is that error's; the harness then removes the tag from its storage
+# itself (untimed), so that the repository keeps N tags.
+DISTRIBUTION_TAGS = "docker/registry/v2/repositories/" + REPOSITORY + "/_manifests/tags"
+
+
+def remove_distribution_tag(server: Server, moto: Moto | None, tag: str) -> None:
+    if server.storage == "s3" and moto is not None and server.bucket is not None:
+        if not moto.delete_prefix(server.bucket, f"{DISTRIBUTION_TAGS}/{tag}/"):
+            raise RuntimeError(f"distribution tag {tag} not found in bucket {server.bucket}")
+    else:
+        shutil.rmtree(server.root / DISTRIBUTION_TAGS / tag)
+
+
+@dataclass
+class OpSamples:
+    """One operation at one N: every timing (ms) and, on S3, every request's S3 request count by kind."""
+
+    times_ms: list[float] = field(default_factory=list)
+    s3_requests: list[dict[str, int]] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def spent_s(self) -> float:
+        return sum(self.times_ms) / 1000
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "p50_ms": round(statistics.median(self.times_ms), 2),
+            "min_ms": round(min(self.times_ms), 2),
+            "max_ms": round(max(self.times_ms), 2),
+            "samples": len(self.times_ms),
+            "statuses": {str(code): count for code, count in sorted(self.statuses.items())},
+            "times_ms": [round(t, 2) for t in self.times_ms],
+        }
+        if self.s3_requests:
+            totals = [sum(kinds.values()) for kinds in self.s3_requests]
+            kinds = sorted({k for sample in self.s3_requests for k in sample})
+            out["s3_requests_p50"] = statistics.median(totals)
+            out["s3_requests_by_kind_p50"] = {
+                k: statistics.median(sample.get(k, 0) for sample in self.s3_requests) for k in kinds
+            }
+            out["s3_requests"] = self.s3_requests
+        return out
+
+
+class Measurer:
+    """Times requests one at a time against one server; on S3, counts the S3 requests each one made."""
+
+    def __init__(self, server: Server, moto: Moto | None) -> None:
+        self.server = server
+        self.moto = moto if server.storage == "s3" else None
+
+    async def timed(self, samples: OpSamples, action: Awaitable[int]) -> int:
+        start_offset = self.moto.log_offset() if self.moto else 0
+        started = time.perf_counter()
+        status = await action
+        samples.times_ms.append((time.perf_counter() - started) * 1000)
+        samples.statuses[status] += 1
+        if self.moto is not None and self.server.bucket is not None:
+            kinds: Counter[str] = self.moto.requests(self.server.bucket, start_offset)
+            kinds.pop("HEAD bucket", None)  # Moorage's availability probe, every 5 s: not the request's doing
+            samples.s3_requests.append(dict(kinds))
+        return status
+
+
+async def fill(client: httpx.AsyncClient, start: int, stop: int, concurrency: int, label: str) -> float:
+    """Tags t<start> .. t<stop - 1>, each on its own manifest, `concurrency` PUTs in flight; progress every 10 s."""
+    if stop <= start:
+        return 0.0
+    began = time.monotonic()
+    done = 0
+    last_report = began
+    queue = iter(range(start, stop))
+
+    async def worker() -> None:
+        nonlocal done, last_report
+        for i in queue:
+            await put(client, f"t{i}", manifest(f"fill-{i}"))
+            done += 1
+            now = time.monotonic()
+            if now - last_report >= PROGRESS_EVERY_S:
+                last_report = now
+                rate = done / (now - began)
+                left = (stop - start - done) / rate if rate else float("inf")
+                log(f"  {label}: filled {start + done:,}/{stop:,} tags ({rate:.0f}/s, ~{left:.0f} s left)")
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.monotonic() - began
+    log(f"  {label}: {stop - start:,} tags in {elapsed:.1f} s ({(stop - start) / elapsed:.0f}/s)")
+    return elapsed
+
+
+async def measure(
+    server: Server,
+    moto: Moto | None,
+    sizes: list[int],
+    samples: int,
+    op_budget_s: float,
+    fill_concurrency: int,
+    result: dict[str, Any],
+) -> None:
+    """Every N for one server; results go into `result` as they come (an interrupted run keeps what it did)."""
+    label = f"{server.storage}/{server.kind}"
+    measurer = Measurer(server, moto)
+    limits = httpx.Limits(max_connections=fill_concurrency, max_keepalive_connections=fill_concurrency)
+    async with httpx.AsyncClient(base_url=server.url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
         for blob in (CONFIG, LAYER):
             # POST then a monolithic PUT: Distribution 2.8 answers a single POST with a session, not a blob.
             started = await client.post(f"/v2/{REPOSITORY}/blobs/uploads/")
@@ -89,73 +227,266 @@ async def measure(server: Server, sizes: list[int], samples: int) -> dict[int, d
                 raise RuntimeError(f"blob upload: {response.status_code} {response.text[:200]}")
         have = 0
         for n in sizes:
-            limit = asyncio.Semaphore(FILL_CONCURRENCY)
-
-            async def fill(i: int, limit: asyncio.Semaphore = limit) -> None:
-                async with limit:
-                    await put(client, f"t{i}", manifest(f"fill-{i}"))
-
-            await asyncio.gather(*(fill(i) for i in range(have, n)))
+            entry: dict[str, Any] = {}
+            result[str(n)] = entry
+            entry["fill_s"] = round(await fill(client, have, n, fill_concurrency, f"{label} N={n:,}"), 1)
             have = n
-            times: dict[str, list[float]] = {op: [] for op in OPERATIONS}
+            ops = {op: OpSamples() for op in OPERATIONS}
+            began = time.monotonic()
             for k in range(samples):
                 tag = f"probe-{n}-{k}"
-                times["manifest PUT"].append(await timed(put(client, tag, manifest(tag))))
-                times["tag DELETE"].append(await timed(client.delete(f"/v2/{REPOSITORY}/manifests/{tag}")))
-                body = manifest(f"doomed-{n}-{k}")
-                await put(client, f"doomed-{n}-{k}", body)
-                times["manifest DELETE by digest"].append(
-                    await timed(client.delete(f"/v2/{REPOSITORY}/manifests/{digest(body)}"))
-                )
-            results[n] = {op: statistics.median(values) for op, values in times.items()}
-            print(f"  {server.kind} N={n}: " + ", ".join(f"{op} {v:.1f} ms" for op, v in results[n].items()))
-    return results
+                await measurer.timed(ops["manifest PUT"], put(client, tag, manifest(tag)))
+                accept = (202, 400) if server.kind == "distribution" else (202,)
+                if await measurer.timed(ops["tag DELETE"], delete(client, tag, accept)) == 400:
+                    remove_distribution_tag(server, moto, tag)
+                by_digest = ops["manifest DELETE by digest"]
+                if len(by_digest.times_ms) < MIN_SAMPLES or by_digest.spent_s < op_budget_s:
+                    body = manifest(f"doomed-{n}-{k}")
+                    await put(client, f"doomed-{n}-{k}", body)
+                    await measurer.timed(by_digest, delete(client, digest(body)))
+            for op, values in ops.items():
+                entry[op] = values.summary()
+            took = time.monotonic() - began
+            log(
+                f"  {label} N={n:,} ({took:.0f} s): "
+                + ", ".join(f"{op} {entry[op]['p50_ms']:.1f} ms (x{entry[op]['samples']})" for op in OPERATIONS)
+            )
 
 
-def table(moorage: dict[int, dict[str, float]], distribution: dict[int, dict[str, float]], sizes: list[int]) -> str:
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def _failed(entry: dict[str, Any]) -> bool:
+    """Whether the server answered this operation with an error (Distribution 2.8's DELETE by tag: 400)."""
+    return any(int(code) >= 400 for code in entry.get("statuses", {}))
+
+
+ERROR_NOTE = (
+    "(400) Distribution 2.8 cannot delete a tag: it answers DELETE /v2/<name>/manifests/<tag> with 400 DIGEST_INVALID "
+    "(manifests are deleted by digest only), so its figure is the time of that error and there is no ratio."
+)
+
+
+def table(storage: str, results: dict[str, dict[str, Any]], sizes: list[int]) -> str:
+    moorage, distribution = results.get("moorage", {}), results.get("distribution", {})
+    s3 = storage == "s3"
+    header = "| operation | N tags | Moorage p50 (ms) | Distribution p50 (ms) | Moorage / Distribution |"
+    rule = "|---|---:|---:|---:|---:|"
+    if s3:
+        header += " S3 requests: Moorage | S3 requests: Distribution |"
+        rule += "---:|---:|"
+    lines = [header, rule]
+    done = [n for n in sizes if str(n) in moorage and str(n) in distribution]
+    notes = set()
+    for op in OPERATIONS:
+        for n in done:
+            m, d = moorage[str(n)][op], distribution[str(n)][op]
+            samples = "" if m["samples"] == d["samples"] else f" ({m['samples']} / {d['samples']} samples)"
+            m_cell, d_cell = f"{m['p50_ms']:.1f}", f"{d['p50_ms']:.1f}"
+            ratio = _ratio(m["p50_ms"], d["p50_ms"])
+            if _failed(d) or _failed(m):
+                notes.add(ERROR_NOTE)
+                ratio = "-"
+                m_cell += " (error)" if _failed(m) else ""
+                d_cell += f" ({'/'.join(c for c in d['statuses'] if int(c) >= 400)})" if _failed(d) else ""
+            line = f"| {op}{samples} | {n:,} | {m_cell} | {d_cell} | {ratio} |"
+            if s3:
+                line += f" {m['s3_requests_p50']:g} | {d['s3_requests_p50']:g} |"
+            lines.append(line)
+    if len(done) > 1:
+        first, last = done[0], done[-1]
+        for op in OPERATIONS:
+            mg = moorage[str(last)][op]["p50_ms"] / moorage[str(first)][op]["p50_ms"]
+            dg = distribution[str(last)][op]["p50_ms"] / distribution[str(first)][op]["p50_ms"]
+            line = f"| {op}: p50 at N={last:,} / p50 at N={first:,} | | {mg:.2f}x | {dg:.2f}x | |"
+            if s3:
+                line += " | |"
+            lines.append(line)
+    return "\n".join([*lines, "", *sorted(notes)] if notes else lines)
+
+
+def s3_kinds_table(results: dict[str, dict[str, Any]], sizes: list[int]) -> str:
+    """The S3 requests per operation by kind (medians), both servers: where the count grows with N."""
     lines = [
-        "| operation | N tags | Moorage p50 (ms) | Distribution p50 (ms) | Moorage / Distribution |",
-        "|---|---:|---:|---:|---:|",
+        "| operation | N tags | Moorage S3 requests by kind | Distribution S3 requests by kind |",
+        "|---|---:|---|---|",
     ]
     for op in OPERATIONS:
         for n in sizes:
-            m, d = moorage[n][op], distribution[n][op]
-            lines.append(f"| {op} | {n:,} | {m:.1f} | {d:.1f} | {m / d:.2f}x |")
-    for op in OPERATIONS:
-        first, last = sizes[0], sizes[-1]
-        growth = moorage[last][op] / moorage[first][op]
-        lines.append(f"| {op}: Moorage p50 at N={last:,} / at N={first:,} | | | | {growth:.2f}x |")
+            cells = []
+            for kind in ("moorage", "distribution"):
+                entry = results.get(kind, {}).get(str(n), {}).get(op)
+                by_kind = entry.get("s3_requests_by_kind_p50", {}) if entry else {}
+                cells.append(", ".join(f"{k} {v:g}" for k, v in by_kind.items() if v) or "-")
+            lines.append(f"| {op} | {n:,} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
+
+
+def others_load(before: CpuSnapshot, after: CpuSnapshot, sessions: set[int], wall: float) -> dict[str, Any]:
+    """The cores other processes used on average (not this harness, not the servers nor moto) and the top three."""
+    me = os.getpid()
+    used: list[tuple[float, str]] = []
+    for key, info in after.procs.items():
+        if info.pid == me or info.ppid == me or info.session in sessions:
+            continue
+        earlier = before.procs.get(key)
+        seconds = (info.cpu_ticks - (earlier.cpu_ticks if earlier else 0)) / CLOCK_TICKS
+        if seconds > 0:
+            used.append((seconds, f"pid {info.pid} {info.comm}"))
+    used.sort(reverse=True)
+    total = sum(seconds for seconds, _ in used)
+    return {
+        "cores": round(total / wall, 2) if wall > 0 else 0.0,
+        "top": [f"{seconds:.1f}s {name}" for seconds, name in used[:3]],
+    }
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--storage", nargs="+", choices=STORAGES, default=list(STORAGES))
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 1000, 10000])
-    parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--samples", type=int, default=30, help="timed requests per operation and N (default 30)")
+    parser.add_argument(
+        "--op-budget",
+        type=float,
+        default=60.0,
+        help="stop timing manifest DELETE by digest at one N once it has taken this many seconds and has at least "
+        f"{MIN_SAMPLES} samples (default 60; it reads every tag, which takes long on S3 at 10,000 tags)",
+    )
+    parser.add_argument("--fill-concurrency", type=int, help="manifest PUTs in flight while filling (8 fs, 16 s3)")
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=30.0,
+        help="before each server's turn, wait up to this many seconds for other processes to use < 0.15 cores",
+    )
     parser.add_argument("--moorage-bin", default=str(Path(sys.executable).parent / "moorage"))
     parser.add_argument("--distribution-bin", default="/usr/bin/docker-registry")
     parser.add_argument("--moorage-workers", type=int, default=None)
+    parser.add_argument(
+        "--moorage-commit",
+        default="HEAD",
+        help="run Moorage's code as of this commit (git archive into the work directory; default HEAD: others edit "
+        "the checkout while benchmarks run), or 'worktree' for the checkout as it is",
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "tag_scaling.json")
     args = parser.parse_args(argv)
     sizes = sorted(set(args.sizes))
+    storages = [s for s in STORAGES if s in args.storage]
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="moorage-tag-scaling-"))
-    results: dict[str, dict[int, dict[str, float]]] = {}
+    output: dict[str, Any] = {
+        "config": {
+            "storages": storages,
+            "sizes": sizes,
+            "samples": args.samples,
+            "op_budget_s": args.op_budget,
+            "min_samples": MIN_SAMPLES,
+            "fill_concurrency": args.fill_concurrency or FILL_CONCURRENCY,
+            "moorage_workers": args.moorage_workers or "default",
+        },
+        "git": git_state(None if args.moorage_commit == "worktree" else args.moorage_commit),
+        "host": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "results": {},
+        "errors": [],
+    }
+    status = 0
+    moto: Moto | None = None
+    moorage_env: dict[str, str] = {}
     try:
-        for kind in ("distribution", "moorage"):
-            root = work / kind
-            if kind == "moorage":
-                server = start_moorage(args.moorage_bin, root, work, args.moorage_workers)
-            else:
-                server = start_distribution(args.distribution_bin, root, work)
-            try:
-                print(f"{kind}:", flush=True)
-                results[kind] = asyncio.run(measure(server, sizes, args.samples))
-            finally:
-                server.stop()
+        if args.moorage_commit != "worktree":
+            commit, moorage_env = export_source(args.moorage_commit, work / "moorage-src")
+            log(f"Moorage from commit {commit[:12]} ({args.moorage_commit})")
+        if "s3" in storages:
+            moto = Moto(work).start()
+            log(f"moto_server on {moto.endpoint_url}")
+        for storage in storages:
+            output["results"][storage] = {}
+            for kind in SERVERS:
+                result: dict[str, Any] = {}
+                output["results"][storage][kind] = result
+                root = work / storage / kind
+                root.mkdir(parents=True)
+                result["idle_wait"] = wait_for_idle(args.idle_wait, 0.15)
+                bucket = moto.new_bucket(f"tag-scaling-{kind}-{os.getpid()}") if storage == "s3" and moto else None
+                if kind == "moorage":
+                    server = start_moorage(
+                        args.moorage_bin, root, root, args.moorage_workers, s3=bucket, env=moorage_env
+                    )
+                    wait_moorage_ready(server)
+                else:
+                    server = start_distribution(args.distribution_bin, root, root, s3=bucket)
+                cpu_before, turn_start = CpuSnapshot.take(), time.monotonic()
+                try:
+                    log(f"{storage}/{kind} on {server.url}")
+                    concurrency = args.fill_concurrency or FILL_CONCURRENCY[storage]
+                    asyncio.run(measure(server, moto, sizes, args.samples, args.op_budget, concurrency, result))
+                    sessions = {server.proc.pid} | ({moto.proc.pid} if moto and moto.proc else set())
+                    load = others_load(cpu_before, CpuSnapshot.take(), sessions, time.monotonic() - turn_start)
+                    result["other_processes"] = load
+                    log(f"  other processes used {load['cores']:.2f} cores on average: {', '.join(load['top'])}")
+                except Exception as e:
+                    status = 1
+                    output["errors"].append(f"{storage}/{kind}: {type(e).__name__}: {e}")
+                    result["log_tail"] = server.log_tail()
+                    log(f"FAILED {storage}/{kind}: {e}")
+                finally:
+                    result["exit_status"] = server.stop()
+                    if bucket is not None and moto is not None:
+                        try:
+                            deleted = moto.drop_bucket(bucket.bucket)
+                            log(f"  bucket {bucket.bucket} dropped ({deleted:,} objects)")
+                        except Exception as e:  # keep going: the next server gets its own bucket anyway
+                            log(f"  could not drop bucket {bucket.bucket}: {e}")
+                    shutil.rmtree(root, ignore_errors=True)
+    except KeyboardInterrupt:
+        status = 130
+        output["errors"].append("interrupted")
+        log("interrupted")
+    except Exception as e:
+        status = 1
+        output["errors"].append(f"{type(e).__name__}: {e}")
+        log(f"FAILED: {e}")
     finally:
+        if moto is not None:
+            if status:
+                output["moto_log_tail"] = moto.log_tail()
+            moto.stop()
         shutil.rmtree(work, ignore_errors=True)
+    output["duration_s"] = round(time.monotonic() - t0, 1)
     print()
-    print(table(results["moorage"], results["distribution"], sizes))
-    return 0
+    git = output["git"]
+    source = f"commit {git['commit']}" if git["source"] == "commit" else f"the working tree at {git['commit']}"
+    modified = f" with local changes to {len(git['modified'])} file(s)" if git["modified"] else ""
+    print(f"{time.strftime('%Y-%m-%d')}, Moorage from {source}{modified}, {output['duration_s']:.0f} s")
+    for storage in storages:
+        results = output["results"].get(storage, {})
+        title = "filesystem" if storage == "filesystem" else "S3 (moto)"
+        print(f"\n{title}: p50 of up to {args.samples} requests, one at a time\n")
+        print(table(storage, results, sizes))
+        load = [
+            f"{kind} {results[kind]['other_processes']['cores']:.2f}"
+            for kind in SERVERS
+            if "other_processes" in results.get(kind, {})
+        ]
+        if load:
+            print(f"\nOther processes on the machine (average cores during each server's turn): {', '.join(load)}")
+        if storage == "s3":
+            print("\nS3 requests per operation by kind (medians; moto's request log, the bucket HEAD probe left out)\n")
+            print(s3_kinds_table(results, sizes))
+    for error in output["errors"]:
+        print(f"error: {error}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(output, indent=2) + "\n")
+    log(f"results in {args.out}")
+    return status
 
 
 if __name__ == "__main__":
