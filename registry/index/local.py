@@ -7,8 +7,10 @@ write. Then every `poll_interval` it reads the change records others wrote (see 
 
 It follows the store's events (registry/store/events.py): before a write, the change is recorded in storage (a
 trace every replica reads, even if this process dies mid-write); after it, the rows the events name are re-read
-from storage off the request path, and a second record says the change is done. Queries first wait (briefly) for
-the changes this process made, so a client reads its own writes.
+from storage off the request path (events that arrive meanwhile are applied together), and a second record says
+the change is done. Queries first wait (briefly) for the changes this process made, so a client reads its own
+writes at once; the other processes of the host, which share the file, see them as soon as they are applied
+(milliseconds), other replicas at their next poll.
 """
 
 from __future__ import annotations
@@ -58,7 +60,6 @@ BUILD_LEASE = "builder"
 BUILD_LEASE_SECONDS = 30.0
 BUILD_WAIT_SECONDS = 0.5
 OWN_WRITES_WAIT_SECONDS = 2.0
-APPLY_DELAY_SECONDS = 0.05  # events arriving meanwhile are applied together (a query hurries it)
 ANNOUNCED_LIMIT = 10_000
 FOLLOWED = (
     EventType.MANIFEST_PUSHED,
@@ -87,7 +88,6 @@ class LocalIndex:
         self._failed: set[str] = set()  # refreshes that failed here: the poll loop retries them
         self._queued: dict[str, Change] = {}  # what the store's events named, not yet applied
         self._announced: dict[str, Change] = {}  # change records written before writes, until events cover them
-        self._hurry = asyncio.Event()
         self._applier: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
@@ -284,9 +284,7 @@ class LocalIndex:
 
     async def _apply_queued(self) -> None:
         """Apply what the events named, then tell every other process it is done (one record per repository)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._hurry.wait(), APPLY_DELAY_SECONDS)
-        self._hurry.clear()
+        await asyncio.sleep(0)  # the events of the write that woke this are all queued by now
         while self._queued:
             batch, self._queued = self._queued, {}
             if self._db is None and await asyncio.to_thread(self.path.exists):
@@ -330,7 +328,6 @@ class LocalIndex:
         """Wait (a little) until what this process changed is in the index."""
         applier = self._applier
         if applier is not None and not applier.done():
-            self._hurry.set()
             await asyncio.wait({applier}, timeout=OWN_WRITES_WAIT_SECONDS)
 
     async def _apply(self, change: Change) -> bool:
