@@ -311,16 +311,19 @@ class ManifestStore:
             await self.tags.delete(name, validate_tag(reference))
             return
         digest = await self.resolve(name, reference)
-        tags = await self.tags.tags_of(name, digest)
+        # Announced by the manifest alone (the index re-reads the tags that point at it) while its tags are found.
+        tags, subject, _ = await asyncio.gather(
+            self.tags.tags_of(name, digest),
+            self._subject_of(name, digest),
+            self.events.prepare(name, manifests=[str(digest)]),
+        )
         for tag in tags:
             self.tags.check_can_delete(name, tag)
-        await self.events.prepare(name, tags=tags, manifests=[str(digest)])
-        for tag in tags:
-            await self.tags.remove(name, tag, digest)
-        subject = await self._subject_of(name, digest)
+        await asyncio.gather(*(self.tags.remove(name, tag, digest) for tag in tags))
         await self.backend.delete(paths.manifest_revision_dir(name, digest))
-        await self._removed(name, digest, subject)
-        await self.backend.delete(paths.revision_tags_dir(name, digest))
+        await asyncio.gather(
+            self._removed(name, digest, subject), self.backend.delete(paths.revision_tags_dir(name, digest))
+        )
 
     async def delete_if_untagged(self, name: str, digest: Digest, subject: Digest | None) -> bool:
         """Delete a manifest revision only if no tag names it at the moment of deleting (GC's untagged removal).
