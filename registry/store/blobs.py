@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -78,9 +79,9 @@ class BlobStore:
             stale_for_touch = touch and seen is not None and time.time() - seen[2] > self.quarantine.touch_after
             if seen is not None and seen[1] > now and not stale_for_touch:
                 return seen[0]
-        if not await self.is_linked(name, digest):
+        linked, data = await asyncio.gather(self.is_linked(name, digest), self._data(digest))  # one round trip
+        if not linked:
             raise blob_unknown(digest)
-        data = await self._data(digest)
         if data is None and await self.quarantine.restore(digest):
             data = await self._data(digest)
         if data is None:

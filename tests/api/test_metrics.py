@@ -53,6 +53,13 @@ async def test_metrics_move_with_pushes_and_pulls(client: httpx.AsyncClient) -> 
     assert value(samples, "moorage_http_sent_bytes_total", method="GET", route=MANIFEST_ROUTE) >= 3 * len(body)
     assert value(samples, "moorage_uploads_in_progress") == 0
     assert value(samples, "moorage_blob_uploads_committed_total") == 2
+    # What the store did, whoever asked (its events, counted by type; a HEAD is no pull).
+    events = "moorage_store_events_total"
+    assert value(samples, events, type="blob.pushed") == 2
+    assert value(samples, events, type="manifest.pushed") == 1 and value(samples, events, type="tag.set") == 1
+    assert value(samples, events, type="manifest.pulled") == 3
+    assert (await client.delete("/v2/team/app/manifests/stable")).status_code == 202
+    assert value(await scrape(client), events, type="tag.deleted") == 1
     assert total(samples, "moorage_storage_operation_duration_seconds_count", operation="get_content") > 0
     backends = {dict(labels)["backend"] for (name, labels) in samples if name.startswith("moorage_storage_")}
     assert len(backends) == 1 and backends <= {"filesystem", "s3"}
