@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from registry import paths
 from registry.digests import Digest
@@ -128,36 +129,32 @@ class TagStore:
         except PathNotFound:
             return []
         candidates = sorted(e.path.rsplit("/", 1)[1] for e in entries if not e.is_dir)
-        return await self._naming(name, candidates, digest)
+        current = await self._current(name, candidates)
+        return [tag for tag in candidates if current.get(tag) == digest]
 
-    async def _naming(self, name: str, tags: list[str], digest: Digest | None) -> list[str]:
-        """Those of `tags` that point at `digest` (any digest when None), read several at a time: on S3 each read is
-        a round trip."""
+    async def _current(self, name: str, tags: list[str]) -> dict[str, Digest]:
+        """What each of `tags` points at (those that exist), read several at a time: on S3 each read is a round
+        trip."""
         limit = asyncio.Semaphore(READS_AT_ONCE)
+        found: dict[str, Digest] = {}
 
-        async def names_it(tag: str) -> bool:
+        async def read(tag: str) -> None:
             async with limit:
-                try:
-                    current = await self.resolve(name, tag)
-                except RegistryError:
-                    return False
-                return digest is None or current == digest
+                with contextlib.suppress(RegistryError):
+                    found[tag] = await self.resolve(name, tag)
 
-        hits = await asyncio.gather(*(names_it(t) for t in tags))
-        return [tag for tag, hit in zip(tags, hits, strict=True) if hit]
+        await asyncio.gather(*(read(tag) for tag in tags))
+        return found
 
     async def _list_every_tag_on_its_revision(self, name: str) -> None:
         """Once per repository whose tags were written before revisions listed them: read every tag and list it on
         its revision."""
+        current = await self._current(name, await self.all(name))
         limit = asyncio.Semaphore(READS_AT_ONCE)
 
-        async def mark(tag: str) -> None:
+        async def mark(tag: str, digest: Digest) -> None:
             async with limit:
-                try:
-                    digest = await self.resolve(name, tag)
-                except RegistryError:
-                    return
                 await self.backend.put_content(paths.revision_tag(name, digest, tag), b"")
 
-        await asyncio.gather(*(mark(tag) for tag in await self.all(name)))
+        await asyncio.gather(*(mark(tag, digest) for tag, digest in current.items()))
         await self.backend.put_content(paths.revision_tags_complete(name), b"")

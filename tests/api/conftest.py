@@ -14,6 +14,7 @@ from registry.app import create_app
 from registry.settings import Settings
 from registry.store.registry import Registry
 from storage_backends import StorageBackend
+from tests.webhook_receiver import Receiver
 
 ClientFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 
@@ -77,3 +78,11 @@ async def client_factory(storage_config: dict[str, Any]) -> AsyncIterator[Client
 @pytest.fixture
 async def client(client_factory: ClientFactory) -> httpx.AsyncClient:
     return await client_factory()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 (tests/webhook_receiver.py)."""
+    made = Receiver()
+    yield made
+    made.close()

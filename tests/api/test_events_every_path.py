@@ -9,12 +9,10 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from registry.gc.cli import run_gc
 from registry.store.cli import run_repo_rm
@@ -25,13 +23,6 @@ from tests.webhook_receiver import Receiver
 WAIT = 15.0
 Seen = tuple[str, str, str, str, str]
 """(action, repository, what: "blob"/"manifest"/"tag"/"repository", digest or tag, actor)"""
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    made = Receiver()
-    yield made
-    made.close()
 
 
 def sections(receiver: Receiver, tmp_path: Path, **more: Any) -> dict[str, Any]:

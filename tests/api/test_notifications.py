@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from registry.durations import parse_duration
 from tests.api.conftest import ClientFactory
@@ -16,13 +14,6 @@ from tests.api.helpers import OCI_MANIFEST, push_blob, push_image
 from tests.webhook_receiver import Receiver
 
 EVENTS_TYPE = "application/vnd.docker.distribution.events.v1+json"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    made = Receiver()
-    yield made
-    made.close()
 
 
 def notifications(receiver: Receiver, tmp_path: Path, **endpoint: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.gc.collector import GarbageCollector, GcOptions
@@ -115,3 +116,35 @@ async def test_a_deleted_repository_leaves_nothing_readable(registry: Registry) 
     assert not await registry.repositories.exists("team/app")
     with pytest.raises(RegistryError):
         await registry.manifests.get("team/app", "v1")
+
+
+async def test_a_delete_by_digest_finds_its_tags_without_reading_every_tag(registry: Registry) -> None:
+    """Each tag write lists the tag on its revision: a DELETE by digest reads those tags only, a tag moved away
+    since is left alone, and tags written before those lists existed (by Distribution, or an older Moorage) are
+    listed once, on the repository's first such lookup."""
+    kept, doomed = await image(registry, "team/app", "kept"), await image(registry, "team/app", "doomed")
+    await registry.manifests.put("team/app", "v1", doomed, OCI_MANIFEST, ("also",))
+    await registry.manifests.put("team/app", "moved", doomed, OCI_MANIFEST)
+    await registry.manifests.put("team/app", "moved", kept, OCI_MANIFEST)  # moved away: listed on both revisions
+    await registry.manifests.put("team/app", "other", kept, OCI_MANIFEST)
+    # A tag as Distribution writes it: no entry in the revision's list.
+    legacy = digest_of(doomed)
+    await registry.backend.put_content(paths.tag_current_link("team/app", "legacy"), str(legacy).encode())
+    await registry.backend.delete(paths.revision_tags_complete("team/app"))
+    registry.tags.forget_repository("team/app")
+    reads: list[str] = []
+    original = registry.tags.resolve
+
+    async def counted(name: str, tag: str) -> Digest:
+        reads.append(tag)
+        return await original(name, tag)
+
+    registry.tags.resolve = counted  # type: ignore[method-assign]
+    assert sorted(await registry.tags.tags_of("team/app", legacy)) == ["also", "legacy", "v1"]
+    # The backfill reads every tag once; the lookup then reads the tags listed on that revision.
+    assert sorted(reads) == sorted(["also", "legacy", "moved", "other", "v1", "also", "legacy", "moved", "v1"])
+    reads.clear()
+    await registry.manifests.delete("team/app", str(legacy))
+    assert sorted(reads) == ["also", "legacy", "moved", "v1"], "only the tags ever set to that revision"
+    assert await registry.tags.all("team/app") == ["moved", "other"]
+    assert (await registry.manifests.get("team/app", "moved")).data == kept
