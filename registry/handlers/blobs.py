@@ -9,7 +9,6 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from registry.errors import ErrorCode, RegistryError
 from registry.handlers.common import path_digest, registry_of, repository_name, require_delete_enabled
-from registry.store.blobs import blob_unknown
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 BLOB_MEDIA_TYPE = "application/octet-stream"  # what Distribution reports: a blob's own type is in its manifest
@@ -51,10 +50,12 @@ async def get_blob(request: Request) -> Response:
     registry = registry_of(request)
     # A HEAD usually precedes a manifest PUT that relies on the blob: it refreshes an old blob's age for GC.
     blobs = registry.blobs
+    url = None
     if request.method == "HEAD":
         info = await blobs.stat(name, digest, touch=True, remembered=True)
     else:
-        info = await blobs.pull(name, digest)
+        url = await blobs.redirect_url(digest)
+        info = await blobs.pull(name, digest, from_storage=url is not None)
     headers = {
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",
@@ -64,11 +65,6 @@ async def get_blob(request: Request) -> Response:
     if request.method == "HEAD":
         headers["Content-Length"] = str(info.size)
         return Response(status_code=200, headers=headers, media_type="application/octet-stream")
-    url = await registry.blobs.redirect_url(digest)
-    # Checked in storage, not from the memory that answered above: the client fetches this URL from the bucket
-    # itself, so it must name data that is in place (GC may have set the blob aside: this restores it).
-    if url is not None and await registry.blobs.present(digest) is None:
-        raise blob_unknown(digest)
     if url is not None:
         return RedirectResponse(url, status_code=307, headers={"Docker-Content-Digest": str(digest)})
     byte_range = parse_range(request.headers.get("range"), info.size)

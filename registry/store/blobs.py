@@ -177,9 +177,11 @@ class BlobStore:
         self.forget(name, digest)
         self.events.emit(Event(EventType.BLOB_DELETED, name, str(digest)))
 
-    async def pull(self, name: str, digest: Digest) -> BlobInfo:
-        """`stat` (remembered) for a client about to take the bytes (a GET): counted as a pull."""
-        info = await self.stat(name, digest, remembered=True)
+    async def pull(self, name: str, digest: Digest, *, from_storage: bool = False) -> BlobInfo:
+        """`stat` for a client about to take the bytes (a GET): counted as a pull. From memory when it remembers
+        the blob, unless `from_storage` (a redirect sends the client to the bucket itself: the data must be in
+        place there, and a blob GC set aside is brought back)."""
+        info = await self.stat(name, digest, remembered=not from_storage)
         if self.events.wants(EventType.BLOB_PULLED):
             self.events.emit(Event(EventType.BLOB_PULLED, name, str(digest), size=info.size))
         return info
