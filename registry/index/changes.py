@@ -98,6 +98,7 @@ class ChangeLog:
         self.retention = retention
         self._own: set[str] = set()  # records this process wrote and applied itself
         self._seen: dict[str, Change] = {}  # unsettled records read once
+        self._floor = ""  # records at or before this were read for the last time: none needs remembering
 
     async def append(self, change: Change | str) -> str:
         """Record a change (a repository's name alone: anything in it)."""
@@ -114,7 +115,8 @@ class ChangeLog:
     def applied(self, key: str) -> None:
         """This process brought the index in line after the change `key` announced: no need to read it back."""
         self._seen.pop(key, None)
-        self._own.add(key)
+        if key > self._floor:  # one already read back for good is past: remembering it would leak
+            self._own.add(key)
 
     async def read(self, position: str) -> tuple[list[Change], str]:
         """The changes recorded since `position` (that this process did not apply itself), and the new position."""
@@ -139,6 +141,7 @@ class ChangeLog:
                     self._seen[key] = change
             elif settled:
                 changed.append(change)
+        self._floor = max(self._floor, cutoff)
         return changed, max(cutoff, position)
 
     async def _change_in(self, path: str) -> Change | None:

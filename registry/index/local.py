@@ -41,7 +41,7 @@ from registry.index.changes import Change, ChangeLog, merged, position_at, time_
 from registry.index.database import Database
 from registry.index.scan import read_facts, read_repository
 from registry.index.settings import IndexSettings
-from registry.store.events import Event, EventBus, EventType, Planned
+from registry.store.events import BLOB_EVENTS, Event, EventBus, EventType, Planned
 from registry.store.registry import Registry
 from storage_backends import PathNotFound, StorageError
 
@@ -62,6 +62,9 @@ BUILD_WAIT_SECONDS = 0.5
 OWN_WRITES_WAIT_SECONDS = 2.0
 ANNOUNCED_LIMIT = 10_000
 FOLLOWED = (
+    EventType.BLOB_PUSHED,
+    EventType.BLOB_MOUNTED,
+    EventType.BLOB_DELETED,
     EventType.MANIFEST_PUSHED,
     EventType.MANIFEST_DELETED,
     EventType.TAG_SET,
@@ -87,7 +90,9 @@ class LocalIndex:
         self._locks: dict[str, asyncio.Lock] = {}
         self._failed: set[str] = set()  # refreshes that failed here: the poll loop retries them
         self._queued: dict[str, Change] = {}  # what the store's events named, not yet applied
-        self._announced: dict[str, Change] = {}  # change records written before writes, until events cover them
+        self._announced: dict[int, str] = {}  # a write in progress (Planned.serial) -> the record announcing it
+        self._finished: list[tuple[str, str]] = []  # (repository, record) of writes done, once their events apply
+        self._listed: set[str] = set()  # repositories known to have their row (blob events need no update then)
         self._applier: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
@@ -226,6 +231,7 @@ class LocalIndex:
         changes, position = await self.changes.read(self._position)
         retry, self._failed = self._failed, set()
         pending = merged([*changes, *(Change(name, whole=True) for name in retry)])
+        self._listed -= pending.keys()  # changed elsewhere: the next blob event here looks again
         for name in sorted(pending):
             try:
                 await self._apply(pending[name])
@@ -257,28 +263,47 @@ class LocalIndex:
 
     def follow(self, events: EventBus) -> None:
         """Record, before each write of the store, what it is about to change; apply what it changed after."""
-        events.on_prepare(self._prepare)
+        events.on_prepare(self._prepare, self._finish)
         events.subscribe(self._on_event, FOLLOWED)
 
     async def _prepare(self, planned: Planned) -> None:
         change = Change(planned.repository, set(planned.tags), set(planned.manifests), planned.whole)
         key = await self.changes.append(change)
         self.changes.announced(key, change)
-        if len(self._announced) >= ANNOUNCED_LIMIT:  # writes that failed never emit: their records are read back
+        if len(self._announced) >= ANNOUNCED_LIMIT:  # writes that failed never finish: their records are read back
             del self._announced[next(iter(self._announced))]
-        self._announced[key] = change
+        self._announced[planned.serial] = key
+
+    def _finish(self, planned: Planned) -> None:
+        """The write completed and its events are queued: once they are applied, its record need not be read
+        back (a write that failed part-way never gets here, and its record is read back once settled)."""
+        key = self._announced.pop(planned.serial, None)
+        if key is None:
+            return
+        self._finished.append((planned.repository, key))
+        self._wake_applier()
 
     def _on_event(self, event: Event) -> None:
         name = event.repository
         if event.type is EventType.MANIFEST_PULLED:
             self._pulls[name] += 1  # in memory; written in batches off the request
             return
-        whole = event.type is EventType.REPOSITORY_DELETED
-        change = Change(name, {event.tag} if event.tag else set(), {event.digest} if event.digest else set(), whole)
+        if event.type in BLOB_EVENTS:
+            # A repository may start (or end) with blobs alone: its row, not its tags or manifests, may change.
+            if event.type is not EventType.BLOB_DELETED and name in self._listed:
+                return
+            change = Change(name)
+        else:
+            whole = event.type is EventType.REPOSITORY_DELETED
+            tags, manifests = {event.tag} if event.tag else set(), {event.digest} if event.digest else set()
+            change = Change(name, tags, manifests, whole)
         if name in self._queued:
             self._queued[name].merge(change)
         else:
             self._queued[name] = change
+        self._wake_applier()
+
+    def _wake_applier(self) -> None:
         if self._applier is None or self._applier.done():
             self._applier = asyncio.get_running_loop().create_task(self._apply_queued(), name="index: apply")
 
@@ -300,6 +325,10 @@ class LocalIndex:
                     applied = False
                 if not applied and self._db is not None and self.metrics is not None:
                     self.metrics.index_refresh_failed()
+                if applied and not batch[name].whole:
+                    self._listed.add(name)
+                else:
+                    self._listed.discard(name)
                 try:
                     done = await self.changes.append(batch[name])
                 except (StorageError, OSError) as e:
@@ -312,16 +341,10 @@ class LocalIndex:
                     continue
                 if applied:
                     self.changes.applied(done)
-                    self._covered(batch[name])
-
-    def _covered(self, change: Change) -> None:
-        """The announcements whose rows `change` applied need not be read back (their write emitted its events)."""
-        for key, announced in list(self._announced.items()):
-            if announced.repository == change.repository and (
-                change.whole
-                or (not announced.whole and announced.tags <= change.tags and announced.manifests <= change.manifests)
-            ):
-                del self._announced[key]
+        # Every event emitted before a write finished has been applied by now (no await since the last batch).
+        finished, self._finished = self._finished, []
+        for name, key in finished:
+            if name not in self._failed:
                 self.changes.applied(key)
 
     async def _own_writes(self) -> None:

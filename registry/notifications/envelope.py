@@ -16,7 +16,7 @@ import socket
 import uuid
 from typing import Any, Literal
 
-from registry.store.events import Event, EventType
+from registry.store.events import BLOB_EVENTS, Event, EventType
 
 Action = Literal["push", "pull", "delete", "mount"]
 INSTANCE_ID = str(uuid.uuid4())
@@ -35,8 +35,6 @@ ACTIONS: dict[EventType, Action] = {
     EventType.REPOSITORY_DELETED: "delete",
 }
 """The events webhooks carry (a tag set is part of its manifest's push)."""
-
-BLOB_EVENTS = frozenset({EventType.BLOB_PUSHED, EventType.BLOB_MOUNTED, EventType.BLOB_DELETED, EventType.BLOB_PULLED})
 
 
 def media_type_of(event: Event) -> str:

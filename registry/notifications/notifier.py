@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 
 import httpx
 
-from registry.notifications.envelope import ACTIONS, BLOB_EVENTS, envelope_event, media_type_of
+from registry.notifications.envelope import ACTIONS, envelope_event, media_type_of
 from registry.notifications.queue import DeliveryQueue
 from registry.settings import EndpointSettings, NotificationsSettings
-from registry.store.events import Event, EventBus
+from registry.store.events import BLOB_EVENTS, Event, EventBus
 
 logger = logging.getLogger("moorage.notifications")
 T = TypeVar("T")

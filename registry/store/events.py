@@ -9,7 +9,8 @@ Two kinds of subscriber:
 - a *listener* takes each event synchronously, after the write, and must not block (it queues work of its own);
 - a *preparer* is awaited before a write with what the write is about to change (`Planned`): the metadata index
   records it there, so that a process that dies between the write and its events leaves a trace every replica
-  reads (registry/index/changes.py).
+  reads (registry/index/changes.py); a *finisher* is told, after the write's last event, that the write it
+  prepared completed (one that fails part-way is never finished: its trace is read back).
 
 A listener or preparer that raises is logged and skipped: the write stands either way.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -44,6 +46,9 @@ class EventType(StrEnum):
     """A tag created or moved (`previous` says from what)."""
     TAG_DELETED = "tag.deleted"
     REPOSITORY_DELETED = "repository.deleted"
+
+
+BLOB_EVENTS = frozenset({EventType.BLOB_PUSHED, EventType.BLOB_MOUNTED, EventType.BLOB_DELETED, EventType.BLOB_PULLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +97,6 @@ class Event:
     tag: str = ""
     media_type: str = ""
     size: int | None = None
-    previous: str = ""
-    """tag.set: the digest the tag named before ("" for a new tag)."""
     source: str = ""
     """blob.mounted: the repository the blob came from ("" when the registry found it)."""
     deduplicated: bool = False
@@ -102,31 +105,40 @@ class Event:
     timestamp: float = field(default_factory=time.time)
 
 
+_SERIALS = itertools.count()
+
+
 @dataclass(frozen=True, slots=True)
 class Planned:
-    """What a write is about to change in one repository: some tags and manifests, or (`whole`) anything."""
+    """What one write is about to change in one repository: some tags and manifests, or (`whole`) anything."""
 
     repository: str
     tags: frozenset[str] = frozenset()
     manifests: frozenset[str] = frozenset()
     whole: bool = False
+    serial: int = field(default_factory=_SERIALS.__next__)
+    """This write, among every write of the process."""
 
 
 Listener = Callable[[Event], None]
 Preparer = Callable[[Planned], Awaitable[None]]
+Finisher = Callable[[Planned], None]
 
 
 class EventBus:
     def __init__(self) -> None:
         self._listeners: dict[EventType, list[Listener]] = {kind: [] for kind in EventType}
         self._preparers: list[Preparer] = []
+        self._finishers: list[Finisher] = []
 
     def subscribe(self, listener: Listener, types: Iterable[EventType] | None = None) -> None:
         for kind in EventType if types is None else types:
             self._listeners[kind].append(listener)
 
-    def on_prepare(self, preparer: Preparer) -> None:
+    def on_prepare(self, preparer: Preparer, finisher: Finisher | None = None) -> None:
         self._preparers.append(preparer)
+        if finisher is not None:
+            self._finishers.append(finisher)
 
     def wants(self, kind: EventType) -> bool:
         """Whether anyone listens (hot paths skip building an event nobody takes)."""
@@ -141,12 +153,19 @@ class EventBus:
 
     async def prepare(
         self, repository: str, tags: Iterable[str] = (), manifests: Iterable[str] = (), *, whole: bool = False
-    ) -> None:
-        if not self._preparers:
-            return
+    ) -> Planned:
+        """Announce a write; pass what this returns to `finished` once the write and its events are done."""
         planned = Planned(repository, frozenset(tags), frozenset(manifests), whole)
         for preparer in self._preparers:
             try:
                 await preparer(planned)
             except Exception:
                 logger.exception("events: preparing a change of %s failed", repository)
+        return planned
+
+    def finished(self, planned: Planned) -> None:
+        for finisher in self._finishers:
+            try:
+                finisher(planned)
+            except Exception:
+                logger.exception("events: finishing a change of %s failed", planned.repository)

@@ -174,11 +174,13 @@ class ManifestStore:
         # Three rounds of writes (each round's writes are independent; on S3 each is a round trip): what nothing
         # reads yet, with the announcement of the change (the index records it for every replica); the revision
         # link, which makes the manifest part of the repository; the tags.
+        announcing = asyncio.ensure_future(self.events.prepare(name, tags=unique, manifests=[str(digest)]))
         await asyncio.gather(
-            self.events.prepare(name, tags=unique, manifests=[str(digest)]),
+            announcing,
             self.blobs.put_small(digest, data),
             *(self.tags.prepare_write(name, tag, digest) for tag in unique),
         )
+        planned = announcing.result()
         if not parsed.has_media_type_field:
             await self.backend.put_content(paths.manifest_media_type(name, digest), parsed.media_type.encode())
         link = paths.manifest_revision_link(name, digest)
@@ -193,6 +195,7 @@ class ManifestStore:
             self.events.emit(Event(EventType.MANIFEST_PUSHED, name, str(digest), tag, parsed.media_type, len(data)))
         for tag in unique:
             self.events.emit(Event(EventType.TAG_SET, name, str(digest), tag, parsed.media_type, len(data)))
+        self.events.finished(planned)
         return PutResult(manifest, parsed, unique)
 
     async def _check_references(self, name: str, parsed: ParsedManifest) -> None:
@@ -262,6 +265,9 @@ class ManifestStore:
         if created or unlinked:
             await self.backend.delete(paths.manifest_revision_dir(name, digest))
             self.blobs.forget(name, digest)
+        if unlinked:  # the repository was deleted: what this push wrote beside the revision goes too
+            await self.backend.delete(paths.revision_tags_dir(name, digest))
+            await self._drop_if_empty(name)
         if unlinked:
             raise RegistryError(
                 ErrorCode.MANIFEST_BLOB_UNKNOWN,
@@ -273,6 +279,16 @@ class ManifestStore:
             detail={"digest": str(gone[0])},
             message="a blob the manifest references was garbage-collected during the push; push it again",
         )
+
+    async def _drop_if_empty(self, name: str) -> None:
+        """The directories a push taken back re-created in a deleted repository (a filesystem keeps them, and they
+        would make it a repository again): removed when no file is left in them."""
+        areas = paths.repository_areas(name)
+        for area in areas:
+            async for _ in self.backend.walk(area):
+                return
+        for area in areas:
+            await self.backend.delete(area)
 
     async def _tag_missing(self, name: str, tag: str) -> bool:
         try:
@@ -311,19 +327,23 @@ class ManifestStore:
             await self.tags.delete(name, validate_tag(reference))
             return
         digest = await self.resolve(name, reference)
-        # Announced by the manifest alone (the index re-reads the tags that point at it) while its tags are found.
-        tags, subject, _ = await asyncio.gather(
-            self.tags.tags_of(name, digest),
-            self._subject_of(name, digest),
-            self.events.prepare(name, manifests=[str(digest)]),
-        )
-        for tag in tags:
-            self.tags.check_can_delete(name, tag)
+        found = asyncio.gather(self.tags.tags_of(name, digest), self._subject_of(name, digest))
+        if self.tags.policy.rules:  # a tag may refuse: nothing is announced before the policy said yes
+            tags, subject = await found
+            for tag in tags:
+                self.tags.check_can_delete(name, tag)
+            planned = await self.events.prepare(name, manifests=[str(digest)])
+        else:  # announced by the manifest alone (the index re-reads the tags that point at it) meanwhile
+            (tags, subject), planned = await asyncio.gather(found, self.events.prepare(name, manifests=[str(digest)]))
         await asyncio.gather(*(self.tags.remove(name, tag, digest) for tag in tags))
         await self.backend.delete(paths.manifest_revision_dir(name, digest))
-        await asyncio.gather(
-            self._removed(name, digest, subject), self.backend.delete(paths.revision_tags_dir(name, digest))
-        )
+        self.blobs.forget(name, digest)
+        # A push tagging it meanwhile (answered 201) keeps it: see `delete_if_untagged`.
+        if await self.tags.tags_of(name, digest):
+            await self.backend.put_content(paths.manifest_revision_link(name, digest), str(digest).encode())
+        else:
+            await self._removed(name, digest, subject)
+        self.events.finished(planned)
 
     async def delete_if_untagged(self, name: str, digest: Digest, subject: Digest | None) -> bool:
         """Delete a manifest revision only if no tag names it at the moment of deleting (GC's untagged removal).
@@ -331,16 +351,17 @@ class ManifestStore:
         A push tagging it meanwhile either wrote its tag before the second look below (which puts the revision
         back), or after it; then the push's own re-check after writing its tag finds the revision gone and
         writes it again (`_confirm`). Either way the tag a client was answered 201 for keeps its manifest."""
-        if await self.tags.tags_of(name, digest):
-            return False
-        await self.events.prepare(name, manifests=[str(digest)])
+        link = paths.manifest_revision_link(name, digest)
+        if not await self.backend.exists(link) or await self.tags.tags_of(name, digest):
+            return False  # gone already (the repository deleted meanwhile), or tagged
+        planned = await self.events.prepare(name, manifests=[str(digest)])
         await self.backend.delete(paths.manifest_revision_dir(name, digest))
         self.blobs.forget(name, digest)
         if await self.tags.tags_of(name, digest):
-            await self.backend.put_content(paths.manifest_revision_link(name, digest), str(digest).encode())
+            await self.backend.put_content(link, str(digest).encode())
             return False
         await self._removed(name, digest, subject)
-        await self.backend.delete(paths.revision_tags_dir(name, digest))
+        self.events.finished(planned)
         return True
 
     async def _subject_of(self, name: str, digest: Digest) -> Digest | None:

@@ -91,8 +91,9 @@ class TagStore:
     async def delete(self, name: str, tag: str) -> None:
         digest = await self.resolve(name, tag)
         self.check_can_delete(name, tag)
-        await self.events.prepare(name, tags=[tag])
+        planned = await self.events.prepare(name, tags=[tag])
         await self.remove(name, tag, digest)
+        self.events.finished(planned)
 
     async def delete_if_current(self, name: str, tag: str, digest: Digest) -> bool:
         """Untag only while the tag still names `digest` (GC's retention decided on that digest; a tag a client
@@ -104,8 +105,9 @@ class TagStore:
         except RegistryError:
             return False
         self.check_can_delete(name, tag)
-        await self.events.prepare(name, tags=[tag])
+        planned = await self.events.prepare(name, tags=[tag])
         await self.remove(name, tag, digest)
+        self.events.finished(planned)
         return True
 
     async def all(self, name: str) -> list[str]:
@@ -120,9 +122,17 @@ class TagStore:
 
     async def tags_of(self, name: str, digest: Digest) -> list[str]:
         """Every tag of `name` that currently points at `digest`: the tags the revision lists, each read to confirm
-        (one may have moved on). The cost follows the revision's tags, not the repository's."""
-        if name not in self._complete and not await self.backend.exists(paths.revision_tags_complete(name)):
-            await self._list_every_tag_on_its_revision(name)
+        (one may have moved on). The cost follows the revision's tags, not the repository's.
+
+        Every replica must run a release that lists tags on revisions before any of them deletes by digest or
+        collects untagged manifests: a tag written by an older release after the repository's one-time listing is
+        not found here (README, upgrading)."""
+        if (
+            name not in self._complete
+            and not await self.backend.exists(paths.revision_tags_complete(name))
+            and not await self._list_every_tag_on_its_revision(name)
+        ):
+            return []
         self._complete.add(name)
         try:
             entries = await self.backend.list(paths.revision_tags_dir(name, digest))
@@ -146,10 +156,14 @@ class TagStore:
         await asyncio.gather(*(read(tag) for tag in tags))
         return found
 
-    async def _list_every_tag_on_its_revision(self, name: str) -> None:
+    async def _list_every_tag_on_its_revision(self, name: str) -> bool:
         """Once per repository whose tags were written before revisions listed them: read every tag and list it on
-        its revision."""
-        current = await self._current(name, await self.all(name))
+        its revision. False when the repository has no tags (nothing to list, nothing written: a repository deleted
+        meanwhile must not get a file back)."""
+        tags = await self.all(name)
+        if not tags:
+            return False
+        current = await self._current(name, tags)
         limit = asyncio.Semaphore(READS_AT_ONCE)
 
         async def mark(tag: str, digest: Digest) -> None:
@@ -158,3 +172,4 @@ class TagStore:
 
         await asyncio.gather(*(mark(tag, digest) for tag, digest in current.items()))
         await self.backend.put_content(paths.revision_tags_complete(name), b"")
+        return True
