@@ -11,17 +11,26 @@ smallest N to the largest. On S3 it also counts the S3 requests each operation m
 Distribution 2.8 answers a tag DELETE with 400 (it deletes manifests by digest only): that time is shown marked, and
 the harness removes the tag from its storage itself. See bench/README.md. Never part of the test suite.
 
+`--s3-latency MS [MS ...]` repeats the S3 run with both registries reaching moto through `latency_proxy.py`, which
+adds MS ms to every round trip (MS/2 each way; connections independent, in parallel). On moto the time is dominated
+by the number of S3 requests (moto handles them one at a time); on real S3, by the number of round trips made one
+after another. With two or more values it also prints, for each against the one before it, what the added latency
+added to each p50 and that / the difference: the round trips on the request's critical path.
+
     .venv/bin/python bench/tag_scaling.py --storage filesystem     # N = 1, 1000, 10000 on the filesystem (~3 min)
     .venv/bin/python bench/tag_scaling.py --sizes 1 1000           # both storages up to 1,000 tags (~5 min)
     .venv/bin/python bench/tag_scaling.py                          # both storages up to 10,000 (over 30 min on moto)
     .venv/bin/python bench/tag_scaling.py --sizes 1 50 --samples 5 --storage s3   # smoke test
+    .venv/bin/python bench/tag_scaling.py --storage s3 --sizes 1 1000 --s3-latency 0 10   # moto, then moto + 10 ms RTT
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -40,12 +49,14 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency_proxy import LatencyProxy
 from servers import (
     CLOCK_TICKS,
     CpuSnapshot,
     Moto,
     Server,
     export_source,
+    free_port,
     git_state,
     start_distribution,
     start_moorage,
@@ -211,9 +222,10 @@ async def measure(
     op_budget_s: float,
     fill_concurrency: int,
     result: dict[str, Any],
+    proxy: LatencyProxy | None = None,
 ) -> None:
     """Every N for one server; results go into `result` as they come (an interrupted run keeps what it did)."""
-    label = f"{server.storage}/{server.kind}"
+    label = f"{server.storage}/{server.kind}" + (f" +{proxy.rtt_ms:g} ms RTT" if proxy else "")
     measurer = Measurer(server, moto)
     limits = httpx.Limits(max_connections=fill_concurrency, max_keepalive_connections=fill_concurrency)
     async with httpx.AsyncClient(base_url=server.url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
@@ -277,7 +289,8 @@ def table(storage: str, results: dict[str, dict[str, Any]], sizes: list[int]) ->
         header += " S3 requests: Moorage | S3 requests: Distribution |"
         rule += "---:|---:|"
     lines = [header, rule]
-    done = [n for n in sizes if str(n) in moorage and str(n) in distribution]
+    # The sizes both servers finished (an interrupted run leaves an entry without its operations).
+    done = [n for n in sizes if all(OPERATIONS[-1] in r.get(str(n), {}) for r in (moorage, distribution))]
     notes = set()
     for op in OPERATIONS:
         for n in done:
@@ -323,6 +336,44 @@ def s3_kinds_table(results: dict[str, dict[str, Any]], sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
+def run_key(storage: str, latency_ms: float) -> str:
+    """The key of one run in the JSON's results: "filesystem", "s3" (moto directly), "s3+10ms" (behind the proxy)."""
+    return f"{storage}+{latency_ms:g}ms" if latency_ms else storage
+
+
+def run_title(storage: str, latency_ms: float) -> str:
+    if storage == "filesystem":
+        return "filesystem"
+    if not latency_ms:
+        return "S3 (moto)"
+    return f"S3 (moto behind the latency proxy: +{latency_ms:g} ms per round trip)"
+
+
+def latency_table(lower: dict[str, Any], higher: dict[str, Any], sizes: list[int], step_ms: float) -> str:
+    """What `step_ms` more latency added to each p50 (`higher` - `lower`) and that / `step_ms`: the round trips to S3
+    on the request's critical path, next to the S3 requests it made (in `higher`)."""
+    rounds = f"added / {step_ms:g} ms"
+    lines = [
+        f"| operation | N tags | Moorage: added (ms) | Moorage: {rounds} | Moorage: S3 requests "
+        f"| Distribution: added (ms) | Distribution: {rounds} | Distribution: S3 requests |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for op in OPERATIONS:
+        for n in sizes:
+            cells = []
+            for kind in ("moorage", "distribution"):
+                before = lower.get(kind, {}).get(str(n), {}).get(op)
+                after = higher.get(kind, {}).get(str(n), {}).get(op)
+                if not before or not after:
+                    cells += ["-", "-", "-"]
+                    continue
+                added = after["p50_ms"] - before["p50_ms"]
+                mark = f" ({'/'.join(c for c in after['statuses'] if int(c) >= 400)})" if _failed(after) else ""
+                cells += [f"{added:.1f}{mark}", f"{added / step_ms:.1f}", f"{after.get('s3_requests_p50', 0):g}"]
+            lines.append(f"| {op} | {n:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def others_load(before: CpuSnapshot, after: CpuSnapshot, sessions: set[int], wall: float) -> dict[str, Any]:
     """The cores other processes used on average (not this harness, not the servers nor moto) and the top three."""
     me = os.getpid()
@@ -358,6 +409,15 @@ def main(argv: list[str] | None = None) -> int:
         help="stop timing manifest DELETE by digest at one N once it has taken this many seconds and has at least "
         f"{MIN_SAMPLES} samples (default 60; it reads every tag, which takes long on S3 at 10,000 tags)",
     )
+    parser.add_argument(
+        "--s3-latency",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        metavar="MS",
+        help="on S3, run once per value: 0 = moto directly; MS > 0 = both registries reach moto through "
+        "latency_proxy.py, which adds MS ms to every round trip (MS/2 each way; default 0; e.g. --s3-latency 0 10)",
+    )
     parser.add_argument("--fill-concurrency", type=int, help="manifest PUTs in flight while filling (8 fs, 16 s3)")
     parser.add_argument(
         "--idle-wait",
@@ -378,12 +438,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = sorted(set(args.sizes))
     storages = [s for s in STORAGES if s in args.storage]
+    latencies = sorted(set(args.s3_latency))
+    if any(ms < 0 for ms in latencies):
+        parser.error("--s3-latency: milliseconds must be >= 0")
+    # (storage, added RTT in ms): the filesystem once, S3 once per latency.
+    runs = [(storage, ms) for storage in storages for ms in (latencies if storage == "s3" else [0.0])]
     signal.signal(signal.SIGTERM, _raise_interrupt)
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="moorage-tag-scaling-"))
     output: dict[str, Any] = {
         "config": {
             "storages": storages,
+            "s3_latency_ms": latencies if "s3" in storages else [],
             "sizes": sizes,
             "samples": args.samples,
             "op_budget_s": args.op_budget,
@@ -399,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     status = 0
     moto: Moto | None = None
+    proxy: LatencyProxy | None = None
     moorage_env: dict[str, str] = {}
     try:
         if args.moorage_commit != "worktree":
@@ -407,36 +474,47 @@ def main(argv: list[str] | None = None) -> int:
         if "s3" in storages:
             moto = Moto(work).start()
             log(f"moto_server on {moto.endpoint_url}")
-        for storage in storages:
-            output["results"][storage] = {}
+        for storage, latency_ms in runs:
+            key = run_key(storage, latency_ms)
+            output["results"][key] = {}
+            if latency_ms and moto is not None:
+                proxy = LatencyProxy(work, moto.port, latency_ms, free_port())  # assigned first: stopped in `finally`
+                proxy.start()
+                log(f"latency proxy on {proxy.endpoint_url} -> moto, +{latency_ms:g} ms per round trip")
             for kind in SERVERS:
                 result: dict[str, Any] = {}
-                output["results"][storage][kind] = result
-                root = work / storage / kind
+                output["results"][key][kind] = result
+                root = work / key / kind
                 root.mkdir(parents=True)
                 result["idle_wait"] = wait_for_idle(args.idle_wait, 0.15)
                 bucket = moto.new_bucket(f"tag-scaling-{kind}-{os.getpid()}") if storage == "s3" and moto else None
+                # The registry reaches moto through the proxy; the harness's own calls (bucket setup and removal,
+                # Distribution's tag removal) go to moto directly.
+                served = dataclasses.replace(bucket, endpoint_url=proxy.endpoint_url) if bucket and proxy else bucket
                 if kind == "moorage":
                     server = start_moorage(
-                        args.moorage_bin, root, root, args.moorage_workers, s3=bucket, env=moorage_env
+                        args.moorage_bin, root, root, args.moorage_workers, s3=served, env=moorage_env
                     )
                     wait_moorage_ready(server)
                 else:
-                    server = start_distribution(args.distribution_bin, root, root, s3=bucket)
+                    server = start_distribution(args.distribution_bin, root, root, s3=served)
                 cpu_before, turn_start = CpuSnapshot.take(), time.monotonic()
                 try:
-                    log(f"{storage}/{kind} on {server.url}")
+                    log(f"{key}/{kind} on {server.url}")
                     concurrency = args.fill_concurrency or FILL_CONCURRENCY[storage]
-                    asyncio.run(measure(server, moto, sizes, args.samples, args.op_budget, concurrency, result))
+                    asyncio.run(measure(server, moto, sizes, args.samples, args.op_budget, concurrency, result, proxy))
                     sessions = {server.proc.pid} | ({moto.proc.pid} if moto and moto.proc else set())
+                    sessions |= {proxy.proc.pid} if proxy and proxy.proc else set()
                     load = others_load(cpu_before, CpuSnapshot.take(), sessions, time.monotonic() - turn_start)
                     result["other_processes"] = load
                     log(f"  other processes used {load['cores']:.2f} cores on average: {', '.join(load['top'])}")
                 except Exception as e:
                     status = 1
-                    output["errors"].append(f"{storage}/{kind}: {type(e).__name__}: {e}")
+                    output["errors"].append(f"{key}/{kind}: {type(e).__name__}: {e}")
                     result["log_tail"] = server.log_tail()
-                    log(f"FAILED {storage}/{kind}: {e}")
+                    if proxy is not None:
+                        result["proxy_log_tail"] = proxy.log_tail()
+                    log(f"FAILED {key}/{kind}: {e}")
                 finally:
                     result["exit_status"] = server.stop()
                     if bucket is not None and moto is not None:
@@ -446,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
                         except Exception as e:  # keep going: the next server gets its own bucket anyway
                             log(f"  could not drop bucket {bucket.bucket}: {e}")
                     shutil.rmtree(root, ignore_errors=True)
+            if proxy is not None:
+                proxy.stop()
+                proxy = None
     except KeyboardInterrupt:
         status = 130
         output["errors"].append("interrupted")
@@ -455,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         output["errors"].append(f"{type(e).__name__}: {e}")
         log(f"FAILED: {e}")
     finally:
+        if proxy is not None:
+            proxy.stop()
         if moto is not None:
             if status:
                 output["moto_log_tail"] = moto.log_tail()
@@ -466,21 +549,34 @@ def main(argv: list[str] | None = None) -> int:
     source = f"commit {git['commit']}" if git["source"] == "commit" else f"the working tree at {git['commit']}"
     modified = f" with local changes to {len(git['modified'])} file(s)" if git["modified"] else ""
     print(f"{time.strftime('%Y-%m-%d')}, Moorage from {source}{modified}, {output['duration_s']:.0f} s")
-    for storage in storages:
-        results = output["results"].get(storage, {})
-        title = "filesystem" if storage == "filesystem" else "S3 (moto)"
+    for storage, latency_ms in runs:
+        results = output["results"].get(run_key(storage, latency_ms), {})
+        title = run_title(storage, latency_ms)
         print(f"\n{title}: p50 of up to {args.samples} requests, one at a time\n")
         print(table(storage, results, sizes))
-        load = [
+        loads = [
             f"{kind} {results[kind]['other_processes']['cores']:.2f}"
             for kind in SERVERS
             if "other_processes" in results.get(kind, {})
         ]
-        if load:
-            print(f"\nOther processes on the machine (average cores during each server's turn): {', '.join(load)}")
+        if loads:
+            print(f"\nOther processes on the machine (average cores during each server's turn): {', '.join(loads)}")
         if storage == "s3":
             print("\nS3 requests per operation by kind (medians; moto's request log, the bucket HEAD probe left out)\n")
             print(s3_kinds_table(results, sizes))
+    # Each latency against the one before it: from 0 (direct) the step includes the proxy's own cost (0.2-0.5 ms per
+    # S3 request, so a little more for the server that makes more requests); between two latencies it cancels out.
+    measured = [ms for ms in latencies if "s3" in storages and output["results"].get(run_key("s3", ms))]
+    for low, high in itertools.pairwise(measured):
+        step = high - low
+        how = "both behind the proxy"
+        if not low:
+            how = "behind the proxy minus direct: includes the proxy's own 0.2-0.5 ms per S3 request"
+        print(
+            f"\nWhat going from +{low:g} to +{high:g} ms per round trip added to each p50 (S3, {how}), and that / "
+            f"{step:g} ms: the round trips to S3 made one after another, next to the S3 requests made\n"
+        )
+        print(latency_table(output["results"][run_key("s3", low)], output["results"][run_key("s3", high)], sizes, step))
     for error in output["errors"]:
         print(f"error: {error}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
