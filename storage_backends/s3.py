@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.handlers import add_expect_header
 
 from storage_backends.base import (
     DEFAULT_CHUNK_SIZE,
@@ -262,7 +263,13 @@ class S3Backend(StorageBackend):
             signature_version="s3v4",
         )
         session = _session(options.access_key_id, options.secret_access_key, options.region)
-        return session.client("s3", endpoint_url=options.endpoint_url, config=config)
+        client = session.client("s3", endpoint_url=options.endpoint_url, config=config)
+        # botocore sends every upload with `Expect: 100-continue` and waits for the go-ahead before the body: a
+        # round trip more per PUT (measured: a 40 ms link made a PUT cost 85 ms instead of 45). Our bodies are
+        # links, manifests and parts of at most `part_size`: sending them at once costs less than that wait, and
+        # S3 does not need the header.
+        client.meta.events.unregister("before-call.s3", add_expect_header)
+        return client
 
     def key(self, path: str) -> str:
         check_path(path)
