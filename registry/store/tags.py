@@ -66,19 +66,20 @@ class TagStore:
 
     async def write(self, name: str, tag: str, digest: Digest) -> None:
         """Point `tag` at `digest` in storage; the caller emits the event (a manifest PUT emits its own)."""
-        await self.prepare_write(name, tag, digest)
+        await asyncio.gather(self.mark(name, tag, digest), self.record(name, tag, digest))
         await self.point(name, tag, digest)
 
-    async def prepare_write(self, name: str, tag: str, digest: Digest) -> None:
-        """What must be in place before `point`: the revision's mark of the tag (a tag never names a revision that
-        does not list it) and the tag's history entry (Distribution's `index/`, which nothing here reads).
+    async def mark(self, name: str, tag: str, digest: Digest) -> None:
+        """List the tag on the revision, before `point`: a tag never names a revision that does not list it. A mark
+        nothing points at is harmless (each is confirmed by reading its tag), so it may come first of all. Not
+        flushed to disk on its own: an empty file is all metadata, which a journaling filesystem commits no later
+        than the durable write of the tag's link that follows it."""
+        await self.backend.put_content(paths.revision_tag(name, digest, tag), b"", durable=False)
 
-        Neither is flushed to disk on its own: the mark is an empty file, all metadata, which a journaling
-        filesystem commits no later than the durable write of the tag's link that follows it."""
-        await asyncio.gather(
-            self.backend.put_content(paths.tag_index_link(name, tag, digest), str(digest).encode(), durable=False),
-            self.backend.put_content(paths.revision_tag(name, digest, tag), b"", durable=False),
-        )
+    async def record(self, name: str, tag: str, digest: Digest) -> None:
+        """The tag's history entry (Distribution's `index/`, which nothing here reads), before `point`; it makes the
+        tag's directory, so not before the manifest is known to be accepted."""
+        await self.backend.put_content(paths.tag_index_link(name, tag, digest), str(digest).encode(), durable=False)
 
     async def point(self, name: str, tag: str, digest: Digest) -> None:
         await self.backend.put_content(paths.tag_current_link(name, tag), str(digest).encode())
