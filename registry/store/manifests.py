@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from registry import media_types, paths
@@ -170,32 +169,33 @@ class ManifestStore:
         parsed = parse_manifest(data, content_type)
         unique = tuple(dict.fromkeys(tags))
         # Four rounds (what one round holds is independent; on S3 each round costs one round trip):
-        # 1. the checks, and meanwhile what nothing reads before the revision link exists: the announcement of the
-        #    change (the index records it for every replica), the content (content-addressed: kept only if some
-        #    revision links it) and the tags' marks on the revision (confirmed by reading the tag before any use);
-        # 2. the revision link, which makes the manifest part of the repository, and the tags' history;
+        # 1. the checks, and meanwhile what lies outside the repository: the announcement of the change (the index
+        #    records it for every replica) and the content (content-addressed: kept only if some revision links it).
+        #    Nothing is written under the repository before the checks pass: a refused push leaves no repository;
+        # 2. the revision link, which makes the manifest part of the repository, with the tags' marks on the
+        #    revision (confirmed by reading the tag before any use) and their history;
         # 3. the tags; 4. the second look (`_confirm`).
         announcing = asyncio.ensure_future(self.events.prepare(name, tags=unique, manifests=[str(digest)]))
-        beside: list[Awaitable[object]] = []
-        if not parsed.has_media_type_field:  # read only through the revision link
-            media_type = parsed.media_type.encode()
-            beside.append(self.backend.put_content(paths.manifest_media_type(name, digest), media_type))
         first = await asyncio.gather(
             *(self.tags.check_can_set(name, tag, digest) for tag in unique),
             self._check_references(name, parsed),
             announcing,
             self.blobs.put_small(digest, data),
-            *(self.tags.mark(name, tag, digest) for tag in unique),
-            *beside,
             return_exceptions=True,
         )
         for outcome in first:  # refused (or failed) only once every write of the round is done: none left running
             if isinstance(outcome, BaseException):
                 raise outcome
         planned = announcing.result()
+        if not parsed.has_media_type_field:  # read through the revision link: in place before it (rare: old clients)
+            await self.backend.put_content(paths.manifest_media_type(name, digest), parsed.media_type.encode())
         link = paths.manifest_revision_link(name, digest)
         revision = asyncio.ensure_future(self.backend.put_content(link, str(digest).encode(), exclusive=True))
-        await asyncio.gather(revision, *(self.tags.record(name, tag, digest) for tag in unique))
+        await asyncio.gather(
+            revision,
+            *(self.tags.mark(name, tag, digest) for tag in unique),
+            *(self.tags.record(name, tag, digest) for tag in unique),
+        )
         created = revision.result()
         if parsed.subject is not None:
             await self.referrers.add(name, parsed.subject.digest, digest)

@@ -71,7 +71,7 @@ class TagStore:
 
     async def mark(self, name: str, tag: str, digest: Digest) -> None:
         """List the tag on the revision, before `point`: a tag never names a revision that does not list it. A mark
-        nothing points at is harmless (each is confirmed by reading its tag), so it may come first of all. Not
+        nothing points at is harmless (each is confirmed by reading its tag), so it may go with the revision link. Not
         flushed to disk on its own: an empty file is all metadata, which a journaling filesystem commits no later
         than the durable write of the tag's link that follows it."""
         await self.backend.put_content(paths.revision_tag(name, digest, tag), b"", durable=False)
@@ -169,7 +169,7 @@ class TagStore:
 
         async def mark(tag: str, digest: Digest) -> None:
             async with limit:
-                await self.backend.put_content(paths.revision_tag(name, digest, tag), b"")
+                await self.mark(name, tag, digest)
 
         await asyncio.gather(*(mark(tag, digest) for tag, digest in current.items()))
         await self.backend.put_content(paths.revision_tags_complete(name), b"")

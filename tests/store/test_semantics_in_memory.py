@@ -149,3 +149,15 @@ async def test_a_delete_by_digest_finds_its_tags_without_reading_every_tag(regis
     assert sorted(reads) == sorted(["also", "legacy", "moved", "v1"] * 2)
     assert await registry.tags.all("team/app") == ["moved", "other"]
     assert (await registry.manifests.get("team/app", "moved")).data == kept
+
+
+async def test_a_refused_push_leaves_no_repository(registry: Registry) -> None:
+    """A manifest refused by its checks writes nothing under the repository: a new name does not become one."""
+    body = await image(registry, "team/app", "real")
+    manifest = json.loads(body)
+    manifest["layers"][0]["digest"] = str(digest_of(b"never uploaded"))
+    with pytest.raises(RegistryError) as refused:
+        await registry.manifests.put("team/new", "v1", json.dumps(manifest).encode(), OCI_MANIFEST)
+    assert refused.value.code is ErrorCode.MANIFEST_BLOB_UNKNOWN
+    assert not await registry.repositories.exists("team/new")
+    assert "team/new" not in await registry.repositories.names()
