@@ -30,9 +30,12 @@ INDEXES: dict[int, Any] = {}
 
 @contextlib.asynccontextmanager
 async def serving(
-    storage_config: dict[str, Any], index_path: Path, **index: Any
+    storage_config: dict[str, Any], index_path: Path, sections: dict[str, Any] | None = None, **index: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Registry]]:
-    settings = make_settings(storage_config, {"index": {"path": str(index_path), "poll_interval": 0.05, **index}})
+    """An app over the test's storage with its index at `index_path` (`index` overrides its settings, `sections`
+    adds others), served in process."""
+    index_settings = {"path": str(index_path), "poll_interval": 0.05, **index}
+    settings = make_settings(storage_config, {"index": index_settings, **(sections or {})})
     app = create_app(settings)
     INDEXES[id(app.state.registry)] = app.state.index
     try:

@@ -6,45 +6,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from registry import paths
-from registry.app import create_app
 from registry.digests import Digest
 from registry.gc.collector import GarbageCollector, GcOptions
-from registry.index.local import LocalIndex
 from registry.store.events import Event, EventType
 from registry.store.registry import Registry
 from storage_backends import StorageUnavailable
-from tests.api.conftest import make_settings
 from tests.api.helpers import OCI_MANIFEST, descriptor, push_blob, push_image
 from tests.api.test_index_incremental import rebuilt, rows
+from tests.api.test_search_index import INDEXES
+from tests.api.test_search_index import serving as served
 
 pytestmark = pytest.mark.parametrize("storage_config", ["filesystem"], indirect=True)
-INDEXES: dict[int, LocalIndex] = {}
 
 
-@contextlib.asynccontextmanager
-async def serving(
+def serving(
     storage_config: dict[str, Any], tmp_path: Path, index: dict[str, Any] | None = None, **sections: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, Registry]]:
-    index = {"path": str(tmp_path / "index.sqlite"), **(index or {})}
-    settings = make_settings(storage_config, {"index": index, **sections})
-    app = create_app(settings)
-    INDEXES[id(app.state.registry)] = app.state.index
-    try:
-        async with LifespanManager(app) as manager:
-            transport = httpx.ASGITransport(app=manager.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client:
-                yield client, app.state.registry
-    finally:
-        del INDEXES[id(app.state.registry)]
+) -> contextlib.AbstractAsyncContextManager[tuple[httpx.AsyncClient, Registry]]:
+    return served(storage_config, tmp_path / "index.sqlite", sections, **(index or {}))
 
 
 def pause_after(
