@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -41,6 +39,9 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import log_tail, stop_process_group
 
 READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -252,27 +253,12 @@ class LatencyProxy:
         raise RuntimeError(f"latency proxy not ready after {READY_TIMEOUT:.0f}s: {self.log_tail()}")
 
     def log_tail(self, limit: int = 2000) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as e:
-            return f"<cannot read {self.log_path}: {e}>"
-        return text if len(text) <= limit else "..." + text[-limit:]
+        return log_tail(self.log_path, limit)
 
     def stop(self) -> None:
         """SIGTERM to its process group, SIGKILL after STOP_TIMEOUT. Idempotent."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=STOP_TIMEOUT)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            stop_process_group(self.proc, STOP_TIMEOUT)
 
 
 def main(argv: list[str] | None = None) -> int:

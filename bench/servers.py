@@ -56,6 +56,32 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("MOORAGE_", "REGISTRY_"))}
 
 
+def log_tail(path: Path, limit: int = 2000) -> str:
+    """The end of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int | None:
+    """SIGTERM to the process's group (it was started with start_new_session), SIGKILL after `timeout`, and whatever is
+    left in the group after that. Idempotent. Returns the exit status."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode
+
+
 @dataclass
 class Server:
     """A registry process (and its children) listening on 127.0.0.1:`port`, output in `log_path`."""
@@ -82,29 +108,14 @@ class Server:
         return f"http://{self.host}"
 
     def log_tail(self, limit: int = 4000) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as e:
-            return f"<cannot read {self.log_path}: {e}>"
-        return text if len(text) <= limit else "...\n" + text[-limit:]
+        return log_tail(self.log_path, limit)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self) -> int | None:
         """SIGTERM to the whole process group, SIGKILL after STOP_TIMEOUT. Idempotent. Returns the exit status."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=STOP_TIMEOUT)
-        # Anything left in the group (it should be empty) goes too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_process_group(self.proc)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -479,27 +490,12 @@ class Moto:
         raise ServerError(f"moto_server not ready after {self.READY_TIMEOUT:.0f}s: {self.log_tail()}")
 
     def log_tail(self, limit: int = 2000) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as e:
-            return f"<cannot read {self.log_path}: {e}>"
-        return text if len(text) <= limit else "..." + text[-limit:]
+        return log_tail(self.log_path, limit)
 
     def stop(self) -> None:
         """SIGTERM to moto's process group, SIGKILL after STOP_TIMEOUT. Idempotent."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=STOP_TIMEOUT)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            stop_process_group(self.proc)
 
     def client(self) -> Any:
         """A boto3 S3 client for this server (one, made on first use; boto3 clients are thread-safe)."""
