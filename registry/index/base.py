@@ -6,9 +6,12 @@ embedded SQLite one does.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 Visible = Callable[[str], bool]
 """Which repositories the caller may see; None where an argument of this type is optional means every one."""
@@ -29,6 +32,8 @@ class ManifestRecord:
     labels: dict[str, str] = field(default_factory=dict)
     """Config labels and manifest annotations (the annotations win)."""
     pushed_at: float = 0.0
+    blobs: tuple[str, ...] = ()
+    """An image's config and layers, by digest (empty for an index)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,8 @@ class TagSummary:
     tag: str
     manifest: ManifestRecord
     pushed_at: float
+    pulls: int = 0
+    """Pulls of the manifest by this tag's name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +98,55 @@ class SearchHit:
     """The tags of that manifest (only those the query's `tag:` parts match, when it has any)."""
 
 
+BrowseOrder = Literal["relevance", "name", "pushed", "pulls", "size", "tags"]
+BROWSE_ORDERS: tuple[BrowseOrder, ...] = ("relevance", "name", "pushed", "pulls", "size", "tags")
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryRow:
+    """One repository in a listing: its own row, kept up to date by every write (no aggregate at read time)."""
+
+    name: str
+    description: str | None
+    pushed_at: float | None
+    pulls: int
+    tag_count: int
+    size: int
+    """The sum of its image manifests' sizes (manifest, config and layers): logical bytes, a layer shared by two
+    images counted twice; `moorage du` and the UI's storage page count unique bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrowsePage:
+    rows: tuple[RepositoryRow, ...]
+    next_cursor: str | None
+    """Opaque: what `browse` takes as `after` for the next page; None on the last page."""
+
+
+class InvalidCursor(ValueError):
+    """A `browse` cursor this index did not make (or made for another order)."""
+
+
+def encode_cursor(key: object, name: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([key, name], separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, order: BrowseOrder) -> tuple[Any, str] | None:
+    """The (sort key, name) a cursor holds; raises InvalidCursor for anything `encode_cursor` did not make."""
+    if not cursor:
+        return None
+    try:
+        if len(cursor) > 2048:
+            raise ValueError("too long")
+        key, name = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidCursor("not a cursor of this listing") from None
+    expected: tuple[type, ...] = (str,) if order == "name" else (int, float)
+    if not isinstance(name, str) or isinstance(key, bool) or not isinstance(key, expected):
+        raise InvalidCursor("not a cursor of this listing")
+    return key, name
+
+
 class IndexUnavailable(Exception):
     """The index cannot answer yet (its first build is running) or any more (its file failed)."""
 
@@ -109,3 +165,12 @@ class MetadataIndex(Protocol):
         """Ranked matches after the one named `last`, at most `limit`."""
 
     async def repository(self, name: str) -> RepositorySummary | None: ...
+
+    async def browse(
+        self, query: SearchQuery, order: BrowseOrder, after: str | None, limit: int, visible: Visible | None
+    ) -> BrowsePage:
+        """Repositories matching `query` in `order` (`relevance`: the search's ranking; `pushed`, `pulls`, `size`
+        and `tags`: the largest first), the page after the cursor `after`, at most `limit` rows."""
+
+    async def sharing(self, name: str, blobs: list[str]) -> dict[str, int]:
+        """For each of these blobs, how many other repositories' manifests reference it."""

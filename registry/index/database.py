@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from registry.index.base import (
+    BrowseOrder,
     ManifestRecord,
+    RepositoryRow,
     RepositorySnapshot,
     RepositorySummary,
     SearchQuery,
@@ -27,18 +29,21 @@ from registry.index.base import (
     TagSummary,
 )
 from registry.index.query import rank_sql
+from registry.media_types import INDEXES
 
-SCHEMA_VERSION = 2  # 2: push-time indexes for updates by row (an older file is rebuilt)
+SCHEMA_VERSION = 3  # 2: push-time indexes for updates by row; 3: listing counters, blobs (an older file is rebuilt)
 DESCRIPTION_KEYS = ("org.opencontainers.image.description", "description")
 _BATCH = 500  # digests per `IN (...)`: well under SQLite's limit on bound parameters
-_TABLES = ("meta", "repositories", "manifests", "tags", "labels", "platforms")
+_TABLES = ("meta", "repositories", "manifests", "tags", "labels", "platforms", "blobs")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS repositories (
     name TEXT PRIMARY KEY,
     description TEXT,
     pushed_at REAL,
-    pulls INTEGER NOT NULL DEFAULT 0
+    pulls INTEGER NOT NULL DEFAULT 0,
+    tag_count INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS manifests (
     repository TEXT NOT NULL,
@@ -50,6 +55,7 @@ CREATE TABLE IF NOT EXISTS manifests (
     created TEXT,
     labels TEXT NOT NULL,
     pushed_at REAL NOT NULL,
+    blobs TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (repository, digest)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tags (
@@ -57,6 +63,7 @@ CREATE TABLE IF NOT EXISTS tags (
     tag TEXT NOT NULL,
     digest TEXT NOT NULL,
     pushed_at REAL NOT NULL,
+    pulls INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (repository, tag)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tags_by_digest ON tags (repository, digest);
@@ -70,13 +77,18 @@ CREATE INDEX IF NOT EXISTS labels_by_manifest ON labels (repository, digest);
 CREATE TABLE IF NOT EXISTS platforms (repository TEXT NOT NULL, digest TEXT NOT NULL, platform TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS platforms_by_name ON platforms (platform);
 CREATE INDEX IF NOT EXISTS platforms_by_manifest ON platforms (repository, digest);
+CREATE TABLE IF NOT EXISTS blobs (repository TEXT NOT NULL, digest TEXT NOT NULL, blob TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS blobs_by_blob ON blobs (blob, repository);
+CREATE INDEX IF NOT EXISTS blobs_by_manifest ON blobs (repository, digest);
 """
-_MANIFEST_COLUMNS = "digest, media_type, artifact_type, size, platforms, created, labels, pushed_at"
+_MANIFEST_COLUMNS = "digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs"
+_PER_MANIFEST = ("manifests", "labels", "platforms", "blobs")
 # What one record may hold: enough for any real image, bounded for the rest (a 4 MiB config of labels).
 INT64_MAX = 2**63 - 1
 MAX_TEXT = 4096
 MAX_LABELS = 512
 MAX_PLATFORMS = 256
+MAX_BLOBS = 4096
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -213,7 +225,8 @@ class Database:
         """Make the index hold `snapshot` for `name` (None: the repository is gone). Pull counts are kept."""
         snapshot = storable(snapshot) if snapshot is not None else None
         with self._transaction() as db:
-            for table in ("manifests", "tags", "labels", "platforms"):
+            pulls = dict(db.execute("SELECT tag, pulls FROM tags WHERE repository = ? AND pulls > 0", (name,)))
+            for table in (*_PER_MANIFEST, "tags"):
                 db.execute(f"DELETE FROM {table} WHERE repository = ?", (name,))
             if snapshot is None:
                 db.execute("DELETE FROM repositories WHERE name = ?", (name,))
@@ -221,14 +234,21 @@ class Database:
             manifests = {m.digest: m for m in snapshot.manifests}
             _insert_manifests(db, name, snapshot.manifests)
             db.executemany(
-                "INSERT INTO tags (repository, tag, digest, pushed_at) VALUES (?, ?, ?, ?)",
-                [(name, t.tag, t.digest, t.pushed_at) for t in snapshot.tags],
+                "INSERT INTO tags (repository, tag, digest, pushed_at, pulls) VALUES (?, ?, ?, ?, ?)",
+                [(name, t.tag, t.digest, t.pushed_at, pulls.get(t.tag, 0)) for t in snapshot.tags],
             )
             pushed = [t.pushed_at for t in snapshot.tags] + [m.pushed_at for m in snapshot.manifests]
             db.execute(
-                "INSERT INTO repositories (name, description, pushed_at) VALUES (?, ?, ?) ON CONFLICT (name) "
-                "DO UPDATE SET description = excluded.description, pushed_at = excluded.pushed_at",
-                (name, _description(snapshot, manifests), max(pushed, default=None)),
+                "INSERT INTO repositories (name, description, pushed_at, tag_count, size) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET description = excluded.description, pushed_at = excluded.pushed_at, "
+                "tag_count = excluded.tag_count, size = excluded.size",
+                (
+                    name,
+                    _description(snapshot, manifests),
+                    max(pushed, default=None),
+                    len(snapshot.tags),
+                    min(sum(_counted_size(m.media_type, m.size) for m in snapshot.manifests), INT64_MAX),
+                ),
             )
 
     def manifests_by_digest(self, name: str, digests: list[str]) -> dict[str, ManifestRecord]:
@@ -270,17 +290,28 @@ class Database:
             ]
             touched = sorted({*manifests, *previous, *(r.digest for r in tags.values() if r is not None)})
             described_before = _describes(db, name, touched)
+            # The listing's counters move by what these rows change, so no write reads the whole repository.
+            tag_delta = sum(record is not None for record in tags.values()) - len(previous)
+            size_delta = 0
             for digest, record in manifests.items():
-                for table in ("manifests", "labels", "platforms"):
+                old = db.execute(
+                    "SELECT media_type, size FROM manifests WHERE repository = ? AND digest = ?", (name, digest)
+                ).fetchone()
+                if old is not None:
+                    size_delta -= _counted_size(old[0], old[1])
+                for table in _PER_MANIFEST:
                     db.execute(f"DELETE FROM {table} WHERE repository = ? AND digest = ?", (name, digest))
                 if record is not None:
                     _insert_manifests(db, name, [record])
+                    size_delta += _counted_size(record.media_type, record.size)
             for tag, tag_record in tags.items():
                 if tag_record is None:
                     db.execute("DELETE FROM tags WHERE repository = ? AND tag = ?", (name, tag))
                 else:
                     db.execute(
-                        "INSERT OR REPLACE INTO tags (repository, tag, digest, pushed_at) VALUES (?, ?, ?, ?)",
+                        "INSERT INTO tags (repository, tag, digest, pushed_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest, "
+                        "pushed_at = excluded.pushed_at",
                         (name, tag_record.tag, tag_record.digest, tag_record.pushed_at),
                     )
             pushed_at = db.execute(
@@ -294,19 +325,28 @@ class Database:
             else:
                 description = current[0]
             db.execute(
-                "INSERT INTO repositories (name, description, pushed_at) VALUES (?, ?, ?) ON CONFLICT (name) "
-                "DO UPDATE SET description = excluded.description, pushed_at = excluded.pushed_at",
-                (name, description, pushed_at),
+                "INSERT INTO repositories (name, description, pushed_at, tag_count, size) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET description = excluded.description, pushed_at = excluded.pushed_at, "
+                "tag_count = tag_count + excluded.tag_count, size = min(max(size + excluded.size, 0), ?)",
+                (name, description, pushed_at, tag_delta, size_delta, INT64_MAX),
             )
             return pushed_at is not None
 
     def names(self) -> set[str]:
         return {row[0] for row in self._read("SELECT name FROM repositories")}
 
-    def add_pulls(self, counts: Mapping[str, int]) -> None:
+    def add_pulls(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Count pulls by (repository, tag): a tag's own count, and its repository's (pulls by digest: tag "")."""
+        by_repository: dict[str, int] = {}
+        for (name, _), n in counts.items():
+            by_repository[name] = by_repository.get(name, 0) + n
         with self._transaction() as db:
             db.executemany(
-                "UPDATE repositories SET pulls = pulls + ? WHERE name = ?", [(n, k) for k, n in counts.items()]
+                "UPDATE repositories SET pulls = pulls + ? WHERE name = ?", [(n, k) for k, n in by_repository.items()]
+            )
+            db.executemany(
+                "UPDATE tags SET pulls = pulls + ? WHERE repository = ? AND tag = ?",
+                [(n, name, _text(tag)) for (name, tag), n in counts.items() if tag],
             )
 
     # Queries.
@@ -318,20 +358,59 @@ class Database:
     def ranked(self, query: SearchQuery, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
         """(rank, name) of the repositories matching `query`, best first, after `after`, at most `limit`."""
         rank, rank_parameters = rank_sql("name", query.terms)
-        where: list[str] = []
-        parameters: list[Any] = []
-        for term in query.terms:
-            where.append("(instr(name, ?) > 0 OR instr(lower(coalesce(description, '')), ?) > 0)")
-            parameters += [term, term]
-        if query.filters_manifests:
-            conditions, more = _manifest_conditions(query)
-            where.append(f"EXISTS (SELECT 1 FROM manifests m WHERE m.repository = name AND {conditions})")
-            parameters += more
-        sql = f"SELECT {rank} AS rank, name FROM repositories WHERE {' AND '.join(where) or '1'}"
+        where, parameters = _repository_conditions(query)
+        sql = f"SELECT {rank} AS rank, name FROM repositories WHERE {where}"
         sql = f"SELECT rank, name FROM ({sql}) WHERE (rank, name) > (?, ?) ORDER BY rank, name LIMIT ?"
         start = after or (-1, "")
         rows = self._read(sql, [*rank_parameters, *parameters, *start, limit])
         return [(int(row[0]), str(row[1])) for row in rows]
+
+    def listed(
+        self, query: SearchQuery, order: BrowseOrder, after: tuple[Any, str] | None, limit: int
+    ) -> list[tuple[Any, RepositoryRow]]:
+        """(sort key, row) of the repositories matching `query` in `order`, after the key `after`, at most
+        `limit`: `relevance` ranks as the search does, `name` goes A to Z, the others largest first (ties by name)."""
+        where, parameters = _repository_conditions(query)
+        columns = "name, description, pushed_at, pulls, tag_count, size"
+        if order == "relevance":
+            rank, rank_parameters = rank_sql("name", query.terms)
+            key = f"{rank}"
+            parameters = [*rank_parameters, *parameters]
+            position = "(key, name) > (?, ?)"
+            ordering = "key, name"
+        elif order == "name":
+            key = "name"
+            position = "name > ?"
+            ordering = "name"
+        else:
+            key = _ORDER_COLUMNS[order]
+            position = "(key < ? OR (key = ? AND name > ?))"
+            ordering = "key DESC, name"
+        sql = f"SELECT {key} AS key, {columns} FROM repositories WHERE {where}"
+        sql = f"SELECT * FROM ({sql})"
+        if after is not None:
+            sql += f" WHERE {position}"
+            if order == "relevance":
+                parameters += [after[0], after[1]]
+            elif order == "name":
+                parameters.append(after[1])
+            else:
+                parameters += [after[0], after[0], after[1]]
+        sql += f" ORDER BY {ordering} LIMIT ?"
+        rows = self._read(sql, [*parameters, limit])
+        return [(row[0], RepositoryRow(*row[1:])) for row in rows]
+
+    def sharing(self, name: str, blobs: list[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for start in range(0, len(blobs), _BATCH):
+            batch = blobs[start : start + _BATCH]
+            rows = self._read(
+                "SELECT blob, count(DISTINCT repository) FROM blobs "
+                f"WHERE blob IN ({','.join('?' * len(batch))}) AND repository != ? GROUP BY blob",
+                (*batch, name),
+            )
+            counts.update((row[0], int(row[1])) for row in rows)
+        return {blob: counts.get(blob, 0) for blob in blobs}
 
     def rank_of(self, name: str, terms: tuple[str, ...]) -> int:
         """What `ranked` gives `name` (for a cursor naming a repository that may be gone meanwhile)."""
@@ -368,9 +447,9 @@ class Database:
         description, pushed_at, pulls = rows[0]
         manifests = self.known_manifests(name)
         tags = tuple(
-            TagSummary(tag, manifests[digest], at)
-            for tag, digest, at in self._read(
-                "SELECT tag, digest, pushed_at FROM tags WHERE repository = ? ORDER BY tag", (name,)
+            TagSummary(tag, manifests[digest], at, tag_pulls)
+            for tag, digest, at, tag_pulls in self._read(
+                "SELECT tag, digest, pushed_at, pulls FROM tags WHERE repository = ? ORDER BY tag", (name,)
             )
             if digest in manifests
         )
@@ -404,12 +483,30 @@ def _storable_manifest(m: ManifestRecord) -> ManifestRecord:
         platforms=tuple(dict.fromkeys(_text(p) for p in m.platforms[:MAX_PLATFORMS])),
         created=_text(m.created) if m.created is not None else None,
         labels={_text(k): _text(v) for k, v in labels.items()},
+        blobs=tuple(dict.fromkeys(_text(b) for b in m.blobs[:MAX_BLOBS])),
     )
 
 
 def _text(value: str) -> str:
     value = value[:MAX_TEXT]
     return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
+
+
+_ORDER_COLUMNS = {"pushed": "coalesce(pushed_at, 0)", "pulls": "pulls", "size": "size", "tags": "tag_count"}
+
+
+def _repository_conditions(query: SearchQuery) -> tuple[str, list[Any]]:
+    """The WHERE clause over `repositories` that every part of `query` must meet."""
+    where: list[str] = []
+    parameters: list[Any] = []
+    for term in query.terms:
+        where.append("(instr(name, ?) > 0 OR instr(lower(coalesce(description, '')), ?) > 0)")
+        parameters += [term, term]
+    if query.filters_manifests:
+        conditions, more = _manifest_conditions(query)
+        where.append(f"EXISTS (SELECT 1 FROM manifests m WHERE m.repository = name AND {conditions})")
+        parameters += more
+    return " AND ".join(where) or "1", parameters
 
 
 def _manifest_conditions(query: SearchQuery) -> tuple[str, list[Any]]:
@@ -444,16 +541,30 @@ def _glob(text: str, pattern: str) -> bool:
 
 
 def _manifest(row: Any) -> ManifestRecord:
-    digest, media_type, artifact_type, size, platforms, created, labels, pushed_at = row
+    digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs = row
     return ManifestRecord(
-        digest, media_type, artifact_type, size, tuple(json.loads(platforms)), created, json.loads(labels), pushed_at
+        digest,
+        media_type,
+        artifact_type,
+        size,
+        tuple(json.loads(platforms)),
+        created,
+        json.loads(labels),
+        pushed_at,
+        tuple(json.loads(blobs)),
     )
+
+
+def _counted_size(media_type: str, size: int) -> int:
+    """What a manifest adds to its repository's listed size: an image's bytes; an index adds none of its own (its
+    children are counted as the images they are)."""
+    return 0 if media_type in INDEXES else size
 
 
 def _insert_manifests(db: sqlite3.Connection, name: str, manifests: Iterable[ManifestRecord]) -> None:
     manifests = list(manifests)
     db.executemany(
-        f"INSERT INTO manifests (repository, {_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO manifests (repository, {_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 name,
@@ -465,9 +576,14 @@ def _insert_manifests(db: sqlite3.Connection, name: str, manifests: Iterable[Man
                 m.created,
                 json.dumps(m.labels),
                 m.pushed_at,
+                json.dumps(m.blobs),
             )
             for m in manifests
         ],
+    )
+    db.executemany(
+        "INSERT INTO blobs (repository, digest, blob) VALUES (?, ?, ?)",
+        [(name, m.digest, blob) for m in manifests for blob in m.blobs],
     )
     db.executemany(
         "INSERT INTO labels (repository, digest, key, value) VALUES (?, ?, ?, ?)",

@@ -30,12 +30,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from registry import paths
 from registry.index.base import (
+    BrowseOrder,
+    BrowsePage,
     IndexUnavailable,
     ManifestRecord,
+    RepositoryRow,
     RepositorySummary,
     SearchHit,
     SearchQuery,
     Visible,
+    decode_cursor,
+    encode_cursor,
 )
 from registry.index.changes import Change, ChangeLog, merged, position_at, time_of
 from registry.index.database import Database
@@ -86,7 +91,7 @@ class LocalIndex:
         self._ready = False
         self._became_ready = asyncio.Event()
         self._position = ""
-        self._pulls: Counter[str] = Counter()
+        self._pulls: Counter[tuple[str, str]] = Counter()  # (repository, tag or "" by digest)
         self._locks: dict[str, asyncio.Lock] = {}
         self._failed: set[str] = set()  # refreshes that failed here: the poll loop retries them
         self._queued: dict[str, Change] = {}  # what the store's events named, not yet applied
@@ -286,7 +291,7 @@ class LocalIndex:
     def _on_event(self, event: Event) -> None:
         name = event.repository
         if event.type is EventType.MANIFEST_PULLED:
-            self._pulls[name] += 1  # in memory; written in batches off the request
+            self._pulls[(name, event.tag or "")] += 1  # in memory; written in batches off the request
             return
         if event.type in BLOB_EVENTS:
             # A repository may start (or end) with blobs alone: its row, not its tags or manifests, may change.
@@ -477,3 +482,25 @@ class LocalIndex:
     async def repository(self, name: str) -> RepositorySummary | None:
         db = await self._queryable()
         return await self._read(db.summary, name)
+
+    async def browse(
+        self, query: SearchQuery, order: BrowseOrder, after: str | None, limit: int, visible: Visible | None
+    ) -> BrowsePage:
+        db = await self._queryable()
+        position = decode_cursor(after, order)
+        batch_size = limit + 1 if visible is None else max(limit + 1, SEARCH_BATCH)
+        found: list[tuple[Any, RepositoryRow]] = []
+        while len(found) <= limit:
+            batch = await self._read(db.listed, query, order, position, batch_size)
+            found += [item for item in batch if visible is None or visible(item[1].name)]
+            if len(batch) < batch_size:
+                break
+            position = (batch[-1][0], batch[-1][1].name)
+        more = len(found) > limit
+        found = found[:limit]
+        cursor = encode_cursor(found[-1][0], found[-1][1].name) if more and found else None
+        return BrowsePage(tuple(row for _, row in found), cursor)
+
+    async def sharing(self, name: str, blobs: list[str]) -> dict[str, int]:
+        db = await self._queryable()
+        return await self._read(db.sharing, name, blobs)

@@ -273,6 +273,7 @@ def _record(item: _Loaded, pushed_at: float, others: Mapping[str, ManifestRecord
             created or parsed.annotations.get(CREATED_ANNOTATION),
             labels,
             pushed_at,
+            tuple(dict.fromkeys(str(d.digest) for d in (parsed.config, *parsed.layers) if d is not None)),
         )
     children = [others.get(str(child.digest)) for child in parsed.children]
     size = item.size + sum(

@@ -21,11 +21,12 @@ from tests.api.test_search_index import serving
 
 OPERATIONS = 60
 TABLES = {
-    "repositories": "name, description, pushed_at",
+    "repositories": "name, description, pushed_at, tag_count, size",
     "tags": "repository, tag, digest, pushed_at",
-    "manifests": "repository, digest, media_type, artifact_type, size, platforms, created, labels, pushed_at",
+    "manifests": "repository, digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs",
     "labels": "repository, digest, key, value",
     "platforms": "repository, digest, platform",
+    "blobs": "repository, digest, blob",
 }
 
 

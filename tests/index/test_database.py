@@ -33,7 +33,7 @@ def test_replace_query_and_drop(tmp_path: Path) -> None:
     db = Database.open(tmp_path / "index.sqlite")
     db.replace("team/app", snapshot("team/app", "the app"))
     db.replace("team/db", snapshot("team/db"))
-    db.add_pulls({"team/app": 3})
+    db.add_pulls({("team/app", ""): 3})
     db.replace("team/app", snapshot("team/app", "the app, again"))  # a refresh keeps the pull count
     summary = db.summary("team/app")
     assert summary is not None
