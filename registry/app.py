@@ -26,6 +26,7 @@ from registry.services import Service
 from registry.settings import Settings, load_settings
 from registry.store.registry import Registry, backend_from_settings
 from registry.store.upload_state import UploadStateSigner, shared_secret
+from registry.ui import setup as ui_setup
 
 IO_THREADS = 32
 _VERSION_HEADER = (API_VERSION_HEADER[0].lower().encode(), API_VERSION_HEADER[1].encode())
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await registry.start()
         secret = await shared_secret(registry.backend, settings.http.secret)
         app.state.upload_signer = UploadStateSigner(secret)
+        ui_setup.start(app, secret)
         if notifier is not None:
             await notifier.start()
         if metrics is not None:
@@ -85,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         service = feature.install(app, settings, registry)
         if service is not None:
             services.append(service)
+    ui_setup.install(app, settings, registry)
     # Every route declares the access it needs; the check runs after routing (registry/routing.py).
     check_declared(app.routes)
     auth_service = auth_setup.install(app, settings, registry)

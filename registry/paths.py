@@ -30,6 +30,13 @@ INDEX_DATABASE = "moorage/index.sqlite"
 # Ours: blobs GC has set aside (restorable until it deletes them), and the scheduled GC's per-slot leases.
 GC_QUARANTINE = "moorage/gc/quarantine"
 GC_LEASES = "moorage/gc/leases"
+GC_LAST_REPORT = "moorage/gc/last-report.json"
+UI_SESSIONS = "moorage/ui/sessions"
+
+
+def ui_session(key: str) -> str:
+    """A UI session's record, under the hash of its cookie's secret (a reader of storage cannot sign in with it)."""
+    return f"{UI_SESSIONS}/{key}"
 
 
 def blob_data(digest: Digest) -> str:

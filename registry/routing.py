@@ -39,6 +39,7 @@ GUARD_STATE = "guard"
 GRANTED_SCOPE_KEY = "moorage.granted"
 RIGHTS_SCOPE_KEY = "moorage.rights"
 LISTING_SCOPE_KEY = "moorage.listing"
+SESSION_IDENTITY_SCOPE_KEY = "moorage.session_identity"  # set by an `identify` hook: the guard reads no header
 _READ_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -144,13 +145,30 @@ def origin_of(request: Request) -> Origin:
 
 
 class ApiRoute(Route):
-    """A route with its access declaration; the handler runs only once the declared need is met."""
+    """A route with its access declaration; the handler runs only once the declared need is met.
 
-    def __init__(self, path: str, endpoint: Endpoint, *, methods: Sequence[str], access: Access) -> None:
+    Two optional hooks serve routes that are not the API's (the UI's pages): `identify` runs before the check and
+    may name the caller from something other than the `Authorization` header (it sets SESSION_IDENTITY_SCOPE_KEY,
+    which the guard then takes instead of the header); `errors` renders the refusals and errors of the check and of
+    the handler (HTML pages instead of the API's JSON)."""
+
+    def __init__(
+        self,
+        path: str,
+        endpoint: Endpoint,
+        *,
+        methods: Sequence[str],
+        access: Access,
+        identify: Callable[[Request], Awaitable[None]] | None = None,
+        errors: Callable[[Request, RegistryError], Awaitable[Response]] | None = None,
+    ) -> None:
         self.access = access
         self.handler = endpoint
+        self.identify = identify
 
-        async def checked(request: Request) -> Response:
+        async def guarded(request: Request) -> Response:
+            if identify is not None:
+                await identify(request)
             need = access(request)
             state = request.app.state
             if need.writes and state.settings.maintenance.read_only and request.method not in _READ_METHODS:
@@ -160,6 +178,14 @@ class ApiRoute(Route):
                 await guard.authorize(request, need)
             set_origin(origin_of(request))  # who the store's events name (registry/store/events.py)
             return await endpoint(request)
+
+        async def checked(request: Request) -> Response:
+            if errors is None:
+                return await guarded(request)
+            try:
+                return await guarded(request)
+            except RegistryError as e:
+                return await errors(request, e)
 
         checked.__name__ = endpoint.__name__
         checked.__qualname__ = endpoint.__qualname__

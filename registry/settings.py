@@ -18,6 +18,7 @@ from registry.auth.settings import AccessRule, AuthSettings
 from registry.durations import Seconds
 from registry.gc.settings import GcSettings, ImmutableTagRule, RetentionRule, UploadsSettings
 from registry.index.settings import IndexSettings
+from registry.ui.settings import UiSettings
 
 DEFAULT_CONFIG_FILE = Path("config/moorage.yml")
 CONFIG_ENV = "MOORAGE_CONFIG"
@@ -208,6 +209,7 @@ class Settings(BaseSettings):
     uploads: UploadsSettings = UploadsSettings()
     retention: list[RetentionRule] = []
     immutable_tags: list[ImmutableTagRule] = []
+    ui: UiSettings = UiSettings()
 
     @classmethod
     def settings_customise_sources(

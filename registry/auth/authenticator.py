@@ -23,6 +23,7 @@ from registry.auth.access import (
     Identity,
     ListingView,
     RuleView,
+    glob_regex,
 )
 from registry.auth.bearer import CI_TOKEN_CLAIM, KIND_CLAIM, InvalidToken, TokenAuthority
 from registry.auth.ci_tokens import CiTokenStore, looks_like_secret
@@ -207,6 +208,18 @@ class Authenticator:
         if scheme == "bearer":
             return await self.bearer(credentials.strip())
         raise AuthFailed(f"unsupported authorization scheme {scheme[:20]!r}")
+
+    def caller_of(self, identity: Identity) -> Caller:
+        """The caller an identity signed in another way (a UI session) is: the rules decide its rights."""
+        if identity.kind == "anonymous":
+            return self.anonymous
+        return Caller(identity, None, RuleView(self.rules, identity))
+
+    def is_admin(self, identity: Identity) -> bool:
+        """Whether `auth.admins` names this user (registry-wide operations: GC dry runs, every repository's usage)."""
+        return identity.authenticated and any(
+            glob_regex(pattern, segments=False).match(identity.name) for pattern in self.settings.admins
+        )
 
     def may(self, caller: Caller, repository: str, action: str) -> bool:
         if caller.claims is not None:

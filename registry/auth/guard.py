@@ -22,6 +22,7 @@ from registry.routing import (
     GRANTED_SCOPE_KEY,
     LISTING_SCOPE_KEY,
     RIGHTS_SCOPE_KEY,
+    SESSION_IDENTITY_SCOPE_KEY,
     Need,
     RepositoryAccess,
 )
@@ -73,7 +74,11 @@ class AccessGuard:
         address = client[0] if client else ""
         authorization = request.headers.get("authorization")
         try:
-            caller = await self.auth.identify(authorization, address)
+            session_identity = scope.get(SESSION_IDENTITY_SCOPE_KEY)
+            if session_identity is not None:  # a UI page: its session, never a header (registry/ui/sessions.py)
+                caller = self.auth.caller_of(session_identity)
+            else:
+                caller = await self.auth.identify(authorization, address)
         except TooManyFailures as e:
             raise RegistryError(
                 ErrorCode.TOOMANYREQUESTS,

@@ -85,6 +85,11 @@ class AuthSettings(_Section):
     cache_ttl: Seconds = Field(
         default=60.0, description="How long a verified password or token is remembered (per process)."
     )
+    admins: list[str] = Field(
+        default=[],
+        description="Users (names or globs) who may run registry-wide operations from the UI (a GC dry run) and see "
+        "its storage page for every repository. Their rights on repositories still come from `access:`.",
+    )
 
 
 class AccessRule(_Section):

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +38,7 @@ from registry.gc.settings import GcSettings, ImmutableTagRule, RetentionRule, Up
 from registry.store.events import Origin, acting_as
 from registry.store.inventory import Inventory, read_blobs, read_manifests, read_repositories, read_tags
 from registry.store.registry import Registry
-from storage_backends import PathNotFound
+from storage_backends import PathNotFound, StorageError
 
 GC_ORIGIN = Origin(actor="moorage:gc")
 logger = logging.getLogger("moorage.gc")
@@ -134,7 +136,25 @@ class GarbageCollector:
     async def run(self) -> GcReport:
         """One collection; what it removes emits the store's events as the actor `moorage:gc`."""
         with acting_as(GC_ORIGIN):
-            return await self._run()
+            report = await self._run()
+        if not report.dry_run:
+            await self._record(report)
+        return report
+
+    async def _record(self, report: GcReport) -> None:
+        """The last run's summary, for the UI's storage page (any replica may have run it)."""
+        summary = {
+            "finished_at": time.time(),
+            "seconds": round(report.seconds, 3),
+            "bytes_reclaimed": report.bytes_reclaimed,
+            "blobs_removed": len(report.blobs_removed),
+            "manifests_removed": len(report.manifests_removed),
+            "uploads_purged": len(report.uploads_purged),
+        }
+        try:
+            await self.backend.put_content(paths.GC_LAST_REPORT, json.dumps(summary).encode())
+        except StorageError as e:
+            logger.warning("gc: could not record the run's summary: %s", e)
 
     async def _run(self) -> GcReport:
         started = asyncio.get_running_loop().time()

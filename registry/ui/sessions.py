@@ -1,0 +1,106 @@
+"""UI sign-in sessions and CSRF tokens.
+
+A session is a record in storage, named by the SHA-256 of a random secret that only the browser holds (the
+`moorage_session` cookie: `HttpOnly`, `SameSite=Strict`, `Secure` under TLS, path `/ui`). Every replica reads the
+same record, so signing out (deleting it) ends the session at once everywhere; a cookie whose record is missing or
+expired names nobody. Signing in always makes a new secret, so a cookie planted before sign-in (session fixation)
+never becomes a signed-in session.
+
+Every form carries a CSRF token: an HMAC, under the registry's shared secret, of the session's secret, or before
+sign-in of a random nonce kept in the `moorage_csrf` cookie. A POST whose token does not match is refused, and so is
+one whose `Origin` header names another site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from registry import paths
+from storage_backends import PathNotFound, StorageBackend
+
+SESSION_COOKIE = "moorage_session"
+CSRF_COOKIE = "moorage_csrf"
+COOKIE_PATH = "/ui"
+_SECRET_BYTES = 32
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}\Z")  # token_urlsafe(32)
+_RECORD_LIMIT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    user: str
+    created: float
+    expires: float
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(_SECRET_BYTES)
+
+
+def well_formed(value: str | None) -> bool:
+    return value is not None and _COOKIE_VALUE.match(value) is not None
+
+
+def _key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Sessions:
+    def __init__(self, backend: StorageBackend, ttl: float) -> None:
+        self.backend = backend
+        self.ttl = ttl
+        self._csrf_key = b""
+
+    def use_secret(self, shared_secret: bytes) -> None:
+        """The registry's shared secret (every replica's), from which CSRF tokens are derived."""
+        self._csrf_key = hmac.new(shared_secret, b"moorage-ui-csrf", hashlib.sha256).digest()
+
+    async def create(self, user: str) -> tuple[str, Session]:
+        """A new session for `user`: the cookie's secret and the record."""
+        now = time.time()
+        session = Session(user, now, now + self.ttl)
+        secret = new_secret()
+        body = json.dumps({"user": user, "created": session.created, "expires": session.expires}).encode()
+        await self.backend.put_content(paths.ui_session(_key(secret)), body, exclusive=True)
+        return secret, session
+
+    async def get(self, secret: str | None) -> Session | None:
+        """The live session of a cookie's secret; None for a malformed, unknown, ended or expired one."""
+        if not well_formed(secret):
+            return None
+        assert secret is not None
+        path = paths.ui_session(_key(secret))
+        try:
+            data = await self.backend.get_content(path)
+        except PathNotFound:
+            return None
+        try:
+            body = json.loads(data[:_RECORD_LIMIT])
+            session = Session(str(body["user"]), float(body["created"]), float(body["expires"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        if session.expires <= time.time():
+            await self.backend.delete(path)
+            return None
+        return session
+
+    async def end(self, secret: str | None) -> None:
+        if well_formed(secret):
+            assert secret is not None
+            await self.backend.delete(paths.ui_session(_key(secret)))
+
+    def csrf_token(self, bound_to: str) -> str:
+        """The token forms carry for the session secret or nonce `bound_to`."""
+        assert self._csrf_key, "use_secret first"
+        return hmac.new(self._csrf_key, bound_to.encode(), hashlib.sha256).hexdigest()
+
+    def csrf_valid(self, bound_to: str | None, token: str | None) -> bool:
+        if not bound_to or not token:
+            return False
+        return hmac.compare_digest(self.csrf_token(bound_to), token)
