@@ -142,7 +142,7 @@ async def identify(request: Request) -> None:
     session = await ui.sessions.get(secret) if ui.auth is not None and secret else None
     htpasswd = ui.auth.htpasswd if ui.auth is not None else None
     if session is not None and htpasswd is not None and not htpasswd.has_user(session.user):
-        session = None  # removed from the htpasswd file since signing in
+        session = None  # removed from the htpasswd file since signing in (seen within a second)
     nonce = request.cookies.get(CSRF_COOKIE)
     new_nonce = not well_formed(nonce)
     if new_nonce:
@@ -176,19 +176,23 @@ def _check_origin(request: Request) -> None:
 
 async def read_form(request: Request) -> dict[str, str]:
     """A small urlencoded form, each field at most once (a repeated field is refused, never guessed)."""
-    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        raise RegistryError(
-            ErrorCode.UNSUPPORTED, message="forms must be application/x-www-form-urlencoded", status=415
-        )
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
             raise RegistryError(ErrorCode.SIZE_INVALID, message="the form is too large", status=413)
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if body and content_type != "application/x-www-form-urlencoded":
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED, message="forms must be application/x-www-form-urlencoded", status=415
+        )
     try:
         pairs = urllib.parse.parse_qsl(
-            body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_FORM_FIELDS
+            body.decode("utf-8"),
+            keep_blank_values=True,
+            strict_parsing=False,
+            max_num_fields=MAX_FORM_FIELDS,
+            errors="strict",
         )
     except (UnicodeDecodeError, ValueError):
         raise RegistryError(ErrorCode.REQUEST_INVALID, message="the form could not be read") from None
@@ -483,8 +487,7 @@ async def _last_gc(registry: Registry) -> dict[str, Any] | None:
 
 async def login_form(request: Request) -> Response:
     ui = ui_of(request)
-    state = ui_request(request)
-    if ui.auth is None or state.session is not None:
+    if ui.auth is None:
         return _secured(request, RedirectResponse(safe_next(_one(request, "next")), status_code=303))
     context = {
         "title": "Sign in",
