@@ -62,6 +62,7 @@ MAX_FORM_BYTES = 8192
 MAX_FORM_FIELDS = 16
 USAGE_CACHE_SECONDS = 30.0
 CHART_REPOSITORIES = 12
+TAGS_PER_PAGE = 50
 # The UI lists what the caller may pull; without a rule for anonymous, signing in comes first.
 UI_LISTING = constant(Need("listing", scope="registry:catalog:search", challenge_first=False))
 SECURITY_HEADERS = {
@@ -387,10 +388,10 @@ async def repository(request: Request) -> Response:
     if summary is None:
         raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"name": name})
     may_delete = allowed(request, name, "delete") and registry.delete_enabled
-    tags = []
-    for tag in summary.tags:
-        rule = registry.tags.protecting_rule(name, tag.tag)
-        tags.append({"summary": tag, "immutable": rule})
+    page = _page_number(request)
+    newest_first = sorted(summary.tags, key=lambda t: (-t.pushed_at, t.tag))
+    shown = newest_first[(page - 1) * TAGS_PER_PAGE : page * TAGS_PER_PAGE]
+    tags = [{"summary": tag, "immutable": registry.tags.protecting_rule(name, tag.tag)} for tag in shown]
     latest = max(summary.tags, key=lambda t: (t.tag == "latest", t.pushed_at), default=None)
     labels = dict(latest.manifest.labels) if latest is not None else {}
     source = labels.get("org.opencontainers.image.source") or labels.get("org.opencontainers.image.url") or ""
@@ -404,8 +405,17 @@ async def repository(request: Request) -> Response:
         "source": source if source.startswith(("https://", "http://")) else "",
         "may_delete": may_delete,
         "deleted": _one(request, "deleted"),
+        "tag_page": page,
+        "tag_pages": max(1, -(-len(summary.tags) // TAGS_PER_PAGE)),
     }
     return render(request, "repository.html", context)
+
+
+def _page_number(request: Request) -> int:
+    raw = _one(request, "page") or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
+        raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, message="page must be a whole number from 1")
+    return int(raw)
 
 
 async def image(request: Request) -> Response:

@@ -8,7 +8,16 @@ from typing import Any
 
 import httpx
 
-from tests.api.helpers import OCI_INDEX, descriptor, digest_of, encode, image_manifest, push_blob, push_image
+from tests.api.helpers import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    descriptor,
+    digest_of,
+    encode,
+    image_manifest,
+    push_blob,
+    push_image,
+)
 from tests.ui.conftest import UiFactory, indexed, post_form, text_of
 
 HISTORY = [
@@ -258,3 +267,20 @@ async def test_storage_page_and_gc_dry_run(ui_factory: UiFactory) -> None:
     report = await post_form(ui, "/ui/storage", "/ui/storage/gc")
     assert report.status_code == 200 and 'id="gc-report"' in report.text
     assert (await ui.get("/v2/tools/curl/tags/list")).status_code == 200
+
+
+async def test_a_repository_with_many_tags_shows_them_in_pages(ui_factory: UiFactory) -> None:
+    ui = await ui_factory()
+    _, body = await push_image(ui, "team/app", "t000")
+    for i in range(1, 120):
+        put = await ui.put(f"/v2/team/app/manifests/t{i:03d}", content=body, headers={"Content-Type": OCI_MANIFEST})
+        assert put.status_code == 201
+    await indexed(ui, "team/app")
+    seen: list[str] = []
+    for page in (1, 2, 3):
+        shown = await ui.get("/ui/r/team/app", params={"page": str(page)})
+        assert shown.status_code == 200 and len(shown.content) < 100_000
+        seen += re.findall(r'<tr class="tag" data-tag="([^"]+)">', shown.text)
+    assert seen == [f"t{i:03d}" for i in range(119, -1, -1)]
+    for bad in ("0", "-1", "x", "99999999999"):
+        assert (await ui.get("/ui/r/team/app", params={"page": bad})).status_code == 400
