@@ -71,6 +71,7 @@ class Browser:
     base_url: str
     shots: Path
     profile: Path
+    label: str  # names this session's screenshots: LABEL-NN-PAGE.png
     page_count: int = 0
     console: list[str] = field(default_factory=list)  # every console entry seen
     errors: list[str] = field(default_factory=list)  # the unexpected SEVERE ones, with their page
@@ -132,7 +133,7 @@ class Browser:
         return found
 
     def checked(self, name: str, *, expected_status: int | None = None) -> None:
-        """Screenshot the page as `NN-name.png`, and note the errors (SEVERE entries) its console holds.
+        """Screenshot the page as `LABEL-NN-name.png`, and note the errors (SEVERE entries) its console holds.
 
         A page expected to answer an error status logs that its own load failed ("Failed to load resource: the
         server responded with a status of 404"): that one entry is expected; any other error is not. Errors are
@@ -140,7 +141,7 @@ class Browser:
         """
         self.wait(lambda d: d.execute_script("return document.readyState") == "complete", "the page is loaded")
         self.page_count += 1
-        self.driver.save_screenshot(str(self.shots / f"{self.page_count:02d}-{name}.png"))
+        self.driver.save_screenshot(str(self.shots / f"{self.label}-{self.page_count:02d}-{name}.png"))
         entries = self.console_entries()
         self.console.extend(f"[{name}] {e['level']} {e['message']}" for e in entries)
         errors = [e["message"] for e in entries if e["level"] == "SEVERE"]
@@ -217,7 +218,7 @@ def _stale(element: WebElement) -> bool:
 
 
 @contextlib.contextmanager
-def chromium(base_url: str, profile: Path, shots: Path | None = None) -> Iterator[Browser]:
+def chromium(base_url: str, profile: Path, label: str, shots: Path | None = None) -> Iterator[Browser]:
     """A headless Chromium on `base_url` with a fresh profile in `profile`; always quit, its processes ended."""
     _require(CHROMIUM, "chromium")
     _require(CHROMEDRIVER, "chromium-driver")
@@ -251,7 +252,7 @@ def chromium(base_url: str, profile: Path, shots: Path | None = None) -> Iterato
             "Browser.grantPermissions",
             {"origin": base_url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
         )
-        yield Browser(driver, base_url, shots or artifacts_dir(), profile)
+        yield Browser(driver, base_url, shots or artifacts_dir(), profile, label)
     finally:
         with contextlib.suppress(Exception):
             driver.quit()

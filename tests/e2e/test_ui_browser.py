@@ -159,7 +159,7 @@ def sign_in(browser: Browser, user: str, password: str, *, next_path: str = "/ui
     browser.get(next_path)
     browser.wait_path(r"/ui/login\?next=.*")
     assert urllib.parse.parse_qs(urllib.parse.urlsplit(browser.path).query)["next"] == [next_path]
-    browser.checked(f"login-{user}")
+    browser.checked("login")
     browser.find("#username").send_keys(user)
     browser.find("#password").send_keys(password)
     browser.click_and_load(browser.find("#login-submit"), re.escape(next_path))
@@ -175,7 +175,7 @@ def sign_out(browser: Browser, user: str) -> dict[str, Any]:
     assert browser.exists("#signed-out")
     assert not browser.exists("#signed-in-as")
     assert browser.cookie(SESSION_COOKIE) is None
-    browser.checked(f"signed-out-{user}")
+    browser.checked("signed-out")
     return old
 
 
@@ -260,7 +260,7 @@ def test_ui_in_chromium(seeded: tuple[RunningServer, dict[str, Pushed]], tmp_pat
     for stale in shots.glob("*.png"):
         stale.unlink()
 
-    with chromium(server.url, tmp_path / "chromium-alice", shots) as browser:
+    with chromium(server.url, tmp_path / "chromium-alice", "alice", shots) as browser:
         # A wrong password: refused on the form, no session.
         browser.get("/ui/login")
         browser.wait_path(r"/ui/login")
@@ -275,9 +275,9 @@ def test_ui_in_chromium(seeded: tuple[RunningServer, dict[str, Pushed]], tmp_pat
 
         # alice signs in, and finds both repositories she may pull.
         sign_in(browser, "alice", PASSWORDS["alice"])
-        browser.checked("repositories-alice")
+        browser.checked("repositories")
         assert sorted(search(browser, "app")) == ["secret/app", "team/app"]
-        browser.checked("search-alice")
+        browser.checked("search")
 
         # The repository page: a pull command copied with its button.
         link = browser.find('table#repositories tr.repository[data-name="team/app"] a.repository-link')
@@ -296,14 +296,14 @@ def test_ui_in_chromium(seeded: tuple[RunningServer, dict[str, Pushed]], tmp_pat
         assert copied == command and "team/app:" in command
         assert browser.clipboard() == command  # headless Chromium's own clipboard, read by the page
         assert copy.text.strip() == "Copied"
-        browser.checked("repository-alice")
+        browser.checked("repository")
 
         # The image of 1.0: every layer's digest, size and type; the history in order, empty steps without a size.
         row = browser.find('table#tags tr.tag[data-tag="1.0"]')
         image_path = f"/ui/r/team/app/-/images/{pushed['1.0'].manifest.digest}"
         browser.click_and_load(row.find_element("css selector", "a.image-link"), re.escape(image_path))
         check_image_page(browser, pushed["1.0"])
-        browser.checked("image-alice")
+        browser.checked("image")
 
         # Delete 2.0 through its confirmation page: gone from the page and from the registry; 1.0 stays.
         browser.get("/ui/r/team/app")
@@ -311,12 +311,12 @@ def test_ui_in_chromium(seeded: tuple[RunningServer, dict[str, Pushed]], tmp_pat
         delete = browser.find('table#tags tr.tag[data-tag="2.0"] a.delete-tag')
         browser.click_and_load(delete, re.escape("/ui/r/team/app/-/tags/2.0/delete"))
         assert pushed["2.0"].manifest.digest in browser.text("main")
-        browser.checked("confirm-delete-alice")
+        browser.checked("confirm-delete")
         button = browser.find("form#confirm-delete button#confirm-delete-button")
         browser.click_and_load(button, re.escape("/ui/r/team/app?deleted=2.0"))
         assert "2.0" in browser.text("#flash")
         assert tag_rows(browser) == ["1.0"]
-        browser.checked("deleted-alice")
+        browser.checked("deleted")
         assert registry_tags(server, "team/app") == ["1.0"]
         assert registry_tags(server, "secret/app") == ["1.0"]
 
@@ -324,7 +324,7 @@ def test_ui_in_chromium(seeded: tuple[RunningServer, dict[str, Pushed]], tmp_pat
         browser.get("/ui/storage")
         browser.wait_path(r"/ui/storage")
         assert browser.exists("#storage-totals")
-        browser.checked("storage-alice")
+        browser.checked("storage")
         # The console check sees what it must: an inline style, refused by the Content-Security-Policy, is an error.
         browser.js("const s = document.createElement('style'); s.textContent = 'body{}'; document.head.append(s)")
         refused = browser.wait(
@@ -364,10 +364,11 @@ def test_ui_in_chromium(seeded: tuple[RunningServer, dict[str, Pushed]], tmp_pat
         assert_old_session_gone(server, browser, old)
         console_errors = list(browser.errors)
 
-    with chromium(server.url, tmp_path / "chromium-bob", shots) as browser:
+    with chromium(server.url, tmp_path / "chromium-bob", "bob", shots) as browser:
         # The sign-in form from the keyboard: Tab reaches user name, password and button in order; Enter submits.
         browser.get("/ui/login?next=%2Fui%2F")
         browser.wait_path(r"/ui/login\?next=%2Fui%2F")
+        browser.checked("login")
         browser.find("main h1").click()  # focus navigation starts from the heading, above the form
         order = []
         for _ in range(3):
@@ -384,31 +385,38 @@ def test_ui_in_chromium(seeded: tuple[RunningServer, dict[str, Pushed]], tmp_pat
         browser.driver.switch_to.active_element.send_keys(PASSWORDS["bob"], Keys.ENTER)
         browser.wait_next_page(old_page, r"/ui/")
         assert browser.text("#signed-in-as") == "bob"
-        browser.checked("repositories-bob")
+        browser.checked("repositories")
 
         # bob never sees secret/app: not in search, its page a 404 like a repository that does not exist.
         assert search(browser, "app") == ["team/app"]
-        browser.checked("search-bob")
+        browser.checked("search")
         browser.get("/ui/r/secret/app")
         browser.wait_path(r"/ui/r/secret/app")
         check_error_page(browser, 404, "NAME_UNKNOWN")
-        browser.checked("secret-404-bob", expected_status=404)
+        secret_text = browser.text("main").replace("secret/app", "NAME")
+        browser.checked("secret-404", expected_status=404)
         browser.get("/ui/r/secret/nothing-here")
         browser.wait_path(r"/ui/r/secret/nothing-here")
         check_error_page(browser, 404, "NAME_UNKNOWN")
-        browser.checked("missing-404-bob", expected_status=404)
+        assert browser.text("main").replace("secret/nothing-here", "NAME") == secret_text
+        browser.checked("missing-404", expected_status=404)
+        secret_image = f"/ui/r/secret/app/-/images/{pushed['1.0'].manifest.digest}"
+        browser.get(secret_image)
+        browser.wait_path(re.escape(secret_image))
+        check_error_page(browser, 404, "NAME_UNKNOWN")
+        browser.checked("secret-image-404", expected_status=404)
 
         # team/app: he may pull, so he sees it, but no delete link; the delete page itself is a 403.
         browser.get("/ui/r/team/app")
         browser.wait_path(r"/ui/r/team/app")
         assert tag_rows(browser) == ["1.0"]
         assert not browser.exists("a.delete-tag")
-        browser.checked("repository-bob")
+        browser.checked("repository")
         browser.get("/ui/r/team/app/-/tags/1.0/delete")
         browser.wait_path(re.escape("/ui/r/team/app/-/tags/1.0/delete"))
         check_error_page(browser, 403)
         assert not browser.exists("#confirm-delete-button")
-        browser.checked("delete-403-bob", expected_status=403)
+        browser.checked("delete-403", expected_status=403)
         assert registry_tags(server, "team/app") == ["1.0"]
 
         old = sign_out(browser, "bob")
