@@ -244,7 +244,7 @@ def chromium(base_url: str, profile: Path, label: str, shots: Path | None = None
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path: Selenium Manager is never run, so nothing is downloaded.
-    service = Service(CHROMEDRIVER, log_output=str(profile.parent / "chromedriver.log"))
+    service = Service(CHROMEDRIVER, log_output=str(profile.parent / f"chromedriver-{label}.log"))
     driver = webdriver.Chrome(service=service, options=options)
     try:
         driver.set_page_load_timeout(30)
