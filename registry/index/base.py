@@ -172,5 +172,5 @@ class MetadataIndex(Protocol):
         """Repositories matching `query` in `order` (`relevance`: the search's ranking; `pushed`, `pulls`, `size`
         and `tags`: the largest first), the page after the cursor `after`, at most `limit` rows."""
 
-    async def sharing(self, name: str, blobs: list[str]) -> dict[str, int]:
-        """For each of these blobs, how many other repositories' manifests reference it."""
+    async def sharing(self, name: str, blobs: list[str], visible: Visible | None) -> dict[str, int]:
+        """For each of these blobs, how many other repositories `visible` admits reference it in a manifest."""

@@ -412,6 +412,20 @@ class Database:
             counts.update((row[0], int(row[1])) for row in rows)
         return {blob: counts.get(blob, 0) for blob in blobs}
 
+    def sharers(self, name: str, blobs: list[str]) -> dict[str, list[str]]:
+        """For each of these blobs, the other repositories referencing it (for callers who may not see them all)."""
+        found: dict[str, list[str]] = {}
+        for start in range(0, len(blobs), _BATCH):
+            batch = blobs[start : start + _BATCH]
+            rows = self._read(
+                "SELECT DISTINCT blob, repository FROM blobs "
+                f"WHERE blob IN ({','.join('?' * len(batch))}) AND repository != ?",
+                (*batch, name),
+            )
+            for blob, repository in rows:
+                found.setdefault(blob, []).append(repository)
+        return found
+
     def rank_of(self, name: str, terms: tuple[str, ...]) -> int:
         """What `ranked` gives `name` (for a cursor naming a repository that may be gone meanwhile)."""
         rank, parameters = rank_sql("name", terms)

@@ -501,6 +501,9 @@ class LocalIndex:
         cursor = encode_cursor(found[-1][0], found[-1][1].name) if more and found else None
         return BrowsePage(tuple(row for _, row in found), cursor)
 
-    async def sharing(self, name: str, blobs: list[str]) -> dict[str, int]:
+    async def sharing(self, name: str, blobs: list[str], visible: Visible | None) -> dict[str, int]:
         db = await self._queryable()
-        return await self._read(db.sharing, name, blobs)
+        if visible is None:
+            return await self._read(db.sharing, name, blobs)
+        sharers = await self._read(db.sharers, name, blobs)
+        return {blob: sum(1 for other in sharers.get(blob, ()) if visible(other)) for blob in blobs}

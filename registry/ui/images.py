@@ -9,7 +9,7 @@ from typing import Any
 
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
-from registry.index.base import IndexUnavailable, MetadataIndex
+from registry.index.base import IndexUnavailable, MetadataIndex, Visible
 from registry.store.manifest_format import ParsedManifest, read_stored_manifest
 from registry.store.registry import Registry
 from storage_backends import StorageError
@@ -108,7 +108,9 @@ def _platform(value: Any) -> str:
     return "/".join(p for p in parts if isinstance(p, str) and p)
 
 
-async def image_view(registry: Registry, index: MetadataIndex | None, name: str, reference: str) -> ImageView:
+async def image_view(
+    registry: Registry, index: MetadataIndex | None, name: str, reference: str, visible: Visible | None
+) -> ImageView:
     """The page's facts of `name`@`reference` (a digest); MANIFEST_UNKNOWN when the repository has no such one."""
     try:
         digest = Digest.parse(reference)
@@ -135,18 +137,24 @@ async def image_view(registry: Registry, index: MetadataIndex | None, name: str,
             Child(str(c.digest), c.media_type, c.size, _platform(c.raw.get("platform"))) for c in parsed.children
         ]
     else:
-        await _image(registry, index, name, parsed, view)
+        await _image(registry, index, name, parsed, view, visible)
     view.referrers = await _referrers(registry, name, manifest.digest)
     return view
 
 
 async def _image(
-    registry: Registry, index: MetadataIndex | None, name: str, parsed: ParsedManifest, view: ImageView
+    registry: Registry,
+    index: MetadataIndex | None,
+    name: str,
+    parsed: ParsedManifest,
+    view: ImageView,
+    visible: Visible | None,
 ) -> None:
     shared: dict[str, int] = {}
     if index is not None and index.ready:
         try:
-            shared = await index.sharing(name, [str(layer.digest) for layer in parsed.layers])
+            # Counted among the repositories the viewer may pull: a count must not reveal private ones either.
+            shared = await index.sharing(name, [str(layer.digest) for layer in parsed.layers], visible)
         except IndexUnavailable:
             shared = {}
     view.layers = [Layer(str(d.digest), d.size, d.media_type, shared.get(str(d.digest))) for d in parsed.layers]

@@ -420,7 +420,8 @@ def _page_number(request: Request) -> int:
 
 async def image(request: Request) -> Response:
     name = repository_name(request)
-    view = await image_view(registry_of(request), index_of(request), name, request.path_params["digest"])
+    digest = request.path_params["digest"]
+    view = await image_view(registry_of(request), index_of(request), name, digest, pull_filter(request))
     context = {"title": f"{name}@{view.digest[:19]}", "name": name, "image": view}
     return render(request, "image.html", context)
 

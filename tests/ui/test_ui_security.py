@@ -304,3 +304,18 @@ async def test_malformed_forms_are_refused(
     ui = await ui_factory()
     response = await ui.post("/ui/logout", content=body, headers=headers)
     assert response.status_code == status and 'id="error"' in response.text
+
+
+async def test_layer_sharing_counts_only_repositories_the_user_may_pull(ui_factory: UiFactory, htpasswd: Path) -> None:
+    ui = await filled(ui_factory, htpasswd)  # the four repositories share their base layer
+    digest = (await ui.get("/v2/team/app/manifests/1.0", auth=("root", PASSWORD))).headers["docker-content-digest"]
+    counts = {}
+    for user in ("bob", "alice", "root"):
+        assert (await sign_in(ui, user)).status_code == 303
+        page = await ui.get(f"/ui/r/team/app/-/images/{digest}")
+        counts[user] = re.findall(r'class="shared">([^<]*)<', page.text)[0]
+    assert counts == {
+        "bob": "1 other repository",  # public/app; not secret/app nor other/app
+        "alice": "2 other repositories",
+        "root": "3 other repositories",
+    }
