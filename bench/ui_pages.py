@@ -38,6 +38,7 @@ import platform
 import random
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -271,6 +272,7 @@ class PageResult:
     size: int = 0
     times_ms: list[float] = field(default_factory=list)
     note: str = ""
+    failures: list[str] = field(default_factory=list)  # answers other than 200
 
     @property
     def p50(self) -> float:
@@ -286,6 +288,8 @@ class PageResult:
             misses.append("size")
         if self.p99 >= TARGET_MS:
             misses.append("time" if self.p50 >= TARGET_MS else "p99 only")
+        if self.failures:
+            misses.append(f"{len(self.failures)} errors")
         return "yes" if not misses else "NO (" + ", ".join(misses) + ")"
 
     def as_dict(self) -> dict[str, Any]:
@@ -300,16 +304,14 @@ class PageResult:
             "mean_ms": round(statistics.fmean(self.times_ms), 2),
             "met": self.verdict(),
             "note": self.note,
+            "failures": self.failures,
         }
 
 
 def fetch(client: httpx.Client, path: str) -> tuple[float, httpx.Response]:
     started = time.perf_counter()
     response = client.get(path)  # reads the whole body
-    elapsed = (time.perf_counter() - started) * 1000
-    if response.status_code != 200:
-        raise RuntimeError(f"GET {path}: {response.status_code} {response.text[:300]}")
-    return elapsed, response
+    return (time.perf_counter() - started) * 1000, response
 
 
 def measure(
@@ -320,20 +322,36 @@ def measure(
     budget_s: float,
     check: Callable[[httpx.Response], None] | None = None,
 ) -> PageResult:
+    """`samples` timed GETs of `path` after WARMUP untimed ones. An answer other than 200 is counted (its time is
+    not), not fatal: the table says how many there were, and the server's log is searched for them at the end."""
     result = PageResult(label, path)
-    for _ in range(WARMUP):
+    response = None
+    for _ in range(WARMUP * 3):
         _, response = fetch(client, path)
+        if response.status_code == 200:
+            break
+        result.failures.append(f"{response.status_code} {response.text[:200]}")
+    if response is None or response.status_code != 200:
+        raise RuntimeError(f"GET {path}: no 200 answer in {WARMUP * 3} tries: {result.failures[-1]}")
     if check is not None:
         check(response)
+    fetch(client, path)
     result.size = len(response.content)
     began = time.perf_counter()
     while len(result.times_ms) < samples:
         elapsed, response = fetch(client, path)
+        if response.status_code != 200:
+            result.failures.append(f"{response.status_code} {response.text[:200]}")
+            continue
         result.times_ms.append(elapsed)
         if time.perf_counter() - began > budget_s and len(result.times_ms) >= 10:
             result.note = f"{len(result.times_ms)} samples (time budget)"
             break
-    log(f"  {label}: {result.size:,} B, p50 {result.p50:.1f} ms, p99 {result.p99:.1f} ms (x{len(result.times_ms)})")
+    failed = f", {len(result.failures)} failed: {result.failures[0]}" if result.failures else ""
+    log(
+        f"  {label}: {result.size:,} B, p50 {result.p50:.1f} ms, p99 {result.p99:.1f} ms "
+        f"(x{len(result.times_ms)}){failed}"
+    )
     return result
 
 
@@ -439,6 +457,8 @@ def run_pages(server: Server, fill: Fill, samples: int, budget_s: float, warm_sa
         # The storage page: the first load measures storage (cold), the next ones within 30 s come from the cache of
         # the worker this connection talks to (warm).
         elapsed, response = fetch(client, "/ui/storage")
+        if response.status_code != 200:
+            raise RuntimeError(f"GET /ui/storage: {response.status_code} {response.text[:300]}")
         cold = PageResult("storage, first load (cold: measures storage)", "/ui/storage", len(response.content))
         cold.times_ms.append(elapsed)
         cold.note = "1 sample"
@@ -447,6 +467,9 @@ def run_pages(server: Server, fill: Fill, samples: int, budget_s: float, warm_sa
         warm = PageResult("storage, warm (cached < 30 s)", "/ui/storage")
         while len(warm.times_ms) < warm_samples and time.perf_counter() - measured_at < 25.0:
             elapsed, response = fetch(client, "/ui/storage")
+            if response.status_code != 200:
+                warm.failures.append(f"{response.status_code} {response.text[:200]}")
+                continue
             warm.times_ms.append(elapsed)
             warm.size = len(response.content)
         if len(warm.times_ms) < warm_samples:
@@ -454,6 +477,15 @@ def run_pages(server: Server, fill: Fill, samples: int, budget_s: float, warm_sa
         log(f"  {warm.label}: {warm.size:,} B, p50 {warm.p50:.1f} ms, p99 {warm.p99:.1f} ms (x{len(warm.times_ms)})")
         results += [cold, warm]
     return results
+
+
+def server_errors(server: Server) -> list[str]:
+    """The server log's lines at level error (with their tracebacks)."""
+    try:
+        lines = server.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line[:3000] for line in lines if '"level":"error"' in line or line.startswith("Traceback")]
 
 
 def table(results: list[PageResult]) -> str:
@@ -480,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="moorage serve --workers (default: its own, 1)")
     parser.add_argument("--moorage-bin", default=str(Path(sys.executable).parent / "moorage"))
     parser.add_argument("--work-dir", type=Path, help="scratch directory (default: a temporary one, removed)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (storage, server log)")
     parser.add_argument("--hold", action="store_true", help="keep the server up after measuring (for profiling)")
     parser.add_argument("--output", type=Path, help="also write the markdown table (and the JSON beside it) here")
     args = parser.parse_args(argv)
@@ -488,8 +521,10 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.perf_counter()
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="moorage-ui-bench-", dir=args.work_dir) as scratch:
-        work = Path(scratch)
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="moorage-ui-bench-", dir=args.work_dir))
+    try:
         root = work / "root"
         log(f"writing {args.repositories:,} repositories into {root}")
         fill = generate(root, args.repositories)
@@ -523,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
             after = CpuSnapshot.take()
             server_cpu = session_cpu(after, server.proc.pid) - session_cpu(before, server.proc.pid)
             others = after.since(before, server_cpu, server.proc.pid)
+            errors = server_errors(server)
+            if errors:
+                log(f"the server logged {len(errors)} errors; the first ones:\n" + "\n".join(errors[:5]))
             if args.hold:
                 log(f"holding {server.url} (pid {server.proc.pid}); Ctrl-C to stop")
                 try:
@@ -530,8 +568,19 @@ def main(argv: list[str] | None = None) -> int:
                         time.sleep(3600)
                 except KeyboardInterrupt:
                     pass
+        except BaseException:
+            log(f"failed; the end of the server's log ({server.log_path}):\n{server.log_tail(6000)}")
+            raise
         finally:
             server.stop()
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            t0 = time.perf_counter()
+            # `rm -rf`: several times faster than shutil.rmtree on a quarter of a million small files.
+            subprocess.run(["rm", "-rf", "--", str(work)], check=False)
+            log(f"removed the scratch directory in {time.perf_counter() - t0:.1f} s")
 
     load_after = os.getloadavg()
     background = others["background_cpu_s"] / wall if wall else 0.0
@@ -542,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M %Z')}; measuring took {wall:.0f} s, server CPU "
         f"{server_cpu:.1f} s, other processes {background:.2f} cores on average "
         f"({'; '.join(others['top_others']) or 'none'}); load average {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after."
+        f"{load_after[0]:.2f} after; error lines in the server's log: {len(errors)}."
     )
     text = header + "\n\n" + table(results) + "\n"
     print("\n" + text)
@@ -562,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_before": load_before,
             "load_after": load_after,
             "pages": [r.as_dict() for r in results],
+            "server_errors": errors[:20],
             "total_s": round(time.perf_counter() - began, 1),
         }
         args.output.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
