@@ -77,6 +77,7 @@ TIERS = ["frontend", "backend", "batch", "edge"]
 SEARCH_WORD = "api"  # one name word in 20 picks: ~1 repository in 10 has it in its name, more in descriptions
 LABEL_QUERY = "label:com.example.tier=batch"
 PLATFORM_QUERY = "platform:linux/amd64"
+NO_MATCH_QUERY = "platform:linux/s390x"  # no image has it: every repository is looked at (the worst case)
 NEXT_PAGE = re.compile(r'<a id="next-page"[^>]*\bhref="([^"]+)"')
 
 
@@ -425,6 +426,11 @@ def run_pages(server: Server, fill: Fill, samples: int, budget_s: float, warm_sa
             (f"search {SEARCH_WORD!r}", f"/ui/?q={SEARCH_WORD}", has_rows(1)),
             (f"search {LABEL_QUERY!r}", "/ui/?" + str(httpx.QueryParams({"q": LABEL_QUERY})), has_rows(1)),
             (f"search {PLATFORM_QUERY!r}", "/ui/?" + str(httpx.QueryParams({"q": PLATFORM_QUERY})), has_rows(1)),
+            (
+                f"search {NO_MATCH_QUERY!r} (no match)",
+                "/ui/?" + str(httpx.QueryParams({"q": NO_MATCH_QUERY})),
+                contains('id="no-repositories"'),
+            ),
         ]
         for label, path, check in pages:
             results.append(measure(client, label, path, samples, budget_s, check))
