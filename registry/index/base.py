@@ -32,8 +32,10 @@ class ManifestRecord:
     labels: dict[str, str] = field(default_factory=dict)
     """Config labels and manifest annotations (the annotations win)."""
     pushed_at: float = 0.0
-    blobs: tuple[str, ...] = ()
-    """An image's config and layers, by digest (empty for an index)."""
+    blobs: tuple[tuple[str, int], ...] = ()
+    """An image's config and layers: (digest, size) as its descriptors declare them (empty for an index)."""
+    manifest_bytes: int = 0
+    """The manifest's own bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,31 @@ class BrowsePage:
     """Opaque: what `browse` takes as `after` for the next page; None on the last page."""
 
 
+@dataclass(frozen=True, slots=True)
+class RepositoryBytes:
+    name: str
+    logical_bytes: int
+    """Each blob its manifests reference counted once (the manifests, configs and layers)."""
+    manifests: int
+    blobs: int
+    tags: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """Storage accounting from the index's reference counts (what `moorage du` measures by reading storage)."""
+
+    repositories: int
+    logical_bytes: int
+    physical_bytes: int
+    """Each blob referenced by any of the repositories counted once."""
+    largest: tuple[RepositoryBytes, ...]
+
+    @property
+    def saved_bytes(self) -> int:
+        return max(self.logical_bytes - self.physical_bytes, 0)
+
+
 class InvalidCursor(ValueError):
     """A `browse` cursor this index did not make (or made for another order)."""
 
@@ -171,6 +198,9 @@ class MetadataIndex(Protocol):
     ) -> BrowsePage:
         """Repositories matching `query` in `order` (`relevance`: the search's ranking; `pushed`, `pulls`, `size`
         and `tags`: the largest first), the page after the cursor `after`, at most `limit` rows."""
+
+    async def usage(self, visible: Visible | None, largest: int) -> UsageSummary:
+        """Logical and physical bytes of the repositories `visible` admits, and the `largest` of them."""
 
     async def sharing(self, name: str, blobs: list[str], visible: Visible | None) -> dict[str, int]:
         """For each of these blobs, how many other repositories `visible` admits reference it in a manifest."""

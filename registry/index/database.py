@@ -31,10 +31,21 @@ from registry.index.base import (
 from registry.index.query import rank_sql
 from registry.media_types import INDEXES
 
-SCHEMA_VERSION = 3  # 2: push-time indexes for updates by row; 3: listing counters, blobs (an older file is rebuilt)
+# 2: push-time indexes for updates by row; 3: listing counters, blobs; 4: reference counts (an older file is rebuilt)
+SCHEMA_VERSION = 4
 DESCRIPTION_KEYS = ("org.opencontainers.image.description", "description")
 _BATCH = 500  # digests per `IN (...)`: well under SQLite's limit on bound parameters
-_TABLES = ("meta", "repositories", "manifests", "tags", "labels", "platforms", "blobs")
+_TABLES = (
+    "meta",
+    "repositories",
+    "manifests",
+    "tags",
+    "labels",
+    "platforms",
+    "blobs",
+    "repository_blobs",
+    "blob_refs",
+)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS repositories (
@@ -43,7 +54,8 @@ CREATE TABLE IF NOT EXISTS repositories (
     pushed_at REAL,
     pulls INTEGER NOT NULL DEFAULT 0,
     tag_count INTEGER NOT NULL DEFAULT 0,
-    size INTEGER NOT NULL DEFAULT 0
+    size INTEGER NOT NULL DEFAULT 0,
+    logical INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS manifests (
     repository TEXT NOT NULL,
@@ -56,6 +68,7 @@ CREATE TABLE IF NOT EXISTS manifests (
     labels TEXT NOT NULL,
     pushed_at REAL NOT NULL,
     blobs TEXT NOT NULL DEFAULT '[]',
+    manifest_bytes INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (repository, digest)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tags (
@@ -77,12 +90,23 @@ CREATE INDEX IF NOT EXISTS labels_by_manifest ON labels (repository, digest);
 CREATE TABLE IF NOT EXISTS platforms (repository TEXT NOT NULL, digest TEXT NOT NULL, platform TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS platforms_by_name ON platforms (platform);
 CREATE INDEX IF NOT EXISTS platforms_by_manifest ON platforms (repository, digest);
-CREATE TABLE IF NOT EXISTS blobs (repository TEXT NOT NULL, digest TEXT NOT NULL, blob TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (
+    repository TEXT NOT NULL, digest TEXT NOT NULL, blob TEXT NOT NULL, size INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS blobs_by_blob ON blobs (blob, repository);
 CREATE INDEX IF NOT EXISTS blobs_by_manifest ON blobs (repository, digest);
+CREATE TABLE IF NOT EXISTS repository_blobs (
+    repository TEXT NOT NULL, blob TEXT NOT NULL, size INTEGER NOT NULL, refs INTEGER NOT NULL,
+    PRIMARY KEY (repository, blob)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blob_refs (
+    blob TEXT PRIMARY KEY, size INTEGER NOT NULL, repositories INTEGER NOT NULL
+) WITHOUT ROWID;
 """
-_MANIFEST_COLUMNS = "digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs"
-_PER_MANIFEST = ("manifests", "labels", "platforms", "blobs")
+_MANIFEST_COLUMNS = (
+    "digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs, manifest_bytes"
+)
+_PER_MANIFEST = ("manifests", "labels", "platforms")  # and `blobs`, through the reference counts
 # What one record may hold: enough for any real image, bounded for the rest (a 4 MiB config of labels).
 INT64_MAX = 2**63 - 1
 MAX_TEXT = 4096
@@ -226,28 +250,31 @@ class Database:
         snapshot = storable(snapshot) if snapshot is not None else None
         with self._transaction() as db:
             pulls = dict(db.execute("SELECT tag, pulls FROM tags WHERE repository = ? AND pulls > 0", (name,)))
+            _drop_all_references(db, name)
             for table in (*_PER_MANIFEST, "tags"):
                 db.execute(f"DELETE FROM {table} WHERE repository = ?", (name,))
             if snapshot is None:
                 db.execute("DELETE FROM repositories WHERE name = ?", (name,))
                 return
             manifests = {m.digest: m for m in snapshot.manifests}
-            _insert_manifests(db, name, snapshot.manifests)
+            logical = _insert_manifests(db, name, snapshot.manifests)
             db.executemany(
                 "INSERT INTO tags (repository, tag, digest, pushed_at, pulls) VALUES (?, ?, ?, ?, ?)",
                 [(name, t.tag, t.digest, t.pushed_at, pulls.get(t.tag, 0)) for t in snapshot.tags],
             )
             pushed = [t.pushed_at for t in snapshot.tags] + [m.pushed_at for m in snapshot.manifests]
             db.execute(
-                "INSERT INTO repositories (name, description, pushed_at, tag_count, size) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET description = excluded.description, pushed_at = excluded.pushed_at, "
-                "tag_count = excluded.tag_count, size = excluded.size",
+                "INSERT INTO repositories (name, description, pushed_at, tag_count, size, logical) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET description = excluded.description, "
+                "pushed_at = excluded.pushed_at, tag_count = excluded.tag_count, size = excluded.size, "
+                "logical = excluded.logical",
                 (
                     name,
                     _description(snapshot, manifests),
                     max(pushed, default=None),
                     len(snapshot.tags),
                     min(sum(_counted_size(m.media_type, m.size) for m in snapshot.manifests), INT64_MAX),
+                    min(logical, INT64_MAX),
                 ),
             )
 
@@ -292,17 +319,18 @@ class Database:
             described_before = _describes(db, name, touched)
             # The listing's counters move by what these rows change, so no write reads the whole repository.
             tag_delta = sum(record is not None for record in tags.values()) - len(previous)
-            size_delta = 0
+            size_delta = logical_delta = 0
             for digest, record in manifests.items():
                 old = db.execute(
                     "SELECT media_type, size FROM manifests WHERE repository = ? AND digest = ?", (name, digest)
                 ).fetchone()
                 if old is not None:
                     size_delta -= _counted_size(old[0], old[1])
+                logical_delta -= _drop_references(db, name, digest)
                 for table in _PER_MANIFEST:
                     db.execute(f"DELETE FROM {table} WHERE repository = ? AND digest = ?", (name, digest))
                 if record is not None:
-                    _insert_manifests(db, name, [record])
+                    logical_delta += _insert_manifests(db, name, [record])
                     size_delta += _counted_size(record.media_type, record.size)
             for tag, tag_record in tags.items():
                 if tag_record is None:
@@ -325,10 +353,11 @@ class Database:
             else:
                 description = current[0]
             db.execute(
-                "INSERT INTO repositories (name, description, pushed_at, tag_count, size) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET description = excluded.description, pushed_at = excluded.pushed_at, "
-                "tag_count = tag_count + excluded.tag_count, size = min(max(size + excluded.size, 0), ?)",
-                (name, description, pushed_at, tag_delta, size_delta, INT64_MAX),
+                "INSERT INTO repositories (name, description, pushed_at, tag_count, size, logical) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET description = excluded.description, "
+                "pushed_at = excluded.pushed_at, tag_count = tag_count + excluded.tag_count, "
+                "size = min(max(size + excluded.size, 0), ?), logical = min(max(logical + excluded.logical, 0), ?)",
+                (name, description, pushed_at, tag_delta, size_delta, logical_delta, INT64_MAX, INT64_MAX),
             )
             return pushed_at is not None
 
@@ -411,6 +440,30 @@ class Database:
             )
             counts.update((row[0], int(row[1])) for row in rows)
         return {blob: counts.get(blob, 0) for blob in blobs}
+
+    def logical_sizes(self) -> list[tuple[str, int]]:
+        return [(str(row[0]), int(row[1])) for row in self._read("SELECT name, logical FROM repositories")]
+
+    def physical_size(self) -> int:
+        return int(self._read("SELECT coalesce(sum(size), 0) FROM blob_refs")[0][0])
+
+    def physical_size_of(self, names: list[str]) -> int:
+        """Bytes of the distinct blobs these repositories reference (for a caller who sees only them)."""
+        sizes: dict[str, int] = {}
+        for start in range(0, len(names), _BATCH):
+            batch = names[start : start + _BATCH]
+            rows = self._read(
+                f"SELECT blob, size FROM repository_blobs WHERE repository IN ({','.join('?' * len(batch))})", batch
+            )
+            sizes.update(rows)
+        return sum(sizes.values())
+
+    def counts(self, name: str) -> tuple[int, int, int]:
+        """(manifests, blobs, tags) of a repository."""
+        manifests = self._read("SELECT count(*) FROM manifests WHERE repository = ?", (name,))[0][0]
+        blobs = self._read("SELECT count(*) FROM repository_blobs WHERE repository = ?", (name,))[0][0]
+        tags = self._read("SELECT tag_count FROM repositories WHERE name = ?", (name,))
+        return int(manifests), int(blobs), int(tags[0][0]) if tags else 0
 
     def sharers(self, name: str, blobs: list[str]) -> dict[str, list[str]]:
         """For each of these blobs, the other repositories referencing it (for callers who may not see them all)."""
@@ -497,7 +550,8 @@ def _storable_manifest(m: ManifestRecord) -> ManifestRecord:
         platforms=tuple(dict.fromkeys(_text(p) for p in m.platforms[:MAX_PLATFORMS])),
         created=_text(m.created) if m.created is not None else None,
         labels={_text(k): _text(v) for k, v in labels.items()},
-        blobs=tuple(dict.fromkeys(_text(b) for b in m.blobs[:MAX_BLOBS])),
+        blobs=tuple({_text(b): min(max(n, 0), INT64_MAX) for b, n in m.blobs[:MAX_BLOBS]}.items()),
+        manifest_bytes=min(max(m.manifest_bytes, 0), INT64_MAX),
     )
 
 
@@ -555,7 +609,7 @@ def _glob(text: str, pattern: str) -> bool:
 
 
 def _manifest(row: Any) -> ManifestRecord:
-    digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs = row
+    digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs, manifest_bytes = row
     return ManifestRecord(
         digest,
         media_type,
@@ -565,7 +619,8 @@ def _manifest(row: Any) -> ManifestRecord:
         created,
         json.loads(labels),
         pushed_at,
-        tuple(json.loads(blobs)),
+        tuple((str(blob), int(blob_size)) for blob, blob_size in json.loads(blobs)),
+        manifest_bytes,
     )
 
 
@@ -575,10 +630,11 @@ def _counted_size(media_type: str, size: int) -> int:
     return 0 if media_type in INDEXES else size
 
 
-def _insert_manifests(db: sqlite3.Connection, name: str, manifests: Iterable[ManifestRecord]) -> None:
+def _insert_manifests(db: sqlite3.Connection, name: str, manifests: Iterable[ManifestRecord]) -> int:
+    """Insert these manifests' rows and count their references; returns what the repository's logical bytes grow."""
     manifests = list(manifests)
     db.executemany(
-        f"INSERT INTO manifests (repository, {_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO manifests (repository, {_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 name,
@@ -591,13 +647,10 @@ def _insert_manifests(db: sqlite3.Connection, name: str, manifests: Iterable[Man
                 json.dumps(m.labels),
                 m.pushed_at,
                 json.dumps(m.blobs),
+                m.manifest_bytes,
             )
             for m in manifests
         ],
-    )
-    db.executemany(
-        "INSERT INTO blobs (repository, digest, blob) VALUES (?, ?, ?)",
-        [(name, m.digest, blob) for m in manifests for blob in m.blobs],
     )
     db.executemany(
         "INSERT INTO labels (repository, digest, key, value) VALUES (?, ?, ?, ?)",
@@ -607,6 +660,77 @@ def _insert_manifests(db: sqlite3.Connection, name: str, manifests: Iterable[Man
         "INSERT INTO platforms (repository, digest, platform) VALUES (?, ?, ?)",
         [(name, m.digest, p.lower()) for m in manifests for p in m.platforms],
     )
+    return sum(_add_references(db, name, m) for m in manifests)
+
+
+# Reference counts. `blobs` holds what each manifest references (itself, its config, its layers); a repository's
+# row in `repository_blobs` counts the manifests referencing a blob, a blob's row in `blob_refs` the repositories.
+# A manifest written or removed moves only its own references' rows, so a repository's logical bytes (each blob
+# once) and the registry's physical bytes (each blob once in all) are read, never summed over a repository.
+
+
+def _references(m: ManifestRecord) -> dict[str, int]:
+    found = {m.digest: m.manifest_bytes}
+    for blob, size in m.blobs:
+        found.setdefault(blob, size)
+    return found
+
+
+def _add_references(db: sqlite3.Connection, name: str, m: ManifestRecord) -> int:
+    grown = 0
+    references = _references(m)
+    db.executemany(
+        "INSERT INTO blobs (repository, digest, blob, size) VALUES (?, ?, ?, ?)",
+        [(name, m.digest, blob, size) for blob, size in references.items()],
+    )
+    for blob, size in references.items():
+        refs, counted = db.execute(
+            "INSERT INTO repository_blobs (repository, blob, size, refs) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT (repository, blob) DO UPDATE SET refs = refs + 1 RETURNING refs, size",
+            (name, blob, size),
+        ).fetchone()
+        if refs == 1:
+            grown += counted
+            db.execute(
+                "INSERT INTO blob_refs (blob, size, repositories) VALUES (?, ?, 1) "
+                "ON CONFLICT (blob) DO UPDATE SET repositories = repositories + 1",
+                (blob, size),
+            )
+    return grown
+
+
+def _drop_references(db: sqlite3.Connection, name: str, digest: str) -> int:
+    """Forget what manifest `digest` of `name` references; returns what the repository's logical bytes shrink."""
+    shrunk = 0
+    blobs = [row[0] for row in db.execute("SELECT blob FROM blobs WHERE repository = ? AND digest = ?", (name, digest))]
+    db.execute("DELETE FROM blobs WHERE repository = ? AND digest = ?", (name, digest))
+    for blob in blobs:
+        row = db.execute(
+            "UPDATE repository_blobs SET refs = refs - 1 WHERE repository = ? AND blob = ? RETURNING refs, size",
+            (name, blob),
+        ).fetchone()
+        if row is not None and row[0] <= 0:
+            shrunk += row[1]
+            db.execute("DELETE FROM repository_blobs WHERE repository = ? AND blob = ?", (name, blob))
+            _release_blob(db, blob)
+    return shrunk
+
+
+def _drop_all_references(db: sqlite3.Connection, name: str) -> None:
+    blobs = [row[0] for row in db.execute("SELECT blob FROM repository_blobs WHERE repository = ?", (name,))]
+    for blob in blobs:
+        _release_blob(db, blob)
+    db.execute("DELETE FROM repository_blobs WHERE repository = ?", (name,))
+    db.execute("DELETE FROM blobs WHERE repository = ?", (name,))
+    db.execute("UPDATE repositories SET logical = 0 WHERE name = ?", (name,))
+
+
+def _release_blob(db: sqlite3.Connection, blob: str) -> None:
+    row = db.execute(
+        "UPDATE blob_refs SET repositories = repositories - 1 WHERE blob = ? RETURNING repositories", (blob,)
+    ).fetchone()
+    if row is not None and row[0] <= 0:
+        db.execute("DELETE FROM blob_refs WHERE blob = ?", (blob,))
 
 
 _DESCRIPTION_RANK = "CASE l.key " + " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(DESCRIPTION_KEYS)) + " END"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import socket
@@ -34,10 +35,12 @@ from registry.index.base import (
     BrowsePage,
     IndexUnavailable,
     ManifestRecord,
+    RepositoryBytes,
     RepositoryRow,
     RepositorySummary,
     SearchHit,
     SearchQuery,
+    UsageSummary,
     Visible,
     decode_cursor,
     encode_cursor,
@@ -500,6 +503,21 @@ class LocalIndex:
         found = found[:limit]
         cursor = encode_cursor(found[-1][0], found[-1][1].name) if more and found else None
         return BrowsePage(tuple(row for _, row in found), cursor)
+
+    async def usage(self, visible: Visible | None, largest: int) -> UsageSummary:
+        db = await self._queryable()
+        sizes = await self._read(db.logical_sizes)
+        if visible is not None:
+            sizes = [(name, size) for name, size in sizes if visible(name)]
+            physical = await self._read(db.physical_size_of, [name for name, _ in sizes])
+        else:
+            physical = await self._read(db.physical_size)
+        top = heapq.nsmallest(largest, sizes, key=lambda item: (-item[1], item[0]))
+        rows = []
+        for name, size in top:
+            manifests, blobs, tags = await self._read(db.counts, name)
+            rows.append(RepositoryBytes(name, size, manifests, blobs, tags))
+        return UsageSummary(len(sizes), sum(size for _, size in sizes), physical, tuple(rows))
 
     async def sharing(self, name: str, blobs: list[str], visible: Visible | None) -> dict[str, int]:
         db = await self._queryable()

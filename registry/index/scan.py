@@ -250,7 +250,7 @@ def _is_image_config(descriptor: Descriptor) -> bool:
 
 
 def _bare_record(item: _Loaded, pushed_at: float) -> ManifestRecord:
-    return ManifestRecord(item.digest, item.media_type, None, item.size, (), None, {}, pushed_at)
+    return ManifestRecord(item.digest, item.media_type, None, item.size, (), None, {}, pushed_at, (), item.size)
 
 
 def _record(item: _Loaded, pushed_at: float, others: Mapping[str, ManifestRecord]) -> ManifestRecord:
@@ -273,7 +273,8 @@ def _record(item: _Loaded, pushed_at: float, others: Mapping[str, ManifestRecord
             created or parsed.annotations.get(CREATED_ANNOTATION),
             labels,
             pushed_at,
-            tuple(dict.fromkeys(str(d.digest) for d in (parsed.config, *parsed.layers) if d is not None)),
+            tuple({str(d.digest): d.size for d in (parsed.config, *parsed.layers) if d is not None}.items()),
+            item.size,
         )
     children = [others.get(str(child.digest)) for child in parsed.children]
     size = item.size + sum(
@@ -292,7 +293,15 @@ def _record(item: _Loaded, pushed_at: float, others: Mapping[str, ManifestRecord
             created = created or child.created
     labels.update(parsed.annotations)
     return ManifestRecord(
-        item.digest, item.media_type, parsed.artifact_type, size, tuple(platforms), created, labels, pushed_at
+        item.digest,
+        item.media_type,
+        parsed.artifact_type,
+        size,
+        tuple(platforms),
+        created,
+        labels,
+        pushed_at,
+        manifest_bytes=item.size,
     )
 
 

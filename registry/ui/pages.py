@@ -13,7 +13,6 @@ named by the UI session instead of an `Authorization` header, and errors rendere
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import time
@@ -50,7 +49,6 @@ from registry.routing import (
 )
 from registry.settings import Settings
 from registry.store.registry import Registry
-from registry.store.usage import StorageUsage, measure
 from registry.ui.images import image_view
 from registry.ui.sessions import COOKIE_PATH, CSRF_COOKIE, SESSION_COOKIE, Session, Sessions, new_secret, well_formed
 from registry.ui.static import static_file
@@ -60,8 +58,8 @@ UI_STATE = "ui"
 UI_REQUEST_KEY = "moorage.ui"
 MAX_FORM_BYTES = 8192
 MAX_FORM_FIELDS = 16
-USAGE_CACHE_SECONDS = 30.0
 CHART_REPOSITORIES = 12
+LARGEST_REPOSITORIES = 50
 TAGS_PER_PAGE = 50
 # The UI lists what the caller may pull; without a rule for anonymous, signing in comes first.
 UI_LISTING = constant(Need("listing", scope="registry:catalog:search", challenge_first=False))
@@ -104,24 +102,6 @@ class UiState:
         self.templates = templates
         self.sessions = Sessions(registry.backend, settings.ui.session_ttl)
         self.auth: Authenticator | None = None
-        self._usage: dict[str, tuple[float, StorageUsage]] = {}
-        self._usage_locks: dict[str, asyncio.Lock] = {}
-
-    async def usage(self, key: str, visible: Any) -> tuple[StorageUsage, float]:
-        """`moorage du` for what `visible` admits, measured at most every USAGE_CACHE_SECONDS per caller key."""
-        now = time.time()
-        cached = self._usage.get(key)
-        if cached is not None and now - cached[0] < USAGE_CACHE_SECONDS:
-            return cached[1], cached[0]
-        async with self._usage_locks.setdefault(key, asyncio.Lock()):
-            cached = self._usage.get(key)
-            if cached is not None and time.time() - cached[0] < USAGE_CACHE_SECONDS:
-                return cached[1], cached[0]
-            usage = await measure(self.registry, visible=visible)
-            if len(self._usage) > 1000:
-                self._usage.clear()
-            self._usage[key] = (time.time(), usage)
-            return usage, self._usage[key][0]
 
 
 def ui_of(request: Request) -> UiState:
@@ -332,6 +312,12 @@ def _usable_index(request: Request) -> MetadataIndex:
     return index
 
 
+def _index_failed() -> RegistryError:
+    return RegistryError(
+        ErrorCode.UNAVAILABLE, message="the metadata index cannot answer right now", headers={"Retry-After": "5"}
+    )
+
+
 def _one(request: Request, key: str) -> str | None:
     values = request.query_params.getlist(key)
     if len(values) > 1:
@@ -360,7 +346,7 @@ async def repositories(request: Request) -> Response:
             ErrorCode.PAGINATION_NUMBER_INVALID, message="this page link is not valid any more"
         ) from None
     except IndexUnavailable:
-        raise RegistryError(ErrorCode.UNAVAILABLE, message="the metadata index is not available") from None
+        raise _index_failed() from None
     orders = [o for o in BROWSE_ORDERS if o != "relevance" or query.terms]
 
     def link(**changes: str | None) -> str:
@@ -384,7 +370,10 @@ async def repositories(request: Request) -> Response:
 async def repository(request: Request) -> Response:
     name = repository_name(request)
     registry = registry_of(request)
-    summary = await _usable_index(request).repository(name)
+    try:
+        summary = await _usable_index(request).repository(name)
+    except IndexUnavailable:
+        raise _index_failed() from None
     if summary is None:
         raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"name": name})
     may_delete = allowed(request, name, "delete") and registry.delete_enabled
@@ -451,23 +440,20 @@ async def delete_tag(request: Request) -> Response:
 
 
 async def storage(request: Request) -> Response:
-    ui = ui_of(request)
     visible = None if unrestricted(request) or is_operator(request) else pull_filter(request)
-    state = ui_request(request)
-    key = "*" if visible is None else (state.session.user if state.session is not None else "")
-    usage, measured_at = await ui.usage(key, visible)
-    largest = sorted(usage.repositories, key=lambda r: (-r.logical_bytes, r.name))
-    top = largest[:CHART_REPOSITORIES]
+    try:
+        usage = await _usable_index(request).usage(visible, LARGEST_REPOSITORIES)
+    except IndexUnavailable:
+        raise _index_failed() from None
+    top = usage.largest[:CHART_REPOSITORIES]
     scale = max((r.logical_bytes for r in top), default=0) or 1
     context = {
         "title": "Storage",
         "usage": usage,
-        "measured_at": measured_at,
-        "largest": largest[:50],
+        "largest": usage.largest,
         "chart": [(r, r.logical_bytes * 100 / scale) for r in top],
         "total_scale": max(usage.logical_bytes, 1),
         "last_gc": await _last_gc(registry_of(request)) if visible is None else None,
-        "report": None,
     }
     return render(request, "storage.html", context)
 

@@ -12,21 +12,26 @@ import httpx
 
 from registry.gc.collector import GarbageCollector, GcOptions
 from registry.gc.settings import RetentionRule
+from registry.index.database import Database
 from registry.index.local import LocalIndex
 from registry.settings import Settings
 from registry.store.registry import Registry
+from registry.store.usage import measure
 from tests.api.conftest import make_settings
 from tests.api.helpers import OCI_INDEX, OCI_MANIFEST, descriptor, encode, push_image
 from tests.api.test_search_index import serving
 
 OPERATIONS = 60
 TABLES = {
-    "repositories": "name, description, pushed_at, tag_count, size",
+    "repositories": "name, description, pushed_at, tag_count, size, logical",
     "tags": "repository, tag, digest, pushed_at",
-    "manifests": "repository, digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs",
+    "manifests": "repository, digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs, "
+    "manifest_bytes",
     "labels": "repository, digest, key, value",
     "platforms": "repository, digest, platform",
-    "blobs": "repository, digest, blob",
+    "blobs": "repository, digest, blob, size",
+    "repository_blobs": "repository, blob, size, refs",
+    "blob_refs": "blob, size, repositories",
 }
 
 
@@ -137,3 +142,18 @@ async def test_the_index_equals_a_rebuild_after_random_writes(storage_config: di
     fresh = await rebuilt(storage_config, tmp_path / "fresh.sqlite")
     assert incremental == fresh
     assert incremental["tags"], "the sequence must leave something to compare"
+    # The reference counts give what `moorage du` measures by reading every manifest in storage.
+    db = Database(path)
+    try:
+        logical, physical = dict(db.logical_sizes()), db.physical_size()
+    finally:
+        db.close()
+    registry = Registry.from_settings(make_settings(storage_config))
+    try:
+        usage = await measure(registry)
+    finally:
+        await registry.aclose()
+    assert {name: size for name, size in logical.items() if size} == {
+        r.name: r.logical_bytes for r in usage.repositories if r.logical_bytes
+    }
+    assert physical == usage.physical_bytes > 0
