@@ -20,6 +20,7 @@ the read-only switch applies.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -32,6 +33,7 @@ from registry.errors import ErrorCode, RegistryError
 from registry.names import validate_name
 from registry.store.events import Origin, set_origin
 
+logger = logging.getLogger("moorage")
 Action = Literal["pull", "push", "delete"]
 NeedKind = Literal["public", "ping", "login", "listing", "repository"]
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -186,6 +188,10 @@ class ApiRoute(Route):
                 return await guarded(request)
             except RegistryError as e:
                 return await errors(request, e)
+            except Exception:
+                # A bug: logged in full, answered as a page of the route's kind rather than the API's JSON.
+                logger.exception("unexpected error on %s %s", request.method, request.url.path)
+                return await errors(request, RegistryError(ErrorCode.UNKNOWN, message="an unexpected error occurred"))
 
         checked.__name__ = endpoint.__name__
         checked.__qualname__ = endpoint.__qualname__

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.api.helpers import (
     OCI_INDEX,
@@ -284,3 +285,20 @@ async def test_a_repository_with_many_tags_shows_them_in_pages(ui_factory: UiFac
     assert seen == [f"t{i:03d}" for i in range(119, -1, -1)]
     for bad in ("0", "-1", "x", "99999999999"):
         assert (await ui.get("/ui/r/team/app", params={"page": bad})).status_code == 400
+
+
+async def test_an_unexpected_failure_is_an_error_page(
+    ui_factory: UiFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ui = await ui_factory()
+    await push_image(ui, "team/app", "1.0")
+    await indexed(ui, "team/app")
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("registry.ui.pages.image_view", broken)
+    digest = (await ui.get("/v2/team/app/manifests/1.0")).headers["docker-content-digest"]
+    page = await ui.get(f"/ui/r/team/app/-/images/{digest}")
+    assert page.status_code == 500 and 'data-code="UNKNOWN"' in page.text and "a bug" not in page.text
+    assert "unexpected error on GET" in caplog.text
