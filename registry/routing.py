@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from registry.errors import ErrorCode, RegistryError
 from registry.names import validate_name
@@ -196,6 +197,20 @@ class ApiRoute(Route):
         checked.__name__ = endpoint.__name__
         checked.__qualname__ = endpoint.__qualname__
         super().__init__(path, checked, methods=list(methods))
+        self.errors = errors
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.errors is not None and self.methods and scope["method"] not in self.methods:
+            # A method the path does not take, answered by the route's own renderer (the API's is JSON).
+            allow = ", ".join(sorted(self.methods))
+            error = RegistryError(
+                ErrorCode.UNSUPPORTED, message="method not allowed", status=405, headers={"Allow": allow}
+            )
+            response = await self.errors(Request(scope, receive), error)
+            response.headers["Allow"] = allow
+            await response(scope, receive, send)
+            return
+        await super().handle(scope, receive, send)
 
 
 class UndeclaredRoute(Exception):

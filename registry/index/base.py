@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from registry.errors import RegistryError
+from registry.names import validate_name
+
 Visible = Callable[[str], bool]
 """Which repositories the caller may see; None where an argument of this type is optional means every one."""
 
@@ -171,6 +174,14 @@ def decode_cursor(cursor: str | None, order: BrowseOrder) -> tuple[Any, str] | N
     expected: tuple[type, ...] = (str,) if order == "name" else (int, float)
     if not isinstance(name, str) or isinstance(key, bool) or not isinstance(key, expected):
         raise InvalidCursor("not a cursor of this listing")
+    if isinstance(key, int) and not -(2**63) <= key < 2**63:
+        raise InvalidCursor("not a cursor of this listing")  # beyond what any counter of the index holds
+    try:
+        validate_name(name)  # what every cursor names: a repository (a lone surrogate, a NUL... are not)
+        if isinstance(key, str):
+            validate_name(key)
+    except RegistryError:
+        raise InvalidCursor("not a cursor of this listing") from None
     return key, name
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from starlette.templating import Jinja2Templates
 from registry import paths
 from registry.auth.access import ANONYMOUS_IDENTITY, Identity
 from registry.auth.authenticator import Authenticator, AuthFailed, TooManyFailures
+from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.gc.collector import GarbageCollector, GcOptions
 from registry.handlers.common import index_of, pull_filter, registry_of, repository_name
@@ -61,6 +63,7 @@ MAX_FORM_FIELDS = 16
 CHART_REPOSITORIES = 12
 LARGEST_REPOSITORIES = 50
 TAGS_PER_PAGE = 50
+_PAGE_NUMBER = re.compile(r"[0-9]{1,7}")
 # The UI lists what the caller may pull; without a rule for anonymous, signing in comes first.
 UI_LISTING = constant(Need("listing", scope="registry:catalog:search", challenge_first=False))
 SECURITY_HEADERS = {
@@ -151,8 +154,10 @@ def _check_origin(request: Request) -> None:
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         raise RegistryError(ErrorCode.DENIED, message="cross-site form submissions are refused")
     origin = request.headers.get("origin")
-    if origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get("host", ""):
-        raise RegistryError(ErrorCode.DENIED, message="cross-site form submissions are refused")
+    if origin is not None:
+        parts = urllib.parse.urlsplit(origin)
+        if parts.netloc != request.headers.get("host", "") or parts.scheme != request.url.scheme:
+            raise RegistryError(ErrorCode.DENIED, message="cross-site form submissions are refused")
 
 
 async def read_form(request: Request) -> dict[str, str]:
@@ -204,7 +209,15 @@ async def error_page(request: Request, error: RegistryError) -> Response:
         if state is not None and state.expired:
             response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
         return _secured(request, response)
-    titles = {401: "Sign-in needed", 403: "Not allowed", 404: "Not found", 429: "Too many attempts", 503: "Unavailable"}
+    titles = {
+        401: "Sign-in needed",
+        403: "Not allowed",
+        404: "Not found",
+        405: "Not allowed here",
+        409: "Changed meanwhile",
+        429: "Too many attempts",
+        503: "Unavailable",
+    }
     context = {
         "title": titles.get(error.status, "Error"),
         "status": error.status,
@@ -402,7 +415,7 @@ async def repository(request: Request) -> Response:
 
 def _page_number(request: Request) -> int:
     raw = _one(request, "page") or "1"
-    if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
+    if not _PAGE_NUMBER.fullmatch(raw) or not 1 <= int(raw) <= 1_000_000:
         raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, message="page must be a whole number from 1")
     return int(raw)
 
@@ -434,7 +447,16 @@ async def delete_tag(request: Request) -> Response:
         digest = await registry.tags.resolve(name, tag)
         context = {"title": f"Delete {name}:{tag}", "name": name, "tag": tag, "digest": str(digest), "immutable": rule}
         return render(request, "confirm_delete.html", context, status=403)
-    await registry.tags.delete(name, tag)
+    # The image the person confirmed, not whatever the tag names by now.
+    confirmed = Digest.parse(ui_request(request).form.get("digest", ""))
+    if not await registry.tags.delete_if_current(name, tag, confirmed):
+        await registry.tags.resolve(name, tag)  # gone meanwhile: MANIFEST_UNKNOWN, a 404 page
+        raise RegistryError(
+            ErrorCode.DENIED,
+            status=409,
+            message=f"the tag {tag} was moved to another image since you confirmed: nothing was deleted",
+            detail={"name": name, "tag": tag, "confirmed": str(confirmed)},
+        )
     target = f"/ui/r/{name}?" + urllib.parse.urlencode({"deleted": tag})
     return _secured(request, RedirectResponse(target, status_code=303))
 

@@ -30,6 +30,15 @@ def static_file(name: str, if_none_match: str | None) -> Response:
         raise RegistryError(ErrorCode.NOT_FOUND, detail={"file": name[:100]})
     data, media_type, etag = found
     headers = {"ETag": etag, "Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
-    if if_none_match == etag:
+    if if_none_match is not None and _matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     return Response(data, media_type=media_type, headers=headers)
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110's weak comparison over the header's list (`*` matches any)."""
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == etag:
+            return True
+    return False

@@ -88,11 +88,17 @@ async def sign_in(client: httpx.AsyncClient, user: str, password: str = PASSWORD
     )
 
 
+HIDDEN = re.compile(r'<input type="hidden" name="([a-z]+)" value="([^"]*)">')
+
+
 async def post_form(client: httpx.AsyncClient, page: str, action: str, **fields: str) -> httpx.Response:
-    """Submit the form of `page` that posts to `action`, with its CSRF token, as a browser on that page would."""
+    """Submit the form of `page` that posts to `action` with its hidden fields (the CSRF token, a confirmed digest),
+    as a browser on that page would."""
     shown = await client.get(page)
     assert shown.status_code == 200, (page, shown.status_code, shown.text[:1000])
-    return await client.post(action, data={"csrf": csrf_of(shown), **fields})
+    form = re.search(rf'<form [^>]*action="{re.escape(action)}"[^>]*>(.*?)</form>', shown.text, re.S)
+    hidden = dict(HIDDEN.findall(form.group(1))) if form is not None else {}
+    return await client.post(action, data={"csrf": csrf_of(shown), **hidden, **fields})
 
 
 def text_of(page: httpx.Response) -> str:

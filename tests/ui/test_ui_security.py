@@ -205,6 +205,12 @@ async def test_every_form_needs_its_csrf_token(ui_factory: UiFactory, htpasswd: 
     assert (await sign_in(ui, "root")).status_code == 303
     assert (await sign_in(other, "root")).status_code == 303
     action, fields = FORMS[form]
+    if form == "delete":
+        fields = {
+            "digest": (await ui.get("/v2/team/app/manifests/1.0", auth=("root", PASSWORD))).headers[
+                "docker-content-digest"
+            ]
+        }
     mine = csrf_of(await ui.get("/ui/storage"))
     someone_elses = csrf_of(await other.get("/ui/storage"))
     for token in (None, "", "0" * 64, someone_elses, mine[:-1]):
