@@ -87,7 +87,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         service = feature.install(app, settings, registry)
         if service is not None:
             services.append(service)
-    ui_setup.install(app, settings, registry)
+    ui_service = ui_setup.install(app, settings, registry)
+    if ui_service is not None:
+        services.append(ui_service)
     # Every route declares the access it needs; the check runs after routing (registry/routing.py).
     check_declared(app.routes)
     auth_service = auth_setup.install(app, settings, registry)

@@ -13,16 +13,20 @@ one whose `Origin` header names another site.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 import time
 from dataclasses import dataclass
 
 from registry import paths
-from storage_backends import PathNotFound, StorageBackend
+from storage_backends import PathNotFound, StorageBackend, StorageError
 
 SESSION_COOKIE = "moorage_session"
 CSRF_COOKIE = "moorage_csrf"
@@ -30,6 +34,9 @@ COOKIE_PATH = "/ui"
 _SECRET_BYTES = 32
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}\Z")  # token_urlsafe(32)
 _RECORD_LIMIT = 4096
+PRUNE_EVERY_SECONDS = 3600.0
+PRUNE_SLACK_SECONDS = 60.0
+logger = logging.getLogger("moorage.ui")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +102,21 @@ class Sessions:
             assert secret is not None
             await self.backend.delete(paths.ui_session(_key(secret)))
 
+    async def prune(self) -> int:
+        """Delete the records of sessions past their lifetime that nobody came back to end (by the records' age:
+        nothing is read). Returns how many went."""
+        try:
+            entries = await self.backend.list(paths.UI_SESSIONS)
+        except PathNotFound:
+            return 0
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.ttl + PRUNE_SLACK_SECONDS)
+        pruned = 0
+        for entry in entries:
+            if not entry.is_dir and entry.modified < cutoff:
+                await self.backend.delete(entry.path)
+                pruned += 1
+        return pruned
+
     def csrf_token(self, bound_to: str) -> str:
         """The token forms carry for the session secret or nonce `bound_to`."""
         assert self._csrf_key, "use_secret first"
@@ -104,3 +126,32 @@ class Sessions:
         if not bound_to or not token:
             return False
         return hmac.compare_digest(self.csrf_token(bound_to), token)
+
+
+class SessionPruner:
+    """A background service: every PRUNE_EVERY_SECONDS, the expired session records go (any replica may do it; the
+    deletes are idempotent)."""
+
+    def __init__(self, sessions: Sessions) -> None:
+        self.sessions = sessions
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ui-session-pruner")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_SECONDS)
+            try:
+                pruned = await self.sessions.prune()
+            except StorageError as e:
+                logger.warning("ui: could not prune expired sessions: %s", e)
+            else:
+                if pruned:
+                    logger.info("ui: pruned %d expired sessions", pruned)

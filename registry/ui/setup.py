@@ -8,10 +8,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.templating import Jinja2Templates
 
+from registry.services import Service
 from registry.settings import Settings
 from registry.store.registry import Registry
 from registry.ui import pages
 from registry.ui.pages import UI_STATE, UiState
+from registry.ui.sessions import SessionPruner
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -28,13 +30,16 @@ def templates() -> Jinja2Templates:
     return Jinja2Templates(env=environment)
 
 
-def install(app: Starlette, settings: Settings, registry: Registry) -> None:
-    """Add the UI's routes (before the API's catch-alls matter: none of them starts with /ui) and its state."""
+def install(app: Starlette, settings: Settings, registry: Registry) -> Service | None:
+    """Add the UI's routes (none of the API's paths starts with /ui) and its state; returns the service that prunes
+    expired sign-in sessions."""
     setattr(app.state, UI_STATE, None)
     if not settings.ui.enabled:
-        return
-    setattr(app.state, UI_STATE, UiState(settings, registry, templates()))
+        return None
+    state = UiState(settings, registry, templates())
+    setattr(app.state, UI_STATE, state)
     app.router.routes.extend(pages.routes())
+    return SessionPruner(state.sessions) if settings.auth is not None else None
 
 
 def start(app: Starlette, shared_secret: bytes) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,9 @@ import httpx
 import pytest
 
 from registry import paths
-from registry.ui.sessions import SESSION_COOKIE, _key
+from registry.store.registry import Registry
+from registry.ui.sessions import SESSION_COOKIE, Sessions, _key
+from tests.api.conftest import make_settings
 from tests.ui.conftest import (
     PASSWORD,
     UiFactory,
@@ -325,3 +329,22 @@ async def test_layer_sharing_counts_only_repositories_the_user_may_pull(ui_facto
         "alice": "2 other repositories",
         "root": "3 other repositories",
     }
+
+
+async def test_expired_session_records_are_pruned(
+    ui_factory: UiFactory, htpasswd: Path, storage_config: dict[str, Any]
+) -> None:
+    ui = await ui_factory(auth_sections(htpasswd))
+    assert (await sign_in(ui, "alice")).status_code == 303
+    live = Path(storage_config["filesystem"]["root"]) / paths.ui_session(_key(ui.cookies[SESSION_COOKIE]))
+    stale = live.with_name("0" * 64)
+    stale.write_text(live.read_text())
+    old = time.time() - 9 * 3600  # past the 8 h default lifetime
+    os.utime(stale, (old, old))
+    registry = Registry.from_settings(make_settings(storage_config))
+    try:
+        assert await Sessions(registry.backend, 8 * 3600).prune() == 1
+    finally:
+        await registry.aclose()
+    assert live.exists() and not stale.exists()
+    assert 'id="signed-in-as"' in (await ui.get("/ui/")).text  # the live session is untouched
