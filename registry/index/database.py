@@ -126,6 +126,17 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _pull_counts(db: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+    """The pull counts of an index of an older schema: (repository, pulls) and (repository, tag, pulls)."""
+    repositories: list[Any] = []
+    tags: list[Any] = []
+    with contextlib.suppress(sqlite3.OperationalError):  # a schema without them
+        repositories = db.execute("SELECT name, pulls FROM repositories WHERE pulls > 0").fetchall()
+    with contextlib.suppress(sqlite3.OperationalError):
+        tags = db.execute("SELECT repository, tag, pulls FROM tags WHERE pulls > 0").fetchall()
+    return repositories, tags
+
+
 def remove_files(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
@@ -165,12 +176,20 @@ class Database:
             db.execute("BEGIN IMMEDIATE")
             try:
                 version = self._schema_version(db)
+                kept: tuple[list[Any], list[Any]] = ([], [])
                 if version is not None and version != SCHEMA_VERSION:
+                    kept = _pull_counts(db)
                     for table in _TABLES:
                         db.execute(f"DROP TABLE IF EXISTS {table}")
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                # Pull counts are the one thing storage does not hold: they outlive the rebuild a new schema needs
+                # (the rebuild replaces these placeholder rows and keeps their counts; storage drops the gone ones).
+                db.executemany("INSERT INTO repositories (name, pulls) VALUES (?, ?)", kept[0])
+                db.executemany(
+                    "INSERT INTO tags (repository, tag, digest, pushed_at, pulls) VALUES (?, ?, '', 0, ?)", kept[1]
+                )
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 db.execute("COMMIT")
             except BaseException:

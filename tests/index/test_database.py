@@ -96,3 +96,27 @@ def test_one_process_at_a_time_holds_the_build_lease(tmp_path: Path) -> None:
     assert first.claim("builder", "a", 60)
     first.close()
     second.close()
+
+
+def test_pull_counts_outlive_a_new_schema(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    db = Database.open(path)
+    db.replace("team/app", snapshot("team/app"))
+    db.replace("team/gone", snapshot("team/gone"))
+    db.add_pulls({("team/app", "latest"): 5, ("team/app", ""): 2, ("team/gone", "v2"): 1})
+    db.close()
+    older = sqlite3.connect(path)
+    older.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION - 1),))
+    older.commit()
+    older.close()
+    db = Database.open(path)
+    try:
+        assert db.get_meta("epoch") is None  # a new schema: rebuilt from storage
+        db.replace("team/app", snapshot("team/app"))  # what the rebuild does for each repository storage has
+        db.replace("team/gone", None)  # and for one it no longer has
+        summary = db.summary("team/app")
+        assert summary is not None and summary.pulls == 7
+        assert {t.tag: t.pulls for t in summary.tags} == {"latest": 5, "v2": 0}
+        assert db.names() == {"team/app"}
+    finally:
+        db.close()
