@@ -18,6 +18,7 @@ import builtins
 import contextlib
 import datetime as dt
 import errno
+import itertools
 import os
 import shutil
 import stat as stat_module
@@ -67,6 +68,13 @@ def _store_errors() -> Iterator[None]:
         if translated is None:
             raise
         raise translated from e
+
+
+WALK_BATCH = 2048
+
+
+def _take(entries: Iterator[FileInfo], count: int) -> builtins.list[FileInfo]:
+    return list(itertools.islice(entries, count))
 
 
 def _info(path: str, st: os.stat_result) -> FileInfo:
@@ -389,24 +397,51 @@ class FilesystemBackend(StorageBackend):
         return info.size, info.modified, info.is_dir
 
     async def walk(self, path: str, start_after: str | None = None) -> AsyncIterator[FileInfo]:
+        # The whole subtree is read on a worker thread, WALK_BATCH entries per hop back to the event loop (one hop
+        # per directory made a walk of 360,000 directories take a minute: eight times os.walk's time).
+        entries = self._walk_sync(path, start_after)
+        while True:
+            with _store_errors():
+                batch = await self._run(_take, entries, WALK_BATCH)
+            for info in batch:
+                yield info
+            if len(batch) < WALK_BATCH:
+                return
+
+    def _walk_sync(self, path: str, start_after: str | None) -> Iterator[FileInfo]:
+        """The files under `path` in the lexical order of their keys (a directory sorts as "name/", so "a-b" comes
+        before "a/x"), after `start_after`; a directory or file removed meanwhile is skipped, never an error."""
+        full = self._full(path)
+        children: builtins.list[tuple[str, str, os.stat_result | None]] = []
         try:
-            children = await self.list(path)
-        except PathNotFound:
+            with os.scandir(full) as it:
+                for entry in it:
+                    child = f"{path}/{entry.name}"
+                    try:
+                        if entry.is_dir():  # the directory entry's type: no stat for a directory
+                            children.append((child + "/", child, None))
+                        else:
+                            children.append((child, child, entry.stat(follow_symlinks=True)))
+                    except FileNotFoundError:
+                        continue
+        except (FileNotFoundError, NotADirectoryError):
             return
-        # Lexical order of full keys: a directory sorts as "name/" so "a-b" comes before "a/x".
-        children.sort(key=lambda e: e.path + "/" if e.is_dir else e.path)
-        for child in children:
+        children.sort(key=lambda item: item[0])
+        for bound, child, st in children:
+            is_dir = st is None
             if start_after is not None:
-                bound = child.path + "/" if child.is_dir else child.path
-                if child.is_dir and not start_after.startswith(bound) and bound <= start_after:
+                if is_dir and not start_after.startswith(bound) and bound <= start_after:
                     continue
-                if not child.is_dir and child.path <= start_after:
+                if not is_dir and child <= start_after:
                     continue
-            if child.is_dir:
-                async for info in self.walk(child.path, start_after):
-                    yield info
+            if st is None:
+                yield from self._walk_sync(child, start_after)
             else:
-                yield child
+                info = _info(child, st)
+                if info.is_dir:  # a symbolic link to a directory: walked as the directory it names
+                    yield from self._walk_sync(child, start_after)
+                else:
+                    yield info
 
     # -- whole-object operations ------------------------------------------------------------------
 
