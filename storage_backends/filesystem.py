@@ -71,6 +71,7 @@ def _store_errors() -> Iterator[None]:
 
 
 WALK_BATCH = 2048
+WALK_FIRST_BATCH = 8
 
 
 def _take(entries: Iterator[FileInfo], count: int) -> builtins.list[FileInfo]:
@@ -399,14 +400,17 @@ class FilesystemBackend(StorageBackend):
     async def walk(self, path: str, start_after: str | None = None) -> AsyncIterator[FileInfo]:
         # The whole subtree is read on a worker thread, WALK_BATCH entries per hop back to the event loop (one hop
         # per directory made a walk of 360,000 directories take a minute: eight times os.walk's time).
+        # The first batches are small: a caller asking whether anything is there stops after one entry.
         entries = self._walk_sync(path, start_after)
+        size = WALK_FIRST_BATCH
         while True:
             with _store_errors():
-                batch = await self._run(_take, entries, WALK_BATCH)
+                batch = await self._run(_take, entries, size)
             for info in batch:
                 yield info
-            if len(batch) < WALK_BATCH:
+            if len(batch) < size:
                 return
+            size = min(size * 4, WALK_BATCH)
 
     def _walk_sync(self, path: str, start_after: str | None) -> Iterator[FileInfo]:
         """The files under `path` in the lexical order of their keys (a directory sorts as "name/", so "a-b" comes
