@@ -124,8 +124,16 @@ class Notifier:
         failures = 0
         async with httpx.AsyncClient(timeout=endpoint.timeout) as client:
             while True:
+                claim = asyncio.get_running_loop().run_in_executor(
+                    self._executor, queue.claim, endpoint.name, BATCH, endpoint.timeout + 30.0
+                )
                 try:
-                    deliveries = await self._run(queue.claim, endpoint.name, BATCH, endpoint.timeout + 30.0)
+                    deliveries = await asyncio.shield(claim)
+                except asyncio.CancelledError:
+                    # Stopping while the claim runs: what it claimed goes back, or it would wait out its lease.
+                    with contextlib.suppress(Exception):
+                        await self._run(queue.release, [d.id for d in await claim])
+                    raise
                 except Exception:
                     logger.exception("notifications: cannot read the queue")
                     deliveries = []
@@ -144,6 +152,11 @@ class Notifier:
                     problem = f"answered {response.status_code}"
                 except httpx.HTTPError as e:
                     ok, problem = False, f"{type(e).__name__}: {e}"
+                except asyncio.CancelledError:
+                    # Stopping mid-send: unsent as far as we know; the next process (or start) sends them at once
+                    # instead of after the lease (at least once, as always).
+                    await self._run(queue.release, ids)
+                    raise
                 if ok:
                     failures = 0
                     await self._run(queue.delivered, ids)

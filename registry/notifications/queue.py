@@ -84,6 +84,11 @@ class DeliveryQueue:
                 [(due, i) for i in ids],
             )
 
+    def release(self, ids: list[int]) -> None:
+        """Give claimed deliveries back unsent (a process stopping mid-send): due again at once, anywhere."""
+        with self._lock:
+            self._db.executemany("UPDATE deliveries SET claimed_until = 0 WHERE id = ?", [(i,) for i in ids])
+
     def pending(self, endpoint: str | None = None) -> int:
         with self._lock:
             if endpoint is None:

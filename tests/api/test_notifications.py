@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from registry.durations import parse_duration
+from registry.notifications.notifier import Notifier
+from registry.notifications.queue import DeliveryQueue
+from registry.settings import NotificationsSettings
 from tests.api.conftest import ClientFactory
 from tests.api.helpers import OCI_MANIFEST, push_blob, push_image
 from tests.webhook_receiver import Receiver
@@ -125,3 +129,39 @@ def test_durations_in_distributions_format() -> None:
     assert parse_duration("2s") == 2.0
     assert parse_duration("1.5m") == 90.0
     assert parse_duration(3) == 3
+
+
+def claimed(path: Path) -> bool:
+    db = sqlite3.connect(path)
+    try:
+        return bool(db.execute("SELECT count(*) FROM deliveries WHERE claimed_until > 0").fetchone()[0])
+    finally:
+        db.close()
+
+
+async def test_a_notifier_stopped_mid_send_gives_its_deliveries_back(tmp_path: Path) -> None:
+    """Stopping while a delivery is on its way (the endpoint has not answered) must not leave it claimed for the
+    lease (timeout + 30 s): the next process sends it at once."""
+    hanging = await asyncio.start_server(lambda reader, writer: asyncio.sleep(3600), "127.0.0.1", 0)
+    port = hanging.sockets[0].getsockname()[1]
+    settings = NotificationsSettings.model_validate(
+        {
+            "endpoints": [{"name": "slow", "url": f"http://127.0.0.1:{port}/events", "timeout": "30s"}],
+            "queue_path": str(tmp_path / "queue.sqlite3"),
+        }
+    )
+    queue = DeliveryQueue(tmp_path / "queue.sqlite3")
+    queue.add([("slow", '{"action":"push"}')])
+    notifier = Notifier(settings)
+    await notifier.start()
+    try:
+        for _ in range(200):  # until the delivery is claimed and on its way
+            if claimed(tmp_path / "queue.sqlite3"):
+                break
+            await asyncio.sleep(0.02)
+        assert claimed(tmp_path / "queue.sqlite3")
+    finally:
+        await notifier.aclose()
+        hanging.close()
+    assert [d.event for d in queue.claim("slow", 10, 60.0)] == ['{"action":"push"}']
+    queue.close()
