@@ -12,9 +12,8 @@ import fnmatch
 import json
 import re
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,16 @@ from registry.index.base import (
     SearchQuery,
     TagRecord,
     TagSummary,
+)
+from registry.index.engines import (
+    Dialect,
+    Engine,
+    EngineCorrupt,
+    PostgresEngine,
+    Sql,
+    SqliteEngine,
+    glob_pattern,
+    remove_files,
 )
 from registry.index.query import rank_sql
 from registry.media_types import INDEXES
@@ -106,6 +115,7 @@ CREATE TABLE IF NOT EXISTS blob_refs (
 _MANIFEST_COLUMNS = (
     "digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs, manifest_bytes"
 )
+_SET_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _PER_MANIFEST = ("manifests", "labels", "platforms")  # and `blobs`, through the reference counts
 # What one record may hold: enough for any real image, bounded for the rest (a 4 MiB config of labels).
 INT64_MAX = 2**63 - 1
@@ -120,117 +130,87 @@ class IndexCorrupt(Exception):
     """The file is not a usable index: delete it and build a new one."""
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA busy_timeout=30000")
-    return db
-
-
-def _pull_counts(db: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+def _pull_counts(engine: Engine, db: Sql) -> tuple[list[Any], list[Any]]:
     """The pull counts of an index of an older schema: (repository, pulls) and (repository, tag, pulls)."""
     repositories: list[Any] = []
     tags: list[Any] = []
-    with contextlib.suppress(sqlite3.OperationalError):  # a schema without them
+    if engine.has_column(db, "repositories", "pulls"):
         repositories = db.execute("SELECT name, pulls FROM repositories WHERE pulls > 0").fetchall()
-    with contextlib.suppress(sqlite3.OperationalError):
+    if engine.has_column(db, "tags", "pulls"):
         tags = db.execute("SELECT repository, tag, pulls FROM tags WHERE pulls > 0").fetchall()
     return repositories, tags
 
 
-def remove_files(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        with contextlib.suppress(FileNotFoundError):
-            path.with_name(path.name + suffix).unlink()
-
-
 class Database:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._writer = _connect(path)
-        self._reader = _connect(path)
-        self._write_lock = threading.Lock()
-        self._read_lock = threading.Lock()
+    """The index's tables, in SQLite (`open`) or PostgreSQL (`connect`): see registry/index/engines.py."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect: Dialect = engine.dialect
+        self.where = engine.where
         try:
             self._prepare()
         except sqlite3.DatabaseError as e:
-            self.close()
-            raise IndexCorrupt(f"{path}: {e}") from e
+            engine.close()
+            raise IndexCorrupt(f"{engine.where}: {e}") from e
+        except BaseException:
+            engine.close()
+            raise
 
     @classmethod
     def open(cls, path: Path) -> Database:
-        """The index at `path`; a corrupt file is replaced by an empty index (a rebuild fills it)."""
+        """The index in the SQLite file at `path`; a corrupt file is replaced by an empty index (a rebuild fills
+        it)."""
         try:
-            return cls(path)
-        except IndexCorrupt:
+            return cls(SqliteEngine(path))
+        except (IndexCorrupt, EngineCorrupt):
             remove_files(path)
-            return cls(path)
+            return cls(SqliteEngine(path))
+
+    @classmethod
+    def connect(cls, url: str) -> Database:
+        """The index in the PostgreSQL database at `url` (`postgresql://user:password@host:port/database`)."""
+        return cls(PostgresEngine(url))
 
     def _prepare(self) -> None:
-        with self._write_lock:
-            db = self._writer
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check failed")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                version = self._schema_version(db)
-                kept: tuple[list[Any], list[Any]] = ([], [])
-                if version is not None and version != SCHEMA_VERSION:
-                    kept = _pull_counts(db)
-                    for table in _TABLES:
-                        db.execute(f"DROP TABLE IF EXISTS {table}")
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                # Pull counts are the one thing storage does not hold: they outlive the rebuild a new schema needs
-                # (the rebuild replaces these placeholder rows and keeps their counts; storage drops the gone ones).
+        # One process at a time creates or replaces the schema (PostgreSQL: under an advisory lock).
+        with self.engine.transaction(lock="moorage-index-schema") as db:
+            version = self._schema_version(db)
+            kept: tuple[list[Any], list[Any]] = ([], [])
+            if version is not None and version != SCHEMA_VERSION:
+                kept = _pull_counts(self.engine, db)
+                for table in _TABLES:
+                    db.execute(f"DROP TABLE IF EXISTS {table}")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            # Pull counts are the one thing storage does not hold: they outlive the rebuild a new schema needs
+            # (the rebuild replaces these placeholder rows and keeps their counts; storage drops the gone ones).
+            if kept[0] or kept[1]:
                 db.executemany("INSERT INTO repositories (name, pulls) VALUES (?, ?)", kept[0])
                 db.executemany(
                     "INSERT INTO tags (repository, tag, digest, pushed_at, pulls) VALUES (?, ?, '', 0, ?)", kept[1]
                 )
-                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            db.execute(_SET_META, ("schema", str(SCHEMA_VERSION)))
 
     def healthy(self) -> bool:
-        try:
-            with self._read_lock:
-                return bool(self._reader.execute("PRAGMA quick_check").fetchone()[0] == "ok")
-        except sqlite3.OperationalError:
-            return True  # busy or locked: not the file's fault
-        except sqlite3.DatabaseError:
-            return False
+        return self.engine.healthy()
 
-    @staticmethod
-    def _schema_version(db: sqlite3.Connection) -> int | None:
-        exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
-        if exists is None:
+    def _schema_version(self, db: Sql) -> int | None:
+        if not self.engine.table_exists(db, "meta"):
             return None
         row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         return int(row[0]) if row is not None and str(row[0]).isdigit() else 0
 
     def close(self) -> None:
-        self._writer.close()
-        self._reader.close()
+        self.engine.close()
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock:
-            self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-            except BaseException:
-                self._writer.execute("ROLLBACK")
-                raise
-            self._writer.execute("COMMIT")
+    def _transaction(self, lock: str | None = None) -> contextlib.AbstractContextManager[Sql]:
+        """A write transaction; `lock` (a repository's name) makes writers of the same repository take turns."""
+        return self.engine.transaction(lock)
 
     def _read(self, sql: str, parameters: Iterable[Any] = ()) -> list[Any]:
-        with self._read_lock:
-            return self._reader.execute(sql, tuple(parameters)).fetchall()
+        return self.engine.read(sql, tuple(parameters))
 
     # Meta: schema version, the storage's index epoch, the position in the change records.
 
@@ -240,18 +220,18 @@ class Database:
 
     def set_meta(self, values: Mapping[str, str]) -> None:
         with self._transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
+            db.executemany(_SET_META, list(values.items()))
 
     def claim(self, key: str, owner: str, seconds: float) -> bool:
         """Take (or renew) the lease `key` for `seconds` unless another owner holds it; whether `owner` holds it."""
         now = time.time()
-        with self._transaction() as db:
+        with self._transaction(lock=f"meta:{key}") as db:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             if row is not None:
                 holder, _, until = str(row[0]).rpartition("@")
                 if holder != owner and float(until or 0) > now:
                     return False
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, f"{owner}@{now + seconds}"))
+            db.execute(_SET_META, (key, f"{owner}@{now + seconds}"))
         return True
 
     def release(self, key: str, owner: str) -> None:
@@ -267,7 +247,7 @@ class Database:
     def replace(self, name: str, snapshot: RepositorySnapshot | None) -> None:
         """Make the index hold `snapshot` for `name` (None: the repository is gone). Pull counts are kept."""
         snapshot = storable(snapshot) if snapshot is not None else None
-        with self._transaction() as db:
+        with self._transaction(lock=name) as db:
             pulls = dict(db.execute("SELECT tag, pulls FROM tags WHERE repository = ? AND pulls > 0", (name,)))
             _drop_all_references(db, name)
             for table in (*_PER_MANIFEST, "tags"):
@@ -328,7 +308,7 @@ class Database:
         has tags or manifests here (without, the caller asks storage whether the repository is gone)."""
         manifests = {_text(d): _storable_manifest(m) if m is not None else None for d, m in manifests.items()}
         tags = {_text(t): dataclasses.replace(r, tag=_text(r.tag)) if r is not None else None for t, r in tags.items()}
-        with self._transaction() as db:
+        with self._transaction(lock=name) as db:
             previous = [
                 row[0]
                 for tag in tags
@@ -363,20 +343,30 @@ class Database:
                     )
             pushed_at = db.execute(
                 "SELECT MAX(at) FROM (SELECT MAX(pushed_at) AS at FROM tags WHERE repository = ? "
-                "UNION ALL SELECT MAX(pushed_at) FROM manifests WHERE repository = ?)",
+                "UNION ALL SELECT MAX(pushed_at) FROM manifests WHERE repository = ?) AS pushes",
                 (name, name),
             ).fetchone()[0]
-            current = db.execute("SELECT description FROM repositories WHERE name = ?", (name,)).fetchone()
+            current = db.execute(
+                "SELECT description, tag_count, size, logical FROM repositories WHERE name = ?", (name,)
+            ).fetchone()
             if current is None or described_before or _describes(db, name, touched):
                 description = _description_of(db, name)
             else:
                 description = current[0]
+            # The counters move by this write's rows (read under the repository's lock), within 64 bits whatever
+            # sizes hostile manifests declare.
+            counters = (0, 0, 0) if current is None else (int(current[1]), int(current[2]), int(current[3]))
+            tag_count, size, logical = (
+                _clamp(counters[0] + tag_delta),
+                _clamp(counters[1] + size_delta),
+                _clamp(counters[2] + logical_delta),
+            )
             db.execute(
                 "INSERT INTO repositories (name, description, pushed_at, tag_count, size, logical) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET description = excluded.description, "
-                "pushed_at = excluded.pushed_at, tag_count = tag_count + excluded.tag_count, "
-                "size = min(max(size + excluded.size, 0), ?), logical = min(max(logical + excluded.logical, 0), ?)",
-                (name, description, pushed_at, tag_delta, size_delta, logical_delta, INT64_MAX, INT64_MAX),
+                "pushed_at = excluded.pushed_at, tag_count = excluded.tag_count, size = excluded.size, "
+                "logical = excluded.logical",
+                (name, description, pushed_at, tag_count, size, logical),
             )
             return pushed_at is not None
 
@@ -405,10 +395,10 @@ class Database:
 
     def ranked(self, query: SearchQuery, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
         """(rank, name) of the repositories matching `query`, best first, after `after`, at most `limit`."""
-        rank, rank_parameters = rank_sql("name", query.terms)
-        where, parameters = _repository_conditions(query)
+        rank, rank_parameters = rank_sql("name", query.terms, self.dialect)
+        where, parameters = _repository_conditions(query, self.dialect)
         sql = f"SELECT {rank} AS rank, name FROM repositories WHERE {where}"
-        sql = f"SELECT rank, name FROM ({sql}) WHERE (rank, name) > (?, ?) ORDER BY rank, name LIMIT ?"
+        sql = f"SELECT rank, name FROM ({sql}) AS ranked WHERE (rank, name) > (?, ?) ORDER BY rank, name LIMIT ?"
         start = after or (-1, "")
         rows = self._read(sql, [*rank_parameters, *parameters, *start, limit])
         return [(int(row[0]), str(row[1])) for row in rows]
@@ -418,10 +408,10 @@ class Database:
     ) -> list[tuple[Any, RepositoryRow]]:
         """(sort key, row) of the repositories matching `query` in `order`, after the key `after`, at most
         `limit`: `relevance` ranks as the search does, `name` goes A to Z, the others largest first (ties by name)."""
-        where, parameters = _repository_conditions(query)
+        where, parameters = _repository_conditions(query, self.dialect)
         columns = "name, description, pushed_at, pulls, tag_count, size"
         if order == "relevance":
-            rank, rank_parameters = rank_sql("name", query.terms)
+            rank, rank_parameters = rank_sql("name", query.terms, self.dialect)
             key = f"{rank}"
             parameters = [*rank_parameters, *parameters]
             position = "(key, name) > (?, ?)"
@@ -435,7 +425,7 @@ class Database:
             position = "(key < ? OR (key = ? AND name > ?))"
             ordering = "key DESC, name"
         sql = f"SELECT {key} AS key, {columns} FROM repositories WHERE {where}"
-        sql = f"SELECT * FROM ({sql})"
+        sql = f"SELECT * FROM ({sql}) AS listed"
         if after is not None:
             sql += f" WHERE {position}"
             if order == "relevance":
@@ -464,7 +454,10 @@ class Database:
         return [(str(row[0]), int(row[1])) for row in self._read("SELECT name, logical FROM repositories")]
 
     def physical_size(self) -> int:
-        return int(self._read("SELECT coalesce(sum(size), 0) FROM blob_refs")[0][0])
+        try:
+            return int(self._read("SELECT coalesce(sum(size), 0) FROM blob_refs")[0][0])
+        except sqlite3.OperationalError:  # SQLite's sum past 64 bits (hostile sizes): summed here instead
+            return sum(int(row[0]) for row in self._read("SELECT size FROM blob_refs"))
 
     def physical_size_of(self, names: list[str]) -> int:
         """Bytes of the distinct blobs these repositories reference (for a caller who sees only them)."""
@@ -500,12 +493,14 @@ class Database:
 
     def rank_of(self, name: str, terms: tuple[str, ...]) -> int:
         """What `ranked` gives `name` (for a cursor naming a repository that may be gone meanwhile)."""
-        rank, parameters = rank_sql("name", terms)
-        return int(self._read(f"SELECT {rank} FROM (SELECT ? AS name)", [*parameters, name])[0][0])
+        rank, parameters = rank_sql("name", terms, self.dialect)
+        return int(
+            self._read(f"SELECT {rank} FROM (SELECT CAST(? AS TEXT) AS name) AS probe", [*parameters, name])[0][0]
+        )
 
     def best_match(self, name: str, query: SearchQuery) -> tuple[ManifestRecord, tuple[str, ...]] | None:
         """The repository's manifest that matches `query` best (tagged first, then the latest) and its tags."""
-        conditions, parameters = _manifest_conditions(query)
+        conditions, parameters = _manifest_conditions(query, self.dialect)
         tagged = "EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository AND t.digest = m.digest)"
         columns = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.split(","))
         rows = self._read(
@@ -582,7 +577,7 @@ def _text(value: str) -> str:
 _ORDER_COLUMNS = {"pushed": "coalesce(pushed_at, 0)", "pulls": "pulls", "size": "size", "tags": "tag_count"}
 
 
-def _repository_conditions(query: SearchQuery) -> tuple[str, list[Any]]:
+def _repository_conditions(query: SearchQuery, dialect: Dialect) -> tuple[str, list[Any]]:
     """The WHERE clause over `repositories` that every part of `query` must meet."""
     where: list[str] = []
     parameters: list[Any] = []
@@ -590,13 +585,13 @@ def _repository_conditions(query: SearchQuery) -> tuple[str, list[Any]]:
         where.append("(instr(name, ?) > 0 OR instr(lower(coalesce(description, '')), ?) > 0)")
         parameters += [term, term]
     if query.filters_manifests:
-        conditions, more = _manifest_conditions(query)
+        conditions, more = _manifest_conditions(query, dialect)
         where.append(f"EXISTS (SELECT 1 FROM manifests m WHERE m.repository = name AND {conditions})")
         parameters += more
     return " AND ".join(where) or "1", parameters
 
 
-def _manifest_conditions(query: SearchQuery) -> tuple[str, list[Any]]:
+def _manifest_conditions(query: SearchQuery, dialect: Dialect) -> tuple[str, list[Any]]:
     where: list[str] = []
     parameters: list[Any] = []
     same = "x.repository = m.repository AND x.digest = m.digest"
@@ -609,13 +604,13 @@ def _manifest_conditions(query: SearchQuery) -> tuple[str, list[Any]]:
             parameters += [key, value]
     for platform in query.platforms:
         where.append(f"EXISTS (SELECT 1 FROM platforms x WHERE {same} AND (x.platform = ? OR x.platform GLOB ?))")
-        parameters += [platform, _glob_literal(platform) + "/*"]
+        parameters += [platform, glob_pattern(dialect, _glob_literal(platform) + "/*")]
     for artifact_type in query.artifact_types:
         where.append("m.artifact_type = ?")
         parameters.append(artifact_type)
     for pattern in query.tags:
         where.append(f"EXISTS (SELECT 1 FROM tags x WHERE {same} AND x.tag GLOB ?)")
-        parameters.append(pattern)
+        parameters.append(glob_pattern(dialect, pattern))
     return " AND ".join(where) or "1", parameters
 
 
@@ -643,13 +638,17 @@ def _manifest(row: Any) -> ManifestRecord:
     )
 
 
+def _clamp(value: int) -> int:
+    return min(max(value, 0), INT64_MAX)
+
+
 def _counted_size(media_type: str, size: int) -> int:
     """What a manifest adds to its repository's listed size: an image's bytes; an index adds none of its own (its
     children are counted as the images they are)."""
     return 0 if media_type in INDEXES else size
 
 
-def _insert_manifests(db: sqlite3.Connection, name: str, manifests: Iterable[ManifestRecord]) -> int:
+def _insert_manifests(db: Sql, name: str, manifests: Iterable[ManifestRecord]) -> int:
     """Insert these manifests' rows and count their references; returns what the repository's logical bytes grow."""
     manifests = list(manifests)
     db.executemany(
@@ -695,7 +694,7 @@ def _references(m: ManifestRecord) -> dict[str, int]:
     return found
 
 
-def _add_references(db: sqlite3.Connection, name: str, m: ManifestRecord) -> int:
+def _add_references(db: Sql, name: str, m: ManifestRecord) -> int:
     grown = 0
     references = _references(m)
     db.executemany(
@@ -705,20 +704,20 @@ def _add_references(db: sqlite3.Connection, name: str, m: ManifestRecord) -> int
     for blob, size in references.items():
         refs, counted = db.execute(
             "INSERT INTO repository_blobs (repository, blob, size, refs) VALUES (?, ?, ?, 1) "
-            "ON CONFLICT (repository, blob) DO UPDATE SET refs = refs + 1 RETURNING refs, size",
+            "ON CONFLICT (repository, blob) DO UPDATE SET refs = repository_blobs.refs + 1 RETURNING refs, size",
             (name, blob, size),
         ).fetchone()
         if refs == 1:
             grown += counted
             db.execute(
                 "INSERT INTO blob_refs (blob, size, repositories) VALUES (?, ?, 1) "
-                "ON CONFLICT (blob) DO UPDATE SET repositories = repositories + 1",
+                "ON CONFLICT (blob) DO UPDATE SET repositories = blob_refs.repositories + 1",
                 (blob, size),
             )
     return grown
 
 
-def _drop_references(db: sqlite3.Connection, name: str, digest: str) -> int:
+def _drop_references(db: Sql, name: str, digest: str) -> int:
     """Forget what manifest `digest` of `name` references; returns what the repository's logical bytes shrink."""
     shrunk = 0
     blobs = [row[0] for row in db.execute("SELECT blob FROM blobs WHERE repository = ? AND digest = ?", (name, digest))]
@@ -735,7 +734,7 @@ def _drop_references(db: sqlite3.Connection, name: str, digest: str) -> int:
     return shrunk
 
 
-def _drop_all_references(db: sqlite3.Connection, name: str) -> None:
+def _drop_all_references(db: Sql, name: str) -> None:
     blobs = [row[0] for row in db.execute("SELECT blob FROM repository_blobs WHERE repository = ?", (name,))]
     for blob in blobs:
         _release_blob(db, blob)
@@ -744,7 +743,7 @@ def _drop_all_references(db: sqlite3.Connection, name: str) -> None:
     db.execute("UPDATE repositories SET logical = 0 WHERE name = ?", (name,))
 
 
-def _release_blob(db: sqlite3.Connection, blob: str) -> None:
+def _release_blob(db: Sql, blob: str) -> None:
     row = db.execute(
         "UPDATE blob_refs SET repositories = repositories - 1 WHERE blob = ? RETURNING repositories", (blob,)
     ).fetchone()
@@ -756,7 +755,7 @@ _DESCRIPTION_RANK = "CASE l.key " + " ".join(f"WHEN '{k}' THEN {i}" for i, k in 
 _DESCRIPTION_KEYS_SQL = ",".join(f"'{k}'" for k in DESCRIPTION_KEYS)
 
 
-def _describes(db: sqlite3.Connection, name: str, digests: list[str]) -> bool:
+def _describes(db: Sql, name: str, digests: list[str]) -> bool:
     """Whether any of these manifests carries a description label (only they can change the description)."""
     for start in range(0, len(digests), _BATCH):
         batch = digests[start : start + _BATCH]
@@ -770,7 +769,7 @@ def _describes(db: sqlite3.Connection, name: str, digests: list[str]) -> bool:
     return False
 
 
-def _description_of(db: sqlite3.Connection, name: str) -> str | None:
+def _description_of(db: Sql, name: str) -> str | None:
     """`_description` in SQL, over the rows the index holds for `name`."""
     for sql in (
         "SELECT l.value FROM tags t JOIN labels l ON l.repository = t.repository AND l.digest = t.digest "

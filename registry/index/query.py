@@ -73,18 +73,20 @@ def parse_query(q: str) -> SearchQuery:
     )
 
 
-def rank_sql(subject: str, terms: tuple[str, ...]) -> tuple[str, list[str]]:
+def rank_sql(subject: str, terms: tuple[str, ...], dialect: str = "sqlite") -> tuple[str, list[str]]:
     """An SQL expression ranking the name `subject` (a column, or `?`) against `terms` from 0 (best) to
     RANK_DESCRIPTION_ONLY (see the module's docstring), and its parameters in order."""
     if not terms:
         return "0", []
     parts: list[str] = []
     parameters: list[str] = []
+    # The last length(term) + 1 characters of the subject ("/term": its last component is the term).
+    ending = f"right({subject}, length(?) + 1)" if dialect == "postgresql" else f"substr({subject}, -length(?) - 1)"
     for term in terms:
         boundaries = " OR ".join(f"instr({subject}, ?) > 0" for _ in _WORD_BOUNDARIES)
         parts.append(
             f"CASE WHEN {subject} = ? THEN 0 "
-            f"WHEN substr({subject}, -length(?) - 1) = ? THEN 1 "
+            f"WHEN {ending} = ? THEN 1 "
             f"WHEN instr({subject}, ?) = 1 OR {boundaries} THEN 2 "
             f"WHEN instr({subject}, ?) > 0 THEN 3 ELSE {RANK_DESCRIPTION_ONLY} END"
         )

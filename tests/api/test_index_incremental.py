@@ -143,7 +143,7 @@ async def test_the_index_equals_a_rebuild_after_random_writes(storage_config: di
     assert incremental == fresh
     assert incremental["tags"], "the sequence must leave something to compare"
     # The reference counts give what `moorage du` measures by reading every manifest in storage.
-    db = Database(path)
+    db = Database.open(path)
     try:
         logical, physical = dict(db.logical_sizes()), db.physical_size()
     finally:

@@ -1,0 +1,244 @@
+"""Where the index's tables live: an SQLite file (the default: one machine, any number of processes) or a
+PostgreSQL database (any number of replicas). The index's SQL is written once, in the dialect both understand, with
+`?` placeholders; the PostgreSQL engine translates the few spellings that differ:
+
+    ?                         %s (psycopg's placeholder; a literal % is doubled)
+    instr(a, b)               strpos(a, b)
+    min(max(x, lo), hi)       LEAST(GREATEST(x, lo), hi)
+    INTEGER, REAL             BIGINT, DOUBLE PRECISION
+    WITHOUT ROWID             (nothing)
+    GLOB                      ~ (the pattern becomes a regular expression: `glob_pattern`)
+
+and a write transaction may name a lock (a repository), which PostgreSQL takes as an advisory lock for the
+transaction: replicas applying changes to one repository take turns, as SQLite's single writer does anyway.
+Blocking calls: the index runs them on threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import psycopg
+from psycopg.types.string import StrDumper
+from psycopg_pool import ConnectionPool
+
+Dialect = Literal["sqlite", "postgresql"]
+DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+POOL_SIZE = 10
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+class Sql(Protocol):
+    """What the index's statements run on inside a transaction (an sqlite3 connection is one)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+
+class EngineCorrupt(Exception):
+    """The database is not usable as it is (a corrupt SQLite file): replace it."""
+
+
+class Engine(Protocol):
+    dialect: Dialect
+    where: str
+    """For messages: the file, or the database without its password."""
+
+    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]: ...
+
+    def transaction(self, lock: str | None = None) -> contextlib.AbstractContextManager[Sql]: ...
+
+    def table_exists(self, db: Sql, table: str) -> bool: ...
+
+    def has_column(self, db: Sql, table: str, column: str) -> bool: ...
+
+    def healthy(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def glob_pattern(dialect: Dialect, pattern: str) -> str:
+    """A shell pattern (`*`, `?`, `[...]`) as the dialect's GLOB operand (a regular expression for PostgreSQL)."""
+    if dialect == "sqlite":
+        return pattern
+    out = ["^"]
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            negate = body.startswith("^")
+            body = body[1:] if negate else body
+            body = body.replace("\\", "\\\\").replace("[", "\\[")
+            out.append("[" + ("^" if negate else "") + body + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out) + "$"
+
+
+class SqliteEngine:
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.where = str(path)
+        self._writer = _connect(path)
+        self._reader = _connect(path)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        try:
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute("PRAGMA synchronous=NORMAL")
+            if self._writer.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise EngineCorrupt(f"{path}: {e}") from e
+
+    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        with self._read_lock:
+            return self._reader.execute(sql, tuple(parameters)).fetchall()
+
+    @contextlib.contextmanager
+    def transaction(self, lock: str | None = None) -> Iterator[Sql]:
+        with self._write_lock:  # one writer per file: BEGIN IMMEDIATE serializes the processes too
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    def table_exists(self, db: Sql, table: str) -> bool:
+        row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+        return row is not None
+
+    def has_column(self, db: Sql, table: str, column: str) -> bool:
+        return any(row[1] == column for row in db.execute(f"PRAGMA table_info({table})").fetchall())
+
+    def healthy(self) -> bool:
+        try:
+            with self._read_lock:
+                return bool(self._reader.execute("PRAGMA quick_check").fetchone()[0] == "ok")
+        except sqlite3.OperationalError:
+            return True  # busy or locked: not the file's fault
+        except sqlite3.DatabaseError:
+            return False
+
+    def close(self) -> None:
+        self._writer.close()
+        self._reader.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=30000")
+    return db
+
+
+def remove_files(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + suffix).unlink()
+
+
+@functools.lru_cache(maxsize=1024)
+def to_postgresql(sql: str) -> str:
+    """The index's SQL in PostgreSQL's spelling (see the module's docstring)."""
+    translated = sql.replace("%", "%%").replace("?", "%s")
+    translated = translated.replace("instr(", "strpos(").replace("min(max(", "LEAST(GREATEST(")
+    translated = translated.replace(" WITHOUT ROWID", "").replace(" GLOB ", " ~ ")
+    translated = re.sub(r"\bINTEGER\b", "BIGINT", translated)
+    return re.sub(r"\bREAL\b", "DOUBLE PRECISION", translated)
+
+
+class _PostgresSql:
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        return self._connection.execute(to_postgresql(sql), tuple(parameters))
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> Any:
+        rows = [tuple(row) for row in parameters]
+        cursor = self._connection.cursor()
+        if rows:
+            cursor.executemany(to_postgresql(sql), rows)
+        return cursor
+
+
+def _configure(connection: psycopg.Connection[Any]) -> None:
+    # Strings as `text` (psycopg's default leaves their type to the server, which cannot choose among the
+    # overloads of length() or strpos() for an untyped parameter).
+    connection.adapters.register_dumper(str, StrDumper)
+
+
+def redacted(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+class PostgresEngine:
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = redacted(url)
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=POOL_SIZE,
+            kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT_SECONDS)},
+            configure=_configure,
+            timeout=CONNECT_TIMEOUT_SECONDS,
+            open=False,
+            name="moorage-index",
+        )
+        self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
+
+    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        with self._pool.connection() as connection:
+            return connection.execute(to_postgresql(sql), tuple(parameters)).fetchall()
+
+    @contextlib.contextmanager
+    def transaction(self, lock: str | None = None) -> Iterator[Sql]:
+        with self._pool.connection() as connection, connection.transaction():
+            if lock is not None:
+                connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock,))
+            yield _PostgresSql(connection)
+
+    def table_exists(self, db: Sql, table: str) -> bool:
+        row = db.execute("SELECT to_regclass(?) IS NOT NULL", (table,)).fetchone()
+        return bool(row[0])
+
+    def has_column(self, db: Sql, table: str, column: str) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ? "
+            "AND column_name = ?",
+            (table, column),
+        ).fetchone()
+        return row is not None
+
+    def healthy(self) -> bool:
+        return True  # nothing of a server's database is ours to replace
+
+    def close(self) -> None:
+        self._pool.close()
