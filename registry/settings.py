@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from registry.auth.settings import AccessRule, AuthSettings
 from registry.durations import Seconds
 from registry.gc.settings import GcSettings, ImmutableTagRule, RetentionRule, UploadsSettings
-from registry.index.settings import IndexSettings
+from registry.index.settings import DatabaseSettings, IndexSettings
 from registry.ui.settings import UiSettings
 
 DEFAULT_CONFIG_FILE = Path("config/moorage.yml")
@@ -205,6 +205,7 @@ class Settings(BaseSettings):
     auth: AuthSettings | None = Field(default=None, description="Absent: no authentication (laptop mode).")
     access: list[AccessRule] = []
     index: IndexSettings = IndexSettings()
+    database: DatabaseSettings = DatabaseSettings()
     gc: GcSettings = GcSettings()
     uploads: UploadsSettings = UploadsSettings()
     retention: list[RetentionRule] = []

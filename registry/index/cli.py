@@ -25,8 +25,9 @@ def add_commands(commands: Any) -> None:
     rebuild = actions.add_parser(
         "rebuild",
         help="build the metadata index from storage",
-        description="Read every repository from storage into the metadata index (index.path), replacing what it "
-        "held. Servers keep running; on S3 each host has its own index file, so run it where it is needed.",
+        description="Read every repository from storage into the metadata index (database.url or index.path), "
+        "replacing what it held. Servers keep running; on S3 with SQLite each host has its own index file, so run it "
+        "where it is needed.",
     )
     set_main(rebuild, run_rebuild)
 
@@ -47,7 +48,7 @@ async def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
                 return EXIT_FAILURE
         finally:
             await index.aclose()
-    print(f"indexed {count} repositories in {time.monotonic() - started:.1f}s into {index.path}")
+    print(f"indexed {count} repositories in {time.monotonic() - started:.1f}s into {index.where}")
     if index.skipped:
         print(f"{index.skipped} manifests or configs could be indexed only in part (the log says which and why)")
     return EXIT_OK

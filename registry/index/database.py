@@ -588,7 +588,7 @@ def _repository_conditions(query: SearchQuery, dialect: Dialect) -> tuple[str, l
         conditions, more = _manifest_conditions(query, dialect)
         where.append(f"EXISTS (SELECT 1 FROM manifests m WHERE m.repository = name AND {conditions})")
         parameters += more
-    return " AND ".join(where) or "1", parameters
+    return " AND ".join(where) or "1 = 1", parameters
 
 
 def _manifest_conditions(query: SearchQuery, dialect: Dialect) -> tuple[str, list[Any]]:
@@ -611,7 +611,7 @@ def _manifest_conditions(query: SearchQuery, dialect: Dialect) -> tuple[str, lis
     for pattern in query.tags:
         where.append(f"EXISTS (SELECT 1 FROM tags x WHERE {same} AND x.tag GLOB ?)")
         parameters.append(glob_pattern(dialect, pattern))
-    return " AND ".join(where) or "1", parameters
+    return " AND ".join(where) or "1 = 1", parameters
 
 
 def _glob_literal(text: str) -> str:

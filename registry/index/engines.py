@@ -30,9 +30,9 @@ from psycopg.types.string import StrDumper
 from psycopg_pool import ConnectionPool
 
 Dialect = Literal["sqlite", "postgresql"]
-DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+DATABASE_ERRORS = (sqlite3.Error, psycopg.Error)
 POOL_SIZE = 10
-CONNECT_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 class Sql(Protocol):
@@ -212,7 +212,11 @@ class PostgresEngine:
             open=False,
             name="moorage-index",
         )
-        self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
+        except BaseException:
+            self._pool.close()  # or its workers would go on trying to connect
+            raise
 
     def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
         with self._pool.connection() as connection:

@@ -21,7 +21,6 @@ import heapq
 import logging
 import os
 import socket
-import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -47,6 +46,7 @@ from registry.index.base import (
 )
 from registry.index.changes import Change, ChangeLog, merged, position_at, time_of
 from registry.index.database import Database
+from registry.index.engines import DATABASE_ERRORS, redacted
 from registry.index.scan import read_facts, read_repository
 from registry.index.settings import IndexSettings
 from registry.store.events import BLOB_EVENTS, Event, EventBus, EventType, Planned
@@ -83,10 +83,14 @@ FOLLOWED = (
 
 
 class LocalIndex:
-    def __init__(self, registry: Registry, settings: IndexSettings, path: Path, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, registry: Registry, settings: IndexSettings, target: Path | str, metrics: Metrics | None = None
+    ) -> None:
+        """`target`: the SQLite file, or a PostgreSQL URL (registry/index/engines.py)."""
         self.registry = registry
         self.settings = settings
-        self.path = path
+        self.target = target
+        self.where = str(target) if isinstance(target, Path) else redacted(target)
         self.metrics = metrics
         self.skipped = 0  # objects indexed in part since this started (`moorage index rebuild` reports it)
         self.changes = ChangeLog(registry.backend, settings.settle, settings.changes_retention)
@@ -119,8 +123,11 @@ class LocalIndex:
 
     async def start(self) -> None:
         """Open the file and start building or catching up; wait for that a little (a small registry is then
-        ready for its first request), not longer: until the index is ready the catalog walks storage."""
-        await self.open()
+        ready for its first request), not longer: until the index is ready the catalog walks storage. A database
+        that cannot be reached does not stop the start: the index keeps trying, and `/readyz` says it is not ready."""
+        if isinstance(self.target, Path):
+            await self.open()
+        # A database server is opened by the index's own task: one that cannot be reached delays nothing.
         self._task = asyncio.create_task(self._run(), name="metadata index")
         waiter = asyncio.create_task(self._became_ready.wait())
         await asyncio.wait({self._task, waiter}, timeout=START_WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
@@ -129,7 +136,11 @@ class LocalIndex:
     async def open(self) -> None:
         """Open (or create, or replace when corrupt) the file, without following storage: for admin commands."""
         if self._db is None:
-            self._db = await asyncio.to_thread(Database.open, self.path)
+            target = self.target
+            if isinstance(target, Path):
+                self._db = await asyncio.to_thread(Database.open, target)
+            else:
+                self._db = await asyncio.to_thread(Database.connect, target)
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -141,7 +152,7 @@ class LocalIndex:
                 await self._applier  # the records of what this process changed are written before it goes
         self._ready = False
         if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(*DATABASE_ERRORS):
                 await self._flush_pulls()
             await asyncio.to_thread(self._db.close)
             self._db = None
@@ -150,6 +161,7 @@ class LocalIndex:
         while True:
             while not self._ready:
                 try:
+                    await self.open()
                     await self.catch_up()
                 except Exception:
                     logger.exception("index: could not build the metadata index; retrying in %gs", RETRY_SECONDS)
@@ -159,7 +171,7 @@ class LocalIndex:
                 await asyncio.sleep(self.settings.poll_interval)
                 try:
                     await self.poll()
-                except (StorageError, OSError, sqlite3.OperationalError) as e:
+                except (StorageError, OSError, *DATABASE_ERRORS) as e:
                     logger.warning("index: following storage failed (%s); trying again", e)
                 except Exception:
                     logger.exception("index: following storage failed")
@@ -167,10 +179,12 @@ class LocalIndex:
 
     async def _reopen_if_corrupt(self) -> None:
         """A file that went bad is replaced by a new one, built from storage (queries fall back meanwhile)."""
-        db = self._database()
+        db = self._db
+        if db is None:
+            return  # not open yet (a database that cannot be reached): the next round opens it
         if await asyncio.to_thread(db.healthy):
             return
-        logger.error("index: %s is corrupt: building a new one", self.path)
+        logger.error("index: %s is corrupt: building a new one", self.where)
         self._ready = False
         self._db = None
         await asyncio.to_thread(db.close)
@@ -320,8 +334,12 @@ class LocalIndex:
         await asyncio.sleep(0)  # the events of the write that woke this are all queued by now
         while self._queued:
             batch, self._queued = self._queued, {}
-            if self._db is None and await asyncio.to_thread(self.path.exists):
-                # An admin command beside servers of this host: update the file they read, so they answer right away.
+            shared = self._task is None and (
+                not isinstance(self.target, Path) or await asyncio.to_thread(self.target.exists)
+            )
+            if self._db is None and shared:
+                # An admin command beside servers (of this host's file, or of the database): update what they read,
+                # so that they answer right away. A server opens its database in its own task.
                 with contextlib.suppress(Exception):
                     await self.open()
             for name in sorted(batch):
@@ -400,7 +418,7 @@ class LocalIndex:
         try:
             async with lock:
                 await update(db)
-        except (StorageError, OSError, sqlite3.Error) as e:
+        except (StorageError, OSError, *DATABASE_ERRORS) as e:
             logger.warning("index: could not read %s from storage (%s); retrying later", name, e)
             self._failed.add(name)
             return False
@@ -438,7 +456,7 @@ class LocalIndex:
     async def _read(function: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.to_thread(function, *args)
-        except sqlite3.Error as e:
+        except DATABASE_ERRORS as e:
             raise IndexUnavailable(f"the metadata index failed: {e}") from e
 
     async def catalog(self, last: str | None, limit: int | None, visible: Visible | None) -> list[str]:

@@ -4,9 +4,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from registry.durations import Seconds
+
+
+class DatabaseSettings(BaseModel):
+    """The `database:` config section: where the metadata index lives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        default=None,
+        description="`sqlite:///ABSOLUTE/PATH` or `postgresql://USER:PASSWORD@HOST:PORT/DATABASE` (one database "
+        "shared by every replica: a new replica is ready without rebuilding). Default: SQLite at `index.path`.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        if url is None or url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            return url
+        raise ValueError("database.url: sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+
+    def target(self) -> Path | str | None:
+        """The SQLite file, the PostgreSQL URL, or None (the default file)."""
+        if self.url is None:
+            return None
+        if self.url.startswith("sqlite:///"):
+            return Path("/" + self.url.removeprefix("sqlite:///").lstrip("/"))
+        return self.url
 
 
 class IndexSettings(BaseModel):

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from registry.metrics import Metrics
 
 
+def index_target(settings: Settings) -> Path | str:
+    """`database.url` (a PostgreSQL URL, or an SQLite file), else `index_path`."""
+    return settings.database.target() or index_path(settings)
+
+
 def index_path(settings: Settings) -> Path:
     """`index.path`, else beside the data on the filesystem backend, else a file of this bucket's own on S3."""
     if settings.index.path is not None:
@@ -36,7 +41,7 @@ def open_index(settings: Settings, registry: Registry, metrics: Metrics | None =
     """The index over `registry`'s storage. Started, it serves queries; unstarted but following the store's events
     (what an admin command that changes repositories needs) it records changes, which every running server then
     applies."""
-    return LocalIndex(registry, settings.index, index_path(settings), metrics)
+    return LocalIndex(registry, settings.index, index_target(settings), metrics)
 
 
 def install(app: Starlette, settings: Settings, registry: Registry) -> Service | None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -78,6 +79,28 @@ async def client_factory(storage_config: dict[str, Any]) -> AsyncIterator[Client
 @pytest.fixture
 async def client(client_factory: ClientFactory) -> httpx.AsyncClient:
     return await client_factory()
+
+
+IndexLocation = Callable[[], Path | str]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IndexLocation]:
+    """Where a test's metadata indexes live: a new SQLite file, or a new PostgreSQL database, at each call."""
+    made: list[str] = []
+    files = itertools.count()
+
+    def new() -> Path | str:
+        if request.param == "sqlite":
+            return tmp_path / f"index-{next(files)}.sqlite"
+        server = request.getfixturevalue("postgres_server")
+        url: str = server.new_database()
+        made.append(url)
+        return url
+
+    yield new
+    for url in made:
+        request.getfixturevalue("postgres_server").drop_database(url)
 
 
 @pytest.fixture

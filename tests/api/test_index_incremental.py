@@ -4,7 +4,6 @@ fresh rebuild from storage holds, whatever sequence of pushes, retags and delete
 from __future__ import annotations
 
 import random
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from registry.index.local import LocalIndex
 from registry.settings import Settings
 from registry.store.registry import Registry
 from registry.store.usage import measure
-from tests.api.conftest import make_settings
+from tests.api.conftest import IndexLocation, make_settings
 from tests.api.helpers import OCI_INDEX, OCI_MANIFEST, descriptor, encode, push_image
 from tests.api.test_search_index import serving
 
@@ -35,29 +34,30 @@ TABLES = {
 }
 
 
-def rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the index file but pull counts (the one thing storage does not hold)."""
-    db = sqlite3.connect(path)
+def rows(target: Path | str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the index but pull counts (the one thing storage does not hold)."""
+    db = Database.open(target) if isinstance(target, Path) else Database.connect(target)
     try:
         return {
-            table: sorted(db.execute(f"SELECT {columns} FROM {table}").fetchall()) for table, columns in TABLES.items()
+            table: sorted(tuple(row) for row in db.engine.read(f"SELECT {columns} FROM {table}"))
+            for table, columns in TABLES.items()
         }
     finally:
         db.close()
 
 
-async def rebuilt(storage_config: dict[str, Any], path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    settings: Settings = make_settings(storage_config, {"index": {"path": str(path)}})
+async def rebuilt(storage_config: dict[str, Any], target: Path | str) -> dict[str, list[tuple[Any, ...]]]:
+    settings: Settings = make_settings(storage_config)
     registry = Registry.from_settings(settings)
     await registry.start()
-    index = LocalIndex(registry, settings.index, path)
+    index = LocalIndex(registry, settings.index, target)
     await index.open()
     try:
         await index.rebuild()
     finally:
         await index.aclose()
         await registry.aclose()
-    return rows(path)
+    return rows(target)
 
 
 async def random_writes(client: httpx.AsyncClient, registry: Registry, rng: random.Random) -> dict[str, int]:
@@ -132,18 +132,20 @@ async def random_writes(client: httpx.AsyncClient, registry: Registry, rng: rand
     return done
 
 
-async def test_the_index_equals_a_rebuild_after_random_writes(storage_config: dict[str, Any], tmp_path: Path) -> None:
-    path = tmp_path / "index.sqlite"
+async def test_the_index_equals_a_rebuild_after_random_writes(
+    storage_config: dict[str, Any], index_location: IndexLocation
+) -> None:
+    path = index_location()
     async with serving(storage_config, path) as (client, registry):
         done = await random_writes(client, registry, random.Random(7))
     assert done.get("push", 0) > 5 and done.get("retag", 0) > 3 and done.get("delete", 0) > 3, done
     assert done.get("gc", 0) >= 1 and done.get("repository delete", 0) >= 1, done
     incremental = rows(path)
-    fresh = await rebuilt(storage_config, tmp_path / "fresh.sqlite")
+    fresh = await rebuilt(storage_config, index_location())
     assert incremental == fresh
     assert incremental["tags"], "the sequence must leave something to compare"
     # The reference counts give what `moorage du` measures by reading every manifest in storage.
-    db = Database.open(path)
+    db = Database.open(path) if isinstance(path, Path) else Database.connect(path)
     try:
         logical, physical = dict(db.logical_sizes()), db.physical_size()
     finally:

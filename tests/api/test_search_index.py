@@ -17,7 +17,7 @@ from registry.app import create_app
 from registry.index.changes import ChangeLog
 from registry.index.local import LocalIndex
 from registry.store.registry import Registry
-from tests.api.conftest import make_settings
+from tests.api.conftest import IndexLocation, make_settings
 from tests.api.helpers import OCI_MANIFEST, encode, error_code
 from tests.api.test_search import DESCRIPTION, push, push_index
 
@@ -30,12 +30,14 @@ INDEXES: dict[int, Any] = {}
 
 @contextlib.asynccontextmanager
 async def serving(
-    storage_config: dict[str, Any], index_path: Path, sections: dict[str, Any] | None = None, **index: Any
+    storage_config: dict[str, Any], index_path: Path | str, sections: dict[str, Any] | None = None, **index: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Registry]]:
-    """An app over the test's storage with its index at `index_path` (`index` overrides its settings, `sections`
-    adds others), served in process."""
-    index_settings = {"path": str(index_path), "poll_interval": 0.05, **index}
-    settings = make_settings(storage_config, {"index": index_settings, **(sections or {})})
+    """An app over the test's storage with its index at `index_path` (an SQLite file, or a PostgreSQL URL; `index`
+    overrides its settings, `sections` adds others), served in process."""
+    where: dict[str, Any] = {"path": str(index_path)} if isinstance(index_path, Path) else {}
+    index_settings = {**where, "poll_interval": 0.05, **index}
+    database = {} if isinstance(index_path, Path) else {"database": {"url": index_path}}
+    settings = make_settings(storage_config, {"index": index_settings, **database, **(sections or {})})
     app = create_app(settings)
     INDEXES[id(app.state.registry)] = app.state.index
     try:
@@ -91,9 +93,9 @@ async def fill(client: httpx.AsyncClient) -> None:
 
 
 async def test_results_stay_right_through_push_retag_delete_and_rebuild(
-    storage_config: dict[str, Any], tmp_path: Path
+    storage_config: dict[str, Any], index_location: IndexLocation
 ) -> None:
-    async with serving(storage_config, tmp_path / "index.sqlite") as (client, registry):
+    async with serving(storage_config, index_location()) as (client, registry):
         await fill(client)
         assert await catalog(client) == ["team/app", "team/web", "tools/lint"]
         assert [hit["name"] for hit in (await client.get("/api/v1/search?q=app")).json()["results"]] == ["team/app"]

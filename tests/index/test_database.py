@@ -1,12 +1,35 @@
-"""The SQLite file: what it keeps, and how it heals (corrupt file, older schema)."""
+"""The index's database, on SQLite and on PostgreSQL: what it keeps, and how it heals (corrupt file, older schema)."""
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from registry.index.base import ManifestRecord, RepositorySnapshot, SearchQuery, TagRecord
 from registry.index.database import SCHEMA_VERSION, Database
+from tests.postgres_server import PostgresServer
+
+Opener = Callable[[], Database]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens the test's index database (each call a new connection to the same one)."""
+    if request.param == "sqlite":
+        yield lambda: Database.open(tmp_path / "index.sqlite")
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.new_database()
+    yield lambda: Database.connect(url)
+    server.drop_database(url)
+
+
+def older_schema(db: Database) -> None:
+    """Mark the database's schema as an older version's."""
+    with db._transaction() as sql:
+        sql.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION - 1),))
 
 
 def snapshot(name: str, description: str = "") -> RepositorySnapshot:
@@ -29,8 +52,8 @@ def snapshot(name: str, description: str = "") -> RepositorySnapshot:
     )
 
 
-def test_replace_query_and_drop(tmp_path: Path) -> None:
-    db = Database.open(tmp_path / "index.sqlite")
+def test_replace_query_and_drop(open_db: Opener) -> None:
+    db = open_db()
     db.replace("team/app", snapshot("team/app", "the app"))
     db.replace("team/db", snapshot("team/db"))
     db.add_pulls({("team/app", ""): 3})
@@ -70,21 +93,19 @@ def test_a_corrupt_file_is_replaced_by_an_empty_index(tmp_path: Path) -> None:
     db.close()
 
 
-def test_an_index_of_an_older_schema_starts_over(tmp_path: Path) -> None:
-    path = tmp_path / "index.sqlite"
-    db = Database.open(path)
+def test_an_index_of_an_older_schema_starts_over(open_db: Opener) -> None:
+    db = open_db()
     db.replace("team/app", snapshot("team/app"))
     db.set_meta({"epoch": "e1", "position": "1"})
+    older_schema(db)
     db.close()
-    with sqlite3.connect(path) as raw:
-        raw.execute("UPDATE meta SET value = '0' WHERE key = 'schema'")
-    db = Database.open(path)
+    db = open_db()
     assert db.catalog(None, 10) == [] and db.get_meta("epoch") is None
     db.close()
 
 
-def test_one_process_at_a_time_holds_the_build_lease(tmp_path: Path) -> None:
-    first, second = Database.open(tmp_path / "index.sqlite"), Database.open(tmp_path / "index.sqlite")
+def test_one_process_at_a_time_holds_the_build_lease(open_db: Opener) -> None:
+    first, second = open_db(), open_db()
     assert first.claim("builder", "a", 60)
     assert not second.claim("builder", "b", 60)
     assert first.claim("builder", "a", 60)  # renewed
@@ -98,18 +119,14 @@ def test_one_process_at_a_time_holds_the_build_lease(tmp_path: Path) -> None:
     second.close()
 
 
-def test_pull_counts_outlive_a_new_schema(tmp_path: Path) -> None:
-    path = tmp_path / "index.sqlite"
-    db = Database.open(path)
+def test_pull_counts_outlive_a_new_schema(open_db: Opener) -> None:
+    db = open_db()
     db.replace("team/app", snapshot("team/app"))
     db.replace("team/gone", snapshot("team/gone"))
     db.add_pulls({("team/app", "latest"): 5, ("team/app", ""): 2, ("team/gone", "v2"): 1})
+    older_schema(db)
     db.close()
-    older = sqlite3.connect(path)
-    older.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION - 1),))
-    older.commit()
-    older.close()
-    db = Database.open(path)
+    db = open_db()
     try:
         assert db.get_meta("epoch") is None  # a new schema: rebuilt from storage
         db.replace("team/app", snapshot("team/app"))  # what the rebuild does for each repository storage has
