@@ -51,6 +51,7 @@ COMPOSE_FILES = [SINGLE_NODE, HA]
 COMPOSE_VARIABLES = {
     "MOORAGE_HTTP_SECRET": "a-test-secret-of-more-than-16-characters",
     "MINIO_ROOT_PASSWORD": "a-test-minio-password",
+    "POSTGRES_PASSWORD": "a-test-postgres-password",
 }
 
 PREFIX = "MOORAGE_"
@@ -577,6 +578,13 @@ def test_ha_compose_replicas_settings_are_accepted() -> None:
         assert settings.http.host == "0.0.0.0" and settings.http.port == 5000
         assert service["depends_on"]["create-bucket"]["condition"] == "service_completed_successfully"
         assert "ports" not in service, f"{name}: replicas are reached through the load balancer only"
+        # One metadata index for every replica, in the compose file's PostgreSQL, with its credentials.
+        postgres = compose_environment(services["postgres"])
+        assert settings.database.url == (
+            f"postgresql://{postgres['POSTGRES_USER']}:{COMPOSE_VARIABLES['POSTGRES_PASSWORD']}@postgres:5432/"
+            f"{postgres['POSTGRES_DB']}"
+        )
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
 def test_ha_compose_minio_and_the_bucket_job() -> None:
