@@ -1,0 +1,78 @@
+"""Replicas for real with the shared metadata index: three `moorage serve` processes on one S3 bucket (moto) and one
+PostgreSQL database. A push through one is in the catalog and search of the others at once, and a new replica with
+an empty temporary directory is ready within two seconds, whatever the registry holds."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.postgres_server import PostgresServer
+
+from .conftest import MoorageFactory, RunningServer, S3Bucket, Skopeo
+from .images import OciLayout, small_image
+from .test_search import answers, eventually
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def database(postgres_server: PostgresServer) -> Any:
+    """A fresh database, dropped after the test's servers have stopped (tests ask for it before them)."""
+    url = postgres_server.new_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+def replica(moorage_factory: MoorageFactory, s3_bucket: S3Bucket, database: str, tmp: Path) -> RunningServer:
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {
+        "MOORAGE_DATABASE__URL": database,
+        "MOORAGE_STORAGE__REDIRECT__DISABLE": "true",
+        "TMPDIR": str(tmp),  # empty: nothing of the index may live here
+    }
+    return moorage_factory(storage=s3_bucket.storage(), env=env)
+
+
+def found(server: RunningServer, q: str) -> list[str]:
+    return [hit["name"] for hit in server.get("/api/v1/search", params={"q": q}).json()["results"]]
+
+
+def test_three_replicas_share_one_index(
+    database: str, moorage_factory: MoorageFactory, s3_bucket: S3Bucket, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    a, b, c = (replica(moorage_factory, s3_bucket, database, tmp_path / f"tmp-{n}") for n in "abc")
+    src = OciLayout(tmp_path / "src")
+    small_image(src, name="app", tag="v1")
+    skopeo.push(src.path, "v1", a.ref("e2e/shared/app", "v1"))
+    # No poll interval to wait for: the replicas read the rows a's write put in the database.
+    for other in (b, c):
+        eventually(lambda o=other: o.get_json("/v2/_catalog")["repositories"] == ["e2e/shared/app"], "catalog", 3.0)
+        eventually(lambda o=other: found(o, "app") == ["e2e/shared/app"], "search", 3.0)
+    assert answers(a) == answers(b) == answers(c)
+    assert not any(path.name.startswith("moorage-index") for path in (tmp_path / "tmp-a").iterdir())
+
+
+def test_a_new_replica_is_ready_at_once(
+    database: str, moorage_factory: MoorageFactory, s3_bucket: S3Bucket, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    first = replica(moorage_factory, s3_bucket, database, tmp_path / "tmp-first")
+    src = OciLayout(tmp_path / "src")
+    for i in range(12):
+        small_image(src, name=f"app-{i}", tag=f"v{i}")
+    for i in range(12):
+        skopeo.push(src.path, f"v{i}", first.ref(f"e2e/many/app-{i:02d}", "v1"))
+    eventually(lambda: len(first.get_json("/v2/_catalog")["repositories"]) == 12, "the first replica's catalog")
+    expected = answers(first)
+
+    started = time.monotonic()
+    second = replica(moorage_factory, s3_bucket, database, tmp_path / "tmp-second")
+    deadline = started + 2.0
+    while second.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the new replica was not ready within 2 s"
+        time.sleep(0.05)
+    assert answers(second) == expected
+    assert "building the metadata index" not in second.log()
