@@ -17,6 +17,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from registry.database import (
+    Dialect,
+    Engine,
+    EngineCorrupt,
+    PostgresEngine,
+    Sql,
+    SqliteEngine,
+    glob_pattern,
+    remove_files,
+)
 from registry.index.base import (
     BrowseOrder,
     ManifestRecord,
@@ -26,16 +36,6 @@ from registry.index.base import (
     SearchQuery,
     TagRecord,
     TagSummary,
-)
-from registry.index.engines import (
-    Dialect,
-    Engine,
-    EngineCorrupt,
-    PostgresEngine,
-    Sql,
-    SqliteEngine,
-    glob_pattern,
-    remove_files,
 )
 from registry.index.query import rank_sql
 from registry.media_types import INDEXES
@@ -142,7 +142,7 @@ def _pull_counts(engine: Engine, db: Sql) -> tuple[list[Any], list[Any]]:
 
 
 class Database:
-    """The index's tables, in SQLite (`open`) or PostgreSQL (`connect`): see registry/index/engines.py."""
+    """The index's tables, in SQLite (`open`) or PostgreSQL (`connect`): see registry/database.py."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

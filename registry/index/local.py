@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from registry import paths
+from registry.database import DATABASE_ERRORS, redacted
 from registry.index.base import (
     BrowseOrder,
     BrowsePage,
@@ -46,7 +47,6 @@ from registry.index.base import (
 )
 from registry.index.changes import Change, ChangeLog, merged, position_at, time_of
 from registry.index.database import Database
-from registry.index.engines import DATABASE_ERRORS, redacted
 from registry.index.scan import read_facts, read_repository
 from registry.index.settings import IndexSettings
 from registry.store.events import BLOB_EVENTS, Event, EventBus, EventType, Planned
@@ -86,7 +86,7 @@ class LocalIndex:
     def __init__(
         self, registry: Registry, settings: IndexSettings, target: Path | str, metrics: Metrics | None = None
     ) -> None:
-        """`target`: the SQLite file, or a PostgreSQL URL (registry/index/engines.py)."""
+        """`target`: the SQLite file, or a PostgreSQL URL (registry/database.py)."""
         self.registry = registry
         self.settings = settings
         self.target = target

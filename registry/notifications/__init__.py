@@ -18,6 +18,8 @@ __all__ = ["Notifier", "follow"]
 def follow(settings: Settings, registry: Registry, *, deliver: bool = True) -> Notifier:
     """A notifier following the store's events; the caller starts and closes it (with the app's lifespan, or
     around an admin command, which only queues: `deliver` off)."""
-    notifier = Notifier(settings.notifications, deliver=deliver)
+    url = settings.database.url
+    shared = url if url is not None and url.startswith(("postgresql://", "postgres://")) else None
+    notifier = Notifier(settings.notifications, deliver=deliver, database_url=shared)
     notifier.follow(registry.events)
     return notifier

@@ -39,9 +39,14 @@ class Notifier:
     """Follows the store's events (registry/store/events.py). Nothing here runs on the request path but a list
     append. With `deliver` off (admin commands), events are only queued, and a running server delivers them."""
 
-    def __init__(self, settings: NotificationsSettings, *, deliver: bool = True) -> None:
+    def __init__(
+        self, settings: NotificationsSettings, *, deliver: bool = True, database_url: str | None = None
+    ) -> None:
+        """`database_url`: a PostgreSQL database to keep the queue in, shared by every replica (else the SQLite file
+        `queue_path`)."""
         self.settings = settings
         self.deliver = deliver
+        self.database_url = database_url
         self.endpoints = [e for e in settings.endpoints if not e.disabled]
         self.filters = [EndpointFilter(e) for e in self.endpoints]
         self._pending: list[tuple[str, str]] = []
@@ -69,7 +74,7 @@ class Notifier:
     # -- lifetime ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._queue = await self._run(DeliveryQueue, self.settings.queue_path)
+        self._queue = await self._run(DeliveryQueue.open, self.settings.queue_path, self.database_url)
         self._tasks.append(asyncio.create_task(self._flush_forever(), name="notifications-flush"))
         for endpoint in self.endpoints if self.deliver else []:
             self._wake[endpoint.name] = asyncio.Event()
@@ -124,8 +129,9 @@ class Notifier:
         failures = 0
         async with httpx.AsyncClient(timeout=endpoint.timeout) as client:
             while True:
+                # The lease outlasts one send (the endpoint's timeout) with room to record the outcome.
                 claim = asyncio.get_running_loop().run_in_executor(
-                    self._executor, queue.claim, endpoint.name, BATCH, endpoint.timeout + 30.0
+                    self._executor, queue.claim, endpoint.name, BATCH, endpoint.timeout * 2 + 5.0
                 )
                 try:
                     deliveries = await asyncio.shield(claim)

@@ -1,18 +1,24 @@
-"""A small durable queue of deliveries (one event for one endpoint) in a local SQLite file.
+"""A durable queue of deliveries (one event for one endpoint), in the metadata database (registry/database.py): a
+local SQLite file (`notifications.queue_path`) or, with `database.url` naming PostgreSQL, the database every replica
+shares.
 
-Several worker processes share the file: a delivery is claimed for a lease before it is sent, so one process sends
-it; a process that dies mid-send lets its lease run out and another one sends it again (at least once).
+Deliveries go out in the order they were queued, per endpoint, one batch at a time among all the processes and
+replicas: a process claims the oldest ones for a lease before it sends them, and nobody claims that endpoint's
+deliveries while a claim is in flight (PostgreSQL: under the endpoint's advisory lock, the rows taken `FOR UPDATE
+SKIP LOCKED`). A delivery that failed waits for its retry, and those queued after it wait behind it. A process that
+stops mid-send gives its claim back; one that dies lets the lease run out, and another sends the batch again (at
+least once: receivers see Distribution's event ids to drop repeats).
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA = """
+from registry.database import Engine, PostgresEngine, SqliteEngine
+
+SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     endpoint TEXT NOT NULL,
@@ -21,7 +27,18 @@ CREATE TABLE IF NOT EXISTS deliveries (
     due REAL NOT NULL,
     claimed_until REAL NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (endpoint, due);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (endpoint, due)
+"""
+POSTGRESQL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id BIGSERIAL PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    event TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due REAL NOT NULL,
+    claimed_until REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_endpoint ON deliveries (endpoint, id)
 """
 
 
@@ -35,68 +52,76 @@ class Delivery:
 class DeliveryQueue:
     """Blocking calls: run them off the event loop."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        schema = POSTGRESQL_SCHEMA if engine.dialect == "postgresql" else SQLITE_SCHEMA
+        with engine.transaction(lock="moorage-deliveries-schema") as db:
+            for statement in schema.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    @classmethod
+    def open(cls, path: Path, url: str | None = None) -> DeliveryQueue:
+        """The queue in the PostgreSQL database `url` when given, else in the SQLite file at `path`."""
+        if url is not None:
+            return cls(PostgresEngine(url))
+        return cls(SqliteEngine(path))
 
     def add(self, deliveries: list[tuple[str, str]]) -> None:
         """(endpoint, event JSON) pairs, due now."""
         now = time.time()
-        with self._lock:
-            self._db.executemany(
+        with self.engine.transaction() as db:
+            db.executemany(
                 "INSERT INTO deliveries (endpoint, event, due) VALUES (?, ?, ?)",
                 [(endpoint, event, now) for endpoint, event in deliveries],
             )
 
     def claim(self, endpoint: str, limit: int, lease: float) -> list[Delivery]:
+        """The oldest deliveries for `endpoint` that are due, up to the first that is not (order is kept), claimed
+        for `lease` seconds; none while another claim for the endpoint is in flight."""
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._db.execute(
-                    "SELECT id, event, attempts FROM deliveries WHERE endpoint = ? AND due <= ? AND claimed_until <= ?"
-                    " ORDER BY id LIMIT ?",
-                    (endpoint, now, now, limit),
-                ).fetchall()
-                self._db.executemany(
-                    "UPDATE deliveries SET claimed_until = ? WHERE id = ?", [(now + lease, row[0]) for row in rows]
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return [Delivery(*row) for row in rows]
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.engine.dialect == "postgresql" else ""
+        with self.engine.transaction(lock=f"deliveries:{endpoint}") as db:
+            busy = db.execute(
+                "SELECT 1 FROM deliveries WHERE endpoint = ? AND claimed_until > ? LIMIT 1", (endpoint, now)
+            ).fetchone()
+            if busy is not None:
+                return []
+            rows = db.execute(
+                f"SELECT id, event, attempts, due FROM deliveries WHERE endpoint = ? ORDER BY id LIMIT ?{skip_locked}",
+                (endpoint, limit),
+            ).fetchall()
+            taken: list[Delivery] = []
+            for row in rows:
+                if float(row[3]) > now:
+                    break  # waiting for its retry: what was queued after it waits too
+                taken.append(Delivery(int(row[0]), str(row[1]), int(row[2])))
+            db.executemany("UPDATE deliveries SET claimed_until = ? WHERE id = ?", [(now + lease, d.id) for d in taken])
+        return taken
 
     def delivered(self, ids: list[int]) -> None:
-        with self._lock:
-            self._db.executemany("DELETE FROM deliveries WHERE id = ?", [(i,) for i in ids])
+        with self.engine.transaction() as db:
+            db.executemany("DELETE FROM deliveries WHERE id = ?", [(i,) for i in ids])
 
     def retry_later(self, ids: list[int], delay: float) -> None:
         due = time.time() + delay
-        with self._lock:
-            self._db.executemany(
+        with self.engine.transaction() as db:
+            db.executemany(
                 "UPDATE deliveries SET attempts = attempts + 1, due = ?, claimed_until = 0 WHERE id = ?",
                 [(due, i) for i in ids],
             )
 
     def release(self, ids: list[int]) -> None:
         """Give claimed deliveries back unsent (a process stopping mid-send): due again at once, anywhere."""
-        with self._lock:
-            self._db.executemany("UPDATE deliveries SET claimed_until = 0 WHERE id = ?", [(i,) for i in ids])
+        with self.engine.transaction() as db:
+            db.executemany("UPDATE deliveries SET claimed_until = 0 WHERE id = ?", [(i,) for i in ids])
 
     def pending(self, endpoint: str | None = None) -> int:
-        with self._lock:
-            if endpoint is None:
-                row = self._db.execute("SELECT count(*) FROM deliveries").fetchone()
-            else:
-                row = self._db.execute("SELECT count(*) FROM deliveries WHERE endpoint = ?", (endpoint,)).fetchone()
-        return int(row[0])
+        if endpoint is None:
+            rows = self.engine.read("SELECT count(*) FROM deliveries")
+        else:
+            rows = self.engine.read("SELECT count(*) FROM deliveries WHERE endpoint = ?", (endpoint,))
+        return int(rows[0][0])
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.engine.close()

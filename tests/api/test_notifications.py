@@ -150,7 +150,7 @@ async def test_a_notifier_stopped_mid_send_gives_its_deliveries_back(tmp_path: P
             "queue_path": str(tmp_path / "queue.sqlite3"),
         }
     )
-    queue = DeliveryQueue(tmp_path / "queue.sqlite3")
+    queue = DeliveryQueue.open(tmp_path / "queue.sqlite3")
     queue.add([("slow", '{"action":"push"}')])
     notifier = Notifier(settings)
     await notifier.start()

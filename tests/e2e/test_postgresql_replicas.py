@@ -1,9 +1,13 @@
 """Replicas for real with the shared metadata index: three `moorage serve` processes on one S3 bucket (moto) and one
-PostgreSQL database. A push through one is in the catalog and search of the others at once, and a new replica with
-an empty temporary directory is ready within two seconds, whatever the registry holds."""
+PostgreSQL database. A push through one is in the catalog and search of the others at once, a new replica with an
+empty temporary directory is ready within two seconds whatever the registry holds, and the webhook events of a
+replica that dies are delivered by another, once."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -11,8 +15,9 @@ from typing import Any
 import pytest
 
 from tests.postgres_server import PostgresServer
+from tests.webhook_receiver import Receiver
 
-from .conftest import MoorageFactory, RunningServer, S3Bucket, Skopeo
+from .conftest import MoorageFactory, RunningServer, S3Bucket, Skopeo, free_port
 from .images import OciLayout, small_image
 from .test_search import answers, eventually
 
@@ -27,12 +32,21 @@ def database(postgres_server: PostgresServer) -> Any:
     postgres_server.drop_database(url)
 
 
-def replica(moorage_factory: MoorageFactory, s3_bucket: S3Bucket, database: str, tmp: Path) -> RunningServer:
+def replica(
+    moorage_factory: MoorageFactory,
+    s3_bucket: S3Bucket,
+    database: str,
+    tmp: Path,
+    extra: dict[str, str] | None = None,
+) -> RunningServer:
     tmp.mkdir(parents=True, exist_ok=True)
     env = {
         "MOORAGE_DATABASE__URL": database,
         "MOORAGE_STORAGE__REDIRECT__DISABLE": "true",
         "TMPDIR": str(tmp),  # empty: nothing of the index may live here
+        # Each replica's own file, to show the queue is not there: the database holds it.
+        "MOORAGE_NOTIFICATIONS__QUEUE_PATH": str(tmp / "queue.sqlite3"),
+        **(extra or {}),
     }
     return moorage_factory(storage=s3_bucket.storage(), env=env)
 
@@ -76,3 +90,28 @@ def test_a_new_replica_is_ready_at_once(
         time.sleep(0.05)
     assert answers(second) == expected
     assert "building the metadata index" not in second.log()
+
+
+def test_a_killed_replicas_webhook_events_are_delivered_by_another_once(
+    database: str, moorage_factory: MoorageFactory, s3_bucket: S3Bucket, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    port = free_port()  # nothing listens there until the receiver starts
+    endpoint = {"name": "ci", "url": f"http://127.0.0.1:{port}/events", "timeout": "1s", "backoff": "500ms"}
+    hooks = {"MOORAGE_NOTIFICATIONS__ENDPOINTS": json.dumps([endpoint])}
+    a = replica(moorage_factory, s3_bucket, database, tmp_path / "tmp-a", hooks)
+    b = replica(moorage_factory, s3_bucket, database, tmp_path / "tmp-b", hooks)
+    src = OciLayout(tmp_path / "src")
+    image = small_image(src, name="hooked", tag="v1")
+    skopeo.push(src.path, "v1", a.ref("e2e/hooked", "v1"))
+    eventually(lambda: "notifications: endpoint ci" in a.log() + b.log(), "a failed delivery attempt")
+    os.killpg(a.proc.pid, signal.SIGKILL)  # dies with its events undelivered (perhaps mid-send)
+    a.proc.wait(10)
+    receiver = Receiver(port)
+    try:
+        (event,) = receiver.wait_for_blocking("push", "manifests")
+        assert event["target"]["digest"] == image.manifest.digest and event["target"]["tag"] == "v1"
+        time.sleep(3)  # anything sent twice would have arrived by now
+        assert len(receiver.found("push", "manifests")) == 1
+    finally:
+        receiver.close()
+    assert b.get("/v2/e2e/hooked/tags/list").json()["tags"] == ["v1"]

@@ -1,6 +1,7 @@
-"""Where the index's tables live: an SQLite file (the default: one machine, any number of processes) or a
-PostgreSQL database (any number of replicas). The index's SQL is written once, in the dialect both understand, with
-`?` placeholders; the PostgreSQL engine translates the few spellings that differ:
+"""The metadata database: an SQLite file (the default: one machine, any number of processes) or a PostgreSQL
+database (`database.url`: any number of replicas). The metadata index and the webhook queue keep their tables there.
+SQL is written once, in the dialect both understand, with `?` placeholders; the PostgreSQL engine translates the
+few spellings that differ:
 
     ?                         %s (psycopg's placeholder; a literal % is doubled)
     instr(a, b)               strpos(a, b)
@@ -9,9 +10,9 @@ PostgreSQL database (any number of replicas). The index's SQL is written once, i
     WITHOUT ROWID             (nothing)
     GLOB                      ~ (the pattern becomes a regular expression: `glob_pattern`)
 
-and a write transaction may name a lock (a repository), which PostgreSQL takes as an advisory lock for the
-transaction: replicas applying changes to one repository take turns, as SQLite's single writer does anyway.
-Blocking calls: the index runs them on threads.
+and a write transaction may name a lock (a repository, an endpoint), which PostgreSQL takes as an advisory lock for
+the transaction: replicas changing the same thing take turns, as SQLite's single writer does anyway. Blocking calls:
+callers run them on threads.
 """
 
 from __future__ import annotations
