@@ -182,7 +182,8 @@ class NotificationsSettings(Section):
     )
     queue_path: Path = Field(
         default=Path("moorage-notifications.sqlite3"),
-        description="SQLite file holding undelivered events across restarts (local to this host).",
+        description="SQLite file holding undelivered events across restarts (local to this host); with a PostgreSQL "
+        "`database.url`, the database holds them instead, shared by every replica.",
     )
 
     @model_validator(mode="after")
