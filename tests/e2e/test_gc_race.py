@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import REPO_ROOT, MoorageFactory, RunningServer, S3Bucket
+from tests.postgres_server import PostgresServer
 
-RACE_SECONDS = {"filesystem": 25.0, "s3": 40.0}  # moto answers each call in milliseconds, not microseconds
+# moto answers each call in milliseconds, not microseconds; "postgresql": the filesystem, the index in PostgreSQL.
+RACE_SECONDS = {"filesystem": 25.0, "s3": 40.0, "postgresql": 20.0}
 # Enough of each kind of write for the race to mean something (S3 through moto manages fewer per second).
-LEAST = {"filesystem": (20, 5, 3), "s3": (15, 4, 2)}
+LEAST = {"filesystem": (20, 5, 3), "s3": (15, 4, 2), "postgresql": (15, 4, 2)}
 CLIENTS = 4
 SHARED_LAYERS = 8
 LAYER_SIZE = 32 * 1024
@@ -203,14 +206,27 @@ def gc_loop(server: RunningServer, cwd: Path, stop: threading.Event, reports: li
         reports.append(json.loads(result.stdout))
 
 
-@pytest.mark.parametrize("store", ["filesystem", "s3"])
+@pytest.fixture
+def database(postgres_server: PostgresServer) -> Iterator[str]:
+    url = postgres_server.new_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.mark.parametrize("store", ["filesystem", "s3", "postgresql"])
 def test_gc_loses_nothing_while_clients_push(
-    moorage_factory: MoorageFactory, tmp_path: Path, request: pytest.FixtureRequest, store: str
+    tmp_path: Path, request: pytest.FixtureRequest, store: str, database: str, moorage_factory: MoorageFactory
 ) -> None:
     # GC deletes untagged manifests while clients re-tag old ones: two workers on the filesystem; on S3, one
-    # bucket whose listings and deletes are not atomic.
+    # bucket whose listings and deletes are not atomic; two workers whose index is a PostgreSQL database (GC's
+    # deletions reach it through the store's events, like every write).
     bucket: S3Bucket | None = request.getfixturevalue("s3_bucket") if store == "s3" else None
-    server = moorage_factory(workers=2) if bucket is None else moorage_factory(storage=bucket.storage())
+    if store == "postgresql":
+        server = moorage_factory(workers=2, env={"MOORAGE_DATABASE__URL": database})
+    elif bucket is None:
+        server = moorage_factory(workers=2)
+    else:
+        server = moorage_factory(storage=bucket.storage())
     shared = [os.urandom(LAYER_SIZE) for _ in range(SHARED_LAYERS)]
     outcome = Outcome()
     reports: list[dict[str, Any]] = []
