@@ -68,6 +68,8 @@ BUILD_LEASE = "builder"
 BUILD_LEASE_SECONDS = 30.0
 BUILD_WAIT_SECONDS = 0.5
 OWN_WRITES_WAIT_SECONDS = 2.0
+IMPORT_BATCH = 256
+IMPORT_CHECKPOINT = "import_through"  # the last repository of the last batch an import finished
 ANNOUNCED_LIMIT = 10_000
 FOLLOWED = (
     EventType.BLOB_PUSHED,
@@ -213,30 +215,53 @@ class LocalIndex:
         self._ready = True
         self._became_ready.set()
 
-    async def rebuild(self, epoch: str | None = None, *, reread: bool = False) -> int:
+    async def rebuild(
+        self,
+        epoch: str | None = None,
+        *,
+        reread: bool = False,
+        resume: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
         """Read every repository from storage into the index; returns how many there are. With `reread`, manifests
-        already indexed are read again too (their content cannot change, but how it is indexed may have)."""
+        already indexed are read again too (their content cannot change, but how it is indexed may have). With
+        `resume`, the repositories an interrupted run recorded as done are skipped (`moorage database import`).
+        `progress(done, total)` is called as repositories are indexed."""
         db = self._database()
         epoch = epoch or await self._storage_epoch()
         # Changes made while this runs are in the records after this position; they are replayed afterwards.
         position = position_at(time.time() - self.settings.settle)
         started = time.monotonic()
-        names = await self.registry.repositories.names()
+        names = sorted(await self.registry.repositories.names())
+        done_through = (await asyncio.to_thread(db.get_meta, IMPORT_CHECKPOINT)) if resume else None
+        todo = [name for name in names if not done_through or name > done_through]
         limit = asyncio.Semaphore(self.settings.rebuild_concurrency)
+        done = len(names) - len(todo)
+        if progress is not None:
+            progress(done, len(names))
 
         async def one(name: str) -> None:
+            nonlocal done
             async with limit:
                 await self._refresh(name, fresh=reread)
+            done += 1
+            if progress is not None:
+                progress(done, len(names))
 
         renewing = asyncio.create_task(self._hold_build_lease())
         try:
-            await asyncio.gather(*(one(name) for name in names))
+            # In sorted batches, each recorded once done: an interrupted import resumes after the last one.
+            for start in range(0, len(todo), IMPORT_BATCH):
+                batch = todo[start : start + IMPORT_BATCH]
+                await asyncio.gather(*(one(name) for name in batch))
+                if resume:
+                    await asyncio.to_thread(db.set_meta, {IMPORT_CHECKPOINT: batch[-1]})
         finally:
             renewing.cancel()
             await asyncio.to_thread(db.release, BUILD_LEASE, self._owner)
         # Not listed: gone, unless pushed since the listing (then storage has it): storage decides each one.
         await asyncio.gather(*(one(name) for name in await asyncio.to_thread(db.names) - set(names)))
-        await asyncio.to_thread(db.set_meta, {"epoch": epoch, "position": position})
+        await asyncio.to_thread(db.set_meta, {"epoch": epoch, "position": position, IMPORT_CHECKPOINT: ""})
         self._position = position
         logger.info("index: %d repositories indexed in %.1fs", len(names), time.monotonic() - started)
         return len(names)
