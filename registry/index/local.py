@@ -110,6 +110,7 @@ class LocalIndex:
         self._applier: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
+        self._reconciled_at = time.monotonic()  # a start catches up or rebuilds: the first check is due later
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     @property
@@ -292,6 +293,22 @@ class LocalIndex:
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
             self._pruned_at = time.monotonic()
             await self.changes.prune()
+        if time.monotonic() - self._reconciled_at > self.settings.reconcile_interval:
+            self._reconciled_at = time.monotonic()
+            await self.reconcile()
+
+    async def reconcile(self) -> list[str]:
+        """Re-read the repositories storage and the index disagree on (present in one only): what another tool
+        wrote or removed without the change records Moorage's writes leave. Returns their names."""
+        db = self._database()
+        in_storage = await self.registry.repositories.names()
+        in_index = await asyncio.to_thread(db.names)
+        differing = sorted(set(in_storage) ^ in_index)
+        for name in differing:
+            await self._refresh(name)
+        if differing:
+            logger.info("index: %d repositories re-read from storage: %s", len(differing), ", ".join(differing[:10]))
+        return differing
 
     async def _storage_epoch(self) -> str:
         """The identity of this storage's index generation (a fresh bucket or directory gets a new one)."""

@@ -60,3 +60,9 @@ class IndexSettings(BaseModel):
         description="Change records older than this are pruned; an index that saw none for longer is rebuilt.",
     )
     rebuild_concurrency: int = Field(default=8, ge=1, le=256, description="Repositories read at once by a rebuild.")
+    reconcile_interval: Seconds = Field(
+        default=3600.0,
+        ge=1,
+        description="How often the index compares its repositories with storage's (one listing) and re-reads those "
+        "that differ: repositories another tool wrote or removed without change records.",
+    )

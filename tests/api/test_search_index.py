@@ -14,11 +14,12 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from registry.app import create_app
+from registry.digests import Digest
 from registry.index.changes import ChangeLog
 from registry.index.local import LocalIndex
 from registry.store.registry import Registry
 from tests.api.conftest import IndexLocation, make_settings
-from tests.api.helpers import OCI_MANIFEST, encode, error_code
+from tests.api.helpers import OCI_MANIFEST, encode, error_code, image_manifest
 from tests.api.test_search import DESCRIPTION, push, push_index
 
 QUERIES = ["", "app", "team", "platform:linux/arm64", "label:team=core", "tag:v*", "label:" + DESCRIPTION]
@@ -254,3 +255,31 @@ async def test_a_rebuild_keeps_what_was_pushed_after_it_listed_storage(
         await registry.backend.delete("docker/registry/v2/repositories/team/late")
         await index.rebuild()
         assert await catalog(client) == ["team/early"]
+
+
+async def test_repositories_written_around_the_index_are_reconciled(
+    storage_config: dict[str, Any], index_location: IndexLocation
+) -> None:
+    """Another tool (here: a store no index follows, so no change records) removes one repository and writes
+    another: the periodic reconciliation compares names with storage and re-reads the two."""
+    async with serving(storage_config, index_location(), reconcile_interval=1) as (client, _):
+        await push(client, "team/old", "v1")
+        assert await catalog(client) == ["team/old"]
+        bare = Registry.from_settings(make_settings(storage_config))
+        await bare.start()
+        try:
+            await bare.repositories.delete("team/old")
+            config, layer = b'{"architecture":"amd64","os":"linux"}', b"a layer written around the index"
+            for blob in (config, layer):
+                digest = Digest.of(blob)
+                await bare.blobs.put_small(digest, blob)
+                await bare.blobs.link("team/new", digest)
+            body = encode(image_manifest(config, [layer]))
+            await bare.manifests.put("team/new", "v1", body, OCI_MANIFEST)
+        finally:
+            await bare.aclose()
+
+        async def reconciled() -> bool:
+            return await catalog(client) == ["team/new"]
+
+        await eventually(reconciled, "the index drops team/old and lists team/new")
