@@ -28,7 +28,7 @@ from registry.auth.access import (
 from registry.auth.bearer import CI_TOKEN_CLAIM, KIND_CLAIM, InvalidToken, TokenAuthority
 from registry.auth.ci_tokens import CiTokenStore, looks_like_secret
 from registry.auth.htpasswd import HtpasswdFile
-from registry.auth.ratelimit import FailedLogins
+from registry.auth.ratelimit import LoginLimiter, ProcessLimiter
 from registry.auth.settings import ANONYMOUS
 from registry.settings import Settings
 from storage_backends import StorageBackend
@@ -68,13 +68,15 @@ class _VerifiedToken:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings, backend: StorageBackend) -> None:
+    def __init__(self, settings: Settings, backend: StorageBackend, limiter: LoginLimiter | None = None) -> None:
         assert settings.auth is not None
         self.settings = settings.auth
         self.rules = AccessRules(settings.access)
         self.htpasswd = HtpasswdFile(self.settings.htpasswd.path) if self.settings.htpasswd else None
         self.ci_tokens = CiTokenStore(backend)
-        self.failures = FailedLogins(self.settings.rate_limit.failures, self.settings.rate_limit.window)
+        self.failures: LoginLimiter = limiter or ProcessLimiter(
+            self.settings.rate_limit.failures, self.settings.rate_limit.window
+        )
         self.backend = backend
         self.authority: TokenAuthority | None = None
         self.anonymous = Caller(ANONYMOUS_IDENTITY, None, RuleView(self.rules, ANONYMOUS_IDENTITY))
@@ -91,6 +93,7 @@ class Authenticator:
     async def aclose(self) -> None:
         self._basic.clear()
         self._bearer.clear()
+        await self.failures.aclose()
 
     @property
     def bearer_enabled(self) -> bool:
@@ -98,7 +101,7 @@ class Authenticator:
 
     async def login(self, username: str, password: str, address: str) -> Identity:
         """Check a user name and password (or a CI token's name and secret)."""
-        retry_after = self.failures.retry_after(username, address)
+        retry_after = await self.failures.retry_after(username, address)
         if retry_after is not None:
             raise TooManyFailures(retry_after)
         identity: Identity | None = None
@@ -112,10 +115,10 @@ class Authenticator:
         ):
             identity = Identity("user", username)
         if identity is None:
-            self.failures.failed(username, address)
+            await self.failures.failed(username, address)
             logger.warning("failed login for user %r from %s", username[:100], address)
             raise AuthFailed("invalid username or password")
-        self.failures.succeeded(username, address)
+        await self.failures.succeeded(username, address)
         return identity
 
     async def basic(self, encoded: str, address: str) -> Identity:
@@ -127,7 +130,7 @@ class Authenticator:
         hit = self._basic.get(key)
         if hit is not None and hit[1] > time.monotonic() and hit[2] == generation:
             # A remembered good login does not skip a lockout: the guesser may have just found the password.
-            retry_after = self.failures.retry_after(hit[0].name, address)
+            retry_after = await self.failures.retry_after(hit[0].name, address)
             if retry_after is not None:
                 raise TooManyFailures(retry_after)
             return hit[0]

@@ -7,6 +7,8 @@ from starlette.applications import Starlette
 from registry.auth.authenticator import Authenticator
 from registry.auth.guard import AccessGuard
 from registry.auth.htpasswd import HtpasswdError
+from registry.auth.ratelimit import SharedLimiter
+from registry.database import PostgresEngine
 from registry.routing import GUARD_STATE
 from registry.services import Service
 from registry.settings import ConfigError, Settings
@@ -22,7 +24,13 @@ def install(app: Starlette, settings: Settings, registry: Registry) -> Service |
     setattr(app.state, GUARD_STATE, None)
     if settings.auth is None:
         return None
-    authenticator = Authenticator(settings, registry.backend)
+    limiter = None
+    url = settings.database.url
+    if url is not None and url.startswith(("postgresql://", "postgres://")):
+        # Failed logins counted once for every replica, in the shared database.
+        rate = settings.auth.rate_limit
+        limiter = SharedLimiter(lambda: PostgresEngine(url), rate.failures, rate.window)
+    authenticator = Authenticator(settings, registry.backend, limiter)
     if authenticator.htpasswd is not None:
         try:
             authenticator.htpasswd.load()  # a missing or malformed file stops the start, with its name

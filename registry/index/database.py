@@ -570,7 +570,11 @@ def _storable_manifest(m: ManifestRecord) -> ManifestRecord:
 
 
 def _text(value: str) -> str:
+    """`value` as both databases can hold it: bounded, without unpaired surrogates (UTF-8 cannot encode them) or
+    NUL (PostgreSQL's text cannot hold it)."""
     value = value[:MAX_TEXT]
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
     return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
 
 

@@ -137,3 +137,17 @@ def test_pull_counts_outlive_a_new_schema(open_db: Opener) -> None:
         assert db.names() == {"team/app"}
     finally:
         db.close()
+
+
+def test_text_no_database_could_hold_is_stored_readably(open_db: Opener) -> None:
+    """NUL (which PostgreSQL's text refuses) and unpaired surrogates (which UTF-8 cannot encode), from labels a
+    manifest may carry: stored with U+FFFD in their place, on both engines."""
+    db = open_db()
+    try:
+        hostile = snapshot("team/app", "null\x00byte and \ud800 surrogate")
+        db.replace("team/app", hostile)
+        summary = db.summary("team/app")
+        assert summary is not None and summary.description == "null\ufffdbyte and \ufffd surrogate"
+        assert db.ranked(SearchQuery(terms=("null",)), None, 10) == [(4, "team/app")]
+    finally:
+        db.close()
