@@ -1,7 +1,7 @@
 """Benchmark of the metadata index in PostgreSQL vs SQLite at 100,000 repositories x 10 tags.
 
-    .venv/bin/python bench/database.py                        # 100,000 repositories (~8-10 min)
-    .venv/bin/python bench/database.py --repositories 2000    # smoke run (~1 min)
+    .venv/bin/python bench/database.py                        # 100,000 repositories (~12 min)
+    .venv/bin/python bench/database.py --repositories 2000    # smoke run (~15 s)
     .venv/bin/python bench/database.py --output FILE.md       # also write the table to FILE.md (and FILE.json)
 
 Targets (the issue): catalog page p99 < 20 ms, search p99 < 50 ms, manifest PUT p50 unchanged against SQLite.
