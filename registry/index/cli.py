@@ -12,9 +12,6 @@ import sys
 import time
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
 from registry.admin import EXIT_FAILURE, EXIT_OK, open_registry, set_main
 from registry.database import DATABASE_ERRORS
 from registry.index.database import SCHEMA_VERSION
@@ -100,6 +97,10 @@ async def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_import(args: argparse.Namespace, settings: Settings) -> int:
+    # Here, not at the top: `moorage serve` loads this module and must not load the client's libraries.
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     async with open_registry(settings) as registry:
         index = open_index(settings, registry)
         started = time.monotonic()

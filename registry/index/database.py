@@ -395,8 +395,16 @@ class Database:
 
     def ranked(self, query: SearchQuery, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
         """(rank, name) of the repositories matching `query`, best first, after `after`, at most `limit`."""
-        rank, rank_parameters = rank_sql("name", query.terms, self.dialect)
         where, parameters = _repository_conditions(query, self.dialect)
+        if not query.terms:
+            # Filters alone rank everything alike: name order, which the primary key gives, so the scan stops at the
+            # page's last match instead of sorting every match.
+            rows = self._read(
+                f"SELECT name FROM repositories WHERE {where} AND name > ? ORDER BY name LIMIT ?",
+                [*parameters, after[1] if after else "", limit],
+            )
+            return [(0, str(row[0])) for row in rows]
+        rank, rank_parameters = rank_sql("name", query.terms, self.dialect)
         sql = f"SELECT {rank} AS rank, name FROM repositories WHERE {where}"
         sql = f"SELECT rank, name FROM ({sql}) AS ranked WHERE (rank, name) > (?, ?) ORDER BY rank, name LIMIT ?"
         start = after or (-1, "")

@@ -142,7 +142,16 @@ def claimed(path: Path) -> bool:
 async def test_a_notifier_stopped_mid_send_gives_its_deliveries_back(tmp_path: Path) -> None:
     """Stopping while a delivery is on its way (the endpoint has not answered) must not leave it claimed for the
     lease (timeout + 30 s): the next process sends it at once."""
-    hanging = await asyncio.start_server(lambda reader, writer: asyncio.sleep(3600), "127.0.0.1", 0)
+    released = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await released.wait()
+        writer.close()
+        await writer.wait_closed()
+
+    hanging = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = hanging.sockets[0].getsockname()[1]
     settings = NotificationsSettings.model_validate(
         {
@@ -162,6 +171,12 @@ async def test_a_notifier_stopped_mid_send_gives_its_deliveries_back(tmp_path: P
         assert claimed(tmp_path / "queue.sqlite3")
     finally:
         await notifier.aclose()
+        released.set()
         hanging.close()
+        await hanging.wait_closed()
+        for writer in writers:  # every connection closed before the loop is: nothing left for the GC to warn of
+            if not writer.is_closing():
+                writer.close()
+        await asyncio.sleep(0.05)
     assert [d.event for d in queue.claim("slow", 10, 60.0)] == ['{"action":"push"}']
     queue.close()
