@@ -207,9 +207,7 @@ class PostgresEngine:
             url,
             min_size=1,
             max_size=POOL_SIZE,
-            # No server-side prepared statements: after five runs PostgreSQL may switch a statement to a generic plan,
-            # which for the index's searches can be a thousand times slower than a plan for the actual values.
-            kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT_SECONDS), "prepare_threshold": None},
+            kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT_SECONDS)},
             configure=_configure,
             timeout=CONNECT_TIMEOUT_SECONDS,
             open=False,
