@@ -33,6 +33,7 @@ from registry.index.base import (
     RepositoryRow,
     RepositorySnapshot,
     RepositorySummary,
+    SearchHit,
     SearchQuery,
     TagRecord,
     TagSummary,
@@ -508,26 +509,54 @@ class Database:
 
     def best_match(self, name: str, query: SearchQuery) -> tuple[ManifestRecord, tuple[str, ...]] | None:
         """The repository's manifest that matches `query` best (tagged first, then the latest) and its tags."""
+        found = self.hits(query, [name])
+        if not found or found[0].manifest is None:
+            return None
+        return found[0].manifest, found[0].tags
+
+    def hits(self, query: SearchQuery, names: list[str]) -> list[SearchHit]:
+        """`best_match` and `details` for a page of repositories in three statements, whatever the page's size (a
+        statement each was 76 round trips for a page of 25 on PostgreSQL)."""
+        if not names:
+            return []
+        marks = ",".join("?" * len(names))
+        details = {
+            row[0]: row[1:]
+            for row in self._read(
+                f"SELECT name, description, pushed_at, pulls FROM repositories WHERE name IN ({marks})", names
+            )
+        }
         conditions, parameters = _manifest_conditions(query, self.dialect)
         tagged = "EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository AND t.digest = m.digest)"
         columns = ", ".join(f"m.{c.strip()}" for c in _MANIFEST_COLUMNS.split(","))
-        rows = self._read(
-            f"SELECT {columns} FROM manifests m WHERE m.repository = ? AND {conditions} "
-            f"ORDER BY {tagged} DESC, m.pushed_at DESC, m.digest LIMIT 1",
-            [name, *parameters],
-        )
-        if not rows:
-            return None
-        manifest = _manifest(rows[0])
-        tags = [
-            row[0]
-            for row in self._read(
-                "SELECT tag FROM tags WHERE repository = ? AND digest = ? ORDER BY tag", (name, manifest.digest)
-            )
-        ]
-        if query.tags:
-            tags = [tag for tag in tags if any(_glob(tag, pattern) for pattern in query.tags)]
-        return manifest, tuple(tags)
+        best: dict[str, ManifestRecord] = {}
+        for row in self._read(
+            f"SELECT * FROM (SELECT m.repository AS repository_name, {columns}, row_number() OVER "
+            f"(PARTITION BY m.repository ORDER BY {tagged} DESC, m.pushed_at DESC, m.digest) AS choice "
+            f"FROM manifests m WHERE m.repository IN ({marks}) AND {conditions}) AS candidates WHERE choice = 1",
+            [*names, *parameters],
+        ):
+            best[row[0]] = _manifest(row[1:-1])
+        tags: dict[tuple[str, str], list[str]] = {}
+        digests = sorted({m.digest for m in best.values()})
+        if digests:
+            for repository, digest, tag in self._read(
+                f"SELECT repository, digest, tag FROM tags WHERE repository IN ({marks}) "
+                f"AND digest IN ({','.join('?' * len(digests))}) ORDER BY tag",
+                [*names, *digests],
+            ):
+                tags.setdefault((repository, digest), []).append(tag)
+        found: list[SearchHit] = []
+        for name in names:
+            if name not in details:
+                continue  # dropped since the candidates were read
+            description, pushed_at, pulls = details[name]
+            manifest = best.get(name)
+            names_of = tags.get((name, manifest.digest), []) if manifest is not None else []
+            if query.tags:
+                names_of = [tag for tag in names_of if any(_glob(tag, pattern) for pattern in query.tags)]
+            found.append(SearchHit(name, description, pushed_at, pulls, manifest, tuple(names_of)))
+        return found
 
     def summary(self, name: str) -> RepositorySummary | None:
         rows = self._read("SELECT description, pushed_at, pulls FROM repositories WHERE name = ?", (name,))
@@ -543,10 +572,6 @@ class Database:
             if digest in manifests
         )
         return RepositorySummary(name, description, pushed_at, pulls, len(manifests), tags)
-
-    def details(self, name: str) -> tuple[str | None, float | None, int] | None:
-        rows = self._read("SELECT description, pushed_at, pulls FROM repositories WHERE name = ?", (name,))
-        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
 
 def storable(snapshot: RepositorySnapshot) -> RepositorySnapshot:

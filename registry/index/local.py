@@ -532,15 +532,7 @@ class LocalIndex:
 
     @staticmethod
     def _hits(db: Database, query: SearchQuery, names: list[str]) -> list[SearchHit]:
-        hits = []
-        for name in names:
-            details = db.details(name)
-            if details is None:
-                continue  # dropped since the candidates were read
-            best = db.best_match(name, query)
-            manifest, tags = best if best is not None else (None, ())
-            hits.append(SearchHit(name, details[0], details[1], details[2], manifest, tags))
-        return hits
+        return db.hits(query, names)
 
     async def repository(self, name: str) -> RepositorySummary | None:
         db = await self._queryable()
