@@ -45,6 +45,7 @@ from registry.media_types import INDEXES
 SCHEMA_VERSION = 4
 DESCRIPTION_KEYS = ("org.opencontainers.image.description", "description")
 _BATCH = 500  # digests per `IN (...)`: well under SQLite's limit on bound parameters
+RARE_LABEL_ROWS = 5000  # a label on fewer rows than this drives a filter search from its own index
 _TABLES = (
     "meta",
     "repositories",
@@ -398,18 +399,29 @@ class Database:
         """(rank, name) of the repositories matching `query`, best first, after `after`, at most `limit`."""
         where, parameters = _repository_conditions(query, self.dialect)
         if not query.terms:
-            # Filters alone rank everything alike: name order, which the primary key gives, so the scan stops at the
-            # page's last match instead of sorting every match.
-            rows = self._read(
-                f"SELECT name FROM repositories WHERE {where} AND name > ? ORDER BY name LIMIT ?",
-                [*parameters, after[1] if after else "", limit],
-            )
+            # Filters alone rank everything alike: name order. When a label is rare, its repositories are the few
+            # candidates (sorted by name, no more); else the primary key's walk stops at the page's last match.
+            start = after[1] if after else ""
+            candidates = self._rare_label(query)
+            if candidates is not None:
+                driver, more = candidates
+                rows = self._read(
+                    f"WITH candidates AS MATERIALIZED ({driver}) SELECT name FROM candidates "
+                    f"JOIN repositories ON name = candidates.repository WHERE {where} AND name > ? "
+                    "ORDER BY name LIMIT ?",
+                    [*more, *parameters, start, limit],
+                )
+            else:
+                rows = self._read(
+                    f"SELECT name FROM repositories WHERE {where} AND name > ? ORDER BY name LIMIT ?",
+                    [*parameters, start, limit],
+                )
             return [(0, str(row[0])) for row in rows]
         rank, rank_parameters = rank_sql("name", query.terms, self.dialect)
         sql = f"SELECT {rank} AS rank, name FROM repositories WHERE {where}"
         sql = f"SELECT rank, name FROM ({sql}) AS ranked WHERE (rank, name) > (?, ?) ORDER BY rank, name LIMIT ?"
-        start = after or (-1, "")
-        rows = self._read(sql, [*rank_parameters, *parameters, *start, limit])
+        position = after or (-1, "")
+        rows = self._read(sql, [*rank_parameters, *parameters, *position, limit])
         return [(int(row[0]), str(row[1])) for row in rows]
 
     def listed(
@@ -499,6 +511,22 @@ class Database:
             for blob, repository in rows:
                 found.setdefault(blob, []).append(repository)
         return found
+
+    def _rare_label(self, query: SearchQuery) -> tuple[str, list[Any]] | None:
+        """The query's rarest `label:` part as SQL naming its repositories, when fewer than RARE_LABEL_ROWS rows
+        carry it (counted through `labels_by_key`, no further than that); None when every label part is common."""
+        best: tuple[int, str, list[Any]] | None = None
+        for key, value in query.labels:
+            condition, more = ("key = ?", [key]) if value is None else ("key = ? AND value = ?", [key, value])
+            count = int(
+                self._read(
+                    f"SELECT count(*) FROM (SELECT 1 FROM labels WHERE {condition} LIMIT ?) AS capped",
+                    [*more, RARE_LABEL_ROWS],
+                )[0][0]
+            )
+            if count < RARE_LABEL_ROWS and (best is None or count < best[0]):
+                best = (count, f"SELECT DISTINCT repository FROM labels WHERE {condition}", more)
+        return (best[1], best[2]) if best is not None else None
 
     def rank_of(self, name: str, terms: tuple[str, ...]) -> int:
         """What `ranked` gives `name` (for a cursor naming a repository that may be gone meanwhile)."""

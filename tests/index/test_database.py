@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -149,5 +150,31 @@ def test_text_no_database_could_hold_is_stored_readably(open_db: Opener) -> None
         summary = db.summary("team/app")
         assert summary is not None and summary.description == "null\ufffdbyte and \ufffd surrogate"
         assert db.ranked(SearchQuery(terms=("null",)), None, 10) == [(4, "team/app")]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("rare_below", [0, 5000])  # every label common (the name walk), or rare (its own index)
+def test_filter_searches_page_in_name_order_either_way(
+    open_db: Opener, monkeypatch: pytest.MonkeyPatch, rare_below: int
+) -> None:
+    monkeypatch.setattr("registry.index.database.RARE_LABEL_ROWS", rare_below)
+    db = open_db()
+    try:
+        for i in range(12):
+            labelled = snapshot(f"team/app{i:02d}")
+            if i % 4 == 1:  # three of them carry the label
+                manifests = tuple(
+                    dataclasses.replace(m, labels={**m.labels, "tier": "gold"}) for m in labelled.manifests
+                )
+                labelled = dataclasses.replace(labelled, manifests=manifests)
+            db.replace(labelled.name, labelled)
+        query = SearchQuery(labels=(("tier", "gold"),))
+        first = db.ranked(query, None, 2)
+        assert first == [(0, "team/app01"), (0, "team/app05")]
+        assert db.ranked(query, first[-1], 2) == [(0, "team/app09")]
+        both = SearchQuery(labels=(("tier", "gold"),), platforms=("linux/arm64",))
+        assert [name for _, name in db.ranked(both, None, 10)] == ["team/app01", "team/app05", "team/app09"]
+        assert db.ranked(SearchQuery(labels=(("tier", "none"),)), None, 10) == []
     finally:
         db.close()
