@@ -45,7 +45,7 @@ from registry.media_types import INDEXES
 SCHEMA_VERSION = 4
 DESCRIPTION_KEYS = ("org.opencontainers.image.description", "description")
 _BATCH = 500  # digests per `IN (...)`: well under SQLite's limit on bound parameters
-RARE_LABEL_ROWS = 5000  # a label on fewer rows than this drives a filter search from its own index
+RARE_LABEL_ROWS = 20_000  # a label on fewer rows than this drives a filter search from its own index
 _TABLES = (
     "meta",
     "repositories",

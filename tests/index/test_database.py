@@ -154,7 +154,7 @@ def test_text_no_database_could_hold_is_stored_readably(open_db: Opener) -> None
         db.close()
 
 
-@pytest.mark.parametrize("rare_below", [0, 5000])  # every label common (the name walk), or rare (its own index)
+@pytest.mark.parametrize("rare_below", [0, 20_000])  # every label common (the name walk), or rare (its own index)
 def test_filter_searches_page_in_name_order_either_way(
     open_db: Opener, monkeypatch: pytest.MonkeyPatch, rare_below: int
 ) -> None:
