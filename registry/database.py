@@ -247,3 +247,55 @@ class PostgresEngine:
 
     def close(self) -> None:
         self._pool.close()
+
+
+class _SharedPostgres:
+    """A handle on a process's one pool for a database; the pool closes with its last handle."""
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, engine: PostgresEngine) -> None:
+        self.engine = engine
+        self.where = engine.where
+        self._closed = False
+
+    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        return self.engine.read(sql, parameters)
+
+    def transaction(self, lock: str | None = None) -> contextlib.AbstractContextManager[Sql]:
+        return self.engine.transaction(lock)
+
+    def table_exists(self, db: Sql, table: str) -> bool:
+        return self.engine.table_exists(db, table)
+
+    def has_column(self, db: Sql, table: str, column: str) -> bool:
+        return self.engine.has_column(db, table, column)
+
+    def healthy(self) -> bool:
+        return self.engine.healthy()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with _SHARED_LOCK:
+            engine, handles = _SHARED[self.engine.url]
+            if handles > 1:
+                _SHARED[self.engine.url] = (engine, handles - 1)
+                return
+            del _SHARED[self.engine.url]
+        engine.close()
+
+
+_SHARED: dict[str, tuple[PostgresEngine, int]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def postgres_engine(url: str) -> Engine:
+    """The process's pool for the database at `url`, shared by the index, the webhook queue and the failed-login
+    counts (one pool each would hold three times the connections); close the handle when done."""
+    with _SHARED_LOCK:
+        found = _SHARED.get(url)
+        engine = found[0] if found is not None else PostgresEngine(url)
+        _SHARED[url] = (engine, (found[1] if found is not None else 0) + 1)
+    return _SharedPostgres(engine)

@@ -8,7 +8,7 @@ from registry.auth.authenticator import Authenticator
 from registry.auth.guard import AccessGuard
 from registry.auth.htpasswd import HtpasswdError
 from registry.auth.ratelimit import SharedLimiter
-from registry.database import PostgresEngine
+from registry.database import postgres_engine
 from registry.routing import GUARD_STATE
 from registry.services import Service
 from registry.settings import ConfigError, Settings
@@ -29,7 +29,7 @@ def install(app: Starlette, settings: Settings, registry: Registry) -> Service |
     if url is not None and url.startswith(("postgresql://", "postgres://")):
         # Failed logins counted once for every replica, in the shared database.
         rate = settings.auth.rate_limit
-        limiter = SharedLimiter(lambda: PostgresEngine(url), rate.failures, rate.window)
+        limiter = SharedLimiter(lambda: postgres_engine(url), rate.failures, rate.window)
     authenticator = Authenticator(settings, registry.backend, limiter)
     if authenticator.htpasswd is not None:
         try:

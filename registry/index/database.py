@@ -21,10 +21,10 @@ from registry.database import (
     Dialect,
     Engine,
     EngineCorrupt,
-    PostgresEngine,
     Sql,
     SqliteEngine,
     glob_pattern,
+    postgres_engine,
     remove_files,
 )
 from registry.index.base import (
@@ -172,7 +172,7 @@ class Database:
     @classmethod
     def connect(cls, url: str) -> Database:
         """The index in the PostgreSQL database at `url` (`postgresql://user:password@host:port/database`)."""
-        return cls(PostgresEngine(url))
+        return cls(postgres_engine(url))
 
     def _prepare(self) -> None:
         # One process at a time creates or replaces the schema (PostgreSQL: under an advisory lock).

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.database import Engine, PostgresEngine, SqliteEngine
+from registry.database import Engine, SqliteEngine, postgres_engine
 
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -64,7 +64,7 @@ class DeliveryQueue:
     def open(cls, path: Path, url: str | None = None) -> DeliveryQueue:
         """The queue in the PostgreSQL database `url` when given, else in the SQLite file at `path`."""
         if url is not None:
-            return cls(PostgresEngine(url))
+            return cls(postgres_engine(url))
         return cls(SqliteEngine(path))
 
     def add(self, deliveries: list[tuple[str, str]]) -> None:

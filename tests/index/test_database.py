@@ -10,6 +10,7 @@ import pytest
 
 from registry.index.base import ManifestRecord, RepositorySnapshot, SearchQuery, TagRecord
 from registry.index.database import SCHEMA_VERSION, Database
+from registry.notifications.queue import DeliveryQueue
 from tests.postgres_server import PostgresServer
 
 Opener = Callable[[], Database]
@@ -178,3 +179,21 @@ def test_filter_searches_page_in_name_order_either_way(
         assert db.ranked(SearchQuery(labels=(("tier", "none"),)), None, 10) == []
     finally:
         db.close()
+
+
+def test_one_pool_per_database_and_process(postgres_server: PostgresServer, tmp_path: Path) -> None:
+    """The index, the webhook queue and the failed-login counts share a process's connections to one database."""
+    url = postgres_server.new_database()
+    try:
+        index = Database.connect(url)
+        queue = DeliveryQueue.open(tmp_path / "unused.sqlite3", url)
+        assert index.engine.engine is queue.engine.engine  # type: ignore[attr-defined]
+        index.close()
+        queue.add([("hook", "still works after the index closed its handle")])
+        assert queue.pending() == 1
+        queue.close()
+        reopened = Database.connect(url)  # the last handle closed the pool: a new one opens
+        assert reopened.engine.engine is not queue.engine.engine  # type: ignore[attr-defined]
+        reopened.close()
+    finally:
+        postgres_server.drop_database(url)
