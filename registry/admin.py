@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.services import Service
 from registry.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 from registry.store.events import Origin, acting_as
 from registry.store.registry import Registry
+
+if TYPE_CHECKING:
+    from registry.index.local import LocalIndex
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -54,9 +57,20 @@ async def open_registry(settings: Settings, actor: str = "moorage:admin") -> Asy
     """The registry over the configured storage, started, and closed afterwards. What it changes emits the same
     events as the API (as `actor`): the running servers' metadata index follows (through its change records), and
     webhooks are queued for them to deliver."""
+    async with open_registry_and_index(settings, actor) as (registry, _):
+        yield registry
+
+
+@contextlib.asynccontextmanager
+async def open_registry_and_index(
+    settings: Settings, actor: str = "moorage:admin", *, start_index: bool = False
+) -> AsyncIterator[tuple[Registry, LocalIndex | None]]:
+    """`open_registry`, and the metadata index following it (None when the index is off); with `start_index`, the
+    index is started too (opened, caught up with storage, following the change records), as a server's is."""
     registry = Registry.from_settings(settings)
     await registry.start()
     followers: list[Service] = []
+    index: LocalIndex | None = None
     try:
         if settings.index.enabled:
             from registry.index.setup import open_index
@@ -64,6 +78,8 @@ async def open_registry(settings: Settings, actor: str = "moorage:admin") -> Asy
             index = open_index(settings, registry)
             index.follow(registry.events)
             followers.append(index)
+            if start_index:
+                await index.start()
         if settings.notifications.endpoints:
             from registry.notifications import follow as follow_notifications
 
@@ -71,7 +87,7 @@ async def open_registry(settings: Settings, actor: str = "moorage:admin") -> Asy
             await notifier.start()
             followers.append(notifier)
         with acting_as(Origin(actor=actor)):
-            yield registry
+            yield registry, index
     finally:
         for follower in reversed(followers):
             await follower.aclose()

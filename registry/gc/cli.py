@@ -7,12 +7,17 @@ import json
 import sys
 from typing import Any
 
-from registry.admin import EXIT_FAILURE, EXIT_OK, open_registry, set_main
+from registry.admin import EXIT_FAILURE, EXIT_OK, open_registry_and_index, set_main
 from registry.durations import parse_duration
-from registry.gc.collector import GarbageCollector, GcOptions, GcReport
+from registry.gc.collector import GcOptions, GcReport
+from registry.gc.modes import collector, database_driven
+from registry.gc.reviews import GcBusy
+from registry.index.base import IndexUnavailable
 from registry.settings import Settings
 from registry.store.usage import readable_size as _size
 from storage_backends import StorageError
+
+INDEX_WAIT_SECONDS = 600.0  # an index being built (first start, new schema) before a database-driven run
 
 
 def duration(text: str) -> float:
@@ -36,6 +41,12 @@ def add_commands(commands: Any) -> None:
     gc.add_argument(
         "--settle", type=duration, metavar="DURATION", help="how long set-aside blobs stay restorable (gc.settle)"
     )
+    gc.add_argument(
+        "--full",
+        action="store_true",
+        help="mark over all of storage (verifies and repairs what the database's review queues never saw), "
+        "whatever gc.mode says",
+    )
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     set_main(gc, run_gc)
 
@@ -51,12 +62,22 @@ async def run_gc(args: argparse.Namespace, settings: Settings) -> int:
         grace=args.grace,
         settle=args.settle,
     )
+    database = not getattr(args, "full", False) and database_driven(settings)
     try:
-        async with open_registry(settings) as registry:
-            report = await GarbageCollector(registry, options).run()
+        async with open_registry_and_index(settings, start_index=database) as (registry, index):
+            if database and index is not None and not await index.wait_ready(INDEX_WAIT_SECONDS):
+                print(
+                    "moorage: gc: the metadata index is still being built; try again later, or use --full",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILURE
+            report = await collector(registry, index, options, database)()
     except StorageError as e:
         # Safe to run again: whatever this run set aside is restored or deleted by the next one.
         print(f"moorage: gc stopped: storage error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (IndexUnavailable, GcBusy) as e:
+        print(f"moorage: gc: {e}; try again later, or use --full", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))

@@ -38,7 +38,7 @@ from registry.gc.settings import GcSettings, ImmutableTagRule, RetentionRule, Up
 from registry.store.events import Origin, acting_as
 from registry.store.inventory import Inventory, read_blobs, read_manifests, read_repositories, read_tags
 from registry.store.registry import Registry
-from storage_backends import PathNotFound, StorageError
+from storage_backends import PathNotFound, StorageBackend, StorageError
 
 GC_ORIGIN = Origin(actor="moorage:gc")
 logger = logging.getLogger("moorage.gc")
@@ -138,23 +138,8 @@ class GarbageCollector:
         with acting_as(GC_ORIGIN):
             report = await self._run()
         if not report.dry_run:
-            await self._record(report)
+            await record_summary(self.backend, report)
         return report
-
-    async def _record(self, report: GcReport) -> None:
-        """The last run's summary, for the UI's storage page (any replica may have run it)."""
-        summary = {
-            "finished_at": time.time(),
-            "seconds": round(report.seconds, 3),
-            "bytes_reclaimed": report.bytes_reclaimed,
-            "blobs_removed": len(report.blobs_removed),
-            "manifests_removed": len(report.manifests_removed),
-            "uploads_purged": len(report.uploads_purged),
-        }
-        try:
-            await self.backend.put_content(paths.GC_LAST_REPORT, json.dumps(summary).encode())
-        except StorageError as e:
-            logger.warning("gc: could not record the run's summary: %s", e)
 
     async def _run(self) -> GcReport:
         started = asyncio.get_running_loop().time()
@@ -334,6 +319,22 @@ class GarbageCollector:
         report.abandoned_writes_purged = await self.backend.purge_abandoned_writes(
             self.options.purge_uploads_after, dry_run=self.options.dry_run
         )
+
+
+async def record_summary(backend: StorageBackend, report: GcReport) -> None:
+    """The last run's summary, for the UI's storage page (any replica may have run it, in either mode)."""
+    summary = {
+        "finished_at": time.time(),
+        "seconds": round(report.seconds, 3),
+        "bytes_reclaimed": report.bytes_reclaimed,
+        "blobs_removed": len(report.blobs_removed),
+        "manifests_removed": len(report.manifests_removed),
+        "uploads_purged": len(report.uploads_purged),
+    }
+    try:
+        await backend.put_content(paths.GC_LAST_REPORT, json.dumps(summary).encode())
+    except StorageError as e:
+        logger.warning("gc: could not record the run's summary: %s", e)
 
 
 def _all_revisions(inventory: Inventory) -> list[Digest]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,14 +61,8 @@ def plan_retention(
     removals: list[Removal] = []
     kept_tags = dict(contents.tags)
     if rule.prunes_tags:
-        candidates = [
-            tag
-            for tag in contents.tags
-            if not rule.keeps_by_pattern(tag) and rule_protecting(immutable, name, tag) is None
-        ]
-        # Most recently pushed first: a tag's current link is rewritten on every push of it.
-        candidates.sort(key=lambda tag: (contents.tag_links.get(tag, now), tag), reverse=True)
-        for tag in candidates[rule.keep_last or 0 :]:
+        pushed_at = {tag: contents.tag_links.get(tag, now) for tag in contents.tags}
+        for tag in tags_beyond(name, pushed_at, rule, immutable):
             del kept_tags[tag]
             removals.append(Removal(name, "tag", tag, rule.describe(), str(contents.tags[tag])))
     if rule.untagged_older_than is not None:
@@ -78,6 +72,19 @@ def plan_retention(
             if digest not in alive and now - pushed > limit:
                 removals.append(Removal(name, "manifest", str(digest), rule.describe()))
     return removals
+
+
+def tags_beyond(
+    name: str, pushed: Mapping[str, dt.datetime], rule: RetentionRule, immutable: list[ImmutableTagRule]
+) -> list[str]:
+    """The tags of `name` (with when each was last pushed) that `rule` prunes: beyond the `keep_last` most recently
+    pushed, unless `keep_tags` or an immutable-tags rule keeps them."""
+    candidates = [
+        tag for tag in pushed if not rule.keeps_by_pattern(tag) and rule_protecting(immutable, name, tag) is None
+    ]
+    # Most recently pushed first: a tag's current link is rewritten on every push of it.
+    candidates.sort(key=lambda tag: (pushed[tag], tag), reverse=True)
+    return candidates[rule.keep_last or 0 :]
 
 
 def rule_for(rules: list[RetentionRule], name: str) -> RetentionRule | None:

@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 
 from registry import paths
-from registry.gc.collector import GarbageCollector, GcOptions, GcReport
+from registry.gc.collector import GcReport
+from registry.gc.modes import Collect
+from registry.index.base import IndexUnavailable
 from registry.metrics import Metrics
 from registry.store.registry import Registry
 from storage_backends import PathNotFound, StorageError
@@ -31,13 +33,13 @@ class GcSchedule:
     def __init__(
         self,
         registry: Registry,
-        options: GcOptions,
+        collect: Collect,
         interval: float,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
-        self.options = options
+        self.collect = collect
         self.interval = interval
         self.metrics = metrics
         self.clock = clock
@@ -62,6 +64,10 @@ class GcSchedule:
                 await self.run_slot(slot)
             except asyncio.CancelledError:
                 raise
+            except IndexUnavailable as e:
+                logger.warning("gc: skipping this slot's database-driven run: %s", e)
+                if self.metrics is not None:
+                    self.metrics.gc_failed()
             except Exception:
                 logger.exception("gc: scheduled run failed")
                 if self.metrics is not None:
@@ -73,7 +79,7 @@ class GcSchedule:
         if not await self.registry.backend.put_content(paths.gc_lease(slot), lease, exclusive=True):
             return None
         await self._drop_old_leases(slot)
-        report = await GarbageCollector(self.registry, self.options).run()
+        report = await self.collect()
         logger.info(
             "gc: removed %d blobs (%d bytes), %d manifests, %d upload sessions in %.1f s",
             len(report.blobs_removed),

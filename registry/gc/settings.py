@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -32,6 +33,13 @@ def _glob_regex(glob: str) -> re.Pattern[str]:
 
 
 class GcSettings(_Section):
+    mode: Literal["auto", "database", "full"] = Field(
+        default="auto",
+        description="`database`: follow the metadata database's reference counts and review queues (cost follows "
+        "what changed); `full`: mark over all of storage on every run. `auto`: `database` where every writer shares "
+        "the database (PostgreSQL, or SQLite on the filesystem backend), else `full`. `moorage gc --full` always "
+        "marks.",
+    )
     interval: Seconds | None = Field(
         default=None, description="Run GC on this schedule (one replica per slot); absent: only `moorage gc`."
     )

@@ -36,9 +36,12 @@ class ManifestRecord:
     """Config labels and manifest annotations (the annotations win)."""
     pushed_at: float = 0.0
     blobs: tuple[tuple[str, int], ...] = ()
-    """An image's config and layers: (digest, size) as its descriptors declare them (empty for an index)."""
+    """What the manifest references besides itself: an image's config and layers, an index's children, (digest,
+    size) as its descriptors declare them; and every other digest GC's lenient reading finds (size 0)."""
     manifest_bytes: int = 0
     """The manifest's own bytes."""
+    subject: str | None = None
+    """The manifest it refers to (a signature's, an SBOM's image)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,11 +41,13 @@ from registry.index.base import (
 from registry.index.query import rank_sql
 from registry.media_types import INDEXES
 
-# 2: push-time indexes for updates by row; 3: listing counters, blobs; 4: reference counts (an older file is rebuilt)
-SCHEMA_VERSION = 4
+# 2: push-time indexes for updates by row; 3: listing counters, blobs; 4: reference counts; 5: every reference GC
+# follows (children, lenient blobs), subjects, GC's review queues (an older file is rebuilt)
+SCHEMA_VERSION = 5
 DESCRIPTION_KEYS = ("org.opencontainers.image.description", "description")
 _BATCH = 500  # digests per `IN (...)`: well under SQLite's limit on bound parameters
 RARE_LABEL_ROWS = 20_000  # a label on fewer rows than this drives a filter search from its own index
+MAX_KEPT_WALK = 10_000  # manifests one review may walk through to find what keeps a manifest
 _TABLES = (
     "meta",
     "repositories",
@@ -56,6 +58,9 @@ _TABLES = (
     "blobs",
     "repository_blobs",
     "blob_refs",
+    "gc_blob_review",
+    "gc_blob_links",
+    "gc_manifest_review",
 )
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -80,8 +85,10 @@ CREATE TABLE IF NOT EXISTS manifests (
     pushed_at REAL NOT NULL,
     blobs TEXT NOT NULL DEFAULT '[]',
     manifest_bytes INTEGER NOT NULL DEFAULT 0,
+    subject TEXT,
     PRIMARY KEY (repository, digest)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS manifests_by_subject ON manifests (repository, subject);
 CREATE TABLE IF NOT EXISTS tags (
     repository TEXT NOT NULL,
     tag TEXT NOT NULL,
@@ -93,6 +100,7 @@ CREATE TABLE IF NOT EXISTS tags (
 CREATE INDEX IF NOT EXISTS tags_by_digest ON tags (repository, digest);
 CREATE INDEX IF NOT EXISTS tags_by_push ON tags (repository, pushed_at);
 CREATE INDEX IF NOT EXISTS manifests_by_push ON manifests (repository, pushed_at);
+CREATE INDEX IF NOT EXISTS repositories_by_push ON repositories (pushed_at);
 CREATE TABLE IF NOT EXISTS labels (
     repository TEXT NOT NULL, digest TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL
 );
@@ -113,9 +121,19 @@ CREATE TABLE IF NOT EXISTS repository_blobs (
 CREATE TABLE IF NOT EXISTS blob_refs (
     blob TEXT PRIMARY KEY, size INTEGER NOT NULL, repositories INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gc_blob_review (blob TEXT PRIMARY KEY, since REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS gc_blob_review_by_time ON gc_blob_review (since);
+CREATE TABLE IF NOT EXISTS gc_blob_links (
+    blob TEXT NOT NULL, repository TEXT NOT NULL, PRIMARY KEY (blob, repository)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gc_manifest_review (
+    repository TEXT NOT NULL, digest TEXT NOT NULL, since REAL NOT NULL, due REAL NOT NULL,
+    PRIMARY KEY (repository, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS gc_manifest_review_by_time ON gc_manifest_review (due);
 """
 _MANIFEST_COLUMNS = (
-    "digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs, manifest_bytes"
+    "digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs, manifest_bytes, subject"
 )
 _SET_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _PER_MANIFEST = ("manifests", "labels", "platforms")  # and `blobs`, through the reference counts
@@ -124,7 +142,6 @@ INT64_MAX = 2**63 - 1
 MAX_TEXT = 4096
 MAX_LABELS = 512
 MAX_PLATFORMS = 256
-MAX_BLOBS = 4096
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -251,17 +268,29 @@ class Database:
         snapshot = storable(snapshot) if snapshot is not None else None
         with self._transaction(lock=name) as db:
             pulls = dict(db.execute("SELECT tag, pulls FROM tags WHERE repository = ? AND pulls > 0", (name,)))
-            _drop_all_references(db, name)
+            released: list[str] = []
+            _drop_all_references(db, name, released)
             for table in (*_PER_MANIFEST, "tags"):
                 db.execute(f"DELETE FROM {table} WHERE repository = ?", (name,))
             if snapshot is None:
                 db.execute("DELETE FROM repositories WHERE name = ?", (name,))
+                db.execute("DELETE FROM gc_manifest_review WHERE repository = ?", (name,))
+                _review_unreferenced(db, name, released)
                 return
             manifests = {m.digest: m for m in snapshot.manifests}
             logical = _insert_manifests(db, name, snapshot.manifests)
             db.executemany(
                 "INSERT INTO tags (repository, tag, digest, pushed_at, pulls) VALUES (?, ?, ?, ?, ?)",
                 [(name, t.tag, t.digest, t.pushed_at, pulls.get(t.tag, 0)) for t in snapshot.tags],
+            )
+            _review_unreferenced(db, name, released)
+            # Read whole: every untagged manifest is up for review (a review that finds it kept drops the row).
+            db.execute(
+                "INSERT INTO gc_manifest_review (repository, digest, since, due) "
+                "SELECT repository, digest, pushed_at, pushed_at FROM manifests m WHERE m.repository = ? "
+                "AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository AND t.digest = m.digest) "
+                "ON CONFLICT (repository, digest) DO UPDATE SET due = excluded.due",
+                (name,),
             )
             pushed = [t.pushed_at for t in snapshot.tags] + [m.pushed_at for m in snapshot.manifests]
             db.execute(
@@ -321,13 +350,23 @@ class Database:
             # The listing's counters move by what these rows change, so no write reads the whole repository.
             tag_delta = sum(record is not None for record in tags.values()) - len(previous)
             size_delta = logical_delta = 0
+            released: list[str] = []
+            # What may no tag reach any more: the manifests these rows name, and those a deleted one kept (its
+            # children, its referrers).
+            reviewed = set(touched)
             for digest, record in manifests.items():
                 old = db.execute(
                     "SELECT media_type, size FROM manifests WHERE repository = ? AND digest = ?", (name, digest)
                 ).fetchone()
                 if old is not None:
                     size_delta -= _counted_size(old[0], old[1])
-                logical_delta -= _drop_references(db, name, digest)
+                    if record is None:
+                        reviewed.update(_kept_by(db, name, digest))
+                        db.execute("DELETE FROM gc_manifest_review WHERE repository = ? AND digest = ?", (name, digest))
+                if record is None:
+                    # Its own data too, even if the index never saw it (pushed and deleted before the index looked).
+                    released.append(digest)
+                logical_delta -= _drop_references(db, name, digest, released)
                 for table in _PER_MANIFEST:
                     db.execute(f"DELETE FROM {table} WHERE repository = ? AND digest = ?", (name, digest))
                 if record is not None:
@@ -370,6 +409,8 @@ class Database:
                 "logical = excluded.logical",
                 (name, description, pushed_at, tag_count, size, logical),
             )
+            _review_unreferenced(db, name, released)
+            _review_untagged(db, name, reviewed)
             return pushed_at is not None
 
     def names(self) -> set[str]:
@@ -388,6 +429,126 @@ class Database:
                 "UPDATE tags SET pulls = pulls + ? WHERE repository = ? AND tag = ?",
                 [(n, name, _text(tag)) for (name, tag), n in counts.items() if tag],
             )
+
+    # GC's review queues (registry/gc/reviews.py).
+
+    def review_pushed(self, pushed: Iterable[tuple[str, str]]) -> None:
+        """Queue blobs just pushed or mounted, (blob, repository): a blob no manifest comes to reference is garbage
+        once the grace period has passed."""
+        now = time.time()
+        with self._transaction() as db:
+            for blob, name in sorted(set(pushed)):
+                _queue_blob(db, _text(blob), _text(name), now)
+
+    def due_blobs(self, since_before: float, limit: int) -> list[tuple[str, float]]:
+        """(blob, since) of the queued blobs released before `since_before`, the oldest first."""
+        rows = self._read(
+            "SELECT blob, since FROM gc_blob_review WHERE since <= ? ORDER BY since, blob LIMIT ?",
+            (since_before, limit),
+        )
+        return [(str(row[0]), float(row[1])) for row in rows]
+
+    def referenced(self, blobs: list[str]) -> set[str]:
+        """Which of these blobs some manifest of some repository references."""
+        found: set[str] = set()
+        for start in range(0, len(blobs), _BATCH):
+            batch = blobs[start : start + _BATCH]
+            rows = self._read(f"SELECT blob FROM blob_refs WHERE blob IN ({','.join('?' * len(batch))})", batch)
+            found.update(str(row[0]) for row in rows)
+        return found
+
+    def blob_links(self, blob: str) -> list[str]:
+        """The repositories that may still link `blob` (pushed or mounted there, or referenced there before)."""
+        return sorted(str(row[0]) for row in self._read("SELECT repository FROM gc_blob_links WHERE blob = ?", (blob,)))
+
+    def postpone_blob(self, blob: str, since: float) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE gc_blob_review SET since = ? WHERE blob = ? AND since < ?", (since, blob, since))
+
+    def forget_blob(self, blob: str, since: float | None = None) -> None:
+        """Drop `blob`'s review (only if nothing queued it again after `since`, when given)."""
+        with self._transaction() as db:
+            if since is None:
+                db.execute("DELETE FROM gc_blob_review WHERE blob = ?", (blob,))
+            elif (
+                db.execute(
+                    "DELETE FROM gc_blob_review WHERE blob = ? AND since <= ? RETURNING blob", (blob, since)
+                ).fetchone()
+                is None
+            ):
+                return
+            db.execute("DELETE FROM gc_blob_links WHERE blob = ?", (blob,))
+
+    def due_manifests(self, now: float, limit: int) -> list[tuple[str, str, float]]:
+        """(repository, digest, pushed at) of the queued manifests due by `now`, the earliest first."""
+        rows = self._read(
+            "SELECT repository, digest, since FROM gc_manifest_review WHERE due <= ? "
+            "ORDER BY due, repository, digest LIMIT ?",
+            (now, limit),
+        )
+        return [(str(row[0]), str(row[1]), float(row[2])) for row in rows]
+
+    def postpone_manifest(self, name: str, digest: str, due: float) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE gc_manifest_review SET due = ? WHERE repository = ? AND digest = ?", (due, name, digest))
+
+    def review_all_manifests(self) -> None:
+        """Make every queued manifest due again at its own age (GC's rules changed)."""
+        with self._transaction() as db:
+            db.execute("UPDATE gc_manifest_review SET due = since WHERE due != since")
+
+    def forget_manifest(self, name: str, digest: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM gc_manifest_review WHERE repository = ? AND digest = ?", (name, digest))
+
+    def reviews_pending(self) -> tuple[int, int]:
+        """(blobs, manifests) queued for review."""
+        blobs = self._read("SELECT count(*) FROM gc_blob_review")[0][0]
+        manifests = self._read("SELECT count(*) FROM gc_manifest_review")[0][0]
+        return int(blobs), int(manifests)
+
+    def manifest_kept(self, name: str, digest: str, young_after: float, keep_referrers: bool) -> bool | None:
+        """Whether something keeps manifest `digest` of `name`: a tag, a push after `young_after`, a kept index
+        listing it or (with `keep_referrers`) a kept subject, through any chain of those. None: no such manifest."""
+        pending, seen = [digest], set[str]()
+        while pending:
+            current = pending.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            if len(seen) > MAX_KEPT_WALK:
+                return True  # a web of references this large: keep, and let the full mark decide
+            row = self._read(
+                "SELECT pushed_at, subject, EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository "
+                "AND t.digest = m.digest) FROM manifests m WHERE m.repository = ? AND m.digest = ?",
+                (name, current),
+            )
+            if not row:
+                if current == digest:
+                    return None
+                continue
+            pushed_at, subject, tagged = row[0]
+            if tagged or float(pushed_at) > young_after:
+                return True
+            pending += [
+                str(r[0])
+                for r in self._read(
+                    "SELECT DISTINCT digest FROM blobs WHERE blob = ? AND repository = ? AND digest != ?",
+                    (current, name, current),
+                )
+            ]
+            if keep_referrers and subject:
+                pending.append(str(subject))
+        return False
+
+    def tag_times(self, name: str) -> dict[str, tuple[str, float]]:
+        """tag -> (digest, pushed at) for every tag of `name`."""
+        rows = self._read("SELECT tag, digest, pushed_at FROM tags WHERE repository = ?", (name,))
+        return {str(row[0]): (str(row[1]), float(row[2])) for row in rows}
+
+    def pushed_since(self, since: float) -> list[str]:
+        """The repositories pushed to at or after `since`."""
+        return [str(row[0]) for row in self._read("SELECT name FROM repositories WHERE pushed_at >= ?", (since,))]
 
     # Queries.
 
@@ -625,8 +786,10 @@ def _storable_manifest(m: ManifestRecord) -> ManifestRecord:
         platforms=tuple(dict.fromkeys(_text(p) for p in m.platforms[:MAX_PLATFORMS])),
         created=_text(m.created) if m.created is not None else None,
         labels={_text(k): _text(v) for k, v in labels.items()},
-        blobs=tuple({_text(b): min(max(n, 0), INT64_MAX) for b, n in m.blobs[:MAX_BLOBS]}.items()),
+        # Every reference, uncapped (a manifest's size bounds them): GC deletes what no row names.
+        blobs=tuple({_text(b): min(max(n, 0), INT64_MAX) for b, n in m.blobs}.items()),
         manifest_bytes=min(max(m.manifest_bytes, 0), INT64_MAX),
+        subject=_text(m.subject) if m.subject is not None else None,
     )
 
 
@@ -688,7 +851,7 @@ def _glob(text: str, pattern: str) -> bool:
 
 
 def _manifest(row: Any) -> ManifestRecord:
-    digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs, manifest_bytes = row
+    digest, media_type, artifact_type, size, platforms, created, labels, pushed_at, blobs, manifest_bytes, subject = row
     return ManifestRecord(
         digest,
         media_type,
@@ -700,6 +863,7 @@ def _manifest(row: Any) -> ManifestRecord:
         pushed_at,
         tuple((str(blob), int(blob_size)) for blob, blob_size in json.loads(blobs)),
         manifest_bytes,
+        subject,
     )
 
 
@@ -717,7 +881,7 @@ def _insert_manifests(db: Sql, name: str, manifests: Iterable[ManifestRecord]) -
     """Insert these manifests' rows and count their references; returns what the repository's logical bytes grow."""
     manifests = list(manifests)
     db.executemany(
-        f"INSERT INTO manifests (repository, {_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO manifests (repository, {_MANIFEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 name,
@@ -731,6 +895,7 @@ def _insert_manifests(db: Sql, name: str, manifests: Iterable[ManifestRecord]) -
                 m.pushed_at,
                 json.dumps(m.blobs),
                 m.manifest_bytes,
+                m.subject,
             )
             for m in manifests
         ],
@@ -782,8 +947,9 @@ def _add_references(db: Sql, name: str, m: ManifestRecord) -> int:
     return grown
 
 
-def _drop_references(db: Sql, name: str, digest: str) -> int:
-    """Forget what manifest `digest` of `name` references; returns what the repository's logical bytes shrink."""
+def _drop_references(db: Sql, name: str, digest: str, released: list[str]) -> int:
+    """Forget what manifest `digest` of `name` references; returns what the repository's logical bytes shrink, and
+    adds to `released` the blobs no repository of `name`'s references any more."""
     shrunk = 0
     blobs = [row[0] for row in db.execute("SELECT blob FROM blobs WHERE repository = ? AND digest = ?", (name, digest))]
     db.execute("DELETE FROM blobs WHERE repository = ? AND digest = ?", (name, digest))
@@ -795,25 +961,73 @@ def _drop_references(db: Sql, name: str, digest: str) -> int:
         if row is not None and row[0] <= 0:
             shrunk += row[1]
             db.execute("DELETE FROM repository_blobs WHERE repository = ? AND blob = ?", (name, blob))
-            _release_blob(db, blob)
+            _release_blob(db, blob, released)
     return shrunk
 
 
-def _drop_all_references(db: Sql, name: str) -> None:
+def _drop_all_references(db: Sql, name: str, released: list[str]) -> None:
     blobs = [row[0] for row in db.execute("SELECT blob FROM repository_blobs WHERE repository = ?", (name,))]
     for blob in blobs:
-        _release_blob(db, blob)
+        _release_blob(db, blob, released)
     db.execute("DELETE FROM repository_blobs WHERE repository = ?", (name,))
     db.execute("DELETE FROM blobs WHERE repository = ?", (name,))
     db.execute("UPDATE repositories SET logical = 0 WHERE name = ?", (name,))
 
 
-def _release_blob(db: Sql, blob: str) -> None:
+def _release_blob(db: Sql, blob: str, released: list[str]) -> None:
     row = db.execute(
         "UPDATE blob_refs SET repositories = repositories - 1 WHERE blob = ? RETURNING repositories", (blob,)
     ).fetchone()
     if row is not None and row[0] <= 0:
         db.execute("DELETE FROM blob_refs WHERE blob = ?", (blob,))
+        released.append(blob)
+
+
+# GC's review queues. A blob that lost its last reference (or was pushed and may never get one) waits in
+# `gc_blob_review` for the grace period, with the repositories that may still link it in `gc_blob_links`. A manifest
+# that no tag may reach any more has a row in `gc_manifest_review` for as long as it exists: `due` is when GC looks
+# at it next (its rule's age; never, while something keeps it or no rule removes it), and a write that may leave it
+# unreachable (an untag, the removal of its index or subject) makes it due again. The GC worker
+# (registry/gc/reviews.py) decides each one again when it is due: a row is a reason to look, never a verdict.
+
+
+def _review_unreferenced(db: Sql, name: str, released: Iterable[str]) -> None:
+    """Queue the blobs released by this write that no manifest references any more (a write may release a blob and
+    reference it again: only what is unreferenced once it is done is queued)."""
+    now = time.time()
+    for blob in sorted(set(released)):
+        if db.execute("SELECT 1 FROM blob_refs WHERE blob = ?", (blob,)).fetchone() is None:
+            _queue_blob(db, blob, name, now)
+
+
+def _queue_blob(db: Sql, blob: str, name: str, now: float) -> None:
+    db.execute(
+        "INSERT INTO gc_blob_review (blob, since) VALUES (?, ?) ON CONFLICT (blob) DO UPDATE SET since = "
+        "CASE WHEN excluded.since > gc_blob_review.since THEN excluded.since ELSE gc_blob_review.since END",
+        (blob, now),
+    )
+    db.execute("INSERT INTO gc_blob_links (blob, repository) VALUES (?, ?) ON CONFLICT DO NOTHING", (blob, name))
+
+
+def _kept_by(db: Sql, name: str, digest: str) -> list[str]:
+    """The manifests of `name` that manifest `digest` keeps: what it references, and its referrers."""
+    referenced = db.execute("SELECT blob FROM blobs WHERE repository = ? AND digest = ?", (name, digest)).fetchall()
+    referrers = db.execute(
+        "SELECT digest FROM manifests WHERE repository = ? AND subject = ?", (name, digest)
+    ).fetchall()
+    return [row[0] for row in [*referenced, *referrers]]
+
+
+def _review_untagged(db: Sql, name: str, digests: Iterable[str]) -> None:
+    """Queue the manifests among `digests` that are in `name` and that no tag names (their age is their push's)."""
+    for digest in sorted(set(digests)):
+        db.execute(
+            "INSERT INTO gc_manifest_review (repository, digest, since, due) "
+            "SELECT repository, digest, pushed_at, pushed_at FROM manifests m WHERE m.repository = ? AND m.digest = ? "
+            "AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository AND t.digest = m.digest) "
+            "ON CONFLICT (repository, digest) DO UPDATE SET due = excluded.due",
+            (name, digest),
+        )
 
 
 _DESCRIPTION_RANK = "CASE l.key " + " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(DESCRIPTION_KEYS)) + " END"

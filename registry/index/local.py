@@ -71,6 +71,7 @@ OWN_WRITES_WAIT_SECONDS = 2.0
 IMPORT_BATCH = 256
 IMPORT_CHECKPOINT = "import_through"  # the last repository of the last batch an import finished
 ANNOUNCED_LIMIT = 10_000
+FOLLOW_LAG_SECONDS = 15.0  # how far behind the change records (past their settle time) GC may still trust the index
 FOLLOWED = (
     EventType.BLOB_PUSHED,
     EventType.BLOB_MOUNTED,
@@ -107,6 +108,7 @@ class LocalIndex:
         self._announced: dict[int, str] = {}  # a write in progress (Planned.serial) -> the record announcing it
         self._finished: list[tuple[str, str]] = []  # (repository, record) of writes done, once their events apply
         self._listed: set[str] = set()  # repositories known to have their row (blob events need no update then)
+        self._pushed: list[tuple[str, str]] = []  # (blob, repository) pushed or mounted, not yet queued for review
         self._applier: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
@@ -115,6 +117,12 @@ class LocalIndex:
 
     @property
     def ready(self) -> bool:
+        return self._ready
+
+    async def wait_ready(self, seconds: float) -> bool:
+        """Wait (at most `seconds`) until the index is ready; whether it is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._became_ready.wait(), seconds)
         return self._ready
 
     @property
@@ -352,6 +360,9 @@ class LocalIndex:
         if event.type is EventType.MANIFEST_PULLED:
             self._pulls[(name, event.tag or "")] += 1  # in memory; written in batches off the request
             return
+        if event.type in (EventType.BLOB_PUSHED, EventType.BLOB_MOUNTED) and event.digest:
+            self._pushed.append((event.digest, name))  # for GC's review, unless a manifest comes to reference it
+            self._wake_applier()
         if event.type in BLOB_EVENTS:
             # A repository may start (or end) with blobs alone: its row, not its tags or manifests, may change.
             if event.type is not EventType.BLOB_DELETED and name in self._listed:
@@ -374,7 +385,8 @@ class LocalIndex:
     async def _apply_queued(self) -> None:
         """Apply what the events named, then tell every other process it is done (one record per repository)."""
         await asyncio.sleep(0)  # the events of the write that woke this are all queued by now
-        while self._queued:
+        while self._queued or self._pushed:
+            await self._review_pushed()
             batch, self._queued = self._queued, {}
             shared = self._task is None and (
                 not isinstance(self.target, Path) or await asyncio.to_thread(self.target.exists)
@@ -414,6 +426,32 @@ class LocalIndex:
         for name, key in finished:
             if name not in self._failed:
                 self.changes.applied(key)
+
+    async def _review_pushed(self) -> None:
+        pushed, self._pushed = self._pushed, []
+        if not pushed or self._db is None:
+            return
+        try:
+            await asyncio.to_thread(self._db.review_pushed, pushed)
+        except DATABASE_ERRORS as e:
+            # Unqueued, such a blob is left to `moorage gc --full` if no manifest comes to reference it.
+            logger.warning("index: could not queue %d pushed blobs for GC's review: %s", len(pushed), e)
+
+    def gc_database(self) -> Database:
+        """The database GC's reviews read, provided the index is in line with storage (ready, following the change
+        records, behind on nothing); raises IndexUnavailable saying why not."""
+        if not self._ready or self._db is None:
+            raise IndexUnavailable("the metadata index is not ready")
+        if self._failed:
+            raise IndexUnavailable(f"the metadata index is behind on {len(self._failed)} repositories")
+        lag = time.time() - time_of(self._position) - self.settings.settle
+        if lag > max(FOLLOW_LAG_SECONDS, 5 * self.settings.poll_interval):
+            raise IndexUnavailable(f"the metadata index has not followed the change records for {lag:.0f} s")
+        return self._db
+
+    async def settled(self) -> None:
+        """Wait until what this process changed is in the index (GC's own deletions, before it looks again)."""
+        await self._own_writes()
 
     async def _own_writes(self) -> None:
         """Wait (a little) until what this process changed is in the index."""

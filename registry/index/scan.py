@@ -19,7 +19,14 @@ from registry.digests import Digest
 from registry.errors import RegistryError
 from registry.index.base import ManifestRecord, RepositorySnapshot, TagRecord
 from registry.names import TAG_RE
-from registry.store.manifest_format import Descriptor, ParsedManifest, decode_stored_json, read_stored_manifest
+from registry.store.manifest_format import (
+    Descriptor,
+    ParsedManifest,
+    References,
+    decode_stored_json,
+    read_stored_manifest,
+    references_of,
+)
 from registry.store.registry import Registry
 from storage_backends import PathNotFound, StorageError
 
@@ -53,6 +60,9 @@ class _Loaded:
     size: int
     parsed: ParsedManifest | None
     config: dict[str, Any] | None
+    references: References
+    """Every digest GC's lenient reading finds: what the index counts as referenced, so that GC driven by the index
+    keeps exactly what a mark over storage keeps."""
 
 
 async def read_repository(
@@ -201,7 +211,7 @@ async def _load(
     except Exception as e:  # a case the lenient reader did not foresee: indexed by name and size
         skipped("manifest", what, [f"not readable: {e!r}"])
         parsed, config = None, None
-    return _Loaded(digest, stored.media_type, len(stored.data), parsed, config)
+    return _Loaded(digest, stored.media_type, len(stored.data), parsed, config, references_of(stored.data))
 
 
 async def _read_config(
@@ -250,7 +260,37 @@ def _is_image_config(descriptor: Descriptor) -> bool:
 
 
 def _bare_record(item: _Loaded, pushed_at: float) -> ManifestRecord:
-    return ManifestRecord(item.digest, item.media_type, None, item.size, (), None, {}, pushed_at, (), item.size)
+    return ManifestRecord(
+        item.digest,
+        item.media_type,
+        None,
+        item.size,
+        (),
+        None,
+        {},
+        pushed_at,
+        _referenced(item, ()),
+        item.size,
+        _subject(item),
+    )
+
+
+def _referenced(item: _Loaded, declared: Iterable[Descriptor | None]) -> tuple[tuple[str, int], ...]:
+    """(digest, size) of what the manifest references: its descriptors as declared, then whatever else the lenient
+    reading finds (malformed descriptors, schema 1's fsLayers, children), with the size it says or 0."""
+    found = {str(d.digest): d.size for d in declared if d is not None}
+    references = item.references
+    for blob, size in zip(references.blobs, references.blob_sizes, strict=True):
+        found.setdefault(str(blob), size)
+    for child in references.children:
+        found.setdefault(str(child), 0)
+    found.pop(item.digest, None)  # itself: counted as the manifest's own bytes
+    return tuple(found.items())
+
+
+def _subject(item: _Loaded) -> str | None:
+    subject = item.references.subject
+    return str(subject) if subject is not None else None
 
 
 def _record(item: _Loaded, pushed_at: float, others: Mapping[str, ManifestRecord]) -> ManifestRecord:
@@ -273,8 +313,9 @@ def _record(item: _Loaded, pushed_at: float, others: Mapping[str, ManifestRecord
             created or parsed.annotations.get(CREATED_ANNOTATION),
             labels,
             pushed_at,
-            tuple({str(d.digest): d.size for d in (parsed.config, *parsed.layers) if d is not None}.items()),
+            _referenced(item, (parsed.config, *parsed.layers)),
             item.size,
+            _subject(item),
         )
     children = [others.get(str(child.digest)) for child in parsed.children]
     size = item.size + sum(
@@ -301,7 +342,9 @@ def _record(item: _Loaded, pushed_at: float, others: Mapping[str, ManifestRecord
         created,
         labels,
         pushed_at,
-        manifest_bytes=item.size,
+        _referenced(item, parsed.children),
+        item.size,
+        _subject(item),
     )
 
 

@@ -80,6 +80,15 @@ async def read_repositories(registry: Registry, inventory: Inventory, only: str 
             continue
 
 
+async def read_uploads(registry: Registry, inventory: Inventory, name: str) -> None:
+    """Add `name`'s upload sessions to `inventory` (one listing of its sessions)."""
+    try:
+        async for info in registry.backend.walk(paths.uploads_dir(name)):
+            _classify(inventory, info.path, info.modified, name)
+    except PathNotFound:
+        pass
+
+
 def _classify(inventory: Inventory, path: str, modified: dt.datetime, only: str | None) -> None:
     parsed = paths.parse_repository_path(path)
     if parsed is None:

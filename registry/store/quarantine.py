@@ -72,6 +72,10 @@ class Quarantine:
             return False  # restored at once by a client's request
         return True
 
+    async def holds(self, digest: Digest) -> bool:
+        """Whether a copy of the blob is set aside (by a run that was interrupted before deciding on it)."""
+        return await self.backend.exists(paths.quarantined_blob(digest))
+
     async def restore(self, digest: Digest) -> bool:
         """Bring the blob back if it was set aside; whether its data is in place afterwards."""
         quarantined = paths.quarantined_blob(digest)

@@ -1,0 +1,42 @@
+"""Which collection a run is: driven by the metadata database (registry/gc/reviews.py), or the full mark over
+storage (registry/gc/collector.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from registry.gc.collector import GarbageCollector, GcOptions, GcReport
+from registry.settings import Settings
+from registry.store.registry import Registry
+
+if TYPE_CHECKING:
+    from registry.index.local import LocalIndex
+
+logger = logging.getLogger("moorage.gc")
+Collect = Callable[[], Awaitable[GcReport]]
+
+
+def database_driven(settings: Settings) -> bool:
+    """Whether `gc.mode` asks for the database-driven collection here. `auto` takes it only where every writer's
+    events reach one database (PostgreSQL; SQLite beside the data on the filesystem backend): an S3 registry with
+    an SQLite file per replica has queues that each know only their own replica's pushes."""
+    mode = settings.gc.mode
+    if not settings.index.enabled:
+        if mode == "database":
+            logger.warning("gc: gc.mode is database but the index is off (index.enabled): marking over storage")
+        return False
+    if mode != "auto":
+        return mode == "database"
+    target = settings.database.target()
+    return isinstance(target, str) or settings.storage.backend == "filesystem"
+
+
+def collector(registry: Registry, index: LocalIndex | None, options: GcOptions, database: bool) -> Collect:
+    """What one run calls: the database-driven collection when `database` and there is an index, else the mark."""
+    if database and index is not None:
+        from registry.gc.reviews import ReviewCollector
+
+        return ReviewCollector(registry, index, options).run
+    return GarbageCollector(registry, options).run
