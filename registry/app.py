@@ -21,7 +21,7 @@ from registry.instrumented_storage import InstrumentedBackend
 from registry.logs import ACCESS_LOGGER
 from registry.metrics import Metrics, mark_process_dead
 from registry.middleware import RequestObserver
-from registry.routing import check_declared
+from registry.routing import WRITE_BLOCKERS_STATE, check_declared
 from registry.services import Service
 from registry.settings import Settings, load_settings
 from registry.store.registry import Registry, backend_from_settings
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.readiness = Readiness()
+    setattr(app.state, WRITE_BLOCKERS_STATE, [])  # features that may refuse writes for a while add to it
     notifier = None
     if settings.notifications.endpoints:
         # An optional feature: it follows the store's events.

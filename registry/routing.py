@@ -105,6 +105,20 @@ class Guard(Protocol):
         """Raise RegistryError (401, 403, 429) unless the caller meets `need`; record what `optional` granted."""
 
 
+WRITE_BLOCKERS_STATE = "write_blockers"
+"""The app.state attribute listing what may refuse writes for a while: each says why (None: writes may go ahead)."""
+WriteBlocker = Callable[[], str | None]
+
+
+def write_blocked_error(reason: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.UNAVAILABLE,
+        message="the registry cannot take pushes or deletes right now",
+        detail=f"{reason}; pulls keep working",
+        headers={"Retry-After": "5"},
+    )
+
+
 def read_only_error() -> RegistryError:
     return RegistryError(
         ErrorCode.UNAVAILABLE,
@@ -174,8 +188,13 @@ class ApiRoute(Route):
                 await identify(request)
             need = access(request)
             state = request.app.state
-            if need.writes and state.settings.maintenance.read_only and request.method not in _READ_METHODS:
-                raise read_only_error()
+            if need.writes and request.method not in _READ_METHODS:
+                if state.settings.maintenance.read_only:
+                    raise read_only_error()
+                blockers: list[WriteBlocker] = getattr(state, WRITE_BLOCKERS_STATE, [])
+                for blocker in blockers:
+                    if (reason := blocker()) is not None:
+                        raise write_blocked_error(reason)
             guard: Guard | None = getattr(state, GUARD_STATE, None)
             if guard is not None and need.kind != "public":
                 await guard.authorize(request, need)

@@ -65,10 +65,15 @@ async def readyz(request: Request) -> Response:
     readiness: Readiness = request.app.state.readiness
     registry = registry_of(request)
     problem = await readiness.problem(registry)
-    if problem is None and (index := index_of(request)) is not None and not index.ready:
-        problem = "the metadata index is being built from storage"
+    index = index_of(request)
+    if problem is None and index is not None and not index.ready:
+        problem = index.refuses_writes() or "the metadata index is being built from storage"
     if problem is not None:
         raise RegistryError(ErrorCode.UNAVAILABLE, detail=problem, message="not ready", headers={"Retry-After": "1"})
+    refused = index.refuses_writes() if index is not None else None
+    if refused is not None:
+        # Pulls of what storage holds keep working, so the process stays in service; pushes answer 503 meanwhile.
+        return json_response({"status": "degraded", "writes": f"refused: {refused}"})
     return json_response({"status": "ready"})
 
 

@@ -197,6 +197,10 @@ class MetadataIndex(Protocol):
     def ready(self) -> bool:
         """Whether queries are answered from an index that is built and in line with storage."""
 
+    def refuses_writes(self) -> str | None:
+        """Why pushes and deletes must wait for now (None: they may go ahead)."""
+        ...
+
     async def catalog(self, last: str | None, limit: int | None, visible: Visible | None) -> list[str]:
         """Repository names after `last` in lexical order, at most `limit` (None: all) of those `visible` allows."""
 

@@ -109,6 +109,10 @@ class LocalIndex:
         self._finished: list[tuple[str, str]] = []  # (repository, record) of writes done, once their events apply
         self._listed: set[str] = set()  # repositories known to have their row (blob events need no update then)
         self._pushed: list[tuple[str, str]] = []  # (blob, repository) pushed or mounted, not yet queued for review
+        # Why the database server cannot be reached, while it cannot (writes wait until it first answers).
+        self._unreachable: str | None = None
+        if not isinstance(target, Path):
+            self._unreachable = "the metadata database cannot be reached yet (connecting)"
         self._applier: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
@@ -152,6 +156,7 @@ class LocalIndex:
                 self._db = await asyncio.to_thread(Database.open, target)
             else:
                 self._db = await asyncio.to_thread(Database.connect, target)
+                self._database_answered()
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -174,7 +179,9 @@ class LocalIndex:
                 try:
                     await self.open()
                     await self.catch_up()
-                except Exception:
+                    self._database_answered()
+                except Exception as e:
+                    self._database_failed(e)
                     logger.exception("index: could not build the metadata index; retrying in %gs", RETRY_SECONDS)
                     await self._reopen_if_corrupt()
                     await asyncio.sleep(RETRY_SECONDS)
@@ -182,7 +189,9 @@ class LocalIndex:
                 await asyncio.sleep(self.settings.poll_interval)
                 try:
                     await self.poll()
+                    self._database_answered()
                 except (StorageError, OSError, *DATABASE_ERRORS) as e:
+                    self._database_failed(e)
                     logger.warning("index: following storage failed (%s); trying again", e)
                 except Exception:
                     logger.exception("index: following storage failed")
@@ -437,6 +446,22 @@ class LocalIndex:
             # Unqueued, such a blob is left to `moorage gc --full` if no manifest comes to reference it.
             logger.warning("index: could not queue %d pushed blobs for GC's review: %s", len(pushed), e)
 
+    def refuses_writes(self) -> str | None:
+        """Why pushes and deletes must wait (a database server that cannot be reached: the writes would reach
+        storage but not the index every replica reads), or None."""
+        return self._unreachable
+
+    def _database_failed(self, error: BaseException) -> None:
+        if not isinstance(self.target, Path) and isinstance(error, DATABASE_ERRORS):
+            if self._unreachable is None:
+                logger.error("index: the database %s cannot be reached: refusing writes until it can", self.where)
+            self._unreachable = f"the metadata database cannot be reached ({error.__class__.__name__})"
+
+    def _database_answered(self) -> None:
+        if self._unreachable is not None:
+            logger.info("index: the database %s answers: taking writes", self.where)
+            self._unreachable = None
+
     def gc_database(self) -> Database:
         """The database GC's reviews read, provided the index is in line with storage (ready, following the change
         records, behind on nothing); raises IndexUnavailable saying why not."""
@@ -499,6 +524,7 @@ class LocalIndex:
             async with lock:
                 await update(db)
         except (StorageError, OSError, *DATABASE_ERRORS) as e:
+            self._database_failed(e)
             logger.warning("index: could not read %s from storage (%s); retrying later", name, e)
             self._failed.add(name)
             return False

@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 
 from registry import paths
 from registry.index.local import LocalIndex
+from registry.routing import WRITE_BLOCKERS_STATE
 from registry.services import Service
 from registry.settings import Settings
 from registry.store.registry import Registry
@@ -53,4 +54,5 @@ def install(app: Starlette, settings: Settings, registry: Registry) -> Service |
     index = open_index(settings, registry, app.state.metrics)
     index.follow(registry.events)
     app.state.index = index
+    getattr(app.state, WRITE_BLOCKERS_STATE).append(index.refuses_writes)
     return index

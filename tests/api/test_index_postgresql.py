@@ -4,13 +4,17 @@ whatever the registry's size, and a database that cannot be reached does not sto
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from registry.index.local import LocalIndex
+from tests.api.helpers import OCI_MANIFEST, error_code
 from tests.api.test_search import DESCRIPTION, push
 from tests.api.test_search_index import INDEXES, answers, catalog, eventually, serving
+from tests.e2e.tcp_proxy import TcpProxy
 from tests.postgres_server import PostgresServer
 
 
@@ -58,12 +62,71 @@ async def test_a_new_replica_is_ready_without_rebuilding(
         assert await answers(client) == before
 
 
-async def test_an_unreachable_database_leaves_the_registry_serving(storage_config: dict[str, Any]) -> None:
+async def test_an_unreachable_database_refuses_writes_and_keeps_pulls(
+    storage_config: dict[str, Any], tmp_path: Path
+) -> None:
+    async with serving(storage_config, tmp_path / "before.sqlite") as (client, _):
+        await push(client, "team/app", "v1")  # in storage before the registry below starts
     unreachable = "postgresql://moorage@127.0.0.1:9/nothing"  # the discard port: nothing listens there
     async with serving(storage_config, unreachable) as (client, registry):
         assert not INDEXES[id(registry)].ready
         ready = await client.get("/readyz")
-        assert ready.status_code == 503 and "index" in ready.text
-        await push(client, "team/app", "v1")  # pushes and pulls do not need the index
+        assert ready.status_code == 503 and "metadata database cannot be reached" in ready.text, ready.text
+        refused = await client.put(
+            "/v2/team/app/manifests/v2", content=b"{}", headers={"Content-Type": "application/json"}
+        )
+        assert refused.status_code == 503 and error_code(refused) == "UNAVAILABLE", refused.text
+        assert "metadata database cannot be reached" in refused.json()["errors"][0]["detail"]
+        assert refused.headers["Retry-After"]
+        started = await client.post("/v2/team/other/blobs/uploads/")
+        assert started.status_code == 503 and error_code(started) == "UNAVAILABLE"
+        # Content storage holds is pulled as before; the catalog walks storage meanwhile.
         assert (await client.get("/v2/team/app/tags/list")).json()["tags"] == ["v1"]
-        assert await catalog(client) == ["team/app"]  # walks storage meanwhile
+        manifest = await client.get("/v2/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+        assert manifest.status_code == 200
+        assert await catalog(client) == ["team/app"]
+
+
+async def test_writes_wait_while_the_database_is_down_and_resume_by_themselves(
+    storage_config: dict[str, Any], database: str
+) -> None:
+    server = urlsplit(database)
+    assert server.hostname is not None and server.port is not None
+    with TcpProxy(server.hostname, server.port) as proxy:
+        through_proxy = database.replace(f":{server.port}/", f":{proxy.port}/")
+        async with serving(storage_config, through_proxy) as (client, _):
+            await push(client, "team/app", "v1")
+            assert (await client.get("/readyz")).json() == {"status": "ready"}
+
+            proxy.down()
+
+            async def refused() -> bool:
+                # Starting an upload is a write that changes nothing a pull sees (until the outage is noticed,
+                # within the pool's connect timeout, writes still go to storage; the index catches up after).
+                return (await client.post("/v2/team/app/blobs/uploads/")).status_code == 503
+
+            await eventually(refused, "writes refused while the database is down", seconds=15.0)
+            deleting = await client.delete("/v2/team/app/manifests/v1")
+            assert deleting.status_code == 503 and error_code(deleting) == "UNAVAILABLE", deleting.text
+            readiness = await client.get("/readyz")
+            assert readiness.status_code == 200, readiness.text  # still serving pulls: not taken out of service
+            assert readiness.json()["status"] == "degraded"
+            assert "metadata database cannot be reached" in readiness.json()["writes"]
+            pulled = await client.get("/v2/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+            assert pulled.status_code == 200
+            assert (await client.get("/v2/team/app/tags/list")).json()["tags"] == ["v1"]
+
+            proxy.up()
+
+            async def taken() -> bool:
+                return (await client.get("/readyz")).json() == {"status": "ready"}
+
+            await eventually(taken, "writes taken again once the database answers", seconds=15.0)
+            await push(client, "team/app", "v2", seed="2")
+            assert (await client.delete("/v2/team/app/manifests/v1")).status_code == 202
+
+            async def indexed() -> bool:
+                response = await client.get("/api/v1/repositories/team/app")
+                return response.status_code == 200 and [t["tag"] for t in response.json()["tags"]] == ["v2"]
+
+            await eventually(indexed, "the index follows the writes after the outage")

@@ -74,8 +74,8 @@ async def answers(client: httpx.AsyncClient) -> dict[str, Any]:
     return found
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    for _ in range(300):
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 6.0) -> None:
+    for _ in range(int(seconds / 0.02)):
         if await check():
             return
         await asyncio.sleep(0.02)
