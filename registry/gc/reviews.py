@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("moorage.gc")
 REVIEW_BATCH = 500
 MAX_REVIEWED = 100_000  # blobs or manifests one run decides (the rest wait for the next run)
-MANIFEST_PASSES = 8  # an index, its children, their referrers...: each pass goes one level further
 LEASE = "gc-review"
 LEASE_SECONDS = 300.0
 LAST_RUN = "gc_reviewed_at"
@@ -177,7 +176,9 @@ class ReviewCollector:
 
     async def _review_manifests(self, db: Database, report: GcReport, now: float) -> None:
         reviewed = 0
-        for _ in range(1 if self.options.dry_run else MANIFEST_PASSES):
+        while reviewed < MAX_REVIEWED:
+            # Each pass decides (removes, postpones or forgets) every row it read, so the next one reads new rows:
+            # more of them, or the children and referrers of what the last pass removed.
             due = await asyncio.to_thread(db.due_manifests, now, REVIEW_BATCH)
             if not due:
                 return
@@ -203,8 +204,8 @@ class ReviewCollector:
                 if self.options.dry_run or await self._delete_manifest(db, name, digest):
                     report.removals.append(removal)
                 await self._unless_dry(db.forget_manifest, name, digest)
-            if reviewed >= MAX_REVIEWED:
-                return
+            if self.options.dry_run:
+                return  # a dry run changes no row: one page (the children of what it would remove are not shown)
             # The deletions' events reach the index: the children and referrers they leave are queued, due now.
             await self.index.settled()
 
@@ -234,16 +235,16 @@ class ReviewCollector:
     async def _review_blobs(self, db: Database, report: GcReport) -> None:
         grace = self.options.grace
         aside: dict[Digest, tuple[float, int]] = {}  # set aside by this run: (queued since, size)
-        decided: set[str] = set()
-        while len(decided) < MAX_REVIEWED:
-            due = [
-                (blob, since)
-                for blob, since in await asyncio.to_thread(db.due_blobs, time.time() - grace, REVIEW_BATCH)
-                if blob not in decided
-            ]
+        reviewed = 0
+        after = (-1.0, "")
+        due_before = time.time() - grace
+        while reviewed < MAX_REVIEWED:
+            # Page by (since, blob): what this run sets aside stays queued until it is decided after the settle.
+            due = await asyncio.to_thread(db.due_blobs, due_before, after, REVIEW_BATCH)
             if not due:
                 break
-            decided.update(blob for blob, _ in due)
+            reviewed += len(due)
+            after = (due[-1][1], due[-1][0])
             referenced = await asyncio.to_thread(db.referenced, [blob for blob, _ in due])
             report.blobs_in_use += len(referenced)
             for blob, since in due:
@@ -251,8 +252,6 @@ class ReviewCollector:
                     await self._unless_dry(db.forget_blob, blob, since)
                     continue
                 await self._candidate(db, blob, since, aside, report)
-            if self.options.dry_run:
-                break
         if aside:
             await self._settle_and_decide(aside, report)
 

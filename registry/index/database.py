@@ -440,11 +440,13 @@ class Database:
             for blob, name in sorted(set(pushed)):
                 _queue_blob(db, _text(blob), _text(name), now)
 
-    def due_blobs(self, since_before: float, limit: int) -> list[tuple[str, float]]:
-        """(blob, since) of the queued blobs released before `since_before`, the oldest first."""
+    def due_blobs(self, since_before: float, after: tuple[float, str], limit: int) -> list[tuple[str, float]]:
+        """(blob, since) of the queued blobs released before `since_before`, the oldest first, after the row
+        `after` (since, blob) of the previous page."""
         rows = self._read(
-            "SELECT blob, since FROM gc_blob_review WHERE since <= ? ORDER BY since, blob LIMIT ?",
-            (since_before, limit),
+            "SELECT blob, since FROM gc_blob_review WHERE since <= ? AND (since, blob) > (?, ?) "
+            "ORDER BY since, blob LIMIT ?",
+            (since_before, *after, limit),
         )
         return [(str(row[0]), float(row[1])) for row in rows]
 

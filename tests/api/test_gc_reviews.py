@@ -14,6 +14,7 @@ import pytest
 
 from registry import paths
 from registry.digests import Digest
+from registry.gc import reviews
 from registry.gc.collector import GcOptions, GcReport
 from registry.gc.reviews import GcBusy, ReviewCollector
 from registry.gc.settings import ImmutableTagRule, RetentionRule
@@ -308,3 +309,19 @@ async def test_a_database_behind_storage_is_not_trusted(
             await review(registry, index)
         database.release("gc-review", "another process")
         assert [str(d) for d in (await review(registry, index)).blobs_removed] == [lonely]
+
+
+@FILESYSTEM
+async def test_one_run_goes_through_every_page_of_the_queues(
+    storage_config: dict[str, Any], index_location: IndexLocation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reviews, "REVIEW_BATCH", 2)
+    async with registry_with_index(storage_config, index_location) as (client, registry, index):
+        images = [await push_image(client, "team/p", f"v{n}", seed=f"page {n}") for n in range(4)]
+        for n in range(4):
+            assert (await client.delete(f"/v2/team/p/manifests/v{n}")).status_code == 202  # untagged: 4 to review
+        report = await review(registry, index, delete_untagged=True)
+        assert {r.target for r in report.manifests_removed} == {digest for digest, _ in images}
+        # Each image: its manifest, config and layer, set aside page by page and all decided after one settle.
+        assert len(report.blobs_removed) == 12, report.blobs_removed
+        assert (await review(registry, index, delete_untagged=True)).blobs_removed == {}
