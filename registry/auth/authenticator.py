@@ -26,7 +26,7 @@ from registry.auth.access import (
     glob_regex,
 )
 from registry.auth.bearer import CI_TOKEN_CLAIM, KIND_CLAIM, InvalidToken, TokenAuthority
-from registry.auth.ci_tokens import CiTokenStore, looks_like_secret
+from registry.auth.ci_tokens import CiTokenStore, looks_like_secret, token_records
 from registry.auth.htpasswd import HtpasswdFile
 from registry.auth.ratelimit import LoginLimiter, ProcessLimiter
 from registry.auth.settings import ANONYMOUS
@@ -70,10 +70,11 @@ class _VerifiedToken:
 class Authenticator:
     def __init__(self, settings: Settings, backend: StorageBackend, limiter: LoginLimiter | None = None) -> None:
         assert settings.auth is not None
+        database_url = settings.database.url
         self.settings = settings.auth
         self.rules = AccessRules(settings.access)
         self.htpasswd = HtpasswdFile(self.settings.htpasswd.path) if self.settings.htpasswd else None
-        self.ci_tokens = CiTokenStore(backend)
+        self.ci_tokens = CiTokenStore(token_records(backend, database_url))
         self.failures: LoginLimiter = limiter or ProcessLimiter(
             self.settings.rate_limit.failures, self.settings.rate_limit.window
         )
@@ -94,6 +95,7 @@ class Authenticator:
         self._basic.clear()
         self._bearer.clear()
         await self.failures.aclose()
+        self.ci_tokens.records.close()
 
     @property
     def bearer_enabled(self) -> bool:

@@ -1,22 +1,30 @@
-"""CI tokens: named, scoped, optionally expiring secrets for pipelines, kept in storage as SHA-256 hashes.
+"""CI tokens: named, scoped, optionally expiring secrets for pipelines, kept as SHA-256 hashes: in the shared
+metadata database with a PostgreSQL `database.url`, else in storage (which every replica shares as well).
 
-The secret is 256 random bits, so a fast hash is enough (no dictionary to guess from); the record is read from
-storage on every use, so every replica sees a new or revoked token at once.
+The secret is 256 random bits, so a fast hash is enough (no dictionary to guess from); the record is read on every
+use, so every replica sees a new or revoked token at once. Records written to storage before the registry moved to
+PostgreSQL keep working: they are read (and revoked) where they are, and a new token cannot take their name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
 import json
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from registry import paths
 from registry.auth.access import Grant, Identity, Scope, ScopeError
-from storage_backends import PathNotFound, StorageBackend
+from registry.database import DATABASE_ERRORS, Engine, postgres_engine
+from storage_backends import PathNotFound, StorageBackend, StorageUnavailable
+
+T = TypeVar("T")
 
 SECRET_PREFIX = "moorage_ci_"
 SECRET_BYTES = 32
@@ -106,9 +114,121 @@ def parse_grants(scopes: list[str]) -> tuple[Grant, ...]:
     return grants
 
 
-class CiTokenStore:
+class TokenRecords(Protocol):
+    """Where token records live: each a JSON document under the token's name."""
+
+    async def add(self, name: str, record: bytes) -> bool:
+        """Store a new record; False when the name is taken."""
+        ...
+
+    async def get(self, name: str) -> bytes | None: ...
+
+    async def names(self) -> list[str]: ...
+
+    async def remove(self, name: str) -> None: ...
+
+    def close(self) -> None:
+        """Let go of what it holds (a database handle)."""
+        ...
+
+
+class StorageTokenRecords:
     def __init__(self, backend: StorageBackend) -> None:
         self.backend = backend
+
+    async def add(self, name: str, record: bytes) -> bool:
+        return await self.backend.put_content(paths.ci_token(name), record, exclusive=True)
+
+    async def get(self, name: str) -> bytes | None:
+        try:
+            return await self.backend.get_content(paths.ci_token(name))
+        except PathNotFound:
+            return None
+
+    async def names(self) -> list[str]:
+        try:
+            entries = await self.backend.list(paths.CI_TOKENS)
+        except PathNotFound:
+            return []
+        return [entry.path.rsplit("/", 1)[-1].removesuffix(".json") for entry in entries if not entry.is_dir]
+
+    async def remove(self, name: str) -> None:
+        await self.backend.delete(paths.ci_token(name))
+
+    def close(self) -> None:
+        pass
+
+
+_TOKENS_SCHEMA = "CREATE TABLE IF NOT EXISTS ci_tokens (name TEXT PRIMARY KEY, record TEXT NOT NULL)"
+
+
+class DatabaseTokenRecords:
+    """In the shared database, over the records an older deployment left in storage (`legacy`)."""
+
+    def __init__(self, engine: Engine, legacy: StorageTokenRecords) -> None:
+        self.engine = engine
+        self.legacy = legacy
+        self._ready = False
+
+    async def _run(self, fn: Callable[[Engine], T]) -> T:
+        def run() -> T:
+            if not self._ready:
+                with self.engine.transaction(lock="moorage-ci-tokens-schema") as db:
+                    db.execute(_TOKENS_SCHEMA)
+                self._ready = True
+            return fn(self.engine)
+
+        try:
+            return await asyncio.to_thread(run)
+        except DATABASE_ERRORS as e:
+            raise StorageUnavailable(f"CI tokens: {e}", "the metadata database cannot be reached") from e
+
+    async def add(self, name: str, record: bytes) -> bool:
+        if await self.legacy.get(name) is not None:
+            return False
+
+        def insert(engine: Engine) -> bool:
+            with engine.transaction() as db:
+                row = db.execute(
+                    "INSERT INTO ci_tokens (name, record) VALUES (?, ?) ON CONFLICT (name) DO NOTHING RETURNING name",
+                    (name, record.decode()),
+                ).fetchone()
+            return row is not None
+
+        return await self._run(insert)
+
+    async def get(self, name: str) -> bytes | None:
+        rows = await self._run(lambda engine: engine.read("SELECT record FROM ci_tokens WHERE name = ?", (name,)))
+        if rows:
+            return str(rows[0][0]).encode()
+        return await self.legacy.get(name)
+
+    async def names(self) -> list[str]:
+        rows = await self._run(lambda engine: engine.read("SELECT name FROM ci_tokens"))
+        return sorted({str(row[0]) for row in rows} | set(await self.legacy.names()))
+
+    async def remove(self, name: str) -> None:
+        def delete(engine: Engine) -> None:
+            with engine.transaction() as db:
+                db.execute("DELETE FROM ci_tokens WHERE name = ?", (name,))
+
+        await self._run(delete)
+        await self.legacy.remove(name)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def token_records(backend: StorageBackend, database_url: str | None) -> TokenRecords:
+    """The database's table with a PostgreSQL `database.url`, else storage."""
+    if database_url is not None and database_url.startswith(("postgresql://", "postgres://")):
+        return DatabaseTokenRecords(postgres_engine(database_url), StorageTokenRecords(backend))
+    return StorageTokenRecords(backend)
+
+
+class CiTokenStore:
+    def __init__(self, records: TokenRecords) -> None:
+        self.records = records
 
     async def create(self, name: str, scopes: list[str], lifetime: dt.timedelta | None = None) -> tuple[CiToken, str]:
         """A new token and its secret (shown once; only its hash is kept)."""
@@ -125,28 +245,20 @@ class CiTokenStore:
             created_at=created,
             expires_at=created + lifetime if lifetime else None,
         )
-        if not await self.backend.put_content(paths.ci_token(name), token.to_json(), exclusive=True):
+        if not await self.records.add(name, token.to_json()):
             raise CiTokenError(f"a token named {name!r} exists already (revoke it first)")
         return token, secret
 
     async def get(self, name: str) -> CiToken | None:
         if not valid_name(name):
             return None
-        try:
-            data = await self.backend.get_content(paths.ci_token(name))
-        except PathNotFound:
-            return None
-        return CiToken.from_json(data)
+        data = await self.records.get(name)
+        return CiToken.from_json(data) if data is not None else None
 
     async def list(self) -> list[CiToken]:
-        try:
-            entries = await self.backend.list(paths.CI_TOKENS)
-        except PathNotFound:
-            return []
         tokens = []
-        for entry in entries:
-            name = entry.path.rsplit("/", 1)[-1].removesuffix(".json")
-            token = None if entry.is_dir else await self.get(name)
+        for name in await self.records.names():
+            token = await self.get(name)
             if token is not None:
                 tokens.append(token)
         return tokens
@@ -154,7 +266,7 @@ class CiTokenStore:
     async def revoke(self, name: str) -> bool:
         if await self.get(name) is None:
             return False
-        await self.backend.delete(paths.ci_token(name))
+        await self.records.remove(name)
         return True
 
     async def authenticate(self, name: str, secret: str) -> Identity | None:

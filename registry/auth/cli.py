@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from registry.admin import EXIT_FAILURE, EXIT_OK, open_registry, set_main
-from registry.auth.ci_tokens import CiToken, CiTokenError, CiTokenStore
+from registry.auth.ci_tokens import CiToken, CiTokenError, CiTokenStore, token_records
 from registry.durations import parse_duration
 from registry.settings import Settings
 
@@ -70,7 +70,9 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
     try:
         lifetime = _lifetime(args.expires)
         async with open_registry(settings) as registry:
-            token, secret = await CiTokenStore(registry.backend).create(args.name, args.scope, lifetime)
+            token, secret = await CiTokenStore(token_records(registry.backend, settings.database.url)).create(
+                args.name, args.scope, lifetime
+            )
     except CiTokenError as e:
         print(f"moorage token create: {e}", file=sys.stderr)
         return EXIT_FAILURE
@@ -82,7 +84,7 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _list(args: argparse.Namespace, settings: Settings) -> int:
     async with open_registry(settings) as registry:
-        tokens = await CiTokenStore(registry.backend).list()
+        tokens = await CiTokenStore(token_records(registry.backend, settings.database.url)).list()
     if not tokens:
         print("No CI tokens.", file=sys.stderr)
         return EXIT_OK
@@ -99,7 +101,7 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
 async def _revoke(args: argparse.Namespace, settings: Settings) -> int:
     try:
         async with open_registry(settings) as registry:
-            revoked = await CiTokenStore(registry.backend).revoke(args.name)
+            revoked = await CiTokenStore(token_records(registry.backend, settings.database.url)).revoke(args.name)
     except CiTokenError as e:
         print(f"moorage token revoke: {e}", file=sys.stderr)
         return EXIT_FAILURE

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from registry import paths
 from registry.app import create_app
 from registry.auth import htpasswd as htpasswd_module
-from registry.auth.ci_tokens import CiTokenStore
+from registry.auth.ci_tokens import CiTokenStore, DatabaseTokenRecords, StorageTokenRecords
+from registry.database import postgres_engine
 from registry.logs import ACCESS_LOGGER
 from registry.settings import ConfigError, Settings
 from storage_backends import StorageBackend
@@ -324,12 +326,28 @@ async def test_a_burst_of_bad_passwords_is_answered_429(client_factory: ClientFa
     assert [(await client.post("/auth/token", data=form)).status_code for _ in range(4)] == [401, 401, 401, 429]
 
 
+@pytest.fixture(params=["storage", "postgresql"])
+def token_home(
+    request: pytest.FixtureRequest, storage: StorageBackend
+) -> Iterator[tuple[dict[str, Any], CiTokenStore]]:
+    """Where the replicas keep CI tokens: storage, or the shared PostgreSQL database (`database.url`)."""
+    if request.param == "storage":
+        yield {}, CiTokenStore(StorageTokenRecords(storage))
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.new_database()
+    engine = postgres_engine(url)
+    yield {"database": {"url": url}}, CiTokenStore(DatabaseTokenRecords(engine, StorageTokenRecords(storage)))
+    engine.close()
+    server.drop_database(url)
+
+
 async def test_ci_tokens_are_seen_and_revoked_at_once_on_every_replica(
-    client_factory: ClientFactory, htpasswd: Path, storage: StorageBackend
+    client_factory: ClientFactory, htpasswd: Path, token_home: tuple[dict[str, Any], CiTokenStore]
 ) -> None:
-    sections = auth_sections(htpasswd, token=True)
+    database, store = token_home
+    sections = {**auth_sections(htpasswd, token=True), **database}
     replica_a, replica_b = await client_factory(sections), await client_factory(sections)
-    store = CiTokenStore(storage)
     _, secret = await store.create("ci-app", ["repository:team/app:pull,push"])
     ci = httpx.BasicAuth("ci-app", secret)
     replica_a.auth = ci
@@ -453,7 +471,7 @@ async def test_webhook_events_name_the_actor(
         client = await client_factory(sections)
         client.auth = httpx.BasicAuth(*creds("alice"))
         await push_image(client, "team/app", "v1")
-        _, secret = await CiTokenStore(storage).create("ci-app", ["repository:team/app:pull"])
+        _, secret = await CiTokenStore(StorageTokenRecords(storage)).create("ci-app", ["repository:team/app:pull"])
         client.auth = None
         token = await token_for_basic(client, httpx.BasicAuth("ci-app", secret), "repository:team/app:pull")
         assert (await client.get("/v2/team/app/manifests/v1", headers=bearer(token))).status_code == 200

@@ -1,16 +1,25 @@
-"""CI tokens in storage: created once with a secret shown once, hashed, listed, revoked, expiring."""
+"""CI tokens in storage, or in the shared database (PostgreSQL): created once with a secret shown once, hashed,
+listed, revoked, expiring; tokens an older deployment left in storage keep working after the move to PostgreSQL."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from registry import paths
-from registry.auth.ci_tokens import SECRET_PREFIX, CiTokenError, CiTokenStore
+from registry.auth.ci_tokens import (
+    SECRET_PREFIX,
+    CiTokenError,
+    CiTokenStore,
+    DatabaseTokenRecords,
+    StorageTokenRecords,
+    TokenRecords,
+)
+from registry.database import postgres_engine
 from storage_backends import StorageBackend, create_backend
+from tests.postgres_server import PostgresServer
 
 
 @pytest.fixture
@@ -21,12 +30,31 @@ async def backend(tmp_path: Path) -> AsyncIterator[StorageBackend]:
     await backend.aclose()
 
 
-async def test_create_authenticate_revoke(backend: StorageBackend) -> None:
-    store = CiTokenStore(backend)
+@pytest.fixture(params=["storage", "postgresql"])
+def records(request: pytest.FixtureRequest, backend: StorageBackend) -> Iterator[TokenRecords]:
+    if request.param == "storage":
+        yield StorageTokenRecords(backend)
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.new_database()
+    engine = postgres_engine(url)
+    yield DatabaseTokenRecords(engine, StorageTokenRecords(backend))
+    engine.close()
+    server.drop_database(url)
+
+
+async def overwrite(records: TokenRecords, name: str, record: bytes) -> None:
+    """Replace a token's record behind the store's back (a test of what it makes of a record it reads)."""
+    await records.remove(name)
+    assert await records.add(name, record)
+
+
+async def test_create_authenticate_revoke(records: TokenRecords) -> None:
+    store = CiTokenStore(records)
     token, secret = await store.create("ci-app", ["repository:team/app:pull,push"])
     assert secret.startswith(SECRET_PREFIX) and len(secret) > 40
-    stored = await backend.get_content(paths.ci_token("ci-app"))
-    assert secret.encode() not in stored and token.hash.encode() in stored
+    stored = await records.get("ci-app")
+    assert stored is not None and secret.encode() not in stored and token.hash.encode() in stored
     identity = await store.authenticate("ci-app", secret)
     assert identity is not None and identity.kind == "ci" and identity.name == "ci-app"
     assert [str(g) for g in identity.grants] == ["repository:team/app:pull,push"]
@@ -39,8 +67,8 @@ async def test_create_authenticate_revoke(backend: StorageBackend) -> None:
     assert await store.list() == []
 
 
-async def test_names_are_unique_and_valid(backend: StorageBackend) -> None:
-    store = CiTokenStore(backend)
+async def test_names_are_unique_and_valid(records: TokenRecords) -> None:
+    store = CiTokenStore(records)
     await store.create("ci", ["repository:a:pull"])
     with pytest.raises(CiTokenError, match="exists"):
         await store.create("ci", ["repository:a:pull"])
@@ -49,8 +77,8 @@ async def test_names_are_unique_and_valid(backend: StorageBackend) -> None:
             await store.create(bad, ["repository:a:pull"])
 
 
-async def test_scopes_are_required_and_checked(backend: StorageBackend) -> None:
-    store = CiTokenStore(backend)
+async def test_scopes_are_required_and_checked(records: TokenRecords) -> None:
+    store = CiTokenStore(records)
     with pytest.raises(CiTokenError, match="at least one scope"):
         await store.create("ci", [])
     with pytest.raises(CiTokenError, match="invalid scope"):
@@ -59,8 +87,8 @@ async def test_scopes_are_required_and_checked(backend: StorageBackend) -> None:
     assert [str(g) for g in token.grants] == ["repository:a:pull", "repository:b/*:pull,push,delete"]
 
 
-async def test_expired_tokens_are_refused(backend: StorageBackend) -> None:
-    store = CiTokenStore(backend)
+async def test_expired_tokens_are_refused(records: TokenRecords) -> None:
+    store = CiTokenStore(records)
     token, secret = await store.create("ci", ["repository:a:pull"], dt.timedelta(seconds=60))
     assert token.expires_at is not None
     assert await store.authenticate("ci", secret) is not None
@@ -68,6 +96,30 @@ async def test_expired_tokens_are_refused(backend: StorageBackend) -> None:
     expired = token.to_json().replace(
         token.expires_at.isoformat().replace("+00:00", "Z").encode(), b"2000-01-01T00:00:00Z"
     )
-    await backend.put_content(paths.ci_token("ci"), expired)
+    await overwrite(records, "ci", expired)
     assert await store.authenticate("ci", secret) is None
     assert not await store.still_valid("ci", token.id)
+
+
+async def test_tokens_left_in_storage_keep_working_in_the_database(
+    backend: StorageBackend, postgres_server: PostgresServer
+) -> None:
+    before, secret = await CiTokenStore(StorageTokenRecords(backend)).create("old-ci", ["repository:a:pull"])
+    url = postgres_server.new_database()
+    engine = postgres_engine(url)
+    try:
+        store = CiTokenStore(DatabaseTokenRecords(engine, StorageTokenRecords(backend)))
+        identity = await store.authenticate("old-ci", secret)
+        assert identity is not None and identity.name == "old-ci"
+        with pytest.raises(CiTokenError, match="exists"):
+            await store.create("old-ci", ["repository:b:pull"])  # its name stays taken
+        await store.create("new-ci", ["repository:b:pull"])
+        assert [t.name for t in await store.list()] == ["new-ci", "old-ci"]
+        assert await CiTokenStore(StorageTokenRecords(backend)).get("new-ci") is None  # new ones: the database
+        assert await store.revoke("old-ci")
+        assert await store.authenticate("old-ci", secret) is None
+        assert [t.name for t in await store.list()] == ["new-ci"]
+        assert before.id
+    finally:
+        engine.close()
+        postgres_server.drop_database(url)
