@@ -15,6 +15,8 @@ import hmac
 import json
 import re
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -159,29 +161,49 @@ class StorageTokenRecords:
         pass
 
 
+UNREACHABLE = "the metadata database cannot be reached"
+RECONNECT_SECONDS = 5.0
 _TOKENS_SCHEMA = "CREATE TABLE IF NOT EXISTS ci_tokens (name TEXT PRIMARY KEY, record TEXT NOT NULL)"
 
 
 class DatabaseTokenRecords:
     """In the shared database, over the records an older deployment left in storage (`legacy`)."""
 
-    def __init__(self, engine: Engine, legacy: StorageTokenRecords) -> None:
-        self.engine = engine
+    def __init__(self, connect: Callable[[], Engine], legacy: StorageTokenRecords) -> None:
+        """`connect`: the database's engine, made at first use (a database down at start stops nothing)."""
+        self.connect = connect
         self.legacy = legacy
-        self._ready = False
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+        self._retry_at = 0.0
+
+    def _connected(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                if time.monotonic() < self._retry_at:
+                    raise StorageUnavailable("CI tokens: the database could not be reached a moment ago", UNREACHABLE)
+                try:
+                    engine = self.connect()
+                    try:
+                        with engine.transaction(lock="moorage-ci-tokens-schema") as db:
+                            db.execute(_TOKENS_SCHEMA)
+                    except BaseException:
+                        engine.close()
+                        raise
+                except DATABASE_ERRORS:
+                    self._retry_at = time.monotonic() + RECONNECT_SECONDS  # logins fail fast meanwhile
+                    raise
+                self._engine = engine
+            return self._engine
 
     async def _run(self, fn: Callable[[Engine], T]) -> T:
         def run() -> T:
-            if not self._ready:
-                with self.engine.transaction(lock="moorage-ci-tokens-schema") as db:
-                    db.execute(_TOKENS_SCHEMA)
-                self._ready = True
-            return fn(self.engine)
+            return fn(self._connected())
 
         try:
             return await asyncio.to_thread(run)
         except DATABASE_ERRORS as e:
-            raise StorageUnavailable(f"CI tokens: {e}", "the metadata database cannot be reached") from e
+            raise StorageUnavailable(f"CI tokens: {e}", UNREACHABLE) from e
 
     async def add(self, name: str, record: bytes) -> bool:
         if await self.legacy.get(name) is not None:
@@ -216,13 +238,16 @@ class DatabaseTokenRecords:
         await self.legacy.remove(name)
 
     def close(self) -> None:
-        self.engine.close()
+        with self._lock:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
 
 
 def token_records(backend: StorageBackend, database_url: str | None) -> TokenRecords:
     """The database's table with a PostgreSQL `database.url`, else storage."""
     if database_url is not None and database_url.startswith(("postgresql://", "postgres://")):
-        return DatabaseTokenRecords(postgres_engine(database_url), StorageTokenRecords(backend))
+        return DatabaseTokenRecords(lambda: postgres_engine(database_url), StorageTokenRecords(backend))
     return StorageTokenRecords(backend)
 
 

@@ -336,9 +336,9 @@ def token_home(
         return
     server = request.getfixturevalue("postgres_server")
     url = server.new_database()
-    engine = postgres_engine(url)
-    yield {"database": {"url": url}}, CiTokenStore(DatabaseTokenRecords(engine, StorageTokenRecords(storage)))
-    engine.close()
+    records = DatabaseTokenRecords(lambda: postgres_engine(url), StorageTokenRecords(storage))
+    yield {"database": {"url": url}}, CiTokenStore(records)
+    records.close()
     server.drop_database(url)
 
 

@@ -18,7 +18,7 @@ from registry.auth.ci_tokens import (
     TokenRecords,
 )
 from registry.database import postgres_engine
-from storage_backends import StorageBackend, create_backend
+from storage_backends import StorageBackend, StorageUnavailable, create_backend
 from tests.postgres_server import PostgresServer
 
 
@@ -37,9 +37,9 @@ def records(request: pytest.FixtureRequest, backend: StorageBackend) -> Iterator
         return
     server: PostgresServer = request.getfixturevalue("postgres_server")
     url = server.new_database()
-    engine = postgres_engine(url)
-    yield DatabaseTokenRecords(engine, StorageTokenRecords(backend))
-    engine.close()
+    records = DatabaseTokenRecords(lambda: postgres_engine(url), StorageTokenRecords(backend))
+    yield records
+    records.close()
     server.drop_database(url)
 
 
@@ -106,9 +106,9 @@ async def test_tokens_left_in_storage_keep_working_in_the_database(
 ) -> None:
     before, secret = await CiTokenStore(StorageTokenRecords(backend)).create("old-ci", ["repository:a:pull"])
     url = postgres_server.new_database()
-    engine = postgres_engine(url)
+    records = DatabaseTokenRecords(lambda: postgres_engine(url), StorageTokenRecords(backend))
     try:
-        store = CiTokenStore(DatabaseTokenRecords(engine, StorageTokenRecords(backend)))
+        store = CiTokenStore(records)
         identity = await store.authenticate("old-ci", secret)
         assert identity is not None and identity.name == "old-ci"
         with pytest.raises(CiTokenError, match="exists"):
@@ -121,5 +121,13 @@ async def test_tokens_left_in_storage_keep_working_in_the_database(
         assert [t.name for t in await store.list()] == ["new-ci"]
         assert before.id
     finally:
-        engine.close()
+        records.close()
         postgres_server.drop_database(url)
+
+
+async def test_a_database_that_cannot_be_reached_is_unavailable_not_an_error(backend: StorageBackend) -> None:
+    unreachable = "postgresql://moorage@127.0.0.1:9/nothing"  # the discard port: nothing listens there
+    store = CiTokenStore(DatabaseTokenRecords(lambda: postgres_engine(unreachable), StorageTokenRecords(backend)))
+    with pytest.raises(StorageUnavailable, match="CI tokens") as refused:
+        await store.authenticate("ci", SECRET_PREFIX + "x")
+    assert refused.value.reason == "the metadata database cannot be reached"  # what a client is told (503)
