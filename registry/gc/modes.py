@@ -3,11 +3,13 @@ storage (registry/gc/collector.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from registry.gc.collector import GarbageCollector, GcOptions, GcReport
+from registry.index.base import IndexUnavailable
 from registry.settings import Settings
 from registry.store.registry import Registry
 
@@ -40,3 +42,21 @@ def collector(registry: Registry, index: LocalIndex | None, options: GcOptions, 
 
         return ReviewCollector(registry, index, options).run
     return GarbageCollector(registry, options).run
+
+
+SLOT_KEY = "gc_slot"
+
+
+def slot_claim(index: LocalIndex) -> Callable[[int], Awaitable[bool]]:
+    """The schedule's slots taken in the database (GC leases live beside what GC reads): none while the index cannot
+    be trusted, when the database-driven run would refuse anyway."""
+
+    async def claim(slot: int) -> bool:
+        try:
+            db = index.gc_database()
+        except IndexUnavailable as e:
+            logger.info("gc: not taking slot %d: %s", slot, e)
+            return False
+        return await asyncio.to_thread(db.advance, SLOT_KEY, slot)
+
+    return claim

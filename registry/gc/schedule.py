@@ -1,9 +1,10 @@
 """The `gc.interval` schedule: every replica (and worker process) wakes at each slot; one runs GC.
 
-Time is cut into slots of `gc.interval` seconds. At the start of a slot each process tries to create that slot's
-lease object in storage exclusively (`put_content(exclusive=True)`, a conditional PUT on S3): exactly one
-succeeds and runs GC; nobody needs to expire or take over a lease, so a replica that dies mid-run blocks nothing
-beyond its own slot. Old leases are removed by the next winner.
+Time is cut into slots of `gc.interval` seconds. At the start of a slot each process tries to take it: with the
+database-driven collection, by moving the database's slot counter up to it (one transaction: one winner); else by
+creating that slot's lease object in storage exclusively (`put_content(exclusive=True)`, a conditional PUT on S3).
+Exactly one succeeds and runs GC; nobody needs to expire or take over a lease, so a replica that dies mid-run blocks
+nothing beyond its own slot. Old lease objects are removed by the next winner.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from registry import paths
 from registry.gc.collector import GcReport
@@ -29,6 +30,10 @@ logger = logging.getLogger("moorage.gc")
 LEASES_KEPT = 16
 
 
+Claim = Callable[[int], Awaitable[bool]]
+"""Take slot N for this process: True for exactly one of the processes asking."""
+
+
 class GcSchedule:
     def __init__(
         self,
@@ -37,9 +42,12 @@ class GcSchedule:
         interval: float,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        claim: Claim | None = None,
     ) -> None:
+        """`claim`: how a slot is taken (default: an exclusive lease object in storage)."""
         self.registry = registry
         self.collect = collect
+        self.claim = claim or self._claim_in_storage
         self.interval = interval
         self.metrics = metrics
         self.clock = clock
@@ -75,10 +83,8 @@ class GcSchedule:
 
     async def run_slot(self, slot: int) -> GcReport | None:
         """Run GC if this process wins the slot's lease; None when another one has it."""
-        lease = json.dumps({"owner": self.owner, "slot": slot, "started": self.clock()}).encode()
-        if not await self.registry.backend.put_content(paths.gc_lease(slot), lease, exclusive=True):
+        if not await self.claim(slot):
             return None
-        await self._drop_old_leases(slot)
         report = await self.collect()
         logger.info(
             "gc: removed %d blobs (%d bytes), %d manifests, %d upload sessions in %.1f s",
@@ -96,6 +102,13 @@ class GcSchedule:
                 len(report.uploads_purged),
             )
         return report
+
+    async def _claim_in_storage(self, slot: int) -> bool:
+        lease = json.dumps({"owner": self.owner, "slot": slot, "started": self.clock()}).encode()
+        if not await self.registry.backend.put_content(paths.gc_lease(slot), lease, exclusive=True):
+            return False
+        await self._drop_old_leases(slot)
+        return True
 
     async def _drop_old_leases(self, slot: int) -> None:
         try:

@@ -7,7 +7,7 @@ import logging
 from starlette.applications import Starlette
 
 from registry.gc.collector import GcOptions
-from registry.gc.modes import collector, database_driven
+from registry.gc.modes import collector, database_driven, slot_claim
 from registry.gc.schedule import GcSchedule
 from registry.services import Service
 from registry.settings import Settings
@@ -26,7 +26,9 @@ def install(app: Starlette, settings: Settings, registry: Registry) -> Service |
         logger.info("gc: maintenance.read_only is on: this process does not run the gc.interval schedule")
         return None
     options = GcOptions.from_settings(settings.gc, settings.uploads, settings.retention, settings.immutable_tags)
-    collect = collector(registry, app.state.index, options, database_driven(settings))
-    schedule = GcSchedule(registry, collect, settings.gc.interval, app.state.metrics)
+    database = database_driven(settings) and app.state.index is not None
+    collect = collector(registry, app.state.index, options, database)
+    claim = slot_claim(app.state.index) if database else None
+    schedule = GcSchedule(registry, collect, settings.gc.interval, app.state.metrics, claim=claim)
     app.state.gc_schedule = schedule
     return schedule

@@ -253,6 +253,17 @@ class Database:
             db.execute(_SET_META, (key, f"{owner}@{now + seconds}"))
         return True
 
+    def advance(self, key: str, value: int) -> bool:
+        """Move the counter `key` up to `value` unless it is there (or past it) already; whether this call moved it:
+        of any number of processes asking for one value, exactly one wins (GC's scheduled slots)."""
+        text = f"{value:020d}"
+        with self._transaction(lock=f"meta:{key}") as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None and str(row[0]) >= text:
+                return False
+            db.execute(_SET_META, (key, text))
+        return True
+
     def release(self, key: str, owner: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM meta WHERE key = ? AND value LIKE ?", (key, f"{owner}@%"))
