@@ -78,6 +78,8 @@ class ReviewCollector:
         """One collection; what it removes emits the store's events as the actor `moorage:gc`. Raises
         IndexUnavailable when the database cannot be trusted yet, GcBusy when another run holds the lease."""
         db = await self._trusted()
+        if self.options.dry_run:  # changes nothing: needs no lease, and waits for no other run
+            return await self._run(db)
         if not await asyncio.to_thread(db.claim, LEASE, self.owner, LEASE_SECONDS):
             raise GcBusy("another database-driven GC run is in progress")
         renewing = asyncio.create_task(self._hold_lease(db))
@@ -87,8 +89,7 @@ class ReviewCollector:
         finally:
             renewing.cancel()
             await asyncio.to_thread(db.release, LEASE, self.owner)
-        if not report.dry_run:
-            await record_summary(self.registry.backend, report)
+        await record_summary(self.registry.backend, report)
         return report
 
     async def _trusted(self) -> Database:

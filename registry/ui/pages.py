@@ -31,7 +31,8 @@ from registry.auth.access import ANONYMOUS_IDENTITY, Identity
 from registry.auth.authenticator import Authenticator, AuthFailed, TooManyFailures
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
-from registry.gc.collector import GarbageCollector, GcOptions
+from registry.gc.collector import GcOptions
+from registry.gc.modes import collector, database_driven
 from registry.handlers.common import index_of, pull_filter, registry_of, repository_name
 from registry.index.base import BROWSE_ORDERS, BrowseOrder, IndexUnavailable, InvalidCursor, MetadataIndex
 from registry.index.query import parse_query
@@ -487,7 +488,14 @@ async def gc_dry_run(request: Request) -> Response:
     options = GcOptions.from_settings(
         settings.gc, settings.uploads, settings.retention, settings.immutable_tags, dry_run=True
     )
-    report = await GarbageCollector(registry_of(request), options).run()
+    # The collection GC's schedule runs: from the database (milliseconds), or the mark over storage (which takes
+    # minutes on a large registry: that mode's dry run belongs to `moorage gc --dry-run`, not to a page).
+    index = getattr(request.app.state, "index", None)
+    database = database_driven(settings) and index is not None
+    try:
+        report = await collector(registry_of(request), index, options, database)()
+    except IndexUnavailable as e:
+        raise RegistryError(ErrorCode.UNAVAILABLE, message="GC cannot read the database yet", detail=str(e)) from None
     context = {"title": "GC dry run", "report": report.as_dict()}
     return render(request, "gc_report.html", context)
 
