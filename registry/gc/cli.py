@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from registry.admin import EXIT_FAILURE, EXIT_OK, open_registry_and_index, set_main
+from registry.database import DATABASE_ERRORS
 from registry.durations import parse_duration
 from registry.gc.collector import GcOptions, GcReport
 from registry.gc.modes import collector, database_driven
@@ -78,6 +79,9 @@ async def run_gc(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_FAILURE
     except (IndexUnavailable, GcBusy) as e:
         print(f"moorage: gc: {e}; try again later, or use --full", file=sys.stderr)
+        return EXIT_FAILURE
+    except DATABASE_ERRORS as e:
+        print(f"moorage: gc stopped: the metadata database failed: {e}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))

@@ -34,9 +34,11 @@ import hashlib
 import json
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 from registry import paths
+from registry.database import DATABASE_ERRORS
 from registry.digests import Digest
 from registry.errors import RegistryError
 from registry.gc.collector import GC_ORIGIN, GcOptions, GcReport, record_summary
@@ -103,7 +105,10 @@ class ReviewCollector:
     async def _hold_lease(self, db: Database) -> None:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 3)
-            await asyncio.to_thread(db.claim, LEASE, self.owner, LEASE_SECONDS)
+            try:
+                await asyncio.to_thread(db.claim, LEASE, self.owner, LEASE_SECONDS)
+            except DATABASE_ERRORS as e:  # tried again at the next renewal, well before the lease runs out
+                logger.warning("gc: could not renew the review lease: %s", e)
 
     async def _run(self, db: Database) -> GcReport:
         started = time.monotonic()
@@ -177,6 +182,7 @@ class ReviewCollector:
 
     async def _review_manifests(self, db: Database, report: GcReport, now: float) -> None:
         reviewed = 0
+        verdicts: dict[tuple[str, str], float] = {}  # what keeps which manifest, found once per run
         while reviewed < MAX_REVIEWED:
             # Each pass decides (removes, postpones or forgets) every row it read, so the next one reads new rows:
             # more of them, or the children and referrers of what the last pass removed.
@@ -193,18 +199,21 @@ class ReviewCollector:
                 if pushed_at + limit > now:
                     await self._unless_dry(db.postpone_manifest, name, digest, pushed_at + limit)
                     continue
-                kept = await asyncio.to_thread(db.manifest_kept, name, digest, now - limit, self.options.keep_referrers)
+                kept = await asyncio.to_thread(
+                    db.manifest_kept, name, digest, now - limit, limit, self.options.keep_referrers, verdicts
+                )
                 if kept is None:
-                    await self._unless_dry(db.forget_manifest, name, digest)  # gone already
+                    await self._unless_dry(db.forget_manifest, name, digest, pushed_at)  # gone already
                     continue
                 if kept:
-                    # Until what keeps it goes (an untag, its index's or subject's removal queues it again).
-                    await self._unless_dry(db.postpone_manifest, name, digest, NEVER)
+                    # Kept by a young push until it is old enough, or for good until what keeps it goes (an untag,
+                    # the removal of its index or subject queues it again).
+                    await self._unless_dry(db.postpone_manifest, name, digest, min(kept, NEVER))
                     continue
                 removal = Removal(name, "manifest", digest, self._reason(name, limit))
                 if self.options.dry_run or await self._delete_manifest(db, name, digest):
                     report.removals.append(removal)
-                await self._unless_dry(db.forget_manifest, name, digest)
+                await self._unless_dry(db.forget_manifest, name, digest, pushed_at)
             if self.options.dry_run:
                 return  # a dry run changes no row: one page (the children of what it would remove are not shown)
             # The deletions' events reach the index: the children and referrers they leave are queued, due now.
@@ -239,6 +248,7 @@ class ReviewCollector:
         reviewed = 0
         after = (-1.0, "")
         due_before = time.time() - grace
+        looked_at = time.time()  # before the first blob's age is read
         while reviewed < MAX_REVIEWED:
             # Page by (since, blob): what this run sets aside stays queued until it is decided after the settle.
             due = await asyncio.to_thread(db.due_blobs, due_before, after, REVIEW_BATCH)
@@ -250,11 +260,11 @@ class ReviewCollector:
             report.blobs_in_use += len(referenced)
             for blob, since in due:
                 if blob in referenced:
-                    await self._unless_dry(db.forget_blob, blob, since)
+                    await self._unless_dry(partial(db.forget_blob, links=False), blob, since)
                     continue
                 await self._candidate(db, blob, since, aside, report)
         if aside:
-            await self._settle_and_decide(aside, report)
+            await self._settle_and_decide(aside, report, looked_at)
 
     async def _candidate(
         self, db: Database, blob: str, since: float, aside: dict[Digest, tuple[float, int]], report: GcReport
@@ -293,12 +303,18 @@ class ReviewCollector:
         await self._drop_links(db, digest, report)  # gone already: only links may be left
         await asyncio.to_thread(db.forget_blob, blob, since)
 
-    async def _settle_and_decide(self, aside: dict[Digest, tuple[float, int]], report: GcReport) -> None:
+    async def _settle_and_decide(
+        self, aside: dict[Digest, tuple[float, int]], report: GcReport, looked_at: float
+    ) -> None:
         if self.options.settle:
             await asyncio.sleep(self.options.settle)
-        await self.index.settled()
         quarantine = self.registry.blobs.quarantine
         try:
+            # A push may have checked a blob between its age test and its move, and written its manifest since:
+            # every write since (its record is written first; a write may take up to the index's settle time)
+            # is read again from storage, here and now, rather than when the replica that made it gets to it.
+            await self.index.reread_since(looked_at - self.index.settings.settle)
+            reread = time.time()
             db = await self._trusted()
         except IndexUnavailable as e:
             logger.warning("gc: the database cannot be trusted any more (%s): restoring what was set aside", e)
@@ -317,7 +333,10 @@ class ReviewCollector:
                 self.registry.blobs.forget_digest(digest)
                 report.blobs_removed[digest] = size
                 await self._drop_links(db, digest, report)
-            # Pushed again meanwhile (its push queued it anew, later than `since`), or gone: this review is done.
+                # Re-reading the writes queued what they released again (a deleted manifest's own data, say): done.
+                await asyncio.to_thread(db.forget_blob, str(digest), reread)
+                continue
+            # Pushed again meanwhile (its push queued it anew, later than `since`): this review is done.
             await asyncio.to_thread(db.forget_blob, str(digest), since)
 
     async def _drop_links(self, db: Database, digest: Digest, report: GcReport) -> None:

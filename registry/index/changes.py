@@ -144,6 +144,17 @@ class ChangeLog:
         self._floor = max(self._floor, cutoff)
         return changed, max(cutoff, position)
 
+    async def recorded_since(self, seconds: float) -> list[Change]:
+        """Every change recorded at or after `seconds`, settled or not, this process's own included."""
+        found: list[Change] = []
+        async for info in self.backend.walk(paths.INDEX_CHANGES, start_after=paths.index_change(position_at(seconds))):
+            if not paths.index_change_key(info.path)[:1].isdigit():
+                continue
+            change = await self._change_in(info.path)
+            if change is not None:
+                found.append(change)
+        return found
+
     async def _change_in(self, path: str) -> Change | None:
         try:
             return Change.decode(await self.backend.get_content(path))

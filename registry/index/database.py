@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import json
+import math
 import re
 import sqlite3
 import time
@@ -295,12 +296,17 @@ class Database:
                 [(name, t.tag, t.digest, t.pushed_at, pulls.get(t.tag, 0)) for t in snapshot.tags],
             )
             _review_unreferenced(db, name, released)
-            # Read whole: every untagged manifest is up for review (a review that finds it kept drops the row).
+            db.execute(
+                "DELETE FROM gc_manifest_review WHERE repository = ? AND NOT EXISTS (SELECT 1 FROM manifests m "
+                "WHERE m.repository = gc_manifest_review.repository AND m.digest = gc_manifest_review.digest)",
+                (name,),
+            )
+            # Read whole: every untagged manifest is up for review (a review that finds it kept postpones it).
             db.execute(
                 "INSERT INTO gc_manifest_review (repository, digest, since, due) "
                 "SELECT repository, digest, pushed_at, pushed_at FROM manifests m WHERE m.repository = ? "
                 "AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository AND t.digest = m.digest) "
-                "ON CONFLICT (repository, digest) DO UPDATE SET due = excluded.due",
+                "ON CONFLICT (repository, digest) DO UPDATE SET since = excluded.since, due = excluded.due",
                 (name,),
             )
             pushed = [t.pushed_at for t in snapshot.tags] + [m.pushed_at for m in snapshot.manifests]
@@ -478,8 +484,10 @@ class Database:
         with self._transaction() as db:
             db.execute("UPDATE gc_blob_review SET since = ? WHERE blob = ? AND since < ?", (since, blob, since))
 
-    def forget_blob(self, blob: str, since: float | None = None) -> None:
-        """Drop `blob`'s review (only if nothing queued it again after `since`, when given)."""
+    def forget_blob(self, blob: str, since: float | None = None, *, links: bool = True) -> None:
+        """Drop `blob`'s review (only if nothing queued it again after `since`, when given), and with `links` the
+        repositories that may link it (once the blob is gone and their links with it; a blob still in use keeps
+        them, for when it goes)."""
         with self._transaction() as db:
             if since is None:
                 db.execute("DELETE FROM gc_blob_review WHERE blob = ?", (blob,))
@@ -490,7 +498,8 @@ class Database:
                 is None
             ):
                 return
-            db.execute("DELETE FROM gc_blob_links WHERE blob = ?", (blob,))
+            if links:
+                db.execute("DELETE FROM gc_blob_links WHERE blob = ?", (blob,))
 
     def due_manifests(self, now: float, limit: int) -> list[tuple[str, str, float]]:
         """(repository, digest, pushed at) of the queued manifests due by `now`, the earliest first."""
@@ -510,9 +519,17 @@ class Database:
         with self._transaction() as db:
             db.execute("UPDATE gc_manifest_review SET due = since WHERE due != since")
 
-    def forget_manifest(self, name: str, digest: str) -> None:
+    def forget_manifest(self, name: str, digest: str, since: float | None = None) -> None:
+        """Drop the review of a manifest (only the one pushed at `since`, when given: a push of it again meanwhile
+        queued a review of its own)."""
         with self._transaction() as db:
-            db.execute("DELETE FROM gc_manifest_review WHERE repository = ? AND digest = ?", (name, digest))
+            if since is None:
+                db.execute("DELETE FROM gc_manifest_review WHERE repository = ? AND digest = ?", (name, digest))
+            else:
+                db.execute(
+                    "DELETE FROM gc_manifest_review WHERE repository = ? AND digest = ? AND since = ?",
+                    (name, digest, since),
+                )
 
     def reviews_pending(self) -> tuple[int, int]:
         """(blobs, manifests) queued for review."""
@@ -520,17 +537,35 @@ class Database:
         manifests = self._read("SELECT count(*) FROM gc_manifest_review")[0][0]
         return int(blobs), int(manifests)
 
-    def manifest_kept(self, name: str, digest: str, young_after: float, keep_referrers: bool) -> bool | None:
-        """Whether something keeps manifest `digest` of `name`: a tag, a push after `young_after`, a kept index
-        listing it or (with `keep_referrers`) a kept subject, through any chain of those. None: no such manifest."""
+    def manifest_kept(
+        self,
+        name: str,
+        digest: str,
+        young_after: float,
+        limit: float,
+        keep_referrers: bool,
+        verdicts: dict[tuple[str, str], float] | None = None,
+    ) -> float | None:
+        """Until when something keeps manifest `digest` of `name`: a tag, a kept index listing it or (with
+        `keep_referrers`) a kept subject, through any chain of those (for ever: `math.inf`), or a push after
+        `young_after` on that chain (until that push is `limit` old); 0.0 when nothing keeps it, None when there is
+        no such manifest. `verdicts` carries what earlier calls of one run found, so that a run over a chain of
+        manifests walks it once."""
+        verdicts = {} if verdicts is None else verdicts
         pending, seen = [digest], set[str]()
         while pending:
             current = pending.pop()
             if current in seen:
                 continue
             seen.add(current)
+            known = verdicts.get((name, current))
+            if known is not None:
+                if known > 0:
+                    verdicts[(name, digest)] = known
+                    return known
+                continue  # nothing keeps it, so nothing keeps what only it would keep
             if len(seen) > MAX_KEPT_WALK:
-                return True  # a web of references this large: keep, and let the full mark decide
+                return time.time() + limit  # a web this large: kept for now, looked at again later
             row = self._read(
                 "SELECT pushed_at, subject, EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository "
                 "AND t.digest = m.digest) FROM manifests m WHERE m.repository = ? AND m.digest = ?",
@@ -542,7 +577,10 @@ class Database:
                 continue
             pushed_at, subject, tagged = row[0]
             if tagged or float(pushed_at) > young_after:
-                return True
+                until = math.inf if tagged else float(pushed_at) + limit
+                verdicts[(name, current)] = until
+                verdicts[(name, digest)] = until
+                return until
             pending += [
                 str(r[0])
                 for r in self._read(
@@ -552,7 +590,10 @@ class Database:
             ]
             if keep_referrers and subject:
                 pending.append(str(subject))
-        return False
+        # The walk saw everything that could keep `digest`: none of it is kept either.
+        for visited in seen:
+            verdicts[(name, visited)] = 0.0
+        return 0.0
 
     def tag_times(self, name: str) -> dict[str, tuple[str, float]]:
         """tag -> (digest, pushed at) for every tag of `name`."""
@@ -962,7 +1003,7 @@ def _add_references(db: Sql, name: str, m: ManifestRecord) -> int:
 
 def _drop_references(db: Sql, name: str, digest: str, released: list[str]) -> int:
     """Forget what manifest `digest` of `name` references; returns what the repository's logical bytes shrink, and
-    adds to `released` the blobs no repository of `name`'s references any more."""
+    adds to `released` the blobs `name` references no more."""
     shrunk = 0
     blobs = [row[0] for row in db.execute("SELECT blob FROM blobs WHERE repository = ? AND digest = ?", (name, digest))]
     db.execute("DELETE FROM blobs WHERE repository = ? AND digest = ?", (name, digest))
@@ -974,26 +1015,27 @@ def _drop_references(db: Sql, name: str, digest: str, released: list[str]) -> in
         if row is not None and row[0] <= 0:
             shrunk += row[1]
             db.execute("DELETE FROM repository_blobs WHERE repository = ? AND blob = ?", (name, blob))
-            _release_blob(db, blob, released)
+            _release_blob(db, blob)
+            released.append(blob)
     return shrunk
 
 
 def _drop_all_references(db: Sql, name: str, released: list[str]) -> None:
     blobs = [row[0] for row in db.execute("SELECT blob FROM repository_blobs WHERE repository = ?", (name,))]
     for blob in blobs:
-        _release_blob(db, blob, released)
+        _release_blob(db, blob)
+    released += blobs
     db.execute("DELETE FROM repository_blobs WHERE repository = ?", (name,))
     db.execute("DELETE FROM blobs WHERE repository = ?", (name,))
     db.execute("UPDATE repositories SET logical = 0 WHERE name = ?", (name,))
 
 
-def _release_blob(db: Sql, blob: str, released: list[str]) -> None:
+def _release_blob(db: Sql, blob: str) -> None:
     row = db.execute(
         "UPDATE blob_refs SET repositories = repositories - 1 WHERE blob = ? RETURNING repositories", (blob,)
     ).fetchone()
     if row is not None and row[0] <= 0:
         db.execute("DELETE FROM blob_refs WHERE blob = ?", (blob,))
-        released.append(blob)
 
 
 # GC's review queues. A blob that lost its last reference (or was pushed and may never get one) waits in
@@ -1005,12 +1047,19 @@ def _release_blob(db: Sql, blob: str, released: list[str]) -> None:
 
 
 def _review_unreferenced(db: Sql, name: str, released: Iterable[str]) -> None:
-    """Queue the blobs released by this write that no manifest references any more (a write may release a blob and
-    reference it again: only what is unreferenced once it is done is queued)."""
+    """For the blobs `name` stopped referencing in this write (a write may drop a reference and add it again: what
+    counts is once it is done): `name` may still link one (GC drops that link when the blob goes, whichever
+    repository lets it go last), and one that no manifest references any more is queued for review."""
     now = time.time()
     for blob in sorted(set(released)):
+        if db.execute("SELECT 1 FROM repository_blobs WHERE repository = ? AND blob = ?", (name, blob)).fetchone():
+            continue
         if db.execute("SELECT 1 FROM blob_refs WHERE blob = ?", (blob,)).fetchone() is None:
             _queue_blob(db, blob, name, now)
+        else:
+            db.execute(
+                "INSERT INTO gc_blob_links (blob, repository) VALUES (?, ?) ON CONFLICT DO NOTHING", (blob, name)
+            )
 
 
 def _queue_blob(db: Sql, blob: str, name: str, now: float) -> None:
@@ -1038,7 +1087,7 @@ def _review_untagged(db: Sql, name: str, digests: Iterable[str]) -> None:
             "INSERT INTO gc_manifest_review (repository, digest, since, due) "
             "SELECT repository, digest, pushed_at, pushed_at FROM manifests m WHERE m.repository = ? AND m.digest = ? "
             "AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository = m.repository AND t.digest = m.digest) "
-            "ON CONFLICT (repository, digest) DO UPDATE SET due = excluded.due",
+            "ON CONFLICT (repository, digest) DO UPDATE SET since = excluded.since, due = excluded.due",
             (name, digest),
         )
 

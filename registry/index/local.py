@@ -71,6 +71,7 @@ OWN_WRITES_WAIT_SECONDS = 2.0
 IMPORT_BATCH = 256
 IMPORT_CHECKPOINT = "import_through"  # the last repository of the last batch an import finished
 ANNOUNCED_LIMIT = 10_000
+SETTLED_WAIT_SECONDS = 60.0  # how long GC waits for this process's own writes to reach the index
 FOLLOW_LAG_SECONDS = 15.0  # how far behind the change records (past their settle time) GC may still trust the index
 FOLLOWED = (
     EventType.BLOB_PUSHED,
@@ -476,7 +477,22 @@ class LocalIndex:
 
     async def settled(self) -> None:
         """Wait until what this process changed is in the index (GC's own deletions, before it looks again)."""
-        await self._own_writes()
+        deadline = time.monotonic() + SETTLED_WAIT_SECONDS
+        while (applier := self._applier) is not None and not applier.done():
+            if time.monotonic() > deadline:
+                raise IndexUnavailable("the index is still applying this process's writes")
+            await asyncio.wait({applier}, timeout=max(0.0, deadline - time.monotonic()))
+
+    async def reread_since(self, since: float) -> None:
+        """Bring the index in line with storage, now, for every change recorded since `since` by any process or
+        replica (each write records itself before it writes): GC's second look before it deletes for good, which
+        must not wait for other replicas to apply their writes. Raises IndexUnavailable when a repository could not
+        be read."""
+        await self.settled()
+        changes = await self.changes.recorded_since(since)
+        for name, change in sorted(merged(changes).items()):
+            if not await self._apply(change):
+                raise IndexUnavailable(f"could not read {name} from storage again")
 
     async def _own_writes(self) -> None:
         """Wait (a little) until what this process changed is in the index."""
