@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from registry.gc.collector import GarbageCollector, GcOptions, GcReport
 from registry.index.base import IndexUnavailable
+from registry.index.database import FULL_GC_NEEDED
 from registry.settings import Settings
 from registry.store.registry import Registry
 
@@ -36,12 +37,25 @@ def database_driven(settings: Settings) -> bool:
 
 
 def collector(registry: Registry, index: LocalIndex | None, options: GcOptions, database: bool) -> Collect:
-    """What one run calls: the database-driven collection when `database` and there is an index, else the mark."""
-    if database and index is not None:
-        from registry.gc.reviews import ReviewCollector
+    """What one run calls: the database-driven collection when `database` and there is an index, else the mark.
+    Once after the database was created, upgraded or rebuilt from storage (its review queues never heard of what
+    was released before: blobs of an imported registry, say), the database-driven mode marks over storage instead."""
+    if not database or index is None:
+        return GarbageCollector(registry, options).run
+    from registry.gc.reviews import ReviewCollector
 
-        return ReviewCollector(registry, index, options).run
-    return GarbageCollector(registry, options).run
+    async def run() -> GcReport:
+        db = index.gc_database()
+        why = await asyncio.to_thread(db.get_meta, FULL_GC_NEEDED)
+        if not why:
+            return await ReviewCollector(registry, index, options).run()
+        logger.info("gc: marking over storage this once (the database: %s)", why)
+        report = await GarbageCollector(registry, options).run()
+        if not options.dry_run:
+            await asyncio.to_thread(db.set_meta, {FULL_GC_NEEDED: ""})
+        return report
+
+    return run
 
 
 SLOT_KEY = "gc_slot"

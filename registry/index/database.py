@@ -48,6 +48,7 @@ SCHEMA_VERSION = 5
 DESCRIPTION_KEYS = ("org.opencontainers.image.description", "description")
 _BATCH = 500  # digests per `IN (...)`: well under SQLite's limit on bound parameters
 RARE_LABEL_ROWS = 20_000  # a label on fewer rows than this drives a filter search from its own index
+FULL_GC_NEEDED = "gc_full_needed"  # meta: why the next collection must mark over storage ("" once one has)
 MAX_KEPT_WALK = 10_000  # manifests one review may walk through to find what keeps a manifest
 _TABLES = (
     "meta",
@@ -150,6 +151,10 @@ class IndexCorrupt(Exception):
     """The file is not a usable index: delete it and build a new one."""
 
 
+class SchemaNewer(Exception):
+    """The shared database was upgraded by a newer release."""
+
+
 def _pull_counts(engine: Engine, db: Sql) -> tuple[list[Any], list[Any]]:
     """The pull counts of an index of an older schema: (repository, pulls) and (repository, tag, pulls)."""
     repositories: list[Any] = []
@@ -196,6 +201,13 @@ class Database:
         # One process at a time creates or replaces the schema (PostgreSQL: under an advisory lock).
         with self.engine.transaction(lock="moorage-index-schema") as db:
             version = self._schema_version(db)
+            if version is not None and version > SCHEMA_VERSION and self.dialect == "postgresql":
+                # Shared by every replica: a newer release's tables are never dropped by an older one (during a
+                # rolling update the old replicas wait, not ready, instead of undoing the upgrade).
+                raise SchemaNewer(
+                    f"{self.where} holds schema {version}, newer than this release's {SCHEMA_VERSION}: "
+                    "upgrade this replica"
+                )
             kept: tuple[list[Any], list[Any]] = ([], [])
             if version is not None and version != SCHEMA_VERSION:
                 kept = _pull_counts(self.engine, db)
@@ -211,6 +223,10 @@ class Database:
                 db.executemany(
                     "INSERT INTO tags (repository, tag, digest, pushed_at, pulls) VALUES (?, ?, '', 0, ?)", kept[1]
                 )
+            if version != SCHEMA_VERSION:
+                # New or rebuilt: GC's review queues know nothing of what came before, so the first collection
+                # marks over storage (registry/gc/modes.py).
+                db.execute(_SET_META, (FULL_GC_NEEDED, f"schema {SCHEMA_VERSION} created"))
             db.execute(_SET_META, ("schema", str(SCHEMA_VERSION)))
 
     def healthy(self) -> bool:

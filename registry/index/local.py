@@ -46,7 +46,7 @@ from registry.index.base import (
     encode_cursor,
 )
 from registry.index.changes import Change, ChangeLog, merged, position_at, time_of
-from registry.index.database import Database
+from registry.index.database import FULL_GC_NEEDED, Database, SchemaNewer
 from registry.index.scan import read_facts, read_repository
 from registry.index.settings import IndexSettings
 from registry.store.events import BLOB_EVENTS, Event, EventBus, EventType, Planned
@@ -280,7 +280,12 @@ class LocalIndex:
             await asyncio.to_thread(db.release, BUILD_LEASE, self._owner)
         # Not listed: gone, unless pushed since the listing (then storage has it): storage decides each one.
         await asyncio.gather(*(one(name) for name in await asyncio.to_thread(db.names) - set(names)))
-        await asyncio.to_thread(db.set_meta, {"epoch": epoch, "position": position, IMPORT_CHECKPOINT: ""})
+        await asyncio.to_thread(
+            db.set_meta,
+            # Built from storage: GC's review queues never heard of what was released before, so the next
+            # collection marks over storage (registry/gc/modes.py).
+            {"epoch": epoch, "position": position, IMPORT_CHECKPOINT: "", FULL_GC_NEEDED: "rebuilt from storage"},
+        )
         self._position = position
         logger.info("index: %d repositories indexed in %.1fs", len(names), time.monotonic() - started)
         return len(names)
@@ -453,7 +458,11 @@ class LocalIndex:
         return self._unreachable
 
     def _database_failed(self, error: BaseException) -> None:
-        if not isinstance(self.target, Path) and isinstance(error, DATABASE_ERRORS):
+        if isinstance(self.target, Path):
+            return
+        if isinstance(error, SchemaNewer):
+            self._unreachable = f"the metadata database cannot be used: {error}"
+        elif isinstance(error, DATABASE_ERRORS):
             if self._unreachable is None:
                 logger.error("index: the database %s cannot be reached: refusing writes until it can", self.where)
             self._unreachable = f"the metadata database cannot be reached ({error.__class__.__name__})"

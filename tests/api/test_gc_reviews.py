@@ -18,9 +18,11 @@ from registry import paths
 from registry.digests import Digest
 from registry.gc import reviews
 from registry.gc.collector import GcOptions, GcReport
+from registry.gc.modes import collector
 from registry.gc.reviews import GcBusy, ReviewCollector
 from registry.gc.settings import ImmutableTagRule, RetentionRule
 from registry.index.base import IndexUnavailable
+from registry.index.database import FULL_GC_NEEDED
 from registry.index.local import LocalIndex
 from registry.store.registry import Registry
 from storage_backends import PathNotFound
@@ -437,3 +439,26 @@ async def test_the_links_of_every_repository_go_with_the_blob(
         assert target in report.blobs_removed
         assert sorted(n for n, d in report.links_removed if d == target) == ["team/a", "team/b"]
         assert not await registry.backend.exists(paths.layer_link("team/a", target))
+
+
+@FILESYSTEM
+async def test_the_first_collection_of_a_new_database_marks_over_storage(
+    storage_config: dict[str, Any], index_location: IndexLocation
+) -> None:
+    async with registry_with_index(storage_config, index_location) as (client, registry, index):
+        await push_image(client, "team/app", "v1")
+        # Stored behind the registry's back (before the database existed, say): no queue ever heard of it.
+        before = digest_of(b"an orphan from before")
+        await registry.blobs.put_small(Digest.parse(before), b"an orphan from before")
+        options = GcOptions(grace=0.0, settle=0.0)
+        first = await collector(registry, index, options, database=True)()
+        assert [str(d) for d in first.blobs_removed] == [before]  # the mark over storage, once
+        assert index.gc_database().get_meta(FULL_GC_NEEDED) == ""
+        after = digest_of(b"an orphan from after")
+        await registry.blobs.put_small(Digest.parse(after), b"an orphan from after")
+        second = await collector(registry, index, options, database=True)()
+        assert second.blobs_removed == {}  # from the queues now: they never heard of it either
+        assert [str(d) for d in (await collector(registry, index, options, database=False)()).blobs_removed] == [
+            after
+        ]  # what `moorage gc --full` is for
+        await pull_completely(client, "team/app", "v1")

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from registry.database import postgres_engine
+from registry.index.database import SCHEMA_VERSION, Database, SchemaNewer
 from registry.index.local import LocalIndex
 from tests.api.helpers import OCI_MANIFEST, error_code
 from tests.api.test_search import DESCRIPTION, push
@@ -130,3 +132,24 @@ async def test_writes_wait_while_the_database_is_down_and_resume_by_themselves(
                 return response.status_code == 200 and [t["tag"] for t in response.json()["tags"]] == ["v2"]
 
             await eventually(indexed, "the index follows the writes after the outage")
+
+
+async def test_a_database_upgraded_by_a_newer_release_is_left_alone(
+    storage_config: dict[str, Any], database: str
+) -> None:
+    upgraded = Database.connect(database)
+    upgraded.set_meta({"schema": str(SCHEMA_VERSION + 1)})
+    upgraded.close()
+    with pytest.raises(SchemaNewer, match="upgrade this replica"):
+        Database.connect(database)
+    async with serving(storage_config, database) as (client, registry):
+        assert not INDEXES[id(registry)].ready
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and "newer than this release" in ready.text, ready.text
+        refused = await client.post("/v2/team/app/blobs/uploads/")
+        assert refused.status_code == 503 and "newer than this release" in refused.text
+    engine = postgres_engine(database)  # the newer release's tables stand: nothing was dropped
+    try:
+        assert engine.read("SELECT value FROM meta WHERE key = 'schema'") == [(str(SCHEMA_VERSION + 1),)]
+    finally:
+        engine.close()
