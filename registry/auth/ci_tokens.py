@@ -179,9 +179,9 @@ class DatabaseTokenRecords:
 
     def _connected(self) -> Engine:
         with self._lock:
+            if time.monotonic() < self._retry_at:
+                raise StorageUnavailable("CI tokens: the database failed a moment ago", UNREACHABLE)
             if self._engine is None:
-                if time.monotonic() < self._retry_at:
-                    raise StorageUnavailable("CI tokens: the database could not be reached a moment ago", UNREACHABLE)
                 try:
                     engine = self.connect()
                     try:
@@ -198,7 +198,13 @@ class DatabaseTokenRecords:
 
     async def _run(self, fn: Callable[[Engine], T]) -> T:
         def run() -> T:
-            return fn(self._connected())
+            engine = self._connected()
+            try:
+                return fn(engine)
+            except DATABASE_ERRORS:
+                with self._lock:  # the next logins answer at once instead of each waiting for the pool
+                    self._retry_at = time.monotonic() + RECONNECT_SECONDS
+                raise
 
         try:
             return await asyncio.to_thread(run)

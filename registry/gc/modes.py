@@ -47,12 +47,15 @@ def collector(registry: Registry, index: LocalIndex | None, options: GcOptions, 
     async def run() -> GcReport:
         db = index.gc_database()
         why = await asyncio.to_thread(db.get_meta, FULL_GC_NEEDED)
-        if not why:
+        if not why or options.dry_run:
+            # A dry run stays cheap (the UI runs one in a request): it shows what the queues hold.
+            if why:
+                logger.info("gc: dry run from the review queues; the next collection marks over storage (%s)", why)
             return await ReviewCollector(registry, index, options).run()
         logger.info("gc: marking over storage this once (the database: %s)", why)
         report = await GarbageCollector(registry, options).run()
-        if not options.dry_run:
-            await asyncio.to_thread(db.set_meta, {FULL_GC_NEEDED: ""})
+        # Unless the database was rebuilt again meanwhile (then the next collection marks again).
+        await asyncio.to_thread(db.replace_meta, FULL_GC_NEEDED, why, "")
         return report
 
     return run

@@ -189,15 +189,15 @@ class ReviewCollector:
             due = await asyncio.to_thread(db.due_manifests, now, REVIEW_BATCH)
             if not due:
                 return
-            for name, digest, pushed_at in due:
+            for name, digest, pushed_at, was_due in due:
                 reviewed += 1
                 limit = self._untagged_limit(name)
                 if limit is None:
                     # No rule removes it today; a change of rules makes it due again.
-                    await self._unless_dry(db.postpone_manifest, name, digest, NEVER)
+                    await self._unless_dry(db.postpone_manifest, name, digest, NEVER, was_due)
                     continue
                 if pushed_at + limit > now:
-                    await self._unless_dry(db.postpone_manifest, name, digest, pushed_at + limit)
+                    await self._unless_dry(db.postpone_manifest, name, digest, pushed_at + limit, was_due)
                     continue
                 kept = await asyncio.to_thread(
                     db.manifest_kept, name, digest, now - limit, limit, self.options.keep_referrers, verdicts
@@ -208,7 +208,7 @@ class ReviewCollector:
                 if kept:
                     # Kept by a young push until it is old enough, or for good until what keeps it goes (an untag,
                     # the removal of its index or subject queues it again).
-                    await self._unless_dry(db.postpone_manifest, name, digest, min(kept, NEVER))
+                    await self._unless_dry(db.postpone_manifest, name, digest, min(kept, NEVER), was_due)
                     continue
                 removal = Removal(name, "manifest", digest, self._reason(name, limit))
                 if self.options.dry_run or await self._delete_manifest(db, name, digest):

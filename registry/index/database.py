@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.database import (
+    DATABASE_ERRORS,
     Dialect,
     Engine,
     EngineCorrupt,
@@ -73,7 +74,9 @@ CREATE TABLE IF NOT EXISTS repositories (
     pulls INTEGER NOT NULL DEFAULT 0,
     tag_count INTEGER NOT NULL DEFAULT 0,
     size INTEGER NOT NULL DEFAULT 0,
-    logical INTEGER NOT NULL DEFAULT 0
+    logical INTEGER NOT NULL DEFAULT 0,
+    added INTEGER NOT NULL DEFAULT 0,
+    removed INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS manifests (
     repository TEXT NOT NULL,
@@ -232,6 +235,13 @@ class Database:
     def healthy(self) -> bool:
         return self.engine.healthy()
 
+    def answers(self) -> bool:
+        """Whether the database server answers a trivial query now."""
+        try:
+            return bool(self.engine.read("SELECT 1"))
+        except DATABASE_ERRORS:
+            return False
+
     def _schema_version(self, db: Sql) -> int | None:
         if not self.engine.table_exists(db, "meta"):
             return None
@@ -330,7 +340,7 @@ class Database:
                 "INSERT INTO repositories (name, description, pushed_at, tag_count, size, logical) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET description = excluded.description, "
                 "pushed_at = excluded.pushed_at, tag_count = excluded.tag_count, size = excluded.size, "
-                "logical = excluded.logical",
+                "logical = excluded.logical, added = repositories.added + 1, removed = repositories.removed + 1",
                 (
                     name,
                     _description(snapshot, manifests),
@@ -382,6 +392,12 @@ class Database:
             described_before = _describes(db, name, touched)
             # The listing's counters move by what these rows change, so no write reads the whole repository.
             tag_delta = sum(record is not None for record in tags.values()) - len(previous)
+            # What GC's reachability verdicts depend on: a write that adds a tag or a manifest may keep what was not
+            # kept; one that removes or moves a tag, or removes a manifest, may let go of what was kept.
+            added = any(r is not None for r in tags.values()) or any(m is not None for m in manifests.values())
+            removed = (
+                bool(previous) or any(r is None for r in tags.values()) or any(m is None for m in manifests.values())
+            )
             size_delta = logical_delta = 0
             released: list[str] = []
             # What may no tag reach any more: the manifests these rows name, and those a deleted one kept (its
@@ -439,8 +455,8 @@ class Database:
                 "INSERT INTO repositories (name, description, pushed_at, tag_count, size, logical) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET description = excluded.description, "
                 "pushed_at = excluded.pushed_at, tag_count = excluded.tag_count, size = excluded.size, "
-                "logical = excluded.logical",
-                (name, description, pushed_at, tag_count, size, logical),
+                "logical = excluded.logical, added = repositories.added + ?, removed = repositories.removed + ?",
+                (name, description, pushed_at, tag_count, size, logical, int(added), int(removed)),
             )
             _review_unreferenced(db, name, released)
             _review_untagged(db, name, reviewed)
@@ -517,18 +533,36 @@ class Database:
             if links:
                 db.execute("DELETE FROM gc_blob_links WHERE blob = ?", (blob,))
 
-    def due_manifests(self, now: float, limit: int) -> list[tuple[str, str, float]]:
-        """(repository, digest, pushed at) of the queued manifests due by `now`, the earliest first."""
+    def due_manifests(self, now: float, limit: int) -> list[tuple[str, str, float, float]]:
+        """(repository, digest, pushed at, due) of the queued manifests due by `now`, the earliest first."""
         rows = self._read(
-            "SELECT repository, digest, since FROM gc_manifest_review WHERE due <= ? "
+            "SELECT repository, digest, since, due FROM gc_manifest_review WHERE due <= ? "
             "ORDER BY due, repository, digest LIMIT ?",
             (now, limit),
         )
-        return [(str(row[0]), str(row[1]), float(row[2])) for row in rows]
+        return [(str(row[0]), str(row[1]), float(row[2]), float(row[3])) for row in rows]
 
-    def postpone_manifest(self, name: str, digest: str, due: float) -> None:
+    def postpone_manifest(self, name: str, digest: str, due: float, was: float | None = None) -> None:
+        """Look at the manifest again at `due` (only if its row is still due at `was`, when given: a write that
+        queued it again meanwhile made it due now, and that stands)."""
         with self._transaction() as db:
-            db.execute("UPDATE gc_manifest_review SET due = ? WHERE repository = ? AND digest = ?", (due, name, digest))
+            if was is None:
+                db.execute(
+                    "UPDATE gc_manifest_review SET due = ? WHERE repository = ? AND digest = ?", (due, name, digest)
+                )
+            else:
+                db.execute(
+                    "UPDATE gc_manifest_review SET due = ? WHERE repository = ? AND digest = ? AND due = ?",
+                    (due, name, digest, was),
+                )
+
+    def replace_meta(self, key: str, expected: str, value: str) -> bool:
+        """Set `key` to `value` only if it still holds `expected`; whether it did."""
+        with self._transaction(lock=f"meta:{key}") as db:
+            row = db.execute(
+                "UPDATE meta SET value = ? WHERE key = ? AND value = ? RETURNING key", (value, key, expected)
+            ).fetchone()
+        return row is not None
 
     def review_all_manifests(self) -> None:
         """Make every queued manifest due again at its own age (GC's rules changed)."""
@@ -568,6 +602,19 @@ class Database:
         no such manifest. `verdicts` carries what earlier calls of one run found, so that a run over a chain of
         manifests walks it once."""
         verdicts = {} if verdicts is None else verdicts
+        # What was found stands while no write could change it: "not kept" until a write adds a tag or a manifest
+        # to the repository, "kept" until one removes or moves one (GC's own deletions leave "not kept" standing,
+        # so a chain of untagged indexes is walked once).
+        counts = self._read("SELECT added, removed FROM repositories WHERE name = ?", (name,))
+        added, removed = (float(counts[0][0]), float(counts[0][1])) if counts else (-1.0, -1.0)
+        if verdicts.get((name, "+")) != added:
+            for key in [k for k, v in verdicts.items() if k[0] == name and v == 0.0 and k[1] not in ("+", "-")]:
+                del verdicts[key]
+            verdicts[(name, "+")] = added
+        if verdicts.get((name, "-")) != removed:
+            for key in [k for k, v in verdicts.items() if k[0] == name and v > 0.0 and k[1] not in ("+", "-")]:
+                del verdicts[key]
+            verdicts[(name, "-")] = removed
         pending, seen = [digest], set[str]()
         while pending:
             current = pending.pop()

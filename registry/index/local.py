@@ -182,7 +182,7 @@ class LocalIndex:
                     await self.catch_up()
                     self._database_answered()
                 except Exception as e:
-                    self._database_failed(e)
+                    await self._database_failed(e)
                     logger.exception("index: could not build the metadata index; retrying in %gs", RETRY_SECONDS)
                     await self._reopen_if_corrupt()
                     await asyncio.sleep(RETRY_SECONDS)
@@ -192,7 +192,7 @@ class LocalIndex:
                     await self.poll()
                     self._database_answered()
                 except (StorageError, OSError, *DATABASE_ERRORS) as e:
-                    self._database_failed(e)
+                    await self._database_failed(e)
                     logger.warning("index: following storage failed (%s); trying again", e)
                 except Exception:
                     logger.exception("index: following storage failed")
@@ -457,15 +457,22 @@ class LocalIndex:
         storage but not the index every replica reads), or None."""
         return self._unreachable
 
-    def _database_failed(self, error: BaseException) -> None:
+    async def _database_failed(self, error: BaseException) -> None:
+        """After a failure: refuse writes if the database server cannot be reached (a failed statement on a server
+        that answers, a deadlock say, is not an outage: the ping decides)."""
         if isinstance(self.target, Path):
             return
         if isinstance(error, SchemaNewer):
             self._unreachable = f"the metadata database cannot be used: {error}"
-        elif isinstance(error, DATABASE_ERRORS):
-            if self._unreachable is None:
-                logger.error("index: the database %s cannot be reached: refusing writes until it can", self.where)
-            self._unreachable = f"the metadata database cannot be reached ({error.__class__.__name__})"
+            return
+        if not isinstance(error, DATABASE_ERRORS):
+            return
+        db = self._db
+        if db is not None and await asyncio.to_thread(db.answers):
+            return
+        if self._unreachable is None:
+            logger.error("index: the database %s cannot be reached: refusing writes until it can", self.where)
+        self._unreachable = f"the metadata database cannot be reached ({error.__class__.__name__})"
 
     def _database_answered(self) -> None:
         if self._unreachable is not None:
@@ -549,7 +556,7 @@ class LocalIndex:
             async with lock:
                 await update(db)
         except (StorageError, OSError, *DATABASE_ERRORS) as e:
-            self._database_failed(e)
+            await self._database_failed(e)
             logger.warning("index: could not read %s from storage (%s); retrying later", name, e)
             self._failed.add(name)
             return False

@@ -28,7 +28,16 @@ from registry.store.registry import Registry
 from storage_backends import PathNotFound
 from tests.api.conftest import IndexLocation
 from tests.api.gc_helpers import pull_completely, push_index
-from tests.api.helpers import OCI_MANIFEST, descriptor, digest_of, encode, image_manifest, push_blob, push_image
+from tests.api.helpers import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    descriptor,
+    digest_of,
+    encode,
+    image_manifest,
+    push_blob,
+    push_image,
+)
 from tests.api.test_retention import tags_of
 from tests.api.test_search_index import INDEXES, serving
 
@@ -338,9 +347,14 @@ async def test_one_run_goes_through_every_page_of_the_queues(
 async def test_a_push_between_the_age_test_and_the_move_keeps_its_blob(
     storage_config: dict[str, Any], index_location: IndexLocation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Two replicas on one storage and database: GC runs on the first; a client pushes through the second, whose
+    # index update lags, and the first follows the change records late (within what GC tolerates).
     layer = b"needed again" * 100
     root = storage_config["filesystem"]["root"]
-    async with registry_with_index(storage_config, index_location) as (client, registry, index):
+    where = index_location()
+    async with serving(storage_config, where) as (client, registry), serving(storage_config, where) as (other, two):
+        index, index2 = INDEXES[id(registry)], INDEXES[id(two)]
+        assert await index.wait_ready(10.0) and await index2.wait_ready(10.0)
         first = await push_layers(client, "team/r", "v1", [b'{"r": 1}', layer])
         assert (await client.delete(f"/v2/team/r/manifests/{first}")).status_code == 202
         await index.settled()
@@ -349,26 +363,29 @@ async def test_a_push_between_the_age_test_and_the_move_keeps_its_blob(
         os.utime(os.path.join(root, paths.blob_data(target)), (old, old))
         with index.gc_database()._transaction() as sql:
             sql.execute("UPDATE gc_blob_review SET since = since - 3600")
-        await push_blob(client, "team/r", b'{"r": 2}')
+        await push_blob(other, "team/r", b'{"r": 2}')
+        await index2.settled()
         body = encode(image_manifest(b'{"r": 2}', [layer]))
-        slow = {"on": False}
-        original_apply = index._apply
+        original_apply = index2._apply
 
-        async def slow_apply(change: Any) -> bool:  # the writer's index update lags (a busy batch, a retry...)
-            if slow["on"]:
-                await asyncio.sleep(3.0)
+        async def slow_apply(change: Any) -> bool:  # the second replica's index update lags
+            await asyncio.sleep(3.0)
             return await original_apply(change)
 
-        monkeypatch.setattr(index, "_apply", slow_apply)
+        monkeypatch.setattr(index2, "_apply", slow_apply)
+
+        async def no_poll() -> None:
+            return None
+
+        monkeypatch.setattr(index, "poll", no_poll)
         original_move = registry.backend.move
         pushed: dict[str, int] = {}
 
         async def move(source: str, destination: str, **options: Any) -> bool:
             if source == paths.blob_data(target) and not pushed:
-                # A manifest PUT lands between set_aside's age test and its move (on S3 a move is a copy then a
-                # delete: a whole PUT fits in the copy of a large layer). Its index update comes late.
-                slow["on"] = True
-                response = await client.put(
+                # The PUT lands between set_aside's age test and its move (on S3 a move is a copy then a delete:
+                # a whole PUT fits in the copy of a large layer).
+                response = await other.put(
                     "/v2/team/r/manifests/v2", content=body, headers={"Content-Type": OCI_MANIFEST}
                 )
                 pushed["status"] = response.status_code
@@ -378,8 +395,72 @@ async def test_a_push_between_the_age_test_and_the_move_keeps_its_blob(
         report = await ReviewCollector(registry, index, GcOptions(grace=600.0, settle=0.5)).run()
         assert pushed["status"] == 201
         assert target not in report.blobs_removed and target in report.blobs_restored
-        slow["on"] = False
         await pull_completely(client, "team/r", "v2")
+
+
+@FILESYSTEM
+async def test_an_index_untagged_during_a_run_is_not_kept_on_a_stale_verdict(
+    storage_config: dict[str, Any], index_location: IndexLocation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with registry_with_index(storage_config, index_location) as (client, registry, index):
+        digest, children = await push_index(client, "team/m", "v1", ["amd64", "arm64"])
+        await asyncio.sleep(1.2)
+        await index.settled()
+        original_settled = index.settled
+        untagged: list[int] = []
+
+        async def settled() -> None:
+            await original_settled()
+            if not untagged:  # after the first pass found the children kept by the tagged index
+                untagged.append((await client.delete("/v2/team/m/manifests/v1")).status_code)
+                await original_settled()
+
+        monkeypatch.setattr(index, "settled", settled)
+        report = await review(registry, index, grace=1.0, delete_untagged=True)
+        assert untagged == [202]
+        assert {r.target for r in report.manifests_removed} == {digest, *children}
+
+
+@FILESYSTEM
+async def test_children_of_an_index_tagged_during_a_run_stay(
+    storage_config: dict[str, Any], index_location: IndexLocation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with registry_with_index(storage_config, index_location) as (client, registry, index):
+        digest, children = await push_index(client, "team/m", "v1", ["amd64", "arm64"])
+        body = (await client.get(f"/v2/team/m/manifests/{digest}", headers={"Accept": OCI_INDEX})).content
+        assert (await client.delete("/v2/team/m/manifests/v1")).status_code == 202
+        await push_blob(client, "team/m", b"{}")
+        await push_blob(client, "team/m", b"sig")
+        signature = encode(image_manifest(b"{}", [b"sig"], subject=descriptor(OCI_INDEX, body), artifactType="a/b"))
+        referrer = digest_of(signature)
+        put = await client.put(
+            f"/v2/team/m/manifests/{referrer}", content=signature, headers={"Content-Type": OCI_MANIFEST}
+        )
+        assert put.status_code == 201
+        assert (await review(registry, index, grace=1.0, delete_untagged=True)).removals == []  # all young yet
+        await asyncio.sleep(1.2)
+        await index.settled()
+        with index.gc_database()._transaction() as sql:  # reviewed in this order: the referrer, the index, children
+            sql.execute("UPDATE gc_manifest_review SET due = 1 WHERE digest = ?", (referrer,))
+            sql.execute("UPDATE gc_manifest_review SET due = 2 WHERE digest = ?", (digest,))
+            for child in children:
+                sql.execute("UPDATE gc_manifest_review SET due = 3 WHERE digest = ?", (child,))
+        original = registry.manifests.delete_if_untagged
+        tagged: list[int] = []
+
+        async def delete_if_untagged(name: str, target: Digest, subject: Digest | None) -> bool:
+            deleted = await original(name, target, subject)
+            if str(target) == referrer and not tagged:  # the index is tagged again (a release promoted) meanwhile
+                again = await client.put("/v2/team/m/manifests/v2", content=body, headers={"Content-Type": OCI_INDEX})
+                tagged.append(again.status_code)
+                await index.settled()
+            return deleted
+
+        monkeypatch.setattr(registry.manifests, "delete_if_untagged", delete_if_untagged)
+        report = await review(registry, index, grace=1.0, delete_untagged=True)
+        assert tagged == [201]
+        assert [r.target for r in report.manifests_removed] == [referrer]
+        await pull_completely(client, "team/m", "v2")
 
 
 @FILESYSTEM
