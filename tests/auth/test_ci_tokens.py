@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from registry import database as database_module
 from registry.auth.ci_tokens import (
     SECRET_PREFIX,
     CiTokenError,
@@ -125,7 +126,10 @@ async def test_tokens_left_in_storage_keep_working_in_the_database(
         postgres_server.drop_database(url)
 
 
-async def test_a_database_that_cannot_be_reached_is_unavailable_not_an_error(backend: StorageBackend) -> None:
+async def test_a_database_that_cannot_be_reached_is_unavailable_not_an_error(
+    backend: StorageBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database_module, "CONNECT_TIMEOUT_SECONDS", 1.0)  # how long the pool tries: not the point
     unreachable = "postgresql://moorage@127.0.0.1:9/nothing"  # the discard port: nothing listens there
     store = CiTokenStore(DatabaseTokenRecords(lambda: postgres_engine(unreachable), StorageTokenRecords(backend)))
     with pytest.raises(StorageUnavailable, match="CI tokens") as refused:
