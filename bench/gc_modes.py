@@ -176,7 +176,10 @@ def main() -> int:
         }
         postgres: PostgresServer | None = None
         if args.engine == "postgresql":
-            postgres = PostgresServer(postgres_bin_dir(), work / "postgres.log")
+            bin_dir = postgres_bin_dir()
+            if bin_dir is None:
+                raise SystemExit("bench: PostgreSQL's binaries are missing (apt-get install postgresql)")
+            postgres = PostgresServer(bin_dir, work / "postgres.log")
             postgres.start()
             env["MOORAGE_DATABASE__URL"] = postgres.new_database()
         try:
@@ -200,15 +203,19 @@ def main() -> int:
             result["changed_repositories"] = len(removed)
             result["database_after_change"] = gc(env)
             log(f"database-driven after removing {len(removed)} repositories: {result['database_after_change']}")
+            report(result, args.output)  # before the clean-up of 800,000 files, which takes minutes
         finally:
             if postgres is not None:
                 postgres.stop()
-    table = render(result)
-    print(table)
-    if args.output is not None:
-        args.output.write_text(table + "\n")
-        args.output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def report(result: dict[str, Any], output: Path | None) -> None:
+    table = render(result)
+    print(table, flush=True)
+    if output is not None:
+        output.write_text(table + "\n")
+        output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 def render(result: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,7 @@ def collector(registry: Registry, index: LocalIndex | None, options: GcOptions, 
     was released before: blobs of an imported registry, say), the database-driven mode marks over storage instead."""
     if not database or index is None:
         return GarbageCollector(registry, options).run
-    from registry.gc.reviews import ReviewCollector
+    from registry.gc.reviews import UPLOADS_SWEPT, ReviewCollector
 
     async def run() -> GcReport:
         db = index.gc_database()
@@ -53,9 +54,11 @@ def collector(registry: Registry, index: LocalIndex | None, options: GcOptions, 
                 logger.info("gc: dry run from the review queues; the next collection marks over storage (%s)", why)
             return await ReviewCollector(registry, index, options).run()
         logger.info("gc: marking over storage this once (the database: %s)", why)
+        started = time.time()
         report = await GarbageCollector(registry, options).run()
         # Unless the database was rebuilt again meanwhile (then the next collection marks again).
         await asyncio.to_thread(db.replace_meta, FULL_GC_NEEDED, why, "")
+        await asyncio.to_thread(db.set_meta, {UPLOADS_SWEPT: repr(started)})  # the mark purged upload sessions too
         return report
 
     return run

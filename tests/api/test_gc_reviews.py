@@ -536,6 +536,7 @@ async def test_the_first_collection_of_a_new_database_marks_over_storage(
         first = await collector(registry, index, options, database=True)()
         assert [str(d) for d in first.blobs_removed] == [before]  # the mark over storage, once
         assert index.gc_database().get_meta(FULL_GC_NEEDED) == ""
+        assert index.gc_database().get_meta(reviews.UPLOADS_SWEPT)  # the mark purged upload sessions as well
         after = digest_of(b"an orphan from after")
         await registry.blobs.put_small(Digest.parse(after), b"an orphan from after")
         second = await collector(registry, index, options, database=True)()
