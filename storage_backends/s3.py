@@ -207,6 +207,13 @@ class S3Writer(Writer):
         except PreconditionFailed:
             await self._abort()
             return False
+        except StorageError:
+            await self._abort()
+            # A conditional completion that keeps failing while another writer's completion of the same key went
+            # through (some S3 implementations answer 500 rather than 412 then): the key is taken, as with a 412.
+            if self._exclusive and backend.conditional_writes and await backend.exists(self._path):
+                return False
+            raise
         except BaseException:
             await self._abort()
             raise
