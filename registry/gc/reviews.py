@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -235,9 +236,9 @@ class ReviewCollector:
             logger.info("gc: not removing manifest %s of %s: %s", digest, name, e)
             return False
 
-    async def _unless_dry(self, function: object, *args: object) -> None:
+    async def _unless_dry(self, function: Callable[..., object], *args: object) -> None:
+        """A change to the queues, which a dry run leaves as they are."""
         if not self.options.dry_run:
-            assert callable(function)
             await asyncio.to_thread(function, *args)
 
     # 3. Blobs.
