@@ -8,8 +8,9 @@ and one after it, to say it is done. Every process lists the records after its p
 re-reads from storage the rows they name: only those. A record is read when first seen and once more when it is
 older than `settle` (the write it announced may not have been finished the first time); the position only moves
 past settled records, and it is kept in the index, so a restart replays what a crash left half done. The writing
-process skips its own records at first sight (it applies its changes itself) but reads its announcements once
-settled, which repairs a write that failed or was cut short after it announced.
+process skips its own records at first sight (it applies its changes itself); a write of its own that fails
+part-way is re-read as soon as it ends, and its announcement once more when settled, which also repairs a write
+cut short by a crash.
 """
 
 from __future__ import annotations

@@ -361,13 +361,17 @@ class LocalIndex:
             del self._announced[next(iter(self._announced))]
         self._announced[planned.serial] = key
 
-    def _finish(self, planned: Planned) -> None:
-        """The write completed and its events are queued: once they are applied, its record need not be read
-        back (a write that failed part-way never gets here, and its record is read back once settled)."""
+    def _finish(self, planned: Planned, completed: bool) -> None:
+        """Completed, its events queued: once they are applied, the write's record need not be read back.
+        Abandoned part-way: what it names is re-read from storage now (its events may be missing), and its record
+        is still read back once settled (storage may answer late for what the write began)."""
         key = self._announced.pop(planned.serial, None)
         if key is None:
             return
-        self._finished.append((planned.repository, key))
+        if completed:
+            self._finished.append((planned.repository, key))
+        else:
+            self._queue(Change(planned.repository, set(planned.tags), set(planned.manifests), planned.whole))
         self._wake_applier()
 
     def _on_event(self, event: Event) -> None:
@@ -387,11 +391,14 @@ class LocalIndex:
             whole = event.type is EventType.REPOSITORY_DELETED
             tags, manifests = {event.tag} if event.tag else set(), {event.digest} if event.digest else set()
             change = Change(name, tags, manifests, whole)
-        if name in self._queued:
-            self._queued[name].merge(change)
-        else:
-            self._queued[name] = change
+        self._queue(change)
         self._wake_applier()
+
+    def _queue(self, change: Change) -> None:
+        if change.repository in self._queued:
+            self._queued[change.repository].merge(change)
+        else:
+            self._queued[change.repository] = change
 
     def _wake_applier(self) -> None:
         if self._applier is None or self._applier.done():

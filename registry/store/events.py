@@ -122,7 +122,8 @@ class Planned:
 
 Listener = Callable[[Event], None]
 Preparer = Callable[[Planned], Awaitable[None]]
-Finisher = Callable[[Planned], None]
+Finisher = Callable[[Planned, bool], None]
+"""Called once a prepared write ends: completed (True), or abandoned part-way by an error (False)."""
 
 
 class EventBus:
@@ -164,8 +165,28 @@ class EventBus:
         return planned
 
     def finished(self, planned: Planned) -> None:
+        """The write `prepare` announced completed, and its events are emitted."""
+        self._end(planned, True)
+
+    def abandoned(self, planned: Planned) -> None:
+        """The write `prepare` announced stopped part-way (an error, or it found nothing to do after announcing):
+        what it names may be anything between before and after, and its events may be missing."""
+        self._end(planned, False)
+
+    @contextlib.contextmanager
+    def ending(self, planned: Planned) -> Iterator[None]:
+        """Around the rest of a write announced by `prepare`: `finished` when the block completes, `abandoned` when
+        it raises (storage failing half-way, a cancelled request)."""
+        try:
+            yield
+        except BaseException:
+            self.abandoned(planned)
+            raise
+        self.finished(planned)
+
+    def _end(self, planned: Planned, completed: bool) -> None:
         for finisher in self._finishers:
             try:
-                finisher(planned)
+                finisher(planned, completed)
             except Exception:
-                logger.exception("events: finishing a change of %s failed", planned.repository)
+                logger.exception("events: ending a change of %s failed", planned.repository)

@@ -70,11 +70,11 @@ class RepositoryStore:
                     raise tag_immutable(name, tag, rule, "deleted (so neither can its repository)")
         revisions = await self._revision_count(name)
         planned = await self.events.prepare(name, whole=True)
-        await self._remove(name)
-        self.blobs.forget_repository(name)
-        self.tags.forget_repository(name)
-        self.events.emit(Event(EventType.REPOSITORY_DELETED, name))
-        self.events.finished(planned)
+        with self.events.ending(planned):
+            await self._remove(name)
+            self.blobs.forget_repository(name)
+            self.tags.forget_repository(name)
+            self.events.emit(Event(EventType.REPOSITORY_DELETED, name))
         return DeletedRepository(name, len(tags), revisions)
 
     async def _revision_count(self, name: str) -> int:

@@ -93,8 +93,8 @@ class TagStore:
         digest = await self.resolve(name, tag)
         self.check_can_delete(name, tag)
         planned = await self.events.prepare(name, tags=[tag])
-        await self.remove(name, tag, digest)
-        self.events.finished(planned)
+        with self.events.ending(planned):
+            await self.remove(name, tag, digest)
 
     async def delete_if_current(self, name: str, tag: str, digest: Digest) -> bool:
         """Untag only while the tag still names `digest` (GC's retention decided on that digest; a tag a client
@@ -107,8 +107,8 @@ class TagStore:
             return False
         self.check_can_delete(name, tag)
         planned = await self.events.prepare(name, tags=[tag])
-        await self.remove(name, tag, digest)
-        self.events.finished(planned)
+        with self.events.ending(planned):
+            await self.remove(name, tag, digest)
         return True
 
     async def all(self, name: str) -> list[str]:
