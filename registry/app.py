@@ -21,7 +21,8 @@ from registry.instrumented_storage import InstrumentedBackend
 from registry.logs import ACCESS_LOGGER
 from registry.metrics import Metrics, mark_process_dead
 from registry.middleware import RequestObserver
-from registry.routing import WRITE_BLOCKERS_STATE, check_declared
+from registry.proxy import setup as proxy_setup
+from registry.routing import WRITE_BLOCKERS_STATE, WRITE_REFUSALS_STATE, check_declared
 from registry.services import Service
 from registry.settings import Settings, load_settings
 from registry.store.registry import Registry, backend_from_settings
@@ -38,7 +39,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     backend = backend_from_settings(settings)
     if metrics is not None:
         backend = InstrumentedBackend(backend, metrics)
-    registry = Registry.from_settings(settings, backend=backend)
+    proxy = proxy_setup.read_through(settings, metrics)
+    registry = Registry.from_settings(settings, backend=backend, read_through=proxy)
     if metrics is not None:
         metrics.follow(registry.events)
 
@@ -76,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.metrics = metrics
     app.state.readiness = Readiness()
     setattr(app.state, WRITE_BLOCKERS_STATE, [])  # features that may refuse writes for a while add to it
+    setattr(app.state, WRITE_REFUSALS_STATE, [])  # features that refuse clients' writes to some repositories
     notifier = None
     if settings.notifications.endpoints:
         # An optional feature: it follows the store's events.
@@ -88,6 +91,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         service = feature.install(app, settings, registry)
         if service is not None:
             services.append(service)
+    proxy_service = proxy_setup.install(app, proxy)
+    if proxy_service is not None:
+        services.append(proxy_service)
     ui_service = ui_setup.install(app, settings, registry)
     if ui_service is not None:
         services.append(ui_service)

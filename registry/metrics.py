@@ -181,6 +181,16 @@ class Metrics:
             "Index updates that failed after a storage write (repaired from the change records later).",
             registry=r,
         )
+        self.proxy_requests = Counter(
+            "moorage_proxy_requests",
+            "Requests for proxied repositories, by upstream and outcome: hit (from the cache), miss (fetched), stale "
+            "(cached, served while the upstream could not answer), error.",
+            ("upstream", "outcome"),
+            registry=r,
+        )
+        self.proxy_upstream_received_bytes = Counter(
+            "moorage_proxy_upstream_received_bytes", "Blob bytes received from upstreams.", ("upstream",), registry=r
+        )
         self._http_children: dict[
             tuple[str, str, int], tuple[BufferedCounter, BufferedHistogram, BufferedCounter, BufferedCounter]
         ] = {}
@@ -268,6 +278,12 @@ class Metrics:
 
     def index_refresh_failed(self) -> None:
         self.index_refresh_failures.inc()
+
+    def proxy_request(self, upstream: str, outcome: str) -> None:
+        self.proxy_requests.labels(upstream, outcome).inc()
+
+    def proxy_upstream_bytes(self, upstream: str, size: int) -> None:
+        self.proxy_upstream_received_bytes.labels(upstream).inc(size)
 
     def exposition(self) -> bytes:
         """The text format of every metric; in multiprocess mode, summed over all processes.

@@ -32,6 +32,13 @@ GC_QUARANTINE = "moorage/gc/quarantine"
 GC_LEASES = "moorage/gc/leases"
 GC_LAST_REPORT = "moorage/gc/last-report.json"
 UI_SESSIONS = "moorage/ui/sessions"
+# Ours: the repositories that are caches of an upstream registry (registry/proxy), each naming its upstream.
+PROXY_CACHED = "moorage/proxy/cached"
+
+
+def proxy_cached(name: str) -> str:
+    """The record saying repository `name` caches an upstream's (`_upstream`: no name component starts with `_`)."""
+    return f"{PROXY_CACHED}/{name}/_upstream"
 
 
 def ui_session(key: str) -> str:

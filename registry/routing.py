@@ -110,6 +110,12 @@ WRITE_BLOCKERS_STATE = "write_blockers"
 WriteBlocker = Callable[[], str | None]
 
 
+WRITE_REFUSALS_STATE = "write_refusals"
+"""The app.state attribute listing what may refuse a client's pushes and deletes to some repositories (a cache of
+an upstream registry): each answers for one repository, with the error to send or None."""
+WriteRefusal = Callable[[str], Awaitable[RegistryError | None]]
+
+
 def write_blocked_error(reason: str) -> RegistryError:
     return RegistryError(
         ErrorCode.UNAVAILABLE,
@@ -195,6 +201,11 @@ class ApiRoute(Route):
                 for blocker in blockers:
                     if (reason := blocker()) is not None:
                         raise write_blocked_error(reason)
+                refusals: list[WriteRefusal] = getattr(state, WRITE_REFUSALS_STATE, [])
+                for refusal in refusals:
+                    for wanted in need.required:
+                        if wanted.action != "pull" and (error := await refusal(wanted.repository)) is not None:
+                            raise error
             guard: Guard | None = getattr(state, GUARD_STATE, None)
             if guard is not None and need.kind != "public":
                 await guard.authorize(request, need)

@@ -18,6 +18,7 @@ from registry.auth.settings import AccessRule, AuthSettings
 from registry.durations import Seconds
 from registry.gc.settings import GcSettings, ImmutableTagRule, RetentionRule, UploadsSettings
 from registry.index.settings import DatabaseSettings, IndexSettings
+from registry.proxy.settings import ProxySettings
 from registry.ui.settings import UiSettings
 
 DEFAULT_CONFIG_FILE = Path("config/moorage.yml")
@@ -212,6 +213,7 @@ class Settings(BaseSettings):
     retention: list[RetentionRule] = []
     immutable_tags: list[ImmutableTagRule] = []
     ui: UiSettings = UiSettings()
+    proxy: ProxySettings = ProxySettings()
 
     @classmethod
     def settings_customise_sources(

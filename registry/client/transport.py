@@ -62,6 +62,7 @@ class Transport:
         attempts: int = DEFAULT_ATTEMPTS,
         backoff: float = DEFAULT_BACKOFF,
         client: httpx.AsyncClient | None = None,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
     ) -> None:
         self.registry = registry
         # A CA file means TLS even for a local registry; else localhost and --insecure mean plain HTTP.
@@ -70,6 +71,7 @@ class Transport:
         self.credentials = credentials
         self.attempts = max(1, attempts)
         self.backoff = backoff
+        self.retry_statuses = retry_statuses
         self.scopes: set[str] = set()
         self._authorization: str | None = None
         verify: ssl.SSLContext | bool = True
@@ -147,7 +149,7 @@ class Transport:
                 if renewed:
                     await response.aclose()
                     continue
-            if response.status_code in RETRY_STATUSES and retry and attempt + 1 < self.attempts:
+            if response.status_code in self.retry_statuses and retry and attempt + 1 < self.attempts:
                 await response.aclose()
                 await asyncio.sleep(backoff_delay(attempt, self.backoff, response.headers.get("Retry-After")))
                 attempt += 1
@@ -216,7 +218,7 @@ class Transport:
                     await asyncio.sleep(backoff_delay(attempt, self.backoff))
                     continue
                 raise ConnectionFailed(f"token server {realm}: {describe_transport_error(e)}") from e
-            if response.status_code in RETRY_STATUSES and attempt + 1 < self.attempts:
+            if response.status_code in self.retry_statuses and attempt + 1 < self.attempts:
                 await asyncio.sleep(backoff_delay(attempt, self.backoff, response.headers.get("Retry-After")))
                 continue
             break

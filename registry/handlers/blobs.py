@@ -52,10 +52,12 @@ async def get_blob(request: Request) -> Response:
     blobs = registry.blobs
     url = None
     if request.method == "HEAD":
-        info = await blobs.stat(name, digest, touch=True, remembered=True)
+        info = await blobs.head(name, digest)
     else:
         url = await blobs.redirect_url(digest)
         info = await blobs.pull(name, digest, from_storage=url is not None)
+        if info.spooled:  # not in storage yet: streamed here as an upstream sends it
+            url = None
     headers = {
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",

@@ -13,6 +13,7 @@ from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.store.events import Event, EventBus, EventType
 from registry.store.quarantine import DEFAULT_TOUCH_AFTER, Quarantine
+from registry.store.read_through import ReadThrough
 from storage_backends import FileInfo, PathNotFound, StorageBackend
 
 EXISTENCE_TTL = 1.0
@@ -23,6 +24,8 @@ EXISTENCE_CACHE_SIZE = 4096
 class BlobInfo:
     digest: Digest
     size: int
+    spooled: bool = False
+    """Being fetched from an upstream: its bytes come from the fill (`read`), not yet from storage."""
 
 
 def blob_unknown(digest: Digest) -> RegistryError:
@@ -41,9 +44,11 @@ class BlobStore:
         events: EventBus,
         existence_ttl: float = EXISTENCE_TTL,
         touch_after: float = DEFAULT_TOUCH_AFTER,
+        read_through: ReadThrough | None = None,
     ) -> None:
         self.backend = backend
         self.events = events
+        self.read_through = read_through
         self.quarantine = Quarantine(backend, touch_after)
         self._existence_ttl = existence_ttl
         # (repository, digest) -> (info, monotonic expiry, wall-clock time of the data's last modification):
@@ -133,7 +138,12 @@ class BlobStore:
         self._seen.pop((name, digest), None)
 
     async def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """The blob's bytes. A blob GC set aside since a remembered `stat` answer is brought back first."""
+        """The blob's bytes (as they arrive, while an upstream fill of it is under way). A blob GC set aside since a
+        remembered `stat` answer is brought back first."""
+        if self.read_through is not None and (spooled := self.read_through.spooled(digest, offset, length)):
+            async for chunk in spooled:
+                yield chunk
+            return
         path = paths.blob_data(digest)
         stream = self.backend.reader(path, offset, length)
         try:
@@ -181,10 +191,28 @@ class BlobStore:
         """`stat` for a client about to take the bytes (a GET): counted as a pull. From memory when it remembers
         the blob, unless `from_storage` (a redirect sends the client to the bucket itself: the data must be in
         place there, and a blob GC set aside is brought back)."""
-        info = await self.stat(name, digest, remembered=not from_storage)
+        info = await self._through(name, digest, fetch=True, remembered=not from_storage)
         if self.events.wants(EventType.BLOB_PULLED):
             self.events.emit(Event(EventType.BLOB_PULLED, name, str(digest), size=info.size))
         return info
+
+    async def head(self, name: str, digest: Digest) -> BlobInfo:
+        """`stat` for a client's HEAD: from memory, touching (a manifest PUT that relies on the blob often follows);
+        a blob of a proxied repository not yet cached is described by its upstream."""
+        return await self._through(name, digest, fetch=False, touch=True, remembered=True)
+
+    async def _through(
+        self, name: str, digest: Digest, *, fetch: bool, touch: bool = False, remembered: bool = False
+    ) -> BlobInfo:
+        try:
+            return await self.stat(name, digest, touch=touch, remembered=remembered)
+        except RegistryError as e:
+            if self.read_through is None or e.code is not ErrorCode.BLOB_UNKNOWN:
+                raise
+            info = await self.read_through.blob(name, digest, fetch=fetch)
+            if info is None:
+                raise
+            return info
 
     async def mount(self, name: str, source: str, digest: Digest) -> BlobInfo | None:
         """Link a blob that `source` can see into `name`, or None when `source` cannot see it."""

@@ -20,6 +20,7 @@ from registry.store.manifest_format import (
     parse_manifest,
     read_stored_manifest,
 )
+from registry.store.read_through import ReadThrough
 from registry.store.referrers import ReferrerStore
 from registry.store.tags import TagStore, manifest_unknown
 from storage_backends import PathNotFound, StorageBackend
@@ -87,9 +88,11 @@ class ManifestStore:
         referrers: ReferrerStore,
         events: EventBus,
         max_bytes: int,
+        read_through: ReadThrough | None = None,
     ) -> None:
         self.backend = backend
         self.events = events
+        self.read_through = read_through
         self.blobs = blobs
         self.tags = tags
         self.referrers = referrers
@@ -110,6 +113,8 @@ class ManifestStore:
         return await self.tags.resolve(name, reference)
 
     async def get(self, name: str, reference: str) -> StoredManifest:
+        if self.read_through is not None:  # a proxied repository: what the upstream has, cached
+            await self.read_through.manifest(name, reference)
         digest = await self.resolve(name, reference)
         try:
             return await self.load(name, digest)
@@ -147,8 +152,17 @@ class ManifestStore:
         return manifest
 
     async def put(
-        self, name: str, reference: str, data: bytes, content_type: str, extra_tags: tuple[str, ...] = ()
+        self,
+        name: str,
+        reference: str,
+        data: bytes,
+        content_type: str,
+        extra_tags: tuple[str, ...] = (),
+        *,
+        cached: bool = False,
     ) -> PutResult:
+        """Store a manifest and tag it. `cached`: a copy of an upstream's (registry/proxy), whose blobs and children
+        come into the repository when they are first pulled, so they need not be there yet."""
         if len(data) > self.max_bytes:
             raise too_large(len(data), self.max_bytes)
         tags = list(extra_tags)
@@ -178,7 +192,7 @@ class ManifestStore:
         announcing = asyncio.ensure_future(self.events.prepare(name, tags=unique, manifests=[str(digest)]))
         first = await asyncio.gather(
             *(self.tags.check_can_set(name, tag, digest) for tag in unique),
-            self._check_references(name, parsed),
+            *(() if cached else (self._check_references(name, parsed),)),
             announcing,
             self.blobs.put_small(digest, data),
             return_exceptions=True,
@@ -187,27 +201,27 @@ class ManifestStore:
             if isinstance(outcome, BaseException):
                 raise outcome
         planned = announcing.result()
-        if not parsed.has_media_type_field:  # read through the revision link: in place before it (rare: old clients)
-            await self.backend.put_content(paths.manifest_media_type(name, digest), parsed.media_type.encode())
-        link = paths.manifest_revision_link(name, digest)
-        revision = asyncio.ensure_future(self.backend.put_content(link, str(digest).encode(), exclusive=True))
-        await asyncio.gather(
-            revision,
-            *(self.tags.mark(name, tag, digest) for tag in unique),
-            *(self.tags.record(name, tag, digest) for tag in unique),
-        )
-        created = revision.result()
-        if parsed.subject is not None:
-            await self.referrers.add(name, parsed.subject.digest, digest)
-        await asyncio.gather(*(self.tags.point(name, tag, digest) for tag in unique))
-        await self._confirm(name, digest, data, parsed, unique, created)
-        manifest = StoredManifest(digest, parsed.media_type, data)
-        self._cache.put(manifest)
-        for tag in unique or ("",):
-            self.events.emit(Event(EventType.MANIFEST_PUSHED, name, str(digest), tag, parsed.media_type, len(data)))
-        for tag in unique:
-            self.events.emit(Event(EventType.TAG_SET, name, str(digest), tag, parsed.media_type, len(data)))
-        self.events.finished(planned)
+        with self.events.ending(planned):
+            if not parsed.has_media_type_field:  # read via the revision link: in place before it (rare: old clients)
+                await self.backend.put_content(paths.manifest_media_type(name, digest), parsed.media_type.encode())
+            link = paths.manifest_revision_link(name, digest)
+            revision = asyncio.ensure_future(self.backend.put_content(link, str(digest).encode(), exclusive=True))
+            await asyncio.gather(
+                revision,
+                *(self.tags.mark(name, tag, digest) for tag in unique),
+                *(self.tags.record(name, tag, digest) for tag in unique),
+            )
+            created = revision.result()
+            if parsed.subject is not None:
+                await self.referrers.add(name, parsed.subject.digest, digest)
+            await asyncio.gather(*(self.tags.point(name, tag, digest) for tag in unique))
+            await self._confirm(name, digest, data, parsed, unique, created, cached)
+            manifest = StoredManifest(digest, parsed.media_type, data)
+            self._cache.put(manifest)
+            for tag in unique or ("",):
+                self.events.emit(Event(EventType.MANIFEST_PUSHED, name, str(digest), tag, parsed.media_type, len(data)))
+            for tag in unique:
+                self.events.emit(Event(EventType.TAG_SET, name, str(digest), tag, parsed.media_type, len(data)))
         return PutResult(manifest, parsed, unique)
 
     async def _check_references(self, name: str, parsed: ParsedManifest) -> None:
@@ -236,7 +250,14 @@ class ManifestStore:
             )
 
     async def _confirm(
-        self, name: str, digest: Digest, data: bytes, parsed: ParsedManifest, tags: tuple[str, ...], created: bool
+        self,
+        name: str,
+        digest: Digest,
+        data: bytes,
+        parsed: ParsedManifest,
+        tags: tuple[str, ...],
+        created: bool,
+        cached: bool = False,
     ) -> None:
         """Look again, once the revision and tags are written, at what GC or a repository deletion may have
         removed since the checks. Each of them looks again after removing, too (registry/gc/collector.py,
@@ -246,12 +267,15 @@ class ManifestStore:
           from quarantine here. One deleted for good (the PUT outlived GC's settle period) means the manifest
           cannot stand.
         - A blob link or child manifest of the repository gone: the repository was deleted under the push.
-        In both cases the push fails and takes back what it wrote: never a tag whose content is gone.
+        In both cases the push fails and takes back what it wrote: never a tag whose content is gone. (Not for a
+          `cached` copy of an upstream's manifest, whose content comes when first pulled.)
         - The revision link or a tag gone (GC found the manifest untagged before the tag landed; retention
           removed the tag as this push moved it): written again, and the blob links looked at once more, since
           a repository deletion may have passed between the first look and the rewrite."""
         blobs = [d.digest for d in (parsed.config, *parsed.layers) if d is not None and not _is_foreign(d)]
         children = [d.digest for d in parsed.children]
+        if cached:
+            blobs, children = [], []
         # Every look in one round of reads (on S3 each is a round trip; they are independent).
         present, manifest_present, unlinked, revision_present, missing = await asyncio.gather(
             asyncio.gather(*(self.blobs.present(d) for d in [*blobs, *children])),
@@ -347,15 +371,15 @@ class ManifestStore:
             planned = await self.events.prepare(name, manifests=[str(digest)])
         else:  # announced by the manifest alone (the index re-reads the tags that point at it) meanwhile
             (tags, subject), planned = await asyncio.gather(found, self.events.prepare(name, manifests=[str(digest)]))
-        await asyncio.gather(*(self.tags.remove(name, tag, digest) for tag in tags))
-        await self.backend.delete(paths.manifest_revision_dir(name, digest))
-        self.blobs.forget(name, digest)
-        # A push tagging it meanwhile (answered 201) keeps it: see `delete_if_untagged`.
-        if await self.tags.tags_of(name, digest):
-            await self.backend.put_content(paths.manifest_revision_link(name, digest), str(digest).encode())
-        else:
-            await self._removed(name, digest, subject)
-        self.events.finished(planned)
+        with self.events.ending(planned):
+            await asyncio.gather(*(self.tags.remove(name, tag, digest) for tag in tags))
+            await self.backend.delete(paths.manifest_revision_dir(name, digest))
+            self.blobs.forget(name, digest)
+            # A push tagging it meanwhile (answered 201) keeps it: see `delete_if_untagged`.
+            if await self.tags.tags_of(name, digest):
+                await self.backend.put_content(paths.manifest_revision_link(name, digest), str(digest).encode())
+            else:
+                await self._removed(name, digest, subject)
 
     async def delete_if_untagged(self, name: str, digest: Digest, subject: Digest | None) -> bool:
         """Delete a manifest revision only if no tag names it at the moment of deleting (GC's untagged removal).
@@ -367,13 +391,13 @@ class ManifestStore:
         if not await self.backend.exists(link) or await self.tags.tags_of(name, digest):
             return False  # gone already (the repository deleted meanwhile), or tagged
         planned = await self.events.prepare(name, manifests=[str(digest)])
-        await self.backend.delete(paths.manifest_revision_dir(name, digest))
-        self.blobs.forget(name, digest)
-        if await self.tags.tags_of(name, digest):
-            await self.backend.put_content(link, str(digest).encode())
-            return False
-        await self._removed(name, digest, subject)
-        self.events.finished(planned)
+        with self.events.ending(planned):
+            await self.backend.delete(paths.manifest_revision_dir(name, digest))
+            self.blobs.forget(name, digest)
+            if await self.tags.tags_of(name, digest):
+                await self.backend.put_content(link, str(digest).encode())
+                return False  # tagged meanwhile: as it was
+            await self._removed(name, digest, subject)
         return True
 
     async def _subject_of(self, name: str, digest: Digest) -> Digest | None:

@@ -9,6 +9,7 @@ from registry.store.blobs import BlobStore
 from registry.store.events import EventBus
 from registry.store.manifests import ManifestStore
 from registry.store.quarantine import DEFAULT_TOUCH_AFTER
+from registry.store.read_through import ReadThrough
 from registry.store.referrers import ReferrerStore
 from registry.store.repositories import RepositoryStore
 from registry.store.tag_policy import TagPolicy
@@ -44,19 +45,26 @@ class Registry:
         manifest_max_bytes: int = 4 * 1024 * 1024,
         tag_policy: TagPolicy | None = None,
         touch_after: float = DEFAULT_TOUCH_AFTER,
+        read_through: ReadThrough | None = None,
     ) -> None:
         self.backend = backend
         self.delete_enabled = delete_enabled
         self.events = EventBus()
-        self.blobs = BlobStore(backend, self.events, touch_after=touch_after)
+        self.blobs = BlobStore(backend, self.events, touch_after=touch_after, read_through=read_through)
         self.uploads = UploadStore(backend, self.blobs, self.events)
         self.tags = TagStore(backend, self.events, tag_policy)
         self.referrers = ReferrerStore(backend)
-        self.manifests = ManifestStore(backend, self.blobs, self.tags, self.referrers, self.events, manifest_max_bytes)
+        self.manifests = ManifestStore(
+            backend, self.blobs, self.tags, self.referrers, self.events, manifest_max_bytes, read_through
+        )
         self.repositories = RepositoryStore(backend, self.tags, self.blobs, self.events)
+        if read_through is not None:
+            read_through.bind(self)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, backend: StorageBackend | None = None) -> Registry:
+    def from_settings(
+        cls, settings: Settings, *, backend: StorageBackend | None = None, read_through: ReadThrough | None = None
+    ) -> Registry:
         grace = settings.gc.grace
         return cls(
             backend or backend_from_settings(settings),
@@ -65,6 +73,7 @@ class Registry:
             tag_policy=TagPolicy(settings.immutable_tags),
             # With no grace period, ages protect nothing: never pay for a touch.
             touch_after=grace * TOUCH_FRACTION if grace > 0 else math.inf,
+            read_through=read_through,
         )
 
     async def start(self) -> None:

@@ -1,0 +1,1 @@
+"""Pull-through cache of upstream registries (registry/proxy/cache.py says how it works)."""

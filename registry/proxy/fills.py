@@ -1,0 +1,226 @@
+"""Fetching a blob from an upstream once, however many clients ask for it meanwhile.
+
+A fill streams the upstream's bytes into an upload session of the store (which hashes them) and into a spool file
+that every client pulling the blob reads as it grows: the first client and the ones that join later are all served
+at the upstream's pace from one upstream GET. The spool is an unnamed temporary file (gone with its last reader).
+The blob becomes visible in storage only once the upload verifies against its digest; a mismatch, a short body or a
+dropped connection leaves nothing cached, and the clients reading the spool see their stream cut (their own digest
+check would refuse what they got). A fill belongs to no request: a client going away does not stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from registry.digests import Digest
+from registry.proxy.upstreams import Upstream, UpstreamUnavailable
+from registry.store.blobs import BlobInfo
+from registry.store.registry import Registry
+
+logger = logging.getLogger("moorage")
+SPOOL_WRITE = 1024 * 1024
+READ_SIZE = 1024 * 1024
+
+
+class FillFailed(Exception):
+    """The fill stopped before the blob was verified and stored."""
+
+
+class Fill:
+    def __init__(self, digest: Digest, spool_dir: Path | None) -> None:
+        self.digest = digest
+        self.size: int | None = None
+        self.written = 0
+        self.error: BaseException | None = None
+        self.finished = False
+        self.links: set[str] = set()  # repositories to link the blob into once it is stored
+        self._file = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 (closed by the last of fill and readers)
+        self._users = 1  # the fill itself, then each reader
+        self._changed = asyncio.Event()
+        self.started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        """True once the upstream answered with the blob (`size` is set then, if it announced one); False: it has
+        no such blob."""
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _release(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            self._file.close()
+
+    async def run(
+        self, registry: Registry, upstream: Upstream, remote: str, name: str, count: Callable[[int], None]
+    ) -> None:
+        """Fetch, spool and store; `count` hears of every byte the upstream sends."""
+        upload_id: str | None = None
+        try:
+            async with upstream.open_blob(remote, self.digest) as response:
+                if response is None:
+                    self.started.set_result(False)
+                    return
+                length = response.headers.get("Content-Length", "")
+                self.size = int(length) if length.isdigit() else None
+                status = await registry.uploads.start(name, self.digest.algorithm)
+                upload_id = status.upload_id
+                if not self.started.done():
+                    self.started.set_result(True)
+                await registry.uploads.append(name, upload_id, self._spooled(response.aiter_bytes(), count))
+            if self.size is None:
+                self.size = self.written
+            elif self.written != self.size:
+                raise FillFailed(f"the upstream sent {self.written} of {self.size} bytes")
+            await registry.uploads.complete(name, upload_id, self.digest)
+            upload_id = None
+            for other in self.links - {name}:
+                await registry.blobs.link(other, self.digest)
+        except BaseException as e:
+            self.error = e
+            if not self.started.done():
+                self.started.set_exception(e)
+            if not isinstance(e, asyncio.CancelledError):
+                logger.warning("proxy: fetching %s from %s failed: %s", self.digest, upstream.name, e)
+            if upload_id is not None:
+                with contextlib.suppress(Exception):
+                    await registry.uploads.cancel(name, upload_id)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+        finally:
+            self.finished = True
+            self._notify()
+            self._release()
+
+    async def _spooled(self, chunks: AsyncIterator[bytes], count: Callable[[int], None]) -> AsyncIterator[bytes]:
+        buffer = bytearray()
+        async for chunk in chunks:
+            count(len(chunk))
+            buffer += chunk
+            if self.size is not None and self.written + len(buffer) > self.size:
+                raise FillFailed(f"the upstream sent more than the {self.size} bytes it announced")
+            if len(buffer) >= SPOOL_WRITE:
+                yield await self._spool(bytes(buffer))
+                buffer.clear()
+        if buffer:
+            yield await self._spool(bytes(buffer))
+
+    async def _spool(self, data: bytes) -> bytes:
+        await asyncio.to_thread(os.pwrite, self._file.fileno(), data, self.written)
+        self.written += len(data)
+        self._notify()
+        return data
+
+    async def ended(self) -> None:
+        while not self.finished:
+            await self._changed.wait()
+
+    def reader(self, offset: int, length: int | None) -> AsyncIterator[bytes]:
+        """The bytes from `offset` as they arrive; raises FillFailed if the fill stops before they do."""
+        self._users += 1  # taken now: the file stays open until this reader ends, even if never iterated
+        return self._read(offset, length)
+
+    async def _read(self, offset: int, length: int | None) -> AsyncIterator[bytes]:
+        try:
+            position = offset
+            while True:
+                end = self._end(offset, length)
+                if end is not None and position >= end:
+                    return
+                changed = self._changed
+                if self.written > position:
+                    stop = self.written if end is None else min(self.written, end)
+                    size = min(READ_SIZE, stop - position)
+                    if position + size == self.size and not self.finished:
+                        # The blob's last bytes wait for its verification: a client never gets all of a blob
+                        # that does not match its digest (the stream is cut short instead).
+                        await changed.wait()
+                        continue
+                    data = await asyncio.to_thread(os.pread, self._file.fileno(), size, position)
+                    if position + len(data) == self.size and self.error is not None:
+                        raise FillFailed(f"fetching {self.digest} failed: {self.error}")
+                    position += len(data)
+                    yield data
+                    continue
+                if self.error is not None:
+                    raise FillFailed(f"fetching {self.digest} stopped: {self.error}")
+                if self.finished:
+                    return
+                await changed.wait()
+        finally:
+            self._release()
+
+    def _end(self, offset: int, length: int | None) -> int | None:
+        if self.size is None:
+            return None if length is None else offset + length
+        return self.size if length is None else min(self.size, offset + length)
+
+
+class Fills:
+    """The fills under way in this process, one per digest."""
+
+    def __init__(self, spool_dir: Path | None) -> None:
+        self.spool_dir = spool_dir
+        self._fills: dict[Digest, Fill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spooled(self, digest: Digest, offset: int, length: int | None) -> AsyncIterator[bytes] | None:
+        fill = self._fills.get(digest)
+        if fill is None or fill.size is None:
+            return None
+        return fill.reader(offset, length)
+
+    async def fetch(
+        self,
+        registry: Registry,
+        upstream: Upstream,
+        remote: str,
+        name: str,
+        digest: Digest,
+        count: Callable[[int], None],
+    ) -> BlobInfo | None:
+        """Join the fill of `digest` or start one; its size once the upstream answered (None: it has no such blob).
+        A blob whose size the upstream does not announce is served once stored."""
+        fill = self._fills.get(digest)
+        if fill is None:
+            fill = Fill(digest, self.spool_dir)
+            self._fills[digest] = fill
+            task = asyncio.get_running_loop().create_task(
+                self._run(fill, registry, upstream, remote, name, count), name=f"proxy fill {digest}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        fill.links.add(name)
+        try:
+            found = await asyncio.shield(fill.started)
+        except UpstreamUnavailable:
+            raise
+        except Exception as e:
+            raise UpstreamUnavailable(f"{upstream.name}: {e}") from e
+        if not found:
+            return None
+        if fill.size is not None:
+            return BlobInfo(digest, fill.size, spooled=True)
+        await asyncio.shield(fill.ended())  # no size announced: served from storage once stored
+        if fill.error is not None:
+            raise UpstreamUnavailable(f"{upstream.name}: fetching {digest} failed: {fill.error}")
+        return BlobInfo(digest, fill.written)
+
+    async def _run(
+        self, fill: Fill, registry: Registry, upstream: Upstream, remote: str, name: str, count: Callable[[int], None]
+    ) -> None:
+        try:
+            await fill.run(registry, upstream, remote, name, count)
+        finally:
+            if self._fills.get(fill.digest) is fill:
+                del self._fills[fill.digest]
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

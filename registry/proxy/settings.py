@@ -1,0 +1,89 @@
+"""The `proxy:` config section: upstream registries whose images Moorage caches (pull-through)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from registry.durations import Seconds
+from registry.names import NAME_RE
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UpstreamSettings(_Section):
+    name: str = Field(description="What metrics, logs and the catalog call this upstream.")
+    url: str = Field(description="The upstream's base URL: `https://registry-1.docker.io`, `http://127.0.0.1:5001`.")
+    prefix: str = Field(
+        default="",
+        description="Repositories under `<prefix>/` come from this upstream, the prefix taken off. Empty: docker's "
+        "`registry-mirrors` mode, for names no local repository has (at most one upstream).",
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = Field(default=None, description="A file holding the password (a mounted secret).")
+    tag_ttl: Seconds = Field(default=300.0, description="A cached tag is checked upstream (a HEAD) once this old.")
+    insecure: bool = Field(default=False, description="https without certificate verification.")
+    ca_file: Path | None = Field(default=None, description="CA certificates the upstream's TLS certificate chains to.")
+    allow_push: bool = Field(default=False, description="Let clients push into this prefix (refused: 405).")
+    timeout: Seconds = Field(default=30.0, description="Connect and read timeout of each upstream request.")
+    attempts: int = Field(default=3, ge=1, le=10, description="Tries of a request that fails on the network or 5xx.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("an upstream's name is letters, digits, `.`, `_` and `-` (at most 63)")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if not re.match(r"^https?://[^/\s@]+$", value):
+            raise ValueError("an upstream's url is http(s)://host[:port], without a path or credentials")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if value and not NAME_RE.match(value):
+            raise ValueError("a prefix is one or more repository name components (`dockerhub`, `mirrors/ghcr`)")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> UpstreamSettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if (self.password is not None or self.password_file is not None) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+
+class ProxySettings(_Section):
+    upstreams: list[UpstreamSettings] = []
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Where blobs being fetched are spooled while clients stream them (default: the temp directory).",
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ProxySettings:
+        names = [u.name for u in self.upstreams]
+        if len(set(names)) != len(names):
+            raise ValueError("two upstreams have the same name")
+        prefixes = [u.prefix for u in self.upstreams]
+        if prefixes.count("") > 1:
+            raise ValueError("at most one upstream may have an empty prefix (the registry-mirrors one)")
+        for i, a in enumerate(prefixes):
+            for j, b in enumerate(prefixes):
+                if i != j and a and b and (a == b or b.startswith(a + "/")):
+                    raise ValueError(f"upstream prefixes {a!r} and {b!r} overlap")
+        return self

@@ -1,0 +1,213 @@
+"""One upstream registry as the cache sees it: which local names it covers, and its API over the client's transport
+(the token dance, retries with backoff, TLS with a custom CA, redirects to presigned storage).
+
+An upstream that answers 429 is left alone until its `Retry-After` passes: the cache serves what it has and tells
+clients to come back, instead of passing each of their retries on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from registry.client.credentials import Credentials
+from registry.client.errors import ClientError, RegistryResponseError
+from registry.client.manifests import ACCEPT_MANIFESTS
+from registry.client.transport import RETRY_STATUSES, Transport
+from registry.digests import Digest
+from registry.errors import ErrorCode, RegistryError
+from registry.media_types import DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED
+from registry.proxy.settings import UpstreamSettings
+from registry.settings import ConfigError
+
+logger = logging.getLogger("moorage")
+DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "docker.io"})
+ACCEPT = f"{ACCEPT_MANIFESTS}, {DOCKER_SCHEMA1_SIGNED}, {DOCKER_SCHEMA1}"
+DEFAULT_PAUSE = 60.0
+MAX_PAUSE = 3600.0
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream could not answer (network, 5xx, 429): cached content may still serve."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamDenied(UpstreamUnavailable):
+    """The upstream refused access (401, 403): to this cache's clients, what it refuses does not exist (registries
+    answer so for repositories that do not exist, too); what is cached may still serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteManifest:
+    digest: Digest
+    media_type: str
+    data: bytes
+
+
+class Upstream:
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.prefix = settings.prefix
+        self.url = settings.url
+        host = urlsplit(settings.url).netloc
+        self.docker_hub = host.split(":")[0] in DOCKER_HUB_HOSTS
+        verify: ssl.SSLContext | bool = not settings.insecure
+        if settings.ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(settings.ca_file))
+        client = httpx.AsyncClient(
+            verify=verify,
+            timeout=httpx.Timeout(settings.timeout),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            follow_redirects=True,
+        )
+        self.transport = Transport(
+            host,
+            credentials=_credentials(settings),
+            attempts=settings.attempts,
+            client=client,
+            retry_statuses=RETRY_STATUSES - {429},  # 429 pauses this upstream instead (see `_answered`)
+        )
+        self.transport.base_url = settings.url
+        self._paused_until = 0.0
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    def covers(self, name: str) -> bool:
+        return not self.prefix or name.startswith(self.prefix + "/")
+
+    def remote(self, name: str) -> str:
+        """The upstream's name for the local repository `name` (Docker Hub's official images live in `library/`)."""
+        remote = name[len(self.prefix) + 1 :] if self.prefix else name
+        if self.docker_hub and "/" not in remote:
+            remote = f"library/{remote}"
+        return remote
+
+    async def manifest_digest(self, remote: str, reference: str) -> Digest | None:
+        """What `reference` names upstream now (a HEAD), or None when the upstream has no such manifest."""
+        async with self._request("HEAD", f"/v2/{remote}/manifests/{reference}", {"Accept": ACCEPT}) as response:
+            if response.status_code == 404:
+                return None
+            self._expect(response, f"manifest {remote}:{reference}")
+            header = response.headers.get("Docker-Content-Digest", "")
+        if Digest.is_digest(header):
+            return Digest.parse(header)
+        found = await self.manifest(remote, reference)  # no digest header: the content tells
+        return None if found is None else found.digest
+
+    async def manifest(self, remote: str, reference: str) -> RemoteManifest | None:
+        """The manifest `reference` names upstream, verified against its digest, or None when there is none."""
+        async with self._request("GET", f"/v2/{remote}/manifests/{reference}", {"Accept": ACCEPT}) as response:
+            if response.status_code == 404:
+                return None
+            self._expect(response, f"manifest {remote}:{reference}")
+            data = await response.aread()
+            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            header = response.headers.get("Docker-Content-Digest", "")
+        expected = Digest.parse(reference) if Digest.is_digest(reference) else None
+        if expected is None and Digest.is_digest(header):
+            expected = Digest.parse(header)
+        digest = Digest.of(data, expected.algorithm if expected else "sha256")
+        if expected is not None and digest != expected:
+            raise UpstreamUnavailable(f"{self.name}: manifest {remote}:{reference} does not match its digest")
+        return RemoteManifest(digest, media_type, data)
+
+    async def blob_size(self, remote: str, digest: Digest) -> int | None:
+        async with self._request("HEAD", f"/v2/{remote}/blobs/{digest}") as response:
+            if response.status_code == 404:
+                return None
+            self._expect(response, f"blob {remote}@{digest}")
+            length = response.headers.get("Content-Length", "")
+        if not length.isdigit():
+            raise UpstreamUnavailable(f"{self.name}: blob {remote}@{digest}: no size in the answer to HEAD")
+        return int(length)
+
+    @contextlib.asynccontextmanager
+    async def open_blob(self, remote: str, digest: Digest) -> AsyncIterator[httpx.Response | None]:
+        """The blob's bytes streaming (None when the upstream has no such blob)."""
+        async with self._request("GET", f"/v2/{remote}/blobs/{digest}") as response:
+            if response.status_code == 404:
+                yield None
+                return
+            self._expect(response, f"blob {remote}@{digest}")
+            yield response
+
+    @contextlib.asynccontextmanager
+    async def _request(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        wait = self._paused_until - time.monotonic()
+        if wait > 0:
+            raise UpstreamUnavailable(f"{self.name} asked for a pause (429)", retry_after=wait)
+        try:
+            response = await self.transport.request(method, path, headers=headers, stream=True)
+        except RegistryResponseError as e:  # the token server refused these credentials, or anonymous
+            if e.status in (401, 403):
+                raise UpstreamDenied(f"{self.name}: {e}") from e
+            raise UpstreamUnavailable(f"{self.name}: {e}") from e
+        except ClientError as e:  # the network, TLS
+            raise UpstreamUnavailable(f"{self.name}: {e}") from e
+        try:
+            self._answered(response)
+            yield response
+        except httpx.TransportError as e:  # the connection dropped while the body streamed
+            raise UpstreamUnavailable(f"{self.name}: {method} {path}: {e or type(e).__name__}") from e
+        finally:
+            await response.aclose()
+
+    def _answered(self, response: httpx.Response) -> None:
+        if response.status_code != 429:
+            return
+        retry_after = response.headers.get("Retry-After", "")
+        pause = min(float(retry_after), MAX_PAUSE) if retry_after.isdigit() else DEFAULT_PAUSE
+        self._paused_until = time.monotonic() + pause
+        logger.warning("proxy: %s answered 429; not asking it again for %.0fs", self.name, pause)
+        raise UpstreamUnavailable(f"{self.name} answered 429 (too many requests)", retry_after=pause)
+
+    def _expect(self, response: httpx.Response, subject: str) -> None:
+        status = response.status_code
+        if status in (200, 206):
+            return
+        if status in (401, 403):
+            logger.info("proxy: %s refused %s (HTTP %d)", self.name, subject, status)
+            raise UpstreamDenied(f"{self.name} refused access to {subject} (HTTP {status})")
+        raise UpstreamUnavailable(f"{self.name}: {subject}: HTTP {status}")
+
+
+def _credentials(settings: UpstreamSettings) -> Credentials | None:
+    if not settings.username:
+        return None
+    if settings.password_file is not None:
+        try:
+            password = settings.password_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"proxy.upstreams {settings.name}: password_file: {e.strerror or e}") from e
+    else:
+        password = settings.password.get_secret_value() if settings.password else ""
+    return Credentials(settings.username, password)
+
+
+def unavailable(error: UpstreamUnavailable) -> RegistryError:
+    headers = {"Retry-After": str(max(1, round(error.retry_after)))} if error.retry_after else {"Retry-After": "5"}
+    return RegistryError(
+        ErrorCode.UNAVAILABLE,
+        message="the upstream registry cannot be reached and nothing is cached for this request",
+        detail=str(error),
+        headers=headers,
+    )
+
+
+def denied(unknown: RegistryError, error: UpstreamUnavailable) -> RegistryError:
+    """What an upstream refused to this cache: unknown, saying why."""
+    return RegistryError(unknown.code, detail=unknown.detail, message=f"{unknown.message}: {error}")

@@ -1,0 +1,242 @@
+"""The pull-through cache against a real upstream: Debian's docker-registry (CNCF Distribution 2.8) on 127.0.0.1.
+
+skopeo pulls through Moorage under the upstream's prefix; what it gets is the upstream's content, digest for digest,
+and what Moorage cached serves again with the upstream stopped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .auth_servers import start_auth_server
+from .conftest import DistributionFactory, MoorageFactory, RunningServer, Skopeo
+from .images import OciLayout, assert_same_blobs, multiarch_index, small_image
+
+pytestmark = pytest.mark.e2e
+
+
+def proxy_env(*upstreams: dict[str, Any]) -> dict[str, str]:
+    return {"MOORAGE_PROXY__UPSTREAMS": json.dumps(list(upstreams))}
+
+
+def cache_of(moorage_factory: MoorageFactory, upstream: RunningServer, **options: Any) -> RunningServer:
+    settings = {"name": "dist", "url": upstream.url, "prefix": "dist", **options}
+    return moorage_factory(env=proxy_env(settings))
+
+
+def test_skopeo_pulls_through_the_cache_digest_for_digest(
+    distribution_factory: DistributionFactory, moorage_factory: MoorageFactory, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    upstream = distribution_factory()
+    src = OciLayout(tmp_path / "src")
+    image = small_image(src, name="app", tag="app")
+    index = multiarch_index(src, name="multi", tag="multi")
+    skopeo.push(src.path, "app", upstream.ref("team/app", "v1"))
+    skopeo.push(src.path, "multi", upstream.ref("team/multi", "1.0"), "--all")
+    cache = cache_of(moorage_factory, upstream)
+
+    for n, (repo, tag, digest, extra) in enumerate(
+        [
+            ("team/app", "v1", image.manifest.digest, []),
+            ("team/multi", "1.0", index.index.digest, ["--all"]),
+        ]
+    ):
+        out = tmp_path / f"out-{n}"
+        skopeo.pull(cache.ref(f"dist/{repo}", tag), out, "pulled", *extra)
+        pulled = OciLayout.open(out)
+        assert pulled.ref("pulled").digest == digest, cache.describe()
+        assert_same_blobs(src, pulled, digest)
+        head = cache.get(f"/v2/dist/{repo}/manifests/{tag}", headers={"Accept": "*/*"})
+        assert head.headers["Docker-Content-Digest"] == digest
+        assert head.headers["Moorage-Cache"] == "hit"  # the tag was checked moments ago
+
+    # The cached repositories are Moorage's own now: listed, and served without the upstream.
+    upstream.stop()
+    out = tmp_path / "offline"
+    skopeo.pull(cache.ref("dist/team/multi", "1.0"), out, "pulled", "--all")
+    assert OciLayout.open(out).ref("pulled").digest == index.index.digest
+    catalog = cache.get_json("/v2/_catalog")["repositories"]
+    assert {"dist/team/app", "dist/team/multi"} <= set(catalog)
+
+
+def test_offline_serves_what_is_cached_and_refuses_the_rest_promptly(
+    distribution_factory: DistributionFactory, moorage_factory: MoorageFactory, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    upstream = distribution_factory()
+    src = OciLayout(tmp_path / "src")
+    image = small_image(src, name="app", tag="app")
+    skopeo.push(src.path, "app", upstream.ref("team/app", "v1"))
+    skopeo.push(src.path, "app", upstream.ref("team/other", "v1"))
+    cache = cache_of(moorage_factory, upstream, tag_ttl="1s", attempts=2)
+    skopeo.pull(cache.ref("dist/team/app", "v1"), tmp_path / "warm", "pulled")
+    upstream.stop()
+    time.sleep(1.2)  # the tag is due for a check, which cannot reach the upstream
+
+    skopeo.pull(cache.ref("dist/team/app", "v1"), tmp_path / "cold", "pulled")
+    assert OciLayout.open(tmp_path / "cold").ref("pulled").digest == image.manifest.digest
+    stale = cache.get("/v2/dist/team/app/manifests/v1", headers={"Accept": "*/*"})
+    assert stale.status_code == 200
+    assert stale.headers["Moorage-Cache"] == "stale"
+
+    started = time.monotonic()
+    missing = cache.get("/v2/dist/team/other/manifests/v1", headers={"Accept": "*/*"})
+    assert time.monotonic() - started < 10
+    assert missing.status_code == 503, missing.text
+    assert missing.json()["errors"][0]["code"] == "UNAVAILABLE"
+    assert upstream.url not in missing.text or "password" not in missing.text
+    metrics = cache.get("/metrics").text
+    assert 'moorage_proxy_requests_total{outcome="stale",upstream="dist"}' in metrics
+
+
+def test_a_tag_moved_upstream_is_seen_after_its_ttl_not_before(
+    distribution_factory: DistributionFactory, moorage_factory: MoorageFactory, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    upstream = distribution_factory()
+    src = OciLayout(tmp_path / "src")
+    first = small_image(src, name="first", tag="first")
+    second = small_image(src, name="second", tag="second")
+    skopeo.push(src.path, "first", upstream.ref("team/app", "latest"))
+    cache = cache_of(moorage_factory, upstream, tag_ttl="3s")
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    assert cache.get("/v2/dist/team/app/manifests/latest", headers=accept).headers["Docker-Content-Digest"] == (
+        first.manifest.digest
+    )
+    moved_at = time.monotonic()
+    skopeo.push(src.path, "second", upstream.ref("team/app", "latest"))
+    before = cache.get("/v2/dist/team/app/manifests/latest", headers=accept)
+    if time.monotonic() - moved_at < 2.5:
+        assert before.headers["Docker-Content-Digest"] == first.manifest.digest
+    time.sleep(max(0.0, 3.2 - (time.monotonic() - moved_at)))
+    after = cache.get("/v2/dist/team/app/manifests/latest", headers=accept)
+    assert after.headers["Docker-Content-Digest"] == second.manifest.digest
+    assert after.headers["Moorage-Cache"] == "miss"
+
+
+def test_a_corrupt_upstream_blob_is_refused_and_not_cached(
+    distribution_factory: DistributionFactory, moorage_factory: MoorageFactory, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    root = tmp_path / "upstream-root"
+    upstream = distribution_factory(root)
+    src = OciLayout(tmp_path / "src")
+    image = small_image(src, name="app", tag="app")
+    skopeo.push(src.path, "app", upstream.ref("team/app", "v1"))
+    layer = image.layers[1].digest
+    hexdigest = layer.split(":")[1]
+    data = root / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+    body = bytearray(data.read_bytes())
+    body[100] ^= 0xFF  # same size, other bytes: only the digest tells
+    data.write_bytes(bytes(body))
+    cache = cache_of(moorage_factory, upstream)
+
+    cached = Path(cache.root) / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+    for _ in range(2):  # refused each time: nothing was cached the first
+        received = bytearray()
+        url = f"{cache.url}/v2/dist/team/app/blobs/{layer}"
+        # Cut short: the last bytes wait for the digest's check.
+        with pytest.raises(httpx.RemoteProtocolError), httpx.stream("GET", url, timeout=30) as response:
+            assert response.status_code == 200
+            for chunk in response.iter_bytes():
+                received += chunk
+        assert len(received) < len(body)
+        assert not cached.exists()
+    # Another client pulling the image gets an error, not the corrupt layer.
+    out = f"oci:{tmp_path / 'out'}:pulled"
+    failed = skopeo.run("copy", "--src-tls-verify=false", cache.ref("dist/team/app", "v1"), out, check=False)
+    assert failed.returncode != 0
+    assert not cached.exists()
+
+
+def test_pushes_into_a_cached_prefix_are_refused(
+    distribution_factory: DistributionFactory, moorage_factory: MoorageFactory, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    upstream = distribution_factory()
+    cache = cache_of(moorage_factory, upstream)
+    response = httpx.post(f"{cache.url}/v2/dist/team/app/blobs/uploads/")
+    assert response.status_code == 405, response.text
+    assert response.json()["errors"][0]["code"] == "UNSUPPORTED"
+    # Other names are the registry's own, as always.
+    src = OciLayout(tmp_path / "src")
+    small_image(src, name="app", tag="app")
+    skopeo.push(src.path, "app", cache.ref("team/app", "v1"))
+
+
+def test_a_moorage_upstream_with_token_auth_anonymous_and_with_credentials(
+    moorage_factory: MoorageFactory, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    upstream = start_auth_server(moorage_factory, tmp_path, token=True, name="upstream")
+    src = OciLayout(tmp_path / "src")
+    image = small_image(src, name="app", tag="app")
+    admin = ":".join(upstream.credentials("admin"))
+    for repo in ("public/app", "team/app"):
+        skopeo.push(src.path, "app", upstream.server.ref(repo, "v1"), "--dest-creds", admin)
+    url = upstream.server.url
+    alice, password = upstream.credentials("alice")
+    cache = moorage_factory(
+        env=proxy_env(
+            {"name": "anonymous", "url": url, "prefix": "anon"},
+            {"name": "alice", "url": url, "prefix": "authd", "username": alice, "password": password},
+        )
+    )
+    # Anonymous upstream pulls: what anonymous may pull there, and nothing else.
+    skopeo.pull(cache.ref("anon/public/app", "v1"), tmp_path / "public", "pulled")
+    assert OciLayout.open(tmp_path / "public").ref("pulled").digest == image.manifest.digest
+    refused = cache.get("/v2/anon/team/app/manifests/v1", headers={"Accept": "*/*"})
+    assert refused.status_code == 404, refused.text
+    assert refused.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    # With the upstream credentials of a user allowed there; the client never sees them.
+    skopeo.pull(cache.ref("authd/team/app", "v1"), tmp_path / "team", "pulled")
+    assert OciLayout.open(tmp_path / "team").ref("pulled").digest == image.manifest.digest
+    assert password not in cache.log()
+
+
+def upstream_blob_gets(server: RunningServer) -> float:
+    total = 0.0
+    for line in server.get("/metrics").text.splitlines():
+        if (
+            line.startswith("moorage_http_requests_total{")
+            and 'method="GET"' in line
+            and 'route="/v2/{name:path}/blobs/{digest}"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_ten_concurrent_pulls_of_an_uncached_blob_make_one_upstream_get(
+    moorage_factory: MoorageFactory, tmp_path: Path
+) -> None:
+    upstream = moorage_factory()
+    data = os.urandom(100 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with httpx.Client(base_url=upstream.url, timeout=60) as client:
+        started = client.post("/v2/team/big/blobs/uploads/")
+        assert started.status_code == 202
+        location = started.headers["Location"]
+        put = client.put(f"{location}{'&' if '?' in location else '?'}digest={digest}", content=data)
+        assert put.status_code == 201, put.text
+    cache = cache_of(moorage_factory, upstream)
+    before = upstream_blob_gets(upstream)
+
+    def pull() -> str:
+        hasher = hashlib.sha256()
+        with httpx.stream("GET", f"{cache.url}/v2/dist/team/big/blobs/{digest}", timeout=60) as response:
+            assert response.status_code == 200, response.read()
+            for chunk in response.iter_bytes():
+                hasher.update(chunk)
+        return "sha256:" + hasher.hexdigest()
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        pulled = list(pool.map(lambda _: pull(), range(10)))
+    assert pulled == [digest] * 10
+    assert upstream_blob_gets(upstream) - before == 1
+    # Cached: served from Moorage's storage now, the upstream not asked again.
+    assert pull() == digest
+    assert upstream_blob_gets(upstream) - before == 1
