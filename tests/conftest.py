@@ -35,3 +35,24 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     server.start()
     yield server
     server.stop()
+
+
+# Tests that take 10 s or more (`--durations`), started first: with several test processes, one of them left for the
+# end keeps a process busy alone while the others have finished.
+SLOW_FIRST = (
+    "tests/e2e/test_gc_race.py::",
+    "tests/api/test_index_incremental.py::test_the_index_equals_a_rebuild_after_random_writes",
+    "tests/e2e/test_auth.py::test_ci_token_with_the_companion_client_and_revoked_at_once",
+    "tests/api/test_index_postgresql.py::",
+    "tests/api/test_gc_races.py::",
+    "tests/e2e/test_storage_faults.py::",
+    "tests/e2e/test_postgresql_replicas.py::",
+    "tests/e2e/test_proxy.py::",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def slow(item: pytest.Item) -> bool:
+        return item.nodeid.startswith(SLOW_FIRST)
+
+    items.sort(key=lambda item: not slow(item))  # stable: the rest keep their order

@@ -1,4 +1,5 @@
-"""The client's subcommands of `moorage`: push, pull, cp, tag, rm, inspect, tags, catalog, search, login, logout.
+"""The client's subcommands of `moorage`: push, pull, cp, mirror, tag, rm, inspect, tags, catalog, search, login,
+logout.
 
 `add_commands(commands)` adds them to `moorage`'s subparsers; `run(args)` executes the chosen one. Every failure
 is one line on stderr (`moorage: manifest unknown: team/app:2.0`) and exit status 1.
@@ -123,6 +124,22 @@ def add_commands(commands: Any) -> None:
     cp.add_argument("dst", metavar="DST_REF")
     _output_flags(cp, transfers=True)
     _chunk_flag(cp)
+
+    mirror = add(
+        "mirror",
+        "cmd_mirror",
+        "bring images into a pull-through cache ahead of time",
+        "Read each REF through a Moorage pull-through cache (e.g. localhost:5000/dockerhub/library/alpine:3.20) as a "
+        "client pulls it, so that the cache holds it: this machine's platform of a multi-platform image, or every "
+        "platform with --all. With --to, copy each image whole into DEST/<REF's repository> instead.",
+    )
+    mirror.add_argument("refs", metavar="REF", nargs="*")
+    mirror.add_argument("--file", "-f", metavar="FILE", help="read more references from FILE, one per line")
+    which = mirror.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="every platform of a multi-platform image")
+    which.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="this platform of a multi-platform image")
+    mirror.add_argument("--to", metavar="DEST", help="copy into DEST (host[:port][/prefix]) instead of warming")
+    _output_flags(mirror, transfers=True)
 
     tag = add("tag", "cmd_tag", "add a tag to an image", "Point NEW_TAG (in REF's repository) at REF's manifest.")
     tag.add_argument("ref", metavar="REF")

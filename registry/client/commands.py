@@ -16,7 +16,8 @@ from registry.client.copy import copy_image
 from registry.client.errors import ClientError
 from registry.client.inspection import format_inspection, inspect_image
 from registry.client.layouts import open_source
-from registry.client.manifests import parse_platform
+from registry.client.manifests import host_platform_spec, parse_platform
+from registry.client.mirror import warm_image
 from registry.client.progress import Reporter, make_reporter
 from registry.client.pull import pull_image
 from registry.client.push import push_image
@@ -116,6 +117,43 @@ async def cmd_cp(args: argparse.Namespace) -> int:
     _print_result(
         args, {"source": str(src), "reference": str(dst), "digest": digest}, f"{dst.repository_name}@{digest}"
     )
+    return 0
+
+
+async def cmd_mirror(args: argparse.Namespace) -> int:
+    refs = list(args.refs)
+    if args.file:
+        try:
+            lines = (await asyncio.to_thread(Path(args.file).read_text)).splitlines()
+        except OSError as e:
+            raise ClientError(f"{args.file}: {e.strerror or e}") from e
+        refs += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not refs:
+        raise ClientError("nothing to mirror: give references, or --file")
+    platform = None if args.all else parse_platform(args.platform) if args.platform else host_platform_spec()
+    results: list[dict[str, Any]] = []
+    reporter = _reporter(args)
+    try:
+        for text in refs:
+            ref = parse_reference(text)
+            async with _connect(args, ref.registry) as source:
+                if args.to:
+                    suffix = f"@{ref.digest}" if ref.digest and not ref.tag else f":{ref.tag or 'latest'}"
+                    dst = parse_reference(f"{args.to.rstrip('/')}/{ref.repository}{suffix}")
+                    async with _connect(args, dst.registry) as destination:
+                        digest = await copy_image(ref, dst, source, destination, reporter, concurrency=args.concurrency)
+                    results.append({"reference": str(ref), "digest": digest, "copied_to": str(dst)})
+                    continue
+                top, size = await warm_image(ref, source, reporter, platform=platform, concurrency=args.concurrency)
+                results.append({"reference": str(ref), "digest": top.digest, "bytes": size})
+    finally:
+        reporter.close()
+    if args.json_output:
+        print(json.dumps(results))
+    else:
+        for result in results:
+            where = f" -> {result['copied_to']}" if "copied_to" in result else ""
+            print(f"{result['reference']} {result['digest']}{where}")
     return 0
 
 

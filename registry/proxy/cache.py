@@ -36,6 +36,7 @@ from registry.proxy.upstreams import (
     unavailable,
 )
 from registry.store.blobs import BlobInfo, blob_unknown
+from registry.store.events import Event, EventType
 from registry.store.tags import manifest_unknown
 
 if TYPE_CHECKING:
@@ -72,6 +73,16 @@ class ProxyCache:
 
     def bind(self, registry: Registry) -> None:
         self._registry = registry
+        # A tag or repository removed here (GC, `moorage repo rm`, the admin API) is checked upstream at its next pull.
+        registry.events.subscribe(self._forget, (EventType.TAG_DELETED, EventType.REPOSITORY_DELETED))
+
+    def _forget(self, event: Event) -> None:
+        if event.type is EventType.TAG_DELETED:
+            self._checked.pop((event.repository, event.tag), None)
+            return
+        for key in [key for key in self._checked if key[0] == event.repository]:
+            del self._checked[key]
+        self._routes.pop(event.repository, None)
 
     @property
     def registry(self) -> Registry:
@@ -136,7 +147,10 @@ class ProxyCache:
             return
         remote = upstream.remote(name)
         try:
-            found = await self._once(("manifest", name, str(digest)), lambda: upstream.manifest(remote, str(digest)))
+            limit = self.registry.manifests.max_bytes
+            found = await self._once(
+                ("manifest", name, str(digest)), lambda: upstream.manifest(remote, str(digest), limit)
+            )
         except UpstreamDenied as e:
             self._count(upstream, "error")
             raise denied(manifest_unknown(name, str(digest)), e) from e
@@ -173,7 +187,7 @@ class ProxyCache:
         if current == await self._local_tag(name, tag):
             self._count(upstream, "hit")
         else:
-            found = await upstream.manifest(remote, str(current))
+            found = await upstream.manifest(remote, str(current), self.registry.manifests.max_bytes)
             if found is None:  # deleted upstream between the two requests
                 raise manifest_unknown(name, tag)
             await self._store(upstream, name, tag, found)
@@ -213,7 +227,8 @@ class ProxyCache:
         remote = upstream.remote(name)
         try:
             if not fetch:
-                size = await self._once(("blob size", str(digest)), lambda: upstream.blob_size(remote, digest))
+                key = ("blob size", upstream.name, remote, str(digest))
+                size = await self._once(key, lambda: upstream.blob_size(remote, digest))
                 return None if size is None else BlobInfo(digest, size)
             info = await self.fills.fetch(registry, upstream, remote, name, digest, self._counter(upstream))
         except UpstreamDenied as e:

@@ -67,15 +67,15 @@ class Fill:
                     self.started.set_result(False)
                     return
                 length = response.headers.get("Content-Length", "")
-                self.size = int(length) if length.isdigit() else None
+                if not length.isdigit():  # unbounded otherwise: a stream without end would fill the disk
+                    raise UpstreamUnavailable(f"{upstream.name}: blob {remote}@{self.digest}: no Content-Length")
+                self.size = int(length)
                 status = await registry.uploads.start(name, self.digest.algorithm)
                 upload_id = status.upload_id
                 if not self.started.done():
                     self.started.set_result(True)
                 await registry.uploads.append(name, upload_id, self._spooled(response.aiter_bytes(), count))
-            if self.size is None:
-                self.size = self.written
-            elif self.written != self.size:
+            if self.written != self.size:
                 raise FillFailed(f"the upstream sent {self.written} of {self.size} bytes")
             await registry.uploads.complete(name, upload_id, self.digest)
             upload_id = None
@@ -115,10 +115,6 @@ class Fill:
         self.written += len(data)
         self._notify()
         return data
-
-    async def ended(self) -> None:
-        while not self.finished:
-            await self._changed.wait()
 
     def reader(self, offset: int, length: int | None) -> AsyncIterator[bytes]:
         """The bytes from `offset` as they arrive; raises FillFailed if the fill stops before they do."""
@@ -184,8 +180,7 @@ class Fills:
         digest: Digest,
         count: Callable[[int], None],
     ) -> BlobInfo | None:
-        """Join the fill of `digest` or start one; its size once the upstream answered (None: it has no such blob).
-        A blob whose size the upstream does not announce is served once stored."""
+        """Join the fill of `digest` or start one; its size once the upstream answered (None: it has no such blob)."""
         fill = self._fills.get(digest)
         if fill is None:
             fill = Fill(digest, self.spool_dir)
@@ -202,14 +197,9 @@ class Fills:
             raise
         except Exception as e:
             raise UpstreamUnavailable(f"{upstream.name}: {e}") from e
-        if not found:
+        if not found or fill.size is None:
             return None
-        if fill.size is not None:
-            return BlobInfo(digest, fill.size, spooled=True)
-        await asyncio.shield(fill.ended())  # no size announced: served from storage once stored
-        if fill.error is not None:
-            raise UpstreamUnavailable(f"{upstream.name}: fetching {digest} failed: {fill.error}")
-        return BlobInfo(digest, fill.written)
+        return BlobInfo(digest, fill.size, spooled=True)
 
     async def _run(
         self, fill: Fill, registry: Registry, upstream: Upstream, remote: str, name: str, count: Callable[[int], None]

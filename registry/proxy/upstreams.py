@@ -31,6 +31,7 @@ logger = logging.getLogger("moorage")
 DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "docker.io"})
 ACCEPT = f"{ACCEPT_MANIFESTS}, {DOCKER_SCHEMA1_SIGNED}, {DOCKER_SCHEMA1}"
 DEFAULT_PAUSE = 60.0
+MANIFEST_LIMIT = 4 * 1024 * 1024
 MAX_PAUSE = 3600.0
 
 
@@ -103,16 +104,22 @@ class Upstream:
             header = response.headers.get("Docker-Content-Digest", "")
         if Digest.is_digest(header):
             return Digest.parse(header)
-        found = await self.manifest(remote, reference)  # no digest header: the content tells
+        found = await self.manifest(remote, reference, MANIFEST_LIMIT)  # no digest header: the content tells
         return None if found is None else found.digest
 
-    async def manifest(self, remote: str, reference: str) -> RemoteManifest | None:
-        """The manifest `reference` names upstream, verified against its digest, or None when there is none."""
+    async def manifest(self, remote: str, reference: str, limit: int) -> RemoteManifest | None:
+        """The manifest `reference` names upstream, verified against its digest, or None when there is none. One
+        larger than `limit` bytes is refused before it is all read."""
         async with self._request("GET", f"/v2/{remote}/manifests/{reference}", {"Accept": ACCEPT}) as response:
             if response.status_code == 404:
                 return None
             self._expect(response, f"manifest {remote}:{reference}")
-            data = await response.aread()
+            received = bytearray()
+            async for chunk in response.aiter_bytes():
+                received += chunk
+                if len(received) > limit:
+                    raise UpstreamUnavailable(f"{self.name}: manifest {remote}:{reference} is over {limit} bytes")
+            data = bytes(received)
             media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
             header = response.headers.get("Docker-Content-Digest", "")
         expected = Digest.parse(reference) if Digest.is_digest(reference) else None

@@ -40,10 +40,39 @@ class DockerDaemon:
     log_path: Path
     proc: subprocess.Popen[bytes]
     argv: list[str]
+    config_file: Path  # daemon.json: what a reload (SIGHUP) reads again, registry-mirrors among them
 
     @property
     def host(self) -> str:
         return f"unix://{self.socket}"
+
+    @contextlib.contextmanager
+    def registry_mirror(self, url: str) -> Iterator[None]:
+        """docker.io pulls go to `url` first while this lasts (a live reload of daemon.json, undone after)."""
+        self._set_mirrors([url])
+        try:
+            yield
+        finally:
+            self._set_mirrors([])
+
+    def _set_mirrors(self, mirrors: list[str]) -> None:
+        self.config_file.write_text(json.dumps({"registry-mirrors": mirrors}))
+        os.kill(self.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + DAEMON_READY_TIMEOUT
+        while time.monotonic() < deadline:
+            result = subprocess.run(
+                [self.cli, "-H", self.host, "info", "--format", "{{json .RegistryConfig.Mirrors}}"],
+                capture_output=True,
+                text=True,
+                timeout=DOCKER_TIMEOUT,
+                env=_cli_env(self.host, None),
+                check=False,
+            )
+            shown = json.loads(result.stdout or "null") or [] if result.returncode == 0 else None
+            if shown is not None and [m.rstrip("/") for m in shown] == [m.rstrip("/") for m in mirrors]:
+                return
+            time.sleep(0.1)
+        pytest.fail(f"dockerd did not take registry-mirrors {mirrors}: {self.describe()}", pytrace=False)
 
     def describe(self) -> str:
         return f"dockerd ({' '.join(self.argv)}), log {self.log_path}:\n{tail(self.log_path)}"
@@ -109,6 +138,8 @@ def docker_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerDa
     # be longer, so the daemon's directories go under a short one (removed at teardown; the log stays in pytest's).
     root = Path(tempfile.mkdtemp(prefix="moorage-dockerd-"))
     socket_path = root / "docker.sock"
+    config_file = root / "daemon.json"
+    config_file.write_text("{}")
     argv = [
         dockerd,
         "--iptables=false",
@@ -126,6 +157,8 @@ def docker_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerDa
         # Implied for loopback; said anyway, so that a plain-HTTP registry on 127.0.0.1 is never a TLS question.
         "--insecure-registry",
         "127.0.0.0/8",
+        "--config-file",
+        str(config_file),
     ]
     log_path = logs / "dockerd.log"
     with log_path.open("wb") as log_file:
@@ -137,7 +170,7 @@ def docker_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerDa
             start_new_session=True,
             env={k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")},
         )
-    daemon = DockerDaemon(cli, socket_path, log_path, proc, argv)
+    daemon = DockerDaemon(cli, socket_path, log_path, proc, argv, config_file)
     try:
         _wait_ready(daemon, logs / "probe-config")
         yield daemon

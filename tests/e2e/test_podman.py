@@ -32,6 +32,7 @@ class Podman:
     binary: str
     home: Path
     runroot: Path  # podman wants it under 50 characters: pytest's temp paths are longer
+    registries_conf: Path | None = None  # CONTAINERS_REGISTRIES_CONF: mirrors, for instance
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [
@@ -51,6 +52,8 @@ class Podman:
             # Credentials go to (and come from) this file only, never the machine's.
             "REGISTRY_AUTH_FILE": str(self.home / "auth.json"),
         }
+        if self.registries_conf is not None:
+            env["CONTAINERS_REGISTRIES_CONF"] = str(self.registries_conf)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=PODMAN_TIMEOUT, env=env, check=False)
         if check:
             assert result.returncode == 0, f"`{' '.join(argv)}` exited with {result.returncode}:\n{result.stderr}"

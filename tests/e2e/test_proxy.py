@@ -17,9 +17,16 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.client.cli_runner import run_cli
+
 from .auth_servers import start_auth_server
 from .conftest import DistributionFactory, MoorageFactory, RunningServer, Skopeo
+from .docker_daemon import Docker
+from .docker_daemon import docker as docker  # the fixtures
+from .docker_daemon import docker_daemon as docker_daemon
 from .images import OciLayout, assert_same_blobs, multiarch_index, small_image
+from .test_podman import Podman
+from .test_podman import podman as podman  # the fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -240,3 +247,99 @@ def test_ten_concurrent_pulls_of_an_uncached_blob_make_one_upstream_get(
     # Cached: served from Moorage's storage now, the upstream not asked again.
     assert pull() == digest
     assert upstream_blob_gets(upstream) - before == 1
+
+
+def test_docker_and_podman_pull_docker_hub_names_through_the_mirror(
+    distribution_factory: DistributionFactory,
+    moorage_factory: MoorageFactory,
+    skopeo: Skopeo,
+    docker: Docker,
+    podman: Podman,
+    tmp_path: Path,
+) -> None:
+    hub = distribution_factory()  # stands in for Docker Hub: there is no network beyond 127.0.0.1
+    src = OciLayout(tmp_path / "src")
+    alpine = small_image(src, name="alpine", tag="alpine")
+    own = small_image(src, name="own", tag="own")
+    skopeo.push(src.path, "alpine", hub.ref("library/alpine", "latest"))
+    cache = moorage_factory(env=proxy_env({"name": "hub", "url": hub.url, "prefix": ""}))
+    # The registry's own repositories beside the mirror: pushed and pulled as before, never looked up upstream.
+    skopeo.push(src.path, "own", cache.ref("team/app", "v1"))
+    skopeo.pull(cache.ref("team/app", "v1"), tmp_path / "own", "pulled")
+    assert OciLayout.open(tmp_path / "own").ref("pulled").digest == own.manifest.digest
+
+    with docker.daemon.registry_mirror(cache.url):
+        docker.run("pull", "alpine")
+    try:
+        digests = json.loads(docker.run("image", "inspect", "--format", "{{json .RepoDigests}}", "alpine").stdout)
+        assert f"alpine@{alpine.manifest.digest}" in digests
+    finally:
+        docker.run("rmi", "alpine", check=False)
+    assert "library/alpine" in cache.get_json("/v2/_catalog")["repositories"]
+
+    conf = tmp_path / "registries.conf"
+    conf.write_text(
+        f'[[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n\n'
+        f'[[registry.mirror]]\nlocation = "{cache.host}"\ninsecure = true\n'
+    )
+    podman.registries_conf = conf
+    hub.stop()  # podman is served from what docker's pull cached
+    podman.run("pull", "docker.io/library/alpine:latest")
+    (entry,) = json.loads(podman.run("image", "inspect", "docker.io/library/alpine:latest").stdout)
+    assert entry["Digest"] == alpine.manifest.digest
+
+
+def test_podman_pulls_through_a_prefix(
+    distribution_factory: DistributionFactory,
+    moorage_factory: MoorageFactory,
+    skopeo: Skopeo,
+    podman: Podman,
+    tmp_path: Path,
+) -> None:
+    upstream = distribution_factory()
+    src = OciLayout(tmp_path / "src")
+    index = multiarch_index(src, name="multi", tag="multi")
+    skopeo.push(src.path, "multi", upstream.ref("team/multi", "1.0"), "--all")
+    cache = cache_of(moorage_factory, upstream)
+    ref = f"{cache.host}/dist/team/multi:1.0"
+    podman.run("pull", "--tls-verify=false", "--arch", "arm64", ref)
+    (entry,) = json.loads(podman.run("image", "inspect", ref).stdout)
+    assert entry["Architecture"] == "arm64"
+    assert entry["Digest"] == index.index.digest
+
+
+def test_moorage_mirror_warms_the_cache_for_offline_use_and_copies(
+    distribution_factory: DistributionFactory,
+    moorage_factory: MoorageFactory,
+    skopeo: Skopeo,
+    tmp_path: Path,
+) -> None:
+    upstream = distribution_factory()
+    src = OciLayout(tmp_path / "src")
+    index = multiarch_index(src, name="multi", tag="multi")
+    image = small_image(src, name="app", tag="app")
+    skopeo.push(src.path, "multi", upstream.ref("team/multi", "1.0"), "--all")
+    skopeo.push(src.path, "app", upstream.ref("team/app", "v1"))
+    cache = cache_of(moorage_factory, upstream, tag_ttl="1s")
+    refs = tmp_path / "refs.txt"
+    refs.write_text(f"# what the offline site needs\n{cache.host}/dist/team/app:v1\n")
+    warmed = run_cli(
+        "mirror", "--insecure", "--all", "--json", f"{cache.host}/dist/team/multi:1.0", "--file", str(refs),
+        docker_config=tmp_path / "docker-config",
+    ).ok()  # fmt: skip
+    results = json.loads(warmed.stdout.splitlines()[-1])  # after a line per blob
+    assert [r["digest"] for r in results] == [index.index.digest, image.manifest.digest]
+    copied = run_cli(
+        "mirror", "--insecure", "--json", f"{cache.host}/dist/team/app:v1", "--to", f"{cache.host}/offline",
+        docker_config=tmp_path / "docker-config",
+    ).ok()  # fmt: skip
+    assert json.loads(copied.stdout.splitlines()[-1])[0]["copied_to"].endswith("/offline/dist/team/app:v1")
+
+    upstream.stop()
+    time.sleep(1.1)  # the tags are due for a check the upstream cannot answer: served from the cache
+    skopeo.pull(cache.ref("dist/team/multi", "1.0"), tmp_path / "multi", "pulled", "--all")
+    pulled = OciLayout.open(tmp_path / "multi")
+    assert pulled.ref("pulled").digest == index.index.digest
+    assert_same_blobs(src, pulled, index.index.digest)
+    skopeo.pull(cache.ref("offline/dist/team/app", "v1"), tmp_path / "offline", "pulled")
+    assert OciLayout.open(tmp_path / "offline").ref("pulled").digest == image.manifest.digest

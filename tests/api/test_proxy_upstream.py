@@ -1,0 +1,190 @@
+"""The pull-through cache against an upstream that misbehaves: a scripted HTTP server on 127.0.0.1.
+
+429s pause the upstream instead of passing a storm on; content that does not match its digest, manifests over the
+size limit and blobs of unannounced size are refused and leave nothing cached; what the upstream refuses is unknown
+to clients, and its credentials never reach them; mirror mode keeps new names local.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import ClientFactory
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+SECRET = "upstream-secret-pw"
+
+
+class FakeUpstream:
+    """Answers each (method, path) with what `routes` says (status, headers, body); records every request."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], tuple[int, dict[str, str], bytes]] = {}
+        self.default: tuple[int, dict[str, str], bytes] = (404, {}, b"")
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def answer(self, method: str) -> None:
+                upstream.requests.append((method, self.path, dict(self.headers)))
+                status, headers, body = upstream.routes.get((method, self.path), upstream.default)
+                self.send_response(status)
+                chunked = headers.get("Transfer-Encoding") == "chunked"
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                if not chunked and "Content-Length" not in headers:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if method == "HEAD":
+                    return
+                if chunked:
+                    self.wfile.write(f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+                else:
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self.answer("GET")
+
+            def do_HEAD(self) -> None:
+                self.answer("HEAD")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def manifest(self, repository: str, tag: str, body: bytes, digest: str | None = None) -> str:
+        digest = digest or "sha256:" + hashlib.sha256(body).hexdigest()
+        headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": digest}
+        for reference in (tag, digest):
+            for method in ("HEAD", "GET"):
+                self.routes[(method, f"/v2/{repository}/manifests/{reference}")] = (200, headers, body)
+        return digest
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def oci_manifest(seed: str) -> bytes:
+    config = "sha256:" + hashlib.sha256(seed.encode()).hexdigest()
+    layer = "sha256:" + hashlib.sha256((seed + "layer").encode()).hexdigest()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 10},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 20}],
+        }
+    ).encode()
+
+
+@pytest.fixture
+def storage_config(tmp_path: Path) -> dict[str, Any]:
+    return {"filesystem": {"root": str(tmp_path / "data"), "fsync": False}}
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    yield fake
+    fake.close()
+
+
+def proxied(upstream: FakeUpstream, **options: Any) -> dict[str, Any]:
+    return {"proxy": {"upstreams": [{"name": "up", "url": upstream.url, "prefix": "up", "attempts": 1, **options}]}}
+
+
+async def test_a_429_pauses_the_upstream_instead_of_passing_a_storm_on(
+    client_factory: ClientFactory, upstream: FakeUpstream
+) -> None:
+    upstream.default = (429, {"Retry-After": "120"}, b"")
+    client = await client_factory(proxied(upstream))
+    for _ in range(5):
+        response = await client.get("/v2/up/team/app/manifests/v1")
+        assert response.status_code == 503, response.text
+        assert response.json()["errors"][0]["code"] == "UNAVAILABLE"
+        assert 100 <= int(response.headers["Retry-After"]) <= 120
+    assert len(upstream.requests) == 1  # the pause: the other four never left the registry
+
+
+async def test_content_that_does_not_match_its_digest_is_refused_and_not_cached(
+    client_factory: ClientFactory, upstream: FakeUpstream
+) -> None:
+    body = oci_manifest("a")
+    claimed = "sha256:" + hashlib.sha256(b"something else").hexdigest()
+    upstream.manifest("team/app", "v1", body, digest=claimed)
+    client = await client_factory(proxied(upstream))
+    for reference in ("v1", claimed):
+        response = await client.get(f"/v2/up/team/app/manifests/{reference}")
+        assert response.status_code == 503, response.text
+    assert (await client.get("/v2/_catalog")).json()["repositories"] == []
+
+
+async def test_a_manifest_over_the_size_limit_is_refused(client_factory: ClientFactory, upstream: FakeUpstream) -> None:
+    body = oci_manifest("a")[:-1] + b"," + b'"annotations":{"x":"' + b"y" * 8192 + b'"}}'
+    upstream.manifest("team/app", "v1", body)
+    client = await client_factory({**proxied(upstream), "storage": {"manifest_max_bytes": 4096}})
+    response = await client.get("/v2/up/team/app/manifests/v1")
+    assert response.status_code == 503, response.text
+    assert "over 4096 bytes" in response.json()["errors"][0]["detail"]
+
+
+async def test_a_blob_of_unannounced_size_is_refused(client_factory: ClientFactory, upstream: FakeUpstream) -> None:
+    data = b"x" * 1000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    upstream.routes[("GET", f"/v2/team/app/blobs/{digest}")] = (200, {"Transfer-Encoding": "chunked"}, data)
+    client = await client_factory(proxied(upstream))
+    response = await client.get(f"/v2/up/team/app/blobs/{digest}")
+    assert response.status_code == 503, response.text
+    assert "Content-Length" in response.json()["errors"][0]["detail"]
+
+
+async def test_what_the_upstream_refuses_is_unknown_and_its_credentials_stay_secret(
+    client_factory: ClientFactory, upstream: FakeUpstream
+) -> None:
+    upstream.default = (401, {"WWW-Authenticate": 'Basic realm="upstream"'}, b"")
+    client = await client_factory(proxied(upstream, username="cache", password=SECRET))
+    response = await client.get("/v2/up/team/app/manifests/v1")
+    assert response.status_code == 404, response.text
+    assert response.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    assert "refused" in response.text
+    assert SECRET not in response.text
+    # The cache did answer the challenge with its credentials (and the upstream refused them).
+    assert any("Authorization" in headers for _, _, headers in upstream.requests)
+
+
+async def test_mirror_mode_keeps_new_names_local_and_refuses_pushes_to_cached_ones(
+    client_factory: ClientFactory, upstream: FakeUpstream
+) -> None:
+    digest = upstream.manifest("library/alpine", "latest", oci_manifest("alpine"))
+    client = await client_factory({"proxy": {"upstreams": [{"name": "hub", "url": upstream.url, "prefix": ""}]}})
+    pulled = await client.get("/v2/library/alpine/manifests/latest", headers={"Accept": OCI_MANIFEST})
+    assert pulled.status_code == 200, pulled.text
+    assert pulled.headers["Docker-Content-Digest"] == digest
+    assert pulled.headers["Moorage-Cache"] == "miss"
+    refused = await client.post("/v2/library/alpine/blobs/uploads/")
+    assert refused.status_code == 405, refused.text
+    assert refused.json()["errors"][0]["code"] == "UNSUPPORTED"
+    # A name nobody has is the registry's own once pushed, and never looked up upstream again.
+    assert (await client.post("/v2/team/new/blobs/uploads/")).status_code == 202
+    data = b"local"
+    blob = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert (await client.post(f"/v2/team/new/blobs/uploads/?digest={blob}", content=data)).status_code == 201
+    before = len(upstream.requests)
+    assert (await client.get(f"/v2/team/new/blobs/{blob}")).content == data
+    assert (await client.get("/v2/team/new/manifests/v1")).status_code == 404
+    assert len(upstream.requests) == before
