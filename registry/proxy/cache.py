@@ -21,14 +21,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from registry import media_types, paths
+from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.names import TAG_RE
 from registry.proxy.fills import Fills
 from registry.proxy.settings import ProxySettings
 from registry.proxy.upstreams import (
-    RemoteManifest,
     Upstream,
     UpstreamDenied,
     UpstreamUnavailable,
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("moorage")
 T = TypeVar("T")
 ROUTE_MEMORY_SECONDS = 10.0
+ABSENT_SECONDS = 10.0
 CHECKED_LIMIT = 65536
 CACHE_STATUS_HEADER = "Moorage-Cache"
 
@@ -65,10 +65,12 @@ class ProxyCache:
         self.prefixed = sorted((u for u in self.upstreams if u.prefix), key=lambda u: -len(u.prefix))
         self.mirror = next((u for u in self.upstreams if not u.prefix), None)
         self.metrics = metrics
-        self.fills = Fills(settings.spool_dir)
+        self.fills = Fills(settings.spool_dir, settings.max_fills, settings.min_rate)
         self._registry: Registry | None = None
         self._checked: dict[tuple[str, str], float] = {}  # (repository, tag) -> when it was last checked upstream
         self._flights: dict[tuple[str, ...], asyncio.Future[object]] = {}
+        # What the upstream said it has not (blob sizes of None, manifests unknown), until when.
+        self._absent: dict[tuple[str, ...], tuple[float, RegistryError | None]] = {}
         self._routes: dict[str, tuple[bool, float]] = {}  # mirror mode: name -> (cached, until)
 
     def bind(self, registry: Registry) -> None:
@@ -137,64 +139,78 @@ class ProxyCache:
         if upstream is None:
             return
         if Digest.is_digest(reference):
-            await self._manifest_by_digest(upstream, name, Digest.parse(reference))
+            outcome = await self._manifest_by_digest(upstream, name, Digest.parse(reference))
         elif TAG_RE.match(reference):
-            await self._tag(upstream, name, reference)
-
-    async def _manifest_by_digest(self, upstream: Upstream, name: str, digest: Digest) -> None:
-        if await self.registry.backend.exists(paths.manifest_revision_link(name, digest)):
-            self._count(upstream, "hit")
+            outcome = await self._tag(upstream, name, reference)
+        else:
             return
-        remote = upstream.remote(name)
+        self._count(upstream, outcome)
+
+    async def _manifest_by_digest(self, upstream: Upstream, name: str, digest: Digest) -> str:
+        if await self.registry.backend.exists(paths.manifest_revision_link(name, digest)):
+            return "hit"
+        key = ("manifest", upstream.name, name, str(digest))
         try:
-            limit = self.registry.manifests.max_bytes
-            found = await self._once(
-                ("manifest", name, str(digest)), lambda: upstream.manifest(remote, str(digest), limit)
-            )
-        except UpstreamDenied as e:
-            self._count(upstream, "error")
-            raise denied(manifest_unknown(name, str(digest)), e) from e
+            await self._once(key, lambda: self._fetch_manifest(upstream, name, str(digest), None))
         except UpstreamUnavailable as e:
             self._count(upstream, "error")
-            raise unavailable(e) from e
-        if found is None:
-            raise manifest_unknown(name, str(digest))
-        await self._store(upstream, name, None, found)
-        self._count(upstream, "miss")
+            raise self._refusal(e, manifest_unknown(name, str(digest))) from e
+        return "miss"
 
-    async def _tag(self, upstream: Upstream, name: str, tag: str) -> None:
-        key = (name, tag)
-        checked = self._checked.get(key)
-        if checked is not None and time.monotonic() - checked < upstream.settings.tag_ttl:
-            self._count(upstream, "hit")
-            return
+    async def _tag(self, upstream: Upstream, name: str, tag: str) -> str:
+        checked = self._checked.get((name, tag))
+        fresh = checked is not None and time.monotonic() - checked < upstream.settings.tag_ttl
+        # Checked moments ago, and still here (GC on another replica may have removed it since).
+        if fresh and await self._local_tag(name, tag) is not None:
+            return "hit"
         try:
-            await self._once(("tag", name, tag), lambda: self._check_tag(upstream, name, tag))
+            return await self._once(("tag", upstream.name, name, tag), lambda: self._check_tag(upstream, name, tag))
         except UpstreamUnavailable as e:
             if await self._local_tag(name, tag) is None:
                 self._count(upstream, "error")
-                if isinstance(e, UpstreamDenied):
-                    raise denied(manifest_unknown(name, tag), e) from e
-                raise unavailable(e) from e
+                raise self._refusal(e, manifest_unknown(name, tag)) from e
             logger.warning("proxy: serving the cached %s:%s: %s", name, tag, e)
-            self._count(upstream, "stale")
+            return "stale"
 
-    async def _check_tag(self, upstream: Upstream, name: str, tag: str) -> None:
-        remote = upstream.remote(name)
-        current = await upstream.manifest_digest(remote, tag)
+    async def _check_tag(self, upstream: Upstream, name: str, tag: str) -> str:
+        """Bring `name:tag` in line with the upstream: "hit" when it already was, "miss" when it was fetched."""
+        current = await upstream.manifest_digest(upstream.remote(name), tag)
         if current is None:
             raise manifest_unknown(name, tag)
-        if current == await self._local_tag(name, tag):
-            self._count(upstream, "hit")
-        else:
-            found = await upstream.manifest(remote, str(current), self.registry.manifests.max_bytes)
-            if found is None:  # deleted upstream between the two requests
-                raise manifest_unknown(name, tag)
-            await self._store(upstream, name, tag, found)
-            self._count(upstream, "miss")
+        outcome = "hit"
+        if current != await self._local_tag(name, tag):
+            await self._fetch_manifest(upstream, name, str(current), tag)
+            outcome = "miss"
         self._checked[(name, tag)] = time.monotonic()
         while len(self._checked) > CHECKED_LIMIT:
             self._checked.pop(next(iter(self._checked)))
+        return outcome
+
+    async def _fetch_manifest(self, upstream: Upstream, name: str, digest: str, tag: str | None) -> None:
+        """Fetch a manifest by digest and store it (tagged `tag`) through the store, like a push."""
+        registry = self.registry
+        found = await upstream.manifest(upstream.remote(name), digest, registry.manifests.max_bytes)
+        if found is None:  # by digest: unknown there; by tag: deleted upstream between the HEAD and this GET
+            raise manifest_unknown(name, tag or digest)
+        await self._mark_cached(upstream, name)
+        try:
+            await registry.manifests.put(name, tag or digest, found.data, found.media_type, cached=True)
+        except RegistryError as e:
+            if e.code is ErrorCode.UNAVAILABLE:  # storage, not the content
+                raise
+            # The upstream's content is what is wrong (a schema this registry does not store, invalid JSON): to the
+            # client pulling it, the cache cannot serve it.
+            logger.warning("proxy: %s sent %s@%s, which cannot be stored: %s", upstream.name, name, digest, e)
+            raise UpstreamUnavailable(f"{upstream.name}: its manifest {digest} cannot be stored ({e.code.name})") from e
+
+    async def _mark_cached(self, upstream: Upstream, name: str) -> None:
+        """Record that `name` is a cache of `upstream`, before anything of it is stored (in mirror mode, a name with
+        content and no record is a local repository)."""
+        marker = paths.proxy_cached(name)
+        if not await self.registry.backend.exists(marker):
+            record = f"{upstream.name}\n{upstream.url}/{upstream.remote(name)}\n".encode()
+            await self.registry.backend.put_content(marker, record)
+            self._routes.pop(name, None)
 
     async def _local_tag(self, name: str, tag: str) -> Digest | None:
         try:
@@ -202,44 +218,42 @@ class ProxyCache:
         except RegistryError:
             return None
 
-    async def _store(self, upstream: Upstream, name: str, tag: str | None, manifest: RemoteManifest) -> None:
-        registry = self.registry
-        marker = paths.proxy_cached(name)
-        if not await registry.backend.exists(marker):
-            record = f"{upstream.name}\n{upstream.url}/{upstream.remote(name)}\n".encode()
-            await registry.backend.put_content(marker, record)
-            self._routes.pop(name, None)
-        media_type = manifest.media_type or media_types.OCI_MANIFEST
-        await registry.manifests.put(name, tag or str(manifest.digest), manifest.data, media_type, cached=True)
-
     # Blobs.
 
     async def blob(self, name: str, digest: Digest, *, fetch: bool) -> BlobInfo | None:
+        """The upstream is asked first, always: a copy in storage (any repository's) is linked into `name` only once
+        the upstream said `name` has that blob, so a cached name never reveals another repository's content."""
         upstream = await self.route(name)
         if upstream is None:
             return None
         registry = self.registry
-        present = await registry.blobs.present(digest, touch=True)
-        if present is not None:  # in storage already (another repository, an earlier fill): deduplicated
-            await registry.blobs.link(name, digest)
-            self._count(upstream, "hit")
-            return present
         remote = upstream.remote(name)
         try:
-            if not fetch:
-                key = ("blob size", upstream.name, remote, str(digest))
-                size = await self._once(key, lambda: upstream.blob_size(remote, digest))
-                return None if size is None else BlobInfo(digest, size)
+            key = ("blob size", upstream.name, remote, str(digest))
+            size = await self._once(key, lambda: upstream.blob_size(remote, digest))
+            if size is None:
+                return None
+            if not fetch:  # a HEAD: described, nothing linked or fetched
+                self._count(upstream, "hit" if await registry.blobs.present(digest) else "miss")
+                return BlobInfo(digest, size)
+            await self._mark_cached(upstream, name)
+            present = await registry.blobs.present(digest, touch=True)
+            if present is not None:  # stored already (an earlier fill, another repository): deduplicated
+                await registry.blobs.link(name, digest)
+                self._count(upstream, "hit")
+                return present
             info = await self.fills.fetch(registry, upstream, remote, name, digest, self._counter(upstream))
-        except UpstreamDenied as e:
-            self._count(upstream, "error")
-            raise denied(blob_unknown(digest), e) from e
         except UpstreamUnavailable as e:
             self._count(upstream, "error")
-            raise unavailable(e) from e
+            raise self._refusal(e, blob_unknown(digest)) from e
         if info is not None:
             self._count(upstream, "miss")
         return info
+
+    @staticmethod
+    def _refusal(error: UpstreamUnavailable, unknown: RegistryError) -> RegistryError:
+        logger.warning("proxy: %s", error)
+        return denied(unknown, error) if isinstance(error, UpstreamDenied) else unavailable(error)
 
     def spooled(self, digest: Digest, offset: int, length: int | None) -> AsyncIterator[bytes] | None:
         return self.fills.spooled(digest, offset, length)
@@ -247,13 +261,35 @@ class ProxyCache:
     # Shared pieces.
 
     async def _once(self, key: tuple[str, ...], call: Callable[[], Awaitable[T]]) -> T:
-        """One upstream request for concurrent callers asking the same thing."""
+        """One upstream request for concurrent callers asking the same thing; "no such thing upstream" (a blob size
+        of None, MANIFEST_UNKNOWN) stands for ABSENT_SECONDS, so that clients asking for what does not exist cost
+        the upstream (and a Docker Hub pull quota) one request, not one each."""
+        absent = self._absent.get(key)
+        if absent is not None:
+            until, unknown = absent
+            if until > time.monotonic():
+                if unknown is not None:
+                    raise RegistryError(unknown.code, unknown.detail, message=unknown.message)
+                return cast(T, None)
+            del self._absent[key]
         flight = self._flights.get(key)
         if flight is None:
             task: asyncio.Future[object] = asyncio.ensure_future(call())
             self._flights[key] = flight = task
-            task.add_done_callback(lambda _: self._flights.pop(key, None))
+            task.add_done_callback(lambda done: self._landed(key, done))
         return cast(T, await asyncio.shield(flight))
+
+    def _landed(self, key: tuple[str, ...], flight: asyncio.Future[object]) -> None:
+        self._flights.pop(key, None)
+        if flight.cancelled():
+            return
+        error = flight.exception()
+        if error is None and key[0] == "blob size" and flight.result() is None:
+            self._absent[key] = (time.monotonic() + ABSENT_SECONDS, None)
+        elif isinstance(error, RegistryError) and error.code is ErrorCode.MANIFEST_UNKNOWN:
+            self._absent[key] = (time.monotonic() + ABSENT_SECONDS, error)
+        while len(self._absent) > CHECKED_LIMIT:
+            self._absent.pop(next(iter(self._absent)))
 
     def _count(self, upstream: Upstream, outcome: str) -> None:
         _say(outcome)

@@ -15,8 +15,10 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from registry.digests import Digest
 from registry.proxy.upstreams import Upstream, UpstreamUnavailable
@@ -25,7 +27,21 @@ from registry.store.registry import Registry
 
 logger = logging.getLogger("moorage")
 SPOOL_WRITE = 1024 * 1024
+RATE_WINDOW = 30.0
+T = TypeVar("T")
 READ_SIZE = 1024 * 1024
+
+
+async def _in_thread(function: Callable[..., T], *args: Any) -> T:
+    """`function` on a thread; a cancelled caller still waits for it to return, so that the spool file is never
+    closed (and its descriptor reused) under a read or write in flight."""
+    call = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await call
+        raise
 
 
 class FillFailed(Exception):
@@ -33,8 +49,9 @@ class FillFailed(Exception):
 
 
 class Fill:
-    def __init__(self, digest: Digest, spool_dir: Path | None) -> None:
+    def __init__(self, digest: Digest, spool_dir: Path | None, min_rate: int = 0) -> None:
         self.digest = digest
+        self.min_rate = min_rate
         self.size: int | None = None
         self.written = 0
         self.error: BaseException | None = None
@@ -98,23 +115,49 @@ class Fill:
             self._release()
 
     async def _spooled(self, chunks: AsyncIterator[bytes], count: Callable[[int], None]) -> AsyncIterator[bytes]:
+        """The upstream's bytes in buffers of SPOOL_WRITE, each written to the spool while the store takes it (and
+        the next is received): one spool write at a time, so readers see the spool grow in order."""
         buffer = bytearray()
-        async for chunk in chunks:
-            count(len(chunk))
-            buffer += chunk
-            if self.size is not None and self.written + len(buffer) > self.size:
-                raise FillFailed(f"the upstream sent more than the {self.size} bytes it announced")
-            if len(buffer) >= SPOOL_WRITE:
-                yield await self._spool(bytes(buffer))
+        offset = 0
+        pending: asyncio.Future[None] | None = None
+        window_start, window_bytes = time.monotonic(), 0
+        try:
+            async for chunk in chunks:
+                count(len(chunk))
+                buffer += chunk
+                window_bytes += len(chunk)
+                if time.monotonic() - window_start >= RATE_WINDOW:  # a trickle holds every waiting client
+                    if window_bytes < self.min_rate * RATE_WINDOW:
+                        raise FillFailed(f"the upstream sent {window_bytes} bytes in {RATE_WINDOW:.0f}s: too slow")
+                    window_start, window_bytes = time.monotonic(), 0
+                if self.size is not None and offset + len(buffer) > self.size:
+                    raise FillFailed(f"the upstream sent more than the {self.size} bytes it announced")
+                if len(buffer) < SPOOL_WRITE:
+                    continue
+                data = bytes(buffer)
                 buffer.clear()
-        if buffer:
-            yield await self._spool(bytes(buffer))
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(self._spool(data, offset))
+                offset += len(data)
+                yield data
+            if buffer:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(self._spool(bytes(buffer), offset))
+                yield bytes(buffer)
+            if pending is not None:
+                await pending
+                pending = None
+        finally:
+            if pending is not None:  # the spool write in flight ends before the file may be closed
+                with contextlib.suppress(BaseException):
+                    await pending
 
-    async def _spool(self, data: bytes) -> bytes:
-        await asyncio.to_thread(os.pwrite, self._file.fileno(), data, self.written)
-        self.written += len(data)
+    async def _spool(self, data: bytes, offset: int) -> None:
+        await _in_thread(os.pwrite, self._file.fileno(), data, offset)
+        self.written = offset + len(data)
         self._notify()
-        return data
 
     def reader(self, offset: int, length: int | None) -> AsyncIterator[bytes]:
         """The bytes from `offset` as they arrive; raises FillFailed if the fill stops before they do."""
@@ -137,7 +180,7 @@ class Fill:
                         # that does not match its digest (the stream is cut short instead).
                         await changed.wait()
                         continue
-                    data = await asyncio.to_thread(os.pread, self._file.fileno(), size, position)
+                    data = await _in_thread(os.pread, self._file.fileno(), size, position)
                     if position + len(data) == self.size and self.error is not None:
                         raise FillFailed(f"fetching {self.digest} failed: {self.error}")
                     position += len(data)
@@ -158,15 +201,23 @@ class Fill:
 
 
 class Fills:
-    """The fills under way in this process, one per digest."""
+    """The fills under way in this process: one per (upstream, its repository, digest), at most `limit` at once.
 
-    def __init__(self, spool_dir: Path | None) -> None:
+    Only a request whose own upstream and repository are those of a fill joins it (and has the blob linked into its
+    repository once stored): a fill never answers for another upstream or repository. Reading the bytes of a blob
+    being fetched goes by digest (content-addressed: whichever fill spools it), once `fetch` said the request's
+    repository has it."""
+
+    def __init__(self, spool_dir: Path | None, limit: int, min_rate: int) -> None:
         self.spool_dir = spool_dir
-        self._fills: dict[Digest, Fill] = {}
+        self.limit = limit
+        self.min_rate = min_rate
+        self._fills: dict[tuple[str, str, Digest], Fill] = {}
+        self._by_digest: dict[Digest, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spooled(self, digest: Digest, offset: int, length: int | None) -> AsyncIterator[bytes] | None:
-        fill = self._fills.get(digest)
+        fill = self._by_digest.get(digest)
         if fill is None or fill.size is None:
             return None
         return fill.reader(offset, length)
@@ -180,13 +231,18 @@ class Fills:
         digest: Digest,
         count: Callable[[int], None],
     ) -> BlobInfo | None:
-        """Join the fill of `digest` or start one; its size once the upstream answered (None: it has no such blob)."""
-        fill = self._fills.get(digest)
+        """Join the fill of `digest` from `upstream`'s `remote` or start one; its size once the upstream answered
+        (None: it has no such blob)."""
+        key = (upstream.name, remote, digest)
+        fill = self._fills.get(key)
         if fill is None:
-            fill = Fill(digest, self.spool_dir)
-            self._fills[digest] = fill
+            if len(self._fills) >= self.limit:
+                raise UpstreamUnavailable(f"{len(self._fills)} blobs are being fetched already", retry_after=10)
+            fill = Fill(digest, self.spool_dir, self.min_rate)
+            self._fills[key] = fill
+            self._by_digest.setdefault(digest, fill)
             task = asyncio.get_running_loop().create_task(
-                self._run(fill, registry, upstream, remote, name, count), name=f"proxy fill {digest}"
+                self._run(key, fill, registry, upstream, remote, name, count), name=f"proxy fill {digest}"
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -202,13 +258,26 @@ class Fills:
         return BlobInfo(digest, fill.size, spooled=True)
 
     async def _run(
-        self, fill: Fill, registry: Registry, upstream: Upstream, remote: str, name: str, count: Callable[[int], None]
+        self,
+        key: tuple[str, str, Digest],
+        fill: Fill,
+        registry: Registry,
+        upstream: Upstream,
+        remote: str,
+        name: str,
+        count: Callable[[int], None],
     ) -> None:
         try:
             await fill.run(registry, upstream, remote, name, count)
         finally:
-            if self._fills.get(fill.digest) is fill:
-                del self._fills[fill.digest]
+            if self._fills.get(key) is fill:
+                del self._fills[key]
+            if self._by_digest.get(fill.digest) is fill:
+                del self._by_digest[fill.digest]
+                for other in self._fills.values():  # another upstream's fill of the same blob, if any
+                    if other.digest == fill.digest:
+                        self._by_digest[fill.digest] = other
+                        break
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

@@ -69,6 +69,10 @@ class UpstreamSettings(_Section):
 
 class ProxySettings(_Section):
     upstreams: list[UpstreamSettings] = []
+    max_fills: int = Field(default=64, ge=1, description="Blobs fetched from upstreams at once, per process.")
+    min_rate: int = Field(
+        default=65536, ge=0, description="Bytes/s an upstream must send a blob at (over 30 s), or the fetch stops."
+    )
     spool_dir: Path | None = Field(
         default=None,
         description="Where blobs being fetched are spooled while clients stream them (default: the temp directory).",

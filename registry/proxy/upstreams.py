@@ -8,6 +8,7 @@ clients to come back, instead of passing each of their retries on.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import ssl
 import time
@@ -17,19 +18,19 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from registry import media_types
 from registry.client.credentials import Credentials
 from registry.client.errors import ClientError, RegistryResponseError
 from registry.client.manifests import ACCEPT_MANIFESTS
 from registry.client.transport import RETRY_STATUSES, Transport
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
-from registry.media_types import DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED
 from registry.proxy.settings import UpstreamSettings
 from registry.settings import ConfigError
 
 logger = logging.getLogger("moorage")
 DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "docker.io"})
-ACCEPT = f"{ACCEPT_MANIFESTS}, {DOCKER_SCHEMA1_SIGNED}, {DOCKER_SCHEMA1}"
+ACCEPT = ACCEPT_MANIFESTS  # not schema 1, which the store does not take
 DEFAULT_PAUSE = 60.0
 MANIFEST_LIMIT = 4 * 1024 * 1024
 MAX_PAUSE = 3600.0
@@ -120,7 +121,7 @@ class Upstream:
                 if len(received) > limit:
                     raise UpstreamUnavailable(f"{self.name}: manifest {remote}:{reference} is over {limit} bytes")
             data = bytes(received)
-            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            media_type = _declared_media_type(data) or response.headers.get("Content-Type", "").split(";")[0].strip()
             header = response.headers.get("Docker-Content-Digest", "")
         expected = Digest.parse(reference) if Digest.is_digest(reference) else None
         if expected is None and Digest.is_digest(header):
@@ -192,6 +193,20 @@ class Upstream:
         raise UpstreamUnavailable(f"{self.name}: {subject}: HTTP {status}")
 
 
+def _declared_media_type(data: bytes) -> str | None:
+    """The `mediaType` a manifest declares (what the store checks the content against), if any."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return None
+    declared = body.get("mediaType") if isinstance(body, dict) else None
+    if isinstance(declared, str) and declared:
+        return declared
+    if isinstance(body, dict) and "manifests" in body:
+        return media_types.OCI_INDEX
+    return media_types.OCI_MANIFEST if isinstance(body, dict) and "config" in body else None
+
+
 def _credentials(settings: UpstreamSettings) -> Credentials | None:
     if not settings.username:
         return None
@@ -206,15 +221,16 @@ def _credentials(settings: UpstreamSettings) -> Credentials | None:
 
 
 def unavailable(error: UpstreamUnavailable) -> RegistryError:
-    headers = {"Retry-After": str(max(1, round(error.retry_after)))} if error.retry_after else {"Retry-After": "5"}
+    """What a client hears when the upstream could not answer and nothing is cached: no upstream internals (they
+    are in the log)."""
+    retry_after = max(1, round(error.retry_after)) if error.retry_after else 5
     return RegistryError(
         ErrorCode.UNAVAILABLE,
         message="the upstream registry cannot be reached and nothing is cached for this request",
-        detail=str(error),
-        headers=headers,
+        headers={"Retry-After": str(retry_after)},
     )
 
 
 def denied(unknown: RegistryError, error: UpstreamUnavailable) -> RegistryError:
-    """What an upstream refused to this cache: unknown, saying why."""
-    return RegistryError(unknown.code, detail=unknown.detail, message=f"{unknown.message}: {error}")
+    """What the upstream refused to this cache: unknown to its clients."""
+    return RegistryError(unknown.code, detail=unknown.detail, message=f"{unknown.message} (the upstream refused it)")

@@ -7,6 +7,7 @@ to clients, and its credentials never reach them; mirror mode keeps new names lo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -15,9 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.api.conftest import ClientFactory
+from tests.api.helpers import push_blob
+from tests.api.test_route_access import PASSWORD, basic
+from tests.auth.test_htpasswd import bcrypt_entry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 SECRET = "upstream-secret-pw"
@@ -140,17 +145,18 @@ async def test_a_manifest_over_the_size_limit_is_refused(client_factory: ClientF
     client = await client_factory({**proxied(upstream), "storage": {"manifest_max_bytes": 4096}})
     response = await client.get("/v2/up/team/app/manifests/v1")
     assert response.status_code == 503, response.text
-    assert "over 4096 bytes" in response.json()["errors"][0]["detail"]
+    assert (await client.get("/v2/_catalog")).json()["repositories"] == []
 
 
 async def test_a_blob_of_unannounced_size_is_refused(client_factory: ClientFactory, upstream: FakeUpstream) -> None:
     data = b"x" * 1000
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    upstream.routes[("HEAD", f"/v2/team/app/blobs/{digest}")] = (200, {"Content-Length": "1000"}, b"")
     upstream.routes[("GET", f"/v2/team/app/blobs/{digest}")] = (200, {"Transfer-Encoding": "chunked"}, data)
     client = await client_factory(proxied(upstream))
     response = await client.get(f"/v2/up/team/app/blobs/{digest}")
     assert response.status_code == 503, response.text
-    assert "Content-Length" in response.json()["errors"][0]["detail"]
+    assert response.json()["errors"][0]["code"] == "UNAVAILABLE"
 
 
 async def test_what_the_upstream_refuses_is_unknown_and_its_credentials_stay_secret(
@@ -188,3 +194,118 @@ async def test_mirror_mode_keeps_new_names_local_and_refuses_pushes_to_cached_on
     assert (await client.get(f"/v2/team/new/blobs/{blob}")).content == data
     assert (await client.get("/v2/team/new/manifests/v1")).status_code == 404
     assert len(upstream.requests) == before
+
+
+# -- Found by an attack-minded review -------------------------------------------------------------------------------
+
+
+def with_mallory(tmp_path: Path, upstream: FakeUpstream, prefix: str) -> dict[str, Any]:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("".join(bcrypt_entry(user, PASSWORD) + "\n" for user in ("admin", "mallory")))
+    return {
+        "auth": {"htpasswd": {"path": str(htpasswd)}},
+        "access": [
+            {"repository": "**", "users": ["admin"], "actions": ["*"]},
+            {"repository": "up/**", "users": ["mallory"], "actions": ["pull"]},
+            {"repository": "library/**", "users": ["mallory"], "actions": ["pull"]},
+        ],
+        "proxy": {"upstreams": [{"name": "up", "url": upstream.url, "prefix": prefix, "attempts": 1}]},
+    }
+
+
+async def test_a_private_layer_is_not_served_through_a_cached_name(
+    client_factory: ClientFactory, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    client = await client_factory(with_mallory(tmp_path, upstream, "up"))
+    client.auth = httpx.BasicAuth("admin", PASSWORD)
+    secret = await push_blob(client, "secret/app", b"a private layer of secret/app")
+    client.auth = None
+    assert (await client.get(f"/v2/secret/app/blobs/{secret}", headers=basic("mallory"))).status_code == 403
+    # The upstream has no such blob: the registry's copy is not linked into the cached name, HEAD or GET.
+    for method in ("HEAD", "GET", "HEAD"):
+        response = await client.request(method, f"/v2/up/anything/blobs/{secret}", headers=basic("mallory"))
+        assert response.status_code == 404, (method, response.text)
+    assert ("HEAD", f"/v2/anything/blobs/{secret}") in [(m, p) for m, p, _ in upstream.requests]
+    # Once the upstream says the repository has it, the stored copy serves (deduplicated, not fetched again).
+    upstream.routes[("HEAD", f"/v2/other/blobs/{secret}")] = (200, {"Content-Length": "29"}, b"")
+    served = await client.get(f"/v2/up/other/blobs/{secret}", headers=basic("mallory"))
+    assert served.status_code == 200
+    assert not any(m == "GET" and "/blobs/" in p for m, p, _ in upstream.requests)
+
+
+async def test_mirror_mode_a_blob_request_keeps_the_name_a_cache(
+    client_factory: ClientFactory, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    digest = upstream.manifest("library/alpine", "latest", oci_manifest("alpine"))
+    data = b"a layer of alpine"
+    blob = "sha256:" + hashlib.sha256(data).hexdigest()
+    upstream.routes[("HEAD", f"/v2/library/alpine/blobs/{blob}")] = (200, {"Content-Length": str(len(data))}, b"")
+    upstream.routes[("GET", f"/v2/library/alpine/blobs/{blob}")] = (200, {}, data)
+    client = await client_factory(with_mallory(tmp_path, upstream, ""))
+    assert (await client.get(f"/v2/library/alpine/blobs/{blob}", headers=basic("mallory"))).content == data
+    manifest = await client.get(
+        "/v2/library/alpine/manifests/latest", headers={**basic("mallory"), "Accept": OCI_MANIFEST}
+    )
+    assert manifest.status_code == 200, manifest.text
+    assert manifest.headers["Docker-Content-Digest"] == digest
+
+
+class GatedUpstream(FakeUpstream):
+    """Answers blob GETs with headers and half the body, then waits for `gate` before the rest."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        gate = self.gate
+        handler = self.server.RequestHandlerClass
+        original = handler.do_GET  # type: ignore[attr-defined]
+
+        def do_get(request: BaseHTTPRequestHandler) -> None:
+            if "/blobs/" not in request.path:
+                original(request)
+                return
+            self.requests.append(("GET", request.path, dict(request.headers)))
+            request.send_response(200)
+            request.send_header("Content-Length", str(len(data)))
+            request.end_headers()
+            request.wfile.write(data[: len(data) // 2])
+            request.wfile.flush()
+            gate.wait(10)
+            request.wfile.write(data[len(data) // 2 :])
+
+        handler.do_GET = do_get  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.gate.set()
+        super().close()
+
+
+async def test_a_fill_answers_only_for_its_own_upstream(client_factory: ClientFactory, upstream: FakeUpstream) -> None:
+    data = b"p" * 300_000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    private = GatedUpstream(data)
+    private.routes[("HEAD", f"/v2/corp/app/blobs/{digest}")] = (200, {"Content-Length": str(len(data))}, b"")
+    try:
+        client = await client_factory(
+            {
+                "proxy": {
+                    "upstreams": [
+                        {"name": "private", "url": private.url, "prefix": "private", "attempts": 1},
+                        {"name": "public", "url": upstream.url, "prefix": "public", "attempts": 1},
+                    ]
+                }
+            }
+        )
+        owner = asyncio.create_task(client.get(f"/v2/private/corp/app/blobs/{digest}"))
+        for _ in range(500):  # until the private upstream is sending the blob
+            if any(m == "GET" for m, _, _ in private.requests):
+                break
+            await asyncio.sleep(0.02)
+        # The same digest under another upstream, while the private one's fill is under way: that upstream decides.
+        other = await client.get(f"/v2/public/any/thing/blobs/{digest}")
+        assert other.status_code == 404, other.text
+        private.gate.set()
+        assert (await owner).content == data
+        assert (await client.get(f"/v2/public/any/thing/blobs/{digest}")).status_code == 404
+    finally:
+        private.close()
