@@ -282,9 +282,6 @@ class Metrics:
     def proxy_request(self, upstream: str, outcome: str) -> None:
         self.proxy_requests.labels(upstream, outcome).inc()
 
-    def proxy_upstream_bytes(self, upstream: str, size: int) -> None:
-        self.proxy_upstream_received_bytes.labels(upstream).inc(size)
-
     def exposition(self) -> bytes:
         """The text format of every metric; in multiprocess mode, summed over all processes.
 

@@ -84,6 +84,15 @@ def _info(path: str, st: os.stat_result) -> FileInfo:
     return FileInfo(path=path, size=0 if is_dir else st.st_size, modified=modified, is_dir=is_dir)
 
 
+WRITEBACK_STEP = 16 * 1024 * 1024
+# Linux's sync_file_range(2) (absent from typeshed's `os`): start writeback of a range, or wait for it.
+_sync_file_range: Callable[[int, int, int, int], None] | None = getattr(os, "sync_file_range", None)
+_START_WRITE: int = getattr(os, "SYNC_FILE_RANGE_WRITE", 2)
+_WAIT_WRITTEN: int = (
+    getattr(os, "SYNC_FILE_RANGE_WAIT_BEFORE", 1) | _START_WRITE | getattr(os, "SYNC_FILE_RANGE_WAIT_AFTER", 4)
+)
+
+
 class FilesystemWriter(Writer):
     def __init__(
         self, backend: FilesystemBackend, path: str, exclusive: bool, file: AsyncBufferedIOBase, tmp_path: str
@@ -95,10 +104,32 @@ class FilesystemWriter(Writer):
         self._tmp_path = tmp_path
         self._size = 0
         self._done = False
+        self._written_back = 0  # bytes handed to the disk's writeback so far (see `_write_back`)
+        self._waiting_from = 0  # the start of the window whose writeback the next step waits for
 
     @property
     def size(self) -> int:
         return self._size
+
+    async def _write_back(self) -> None:
+        """Start the disk writing what was written since the last step, and wait for the step before it: the
+        fsync at commit then has one window left to flush instead of the whole file (a 1 GiB blob's fsync took
+        2 s after its last byte), and dirty pages stay bounded while a large blob streams in."""
+        sync_file_range = _sync_file_range
+        if sync_file_range is None:
+            return
+        await self._file.flush()
+        fd = self._file.fileno()
+        start, end = self._written_back, self._size
+        previous = self._waiting_from
+
+        def step() -> None:
+            sync_file_range(fd, start, end - start, _START_WRITE)
+            if start > previous:
+                sync_file_range(fd, previous, start - previous, _WAIT_WRITTEN)
+
+        await self._backend._run(step)
+        self._waiting_from, self._written_back = start, end
 
     async def write(self, data: bytes) -> None:
         if self._done:
@@ -106,11 +137,13 @@ class FilesystemWriter(Writer):
         try:
             with _store_errors():
                 await self._file.write(data)
+                self._size += len(data)
+                if self._backend.fsync and self._size - self._written_back >= WRITEBACK_STEP:
+                    await self._write_back()
         except BaseException:
             # A full disk fails the write part-way: the temporary file goes now, whatever the caller does next.
             await self.cancel()
             raise
-        self._size += len(data)
 
     async def commit(self) -> bool:
         if self._done:

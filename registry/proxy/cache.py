@@ -300,4 +300,5 @@ class ProxyCache:
         metrics = self.metrics
         if metrics is None:
             return lambda _: None
-        return lambda size: metrics.proxy_upstream_bytes(upstream.name, size)
+        received = metrics.proxy_upstream_received_bytes.labels(upstream.name)
+        return received.inc

@@ -78,6 +78,7 @@ class Fill:
     ) -> None:
         """Fetch, spool and store; `count` hears of every byte the upstream sends."""
         upload_id: str | None = None
+        started = time.monotonic()
         try:
             async with upstream.open_blob(remote, self.digest) as response:
                 if response is None:
@@ -94,8 +95,19 @@ class Fill:
                 await registry.uploads.append(name, upload_id, self._spooled(response.aiter_bytes(), count))
             if self.written != self.size:
                 raise FillFailed(f"the upstream sent {self.written} of {self.size} bytes")
+            received = time.monotonic()
             await registry.uploads.complete(name, upload_id, self.digest)
             upload_id = None
+            took = time.monotonic() - started
+            logger.info(
+                "proxy: fetched %s (%d bytes) from %s in %.2fs (%.0f MB/s; stored %.2fs after its last byte)",
+                self.digest,
+                self.size,
+                upstream.name,
+                took,
+                self.size / 1e6 / max(took, 1e-6),
+                time.monotonic() - received,
+            )
             for other in self.links - {name}:
                 await registry.blobs.link(other, self.digest)
         except BaseException as e:
@@ -117,35 +129,40 @@ class Fill:
     async def _spooled(self, chunks: AsyncIterator[bytes], count: Callable[[int], None]) -> AsyncIterator[bytes]:
         """The upstream's bytes in buffers of SPOOL_WRITE, each written to the spool while the store takes it (and
         the next is received): one spool write at a time, so readers see the spool grow in order."""
-        buffer = bytearray()
+        parts: list[bytes] = []  # joined once per buffer: growing a bytearray chunk by chunk copies it over and over
+        buffered = 0
         offset = 0
         pending: asyncio.Future[None] | None = None
         window_start, window_bytes = time.monotonic(), 0
         try:
             async for chunk in chunks:
-                count(len(chunk))
-                buffer += chunk
+                parts.append(chunk)
+                buffered += len(chunk)
                 window_bytes += len(chunk)
+                if self.size is not None and offset + buffered > self.size:
+                    raise FillFailed(f"the upstream sent more than the {self.size} bytes it announced")
+                if buffered < SPOOL_WRITE:
+                    continue
+                count(buffered)
                 if time.monotonic() - window_start >= RATE_WINDOW:  # a trickle holds every waiting client
                     if window_bytes < self.min_rate * RATE_WINDOW:
                         raise FillFailed(f"the upstream sent {window_bytes} bytes in {RATE_WINDOW:.0f}s: too slow")
                     window_start, window_bytes = time.monotonic(), 0
-                if self.size is not None and offset + len(buffer) > self.size:
-                    raise FillFailed(f"the upstream sent more than the {self.size} bytes it announced")
-                if len(buffer) < SPOOL_WRITE:
-                    continue
-                data = bytes(buffer)
-                buffer.clear()
+                data = b"".join(parts)
+                parts.clear()
+                buffered = 0
                 if pending is not None:
                     await pending
                 pending = asyncio.ensure_future(self._spool(data, offset))
                 offset += len(data)
                 yield data
-            if buffer:
+            if parts:
+                count(buffered)
+                data = b"".join(parts)
                 if pending is not None:
                     await pending
-                pending = asyncio.ensure_future(self._spool(bytes(buffer), offset))
-                yield bytes(buffer)
+                pending = asyncio.ensure_future(self._spool(data, offset))
+                yield data
             if pending is not None:
                 await pending
                 pending = None
