@@ -14,7 +14,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from registry.errors import ErrorCode, RegistryError
-from registry.handlers.common import index_of, json_response, pull_filter, repository_name, single_query
+from registry.handlers.common import (
+    index_of,
+    json_response,
+    pull_filter,
+    registry_of,
+    repository_name,
+    single_query,
+)
 from registry.handlers.listings import next_link
 from registry.index.base import IndexUnavailable, ManifestRecord, MetadataIndex, SearchHit
 from registry.index.query import parse_query
@@ -108,7 +115,9 @@ async def search(request: Request) -> Response:
     if len(hits) > n:
         hits = hits[:n]
         headers["Link"] = next_link(request.url.path, {"q": q, "n": n, "last": hits[-1].repository})
-    return json_response({"query": q, "results": [_hit(hit) for hit in hits]}, headers=headers)
+    origins = await cached_origins(request, [hit.repository for hit in hits])
+    results = [_hit(hit, origins.get(hit.repository)) for hit in hits]
+    return json_response({"query": q, "results": results}, headers=headers)
 
 
 async def repository(request: Request) -> Response:
@@ -127,11 +136,18 @@ async def repository(request: Request) -> Response:
         "pulls": summary.pulls,
         "manifests": summary.manifest_count,
         "tags": [{"tag": t.tag, **_manifest(t.manifest), "pushedAt": _time(t.pushed_at)} for t in summary.tags],
+        "cachedFrom": (await cached_origins(request, [name])).get(name),
     }
     return json_response(body)
 
 
-def _hit(hit: SearchHit) -> dict[str, Any]:
+async def cached_origins(request: Request, names: list[str]) -> dict[str, str]:
+    """The upstream each of `names` is a cache of (registry/proxy), for those that are."""
+    read_through = registry_of(request).read_through
+    return {} if read_through is None or not names else await read_through.origins(names)
+
+
+def _hit(hit: SearchHit, cached_from: str | None) -> dict[str, Any]:
     return {
         "name": hit.repository,
         "repository": hit.repository,  # the same: `name` as in docker search and the catalog, `repository` as said
@@ -140,6 +156,7 @@ def _hit(hit: SearchHit) -> dict[str, Any]:
         **_manifest(hit.manifest),
         "pushedAt": _time(hit.repository_pushed_at),
         "pulls": hit.pulls,
+        "cachedFrom": cached_from,  # the upstream's name when this is a pull-through cache of it
     }
 
 

@@ -18,7 +18,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from registry import paths
@@ -257,6 +257,21 @@ class ProxyCache:
 
     def spooled(self, digest: Digest, offset: int, length: int | None) -> AsyncIterator[bytes] | None:
         return self.fills.spooled(digest, offset, length)
+
+    async def origins(self, names: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        unprefixed: list[str] = []
+        for name in names:
+            upstream = next((u for u in self.prefixed if u.covers(name)), None)
+            if upstream is not None:
+                found[name] = upstream.name
+            elif self.mirror is not None:
+                unprefixed.append(name)
+        if self.mirror is not None and unprefixed:
+            exists = self.registry.backend.exists
+            marked = await asyncio.gather(*(exists(paths.proxy_cached(name)) for name in unprefixed))
+            found.update({name: self.mirror.name for name, cached in zip(unprefixed, marked, strict=True) if cached})
+        return found
 
     # Shared pieces.
 

@@ -7,7 +7,7 @@ own writes (a manifest put, an upload), so it is verified, deduplicated and anno
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from registry.digests import Digest
@@ -32,3 +32,6 @@ class ReadThrough(Protocol):
 
     def spooled(self, digest: Digest, offset: int, length: int | None) -> AsyncIterator[bytes] | None:
         """The bytes of a blob being fetched, as they arrive (None: no fetch of it is under way here)."""
+
+    async def origins(self, names: Sequence[str]) -> dict[str, str]:
+        """Which of `names` are caches, each with the name of its upstream (for listings that say so)."""

@@ -49,6 +49,7 @@ class Registry:
     ) -> None:
         self.backend = backend
         self.delete_enabled = delete_enabled
+        self.read_through = read_through
         self.events = EventBus()
         self.blobs = BlobStore(backend, self.events, touch_after=touch_after, read_through=read_through)
         self.uploads = UploadStore(backend, self.blobs, self.events)

@@ -309,3 +309,24 @@ async def test_a_fill_answers_only_for_its_own_upstream(client_factory: ClientFa
         assert (await client.get(f"/v2/public/any/thing/blobs/{digest}")).status_code == 404
     finally:
         private.close()
+
+
+async def test_search_and_repository_summaries_say_what_is_cached(
+    client_factory: ClientFactory, upstream: FakeUpstream
+) -> None:
+    upstream.manifest("team/app", "v1", oci_manifest("app"))
+    client = await client_factory(proxied(upstream))
+    assert (await client.get("/v2/up/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST})).status_code == 200
+    data = b"own"
+    blob = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert (await client.post(f"/v2/team/app/blobs/uploads/?digest={blob}", content=data)).status_code == 201
+    found: dict[str, Any] = {}
+    for _ in range(100):  # the index applies the writes' events in the background
+        results = (await client.get("/api/v1/search", params={"q": "app"})).json()["results"]
+        found = {r["name"]: r["cachedFrom"] for r in results}
+        if len(found) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert found == {"up/team/app": "up", "team/app": None}
+    summary = (await client.get("/api/v1/repositories/up/team/app")).json()
+    assert summary["cachedFrom"] == "up"

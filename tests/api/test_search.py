@@ -192,6 +192,7 @@ async def test_search_api_filters_ranks_and_pages(client: httpx.AsyncClient) -> 
         "created": "2024-05-01T10:00:00Z",
         "pushedAt": arm[0]["pushedAt"],
         "pulls": 0,
+        "cachedFrom": None,
     }
     assert arm[0]["pushedAt"].endswith("Z")
     assert await names(client, "label:tier=front") == ["team/webapp"]
