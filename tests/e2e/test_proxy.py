@@ -19,12 +19,14 @@ import pytest
 
 from tests.client.cli_runner import run_cli
 
-from .auth_servers import start_auth_server
+from .auth_servers import PASSWORDS, start_auth_server
 from .conftest import DistributionFactory, MoorageFactory, RunningServer, Skopeo
 from .docker_daemon import Docker
 from .docker_daemon import docker as docker  # the fixtures
 from .docker_daemon import docker_daemon as docker_daemon
 from .images import OciLayout, assert_same_blobs, multiarch_index, small_image
+from .test_auth_tls import TlsServer
+from .test_auth_tls import tls_server as tls_server  # the fixture
 from .test_podman import Podman
 from .test_podman import podman as podman  # the fixture
 
@@ -343,3 +345,32 @@ def test_moorage_mirror_warms_the_cache_for_offline_use_and_copies(
     assert_same_blobs(src, pulled, index.index.digest)
     skopeo.pull(cache.ref("offline/dist/team/app", "v1"), tmp_path / "offline", "pulled")
     assert OciLayout.open(tmp_path / "offline").ref("pulled").digest == image.manifest.digest
+
+
+def test_an_https_upstream_with_its_own_ca_token_auth_and_a_password_file(
+    tls_server: TlsServer, moorage_factory: MoorageFactory, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    src = OciLayout(tmp_path / "src")
+    image = small_image(src, name="tls", tag="v1")
+    cert_dir = tmp_path / "certs.d"
+    cert_dir.mkdir()
+    (cert_dir / "ca.crt").write_bytes(tls_server.cert.read_bytes())
+    alice = f"alice:{PASSWORDS['alice']}"
+    ref = f"docker://{tls_server.host}/team/app:v1"
+    skopeo.run(
+        "copy", "--preserve-digests", "--dest-cert-dir", str(cert_dir), "--dest-creds", alice, f"oci:{src.path}:v1", ref
+    )
+    password_file = tmp_path / "upstream-password"
+    password_file.write_text(PASSWORDS["alice"] + "\n")
+    upstream = {"url": f"https://{tls_server.host}", "username": "alice", "password_file": str(password_file)}
+    cache = moorage_factory(
+        env=proxy_env(
+            {"name": "tls", "prefix": "tls", "ca_file": str(tls_server.cert), **upstream},
+            {"name": "untrusted", "prefix": "untrusted", **upstream},  # the system's CAs do not know it
+        )
+    )
+    skopeo.pull(cache.ref("tls/team/app", "v1"), tmp_path / "out", "pulled")
+    assert OciLayout.open(tmp_path / "out").ref("pulled").digest == image.manifest.digest
+    refused = cache.get("/v2/untrusted/team/app/manifests/v1", headers={"Accept": "*/*"})
+    assert refused.status_code == 503, refused.text
+    assert PASSWORDS["alice"] not in cache.log()
