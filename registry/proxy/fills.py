@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+
 from registry.digests import Digest
 from registry.proxy.upstreams import Upstream, UpstreamUnavailable
 from registry.store.blobs import BlobInfo
@@ -28,6 +30,7 @@ from registry.store.registry import Registry
 logger = logging.getLogger("moorage")
 SPOOL_WRITE = 1024 * 1024
 RATE_WINDOW = 30.0
+RESUME_BACKOFF = 0.2
 T = TypeVar("T")
 READ_SIZE = 1024 * 1024
 
@@ -92,7 +95,8 @@ class Fill:
                 upload_id = status.upload_id
                 if not self.started.done():
                     self.started.set_result(True)
-                await registry.uploads.append(name, upload_id, self._spooled(response.aiter_bytes(), count))
+                body = self._resumed(upstream, remote, response)
+                await registry.uploads.append(name, upload_id, self._spooled(body, count))
             if self.written != self.size:
                 raise FillFailed(f"the upstream sent {self.written} of {self.size} bytes")
             received = time.monotonic()
@@ -125,6 +129,39 @@ class Fill:
             self.finished = True
             self._notify()
             self._release()
+
+    async def _resumed(self, upstream: Upstream, remote: str, first: httpx.Response) -> AsyncIterator[bytes]:
+        """The blob's bytes from `first`; a connection that drops part-way is picked up where it stopped with a
+        Range request (as many times as the upstream's `attempts` allow)."""
+        received = 0
+        retries = upstream.settings.attempts - 1
+        response = first
+        resumed: contextlib.AsyncExitStack | None = None  # the request that picked up, closed before the next one
+        try:
+            while True:
+                try:
+                    async for chunk in response.aiter_bytes():
+                        received += len(chunk)
+                        yield chunk
+                    return
+                except httpx.TransportError as e:
+                    if retries <= 0 or self.size is None or received >= self.size:
+                        raise
+                    retries -= 1
+                    logger.info(
+                        "proxy: %s dropped %s at %d bytes (%s): resuming", upstream.name, self.digest, received, e
+                    )
+                if resumed is not None:
+                    await resumed.aclose()
+                await asyncio.sleep(RESUME_BACKOFF)
+                resumed = contextlib.AsyncExitStack()
+                again = await resumed.enter_async_context(upstream.open_blob(remote, self.digest, received, self.size))
+                if again is None:
+                    raise FillFailed(f"{upstream.name} no longer has {self.digest}")
+                response = again
+        finally:
+            if resumed is not None:
+                await resumed.aclose()
 
     async def _spooled(self, chunks: AsyncIterator[bytes], count: Callable[[int], None]) -> AsyncIterator[bytes]:
         """The upstream's bytes in buffers of SPOOL_WRITE, each written to the spool while the store takes it (and

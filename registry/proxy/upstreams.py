@@ -142,13 +142,21 @@ class Upstream:
         return int(length)
 
     @contextlib.asynccontextmanager
-    async def open_blob(self, remote: str, digest: Digest) -> AsyncIterator[httpx.Response | None]:
-        """The blob's bytes streaming (None when the upstream has no such blob)."""
-        async with self._request("GET", f"/v2/{remote}/blobs/{digest}") as response:
+    async def open_blob(
+        self, remote: str, digest: Digest, offset: int = 0, size: int | None = None
+    ) -> AsyncIterator[httpx.Response | None]:
+        """The blob's bytes streaming (None when the upstream has no such blob); from `offset` of its `size` bytes
+        with a Range request, which the upstream must honour exactly."""
+        headers = {"Range": f"bytes={offset}-"} if offset else None
+        async with self._request("GET", f"/v2/{remote}/blobs/{digest}", headers) as response:
             if response.status_code == 404:
                 yield None
                 return
             self._expect(response, f"blob {remote}@{digest}")
+            if offset:
+                expected = f"bytes {offset}-{(size or 0) - 1}/{size}"
+                if response.status_code != 206 or response.headers.get("Content-Range") != expected:
+                    raise UpstreamUnavailable(f"{self.name}: blob {remote}@{digest}: cannot resume at {offset}")
             yield response
 
     @contextlib.asynccontextmanager

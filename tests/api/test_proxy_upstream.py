@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from registry.proxy.fills import FillFailed
 from tests.api.conftest import ClientFactory
 from tests.api.helpers import push_blob
 from tests.api.test_route_access import PASSWORD, basic
@@ -330,3 +331,65 @@ async def test_search_and_repository_summaries_say_what_is_cached(
     assert found == {"up/team/app": "up", "team/app": None}
     summary = (await client.get("/api/v1/repositories/up/team/app")).json()
     assert summary["cachedFrom"] == "up"
+
+
+class DroppingUpstream(FakeUpstream):
+    """Sends the first GET of a blob half-way and drops the connection; answers Range requests as a registry does."""
+
+    def __init__(self, data: bytes, *, ranges: bool = True) -> None:
+        super().__init__()
+        self.dropped = 0
+        handler = self.server.RequestHandlerClass
+        original = handler.do_GET  # type: ignore[attr-defined]
+
+        def do_get(request: BaseHTTPRequestHandler) -> None:
+            if "/blobs/" not in request.path:
+                original(request)
+                return
+            self.requests.append(("GET", request.path, dict(request.headers)))
+            wanted = request.headers.get("Range")
+            if wanted and ranges:
+                start = int(wanted.removeprefix("bytes=").removesuffix("-"))
+                request.send_response(206)
+                request.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                request.send_header("Content-Length", str(len(data) - start))
+                request.end_headers()
+                request.wfile.write(data[start:])
+                return
+            request.send_response(200)
+            request.send_header("Content-Length", str(len(data)))
+            request.end_headers()
+            if self.dropped < 1:
+                self.dropped += 1
+                request.wfile.write(data[: len(data) // 3])
+                request.wfile.flush()
+                request.close_connection = True
+                request.connection.shutdown(2)
+                return
+            request.wfile.write(data)
+
+        handler.do_GET = do_get  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+async def test_a_dropped_upstream_connection_is_resumed_with_a_range(
+    client_factory: ClientFactory, ranges: bool
+) -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    upstream = DroppingUpstream(data, ranges=ranges)
+    upstream.routes[("HEAD", f"/v2/team/app/blobs/{digest}")] = (200, {"Content-Length": str(len(data))}, b"")
+    try:
+        client = await client_factory(proxied(upstream, attempts=2))
+        if ranges:  # picked up where the connection dropped, and all of it served
+            response = await client.get(f"/v2/up/team/app/blobs/{digest}")
+            assert response.content == data
+            gets = [headers.get("Range") for method, _, headers in upstream.requests if method == "GET"]
+            assert gets == [None, f"bytes={len(data) // 3}-"], gets
+        else:  # an upstream that ignores Range cannot resume: the stream is cut, nothing cached; the next pull fetches
+            with pytest.raises(FillFailed):  # in process, the cut stream is the app's exception
+                await client.get(f"/v2/up/team/app/blobs/{digest}")
+            again = await client.get(f"/v2/up/team/app/blobs/{digest}")
+            assert again.content == data
+    finally:
+        upstream.close()
