@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ class FakeUpstream:
         self.routes: dict[tuple[str, str], tuple[int, dict[str, str], bytes]] = {}
         self.default: tuple[int, dict[str, str], bytes] = (404, {}, b"")
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.blob_get: Callable[[BaseHTTPRequestHandler], None] | None = None  # answers blob GETs itself
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,6 +60,10 @@ class FakeUpstream:
                     self.wfile.write(body)
 
             def do_GET(self) -> None:
+                if "/blobs/" in self.path and upstream.blob_get is not None:
+                    upstream.requests.append(("GET", self.path, dict(self.headers)))
+                    upstream.blob_get(self)
+                    return
                 self.answer("GET")
 
             def do_HEAD(self) -> None:
@@ -257,24 +262,17 @@ class GatedUpstream(FakeUpstream):
     def __init__(self, data: bytes) -> None:
         super().__init__()
         self.gate = threading.Event()
-        gate = self.gate
-        handler = self.server.RequestHandlerClass
-        original = handler.do_GET  # type: ignore[attr-defined]
 
-        def do_get(request: BaseHTTPRequestHandler) -> None:
-            if "/blobs/" not in request.path:
-                original(request)
-                return
-            self.requests.append(("GET", request.path, dict(request.headers)))
+        def blob_get(request: BaseHTTPRequestHandler) -> None:
             request.send_response(200)
             request.send_header("Content-Length", str(len(data)))
             request.end_headers()
             request.wfile.write(data[: len(data) // 2])
             request.wfile.flush()
-            gate.wait(10)
+            self.gate.wait(10)
             request.wfile.write(data[len(data) // 2 :])
 
-        handler.do_GET = do_get  # type: ignore[attr-defined]
+        self.blob_get = blob_get
 
     def close(self) -> None:
         self.gate.set()
@@ -339,14 +337,8 @@ class DroppingUpstream(FakeUpstream):
     def __init__(self, data: bytes, *, ranges: bool = True) -> None:
         super().__init__()
         self.dropped = 0
-        handler = self.server.RequestHandlerClass
-        original = handler.do_GET  # type: ignore[attr-defined]
 
-        def do_get(request: BaseHTTPRequestHandler) -> None:
-            if "/blobs/" not in request.path:
-                original(request)
-                return
-            self.requests.append(("GET", request.path, dict(request.headers)))
+        def blob_get(request: BaseHTTPRequestHandler) -> None:
             wanted = request.headers.get("Range")
             if wanted and ranges:
                 start = int(wanted.removeprefix("bytes=").removesuffix("-"))
@@ -368,7 +360,7 @@ class DroppingUpstream(FakeUpstream):
                 return
             request.wfile.write(data)
 
-        handler.do_GET = do_get  # type: ignore[attr-defined]
+        self.blob_get = blob_get
 
 
 @pytest.mark.parametrize("ranges", [True, False])

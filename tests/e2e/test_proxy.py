@@ -37,6 +37,12 @@ def proxy_env(*upstreams: dict[str, Any]) -> dict[str, str]:
     return {"MOORAGE_PROXY__UPSTREAMS": json.dumps(list(upstreams))}
 
 
+def pulled(skopeo: Skopeo, ref: str, out: Path, *extra: str) -> str:
+    """Pull `ref` into the OCI layout `out`; the digest of what was pulled."""
+    skopeo.pull(ref, out, "pulled", *extra)
+    return OciLayout.open(out).ref("pulled").digest
+
+
 def cache_of(moorage_factory: MoorageFactory, upstream: RunningServer, **options: Any) -> RunningServer:
     settings = {"name": "dist", "url": upstream.url, "prefix": "dist", **options}
     return moorage_factory(env=proxy_env(settings))
@@ -60,10 +66,8 @@ def test_skopeo_pulls_through_the_cache_digest_for_digest(
         ]
     ):
         out = tmp_path / f"out-{n}"
-        skopeo.pull(cache.ref(f"dist/{repo}", tag), out, "pulled", *extra)
-        pulled = OciLayout.open(out)
-        assert pulled.ref("pulled").digest == digest, cache.describe()
-        assert_same_blobs(src, pulled, digest)
+        assert pulled(skopeo, cache.ref(f"dist/{repo}", tag), out, *extra) == digest, cache.describe()
+        assert_same_blobs(src, OciLayout.open(out), digest)
         head = cache.get(f"/v2/dist/{repo}/manifests/{tag}", headers={"Accept": "*/*"})
         assert head.headers["Docker-Content-Digest"] == digest
         assert head.headers["Moorage-Cache"] == "hit"  # the tag was checked moments ago
@@ -90,8 +94,7 @@ def test_offline_serves_what_is_cached_and_refuses_the_rest_promptly(
     upstream.stop()
     time.sleep(1.2)  # the tag is due for a check, which cannot reach the upstream
 
-    skopeo.pull(cache.ref("dist/team/app", "v1"), tmp_path / "cold", "pulled")
-    assert OciLayout.open(tmp_path / "cold").ref("pulled").digest == image.manifest.digest
+    assert pulled(skopeo, cache.ref("dist/team/app", "v1"), tmp_path / "cold") == image.manifest.digest
     stale = cache.get("/v2/dist/team/app/manifests/v1", headers={"Accept": "*/*"})
     assert stale.status_code == 200
     assert stale.headers["Moorage-Cache"] == "stale"
@@ -196,14 +199,12 @@ def test_a_moorage_upstream_with_token_auth_anonymous_and_with_credentials(
         )
     )
     # Anonymous upstream pulls: what anonymous may pull there, and nothing else.
-    skopeo.pull(cache.ref("anon/public/app", "v1"), tmp_path / "public", "pulled")
-    assert OciLayout.open(tmp_path / "public").ref("pulled").digest == image.manifest.digest
+    assert pulled(skopeo, cache.ref("anon/public/app", "v1"), tmp_path / "public") == image.manifest.digest
     refused = cache.get("/v2/anon/team/app/manifests/v1", headers={"Accept": "*/*"})
     assert refused.status_code == 404, refused.text
     assert refused.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
     # With the upstream credentials of a user allowed there; the client never sees them.
-    skopeo.pull(cache.ref("authd/team/app", "v1"), tmp_path / "team", "pulled")
-    assert OciLayout.open(tmp_path / "team").ref("pulled").digest == image.manifest.digest
+    assert pulled(skopeo, cache.ref("authd/team/app", "v1"), tmp_path / "team") == image.manifest.digest
     assert password not in cache.log()
 
 
@@ -243,8 +244,8 @@ def test_ten_concurrent_pulls_of_an_uncached_blob_make_one_upstream_get(
         return "sha256:" + hasher.hexdigest()
 
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
-        pulled = list(pool.map(lambda _: pull(), range(10)))
-    assert pulled == [digest] * 10
+        digests = list(pool.map(lambda _: pull(), range(10)))
+    assert digests == [digest] * 10
     assert upstream_blob_gets(upstream) - before == 1
     # Cached: served from Moorage's storage now, the upstream not asked again.
     assert pull() == digest
@@ -267,8 +268,7 @@ def test_docker_and_podman_pull_docker_hub_names_through_the_mirror(
     cache = moorage_factory(env=proxy_env({"name": "hub", "url": hub.url, "prefix": ""}))
     # The registry's own repositories beside the mirror: pushed and pulled as before, never looked up upstream.
     skopeo.push(src.path, "own", cache.ref("team/app", "v1"))
-    skopeo.pull(cache.ref("team/app", "v1"), tmp_path / "own", "pulled")
-    assert OciLayout.open(tmp_path / "own").ref("pulled").digest == own.manifest.digest
+    assert pulled(skopeo, cache.ref("team/app", "v1"), tmp_path / "own") == own.manifest.digest
 
     with docker.daemon.registry_mirror(cache.url):
         docker.run("pull", "alpine")
@@ -340,11 +340,10 @@ def test_moorage_mirror_warms_the_cache_for_offline_use_and_copies(
     upstream.stop()
     time.sleep(1.1)  # the tags are due for a check the upstream cannot answer: served from the cache
     skopeo.pull(cache.ref("dist/team/multi", "1.0"), tmp_path / "multi", "pulled", "--all")
-    pulled = OciLayout.open(tmp_path / "multi")
-    assert pulled.ref("pulled").digest == index.index.digest
-    assert_same_blobs(src, pulled, index.index.digest)
-    skopeo.pull(cache.ref("offline/dist/team/app", "v1"), tmp_path / "offline", "pulled")
-    assert OciLayout.open(tmp_path / "offline").ref("pulled").digest == image.manifest.digest
+    layout = OciLayout.open(tmp_path / "multi")
+    assert layout.ref("pulled").digest == index.index.digest
+    assert_same_blobs(src, layout, index.index.digest)
+    assert pulled(skopeo, cache.ref("offline/dist/team/app", "v1"), tmp_path / "offline") == image.manifest.digest
 
 
 def test_an_https_upstream_with_its_own_ca_token_auth_and_a_password_file(
@@ -369,8 +368,7 @@ def test_an_https_upstream_with_its_own_ca_token_auth_and_a_password_file(
             {"name": "untrusted", "prefix": "untrusted", **upstream},  # the system's CAs do not know it
         )
     )
-    skopeo.pull(cache.ref("tls/team/app", "v1"), tmp_path / "out", "pulled")
-    assert OciLayout.open(tmp_path / "out").ref("pulled").digest == image.manifest.digest
+    assert pulled(skopeo, cache.ref("tls/team/app", "v1"), tmp_path / "out") == image.manifest.digest
     refused = cache.get("/v2/untrusted/team/app/manifests/v1", headers={"Accept": "*/*"})
     assert refused.status_code == 503, refused.text
     assert PASSWORDS["alice"] not in cache.log()
