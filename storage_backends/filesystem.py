@@ -16,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import ctypes
+import ctypes.util
 import datetime as dt
 import errno
 import itertools
+import logging
 import os
 import shutil
 import stat as stat_module
@@ -85,12 +88,32 @@ def _info(path: str, st: os.stat_result) -> FileInfo:
 
 
 WRITEBACK_STEP = 16 * 1024 * 1024
-# Linux's sync_file_range(2) (absent from typeshed's `os`): start writeback of a range, or wait for it.
-_sync_file_range: Callable[[int, int, int, int], None] | None = getattr(os, "sync_file_range", None)
-_START_WRITE: int = getattr(os, "SYNC_FILE_RANGE_WRITE", 2)
-_WAIT_WRITTEN: int = (
-    getattr(os, "SYNC_FILE_RANGE_WAIT_BEFORE", 1) | _START_WRITE | getattr(os, "SYNC_FILE_RANGE_WAIT_AFTER", 4)
-)
+logger = logging.getLogger("moorage")
+# Linux's sync_file_range(2), through libc (Python's `os` has no binding): start the writeback of a range, or wait
+# for a range's. None where libc has no such call; switched off for the process when the kernel refuses it.
+_START_WRITE = 2  # SYNC_FILE_RANGE_WRITE
+_WAIT_WRITTEN = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP, errno.ESPIPE})
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], None] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        call = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    call.restype = ctypes.c_int
+
+    def sync_file_range(fd: int, offset: int, length: int, flags: int) -> None:
+        if call(fd, offset, length, flags) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return sync_file_range
+
+
+_sync_file_range = _libc_sync_file_range()
 
 
 class FilesystemWriter(Writer):
@@ -115,6 +138,7 @@ class FilesystemWriter(Writer):
         """Start the disk writing what was written since the last step, and wait for the step before it: the
         fsync at commit then has one window left to flush instead of the whole file (a 1 GiB blob's fsync took
         2 s after its last byte), and dirty pages stay bounded while a large blob streams in."""
+        global _sync_file_range
         sync_file_range = _sync_file_range
         if sync_file_range is None:
             return
@@ -128,7 +152,21 @@ class FilesystemWriter(Writer):
             if start > previous:
                 sync_file_range(fd, previous, start - previous, _WAIT_WRITTEN)
 
-        await self._backend._run(step)
+        # Waited for even when the write is cancelled: the file must not be closed (and its descriptor reused) under
+        # the call.
+        call = asyncio.ensure_future(self._backend._run(step))
+        try:
+            await asyncio.shield(call)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await call
+            raise
+        except OSError as e:
+            if e.errno not in _UNSUPPORTED:
+                raise  # EIO, ENOSPC: the write failed
+            logger.info("filesystem: sync_file_range unavailable (%s): durable writes flush at commit only", e)
+            _sync_file_range = None
+            return
         self._waiting_from, self._written_back = start, end
 
     async def write(self, data: bytes) -> None:
