@@ -72,12 +72,13 @@ async def get_blob(request: Request) -> Response:
     byte_range = parse_range(request.headers.get("range"), info.size)
     if byte_range is None:
         headers["Content-Length"] = str(info.size)
-        return StreamingResponse(registry.blobs.read(digest), headers=headers, media_type="application/octet-stream")
+        body = registry.blobs.read(digest, spooled=info.spooled)
+        return StreamingResponse(body, headers=headers, media_type="application/octet-stream")
     start, end = byte_range
     headers["Content-Length"] = str(end - start + 1)
     headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
     return StreamingResponse(
-        registry.blobs.read(digest, start, end - start + 1),
+        registry.blobs.read(digest, start, end - start + 1, spooled=info.spooled),
         status_code=206,
         headers=headers,
         media_type="application/octet-stream",

@@ -37,6 +37,7 @@ from registry.proxy.upstreams import (
 from registry.store.blobs import BlobInfo, blob_unknown
 from registry.store.events import Event, EventType
 from registry.store.tags import manifest_unknown
+from storage_backends import StorageError
 
 if TYPE_CHECKING:
     from registry.metrics import Metrics
@@ -70,7 +71,7 @@ class ProxyCache:
         self._checked: dict[tuple[str, str], float] = {}  # (repository, tag) -> when it was last checked upstream
         self._flights: dict[tuple[str, ...], asyncio.Future[object]] = {}
         # What the upstream said it has not (blob sizes of None, manifests unknown), until when.
-        self._absent: dict[tuple[str, ...], tuple[float, RegistryError | None]] = {}
+        self._absent: dict[tuple[str, ...], tuple[float, RegistryError | UpstreamDenied | None]] = {}
         self._routes: dict[str, tuple[bool, float]] = {}  # mirror mode: name -> (cached, until)
 
     def bind(self, registry: Registry) -> None:
@@ -192,7 +193,8 @@ class ProxyCache:
         found = await upstream.manifest(upstream.remote(name), digest, registry.manifests.max_bytes)
         if found is None:  # by digest: unknown there; by tag: deleted upstream between the HEAD and this GET
             raise manifest_unknown(name, tag or digest)
-        await self._mark_cached(upstream, name)
+        if not await self._mark_cached(upstream, name):  # pushed here meanwhile: local now
+            raise manifest_unknown(name, tag or digest)
         try:
             await registry.manifests.put(name, tag or digest, found.data, found.media_type, cached=True)
         except RegistryError as e:
@@ -203,14 +205,19 @@ class ProxyCache:
             logger.warning("proxy: %s sent %s@%s, which cannot be stored: %s", upstream.name, name, digest, e)
             raise UpstreamUnavailable(f"{upstream.name}: its manifest {digest} cannot be stored ({e.code.name})") from e
 
-    async def _mark_cached(self, upstream: Upstream, name: str) -> None:
+    async def _mark_cached(self, upstream: Upstream, name: str) -> bool:
         """Record that `name` is a cache of `upstream`, before anything of it is stored (in mirror mode, a name with
-        content and no record is a local repository)."""
+        content and no record is a local repository); False when, in mirror mode, a push made it one meanwhile."""
         marker = paths.proxy_cached(name)
-        if not await self.registry.backend.exists(marker):
-            record = f"{upstream.name}\n{upstream.url}/{upstream.remote(name)}\n".encode()
-            await self.registry.backend.put_content(marker, record)
-            self._routes.pop(name, None)
+        backend = self.registry.backend
+        if await backend.exists(marker):
+            return True
+        if upstream is self.mirror and await self.registry.repositories.exists(name):
+            return False
+        record = f"{upstream.name}\n{upstream.url}/{upstream.remote(name)}\n".encode()
+        await backend.put_content(marker, record)
+        self._routes.pop(name, None)
+        return True
 
     async def _local_tag(self, name: str, tag: str) -> Digest | None:
         try:
@@ -233,10 +240,11 @@ class ProxyCache:
             size = await self._once(key, lambda: upstream.blob_size(remote, digest))
             if size is None:
                 return None
-            if not fetch:  # a HEAD: described, nothing linked or fetched
-                self._count(upstream, "hit" if await registry.blobs.present(digest) else "miss")
+            if not fetch:  # a HEAD: described by the upstream, nothing linked or fetched (nor said of storage)
+                self._count(upstream, "miss")
                 return BlobInfo(digest, size)
-            await self._mark_cached(upstream, name)
+            if not await self._mark_cached(upstream, name):
+                return None
             present = await registry.blobs.present(digest, touch=True)
             if present is not None:  # stored already (an earlier fill, another repository): deduplicated
                 await registry.blobs.link(name, digest)
@@ -269,7 +277,10 @@ class ProxyCache:
                 unprefixed.append(name)
         if self.mirror is not None and unprefixed:
             exists = self.registry.backend.exists
-            marked = await asyncio.gather(*(exists(paths.proxy_cached(name)) for name in unprefixed))
+            try:
+                marked = await asyncio.gather(*(exists(paths.proxy_cached(name)) for name in unprefixed))
+            except (StorageError, OSError):  # a listing says what it can: the index answered the rest
+                return found
             found.update({name: self.mirror.name for name, cached in zip(unprefixed, marked, strict=True) if cached})
         return found
 
@@ -277,12 +288,14 @@ class ProxyCache:
 
     async def _once(self, key: tuple[str, ...], call: Callable[[], Awaitable[T]]) -> T:
         """One upstream request for concurrent callers asking the same thing; "no such thing upstream" (a blob size
-        of None, MANIFEST_UNKNOWN) stands for ABSENT_SECONDS, so that clients asking for what does not exist cost
-        the upstream (and a Docker Hub pull quota) one request, not one each."""
+        of None, MANIFEST_UNKNOWN, a refusal) stands for ABSENT_SECONDS, so that clients asking for what does not
+        exist cost the upstream (and a Docker Hub pull quota) one request, not one each."""
         absent = self._absent.get(key)
         if absent is not None:
             until, unknown = absent
             if until > time.monotonic():
+                if isinstance(unknown, UpstreamDenied):
+                    raise UpstreamDenied(str(unknown))
                 if unknown is not None:
                     raise RegistryError(unknown.code, unknown.detail, message=unknown.message)
                 return cast(T, None)
@@ -301,7 +314,9 @@ class ProxyCache:
         error = flight.exception()
         if error is None and key[0] == "blob size" and flight.result() is None:
             self._absent[key] = (time.monotonic() + ABSENT_SECONDS, None)
-        elif isinstance(error, RegistryError) and error.code is ErrorCode.MANIFEST_UNKNOWN:
+        elif (isinstance(error, RegistryError) and error.code is ErrorCode.MANIFEST_UNKNOWN) or isinstance(
+            error, UpstreamDenied
+        ):
             self._absent[key] = (time.monotonic() + ABSENT_SECONDS, error)
         while len(self._absent) > CHECKED_LIMIT:
             self._absent.pop(next(iter(self._absent)))

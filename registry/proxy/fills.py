@@ -16,7 +16,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -88,7 +88,9 @@ class Fill:
                     self.started.set_result(False)
                     return
                 length = response.headers.get("Content-Length", "")
-                if not length.isdigit():  # unbounded otherwise: a stream without end would fill the disk
+                if not (
+                    length.isascii() and length.isdigit()
+                ):  # unbounded otherwise: a stream without end would fill the disk
                     raise UpstreamUnavailable(f"{upstream.name}: blob {remote}@{self.digest}: no Content-Length")
                 self.size = int(length)
                 status = await registry.uploads.start(name, self.digest.algorithm)
@@ -96,7 +98,9 @@ class Fill:
                 if not self.started.done():
                     self.started.set_result(True)
                 body = self._resumed(upstream, remote, response)
-                await registry.uploads.append(name, upload_id, self._spooled(body, count))
+                # Closed on the way out however append ends: its spool write in flight finishes before the file goes.
+                async with contextlib.aclosing(self._spooled(body, count)) as spooled:
+                    await registry.uploads.append(name, upload_id, spooled)
             if self.written != self.size:
                 raise FillFailed(f"the upstream sent {self.written} of {self.size} bytes")
             received = time.monotonic()
@@ -163,7 +167,7 @@ class Fill:
             if resumed is not None:
                 await resumed.aclose()
 
-    async def _spooled(self, chunks: AsyncIterator[bytes], count: Callable[[int], None]) -> AsyncIterator[bytes]:
+    async def _spooled(self, chunks: AsyncIterator[bytes], count: Callable[[int], None]) -> AsyncGenerator[bytes, None]:
         """The upstream's bytes in buffers of SPOOL_WRITE, each written to the spool while the store takes it (and
         the next is received): one spool write at a time, so readers see the spool grow in order."""
         parts: list[bytes] = []  # joined once per buffer: growing a bytearray chunk by chunk copies it over and over
@@ -178,13 +182,13 @@ class Fill:
                 window_bytes += len(chunk)
                 if self.size is not None and offset + buffered > self.size:
                     raise FillFailed(f"the upstream sent more than the {self.size} bytes it announced")
-                if buffered < SPOOL_WRITE:
-                    continue
-                count(buffered)
                 if time.monotonic() - window_start >= RATE_WINDOW:  # a trickle holds every waiting client
                     if window_bytes < self.min_rate * RATE_WINDOW:
                         raise FillFailed(f"the upstream sent {window_bytes} bytes in {RATE_WINDOW:.0f}s: too slow")
                     window_start, window_bytes = time.monotonic(), 0
+                if buffered < SPOOL_WRITE:
+                    continue
+                count(buffered)
                 data = b"".join(parts)
                 parts.clear()
                 buffered = 0
@@ -255,26 +259,24 @@ class Fill:
 
 
 class Fills:
-    """The fills under way in this process: one per (upstream, its repository, digest), at most `limit` at once.
-
-    Only a request whose own upstream and repository are those of a fill joins it (and has the blob linked into its
-    repository once stored): a fill never answers for another upstream or repository. Reading the bytes of a blob
-    being fetched goes by digest (content-addressed: whichever fill spools it), once `fetch` said the request's
-    repository has it."""
+    """The fills under way in this process: one per (upstream, digest), at most `limit` at once. A request joins a
+    fill of its own upstream only, once that upstream said the request's repository has the blob (and the blob is
+    linked into that repository once stored): a fill never answers for another upstream."""
 
     def __init__(self, spool_dir: Path | None, limit: int, min_rate: int) -> None:
         self.spool_dir = spool_dir
         self.limit = limit
         self.min_rate = min_rate
-        self._fills: dict[tuple[str, str, Digest], Fill] = {}
-        self._by_digest: dict[Digest, Fill] = {}
+        self._fills: dict[tuple[str, Digest], Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spooled(self, digest: Digest, offset: int, length: int | None) -> AsyncIterator[bytes] | None:
-        fill = self._by_digest.get(digest)
-        if fill is None or fill.size is None:
-            return None
-        return fill.reader(offset, length)
+        """The bytes of `digest` from a fill whose upstream answered with it (the caller's own `fetch` said one
+        did); None when the fills of it have all ended (it is in storage then, or failed)."""
+        for (_, fetched), fill in self._fills.items():
+            if fetched == digest and fill.size is not None and fill.error is None:
+                return fill.reader(offset, length)
+        return None
 
     async def fetch(
         self,
@@ -285,16 +287,19 @@ class Fills:
         digest: Digest,
         count: Callable[[int], None],
     ) -> BlobInfo | None:
-        """Join the fill of `digest` from `upstream`'s `remote` or start one; its size once the upstream answered
-        (None: it has no such blob)."""
-        key = (upstream.name, remote, digest)
+        """Join the fill of `digest` from `upstream` or start one; its size once the upstream answered (None: it
+        has no such blob). The caller asked the upstream already whether `remote` has it (a fill is shared by the
+        repositories of one upstream: the blob is the same bytes, and each was confirmed on its own)."""
+        key = (upstream.name, digest)
         fill = self._fills.get(key)
         if fill is None:
             if len(self._fills) >= self.limit:
                 raise UpstreamUnavailable(f"{len(self._fills)} blobs are being fetched already", retry_after=10)
-            fill = Fill(digest, self.spool_dir, self.min_rate)
+            try:
+                fill = Fill(digest, self.spool_dir, self.min_rate)
+            except OSError as e:  # the spool directory is missing, full or not ours
+                raise UpstreamUnavailable(f"cannot spool {digest}: {e}") from e
             self._fills[key] = fill
-            self._by_digest.setdefault(digest, fill)
             task = asyncio.get_running_loop().create_task(
                 self._run(key, fill, registry, upstream, remote, name, count), name=f"proxy fill {digest}"
             )
@@ -313,7 +318,7 @@ class Fills:
 
     async def _run(
         self,
-        key: tuple[str, str, Digest],
+        key: tuple[str, Digest],
         fill: Fill,
         registry: Registry,
         upstream: Upstream,
@@ -326,12 +331,6 @@ class Fills:
         finally:
             if self._fills.get(key) is fill:
                 del self._fills[key]
-            if self._by_digest.get(fill.digest) is fill:
-                del self._by_digest[fill.digest]
-                for other in self._fills.values():  # another upstream's fill of the same blob, if any
-                    if other.digest == fill.digest:
-                        self._by_digest[fill.digest] = other
-                        break
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

@@ -137,7 +137,7 @@ class Upstream:
                 return None
             self._expect(response, f"blob {remote}@{digest}")
             length = response.headers.get("Content-Length", "")
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise UpstreamUnavailable(f"{self.name}: blob {remote}@{digest}: no size in the answer to HEAD")
         return int(length)
 
@@ -186,7 +186,7 @@ class Upstream:
         if response.status_code != 429:
             return
         retry_after = response.headers.get("Retry-After", "")
-        pause = min(float(retry_after), MAX_PAUSE) if retry_after.isdigit() else DEFAULT_PAUSE
+        pause = min(float(retry_after), MAX_PAUSE) if retry_after.isascii() and retry_after.isdigit() else DEFAULT_PAUSE
         self._paused_until = time.monotonic() + pause
         logger.warning("proxy: %s answered 429; not asking it again for %.0fs", self.name, pause)
         raise UpstreamUnavailable(f"{self.name} answered 429 (too many requests)", retry_after=pause)
@@ -205,7 +205,7 @@ def _declared_media_type(data: bytes) -> str | None:
     """The `mediaType` a manifest declares (what the store checks the content against), if any."""
     try:
         body = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # the store refuses it with its own words
         return None
     declared = body.get("mediaType") if isinstance(body, dict) else None
     if isinstance(declared, str) and declared:

@@ -137,11 +137,17 @@ class BlobStore:
     def forget(self, name: str, digest: Digest) -> None:
         self._seen.pop((name, digest), None)
 
-    async def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """The blob's bytes (as they arrive, while an upstream fill of it is under way). A blob GC set aside since a
-        remembered `stat` answer is brought back first."""
-        if self.read_through is not None and (spooled := self.read_through.spooled(digest, offset, length)):
-            async for chunk in spooled:
+    async def read(
+        self, digest: Digest, offset: int = 0, length: int | None = None, *, spooled: bool = False
+    ) -> AsyncIterator[bytes]:
+        """The blob's bytes; `spooled` (the BlobInfo of `pull` said so): as they arrive from the upstream fill under
+        way. A blob GC set aside since a remembered `stat` answer is brought back first."""
+        if (
+            spooled
+            and self.read_through is not None
+            and (arriving := self.read_through.spooled(digest, offset, length))
+        ):
+            async for chunk in arriving:
                 yield chunk
             return
         path = paths.blob_data(digest)

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from registry.proxy import fills
 from registry.proxy.fills import FillFailed
 from tests.api.conftest import ClientFactory
 from tests.api.helpers import push_blob
@@ -385,3 +387,62 @@ async def test_a_dropped_upstream_connection_is_resumed_with_a_range(
             assert again.content == data
     finally:
         upstream.close()
+
+
+async def test_a_layer_two_repositories_share_upstream_is_fetched_once(
+    client_factory: ClientFactory, upstream: FakeUpstream
+) -> None:
+    data = b"b" * 300_000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    for repository in ("team/one", "team/two"):
+        upstream.routes[("HEAD", f"/v2/{repository}/blobs/{digest}")] = (200, {"Content-Length": str(len(data))}, b"")
+    gate = threading.Event()
+
+    def blob_get(request: BaseHTTPRequestHandler) -> None:
+        request.send_response(200)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data[:1000])
+        request.wfile.flush()
+        gate.wait(10)
+        request.wfile.write(data[1000:])
+
+    upstream.blob_get = blob_get
+    client = await client_factory(proxied(upstream))
+    first = asyncio.create_task(client.get(f"/v2/up/team/one/blobs/{digest}"))
+    second = asyncio.create_task(client.get(f"/v2/up/team/two/blobs/{digest}"))
+    await asyncio.sleep(0.3)
+    gate.set()
+    assert (await first).content == data
+    assert (await second).content == data
+    assert len([p for m, p, _ in upstream.requests if m == "GET"]) == 1
+    # HEAD of a blob not linked in a repository says nothing of what storage holds.
+    upstream.routes[("HEAD", f"/v2/team/three/blobs/{digest}")] = (200, {"Content-Length": str(len(data))}, b"")
+    head = await client.head(f"/v2/up/team/three/blobs/{digest}")
+    assert head.status_code == 200
+    assert head.headers["Moorage-Cache"] == "miss"
+
+
+async def test_an_upstream_trickling_a_blob_is_cut(
+    client_factory: ClientFactory, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fills, "RATE_WINDOW", 0.3)
+    data = b"t" * 20_000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    upstream.routes[("HEAD", f"/v2/team/app/blobs/{digest}")] = (200, {"Content-Length": str(len(data))}, b"")
+
+    def blob_get(request: BaseHTTPRequestHandler) -> None:
+        request.send_response(200)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        for start in range(0, len(data), 1000):  # 10 kB/s
+            request.wfile.write(data[start : start + 1000])
+            request.wfile.flush()
+            time.sleep(0.1)
+
+    upstream.blob_get = blob_get
+    client = await client_factory({**proxied(upstream), "proxy": {**proxied(upstream)["proxy"], "min_rate": 1_000_000}})
+    started = time.monotonic()
+    with pytest.raises(FillFailed):  # in process, the cut stream is the app's exception
+        await client.get(f"/v2/up/team/app/blobs/{digest}")
+    assert time.monotonic() - started < 1.5
