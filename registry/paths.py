@@ -41,6 +41,20 @@ def proxy_cached(name: str) -> str:
     return f"{PROXY_CACHED}/{name}/_upstream"
 
 
+def proxy_used(name: str) -> str:
+    """Rewritten (at most every so often) while the cached repository `name` is pulled: its time says when last."""
+    return f"{PROXY_CACHED}/{name}/_used"
+
+
+def parse_proxy_record(path: str) -> tuple[str, str] | None:
+    """(repository, record kind: "_upstream" or "_used") of a path under PROXY_CACHED, or None."""
+    prefix = f"{PROXY_CACHED}/"
+    if not path.startswith(prefix):
+        return None
+    name, _, kind = path[len(prefix) :].rpartition("/")
+    return (name, kind) if name and kind in ("_upstream", "_used") else None
+
+
 def ui_session(key: str) -> str:
     """A UI session's record, under the hash of its cookie's secret (a reader of storage cannot sign in with it)."""
     return f"{UI_SESSIONS}/{key}"

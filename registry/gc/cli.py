@@ -53,11 +53,8 @@ def add_commands(commands: Any) -> None:
 
 
 async def run_gc(args: argparse.Namespace, settings: Settings) -> int:
-    options = GcOptions.from_settings(
-        settings.gc,
-        settings.uploads,
-        settings.retention,
-        settings.immutable_tags,
+    options = GcOptions.of(
+        settings,
         dry_run=args.dry_run,
         delete_untagged=args.delete_untagged,
         grace=args.grace,
@@ -92,7 +89,7 @@ async def run_gc(args: argparse.Namespace, settings: Settings) -> int:
 
 def format_report(report: GcReport) -> str:
     verb = "would remove" if report.dry_run else "removed"
-    lines = []
+    lines = [f"{verb} cached repository {name} (unused)" for name in report.evicted]
     for removal in report.removals:
         what = "tag" if removal.kind == "tag" else "manifest"
         lines.append(f"{verb} {what} {removal.repository}:{removal.target} ({removal.reason})")

@@ -33,8 +33,11 @@ from typing import Any
 from registry import paths
 from registry.digests import Digest
 from registry.errors import RegistryError
+from registry.gc.eviction import evict_unused
 from registry.gc.retention import Removal, plan_retention, reachable, rule_for
 from registry.gc.settings import GcSettings, ImmutableTagRule, RetentionRule, UploadsSettings
+from registry.proxy.settings import evictions
+from registry.settings import Settings
 from registry.store.events import Origin, acting_as
 from registry.store.inventory import Inventory, read_blobs, read_manifests, read_repositories, read_tags
 from registry.store.registry import Registry
@@ -54,6 +57,16 @@ class GcOptions:
     retention: tuple[RetentionRule, ...] = ()
     immutable_tags: tuple[ImmutableTagRule, ...] = ()
     dry_run: bool = False
+    evictions: tuple[tuple[str, float], ...] = ()
+    """(upstream, evict_after): cached repositories of that upstream unused for so long go (registry/gc/eviction)."""
+
+    @classmethod
+    def of(cls, settings: Settings, **overrides: Any) -> GcOptions:
+        """The options the settings say (every section GC reads), with `overrides` (None: the settings' value)."""
+        evict = tuple(sorted(evictions(settings.proxy).items()))
+        return cls.from_settings(
+            settings.gc, settings.uploads, settings.retention, settings.immutable_tags, evictions=evict, **overrides
+        )
 
     @classmethod
     def from_settings(
@@ -90,6 +103,8 @@ class GcReport:
     removals: list[Removal] = field(default_factory=list)
     links_removed: list[tuple[str, Digest]] = field(default_factory=list)
     uploads_purged: list[tuple[str, str]] = field(default_factory=list)
+    evicted: list[str] = field(default_factory=list)
+    """Pull-through cache repositories removed as unused (registry/gc/eviction.py)."""
     abandoned_writes_purged: int = 0
     """Leftovers of interrupted writes in the store (temporary files, incomplete S3 multipart uploads)."""
     seconds: float = 0.0
@@ -123,6 +138,7 @@ class GcReport:
             "links_removed": [{"repository": n, "digest": str(d)} for n, d in self.links_removed],
             "uploads_purged": [{"repository": n, "uuid": u} for n, u in self.uploads_purged],
             "abandoned_writes_purged": self.abandoned_writes_purged,
+            "evicted": self.evicted,
             "seconds": round(self.seconds, 3),
         }
 
@@ -146,6 +162,7 @@ class GarbageCollector:
         options = self.options
         report = GcReport(dry_run=options.dry_run)
         now = _now()
+        report.evicted = await evict_unused(self.registry, dict(options.evictions), now.timestamp(), options.dry_run)
         inventory = Inventory()
         await read_repositories(self.registry, inventory)
         await read_tags(self.registry, inventory)

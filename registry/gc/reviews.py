@@ -43,6 +43,7 @@ from registry.database import DATABASE_ERRORS
 from registry.digests import Digest
 from registry.errors import RegistryError
 from registry.gc.collector import GC_ORIGIN, GcOptions, GcReport, record_summary
+from registry.gc.eviction import evict_unused
 from registry.gc.retention import Removal, rule_for, tags_beyond
 from registry.index.base import IndexUnavailable
 from registry.store.events import acting_as
@@ -119,6 +120,10 @@ class ReviewCollector:
         if rules_changed and not self.options.dry_run:
             # What no rule removed before may go now, and what went may stay: every untagged manifest is due again.
             await asyncio.to_thread(db.review_all_manifests)
+        options = self.options
+        report.evicted = await evict_unused(self.registry, dict(options.evictions), now, options.dry_run)
+        if report.evicted and not options.dry_run:
+            await self.index.settled()  # the deletions' rows are in the database before the reviews read it
         await self._prune_tags(db, report, now, rules_changed)
         await self._review_manifests(db, report, now)
         await self._review_blobs(db, report)

@@ -25,7 +25,7 @@ def install(app: Starlette, settings: Settings, registry: Registry) -> Service |
         # A read-only replica writes nothing, GC's deletes included; the writable replicas run the schedule.
         logger.info("gc: maintenance.read_only is on: this process does not run the gc.interval schedule")
         return None
-    options = GcOptions.from_settings(settings.gc, settings.uploads, settings.retention, settings.immutable_tags)
+    options = GcOptions.of(settings)
     database = database_driven(settings) and app.state.index is not None
     collect = collector(registry, app.state.index, options, database)
     claim = slot_claim(app.state.index) if database else None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
@@ -47,6 +48,7 @@ logger = logging.getLogger("moorage")
 T = TypeVar("T")
 ROUTE_MEMORY_SECONDS = 10.0
 ABSENT_SECONDS = 10.0
+USED_MIN_SECONDS = 1.0
 CHECKED_LIMIT = 65536
 CACHE_STATUS_HEADER = "Moorage-Cache"
 
@@ -73,6 +75,7 @@ class ProxyCache:
         # What the upstream said it has not (blob sizes of None, manifests unknown), until when.
         self._absent: dict[tuple[str, ...], tuple[float, RegistryError | UpstreamDenied | None]] = {}
         self._routes: dict[str, tuple[bool, float]] = {}  # mirror mode: name -> (cached, until)
+        self._used_at: dict[str, float] = {}  # when this process last recorded a use of a cached repository
 
     def bind(self, registry: Registry) -> None:
         self._registry = registry
@@ -146,6 +149,26 @@ class ProxyCache:
         else:
             return
         self._count(upstream, outcome)
+        await self._used(upstream, name)
+
+    async def _used(self, upstream: Upstream, name: str) -> None:
+        """Say in storage that `name` is pulled (for GC's eviction, registry/gc/eviction.py): at most once per
+        twentieth of `evict_after` (and per second) in this process, so that a busy repository costs one small write
+        now and then, and its record is never older than that while it is pulled."""
+        after = upstream.settings.evict_after
+        if after is None:
+            return
+        now = time.monotonic()
+        every = max(USED_MIN_SECONDS, after / 20)
+        if now - self._used_at.get(name, -math.inf) < every:
+            return
+        self._used_at[name] = now
+        while len(self._used_at) > CHECKED_LIMIT:
+            self._used_at.pop(next(iter(self._used_at)))
+        try:
+            await self.registry.backend.put_content(paths.proxy_used(name), b"", durable=False)
+        except (StorageError, OSError) as e:  # the pull goes on; eviction sees the previous record
+            logger.warning("proxy: could not record the use of %s: %s", name, e)
 
     async def _manifest_by_digest(self, upstream: Upstream, name: str, digest: Digest) -> str:
         if await self.registry.backend.exists(paths.manifest_revision_link(name, digest)):

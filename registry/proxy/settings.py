@@ -29,6 +29,11 @@ class UpstreamSettings(_Section):
     password: SecretStr | None = None
     password_file: Path | None = Field(default=None, description="A file holding the password (a mounted secret).")
     tag_ttl: Seconds = Field(default=300.0, description="A cached tag is checked upstream (a HEAD) once this old.")
+    evict_after: Seconds | None = Field(
+        default=None,
+        description="GC removes a cached repository not pulled for this long (its blobs go as any unreferenced "
+        "blob); never when unset.",
+    )
     insecure: bool = Field(default=False, description="https without certificate verification.")
     ca_file: Path | None = Field(default=None, description="CA certificates the upstream's TLS certificate chains to.")
     allow_push: bool = Field(default=False, description="Let clients push into this prefix (refused: 405).")
@@ -91,3 +96,8 @@ class ProxySettings(_Section):
                 if i != j and a and b and (a == b or b.startswith(a + "/")):
                     raise ValueError(f"upstream prefixes {a!r} and {b!r} overlap")
         return self
+
+
+def evictions(settings: ProxySettings) -> dict[str, float]:
+    """Upstream name -> `evict_after`, for the upstreams that have one (what GC evicts)."""
+    return {u.name: u.evict_after for u in settings.upstreams if u.evict_after is not None}

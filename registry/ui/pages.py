@@ -485,9 +485,7 @@ async def gc_dry_run(request: Request) -> Response:
     if not is_operator(request):
         raise RegistryError(ErrorCode.DENIED, message="only the registry's admins (auth.admins) may run GC")
     settings = ui_of(request).settings
-    options = GcOptions.from_settings(
-        settings.gc, settings.uploads, settings.retention, settings.immutable_tags, dry_run=True
-    )
+    options = GcOptions.of(settings, dry_run=True)
     # The collection GC's schedule runs: from the database (milliseconds), or the mark over storage (which takes
     # minutes on a large registry: that mode's dry run belongs to `moorage gc --dry-run`, not to a page).
     index = getattr(request.app.state, "index", None)

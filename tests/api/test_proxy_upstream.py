@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
+from registry.gc.collector import GarbageCollector, GcOptions
 from registry.proxy import fills
 from registry.proxy.fills import FillFailed
-from tests.api.conftest import ClientFactory
+from registry.store.registry import Registry
+from tests.api.conftest import ClientFactory, make_settings
 from tests.api.helpers import push_blob
 from tests.api.test_route_access import PASSWORD, basic
 from tests.auth.test_htpasswd import bcrypt_entry
@@ -446,3 +448,50 @@ async def test_an_upstream_trickling_a_blob_is_cut(
     with pytest.raises(FillFailed):  # in process, the cut stream is the app's exception
         await client.get(f"/v2/up/team/app/blobs/{digest}")
     assert time.monotonic() - started < 1.5
+
+
+async def test_gc_evicts_cached_repositories_unused_for_evict_after(
+    client_factory: ClientFactory, upstream: FakeUpstream, storage_config: dict[str, Any]
+) -> None:
+    data = b"layer of app"
+    blob = "sha256:" + hashlib.sha256(data).hexdigest()
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob, "size": len(data)},
+            "layers": [],
+        }
+    ).encode()
+    for repository in ("team/old", "team/fresh"):
+        upstream.manifest(repository, "v1", body)
+        upstream.routes[("HEAD", f"/v2/{repository}/blobs/{blob}")] = (200, {"Content-Length": str(len(data))}, b"")
+        upstream.routes[("GET", f"/v2/{repository}/blobs/{blob}")] = (200, {}, data)
+    sections = proxied(upstream, evict_after="1s")
+    client = await client_factory(sections)
+    for repository in ("team/old", "team/fresh"):
+        assert (await client.get(f"/v2/up/{repository}/manifests/v1")).status_code == 200
+        assert (await client.get(f"/v2/up/{repository}/blobs/{blob}")).content == data
+    await asyncio.sleep(1.5)
+    assert (await client.get("/v2/up/team/fresh/manifests/v1")).status_code == 200  # used again: kept
+
+    settings = make_settings(storage_config, sections)
+    options = GcOptions.of(settings, grace=0.0, settle=0.0)
+    assert options.evictions == (("up", 1.0),)
+    registry = Registry.from_settings(settings)
+    await registry.start()
+    try:
+        dry = await GarbageCollector(registry, GcOptions.of(settings, dry_run=True)).run()
+        assert dry.evicted == ["up/team/old"]
+        assert await registry.repositories.exists("up/team/old")
+        report = await GarbageCollector(registry, options).run()
+        assert report.evicted == ["up/team/old"]
+        assert not await registry.repositories.exists("up/team/old")
+        assert await registry.repositories.exists("up/team/fresh")
+        assert not report.blobs_removed  # the fresh one still references the layer
+    finally:
+        await registry.aclose()
+    # Pulled again after eviction: fetched again from the upstream.
+    before = len(upstream.requests)
+    assert (await client.get("/v2/up/team/old/manifests/v1")).status_code == 200
+    assert len(upstream.requests) > before
