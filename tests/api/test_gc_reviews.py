@@ -547,3 +547,25 @@ async def test_the_first_collection_of_a_new_database_marks_over_storage(
             after
         ]  # what `moorage gc --full` is for
         await pull_completely(client, "team/app", "v1")
+
+
+@FILESYSTEM
+async def test_cached_repositories_unused_for_evict_after_go_with_their_blobs(
+    storage_config: dict[str, Any], index_location: IndexLocation
+) -> None:
+    async with registry_with_index(storage_config, index_location) as (client, registry, index):
+        for name in ("up/team/old", "up/team/fresh", "team/own"):
+            await push_image(client, name, "v1", seed=name)
+        for name in ("up/team/old", "up/team/fresh"):  # what the pull-through cache records of its repositories
+            await registry.backend.put_content(paths.proxy_cached(name), b"up\n")
+        await asyncio.sleep(0.6)
+        await registry.backend.put_content(paths.proxy_used("up/team/fresh"), b"")  # pulled since
+        report = await review(registry, index, evictions=(("up", 0.5),))
+        assert report.evicted == ["up/team/old"]
+        assert not await registry.repositories.exists("up/team/old")
+        assert await registry.repositories.exists("up/team/fresh") and await registry.repositories.exists("team/own")
+        assert not await registry.backend.exists(paths.proxy_cached("up/team/old"))
+        await index.settled()
+        assert "up/team/old" not in await index.catalog(None, None, None)
+        later = await review(registry, index, evictions=(("up", 0.5),))
+        assert report.blobs_removed or later.blobs_removed  # its blobs, reviewed once unreferenced
