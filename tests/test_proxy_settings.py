@@ -41,3 +41,15 @@ def test_a_valid_section() -> None:
 def test_refused(upstreams: list[dict[str, Any]], problem: str) -> None:
     with pytest.raises(ValidationError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         ProxySettings.model_validate({"upstreams": upstreams})
+
+
+def test_sizes_and_eviction_settings() -> None:
+    settings = ProxySettings.model_validate(
+        {"upstreams": [upstream(max_bytes="10GiB", evict_after="30d"), upstream(name="b", prefix="b", max_bytes=5)]}
+    )
+    assert settings.upstreams[0].max_bytes == 10 * 2**30
+    assert settings.upstreams[0].evict_after == 30 * 86400
+    assert settings.upstreams[1].max_bytes == 5
+    for bad in ("10 gigs", "-1", 0):
+        with pytest.raises(ValidationError):
+            ProxySettings.model_validate({"upstreams": [upstream(max_bytes=bad)]})

@@ -36,7 +36,7 @@ from registry.errors import RegistryError
 from registry.gc.eviction import evict_unused
 from registry.gc.retention import Removal, plan_retention, reachable, rule_for
 from registry.gc.settings import GcSettings, ImmutableTagRule, RetentionRule, UploadsSettings
-from registry.proxy.settings import evictions
+from registry.proxy.settings import budgets, evictions
 from registry.settings import Settings
 from registry.store.events import Origin, acting_as
 from registry.store.inventory import Inventory, read_blobs, read_manifests, read_repositories, read_tags
@@ -59,13 +59,18 @@ class GcOptions:
     dry_run: bool = False
     evictions: tuple[tuple[str, float], ...] = ()
     """(upstream, evict_after): cached repositories of that upstream unused for so long go (registry/gc/eviction)."""
+    budgets: tuple[tuple[str, int], ...] = ()
+    """(upstream, max_bytes): beyond it, that upstream's least recently used cached repositories go."""
 
     @classmethod
     def of(cls, settings: Settings, **overrides: Any) -> GcOptions:
         """The options the settings say (every section GC reads), with `overrides` (None: the settings' value)."""
-        evict = tuple(sorted(evictions(settings.proxy).items()))
+        proxy = {
+            "evictions": tuple(sorted(evictions(settings.proxy).items())),
+            "budgets": tuple(sorted(budgets(settings.proxy).items())),
+        }
         return cls.from_settings(
-            settings.gc, settings.uploads, settings.retention, settings.immutable_tags, evictions=evict, **overrides
+            settings.gc, settings.uploads, settings.retention, settings.immutable_tags, **proxy, **overrides
         )
 
     @classmethod
@@ -162,7 +167,9 @@ class GarbageCollector:
         options = self.options
         report = GcReport(dry_run=options.dry_run)
         now = _now()
-        report.evicted = await evict_unused(self.registry, dict(options.evictions), now.timestamp(), options.dry_run)
+        report.evicted = await evict_unused(
+            self.registry, dict(options.evictions), now.timestamp(), options.dry_run, dict(options.budgets)
+        )
         inventory = Inventory()
         await read_repositories(self.registry, inventory)
         await read_tags(self.registry, inventory)

@@ -121,7 +121,9 @@ class ReviewCollector:
             # What no rule removed before may go now, and what went may stay: every untagged manifest is due again.
             await asyncio.to_thread(db.review_all_manifests)
         options = self.options
-        report.evicted = await evict_unused(self.registry, dict(options.evictions), now, options.dry_run)
+        report.evicted = await evict_unused(
+            self.registry, dict(options.evictions), now, options.dry_run, dict(options.budgets)
+        )
         if report.evicted and not options.dry_run:
             await self.index.settled()  # the deletions' rows are in the database before the reviews read it
         await self._prune_tags(db, report, now, rules_changed)

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from registry.durations import Seconds
 from registry.names import NAME_RE
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(|B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)\s*$")
+_UNITS = {"": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 10**3, "MB": 10**6}
+_UNITS.update({"GB": 10**9, "TB": 10**12})
+
+
+def parse_bytes(value: object) -> object:
+    """`10GiB`, `500MB`, `1048576`; anything else is left for the validator to refuse."""
+    if isinstance(value, str) and (match := _SIZE_RE.match(value)):
+        return int(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(gt=0)]
 
 
 class _Section(BaseModel):
@@ -33,6 +49,11 @@ class UpstreamSettings(_Section):
         default=None,
         description="GC removes a cached repository not pulled for this long (its blobs go as any unreferenced "
         "blob); never when unset.",
+    )
+    max_bytes: Bytes | None = Field(
+        default=None,
+        description="`10GiB`: beyond this, GC removes this upstream's cached repositories, the least recently pulled "
+        "first (each counted whole: a layer two of them share counts twice).",
     )
     insecure: bool = Field(default=False, description="https without certificate verification.")
     ca_file: Path | None = Field(default=None, description="CA certificates the upstream's TLS certificate chains to.")
@@ -101,3 +122,8 @@ class ProxySettings(_Section):
 def evictions(settings: ProxySettings) -> dict[str, float]:
     """Upstream name -> `evict_after`, for the upstreams that have one (what GC evicts)."""
     return {u.name: u.evict_after for u in settings.upstreams if u.evict_after is not None}
+
+
+def budgets(settings: ProxySettings) -> dict[str, int]:
+    """Upstream name -> `max_bytes`, for the upstreams that have one."""
+    return {u.name: u.max_bytes for u in settings.upstreams if u.max_bytes is not None}

@@ -16,7 +16,7 @@ import pytest
 
 from registry import paths
 from registry.digests import Digest
-from registry.gc import reviews
+from registry.gc import eviction, reviews
 from registry.gc.collector import GcOptions, GcReport
 from registry.gc.modes import collector
 from registry.gc.reviews import GcBusy, ReviewCollector
@@ -569,3 +569,27 @@ async def test_cached_repositories_unused_for_evict_after_go_with_their_blobs(
         assert "up/team/old" not in await index.catalog(None, None, None)
         later = await review(registry, index, evictions=(("up", 0.5),))
         assert report.blobs_removed or later.blobs_removed  # its blobs, reviewed once unreferenced
+
+
+@FILESYSTEM
+async def test_an_upstream_over_its_size_budget_loses_its_least_recently_used_repositories(
+    storage_config: dict[str, Any], index_location: IndexLocation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(eviction, "BUDGET_SPARES_SECONDS", 0.0)
+    names = ("up/team/a", "up/team/b", "up/team/c")
+    async with registry_with_index(storage_config, index_location) as (client, registry, index):
+        for name in names:
+            await push_image(client, name, "v1", seed=name)
+        for name in names:  # recorded in this order: "a" is the least recently used
+            await registry.backend.put_content(paths.proxy_cached(name), b"up\n")
+            await asyncio.sleep(0.05)
+        sizes = {name: await eviction.repository_bytes(registry, name) for name in names}
+        assert all(sizes.values())
+        budget = sizes["up/team/b"] + sizes["up/team/c"]  # "a" has to go, and only "a"
+        report = await review(registry, index, budgets=(("up", budget),), dry_run=True)
+        assert report.evicted == ["up/team/a"] and await registry.repositories.exists("up/team/a")
+        report = await review(registry, index, budgets=(("up", budget),))
+        assert report.evicted == ["up/team/a"]
+        assert [await registry.repositories.exists(name) for name in names] == [False, True, True]
+        again = await review(registry, index, budgets=(("up", budget),))  # within the budget now
+        assert again.evicted == []
