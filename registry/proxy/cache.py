@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import dataclasses
 import logging
 import math
 import time
@@ -36,7 +38,7 @@ from registry.proxy.upstreams import (
     unavailable,
 )
 from registry.store.blobs import BlobInfo, blob_unknown
-from registry.store.events import Event, EventType
+from registry.store.events import Event, EventType, acting_as, current_origin
 from registry.store.tags import manifest_unknown
 from storage_backends import StorageError
 
@@ -54,6 +56,12 @@ CACHE_STATUS_HEADER = "Moorage-Cache"
 
 # What the cache did for the current request ("hit", "miss", "stale"), for the response header (registry/proxy/setup).
 cache_status: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("moorage_cache_status", default=None)
+
+
+def _filling(upstream: Upstream) -> contextlib.AbstractContextManager[None]:
+    """What a cache fill writes is pushed by `moorage:proxy:<upstream>` (its events say so, for webhooks and logs),
+    on behalf of the request that asked for it (its address, host and request id stay)."""
+    return acting_as(dataclasses.replace(current_origin(), actor=f"moorage:proxy:{upstream.name}"))
 
 
 def _say(status: str) -> None:
@@ -219,7 +227,8 @@ class ProxyCache:
         if not await self._mark_cached(upstream, name):  # pushed here meanwhile: local now
             raise manifest_unknown(name, tag or digest)
         try:
-            await registry.manifests.put(name, tag or digest, found.data, found.media_type, cached=True)
+            with _filling(upstream):
+                await registry.manifests.put(name, tag or digest, found.data, found.media_type, cached=True)
         except RegistryError as e:
             if e.code is ErrorCode.UNAVAILABLE:  # storage, not the content
                 raise
@@ -273,7 +282,8 @@ class ProxyCache:
                 await registry.blobs.link(name, digest)
                 self._count(upstream, "hit")
                 return present
-            info = await self.fills.fetch(registry, upstream, remote, name, digest, self._counter(upstream))
+            with _filling(upstream):  # the fill's task takes this context: its blob.pushed names the cache
+                info = await self.fills.fetch(registry, upstream, remote, name, digest, self._counter(upstream))
         except UpstreamUnavailable as e:
             self._count(upstream, "error")
             raise self._refusal(e, blob_unknown(digest)) from e

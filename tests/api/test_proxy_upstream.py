@@ -28,6 +28,7 @@ from tests.api.conftest import ClientFactory, make_settings
 from tests.api.helpers import push_blob
 from tests.api.test_route_access import PASSWORD, basic
 from tests.auth.test_htpasswd import bcrypt_entry
+from tests.webhook_receiver import Receiver
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 SECRET = "upstream-secret-pw"
@@ -495,3 +496,20 @@ async def test_gc_evicts_cached_repositories_unused_for_evict_after(
     before = len(upstream.requests)
     assert (await client.get("/v2/up/team/old/manifests/v1")).status_code == 200
     assert len(upstream.requests) > before
+
+
+async def test_cache_fills_are_pushes_by_the_cache_and_allow_push_lets_clients_push(
+    client_factory: ClientFactory, upstream: FakeUpstream, receiver: Receiver
+) -> None:
+    digest = upstream.manifest("team/app", "v1", oci_manifest("app"))
+    sections = {
+        **proxied(upstream, allow_push=True),
+        "notifications": {"endpoints": [{"name": "hooks", "url": receiver.url}]},
+    }
+    client = await client_factory(sections)
+    assert (await client.get("/v2/up/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST})).status_code == 200
+    (pushed,) = await receiver.wait_for("push", "manifests")
+    assert pushed["actor"]["name"] == "moorage:proxy:up"
+    assert pushed["target"]["digest"] == digest
+    # allow_push: the prefix takes the clients' pushes too.
+    assert (await client.post("/v2/up/team/own/blobs/uploads/")).status_code == 202
