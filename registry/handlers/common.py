@@ -36,6 +36,12 @@ def registry_of(request: Request) -> Registry:
     return registry
 
 
+async def cached_origins(request: Request, names: list[str]) -> dict[str, str]:
+    """The upstream each of `names` is a pull-through cache of (registry/proxy), for those that are."""
+    read_through = registry_of(request).read_through
+    return {} if read_through is None or not names else await read_through.origins(names)
+
+
 def index_of(request: Request) -> MetadataIndex | None:
     """The metadata index for queries (catalog, search, mount discovery); None when it is off."""
     index: MetadataIndex | None = getattr(request.app.state, "index", None)

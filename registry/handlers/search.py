@@ -15,10 +15,10 @@ from starlette.routing import BaseRoute
 
 from registry.errors import ErrorCode, RegistryError
 from registry.handlers.common import (
+    cached_origins,
     index_of,
     json_response,
     pull_filter,
-    registry_of,
     repository_name,
     single_query,
 )
@@ -139,12 +139,6 @@ async def repository(request: Request) -> Response:
         "cachedFrom": (await cached_origins(request, [name])).get(name),
     }
     return json_response(body)
-
-
-async def cached_origins(request: Request, names: list[str]) -> dict[str, str]:
-    """The upstream each of `names` is a cache of (registry/proxy), for those that are."""
-    read_through = registry_of(request).read_through
-    return {} if read_through is None or not names else await read_through.origins(names)
 
 
 def _hit(hit: SearchHit, cached_from: str | None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.gc.collector import GcOptions
 from registry.gc.modes import collector, database_driven
-from registry.handlers.common import index_of, pull_filter, registry_of, repository_name
+from registry.handlers.common import cached_origins, index_of, pull_filter, registry_of, repository_name
 from registry.index.base import BROWSE_ORDERS, BrowseOrder, IndexUnavailable, InvalidCursor, MetadataIndex
 from registry.index.query import parse_query
 from registry.names import validate_tag
@@ -375,6 +375,7 @@ async def repositories(request: Request) -> Response:
         "order": order,
         "orders": [(o, ORDER_LABELS[o], link(sort=o, after=None)) for o in orders],
         "rows": page.rows,
+        "origins": await cached_origins(request, [row.name for row in page.rows]),
         "next_link": link(after=page.next_cursor) if page.next_cursor else None,
         "first_link": link(after=None) if _one(request, "after") else None,
     }
@@ -410,6 +411,7 @@ async def repository(request: Request) -> Response:
         "deleted": _one(request, "deleted"),
         "tag_page": page,
         "tag_pages": max(1, -(-len(summary.tags) // TAGS_PER_PAGE)),
+        "cached_from": (await cached_origins(request, [name])).get(name),
     }
     return render(request, "repository.html", context)
 

@@ -334,6 +334,11 @@ async def test_search_and_repository_summaries_say_what_is_cached(
     assert found == {"up/team/app": "up", "team/app": None}
     summary = (await client.get("/api/v1/repositories/up/team/app")).json()
     assert summary["cachedFrom"] == "up"
+    # And the UI's list and repository page.
+    listing = (await client.get("/ui/")).text
+    assert listing.count("cached from up") == 1, listing
+    assert 'id="cached-from"' in (await client.get("/ui/r/up/team/app")).text
+    assert 'id="cached-from"' not in (await client.get("/ui/r/team/app")).text
 
 
 class DroppingUpstream(FakeUpstream):
