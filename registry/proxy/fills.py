@@ -11,6 +11,7 @@ check would refuse what they got). A fill belongs to no request: a client going 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -31,6 +32,7 @@ logger = logging.getLogger("moorage")
 SPOOL_WRITE = 1024 * 1024
 RATE_WINDOW = 30.0
 RESUME_BACKOFF = 0.2
+RECENT_BUFFERS = 8  # the last buffers written to the spool, kept in memory for readers (8 MiB or so per fill)
 T = TypeVar("T")
 READ_SIZE = 1024 * 1024
 
@@ -62,6 +64,7 @@ class Fill:
         self.links: set[str] = set()  # repositories to link the blob into once it is stored
         self._file = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 (closed by the last of fill and readers)
         self._users = 1  # the fill itself, then each reader
+        self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=RECENT_BUFFERS)
         self._changed = asyncio.Event()
         self.started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         """True once the upstream answered with the blob (`size` is set then, if it announced one); False: it has
@@ -214,8 +217,19 @@ class Fill:
 
     async def _spool(self, data: bytes, offset: int) -> None:
         await _in_thread(os.pwrite, self._file.fileno(), data, offset)
+        self._recent.append((offset, data))
         self.written = offset + len(data)
         self._notify()
+
+    def _remembered(self, position: int, end: int) -> bytes | None:
+        """The bytes from `position` (to at most `end`) out of the buffers written last, without reading the spool
+        back: a reader keeping up with the upstream (the usual case) takes each buffer as is."""
+        for offset, data in reversed(self._recent):
+            if offset <= position < offset + len(data):
+                if position == offset and offset + len(data) <= end:
+                    return data
+                return data[position - offset : end - offset]
+        return None
 
     def reader(self, offset: int, length: int | None) -> AsyncIterator[bytes]:
         """The bytes from `offset` as they arrive; raises FillFailed if the fill stops before they do."""
@@ -232,13 +246,15 @@ class Fill:
                 changed = self._changed
                 if self.written > position:
                     stop = self.written if end is None else min(self.written, end)
-                    size = min(READ_SIZE, stop - position)
+                    data = self._remembered(position, stop)
+                    size = len(data) if data is not None else min(READ_SIZE, stop - position)
                     if position + size == self.size and not self.finished:
                         # The blob's last bytes wait for its verification: a client never gets all of a blob
                         # that does not match its digest (the stream is cut short instead).
                         await changed.wait()
                         continue
-                    data = await _in_thread(os.pread, self._file.fileno(), size, position)
+                    if data is None:
+                        data = await _in_thread(os.pread, self._file.fileno(), size, position)
                     if position + len(data) == self.size and self.error is not None:
                         raise FillFailed(f"fetching {self.digest} failed: {self.error}")
                     position += len(data)
