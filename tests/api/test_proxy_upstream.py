@@ -504,13 +504,11 @@ async def test_gc_evicts_cached_repositories_unused_for_evict_after(
 
 
 async def test_cache_fills_are_pushes_by_the_cache_and_allow_push_lets_clients_push(
-    client_factory: ClientFactory, upstream: FakeUpstream, receiver: Receiver
+    client_factory: ClientFactory, upstream: FakeUpstream, receiver: Receiver, tmp_path: Path
 ) -> None:
     digest = upstream.manifest("team/app", "v1", oci_manifest("app"))
-    sections = {
-        **proxied(upstream, allow_push=True),
-        "notifications": {"endpoints": [{"name": "hooks", "url": receiver.url}]},
-    }
+    hooks = {"endpoints": [{"name": "hooks", "url": receiver.url}], "queue_path": str(tmp_path / "events.sqlite3")}
+    sections = {**proxied(upstream, allow_push=True), "notifications": hooks}
     client = await client_factory(sections)
     assert (await client.get("/v2/up/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST})).status_code == 200
     (pushed,) = await receiver.wait_for("push", "manifests")
