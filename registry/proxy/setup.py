@@ -18,10 +18,8 @@ if TYPE_CHECKING:
 _HEADER = CACHE_STATUS_HEADER.lower().encode()
 
 
-def read_through(settings: Settings, metrics: Metrics | None) -> ProxyCache | None:
-    """The cache the store reads through, when upstreams are configured."""
-    if not settings.proxy.upstreams:
-        return None
+def read_through(settings: Settings, metrics: Metrics | None) -> ProxyCache:
+    """The cache the store reads through (the app builds it when upstreams are configured)."""
     return ProxyCache(settings.proxy, metrics)
 
 
@@ -62,11 +60,8 @@ class CacheStatusHeader:
             cache_status.reset(token)
 
 
-def install(app: Starlette, cache: ProxyCache | None) -> Service | None:
+def install(app: Starlette, cache: ProxyCache) -> Service:
     """Refuse clients' writes into cached repositories, say what the cache did, close upstream connections."""
-    app.state.proxy = cache
-    if cache is None:
-        return None
     getattr(app.state, WRITE_REFUSALS_STATE).append(cache.refusal)
     app.add_middleware(CacheStatusHeader)
     return _CacheService(cache)
