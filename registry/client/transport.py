@@ -63,11 +63,13 @@ class Transport:
         backoff: float = DEFAULT_BACKOFF,
         client: httpx.AsyncClient | None = None,
         retry_statuses: frozenset[int] = RETRY_STATUSES,
+        base_url: str | None = None,
     ) -> None:
         self.registry = registry
-        # A CA file means TLS even for a local registry; else localhost and --insecure mean plain HTTP.
+        # A CA file means TLS even for a local registry; else localhost and --insecure mean plain HTTP. `base_url`
+        # (`https://host:port`, a configured upstream's) says it all itself.
         scheme = "https" if ca_file else "http" if insecure or is_local(registry) else "https"
-        self.base_url = f"{scheme}://{api_host(registry)}"
+        self.base_url = base_url or f"{scheme}://{api_host(registry)}"
         self.credentials = credentials
         self.attempts = max(1, attempts)
         self.backoff = backoff

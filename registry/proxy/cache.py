@@ -146,18 +146,20 @@ class ProxyCache:
 
     # Manifests.
 
-    async def manifest(self, name: str, reference: str) -> None:
+    async def manifest(self, name: str, reference: str) -> Digest | None:
         upstream = await self.route(name)
         if upstream is None:
-            return
+            return None
         if Digest.is_digest(reference):
-            outcome = await self._manifest_by_digest(upstream, name, Digest.parse(reference))
+            digest = Digest.parse(reference)
+            outcome = await self._manifest_by_digest(upstream, name, digest)
         elif TAG_RE.match(reference):
-            outcome = await self._tag(upstream, name, reference)
+            outcome, digest = await self._tag(upstream, name, reference)
         else:
-            return
+            return None
         self._count(upstream, outcome)
         await self._used(upstream, name)
+        return digest
 
     async def _used(self, upstream: Upstream, name: str) -> None:
         """Say in storage that `name` is pulled (for GC's eviction, registry/gc/eviction.py): at most once per
@@ -189,22 +191,25 @@ class ProxyCache:
             raise self._refusal(e, manifest_unknown(name, str(digest))) from e
         return "miss"
 
-    async def _tag(self, upstream: Upstream, name: str, tag: str) -> str:
+    async def _tag(self, upstream: Upstream, name: str, tag: str) -> tuple[str, Digest]:
+        """What the cache did ("hit", "miss", "stale") and the digest `name:tag` names in the store now."""
         checked = self._checked.get((name, tag))
         fresh = checked is not None and time.monotonic() - checked < upstream.settings.tag_ttl
-        # Checked moments ago, and still here (GC on another replica may have removed it since).
-        if fresh and await self._local_tag(name, tag) is not None:
-            return "hit"
+        # Checked moments ago, and still here (GC on another replica may have removed it since): the one read of the
+        # tag this pull makes (the store takes the digest from here).
+        if fresh and (local := await self._local_tag(name, tag)) is not None:
+            return "hit", local
         try:
             return await self._once(("tag", upstream.name, name, tag), lambda: self._check_tag(upstream, name, tag))
         except UpstreamUnavailable as e:
-            if await self._local_tag(name, tag) is None:
+            local = await self._local_tag(name, tag)
+            if local is None:
                 self._count(upstream, "error")
                 raise self._refusal(e, manifest_unknown(name, tag)) from e
             logger.warning("proxy: serving the cached %s:%s: %s", name, tag, e)
-            return "stale"
+            return "stale", local
 
-    async def _check_tag(self, upstream: Upstream, name: str, tag: str) -> str:
+    async def _check_tag(self, upstream: Upstream, name: str, tag: str) -> tuple[str, Digest]:
         """Bring `name:tag` in line with the upstream: "hit" when it already was, "miss" when it was fetched."""
         current = await upstream.manifest_digest(upstream.remote(name), tag)
         if current is None:
@@ -216,7 +221,7 @@ class ProxyCache:
         self._checked[(name, tag)] = time.monotonic()
         while len(self._checked) > CHECKED_LIMIT:
             self._checked.pop(next(iter(self._checked)))
-        return outcome
+        return outcome, current
 
     async def _fetch_manifest(self, upstream: Upstream, name: str, digest: str, tag: str | None) -> None:
         """Fetch a manifest by digest and store it (tagged `tag`) through the store, like a push."""
@@ -228,7 +233,7 @@ class ProxyCache:
             raise manifest_unknown(name, tag or digest)
         try:
             with _filling(upstream):
-                await registry.manifests.put(name, tag or digest, found.data, found.media_type, cached=True)
+                await registry.manifests.put(name, tag or digest, found.data, "", cached=True)
         except RegistryError as e:
             if e.code is ErrorCode.UNAVAILABLE:  # storage, not the content
                 raise

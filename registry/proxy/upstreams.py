@@ -8,7 +8,6 @@ clients to come back, instead of passing each of their retries on.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import ssl
 import time
@@ -19,7 +18,6 @@ from urllib.parse import urlsplit
 import httpcore._async.http11
 import httpx
 
-from registry import media_types
 from registry.client.credentials import Credentials
 from registry.client.errors import ClientError, RegistryResponseError
 from registry.client.manifests import ACCEPT_MANIFESTS
@@ -57,8 +55,10 @@ class UpstreamDenied(UpstreamUnavailable):
 
 @dataclass(frozen=True, slots=True)
 class RemoteManifest:
+    """A manifest's bytes and digest. Its media type is what the bytes say (`mediaType`, else their shape): the
+    store's parser decides it, as for a push, so an upstream's Content-Type that disagrees does not matter."""
+
     digest: Digest
-    media_type: str
     data: bytes
 
 
@@ -85,8 +85,8 @@ class Upstream:
             attempts=settings.attempts,
             client=client,
             retry_statuses=RETRY_STATUSES - {429},  # 429 pauses this upstream instead (see `_answered`)
+            base_url=settings.url,
         )
-        self.transport.base_url = settings.url
         self._paused_until = 0.0
 
     async def aclose(self) -> None:
@@ -127,7 +127,6 @@ class Upstream:
                 if len(received) > limit:
                     raise UpstreamUnavailable(f"{self.name}: manifest {remote}:{reference} is over {limit} bytes")
             data = bytes(received)
-            media_type = _declared_media_type(data) or response.headers.get("Content-Type", "").split(";")[0].strip()
             header = response.headers.get("Docker-Content-Digest", "")
         expected = Digest.parse(reference) if Digest.is_digest(reference) else None
         if expected is None and Digest.is_digest(header):
@@ -135,7 +134,7 @@ class Upstream:
         digest = Digest.of(data, expected.algorithm if expected else "sha256")
         if expected is not None and digest != expected:
             raise UpstreamUnavailable(f"{self.name}: manifest {remote}:{reference} does not match its digest")
-        return RemoteManifest(digest, media_type, data)
+        return RemoteManifest(digest, data)
 
     async def blob_size(self, remote: str, digest: Digest) -> int | None:
         async with self._request("HEAD", f"/v2/{remote}/blobs/{digest}") as response:
@@ -205,20 +204,6 @@ class Upstream:
             logger.info("proxy: %s refused %s (HTTP %d)", self.name, subject, status)
             raise UpstreamDenied(f"{self.name} refused access to {subject} (HTTP {status})")
         raise UpstreamUnavailable(f"{self.name}: {subject}: HTTP {status}")
-
-
-def _declared_media_type(data: bytes) -> str | None:
-    """The `mediaType` a manifest declares (what the store checks the content against), if any."""
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):  # the store refuses it with its own words
-        return None
-    declared = body.get("mediaType") if isinstance(body, dict) else None
-    if isinstance(declared, str) and declared:
-        return declared
-    if isinstance(body, dict) and "manifests" in body:
-        return media_types.OCI_INDEX
-    return media_types.OCI_MANIFEST if isinstance(body, dict) and "config" in body else None
 
 
 def _credentials(settings: UpstreamSettings) -> Credentials | None:

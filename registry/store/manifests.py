@@ -113,9 +113,9 @@ class ManifestStore:
         return await self.tags.resolve(name, reference)
 
     async def get(self, name: str, reference: str) -> StoredManifest:
-        if self.read_through is not None:  # a proxied repository: what the upstream has, cached
-            await self.read_through.manifest(name, reference)
-        digest = await self.resolve(name, reference)
+        # A proxied repository: what the upstream has, cached (and the digest it names, already read).
+        known = await self.read_through.manifest(name, reference) if self.read_through is not None else None
+        digest = known or await self.resolve(name, reference)
         try:
             return await self.load(name, digest)
         except PathNotFound:

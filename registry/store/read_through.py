@@ -21,10 +21,11 @@ class ReadThrough(Protocol):
     def bind(self, registry: Registry) -> None:
         """The store the content is brought into (called once, by the Registry)."""
 
-    async def manifest(self, name: str, reference: str) -> None:
+    async def manifest(self, name: str, reference: str) -> Digest | None:
         """Before `name`'s `reference` is read: make the store's copy current (fetch what is missing, check a tag
         grown older than its time to live), or raise the spec's error when neither the upstream nor the cache can
-        answer. Returns at once for a name no upstream covers."""
+        answer; the digest the reference names in the store now (which it need not read again). None at once for a
+        name no upstream covers."""
 
     async def blob(self, name: str, digest: Digest, *, fetch: bool) -> BlobInfo | None:
         """A blob `name` does not link: link the registry's own copy when there is one; else its size upstream,
