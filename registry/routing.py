@@ -201,14 +201,16 @@ class ApiRoute(Route):
                 for blocker in blockers:
                     if (reason := blocker()) is not None:
                         raise write_blocked_error(reason)
+            guard: Guard | None = getattr(state, GUARD_STATE, None)
+            if guard is not None and need.kind != "public":
+                await guard.authorize(request, need)
+            if need.writes and request.method not in _READ_METHODS:
+                # After the check: whom the registry does not let in learns nothing of which names are caches.
                 refusals: list[WriteRefusal] = getattr(state, WRITE_REFUSALS_STATE, [])
                 for refusal in refusals:
                     for wanted in need.required:
                         if wanted.action != "pull" and (error := await refusal(wanted.repository)) is not None:
                             raise error
-            guard: Guard | None = getattr(state, GUARD_STATE, None)
-            if guard is not None and need.kind != "public":
-                await guard.authorize(request, need)
             set_origin(origin_of(request))  # who the store's events name (registry/store/events.py)
             return await endpoint(request)
 

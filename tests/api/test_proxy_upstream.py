@@ -516,3 +516,14 @@ async def test_cache_fills_are_pushes_by_the_cache_and_allow_push_lets_clients_p
     assert pushed["target"]["digest"] == digest
     # allow_push: the prefix takes the clients' pushes too.
     assert (await client.post("/v2/up/team/own/blobs/uploads/")).status_code == 202
+
+
+async def test_a_push_into_a_cached_prefix_is_authorized_before_it_is_refused(
+    client_factory: ClientFactory, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    client = await client_factory(with_mallory(tmp_path, upstream, "up"))
+    assert (await client.post("/v2/up/team/x/blobs/uploads/")).status_code == 401  # nothing said of the cache
+    assert (await client.post("/v2/up/team/x/blobs/uploads/", headers=basic("mallory"))).status_code == 403
+    refused = await client.post("/v2/up/team/x/blobs/uploads/", headers=basic("admin"))
+    assert refused.status_code == 405
+    assert refused.json()["errors"][0]["code"] == "UNSUPPORTED"
