@@ -136,8 +136,8 @@ class FilesystemWriter(Writer):
 
     async def _write_back(self) -> None:
         """Start the disk writing what was written since the last step, and wait for the step before it: the
-        fsync at commit then has one window left to flush instead of the whole file (a 1 GiB blob's fsync took
-        2 s after its last byte), and dirty pages stay bounded while a large blob streams in."""
+        fsync at commit then has one window left to flush instead of the whole file (a durable 1 GiB write: 1.3-1.9 s
+        without this, 0.9-1.3 s with it), and dirty pages stay bounded while a large blob streams in."""
         global _sync_file_range
         sync_file_range = _sync_file_range
         if sync_file_range is None:
