@@ -22,6 +22,7 @@ from registry.instrumented_storage import InstrumentedBackend
 from registry.logs import ACCESS_LOGGER
 from registry.metrics import Metrics, mark_process_dead
 from registry.middleware import RequestObserver
+from registry.policy import setup as policy_setup
 from registry.routing import WRITE_BLOCKERS_STATE, WRITE_REFUSALS_STATE, check_declared
 from registry.services import Service
 from registry.settings import Settings, load_settings
@@ -95,7 +96,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         notifier = follow_notifications(settings, registry)
     # Features behind their seams; each may add state, middleware or a background service.
     services: list[Service] = []
-    for feature in (index_setup, gc_setup):
+    for feature in (index_setup, gc_setup, policy_setup):
         service = feature.install(app, settings, registry)
         if service is not None:
             services.append(service)

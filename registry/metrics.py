@@ -191,6 +191,20 @@ class Metrics:
         self.proxy_upstream_received_bytes = Counter(
             "moorage_proxy_upstream_received_bytes", "Blob bytes received from upstreams.", ("upstream",), registry=r
         )
+        self.quota_limit_bytes = Gauge(
+            "moorage_quota_limit_bytes",
+            "The quota of repositories that have one (set when their usage is checked: a push, the stats API).",
+            ("repository",),
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.quota_used_bytes = Gauge(
+            "moorage_quota_used_bytes",
+            "Unique bytes a repository with a quota references, pushes in progress included.",
+            ("repository",),
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self._http_children: dict[
             tuple[str, str, int], tuple[BufferedCounter, BufferedHistogram, BufferedCounter, BufferedCounter]
         ] = {}
@@ -281,6 +295,10 @@ class Metrics:
 
     def proxy_request(self, upstream: str, outcome: str) -> None:
         self.proxy_requests.labels(upstream, outcome).inc()
+
+    def quota(self, repository: str, limit: int, used: int) -> None:
+        self.quota_limit_bytes.labels(repository).set(limit)
+        self.quota_used_bytes.labels(repository).set(used)
 
     def exposition(self) -> bytes:
         """The text format of every metric; in multiprocess mode, summed over all processes.

@@ -27,6 +27,9 @@ def ci_token(name: str) -> str:
 INDEX_CHANGES = "moorage/index-changes"
 INDEX_EPOCH = "moorage/index-epoch"
 INDEX_DATABASE = "moorage/index.sqlite"
+# Ours: access rules, visibility, quotas, personal tokens and the audit log changed through the admin API (not
+# derived from anything: never replaced), when no `database.url` is set.
+POLICY_DATABASE = "moorage/policy.sqlite"
 # Ours: blobs GC has set aside (restorable until it deletes them), and the scheduled GC's per-slot leases.
 GC_QUARANTINE = "moorage/gc/quarantine"
 GC_LEASES = "moorage/gc/leases"

@@ -10,6 +10,7 @@ declaration stops the app from starting.
       public      anyone (probes, `/v1/_ping`, the token service, which authenticates on its own)
       ping        `/v2/`: a login or any valid bearer token (clients take their challenge here)
       login       anyone logged in
+      admin       an admin (`auth.admins`, `auth.admin_groups`): access rules, visibility, quotas, the audit log
       listing     catalog and search: anyone let in; the handler lists only what the caller may pull
       repository  `required` actions on repositories; `optional` ones are asked, not required (a mount's
                   source: without `pull` there, the mount becomes a plain upload)
@@ -36,11 +37,12 @@ from registry.store.events import Origin, set_origin
 
 logger = logging.getLogger("moorage")
 Action = Literal["pull", "push", "delete"]
-NeedKind = Literal["public", "ping", "login", "listing", "repository"]
+NeedKind = Literal["public", "ping", "login", "admin", "listing", "repository"]
 Endpoint = Callable[[Request], Awaitable[Response]]
 GUARD_STATE = "guard"
 GRANTED_SCOPE_KEY = "moorage.granted"
 RIGHTS_SCOPE_KEY = "moorage.rights"
+IDENTITY_SCOPE_KEY = "moorage.identity"  # the caller's Identity (registry.auth.access), set by the guard
 LISTING_SCOPE_KEY = "moorage.listing"
 SESSION_IDENTITY_SCOPE_KEY = "moorage.session_identity"  # set by an `identify` hook: the guard reads no header
 _READ_METHODS = frozenset({"GET", "HEAD"})
@@ -89,6 +91,7 @@ def constant(need: Need) -> Access:
 PUBLIC = constant(Need("public"))
 PING = constant(Need("ping"))
 LOGIN = constant(Need("login"))
+ADMIN = constant(Need("admin"))
 CATALOG = constant(Need("listing", scope="registry:catalog:*"))
 SEARCH = constant(Need("listing", scope="registry:catalog:search"))
 # docker search sends credentials unasked when it has any, and cannot answer a challenge: none there.

@@ -18,6 +18,7 @@ from registry.auth.settings import AccessRule, AuthSettings
 from registry.durations import Seconds
 from registry.gc.settings import GcSettings, ImmutableTagRule, RetentionRule, UploadsSettings
 from registry.index.settings import DatabaseSettings, IndexSettings
+from registry.policy.settings import PolicySettings, QuotaRule
 from registry.proxy.settings import ProxySettings
 from registry.ui.settings import UiSettings
 
@@ -214,6 +215,8 @@ class Settings(BaseSettings):
     immutable_tags: list[ImmutableTagRule] = []
     ui: UiSettings = UiSettings()
     proxy: ProxySettings = ProxySettings()
+    quotas: list[QuotaRule] = []
+    policy: PolicySettings = PolicySettings()
 
     @classmethod
     def settings_customise_sources(

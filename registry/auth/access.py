@@ -1,8 +1,16 @@
-"""Who may do what: scopes (`repository:team/app:pull,push`), the `access:` rules, and the caller's rights.
+"""Who may do what: scopes (`repository:team/app:pull,push`), the access rules, and the caller's rights.
 
-A user's rights on a repository are the union of the actions of every rule naming both; nothing matches = no
-rights. Rules for `anonymous` hold for every caller (logging in never takes a right away). A CI token can do
-what its own scopes say (plus what anonymous may), whatever the rules grant to names like its own.
+A user's rights on a repository are the union of the actions of every rule naming the repository and the user or
+one of the user's groups; nothing matches = no rights. Rules for `anonymous` hold for every caller (logging in never
+takes a right away). A CI token can do what its own scopes say (plus what anonymous may), whatever the rules grant
+to names like its own.
+
+Repository visibility refines that: a repository marked public may be pulled by anyone; one marked private only by
+the users and groups rules name, not through rules for `anonymous` or `*`. When several visibility entries match a
+repository, the one with the longest pattern decides (private on a tie).
+
+The rules are the `access:` section of the config plus those stored in the database through the admin API;
+`AccessRules.replace` swaps them while the process runs (registry/policy).
 """
 
 from __future__ import annotations
@@ -106,8 +114,9 @@ class Identity:
 
     kind: IdentityKind
     name: str = ""
-    grants: tuple[Grant, ...] = ()  # a CI token's scopes
-    token_id: str = ""  # a CI token's record id, so that its revocation is seen at once
+    grants: tuple[Grant, ...] = ()  # a CI token's scopes, or a personal token's (which narrow the user's rights)
+    token_id: str = ""  # a CI or personal token's record id, so that its revocation is seen at once
+    groups: frozenset[str] = frozenset()
 
     @property
     def authenticated(self) -> bool:
@@ -118,55 +127,102 @@ ANONYMOUS_IDENTITY = Identity("anonymous")
 
 
 @dataclass(frozen=True)
+class Visibility:
+    """A repository glob marked public (anyone may pull) or private (only those rules name)."""
+
+    repository: str
+    public: bool
+
+
+@dataclass(frozen=True)
 class _CompiledRule:
     repository: re.Pattern[str]
     users: tuple[re.Pattern[str], ...]
+    groups: tuple[re.Pattern[str], ...]
     any_user: bool
     anonymous: bool
     actions: frozenset[str]
 
+    def names(self, user: str, groups: frozenset[str]) -> bool:
+        return any(u.match(user) for u in self.users) or any(g.match(group) for g in self.groups for group in groups)
+
+
+def _compile(rule: AccessRule) -> _CompiledRule:
+    return _CompiledRule(
+        repository=glob_regex(rule.repository, segments=True),
+        users=tuple(glob_regex(u, segments=False) for u in rule.users if u not in ("*", ANONYMOUS)),
+        groups=tuple(glob_regex(g, segments=False) for g in rule.groups),
+        any_user="*" in rule.users,
+        anonymous=ANONYMOUS in rule.users,
+        actions=expand_actions(rule.actions),
+    )
+
+
+_PULL = frozenset({"pull"})
+
 
 class AccessRules:
-    """The `access:` rules, compiled, with a memory of answers (rules are fixed while the process runs)."""
+    """The access rules and visibility, compiled, with a memory of answers (cleared when they are replaced)."""
 
-    def __init__(self, rules: Sequence[AccessRule]) -> None:
-        self._rules = [
-            _CompiledRule(
-                repository=glob_regex(rule.repository, segments=True),
-                users=tuple(glob_regex(u, segments=False) for u in rule.users if u not in ("*", ANONYMOUS)),
-                any_user="*" in rule.users,
-                anonymous=ANONYMOUS in rule.users,
-                actions=expand_actions(rule.actions),
-            )
-            for rule in rules
-        ]
-        self.anonymous_allowed = any(rule.anonymous and rule.actions for rule in self._rules)
-        self._cache: dict[tuple[str, str, str], frozenset[str]] = {}
+    def __init__(self, rules: Sequence[AccessRule], visibility: Sequence[Visibility] = ()) -> None:
+        self._cache: dict[tuple[str, str, frozenset[str], str], frozenset[str]] = {}
+        self.replace(rules, visibility)
 
-    def _rule_actions(self, kind: IdentityKind, user: str, repository: str) -> frozenset[str]:
+    def replace(self, rules: Sequence[AccessRule], visibility: Sequence[Visibility] = ()) -> None:
+        """Take these rules and visibility from now on (every view of this object sees them at once)."""
+        compiled = [_compile(rule) for rule in rules]
+        # Longest pattern first: the first match decides; private before public on a tie.
+        ordered = sorted(visibility, key=lambda v: (-len(v.repository), v.public))
+        self._visibility = [(glob_regex(v.repository, segments=True), v.public) for v in ordered]
+        self._rules = compiled
+        self.anonymous_allowed = any(rule.anonymous and rule.actions for rule in compiled) or any(
+            public for _, public in self._visibility
+        )
+        self._cache = {}
+
+    def _visibility_of(self, repository: str) -> bool | None:
+        for pattern, public in self._visibility:
+            if pattern.match(repository):
+                return public
+        return None
+
+    def _rule_actions(self, kind: IdentityKind, user: str, groups: frozenset[str], repository: str) -> frozenset[str]:
+        visibility = self._visibility_of(repository)
+        members_only = visibility is False
         actions: set[str] = set()
         for rule in self._rules:
             if not rule.repository.match(repository):
                 continue
-            if rule.anonymous or (kind == "user" and (rule.any_user or any(u.match(user) for u in rule.users))):
+            if rule.anonymous or (kind == "user" and rule.any_user):
+                if not members_only:
+                    actions |= rule.actions
+            elif kind == "user" and rule.names(user, groups):
                 actions |= rule.actions
+        if visibility:
+            actions |= _PULL
         return frozenset(actions)
 
     def actions(self, identity: Identity, repository: str) -> frozenset[str]:
         """Every action `identity` may do on `repository`."""
-        key = (identity.kind, identity.name, repository)
-        cached = self._cache.get(key) if identity.kind != "ci" else None
-        if cached is not None:
-            return cached
-        actions = self._rule_actions(identity.kind, identity.name, repository)
-        if identity.kind == "ci":
+        kind = identity.kind
+        if kind == "ci":
+            ci = self._rule_actions("anonymous", "", frozenset(), repository)
             for grant in identity.grants:
                 if grant.matches(repository):
-                    actions = actions | grant.actions
-            return actions
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = actions
+                    ci = ci | grant.actions
+            return ci
+        key = (kind, identity.name, identity.groups, repository)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._rule_actions(kind, identity.name, identity.groups, repository)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = cached
+        actions = cached
+        if identity.grants:  # a personal token: the user's rights, narrowed to its scopes
+            actions = frozenset(
+                a for a in actions if any(g.matches(repository) and a in g.actions for g in identity.grants)
+            )
         return actions
 
     def grant(self, identity: Identity, scopes: Iterable[Scope]) -> list[dict[str, Any]]:

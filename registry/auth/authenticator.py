@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from registry.auth.access import (
@@ -25,15 +25,26 @@ from registry.auth.access import (
     RuleView,
     glob_regex,
 )
-from registry.auth.bearer import CI_TOKEN_CLAIM, KIND_CLAIM, InvalidToken, TokenAuthority
+from registry.auth.bearer import (
+    CI_TOKEN_CLAIM,
+    GROUPS_CLAIM,
+    KIND_CLAIM,
+    PERSONAL_TOKEN_CLAIM,
+    InvalidToken,
+    TokenAuthority,
+)
 from registry.auth.ci_tokens import CiTokenStore, looks_like_secret, token_records
+from registry.auth.directory import Directory
 from registry.auth.htpasswd import HtpasswdFile
+from registry.auth.personal_tokens import PersonalTokens, looks_like_personal_token
 from registry.auth.ratelimit import LoginLimiter, ProcessLimiter
 from registry.auth.settings import ANONYMOUS
+from registry.errors import RegistryError
 from registry.settings import Settings
 from storage_backends import StorageBackend
 
 if TYPE_CHECKING:
+    from registry.policy.service import Policy
     from registry.routing import Rights
 
 logger = logging.getLogger("moorage.auth")
@@ -84,6 +95,17 @@ class Authenticator:
         self._basic: dict[bytes, tuple[Identity, float, int]] = {}
         self._pending: dict[bytes, asyncio.Future[Identity]] = {}
         self._bearer: dict[str, _VerifiedToken] = {}
+        self._static_groups: dict[str, set[str]] = {}
+        for group, members in self.settings.groups.items():
+            for member in members:
+                self._static_groups.setdefault(member, set()).add(group)
+        self.policy: Policy | None = None  # set when the policy database is there (registry/policy)
+        self.personal_tokens: PersonalTokens | None = None
+        self.directory: Directory | None = None  # LDAP (registry/auth/ldap.py)
+
+    def static_groups(self, user: str) -> frozenset[str]:
+        """The user's groups from `auth.groups`."""
+        return frozenset(self._static_groups.get(user, ()))
 
     async def start(self) -> None:
         if self.htpasswd is not None and self.htpasswd.generation == 0:
@@ -109,13 +131,19 @@ class Authenticator:
         identity: Identity | None = None
         if looks_like_secret(password):
             identity = await self.ci_tokens.authenticate(username, password)
-        elif (
-            self.htpasswd is not None
-            and username != ANONYMOUS
-            and password
-            and await self.htpasswd.verify(username, password)
-        ):
-            identity = Identity("user", username)
+        elif looks_like_personal_token(password):
+            if self.personal_tokens is not None:
+                identity = await self.personal_tokens.authenticate(username, password)
+        elif username == ANONYMOUS or not password:
+            pass
+        elif self.directory is not None and (self.htpasswd is None or not self.htpasswd.has_user(username)):
+            # Raises DirectoryUnavailable (503) when the directory cannot be asked: not a failed login.
+            identity = await self.directory.authenticate(username, password)
+            if identity is not None:
+                identity = replace(identity, groups=identity.groups | self.static_groups(username))
+                await self.remember(identity, "ldap")
+        elif self.htpasswd is not None and await self.htpasswd.verify(username, password):
+            identity = Identity("user", username, groups=self.static_groups(username))
         if identity is None:
             await self.failures.failed(username, address)
             logger.warning("failed login for user %r from %s", username[:100], address)
@@ -155,7 +183,7 @@ class Authenticator:
         if not username and not password:
             return ANONYMOUS_IDENTITY  # what skopeo sends when it has no credentials for a Basic challenge
         identity = await self.login(username, password, address)
-        if identity.kind == "user":
+        if identity.kind == "user" and not identity.token_id:  # a personal token is read on every use
             if len(self._basic) >= _CACHE_LIMIT:
                 self._basic.clear()
             self._basic[key] = (identity, time.monotonic() + self.settings.cache_ttl, generation)
@@ -196,7 +224,16 @@ class Authenticator:
                 raise AuthFailed("the CI token this token was issued to has been revoked or has expired")
             identity = record.identity()
         elif subject:
-            identity = Identity("user", subject)
+            pat = claims.get(PERSONAL_TOKEN_CLAIM)
+            if isinstance(pat, str) and (
+                self.personal_tokens is None or not await self.personal_tokens.still_valid(pat)
+            ):
+                raise AuthFailed("the personal token this token was issued to has been revoked or has expired")
+            groups = claims.get(GROUPS_CLAIM)
+            group_names = (
+                frozenset(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else frozenset()
+            )
+            identity = Identity("user", subject, groups=group_names, token_id=pat if isinstance(pat, str) else "")
         else:
             identity = ANONYMOUS_IDENTITY
         return Caller(identity, verified.view, RuleView(self.rules, identity), bearer=True)
@@ -214,6 +251,17 @@ class Authenticator:
             return await self.bearer(credentials.strip())
         raise AuthFailed(f"unsupported authorization scheme {scheme[:20]!r}")
 
+    async def remember(self, identity: Identity, source: str) -> None:
+        """Keep the groups of a user who signed in through a directory or an identity provider: their personal
+        tokens act with them."""
+        if self.policy is None:
+            return
+        try:
+            db = await self.policy.database()
+            await self.policy.run(db.remember_user, identity.name, source, identity.groups)
+        except RegistryError as e:
+            logger.warning("could not record the groups of %r: %s", identity.name, e.message)
+
     def caller_of(self, identity: Identity) -> Caller:
         """The caller an identity signed in another way (a UI session) is: the rules decide its rights."""
         if identity.kind == "anonymous":
@@ -221,9 +269,14 @@ class Authenticator:
         return Caller(identity, None, RuleView(self.rules, identity))
 
     def is_admin(self, identity: Identity) -> bool:
-        """Whether `auth.admins` names this user (registry-wide operations: GC dry runs, every repository's usage)."""
-        return identity.authenticated and any(
-            glob_regex(pattern, segments=False).match(identity.name) for pattern in self.settings.admins
+        """Whether `auth.admins` names this user or `auth.admin_groups` one of its groups (registry-wide operations:
+        GC dry runs, every repository's usage, the admin API). A token with scopes of its own is never an admin."""
+        if identity.kind != "user" or identity.grants:
+            return False
+        return any(glob_regex(pattern, segments=False).match(identity.name) for pattern in self.settings.admins) or any(
+            glob_regex(pattern, segments=False).match(group)
+            for pattern in self.settings.admin_groups
+            for group in identity.groups
         )
 
     def may(self, caller: Caller, repository: str, action: str) -> bool:

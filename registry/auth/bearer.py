@@ -31,6 +31,8 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519Pri
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 LEEWAY_SECONDS = 10
 REFRESH_USE = "refresh"
+PERSONAL_TOKEN_CLAIM = "moorage_pat"
+GROUPS_CLAIM = "moorage_groups"
 CI_TOKEN_CLAIM = "moorage_ci"  # the CI token's record id: its revocation ends the tokens issued to it at once
 KIND_CLAIM = "moorage_kind"
 _CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
@@ -169,6 +171,10 @@ class TokenAuthority:
         }
         if identity.kind == "ci":
             claims[CI_TOKEN_CLAIM] = identity.token_id
+        elif identity.token_id:
+            claims[PERSONAL_TOKEN_CLAIM] = identity.token_id
+        if identity.groups:
+            claims[GROUPS_CLAIM] = sorted(identity.groups)
         return claims, now
 
     def issue(self, identity: Identity, access: list[dict[str, Any]]) -> Issued:

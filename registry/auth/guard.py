@@ -4,6 +4,7 @@ error handler.
 
     ping        a login, or any valid bearer token (clients take their challenges from `/v2/`)
     login       an authenticated caller
+    admin       an authenticated caller `auth.admins` or `auth.admin_groups` names (others: 403)
     listing     a login or any valid bearer token (an anonymous token included: it lists what anonymous may
                 pull, nothing when no rule names anonymous); without credentials, only if a rule names anonymous
                 and after a challenge unless the route says not to. The handler lists only what the caller may
@@ -20,6 +21,7 @@ from registry.auth.authenticator import Authenticator, AuthFailed, Caller, TooMa
 from registry.errors import ErrorCode, RegistryError
 from registry.routing import (
     GRANTED_SCOPE_KEY,
+    IDENTITY_SCOPE_KEY,
     LISTING_SCOPE_KEY,
     RIGHTS_SCOPE_KEY,
     SESSION_IDENTITY_SCOPE_KEY,
@@ -88,6 +90,7 @@ class AccessGuard:
         except AuthFailed as e:
             raise self._challenge(request, need, str(e), "invalid_token") from None
         scope["user_name"] = caller.identity.name
+        scope[IDENTITY_SCOPE_KEY] = caller.identity
         listing = caller.listing
         if isinstance(listing, ListingView) and need.scope != CATALOG_SCOPE and caller.claims is not None:
             # An issuer's catalog grant lists every name in `/v2/_catalog` (as Distribution does), no more: search
@@ -106,6 +109,10 @@ class AccessGuard:
         if need.kind == "ping":
             ok = identity.authenticated or caller.bearer
         elif need.kind == "login":
+            ok = identity.authenticated
+        elif need.kind == "admin":
+            if identity.authenticated and not self.auth.is_admin(identity):
+                raise RegistryError(ErrorCode.DENIED, message="only the registry's admins may do this")
             ok = identity.authenticated
         else:
             # A request with no credentials at all is challenged first, so that a client holding some sends them

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from registry.durations import Seconds
 
@@ -70,6 +70,26 @@ class TokenSettings(_Section):
         return self
 
 
+class LdapSettings(_Section):
+    """Sign in against an LDAP directory: users and their groups."""
+
+    url: str = Field(pattern=r"^ldaps?://", description="`ldap://host:389` or `ldaps://host:636`.")
+    start_tls: bool = Field(default=False, description="Upgrade an ldap:// connection with StartTLS.")
+    ca_file: Path | None = Field(default=None, description="CA certificates (PEM) to verify the server's with.")
+    bind_dn: str | None = Field(default=None, description="The service account that looks users up (else anonymous).")
+    bind_password: SecretStr | None = None
+    user_base: str = Field(description="Where users are: `ou=people,dc=example,dc=org`.")
+    user_filter: str = Field(default="(uid={username})", description="`{username}` is the login name, escaped.")
+    group_base: str | None = Field(default=None, description="Where groups are; none: users have no groups.")
+    group_filter: str = Field(
+        default="(member={dn})",
+        description="`{dn}` is the user's entry, `{username}` the login name: "
+        "`(member={dn})` for groupOfNames, `(memberUid={username})` for posixGroup.",
+    )
+    group_attribute: str = Field(default="cn", description="The attribute that holds a group's name.")
+    timeout: Seconds = Field(default=5.0, description="Connecting and each answer.")
+
+
 class RateLimitSettings(_Section):
     failures: int = Field(default=10, ge=1, description="Failed logins allowed per user and client address")
     window: Seconds = Field(default=60.0, description="within this many seconds; then 429 until the window passes.")
@@ -79,27 +99,50 @@ class AuthSettings(_Section):
     """Present (even empty) = authentication on; absent = laptop mode, everything open."""
 
     htpasswd: HtpasswdSettings | None = None
+    ldap: LdapSettings | None = None
     token: TokenSettings = TokenSettings()
     realm: str = Field(default="moorage", description="The realm of Basic challenges.")
     rate_limit: RateLimitSettings = RateLimitSettings()
     cache_ttl: Seconds = Field(
         default=60.0, description="How long a verified password or token is remembered (per process)."
     )
+    groups: dict[str, list[str]] = Field(
+        default={},
+        description="Groups of htpasswd users (`developers: [alice, bob]`), for access rules' `groups:`. Users who "
+        "sign in through LDAP or OIDC get their groups from there.",
+    )
     admins: list[str] = Field(
         default=[],
-        description="Users (names or globs) who may run registry-wide operations from the UI (a GC dry run) and see "
-        "its storage page for every repository. Their rights on repositories still come from `access:`.",
+        description="Users (names or globs) who may run registry-wide operations from the UI (a GC dry run), see "
+        "its storage page for every repository, and change access rules, visibility, quotas and others' tokens "
+        "through the admin API (/api/v1/access-rules, ...). Their rights on repositories still come from the rules.",
     )
+    admin_groups: list[str] = Field(default=[], description="Groups (names or globs) whose members are admins.")
 
 
 class AccessRule(_Section):
-    repository: str = Field(description='A glob: "*" matches within one path segment, "**" across segments.')
-    users: list[str] = Field(description='Names or globs; "*" = any authenticated user, "anonymous" = no login.')
-    actions: list[str]
+    repository: str = Field(
+        min_length=1, max_length=256, description='A glob: "*" matches within one path segment, "**" across segments.'
+    )
+    users: list[str] = Field(
+        default=[], max_length=1000, description='Names or globs; "*" = any authenticated user, "anonymous" = no login.'
+    )
+    groups: list[str] = Field(
+        default=[],
+        max_length=1000,
+        description="Group names or globs: members of any of them (`auth.groups`, the directory's groups, the "
+        "OIDC groups claim).",
+    )
+    actions: list[str] = Field(min_length=1, max_length=10)
 
     @model_validator(mode="after")
     def _known_actions(self) -> AccessRule:
         unknown = [action for action in self.actions if action not in (*ACTIONS, "*")]
         if unknown:
             raise ValueError(f"unknown action {unknown[0]!r} (actions: pull, push, delete, or *)")
+        if not self.users and not self.groups:
+            raise ValueError("a rule names users, groups or both")
+        for name in (*self.users, *self.groups):
+            if not name or len(name) > 256 or any(ord(c) < 32 for c in name):
+                raise ValueError(f"invalid user or group name {name[:40]!r}")
         return self

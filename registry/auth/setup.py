@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
+from registry.auth.access import Visibility
 from registry.auth.authenticator import Authenticator
 from registry.auth.guard import AccessGuard
 from registry.auth.htpasswd import HtpasswdError
+from registry.auth.personal_tokens import PersonalTokens
 from registry.auth.ratelimit import SharedLimiter
 from registry.database import postgres_engine
+from registry.policy.database import PolicySnapshot
+from registry.policy.service import Policy
+from registry.policy.setup import POLICY_STATE
 from registry.routing import GUARD_STATE
 from registry.services import Service
 from registry.settings import ConfigError, Settings
@@ -31,11 +36,28 @@ def install(app: Starlette, settings: Settings, registry: Registry) -> Service |
         rate = settings.auth.rate_limit
         limiter = SharedLimiter(lambda: postgres_engine(url), rate.failures, rate.window)
     authenticator = Authenticator(settings, registry.backend, limiter)
+    if settings.auth.ldap is not None:
+        from registry.auth.ldap import LdapDirectory  # only where a directory is configured
+
+        authenticator.directory = LdapDirectory(settings.auth.ldap)
     if authenticator.htpasswd is not None:
         try:
             authenticator.htpasswd.load()  # a missing or malformed file stops the start, with its name
         except HtpasswdError as e:
             raise ConfigError(str(e)) from None
+    policy: Policy | None = getattr(app.state, POLICY_STATE, None)
+    if policy is not None:
+        # The config's rules, and those of the admin API on top, replaced whenever the policy changes.
+        config_rules = list(settings.access)
+
+        def apply(snapshot: PolicySnapshot) -> None:
+            visibility = [Visibility(v.repository, bool(v.value)) for v in snapshot.visibility]
+            authenticator.rules.replace([*config_rules, *(r.rule for r in snapshot.rules)], visibility)
+
+        policy.listen(apply)
+        authenticator.policy = policy
+        authenticator.personal_tokens = PersonalTokens(policy, authenticator.static_groups)
+        app.state.personal_tokens = authenticator.personal_tokens
     setattr(app.state, AUTH_STATE, authenticator)
     setattr(app.state, GUARD_STATE, AccessGuard(authenticator))
     return authenticator

@@ -7,7 +7,19 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from registry.handlers import admin, auth_token, base, blobs, health, listings, manifests, referrers, search, uploads
+from registry.handlers import (
+    admin,
+    auth_token,
+    base,
+    blobs,
+    health,
+    listings,
+    manifests,
+    policy,
+    referrers,
+    search,
+    uploads,
+)
 from registry.routing import CATALOG, PING, PUBLIC, ApiRoute, on_repository
 
 PULL, PUSH, DELETE = on_repository("pull"), on_repository("push"), on_repository("delete")
@@ -22,7 +34,7 @@ def routes(*, metrics: bool = False) -> list[BaseRoute]:
     if metrics:
         probes.append(ApiRoute("/metrics", health.metrics, methods=["GET"], access=PUBLIC))
     # Last: the API's routes are the hot path, and no API path can be taken for a probe's.
-    return api_routes() + search.routes() + admin.routes() + auth_token.routes() + probes
+    return api_routes() + search.routes() + admin.routes() + policy.routes() + auth_token.routes() + probes
 
 
 def api_routes() -> list[BaseRoute]:

@@ -749,6 +749,23 @@ class Database:
             counts.update((row[0], int(row[1])) for row in rows)
         return {blob: counts.get(blob, 0) for blob in blobs}
 
+    def counted(self, name: str, blobs: list[str]) -> tuple[int, set[str]]:
+        """Repository `name`'s logical bytes, and which of `blobs` its manifests reference (quotas)."""
+        rows = self._read("SELECT logical FROM repositories WHERE name = ?", (name,))
+        logical = int(rows[0][0]) if rows else 0
+        found: set[str] = set()
+        for start in range(0, len(blobs), _BATCH):
+            batch = blobs[start : start + _BATCH]
+            found.update(
+                str(row[0])
+                for row in self._read(
+                    "SELECT blob FROM repository_blobs WHERE repository = ? "
+                    f"AND blob IN ({','.join('?' * len(batch))})",
+                    (name, *batch),
+                )
+            )
+        return logical, found
+
     def logical_sizes(self) -> list[tuple[str, int]]:
         return [(str(row[0]), int(row[1])) for row in self._read("SELECT name, logical FROM repositories")]
 

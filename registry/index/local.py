@@ -674,6 +674,12 @@ class LocalIndex:
             rows.append(RepositoryBytes(name, size, manifests, blobs, tags))
         return UsageSummary(len(sizes), sum(size for _, size in sizes), physical, tuple(rows))
 
+    async def counted(self, name: str, blobs: list[str]) -> tuple[int, set[str]]:
+        """Repository `name`'s logical bytes (each blob its manifests reference, once) and which of `blobs` are
+        among those (quotas count the others on top)."""
+        db = await self._queryable()
+        return await self._read(db.counted, name, blobs)
+
     async def sharing(self, name: str, blobs: list[str], visible: Visible | None) -> dict[str, int]:
         db = await self._queryable()
         if visible is None:

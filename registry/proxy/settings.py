@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from registry.durations import Seconds
 from registry.names import NAME_RE
+from registry.sizes import Bytes
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(|B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)\s*$")
-_UNITS = {"": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 10**3, "MB": 10**6}
-_UNITS.update({"GB": 10**9, "TB": 10**12})
-
-
-def parse_bytes(value: object) -> object:
-    """`10GiB`, `500MB`, `1048576`; anything else is left for the validator to refuse."""
-    if isinstance(value, str) and (match := _SIZE_RE.match(value)):
-        return int(match.group(1)) * _UNITS[match.group(2)]
-    return value
-
-
-Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(gt=0)]
 
 
 class _Section(BaseModel):

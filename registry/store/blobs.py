@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
+from registry.store.admission import Admissions
 from registry.store.events import Event, EventBus, EventType
 from registry.store.quarantine import DEFAULT_TOUCH_AFTER, Quarantine
 from registry.store.read_through import ReadThrough
@@ -45,9 +46,11 @@ class BlobStore:
         existence_ttl: float = EXISTENCE_TTL,
         touch_after: float = DEFAULT_TOUCH_AFTER,
         read_through: ReadThrough | None = None,
+        admissions: Admissions | None = None,
     ) -> None:
         self.backend = backend
         self.events = events
+        self.admissions = admissions if admissions is not None else Admissions()
         self.read_through = read_through
         self.quarantine = Quarantine(backend, touch_after)
         self._existence_ttl = existence_ttl
@@ -226,7 +229,7 @@ class BlobStore:
             info = await self.stat(source, digest, touch=True)
         except RegistryError:
             return None
-        await self.link(name, digest)
+        await self._admitted_link(name, digest, info.size)
         self.events.emit(Event(EventType.BLOB_MOUNTED, name, str(digest), size=info.size, source=source))
         return info
 
@@ -236,9 +239,14 @@ class BlobStore:
         info = await self.present(digest, touch=True)
         if info is None:
             return None
-        await self.link(name, digest)
+        await self._admitted_link(name, digest, info.size)
         self.events.emit(Event(EventType.BLOB_MOUNTED, name, str(digest), size=info.size))
         return info
+
+    async def _admitted_link(self, name: str, digest: Digest, size: int) -> None:
+        if self.admissions:
+            await self.admissions.admit(name, digest, size)
+        await self.link(name, digest)
 
     async def put_small(self, digest: Digest, data: bytes) -> None:
         """Store small content (a manifest) whose digest the caller has computed from `data`. A copy GC set aside

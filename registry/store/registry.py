@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from registry.settings import Settings
+from registry.store.admission import Admissions
 from registry.store.blobs import BlobStore
 from registry.store.events import EventBus
 from registry.store.manifests import ManifestStore
@@ -51,8 +52,11 @@ class Registry:
         self.delete_enabled = delete_enabled
         self.read_through = read_through
         self.events = EventBus()
-        self.blobs = BlobStore(backend, self.events, touch_after=touch_after, read_through=read_through)
-        self.uploads = UploadStore(backend, self.blobs, self.events)
+        self.admissions = Admissions()  # what may refuse new bytes in a repository (quotas)
+        self.blobs = BlobStore(
+            backend, self.events, touch_after=touch_after, read_through=read_through, admissions=self.admissions
+        )
+        self.uploads = UploadStore(backend, self.blobs, self.events, self.admissions)
         self.tags = TagStore(backend, self.events, tag_policy)
         self.referrers = ReferrerStore(backend)
         self.manifests = ManifestStore(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from registry import paths
 from registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
 from registry.errors import ErrorCode, RegistryError
+from registry.store.admission import Admissions
 from registry.store.blobs import BlobInfo, BlobStore
 from registry.store.events import Event, EventBus, EventType
 from registry.store.streaming import copy_stream, hash_into
@@ -89,14 +90,19 @@ class _HasherCache:
 
 
 class UploadStore:
-    def __init__(self, backend: StorageBackend, blobs: BlobStore, events: EventBus) -> None:
+    def __init__(
+        self, backend: StorageBackend, blobs: BlobStore, events: EventBus, admissions: Admissions | None = None
+    ) -> None:
         self.backend = backend
         self.blobs = blobs
         self.events = events
+        self.admissions = admissions if admissions is not None else Admissions()
         self._hashers = _HasherCache()
 
     async def start(self, name: str, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
         new_hasher(algorithm)  # rejects unsupported algorithms before anything is stored
+        if self.admissions:
+            await self.admissions.require_room(name, 0)  # a repository with no room left takes no upload
         upload_id = str(uuid.uuid4())
         started_at = dt.datetime.now(dt.UTC)
         await self.backend.put_content(paths.upload_started_at(name, upload_id), started_at.isoformat().encode())
@@ -152,6 +158,11 @@ class UploadStore:
         offset = status.offset
         if start is not None and start != offset:
             raise out_of_order(upload_id, offset, start)
+        if self.admissions:
+            # Refused before a byte is stored when the length says it will not fit; else once it passes the room.
+            if length is not None:
+                await self.admissions.require_room(name, offset + length)
+            body = await self.admissions.bounded(name, offset, body)
         cached = self._hashers.take(upload_id, offset)
         if cached is None and offset == 0:
             cached = (algorithm, new_hasher(algorithm))
@@ -183,12 +194,20 @@ class UploadStore:
         await self._started_at(name, upload_id)
         chunks = await self._chunks(name, upload_id)
         total = sum(c.size for c in chunks)
+        if self.admissions:
+            try:
+                await self.admissions.admit(name, digest, total)  # before the blob is published
+            except RegistryError:
+                await self.cancel(name, upload_id)
+                raise
         try:
             created = await self._publish(name, upload_id, digest, chunks, total)
         except PathNotFound:
             # A concurrent completion of the same session took the chunks first.
+            await self.admissions.release(name, digest)
             raise upload_unknown(upload_id) from None
         except RegistryError:
+            await self.admissions.release(name, digest)
             await self.cancel(name, upload_id)
             raise
         if not created:

@@ -54,7 +54,11 @@ def sections(htpasswd: Path, *, token: bool) -> dict[str, Any]:
         {"repository": "mallory/**", "users": ["mallory"], "actions": ["pull", "push"]},
     ]
     return {
-        "auth": {"htpasswd": {"path": str(htpasswd)}, "token": {"enabled": token, "service": SERVICE}},
+        "auth": {
+            "htpasswd": {"path": str(htpasswd)},
+            "token": {"enabled": token, "service": SERVICE},
+            "admins": ["admin"],
+        },
         "access": rules,
     }
 
@@ -88,6 +92,8 @@ def concrete(route: ApiRoute, repository: str) -> tuple[str, dict[str, str]]:
         "upload_id": str(uuid.uuid4()),
         "tag": "v1",
         "file": "ui.css",
+        "id": "0123456789abcdef",
+        "pattern": "r/*",
     }
     path = route.path
     used = {}
@@ -155,6 +161,8 @@ async def test_the_declared_access_is_what_is_enforced(
             refused = response.status_code in (401, 403)
             if need.kind == "public":
                 expected = False
+            elif need.kind == "admin":
+                expected = user != "admin"
             elif need.kind == "repository":
                 actions = {access.action for access in need.required}
                 assert len(actions) == 1, (path, need)

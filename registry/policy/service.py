@@ -1,0 +1,127 @@
+"""The policy database, opened when the app starts and followed while it runs.
+
+Every process reads one row, the policy version, every `policy.poll_interval` (a quarter of a second by default);
+when it moved, it reads the rules, visibility and quotas again and hands the snapshot to each listener (the access
+rules, the quotas). A change made through this process is applied at once; one made on another replica within a
+poll. While the database cannot be read, the last snapshot (at first: the config file's rules alone) stays in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from registry.database import DATABASE_ERRORS
+from registry.errors import ErrorCode, RegistryError
+from registry.policy.database import PolicyDatabase, PolicySnapshot
+
+logger = logging.getLogger("moorage.policy")
+T = TypeVar("T")
+P = ParamSpec("P")
+Listener = Callable[[PolicySnapshot], None]
+RETRY_SECONDS = 2.0
+FIRST_READ_SECONDS = 1.0
+
+
+def unavailable(error: BaseException) -> RegistryError:
+    return RegistryError(
+        ErrorCode.UNAVAILABLE,
+        message="the policy database cannot be reached",
+        detail=str(error)[:300],
+        headers={"Retry-After": "5"},
+    )
+
+
+class Policy:
+    def __init__(self, target: Path | str, poll_interval: float) -> None:
+        self.target = target
+        self.poll_interval = poll_interval
+        self.snapshot = PolicySnapshot(version=0)
+        self._listeners: list[Listener] = []
+        self._db: PolicyDatabase | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._opening = asyncio.Lock()
+        self._first_read = asyncio.Event()
+
+    def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+        listener(self.snapshot)
+
+    async def start(self) -> None:
+        """Follow the database; wait a moment for its first answer (an SQLite file gives it at once), never
+        longer: a database that cannot be reached does not stop the registry from serving."""
+        self._task = asyncio.create_task(self._follow(), name="policy-follower")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_read.wait(), FIRST_READ_SECONDS)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._db is not None:
+            await asyncio.to_thread(self._db.close)
+            self._db = None
+
+    async def database(self) -> PolicyDatabase:
+        if self._db is None:
+            async with self._opening:
+                if self._db is None:
+                    try:
+                        self._db = await asyncio.to_thread(PolicyDatabase.open, self.target)
+                    except DATABASE_ERRORS as e:
+                        raise unavailable(e) from e
+        return self._db
+
+    async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """A blocking call of the database's, on a thread; its failures are 503s."""
+        await self.database()
+        try:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        except DATABASE_ERRORS as e:
+            raise unavailable(e) from e
+
+    async def change(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """An admin change: run, then applied in this process at once (other replicas follow within a poll)."""
+        result = await self.run(function, *args, **kwargs)
+        await self.refresh()
+        return result
+
+    async def refresh(self) -> None:
+        db = await self.database()
+        try:
+            version = await asyncio.to_thread(db.version)
+            if version == self.snapshot.version:
+                return
+            snapshot = await asyncio.to_thread(db.snapshot)
+        except DATABASE_ERRORS as e:
+            raise unavailable(e) from e
+        if snapshot.version <= self.snapshot.version:
+            return
+        self.snapshot = snapshot
+        for listener in self._listeners:
+            listener(snapshot)
+
+    async def _follow(self) -> None:
+        failing = False
+        first = True
+        while True:
+            if not first:
+                await asyncio.sleep(RETRY_SECONDS if failing else self.poll_interval)
+            try:
+                await self.refresh()
+            except RegistryError as e:
+                if not failing:
+                    logger.warning("policy: %s (%s); the last rules read hold meanwhile", e.message, e.detail)
+                failing = True
+            else:
+                if failing:
+                    logger.info("policy: the database answers again")
+                failing = False
+            if first:
+                first = False
+                self._first_read.set()

@@ -1,0 +1,45 @@
+"""Wiring the policy database into the app (called by registry.app.create_app): the follower of its changes, and
+quotas as one of the store's admission checks."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from starlette.applications import Starlette
+
+from registry import paths
+from registry.policy.quotas import Quotas
+from registry.policy.service import Policy
+from registry.settings import Settings
+from registry.store.registry import Registry
+
+POLICY_STATE = "policy"
+QUOTAS_STATE = "quotas"
+
+
+def policy_target(settings: Settings) -> Path | str:
+    """`database.url` (PostgreSQL, or an SQLite file), else `policy.path`, else beside the data on the filesystem
+    backend, else a file of this bucket's own in the temporary directory."""
+    target = settings.database.target()
+    if target is not None:
+        return target
+    if settings.policy.path is not None:
+        return settings.policy.path
+    storage = settings.storage
+    if storage.backend == "filesystem":
+        return storage.filesystem.root / paths.POLICY_DATABASE
+    where = f"{storage.s3.endpoint_url or 'aws'}|{storage.s3.region or ''}|{storage.s3.bucket}|{storage.s3.prefix}"
+    digest = hashlib.sha256(where.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "moorage-policy" / f"{storage.s3.bucket}-{digest}.sqlite"
+
+
+def install(app: Starlette, settings: Settings, registry: Registry) -> Policy:
+    policy = Policy(policy_target(settings), settings.policy.poll_interval)
+    quotas = Quotas(settings.quotas, policy, getattr(app.state, "index", None), settings.policy, app.state.metrics)
+    policy.listen(quotas.apply)
+    registry.admissions.add(quotas)
+    setattr(app.state, POLICY_STATE, policy)
+    setattr(app.state, QUOTAS_STATE, quotas)
+    return policy
