@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import ldap_server as ldap_module
+from tests.ldap_server import LdapServer
 from tests.postgres_server import PACKAGE, PostgresServer, postgres_bin_dir
 from tests.s3_server import MotoServer
 
@@ -16,6 +18,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def ldap_directory() -> Iterator[LdapServer]:
+    """A real slapd with a fresh directory (tests/ldap_server.py: users alice, bob, carol, dave (locked); groups
+    developers, admins, readers). It starts in tens of milliseconds, and tests change it."""
+    missing = ldap_module.missing_tools()
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: apt-get install {ldap_module.PACKAGES} (./dev.sh test does)")
+    with LdapServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import logging
 import math
 import ssl
 import warnings
+from urllib.parse import urlsplit
 from typing import Any
 
 with warnings.catch_warnings():
@@ -24,6 +25,9 @@ with warnings.catch_warnings():
     from ldap3 import NONE, SUBTREE, Connection, Server, Tls
     from ldap3.core.exceptions import LDAPException
     from ldap3.utils.conv import escape_filter_chars
+# ldap3 checks the server's host name with ssl.match_hostname (deprecated in 3.7, still there in 3.11; the context
+# verifies the chain): not a warning for every TLS login.
+warnings.filterwarnings("ignore", message="ssl.match_hostname", category=DeprecationWarning)
 
 from registry.auth.access import Identity
 from registry.auth.directory import directory_unavailable
@@ -45,12 +49,21 @@ class LdapDirectory:
                 ca_certs_file=str(settings.ca_file) if settings.ca_file else None,
                 version=ssl.PROTOCOL_TLS_CLIENT,
             )
-        self.server = Server(
-            settings.url,
-            use_ssl=settings.url.startswith("ldaps://"),
-            tls=tls,
+        where = urlsplit(settings.url)
+        self._ldaps = where.scheme == "ldaps"
+        self._host = where.hostname or "localhost"
+        self._port = where.port or (636 if self._ldaps else 389)
+        self._tls = tls
+
+    def _server(self) -> Server:
+        # A new one each time: an ldap3 Server remembers an address that failed once as unusable.
+        return Server(
+            self._host,
+            port=self._port,
+            use_ssl=self._ldaps,
+            tls=self._tls,
             get_info=NONE,
-            connect_timeout=settings.timeout,
+            connect_timeout=self.settings.timeout,
         )
 
     async def authenticate(self, username: str, password: str) -> Identity | None:
@@ -60,7 +73,7 @@ class LdapDirectory:
 
     def _connection(self, user: str | None, password: str | None) -> Connection:
         connection = Connection(
-            self.server,
+            self._server(),
             user=user,
             password=password,
             receive_timeout=math.ceil(self.settings.timeout),  # ldap3 takes whole seconds only
@@ -70,9 +83,7 @@ class LdapDirectory:
         try:
             connection.open()
             if self.settings.start_tls and not self.settings.url.startswith("ldaps://"):
-                with warnings.catch_warnings():  # ldap3 checks the host name with ssl.match_hostname
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    connection.start_tls()
+                connection.start_tls()
         except BaseException:
             _close(connection)
             raise

@@ -73,7 +73,10 @@ class TokenSettings(_Section):
 class LdapSettings(_Section):
     """Sign in against an LDAP directory: users and their groups."""
 
-    url: str = Field(pattern=r"^ldaps?://", description="`ldap://host:389` or `ldaps://host:636`.")
+    url: str = Field(
+        pattern=r"^ldaps?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?/?$",
+        description="`ldap://host:389` or `ldaps://host:636`.",
+    )
     start_tls: bool = Field(default=False, description="Upgrade an ldap:// connection with StartTLS.")
     ca_file: Path | None = Field(default=None, description="CA certificates (PEM) to verify the server's with.")
     bind_dn: str | None = Field(default=None, description="The service account that looks users up (else anonymous).")
