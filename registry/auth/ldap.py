@@ -16,8 +16,12 @@ import logging
 import math
 import ssl
 import warnings
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
+
+from registry.auth.access import Identity
+from registry.auth.directory import directory_unavailable
+from registry.auth.settings import LdapSettings
 
 with warnings.catch_warnings():
     # ldap3 2.9.1 touches pyasn1 APIs that pyasn1 >= 0.6.1 marks deprecated, at import.
@@ -28,10 +32,6 @@ with warnings.catch_warnings():
 # ldap3 checks the server's host name with ssl.match_hostname (deprecated in 3.7, still there in 3.11; the context
 # verifies the chain): not a warning for every TLS login.
 warnings.filterwarnings("ignore", message="ssl.match_hostname", category=DeprecationWarning)
-
-from registry.auth.access import Identity
-from registry.auth.directory import directory_unavailable
-from registry.auth.settings import LdapSettings
 
 logger = logging.getLogger("moorage.auth.ldap")
 INVALID_CREDENTIALS = 49

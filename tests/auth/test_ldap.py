@@ -21,6 +21,7 @@ from registry.auth.settings import LdapSettings
 from registry.errors import RegistryError
 from tests.api.conftest import make_settings
 from tests.ldap_server import LdapServer
+from tests.ldap_server import _write_certificates as write_certificates
 
 
 def settings_of(ldap: LdapServer, **overrides: Any) -> LdapSettings:
@@ -68,8 +69,7 @@ async def test_tls_to_the_directory_is_verified(ldap_directory: LdapServer, tmp_
         settings_of(ldap_directory, url=ldap_directory.ldaps_url, ca_file=str(ldap_directory.ca_file))
     )
     assert await ldaps.authenticate("alice", "alice-password") is not None
-    other_ca = tmp_path / "other-ca.pem"
-    other_ca.write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text())
+    other_ca, _, _ = write_certificates(tmp_path)  # another throwaway CA: not the one that signed the server's
     untrusted = LdapDirectory(settings_of(ldap_directory, url=ldap_directory.ldaps_url, ca_file=str(other_ca)))
     with pytest.raises(RegistryError) as refused:
         await untrusted.authenticate("alice", "alice-password")
@@ -111,11 +111,11 @@ async def registry(ldap_directory: LdapServer, tmp_path: Path) -> AsyncIterator[
         ],
     }
     app = create_app(make_settings({"filesystem": {"root": str(tmp_path / "data"), "fsync": False}}, sections))
-    async with LifespanManager(app) as manager:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://registry.test"
-        ) as client:
-            yield client
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://registry.test") as client,
+    ):
+        yield client
 
 
 def basic(user: str, password: str) -> httpx.BasicAuth:
