@@ -44,6 +44,7 @@ from registry.settings import Settings
 from storage_backends import StorageBackend
 
 if TYPE_CHECKING:
+    from registry.auth.oidc import OidcClient
     from registry.policy.service import Policy
     from registry.routing import Rights
 
@@ -102,6 +103,7 @@ class Authenticator:
         self.policy: Policy | None = None  # set when the policy database is there (registry/policy)
         self.personal_tokens: PersonalTokens | None = None
         self.directory: Directory | None = None  # LDAP (registry/auth/ldap.py)
+        self.oidc: OidcClient | None = None  # the UI's single sign-on (registry/auth/oidc.py)
 
     def static_groups(self, user: str) -> frozenset[str]:
         """The user's groups from `auth.groups`."""
@@ -114,6 +116,8 @@ class Authenticator:
             self.authority = await TokenAuthority.create(self.settings.token, self.backend)
 
     async def aclose(self) -> None:
+        if self.oidc is not None:
+            await self.oidc.aclose()
         self._basic.clear()
         self._bearer.clear()
         await self.failures.aclose()

@@ -93,6 +93,31 @@ class LdapSettings(_Section):
     timeout: Seconds = Field(default=5.0, description="Connecting and each answer.")
 
 
+class OidcSettings(_Section):
+    """Sign in to the UI through an OpenID Connect provider (authorization code + PKCE); people who do make personal
+    access tokens there for `docker login`."""
+
+    issuer: str = Field(pattern=r"^https?://", description="The provider's issuer URL (discovery is read from it).")
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = Field(default=None, description="None: a public client (PKCE alone).")
+    username_claim: str = Field(default="preferred_username", description="The ID token claim that names the user.")
+    groups_claim: str = Field(default="groups", description="The ID token claim that lists the user's groups.")
+    scopes: list[str] = Field(default=["openid", "profile", "email", "groups"], min_length=1)
+    redirect_url: str | None = Field(
+        default=None,
+        description="This registry's callback as registered with the provider; default: /ui/auth/callback on the "
+        "host and scheme the browser used.",
+    )
+    display_name: str = Field(default="single sign-on", max_length=60, description="On the sign-in button.")
+    timeout: Seconds = 10.0
+
+    @model_validator(mode="after")
+    def _openid_scope(self) -> OidcSettings:
+        if "openid" not in self.scopes:
+            raise ValueError("auth.oidc.scopes must include openid")
+        return self
+
+
 class RateLimitSettings(_Section):
     failures: int = Field(default=10, ge=1, description="Failed logins allowed per user and client address")
     window: Seconds = Field(default=60.0, description="within this many seconds; then 429 until the window passes.")
@@ -103,6 +128,7 @@ class AuthSettings(_Section):
 
     htpasswd: HtpasswdSettings | None = None
     ldap: LdapSettings | None = None
+    oidc: OidcSettings | None = None
     token: TokenSettings = TokenSettings()
     realm: str = Field(default="moorage", description="The realm of Basic challenges.")
     rate_limit: RateLimitSettings = RateLimitSettings()

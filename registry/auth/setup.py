@@ -27,6 +27,7 @@ def install(app: Starlette, settings: Settings, registry: Registry) -> Service |
     every route consults after routing, and the authenticator as a service (it loads the token signing key)."""
     setattr(app.state, AUTH_STATE, None)
     setattr(app.state, GUARD_STATE, None)
+    app.state.oidc = None
     if settings.auth is None:
         return None
     limiter = None
@@ -36,6 +37,11 @@ def install(app: Starlette, settings: Settings, registry: Registry) -> Service |
         rate = settings.auth.rate_limit
         limiter = SharedLimiter(lambda: postgres_engine(url), rate.failures, rate.window)
     authenticator = Authenticator(settings, registry.backend, limiter)
+    if settings.auth.oidc is not None:
+        from registry.auth.oidc import OidcClient  # only where single sign-on is configured
+
+        authenticator.oidc = OidcClient(settings.auth.oidc)
+        app.state.oidc = authenticator.oidc
     if settings.auth.ldap is not None:
         from registry.auth.ldap import LdapDirectory  # only where a directory is configured
 

@@ -126,7 +126,12 @@ async def identify(request: Request) -> None:
     secret = request.cookies.get(SESSION_COOKIE)
     session = await ui.sessions.get(secret) if ui.auth is not None and secret else None
     htpasswd = ui.auth.htpasswd if ui.auth is not None else None
-    if session is not None and htpasswd is not None and not htpasswd.has_user(session.user):
+    if (
+        session is not None
+        and session.source == "htpasswd"
+        and htpasswd is not None
+        and not htpasswd.has_user(session.user)
+    ):
         session = None  # removed from the htpasswd file since signing in (seen within a second)
     nonce = request.cookies.get(CSRF_COOKIE)
     new_nonce = not well_formed(nonce)
@@ -136,7 +141,7 @@ async def identify(request: Request) -> None:
     state = UiRequest(session, secret if session else None, bool(secret) and session is None, nonce, new_nonce, {})
     request.scope[UI_REQUEST_KEY] = state
     if ui.auth is not None:
-        identity = Identity("user", session.user) if session is not None else ANONYMOUS_IDENTITY
+        identity = session_identity(session) if session is not None else ANONYMOUS_IDENTITY
         request.scope[SESSION_IDENTITY_SCOPE_KEY] = identity
     if request.method == "POST":
         _check_origin(request)
@@ -294,11 +299,18 @@ def render(
         "csrf": ui.sessions.csrf_token(bound) if bound else "",
         "operator": is_operator(request),
         "host": request.headers.get("host") or request.url.netloc,
+        "oidc_name": _oidc_name(request),
     }
     response = ui.templates.TemplateResponse(
         request, template, {**base, **context}, status_code=status, headers=headers
     )
     return _secured(request, response)
+
+
+def _oidc_name(request: Request) -> str | None:
+    auth = ui_of(request).auth
+    oidc = auth.settings.oidc if auth is not None else None
+    return oidc.display_name if oidc is not None else None
 
 
 def is_operator(request: Request) -> bool:
@@ -308,7 +320,7 @@ def is_operator(request: Request) -> bool:
     state: UiRequest | None = request.scope.get(UI_REQUEST_KEY)
     if state is None or state.session is None:
         return False
-    return ui.auth.is_admin(Identity("user", state.session.user))
+    return ui.auth.is_admin(session_identity(state.session))
 
 
 def _usable_index(request: Request) -> MetadataIndex:
@@ -545,13 +557,11 @@ async def login(request: Request) -> Response:
     except AuthFailed:
         pass
     else:
-        if identity.kind == "user":
-            await ui.sessions.end(request.cookies.get(SESSION_COOKIE))  # never keep a cookie from before sign-in
-            secret, session = await ui.sessions.create(identity.name)
-            response = RedirectResponse(target, status_code=303)
-            _set_cookie(request, response, SESSION_COOKIE, secret, max_age=int(session.expires - session.created))
-            return _secured(request, response)
-        error = "CI tokens are for CI pipelines: sign in with your own user name and password."
+        if identity.kind == "user" and not identity.token_id:
+            htpasswd = ui.auth.htpasswd
+            source = "htpasswd" if htpasswd is not None and htpasswd.has_user(identity.name) else "ldap"
+            return await _signed_in(request, identity, source, target)
+        error = "Tokens are for clients and pipelines: sign in with your own user name and password."
     context = {
         "title": "Sign in",
         "next": target,
@@ -561,6 +571,25 @@ async def login(request: Request) -> Response:
         "username": username[:200],
     }
     return render(request, "login.html", context, status=status, headers=headers)
+
+
+async def _signed_in(request: Request, identity: Identity, source: str, target: str, *, page: bool = False) -> Response:
+    """A new session (never a cookie kept from before sign-in) and the way on. `page`: after a redirect from another
+    site (an identity provider), a page that moves on by itself, so that the browser sends the new SameSite=Strict
+    cookie with the next request (a redirect would still count as that site's navigation)."""
+    ui = ui_of(request)
+    await ui.sessions.end(request.cookies.get(SESSION_COOKIE))
+    secret, session = await ui.sessions.create(identity.name, identity.groups, source)
+    if page:
+        response: Response = render(request, "signed_in.html", {"title": "Signed in", "next": target})
+    else:
+        response = RedirectResponse(target, status_code=303)
+    _set_cookie(request, response, SESSION_COOKIE, secret, max_age=int(session.expires - session.created))
+    return _secured(request, response)
+
+
+def session_identity(session: Session) -> Identity:
+    return Identity("user", session.user, groups=frozenset(session.groups))
 
 
 async def logout(request: Request) -> Response:

@@ -44,6 +44,8 @@ class Session:
     user: str
     created: float
     expires: float
+    groups: tuple[str, ...] = ()
+    source: str = "htpasswd"  # or "ldap", "oidc": where the user signed in (and where its groups come from)
 
 
 def new_secret() -> str:
@@ -68,12 +70,21 @@ class Sessions:
         """The registry's shared secret (every replica's), from which CSRF tokens are derived."""
         self._csrf_key = hmac.new(shared_secret, b"moorage-ui-csrf", hashlib.sha256).digest()
 
-    async def create(self, user: str) -> tuple[str, Session]:
+    async def create(
+        self, user: str, groups: frozenset[str] = frozenset(), source: str = "htpasswd"
+    ) -> tuple[str, Session]:
         """A new session for `user`: the cookie's secret and the record."""
         now = time.time()
-        session = Session(user, now, now + self.ttl)
+        session = Session(user, now, now + self.ttl, tuple(sorted(groups)), source)
         secret = new_secret()
-        body = json.dumps({"user": user, "created": session.created, "expires": session.expires}).encode()
+        record = {
+            "user": user,
+            "created": session.created,
+            "expires": session.expires,
+            "groups": list(session.groups),
+            "source": source,
+        }
+        body = json.dumps(record).encode()
         await self.backend.put_content(paths.ui_session(_key(secret)), body, exclusive=True)
         return secret, session
 
@@ -89,8 +100,15 @@ class Sessions:
             return None
         try:
             body = json.loads(data[:_RECORD_LIMIT])
-            session = Session(str(body["user"]), float(body["created"]), float(body["expires"]))
-        except (ValueError, KeyError, TypeError):
+            groups = body.get("groups", [])
+            session = Session(
+                str(body["user"]),
+                float(body["created"]),
+                float(body["expires"]),
+                tuple(str(g) for g in groups) if isinstance(groups, list) else (),
+                str(body.get("source", "htpasswd")),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
         if session.expires <= time.time():
             await self.backend.delete(path)
