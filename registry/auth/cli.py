@@ -1,4 +1,6 @@
-"""`moorage token create|list|revoke`: CI tokens, kept in the storage every replica reads (see registry/admin.py)."""
+"""`moorage token create|list|revoke`: CI tokens, kept in the storage every replica reads (see registry/admin.py);
+with `--registry HOST`, the caller's own personal access tokens, through that registry's API
+(registry/client/personal_tokens.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ def add_commands(commands: Any) -> None:
     """Register subcommands on the `moorage` parser's subparsers."""
     token = commands.add_parser(
         "token",
-        help="manage CI tokens (scoped secrets for pipelines)",
+        help="manage CI tokens (scoped secrets for pipelines), or with --registry your personal access tokens",
         description="CI tokens: a name and a secret, used as user name and password (basic auth, docker login, "
         "/auth/token). Only a hash of the secret is stored, in the registry's storage, so every replica sees a "
-        "new or revoked token at once.",
+        "new or revoked token at once. With --registry HOST: your personal access tokens on HOST (log in first "
+        "with `moorage login HOST`), used with your own user name; they can do what you can, within their scopes.",
     )
     actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = actions.add_parser(
@@ -36,12 +39,23 @@ def add_commands(commands: Any) -> None:
         "ACTIONS among pull, push, delete, or *); repeat for several",
     )
     create.add_argument("--expires", metavar="DURATION", help="lifetime, e.g. 30d, 12h, 90m (default: no expiry)")
+    _registry_flags(create)
     set_main(create, _create)
     listing = actions.add_parser("list", help="list the tokens (never their secrets)")
+    _registry_flags(listing)
     set_main(listing, _list)
     revoke = actions.add_parser("revoke", help="delete a token: it is refused at once, on every replica")
-    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("name", metavar="NAME", help="a CI token's name; with --registry, a personal token's id")
+    _registry_flags(revoke)
     set_main(revoke, _revoke)
+
+
+def _registry_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry", metavar="HOST", help="your personal access tokens on HOST (through its API) instead of CI tokens"
+    )
+    parser.add_argument("--insecure", action="store_true", help="with --registry: plain HTTP")
+    parser.add_argument("--ca-file", metavar="FILE", help="with --registry: verify HOST's certificate with this CA")
 
 
 def _lifetime(text: str | None) -> dt.timedelta | None:
@@ -66,7 +80,43 @@ def _scopes(token: CiToken) -> str:
     return " ".join(str(grant) for grant in token.grants)
 
 
+async def _personal(args: argparse.Namespace) -> int:
+    """The `--registry` form of each action: the caller's personal tokens through the registry's API."""
+    from registry.client import personal_tokens
+    from registry.client.errors import ClientError
+
+    where = {"insecure": args.insecure, "ca_file": args.ca_file}
+    try:
+        if args.token_command == "create":
+            lifetime = _lifetime(args.expires)
+            made = await personal_tokens.create(
+                args.registry, args.name, args.scope, lifetime.total_seconds() if lifetime else None, **where
+            )
+            print(f"Created personal token {made.get('name')!r} (id {made.get('id')}): {' '.join(made['scopes'])}.")
+            print(f"Log in with your user name {made.get('owner')!r} and this token as the password; not shown again:")
+            print(made["token"])
+        elif args.token_command == "list":
+            rows = [("ID", "NAME", "SCOPES", "EXPIRES")]
+            for token in await personal_tokens.listed(args.registry, **where):
+                expires = token.get("expires_at")
+                when = dt.datetime.fromtimestamp(expires, dt.UTC) if isinstance(expires, float | int) else None
+                rows.append(
+                    (str(token.get("id")), str(token.get("name")), " ".join(token.get("scopes", [])), _when(when))
+                )
+            for row in rows:
+                print("  ".join(row))
+        else:
+            await personal_tokens.revoke(args.registry, args.name, **where)
+            print(f"Revoked personal token {args.name}.")
+    except (ClientError, CiTokenError, KeyError) as e:
+        print(f"moorage token {args.token_command}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 async def _create(args: argparse.Namespace, settings: Settings) -> int:
+    if args.registry:
+        return await _personal(args)
     try:
         lifetime = _lifetime(args.expires)
         async with open_registry(settings) as registry:
@@ -83,6 +133,8 @@ async def _create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _list(args: argparse.Namespace, settings: Settings) -> int:
+    if args.registry:
+        return await _personal(args)
     async with open_registry(settings) as registry:
         tokens = await CiTokenStore(token_records(registry.backend, settings.database.url)).list()
     if not tokens:
@@ -99,6 +151,8 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _revoke(args: argparse.Namespace, settings: Settings) -> int:
+    if args.registry:
+        return await _personal(args)
     try:
         async with open_registry(settings) as registry:
             revoked = await CiTokenStore(token_records(registry.backend, settings.database.url)).revoke(args.name)
