@@ -14,8 +14,10 @@ from registry.handlers.common import (
     repository_name,
     require_delete_enabled,
 )
+from registry.policy.quotas import Quotas
+from registry.policy.setup import QUOTAS_STATE
 from registry.routing import LOGIN, ApiRoute, on_repository
-from registry.store.usage import measure
+from registry.store.usage import measure, with_quotas
 
 
 async def delete_repository_endpoint(request: Request) -> Response:
@@ -33,6 +35,10 @@ async def stats(request: Request) -> Response:
         if visible is not None and not visible(repository):
             raise RegistryError(ErrorCode.NAME_UNKNOWN, detail={"name": repository})
     usage = await measure(registry_of(request), only=repository or None, visible=visible)
+    quotas: Quotas | None = getattr(request.app.state, QUOTAS_STATE, None)
+    if quotas is not None and quotas.quotas:
+        warning_at = request.app.state.settings.policy.quota_warning
+        usage = with_quotas(usage, quotas.limit_of, warning_at)
     return json_response(usage.as_dict())
 
 

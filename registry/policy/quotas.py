@@ -60,26 +60,11 @@ class QuotaUsage:
         }
 
 
-class Quotas:
-    def __init__(
-        self,
-        config: Sequence[QuotaRule],
-        policy: Policy,
-        index: LocalIndex | None,
-        settings: PolicySettings,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.config = [Quota(rule.repository, rule.bytes, "config") for rule in config]
-        self.policy = policy
-        self.index = index
-        self.settings = settings
-        self.metrics = metrics
-        self._compiled: list[tuple[Any, Quota]] = []
-        self._warned: set[str] = set()
-        self.apply(PolicySnapshot(version=0))
+class QuotaTable:
+    """The limits in force: the config's, and the API's on top (which win for the same pattern)."""
 
-    def apply(self, snapshot: PolicySnapshot) -> None:
-        quotas = {quota.pattern: quota for quota in self.config}
+    def __init__(self, config: Sequence[QuotaRule], snapshot: PolicySnapshot) -> None:
+        quotas = {rule.repository: Quota(rule.repository, rule.bytes, "config") for rule in config}
         quotas.update({q.repository: Quota(q.repository, q.value, "api") for q in snapshot.quotas})
         ordered = sorted(quotas.values(), key=lambda q: -len(q.pattern))
         self._compiled = [(glob_regex(q.pattern, segments=True), q) for q in ordered]
@@ -89,10 +74,47 @@ class Quotas:
         return [quota for _, quota in self._compiled]
 
     def quota_of(self, repository: str) -> Quota | None:
+        """The most specific (longest) pattern's quota that matches `repository`."""
         for pattern, quota in self._compiled:
             if pattern.match(repository):
                 return quota
         return None
+
+    def limit_of(self, repository: str) -> int | None:
+        quota = self.quota_of(repository)
+        return quota.limit if quota is not None else None
+
+
+class Quotas:
+    def __init__(
+        self,
+        config: Sequence[QuotaRule],
+        policy: Policy,
+        index: LocalIndex | None,
+        settings: PolicySettings,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = list(config)
+        self.policy = policy
+        self.index = index
+        self.settings = settings
+        self.metrics = metrics
+        self._warned: set[str] = set()
+        self.table = QuotaTable(self.config, PolicySnapshot(version=0))
+
+    def apply(self, snapshot: PolicySnapshot) -> None:
+        self.table = QuotaTable(self.config, snapshot)
+
+    @property
+    def quotas(self) -> list[Quota]:
+        return self.table.quotas
+
+    def quota_of(self, repository: str) -> Quota | None:
+        return self.table.quota_of(repository)
+
+    def limit_of(self, repository: str) -> int | None:
+        quota = self.table.quota_of(repository)
+        return quota.limit if quota is not None else None
 
     def _expire_before(self) -> float:
         return time.time() - self.settings.reservation_ttl

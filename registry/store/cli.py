@@ -4,6 +4,7 @@ store (see registry/admin.py for the shared parts)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from registry.admin import EXIT_CONFIG_ERROR, EXIT_FAILURE, EXIT_OK, open_registry, set_main
 from registry.errors import RegistryError
 from registry.settings import Settings
-from registry.store.usage import StorageUsage, measure
+from registry.store.usage import QuotaLimits, StorageUsage, measure, with_quotas
 from registry.store.usage import readable_size as _size
 
 
@@ -61,15 +62,48 @@ async def run_du(args: argparse.Namespace, settings: Settings) -> int:
         except RegistryError as e:
             print(f"moorage: {e.message}: {json.dumps(e.detail)}", file=sys.stderr)
             return EXIT_FAILURE
+    table = await _quota_table(settings)
+    usage = with_quotas(usage, table.limit_of, settings.policy.quota_warning)
     print(json.dumps(usage.as_dict(), indent=2) if args.json else format_usage(usage))
     return EXIT_OK
 
 
+async def _quota_table(settings: Settings) -> QuotaLimits:
+    """The quotas in force: the config's and the admin API's (from the policy database, when it can be read)."""
+    # The policy feature's, asked here only (the store itself never imports features).
+    from registry.database import DATABASE_ERRORS
+    from registry.policy.database import PolicyDatabase, PolicySnapshot
+    from registry.policy.quotas import QuotaTable
+    from registry.policy.setup import policy_target
+
+    def read() -> PolicySnapshot:
+        db = PolicyDatabase.open(policy_target(settings))
+        try:
+            return db.snapshot()
+        finally:
+            db.close()
+
+    try:
+        snapshot = await asyncio.to_thread(read)
+    except DATABASE_ERRORS as e:
+        print(f"moorage: the policy database cannot be read ({e}): quotas of the config file only", file=sys.stderr)
+        snapshot = PolicySnapshot(version=0)
+    return QuotaTable(settings.quotas, snapshot)
+
+
 def format_usage(usage: StorageUsage) -> str:
     width = max([len("REPOSITORY"), *(len(r.name) for r in usage.repositories)])
-    lines = [f"{'REPOSITORY':<{width}}  {'MANIFESTS':>9}  {'TAGS':>5}  {'BLOBS':>6}  {'LOGICAL':>10}"]
+    quotas = any(r.quota_bytes is not None for r in usage.repositories)
+    header = f"{'REPOSITORY':<{width}}  {'MANIFESTS':>9}  {'TAGS':>5}  {'BLOBS':>6}  {'LOGICAL':>10}"
+    lines = [header + ("  QUOTA" if quotas else "")]
     for r in usage.repositories:
-        lines.append(f"{r.name:<{width}}  {r.manifests:>9}  {r.tags:>5}  {r.blobs:>6}  {_size(r.logical_bytes):>10}")
+        line = f"{r.name:<{width}}  {r.manifests:>9}  {r.tags:>5}  {r.blobs:>6}  {_size(r.logical_bytes):>10}"
+        if r.quota_bytes is not None:
+            share = r.logical_bytes / r.quota_bytes * 100 if r.quota_bytes else 0.0
+            line += (
+                f"  {_size(r.quota_bytes)} ({share:.0f}% used{', over the warning level' if r.quota_warning else ''})"
+            )
+        lines.append(line)
     lines.append(
         f"logical {_size(usage.logical_bytes)} ({usage.logical_bytes} bytes), physical {_size(usage.physical_bytes)} "
         f"({usage.physical_bytes} bytes): dedup saves {_size(usage.saved_bytes)}"

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from registry import paths
 from registry.digests import Digest
@@ -29,15 +30,39 @@ class RepositoryUsage:
     tags: int
     blobs: int
     logical_bytes: int
+    quota_bytes: int | None = None  # the repository's quota, when it has one (registry/policy/quotas.py)
+    quota_warning: bool = False  # past `policy.quota_warning` of it
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "name": self.name,
             "manifests": self.manifests,
             "tags": self.tags,
             "blobs": self.blobs,
             "logical_bytes": self.logical_bytes,
         }
+        if self.quota_bytes is not None:
+            body["quota_bytes"] = self.quota_bytes
+            body["quota_warning"] = self.quota_warning
+        return body
+
+
+class QuotaLimits(Protocol):
+    def limit_of(self, repository: str) -> int | None:
+        """The repository's quota in bytes, or None."""
+        ...
+
+
+def with_quotas(usage: StorageUsage, quota_of: Callable[[str], int | None], warning_at: float) -> StorageUsage:
+    """`usage` with each repository's quota (`quota_of`: its limit in bytes, or None)."""
+    rows = []
+    for row in usage.repositories:
+        limit = quota_of(row.name)
+        if limit is not None:
+            row = dataclasses.replace(row, quota_bytes=limit, quota_warning=row.logical_bytes >= limit * warning_at)
+        rows.append(row)
+    usage.repositories = rows
+    return usage
 
 
 @dataclass(slots=True)

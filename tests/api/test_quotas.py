@@ -4,6 +4,7 @@ for the last bytes cannot both pass; usage shows in the API and the metrics."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from asgi_lifespan import LifespanManager
 from registry.app import create_app
 from registry.gc.collector import GarbageCollector, GcOptions
 from registry.index.local import LocalIndex
+from registry.store.cli import run_du
 from registry.store.registry import Registry
 from storage_backends import StorageBackend
 from tests.api.conftest import blob_data_paths, make_settings
@@ -161,3 +163,25 @@ async def test_quotas_from_the_api_override_the_config_and_show_in_metrics(servi
     assert 'moorage_quota_used_bytes{repository="small/app"}' in metrics
     assert (await client.delete("/api/v1/quotas/small/*")).status_code == 204
     assert (await client.get("/api/v1/quotas")).json()["quotas"][0]["source"] == "api"
+
+
+async def test_usage_against_the_quota_shows_in_the_stats_api_and_moorage_du(
+    serving: Serving, storage_config: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = serving.client
+    assert (await push_with(client, "small/app", "v1", b"a" * 8500)).status_code == 201
+    assert (await push_with(client, "big/app", "v1", b"b" * 100)).status_code == 201
+    assert (await client.put("/api/v1/quotas", json={"repository": "big/*", "bytes": "1MiB"})).status_code == 200
+    stats = (await client.get("/api/v1/stats")).json()["repositories"]
+    by_name = {row["name"]: row for row in stats}
+    assert by_name["small/app"]["quota_bytes"] == 10_000 and by_name["small/app"]["quota_warning"] is True
+    assert by_name["big/app"]["quota_bytes"] == 2**20 and by_name["big/app"]["quota_warning"] is False
+
+    settings = make_settings(storage_config, {"quotas": [{"repository": "small/*", "bytes": 10_000}]})
+    args = argparse.Namespace(repository=None, json=False)
+    assert await run_du(args, settings) == 0
+    printed = capsys.readouterr().out
+    small = next(line for line in printed.splitlines() if line.startswith("small/app"))
+    big = next(line for line in printed.splitlines() if line.startswith("big/app"))
+    assert "QUOTA" in printed.splitlines()[0] and "over the warning level" in small, printed
+    assert "1.0 MiB (0% used)" in big, printed  # the API's quota, read from the policy database
