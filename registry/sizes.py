@@ -14,6 +14,8 @@ _UNITS.update({"GB": 10**9, "TB": 10**12})
 
 def parse_bytes(value: object) -> object:
     """`10GiB`, `500MB`, `1048576`; anything else is left for the validator to refuse."""
+    if isinstance(value, bool):
+        raise ValueError("a size, not true or false")
     if isinstance(value, str) and (match := _SIZE_RE.match(value)):
         return int(match.group(1)) * _UNITS[match.group(2)]
     return value

@@ -147,12 +147,17 @@ class _CompiledRule:
         return any(u.match(user) for u in self.users) or any(g.match(group) for g in self.groups for group in groups)
 
 
+def _any(pattern: str) -> bool:
+    """`*`, `**`, ...: a pattern any name matches."""
+    return bool(pattern) and set(pattern) == {"*"}
+
+
 def _compile(rule: AccessRule) -> _CompiledRule:
     return _CompiledRule(
         repository=glob_regex(rule.repository, segments=True),
-        users=tuple(glob_regex(u, segments=False) for u in rule.users if u not in ("*", ANONYMOUS)),
+        users=tuple(glob_regex(u, segments=False) for u in rule.users if not _any(u) and u != ANONYMOUS),
         groups=tuple(glob_regex(g, segments=False) for g in rule.groups),
-        any_user="*" in rule.users,
+        any_user=any(_any(u) for u in rule.users),
         anonymous=ANONYMOUS in rule.users,
         actions=expand_actions(rule.actions),
     )
@@ -168,8 +173,13 @@ class AccessRules:
         self._cache: dict[tuple[str, str, frozenset[str], str], frozenset[str]] = {}
         self.replace(rules, visibility)
 
-    def replace(self, rules: Sequence[AccessRule], visibility: Sequence[Visibility] = ()) -> None:
-        """Take these rules and visibility from now on (every view of this object sees them at once)."""
+    def replace(
+        self, rules: Sequence[AccessRule], visibility: Sequence[Visibility] = (), *, all_private: bool = False
+    ) -> None:
+        """Take these rules and visibility from now on (every view of this object sees them at once).
+        `all_private`: hold every repository private (the stored visibility is not known yet)."""
+        if all_private:
+            visibility = [Visibility("**", public=False)]
         compiled = [_compile(rule) for rule in rules]
         # Longest pattern first: the first match decides; private before public on a tie.
         ordered = sorted(visibility, key=lambda v: (-len(v.repository), v.public))

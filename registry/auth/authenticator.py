@@ -229,15 +229,18 @@ class Authenticator:
             identity = record.identity()
         elif subject:
             pat = claims.get(PERSONAL_TOKEN_CLAIM)
-            if isinstance(pat, str) and (
-                self.personal_tokens is None or not await self.personal_tokens.still_valid(pat)
-            ):
-                raise AuthFailed("the personal token this token was issued to has been revoked or has expired")
-            groups = claims.get(GROUPS_CLAIM)
-            group_names = (
-                frozenset(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else frozenset()
-            )
-            identity = Identity("user", subject, groups=group_names, token_id=pat if isinstance(pat, str) else "")
+            if pat is not None:
+                # Issued to a personal token: that very token, still there, and its scopes (never the whole user).
+                found = await self.personal_identity(str(pat), subject)
+                if found is None:
+                    raise AuthFailed("the personal token this token was issued to has been revoked or has expired")
+                identity = found
+            else:
+                groups = claims.get(GROUPS_CLAIM)
+                group_names = (
+                    frozenset(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else frozenset()
+                )
+                identity = Identity("user", subject, groups=group_names)
         else:
             identity = ANONYMOUS_IDENTITY
         return Caller(identity, verified.view, RuleView(self.rules, identity), bearer=True)
@@ -254,6 +257,20 @@ class Authenticator:
         if scheme == "bearer":
             return await self.bearer(credentials.strip())
         raise AuthFailed(f"unsupported authorization scheme {scheme[:20]!r}")
+
+    async def personal_identity(self, token_id: str, owner: str) -> Identity | None:
+        """What a token issued to personal token `token_id` of `owner` acts as now (None: revoked, expired, or its
+        owner is gone)."""
+        if self.personal_tokens is None:
+            return None
+        return await self.personal_tokens.identity_of(token_id, owner)
+
+    def user_exists(self, name: str) -> bool:
+        """For personal tokens of htpasswd users: a user removed from the file loses them (a directory's or an
+        identity provider's users are known by their last sign-in)."""
+        return (
+            self.htpasswd is None or self.htpasswd.has_user(name) or self.directory is not None or self.oidc is not None
+        )
 
     async def remember(self, identity: Identity, source: str) -> None:
         """Keep the groups of a user who signed in through a directory or an identity provider: their personal

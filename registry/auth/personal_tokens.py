@@ -24,6 +24,8 @@ SECRET_PREFIX = "moorage_pat_"
 _SECRET = re.compile(r"moorage_pat_([0-9a-f]{16})_[A-Za-z0-9_-]{43}\Z")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}\Z")
 MAX_TOKENS_PER_USER = 100
+MAX_SCOPES = 50
+MAX_PATTERN = 256
 USED_EVERY_SECONDS = 60.0
 
 
@@ -41,22 +43,33 @@ def _hash(secret: str) -> str:
 
 def parse_scopes(scopes: list[str]) -> tuple[Grant, ...]:
     try:
-        grants = tuple(Grant.from_scope(scope) for scope in Scope.parse_many(scopes))
+        grants = tuple(dict.fromkeys(Grant.from_scope(scope) for scope in Scope.parse_many(scopes)))
     except ScopeError as e:
         raise TokenError(str(e)) from None
     if not grants:
         raise TokenError("a token needs at least one scope ('repository:NAME:pull,push')")
+    if len(grants) > MAX_SCOPES:
+        raise TokenError(f"at most {MAX_SCOPES} scopes per token")
+    if any(len(grant.pattern) > MAX_PATTERN for grant in grants):
+        raise TokenError(f"a scope's repository pattern is at most {MAX_PATTERN} characters")
     return grants
 
 
 class PersonalTokens:
-    def __init__(self, policy: Policy, static_groups: Callable[[str], frozenset[str]]) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        static_groups: Callable[[str], frozenset[str]],
+        user_exists: Callable[[str], bool] = lambda name: True,
+    ) -> None:
         self.policy = policy
         self.static_groups = static_groups
+        self.user_exists = user_exists
 
     async def create(
         self, owner: str, name: str, scopes: list[str], lifetime: float | None, actor: Actor
     ) -> tuple[StoredToken, str]:
+        self.policy.require_durable()
         if not _NAME.match(name):
             raise TokenError("a token's name: letters, digits, spaces, '.', '_', '-'; at most 128")
         grants = parse_scopes(scopes)
@@ -104,7 +117,7 @@ class PersonalTokens:
         if match is None:
             return None
         token = await self.get(match.group(1))
-        if token is None or token.owner != username or token.expired():
+        if token is None or token.owner != username or token.expired() or not self.user_exists(token.owner):
             return None
         if not hmac.compare_digest(token.hash.encode(), _hash(secret).encode()):
             return None
@@ -112,9 +125,16 @@ class PersonalTokens:
         if token.last_used is None or now - token.last_used > USED_EVERY_SECONDS:
             db = await self.policy.database()
             await self.policy.run(db.token_used, token.id, now)
+        return await self._identity(token)
+
+    async def _identity(self, token: StoredToken) -> Identity:
         grants = tuple(Grant.from_scope(Scope.parse(text)) for text in token.scopes)
         return Identity("user", token.owner, grants, token.id, await self.groups_of(token.owner))
 
-    async def still_valid(self, token_id: str) -> bool:
+    async def identity_of(self, token_id: str, owner: str) -> Identity | None:
+        """For bearer and refresh tokens issued to a personal token: what it acts as now, with its scopes; None
+        once it is revoked or expired, or its owner is gone."""
         token = await self.get(token_id)
-        return token is not None and not token.expired()
+        if token is None or token.owner != owner or token.expired() or not self.user_exists(owner):
+            return None
+        return await self._identity(token)

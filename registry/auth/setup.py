@@ -58,11 +58,13 @@ def install(app: Starlette, settings: Settings, registry: Registry) -> Service |
 
         def apply(snapshot: PolicySnapshot) -> None:
             visibility = [Visibility(v.repository, bool(v.value)) for v in snapshot.visibility]
-            authenticator.rules.replace([*config_rules, *(r.rule for r in snapshot.rules)], visibility)
+            rules = [*config_rules, *(r.rule for r in snapshot.rules)]
+            # Until the policy database was read once, nothing may be more open than it could say.
+            authenticator.rules.replace(rules, visibility, all_private=snapshot.version == 0)
 
         policy.listen(apply)
         authenticator.policy = policy
-        authenticator.personal_tokens = PersonalTokens(policy, authenticator.static_groups)
+        authenticator.personal_tokens = PersonalTokens(policy, authenticator.static_groups, authenticator.user_exists)
         app.state.personal_tokens = authenticator.personal_tokens
     setattr(app.state, AUTH_STATE, authenticator)
     setattr(app.state, GUARD_STATE, AccessGuard(authenticator))

@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute
 
 from registry.auth.access import ANONYMOUS_IDENTITY, Identity, Scope, ScopeError
 from registry.auth.authenticator import Authenticator, AuthFailed, TooManyFailures
-from registry.auth.bearer import CI_TOKEN_CLAIM, KIND_CLAIM, InvalidToken, TokenAuthority
+from registry.auth.bearer import CI_TOKEN_CLAIM, KIND_CLAIM, PERSONAL_TOKEN_CLAIM, InvalidToken, TokenAuthority
 from registry.errors import ErrorCode, RegistryError
 from registry.handlers.common import json_response
 from registry.routing import PUBLIC, ApiRoute
@@ -85,6 +85,20 @@ async def _login(auth: Authenticator, call: Awaitable[Identity]) -> Identity:
     return identity
 
 
+def refreshable(auth: Authenticator, identity: Identity) -> bool:
+    """Who gets a refresh token when a client asks (docker login keeps it instead of the password): CI tokens and
+    htpasswd users, whose record is read again at each refresh. Not personal tokens (the client keeps the token
+    itself) nor directory users (only the directory can say they may still sign in: clients keep the password)."""
+    if identity.kind == "ci":
+        return True
+    return (
+        identity.kind == "user"
+        and not identity.token_id
+        and auth.htpasswd is not None
+        and auth.htpasswd.has_user(identity.name)
+    )
+
+
 def _token_body(
     auth: Authenticator, authority: TokenAuthority, identity: Identity, scopes: list[Scope], *, offline: bool
 ) -> dict[str, Any]:
@@ -97,7 +111,7 @@ def _token_body(
         "issued_at": issued.issued_at,
         "scope": " ".join(f"{e['type']}:{e['name']}:{','.join(e['actions'])}" for e in access),
     }
-    if offline and identity.authenticated:
+    if offline and refreshable(auth, identity):
         body["refresh_token"] = authority.issue_refresh(identity)
     return body
 
@@ -141,9 +155,11 @@ async def _refresh_identity(auth: Authenticator, authority: TokenAuthority, refr
         if record is None or record.id != claims.get(CI_TOKEN_CLAIM) or record.expired():
             raise _unauthorized(auth, "the CI token has been revoked or has expired")
         return record.identity()
-    if not subject or auth.htpasswd is None or not auth.htpasswd.has_user(subject):
+    if claims.get(PERSONAL_TOKEN_CLAIM) is not None or not subject or auth.htpasswd is None:
         raise _unauthorized(auth, "invalid refresh token")
-    return Identity("user", subject)
+    if not auth.htpasswd.has_user(subject):
+        raise _unauthorized(auth, "invalid refresh token")
+    return Identity("user", subject, groups=auth.static_groups(subject))
 
 
 async def token_post(request: Request) -> Response:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,7 +40,6 @@ from registry.errors import ErrorCode, RegistryError
 from registry.handlers.common import json_response, single_query
 from registry.policy.database import Actor
 from registry.policy.service import Policy
-from registry.policy.settings import QuotaRule
 from registry.policy.setup import POLICY_STATE
 from registry.routing import ADMIN, IDENTITY_SCOPE_KEY, LOGIN, ApiRoute
 from registry.sizes import Bytes
@@ -80,7 +81,7 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
             raise RegistryError(ErrorCode.REQUEST_INVALID, message=f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _invalid("the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise _invalid("the body must be a JSON object")
@@ -192,7 +193,6 @@ async def list_quotas(request: Request) -> Response:
 async def set_quota(request: Request) -> Response:
     policy = _policy(request)
     body: QuotaBody = await _body(request, QuotaBody)
-    QuotaRule(repository=body.repository, bytes=body.bytes)
     db = await policy.database()
     await policy.change(db.set_setting, "quotas", body.repository, body.bytes, _actor(request))
     return json_response({"repository": body.repository, "bytes": body.bytes, "source": "api"})
@@ -211,8 +211,14 @@ async def delete_quota(request: Request) -> Response:
 
 
 def _caller(request: Request) -> Identity:
+    """A signed-in user acting as themself: not a CI token named like a user, not another issuer's token, not a
+    personal token (which could otherwise list, revoke or mint its owner's other tokens)."""
     identity: Identity | None = request.scope.get(IDENTITY_SCOPE_KEY)
-    return identity or ANONYMOUS_IDENTITY
+    if identity is None:  # no auth at all (laptop mode): personal tokens make no sense there
+        return ANONYMOUS_IDENTITY
+    if identity.kind != "user" or identity.grants or identity.token_id:
+        raise RegistryError(ErrorCode.DENIED, message="personal tokens are managed by a signed-in user, not by a token")
+    return identity
 
 
 def _tokens(request: Request) -> PersonalTokens:
@@ -238,8 +244,6 @@ async def list_tokens(request: Request) -> Response:
 
 async def create_token(request: Request) -> Response:
     identity = _caller(request)
-    if identity.kind != "user" or identity.grants:
-        raise RegistryError(ErrorCode.DENIED, message="personal tokens are made by a signed-in user, not by a token")
     body: TokenBody = await _body(request, TokenBody)
     try:
         token, secret = await _tokens(request).create(
@@ -271,9 +275,12 @@ def _cursor(entry_at: float, entry_id: str) -> str:
 def _parse_cursor(text: str) -> tuple[float, str]:
     try:
         at, entry_id = json.loads(base64.urlsafe_b64decode(text.encode()))
-        return float(at), str(entry_id)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        position = float(at), str(entry_id)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, OverflowError, RecursionError):
         raise _invalid("invalid `before` cursor") from None
+    if not math.isfinite(position[0]) or len(position[1]) > 64:
+        raise _invalid("invalid `before` cursor")
+    return position
 
 
 async def audit(request: Request) -> Response:
@@ -281,7 +288,7 @@ async def audit(request: Request) -> Response:
     limit_text = single_query(request, "limit", ErrorCode.PAGINATION_NUMBER_INVALID)
     limit = AUDIT_PAGE
     if limit_text is not None:
-        if not limit_text.isdigit() or not 0 < int(limit_text) <= AUDIT_PAGE_MAX:
+        if not re.fullmatch(r"[0-9]{1,6}", limit_text) or not 0 < int(limit_text) <= AUDIT_PAGE_MAX:
             raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, detail={"limit": limit_text[:20]})
         limit = int(limit_text)
     before_text = single_query(request, "before", ErrorCode.REQUEST_INVALID)

@@ -4,7 +4,7 @@ the groups of users who signed in through a directory or an identity provider, a
 Unlike the index, nothing here can be derived from storage: the SQLite file is never replaced when unreadable, and
 with PostgreSQL every replica shares the tables. Every change bumps `policy_version` in its own transaction and
 writes its audit entry there too, so a change is never without its entry; each process polls that one row and
-reloads the rules when it moves (registry/policy/follower.py). Blocking calls: callers run them on threads.
+reloads the rules when it moves (registry/policy/service.py). Blocking calls: callers run them on threads.
 """
 
 from __future__ import annotations
@@ -382,11 +382,11 @@ class PolicyDatabase:
 
     def reserve(
         self, repository: str, blob: str, size: int, limit: int, counted: Counted, expire_before: float
-    ) -> int | None:
-        """Count `blob` (`size` bytes) against `repository`'s `limit` unless that would pass it: returns the usage
-        that leaves no room (None: it fits and is counted now, or was already). `counted` is what the index said
-        just before; reservations made since by others count in full. Serialized per repository on every replica,
-        so two pushes racing for the last bytes cannot both pass."""
+    ) -> tuple[int | None, bool]:
+        """Count `blob` (`size` bytes) against `repository`'s `limit` unless that would pass it: (the usage that
+        leaves no room, or None; whether this call counted it: False when it was counted already). `counted` is what
+        the index said just before; reservations made since by others count in full. Serialized per repository on
+        every replica, so two pushes racing for the last bytes cannot both pass."""
         with self.engine.transaction(lock=_QUOTA_LOCK + repository) as db:
             db.execute("DELETE FROM quota_pending WHERE repository = ? AND at < ?", (repository, expire_before))
             referenced = counted.referenced
@@ -400,15 +400,15 @@ class PolicyDatabase:
                 ).fetchall()
             }
             if blob in referenced or blob in pending:
-                return None
+                return None, False
             current = counted.logical + sum(pending.values())
             if current + size > limit:
-                return current
+                return current, False
             db.execute(
                 "INSERT INTO quota_pending (repository, blob, size, at) VALUES (?, ?, ?, ?)",
                 (repository, blob, size, time.time()),
             )
-            return None
+            return None, True
 
     def pending_bytes(self, repository: str, expire_before: float) -> dict[str, int]:
         rows = self.engine.read(

@@ -171,18 +171,37 @@ class Quotas:
         usage = await self.usage(repository)
         return None if usage is None else usage.quota.limit - usage.used
 
-    async def admit(self, repository: str, digest: Digest, size: int) -> None:
+    async def admit(self, repository: str, digest: Digest, size: int) -> bool:
         quota = self.quota_of(repository)
         if quota is None:
-            return
+            return False
         db = await self.policy.database()
         expire_before = self._expire_before()
         pending = await self.policy.run(db.pending_bytes, repository, expire_before)
         counted = await self._counted(repository, [*pending, str(digest)])
-        used = await self.policy.run(db.reserve, repository, str(digest), size, quota.limit, counted, expire_before)
+        used, reserved = await self.policy.run(
+            db.reserve, repository, str(digest), size, quota.limit, counted, expire_before
+        )
         if used is not None:
             raise self._refusal(repository, quota, quota.limit - used, size)
         await self.usage(repository)  # metrics and the warning
+        return reserved
+
+    async def check_references(self, repository: str, references: list[tuple[str, int]]) -> None:
+        """A manifest may not bring its repository past the quota: blobs whose count lapsed (pushed longer than
+        `policy.reservation_ttl` ago) count again, and so does the manifest itself. Not serialized: two manifests
+        racing can pass it together by what they add (a manifest and its lapsed blobs)."""
+        quota = self.quota_of(repository)
+        if quota is None:
+            return
+        db = await self.policy.database()
+        pending = await self.policy.run(db.pending_bytes, repository, self._expire_before())
+        sizes = dict(references)
+        counted = await self._counted(repository, list({*pending, *sizes}))
+        used = counted.logical + sum(size for blob, size in pending.items() if blob not in counted.referenced)
+        added = sum(size for blob, size in sizes.items() if blob not in counted.referenced and blob not in pending)
+        if used + added > quota.limit:
+            raise self._refusal(repository, quota, quota.limit - used, added)
 
     async def release(self, repository: str, digest: Digest) -> None:
         if self.quota_of(repository) is None:

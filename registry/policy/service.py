@@ -3,7 +3,9 @@
 Every process reads one row, the policy version, every `policy.poll_interval` (a quarter of a second by default);
 when it moved, it reads the rules, visibility and quotas again and hands the snapshot to each listener (the access
 rules, the quotas). A change made through this process is applied at once; one made on another replica within a
-poll. While the database cannot be read, the last snapshot (at first: the config file's rules alone) stays in force.
+poll. While the database cannot be read, the last snapshot stays in force; until a first one is read, listeners are
+told nothing has been read (`PolicySnapshot.version` 0), and the access rules hold every repository private then
+(what visibility may have closed stays closed; what the config's rules name explicitly stays open).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from registry.database import DATABASE_ERRORS
+from registry.database import DATABASE_ERRORS, EngineCorrupt
 from registry.errors import ErrorCode, RegistryError
 from registry.policy.database import PolicyDatabase, PolicySnapshot
 
@@ -37,8 +39,11 @@ def unavailable(error: BaseException) -> RegistryError:
 
 
 class Policy:
-    def __init__(self, target: Path | str, poll_interval: float) -> None:
+    def __init__(self, target: Path | str, poll_interval: float, *, durable: bool = True) -> None:
+        """`durable`: False for a file in the temporary directory (S3 without a database): changes are refused,
+        since they would be lost with the machine, and unknown to the other replicas."""
         self.target = target
+        self.durable = durable
         self.poll_interval = poll_interval
         self.snapshot = PolicySnapshot(version=0)
         self._listeners: list[Listener] = []
@@ -73,7 +78,7 @@ class Policy:
                 if self._db is None:
                     try:
                         self._db = await asyncio.to_thread(PolicyDatabase.open, self.target)
-                    except DATABASE_ERRORS as e:
+                    except (*DATABASE_ERRORS, EngineCorrupt, OSError) as e:
                         raise unavailable(e) from e
         return self._db
 
@@ -85,8 +90,17 @@ class Policy:
         except DATABASE_ERRORS as e:
             raise unavailable(e) from e
 
+    def require_durable(self) -> None:
+        if not self.durable:
+            raise RegistryError(
+                ErrorCode.UNAVAILABLE,
+                message="admin changes need a lasting policy database here",
+                detail="with S3 storage, set database.url (PostgreSQL, shared by every replica) or policy.path",
+            )
+
     async def change(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """An admin change: run, then applied in this process at once (other replicas follow within a poll)."""
+        self.require_durable()
         result = await self.run(function, *args, **kwargs)
         await self.refresh()
         return result
@@ -114,9 +128,10 @@ class Policy:
                 await asyncio.sleep(RETRY_SECONDS if failing else self.poll_interval)
             try:
                 await self.refresh()
-            except RegistryError as e:
+            except Exception as e:  # never end the follower: the rules would stop changing without a word
                 if not failing:
-                    logger.warning("policy: %s (%s); the last rules read hold meanwhile", e.message, e.detail)
+                    detail = f"{e.message} ({e.detail})" if isinstance(e, RegistryError) else repr(e)
+                    logger.warning("policy: %s; the last rules read hold meanwhile", detail)
                 failing = True
             else:
                 if failing:

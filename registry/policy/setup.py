@@ -36,7 +36,10 @@ def policy_target(settings: Settings) -> Path | str:
 
 
 def install(app: Starlette, settings: Settings, registry: Registry) -> Policy:
-    policy = Policy(policy_target(settings), settings.policy.poll_interval)
+    durable = not (
+        settings.database.url is None and settings.policy.path is None and settings.storage.backend != "filesystem"
+    )
+    policy = Policy(policy_target(settings), settings.policy.poll_interval, durable=durable)
     quotas = Quotas(settings.quotas, policy, getattr(app.state, "index", None), settings.policy, app.state.metrics)
     policy.listen(quotas.apply)
     registry.admissions.add(quotas)

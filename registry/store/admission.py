@@ -2,8 +2,10 @@
 
 The store asks at each step of a push: an upload may not start in a repository with no room left, a chunk may not
 bring an upload past the room there is (refused before its bytes are read, when its length is known, else as soon
-as they pass it), and a blob is counted against its repository, or refused, before it is published or mounted.
-Features add their checks with `Admissions.add`; the store never imports them.
+as they pass it), a blob is counted against its repository, or refused, before it is published or mounted (and
+uncounted if it is not stored after all), and a manifest may not reference more than there is room for (blobs whose
+count lapsed, and the manifest itself). Features add their checks with `Admissions.add`; the store never imports
+them.
 """
 
 from __future__ import annotations
@@ -19,12 +21,17 @@ class Admission(Protocol):
         """How many more bytes `repository` may take (None: no limit)."""
         ...
 
-    async def admit(self, repository: str, digest: Digest, size: int) -> None:
-        """Count the blob against `repository`, or raise the RegistryError that refuses it."""
+    async def admit(self, repository: str, digest: Digest, size: int) -> bool:
+        """Count the blob against `repository` (True: counted by this call; False: it was already), or raise the
+        RegistryError that refuses it."""
         ...
 
     async def release(self, repository: str, digest: Digest) -> None:
-        """Undo `admit` for a blob that was not stored after all."""
+        """Undo an `admit` that counted, for a blob that was not stored after all."""
+        ...
+
+    async def check_references(self, repository: str, references: list[tuple[str, int]]) -> None:
+        """Raise unless a manifest referencing these (digest, size) pairs, itself among them, fits."""
         ...
 
     def refusal(self, repository: str, room: int, size: int) -> Exception:
@@ -61,20 +68,21 @@ class Admissions:
             raise check.refusal(repository, room, size)
         return room
 
-    async def admit(self, repository: str, digest: Digest, size: int) -> None:
-        admitted: list[Admission] = []
+    async def admit(self, repository: str, digest: Digest, size: int) -> Admitted:
+        """Count the blob with every check; `release()` the result if it is not stored after all."""
+        admitted = Admitted(repository, digest)
         try:
             for check in self._checks:
-                await check.admit(repository, digest, size)
-                admitted.append(check)
+                if await check.admit(repository, digest, size):
+                    admitted.counted.append(check)
         except BaseException:
-            for check in admitted:
-                await check.release(repository, digest)
+            await admitted.release()
             raise
+        return admitted
 
-    async def release(self, repository: str, digest: Digest) -> None:
+    async def check_references(self, repository: str, references: list[tuple[str, int]]) -> None:
         for check in self._checks:
-            await check.release(repository, digest)
+            await check.check_references(repository, references)
 
     async def bounded(self, repository: str, offset: int, body: AsyncIterable[bytes]) -> AsyncIterable[bytes]:
         """`body`, refused as soon as the upload (already `offset` bytes) would pass the room there is."""
@@ -85,6 +93,20 @@ class Admissions:
         if offset >= room:
             raise check.refusal(repository, room, offset + 1)
         return _bounded(body, room - offset, lambda received: check.refusal(repository, room, offset + received))
+
+
+class Admitted:
+    """The checks that counted a blob by one `admit` (none when it was counted already): only those are undone."""
+
+    def __init__(self, repository: str, digest: Digest) -> None:
+        self.repository = repository
+        self.digest = digest
+        self.counted: list[Admission] = []
+
+    async def release(self) -> None:
+        counted, self.counted = self.counted, []
+        for check in counted:
+            await check.release(self.repository, self.digest)
 
 
 async def _bounded(body: AsyncIterable[bytes], limit: int, refusal: _Refusal) -> AsyncIterator[bytes]:

@@ -244,9 +244,15 @@ class BlobStore:
         return info
 
     async def _admitted_link(self, name: str, digest: Digest, size: int) -> None:
-        if self.admissions:
-            await self.admissions.admit(name, digest, size)
-        await self.link(name, digest)
+        if not self.admissions:
+            await self.link(name, digest)
+            return
+        admitted = await self.admissions.admit(name, digest, size)
+        try:
+            await self.link(name, digest)
+        except BaseException:
+            await admitted.release()
+            raise
 
     async def put_small(self, digest: Digest, data: bytes) -> None:
         """Store small content (a manifest) whose digest the caller has computed from `data`. A copy GC set aside

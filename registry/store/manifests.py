@@ -192,7 +192,7 @@ class ManifestStore:
         announcing = asyncio.ensure_future(self.events.prepare(name, tags=unique, manifests=[str(digest)]))
         first = await asyncio.gather(
             *(self.tags.check_can_set(name, tag, digest) for tag in unique),
-            *(() if cached else (self._check_references(name, parsed),)),
+            *(() if cached else (self._check_references(name, parsed, str(digest), len(data)),)),
             announcing,
             self.blobs.put_small(digest, data),
             return_exceptions=True,
@@ -224,19 +224,24 @@ class ManifestStore:
                 self.events.emit(Event(EventType.TAG_SET, name, str(digest), tag, parsed.media_type, len(data)))
         return PutResult(manifest, parsed, unique)
 
-    async def _check_references(self, name: str, parsed: ParsedManifest) -> None:
-        """Every blob and child manifest must already be in the repository; a subject need not be."""
-        checks = [self._check_blob(name, d) for d in (parsed.config, *parsed.layers) if d is not None]
-        checks += [self._check_child(name, d) for d in parsed.children]
-        await asyncio.gather(*checks)
+    async def _check_references(self, name: str, parsed: ParsedManifest, digest: str, size: int) -> None:
+        """Every blob and child manifest must already be in the repository (a subject need not be), and the
+        repository must have room for what the manifest references (quotas: the stored sizes, not the claimed)."""
+        blobs = [self._check_blob(name, d) for d in (parsed.config, *parsed.layers) if d is not None]
+        children = [self._check_child(name, d) for d in parsed.children]
+        found, _ = await asyncio.gather(asyncio.gather(*blobs), asyncio.gather(*children))
+        if self.blobs.admissions:
+            references = [(digest, size), *(pair for pair in found if pair is not None)]
+            await self.blobs.admissions.check_references(name, references)
 
-    async def _check_blob(self, name: str, descriptor: Descriptor) -> None:
+    async def _check_blob(self, name: str, descriptor: Descriptor) -> tuple[str, int] | None:
         if _is_foreign(descriptor):
-            return
+            return None
         try:
-            await self.blobs.stat(name, descriptor.digest, touch=True)
+            info = await self.blobs.stat(name, descriptor.digest, touch=True)
         except RegistryError:
             raise RegistryError(ErrorCode.MANIFEST_BLOB_UNKNOWN, detail={"digest": str(descriptor.digest)}) from None
+        return str(descriptor.digest), info.size
 
     async def _check_child(self, name: str, descriptor: Descriptor) -> None:
         if (

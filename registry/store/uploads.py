@@ -194,26 +194,31 @@ class UploadStore:
         await self._started_at(name, upload_id)
         chunks = await self._chunks(name, upload_id)
         total = sum(c.size for c in chunks)
+        admitted = None
         if self.admissions:
             try:
-                await self.admissions.admit(name, digest, total)  # before the blob is published
+                admitted = await self.admissions.admit(name, digest, total)  # before the blob is published
+            except RegistryError as e:
+                if e.code is ErrorCode.DENIED:  # refused for good; a 503 leaves the session for a retry
+                    await self.cancel(name, upload_id)
+                raise
+        try:
+            try:
+                created = await self._publish(name, upload_id, digest, chunks, total)
+            except PathNotFound:
+                # A concurrent completion of the same session took the chunks first.
+                raise upload_unknown(upload_id) from None
             except RegistryError:
                 await self.cancel(name, upload_id)
                 raise
-        try:
-            created = await self._publish(name, upload_id, digest, chunks, total)
-        except PathNotFound:
-            # A concurrent completion of the same session took the chunks first.
-            await self.admissions.release(name, digest)
-            raise upload_unknown(upload_id) from None
-        except RegistryError:
-            await self.admissions.release(name, digest)
-            await self.cancel(name, upload_id)
+            if not created:
+                # A dedup hit on an old blob: its age is what GC's grace period reads, and a manifest PUT follows.
+                await self.blobs.present(digest, touch=True)
+            await self.blobs.link(name, digest)
+        except BaseException:
+            if admitted is not None:
+                await admitted.release()  # not stored (or not linked) after all: not counted either
             raise
-        if not created:
-            # A dedup hit on an old blob: its age is what GC's grace period reads, and a manifest PUT follows.
-            await self.blobs.present(digest, touch=True)
-        await self.blobs.link(name, digest)
         await self.cancel(name, upload_id)
         self.events.emit(Event(EventType.BLOB_PUSHED, name, str(digest), size=total, deduplicated=not created))
         return BlobInfo(digest, total)

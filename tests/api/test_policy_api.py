@@ -262,3 +262,13 @@ async def test_concurrent_rule_changes_are_all_kept(registry: Client) -> None:
     )
     listed = [r["id"] for r in (await admin.get("/api/v1/access-rules")).json()["rules"] if r["source"] == "api"]
     assert sorted(listed) == sorted(ids)
+
+
+@FILESYSTEM
+async def test_a_repository_deleted_through_the_admin_api_is_in_the_audit_log(registry: Client) -> None:
+    admin = registry("admin")
+    await push_image(admin, "team/gone", "v1")
+    assert (await admin.delete("/api/v1/repositories/team/gone")).status_code == 202
+    entry = (await admin.get("/api/v1/audit")).json()["entries"][0]
+    assert (entry["action"], entry["target"], entry["actor"]) == ("repository.delete", "team/gone", "admin")
+    assert entry["detail"]["tags"] == 1

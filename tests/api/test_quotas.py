@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,8 +36,13 @@ class Serving:
 
 
 @pytest.fixture
-async def serving(storage_config: dict[str, Any]) -> AsyncIterator[Serving]:
-    sections = {"quotas": [{"repository": "small/*", "bytes": 10_000}], "metrics": {"enabled": True}}
+async def serving(storage_config: dict[str, Any], tmp_path: Path) -> AsyncIterator[Serving]:
+    sections = {
+        "quotas": [{"repository": "small/*", "bytes": 10_000}],
+        "metrics": {"enabled": True},
+        # On S3 without a database the default policy file is a temporary one, which takes no changes.
+        "policy": {"path": str(tmp_path / "policy.sqlite")},
+    }
     app = create_app(make_settings(storage_config, sections))
     async with LifespanManager(app) as manager:
         index: LocalIndex = app.state.index
@@ -166,7 +172,7 @@ async def test_quotas_from_the_api_override_the_config_and_show_in_metrics(servi
 
 
 async def test_usage_against_the_quota_shows_in_the_stats_api_and_moorage_du(
-    serving: Serving, storage_config: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    serving: Serving, storage_config: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     client = serving.client
     assert (await push_with(client, "small/app", "v1", b"a" * 8500)).status_code == 201
@@ -177,7 +183,10 @@ async def test_usage_against_the_quota_shows_in_the_stats_api_and_moorage_du(
     assert by_name["small/app"]["quota_bytes"] == 10_000 and by_name["small/app"]["quota_warning"] is True
     assert by_name["big/app"]["quota_bytes"] == 2**20 and by_name["big/app"]["quota_warning"] is False
 
-    settings = make_settings(storage_config, {"quotas": [{"repository": "small/*", "bytes": 10_000}]})
+    settings = make_settings(
+        storage_config,
+        {"quotas": [{"repository": "small/*", "bytes": 10_000}], "policy": {"path": str(tmp_path / "policy.sqlite")}},
+    )
     args = argparse.Namespace(repository=None, json=False)
     assert await run_du(args, settings) == 0
     printed = capsys.readouterr().out
@@ -185,3 +194,17 @@ async def test_usage_against_the_quota_shows_in_the_stats_api_and_moorage_du(
     big = next(line for line in printed.splitlines() if line.startswith("big/app"))
     assert "QUOTA" in printed.splitlines()[0] and "over the warning level" in small, printed
     assert "1.0 MiB (0% used)" in big, printed  # the API's quota, read from the policy database
+
+
+async def test_changes_are_refused_where_they_would_not_last(storage_config: dict[str, Any]) -> None:
+    """S3 without a database: the policy file would be a temporary one, this machine's alone."""
+    app = create_app(make_settings(storage_config))
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://registry.test") as client,
+    ):
+        response = await client.put("/api/v1/quotas", json={"repository": "x/*", "bytes": 100})
+        if storage_config.get("backend") == "s3":
+            assert response.status_code == 503 and "database.url" in response.text, response.text
+        else:
+            assert response.status_code == 200, response.text
