@@ -491,8 +491,19 @@ async def storage(request: Request) -> Response:
         "chart": [(r, r.logical_bytes * 100 / scale) for r in top],
         "total_scale": max(usage.logical_bytes, 1),
         "last_gc": await _last_gc(registry_of(request)) if visible is None else None,
+        "quotas": _quotas_of(request, [r.name for r in usage.largest]),
+        "quota_warning": ui_of(request).settings.policy.quota_warning,
     }
     return render(request, "storage.html", context)
+
+
+def _quotas_of(request: Request, names: list[str]) -> dict[str, tuple[int]]:
+    """name -> (quota,) for those of `names` that have one."""
+    quotas = getattr(request.app.state, "quotas", None)
+    if quotas is None:
+        return {}
+    limits = {name: quotas.limit_of(name) for name in names}
+    return {name: (limit,) for name, limit in limits.items() if limit is not None}
 
 
 async def gc_dry_run(request: Request) -> Response:

@@ -11,7 +11,7 @@ from starlette.templating import Jinja2Templates
 from registry.services import Service
 from registry.settings import Settings
 from registry.store.registry import Registry
-from registry.ui import identity_pages, pages
+from registry.ui import admin_pages, identity_pages, pages
 from registry.ui.pages import UI_STATE, UiState
 from registry.ui.sessions import SessionPruner
 
@@ -40,6 +40,7 @@ def install(app: Starlette, settings: Settings, registry: Registry) -> Service |
     setattr(app.state, UI_STATE, state)
     app.router.routes.extend(pages.routes())
     app.router.routes.extend(identity_pages.routes())
+    app.router.routes.extend(admin_pages.routes())
     return SessionPruner(state.sessions) if settings.auth is not None else None
 
 

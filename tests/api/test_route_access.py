@@ -94,6 +94,7 @@ def concrete(route: ApiRoute, repository: str) -> tuple[str, dict[str, str]]:
         "file": "ui.css",
         "id": "0123456789abcdef",
         "pattern": "r/*",
+        "kind": "quota",
     }
     path = route.path
     used = {}
