@@ -85,3 +85,11 @@ def test_checking_the_files_does_not_load_prometheus_client() -> None:
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_identity_example_config_is_valid() -> None:
+    settings = load_settings(EXAMPLE.with_name("identity-example.yml"))
+    assert settings.auth is not None and settings.auth.ldap is not None and settings.auth.oidc is not None
+    assert settings.auth.ldap.group_filter == "(member={dn})"
+    assert [quota.bytes for quota in settings.quotas] == [50 * 2**30, 5 * 2**30]
+    assert settings.policy.poll_interval == 0.25
