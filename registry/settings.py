@@ -5,8 +5,10 @@ The YAML file is `--config FILE`, else `$MOORAGE_CONFIG`, else `config/moorage.y
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -287,3 +289,17 @@ def load_settings(config_file: str | os.PathLike[str] | None = None) -> Settings
     except ValidationError as e:
         where = f" (config file {path} and MOORAGE_* environment)" if path else " (MOORAGE_* environment)"
         raise ConfigError(_describe(e) + where) from None
+
+
+def local_database_file(settings: Settings, configured: Path | None, layout_path: str, folder: str) -> Path:
+    """Where a feature's SQLite file lives when `database.url` is not set: `configured`, else beside the data on
+    the filesystem backend (`layout_path` under the root), else a file of this bucket's own in the temporary
+    directory (`folder`) on S3."""
+    if configured is not None:
+        return configured
+    storage = settings.storage
+    if storage.backend == "filesystem":
+        return storage.filesystem.root / layout_path
+    where = f"{storage.s3.endpoint_url or 'aws'}|{storage.s3.region or ''}|{storage.s3.bucket}|{storage.s3.prefix}"
+    digest = hashlib.sha256(where.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / folder / f"{storage.s3.bucket}-{digest}.sqlite"

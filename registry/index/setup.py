@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +11,7 @@ from registry import paths
 from registry.index.local import LocalIndex
 from registry.routing import WRITE_BLOCKERS_STATE
 from registry.services import Service
-from registry.settings import Settings
+from registry.settings import Settings, local_database_file
 from registry.store.registry import Registry
 
 if TYPE_CHECKING:
@@ -28,14 +26,7 @@ def index_target(settings: Settings) -> Path | str:
 
 def index_path(settings: Settings) -> Path:
     """`index.path`, else beside the data on the filesystem backend, else a file of this bucket's own on S3."""
-    if settings.index.path is not None:
-        return settings.index.path
-    storage = settings.storage
-    if storage.backend == "filesystem":
-        return storage.filesystem.root / paths.INDEX_DATABASE
-    where = f"{storage.s3.endpoint_url or 'aws'}|{storage.s3.region or ''}|{storage.s3.bucket}|{storage.s3.prefix}"
-    digest = hashlib.sha256(where.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "moorage-index" / f"{storage.s3.bucket}-{digest}.sqlite"
+    return local_database_file(settings, settings.index.path, paths.INDEX_DATABASE, "moorage-index")
 
 
 def open_index(settings: Settings, registry: Registry, metrics: Metrics | None = None) -> LocalIndex:

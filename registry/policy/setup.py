@@ -3,8 +3,6 @@ quotas as one of the store's admission checks."""
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -12,7 +10,7 @@ from starlette.applications import Starlette
 from registry import paths
 from registry.policy.quotas import Quotas
 from registry.policy.service import Policy
-from registry.settings import Settings
+from registry.settings import Settings, local_database_file
 from registry.store.registry import Registry
 
 POLICY_STATE = "policy"
@@ -25,14 +23,7 @@ def policy_target(settings: Settings) -> Path | str:
     target = settings.database.target()
     if target is not None:
         return target
-    if settings.policy.path is not None:
-        return settings.policy.path
-    storage = settings.storage
-    if storage.backend == "filesystem":
-        return storage.filesystem.root / paths.POLICY_DATABASE
-    where = f"{storage.s3.endpoint_url or 'aws'}|{storage.s3.region or ''}|{storage.s3.bucket}|{storage.s3.prefix}"
-    digest = hashlib.sha256(where.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "moorage-policy" / f"{storage.s3.bucket}-{digest}.sqlite"
+    return local_database_file(settings, settings.policy.path, paths.POLICY_DATABASE, "moorage-policy")
 
 
 def install(app: Starlette, settings: Settings, registry: Registry) -> Policy:
