@@ -32,16 +32,56 @@ IdentityKind = Literal["anonymous", "user", "ci", "external"]
 
 @functools.lru_cache(maxsize=1024)
 def glob_regex(pattern: str, *, segments: bool) -> re.Pattern[str]:
-    """`**` matches anything; `*` matches within one path segment when `segments`, else anything."""
-    parts = []
-    for piece in re.split(r"(\*\*|\*)", pattern):
-        if piece == "**":
-            parts.append(".*")
-        elif piece == "*":
-            parts.append("[^/]*" if segments else ".*")
+    """`**` matches anything; `*` matches within one path segment when `segments`, else anything.
+
+    In time linear in the name whatever the pattern (a token's scope or a rule may be anyone's): each wildcard
+    followed by literal text takes the text's first occurrence, atomically, instead of a backtracking `.*`
+    (`*a*a*a*a*b` against a long run of `a`s would otherwise stall the event loop for seconds to hours). The first
+    occurrence is always the right one: what lies between it and a later one holds no `/` (a `*` could not cross
+    one) and the next wildcard takes it. Only the text after the last wildcard is anchored at the end.
+    """
+    pieces = [piece for piece in re.split(r"(\*+)", pattern) if piece]
+    parts: list[str] = []
+    wildcard: str | None = None  # the class of the wildcard awaiting its literal text
+    for index, piece in enumerate(pieces):
+        if piece.startswith("*"):
+            kind = "." if (len(piece) > 1 or not segments) else "[^/]"
+            wildcard = "." if wildcard == "." else kind  # adjacent wildcards: the widest
+            continue
+        literal = re.escape(piece)
+        if wildcard is None:
+            parts.append(literal)
+        elif index == len(pieces) - 1:
+            parts.append(f"{wildcard}*{literal}")  # the last text: anchored at the end, after any wildcard run
+        elif wildcard == "[^/]" or _next_wildcard(pieces, index) == ".":
+            parts.append(f"(?>{wildcard}*?{literal})")
         else:
-            parts.append(re.escape(piece))
+            # `**`, text, then `*`: the first occurrence may leave a `/` the `*` cannot take; this one may try
+            # others (bounded: patterns from the API and tokens hold at most MAX_DOUBLE_STARS `**`).
+            parts.append(f"{wildcard}*?{literal}")
+        wildcard = None
+    if wildcard is not None:
+        parts.append(f"{wildcard}*")
     return re.compile("".join(parts) + r"\Z", re.DOTALL)
+
+
+def _next_wildcard(pieces: list[str], index: int) -> str | None:
+    for piece in pieces[index + 1 :]:
+        if piece.startswith("*"):
+            return "." if len(piece) > 1 else "[^/]"
+    return None
+
+
+MAX_DOUBLE_STARS = 2
+
+
+def check_pattern(pattern: str) -> None:
+    """Refuse what a pattern given by a user (a token's scope, a rule through the API) may not hold: control
+    characters, and more `**` than MAX_DOUBLE_STARS (each may cost a pass over the name)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in pattern):
+        raise ValueError("a pattern may not hold control characters")
+    if len(re.findall(r"\*\*+", pattern)) > MAX_DOUBLE_STARS:
+        raise ValueError(f"a pattern may hold at most {MAX_DOUBLE_STARS} `**`")
 
 
 def expand_actions(actions: Iterable[str]) -> frozenset[str]:
@@ -102,6 +142,10 @@ class Grant:
         actions = expand_actions(scope.actions)
         if not actions or len(actions) < len(set(scope.actions) - {"*"}):
             raise ScopeError(f"invalid scope {scope}: actions are pull, push, delete or *")
+        try:
+            check_pattern(scope.name)
+        except ValueError as e:
+            raise ScopeError(f"invalid scope {str(scope)[:300]}: {e}") from None
         return cls(scope.name, actions)
 
     def __str__(self) -> str:
@@ -117,6 +161,7 @@ class Identity:
     grants: tuple[Grant, ...] = ()  # a CI token's scopes, or a personal token's (which narrow the user's rights)
     token_id: str = ""  # a CI or personal token's record id, so that its revocation is seen at once
     groups: frozenset[str] = frozenset()
+    source: str = ""  # where a user signed in: "htpasswd", "ldap" or "oidc" (their names are one namespace)
 
     @property
     def authenticated(self) -> bool:

@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from registry.auth.access import (
@@ -30,6 +30,7 @@ from registry.auth.bearer import (
     GROUPS_CLAIM,
     KIND_CLAIM,
     PERSONAL_TOKEN_CLAIM,
+    SOURCE_CLAIM,
     InvalidToken,
     TokenAuthority,
 )
@@ -97,6 +98,7 @@ class Authenticator:
         self._pending: dict[bytes, asyncio.Future[Identity]] = {}
         self._bearer: dict[str, _VerifiedToken] = {}
         self._static_groups: dict[str, set[str]] = {}
+        self._looked_up: dict[str, tuple[Identity | None, float]] = {}
         for group, members in self.settings.groups.items():
             for member in members:
                 self._static_groups.setdefault(member, set()).add(group)
@@ -144,10 +146,9 @@ class Authenticator:
             # Raises DirectoryUnavailable (503) when the directory cannot be asked: not a failed login.
             identity = await self.directory.authenticate(username, password)
             if identity is not None:
-                identity = replace(identity, groups=identity.groups | self.static_groups(username))
-                await self.remember(identity, "ldap")
+                await self.remember(identity)
         elif self.htpasswd is not None and await self.htpasswd.verify(username, password):
-            identity = Identity("user", username, groups=self.static_groups(username))
+            identity = Identity("user", username, groups=self.static_groups(username), source="htpasswd")
         if identity is None:
             await self.failures.failed(username, address)
             logger.warning("failed login for user %r from %s", username[:100], address)
@@ -240,7 +241,10 @@ class Authenticator:
                 group_names = (
                     frozenset(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else frozenset()
                 )
-                identity = Identity("user", subject, groups=group_names)
+                source = claims.get(SOURCE_CLAIM)
+                identity = Identity(
+                    "user", subject, groups=group_names, source=source if isinstance(source, str) else ""
+                )
         else:
             identity = ANONYMOUS_IDENTITY
         return Caller(identity, verified.view, RuleView(self.rules, identity), bearer=True)
@@ -265,23 +269,55 @@ class Authenticator:
             return None
         return await self.personal_tokens.identity_of(token_id, owner)
 
-    def user_exists(self, name: str) -> bool:
-        """For personal tokens of htpasswd users: a user removed from the file loses them (a directory's or an
-        identity provider's users are known by their last sign-in)."""
-        return (
-            self.htpasswd is None or self.htpasswd.has_user(name) or self.directory is not None or self.oidc is not None
-        )
+    async def owner_groups(self, owner: str, source: str) -> frozenset[str] | None:
+        """The groups a personal token of `owner` (who signed in through `source`) acts with now; None when the
+        owner may no longer use tokens: removed from the htpasswd file, gone from the directory, not signed in
+        through the identity provider for `auth.oidc.token_sign_in_within`, or the name now someone else's."""
+        if source == "htpasswd":
+            has = self.htpasswd is not None and self.htpasswd.has_user(owner)
+            return self.static_groups(owner) if has else None
+        if self.policy is None or (self.htpasswd is not None and self.htpasswd.has_user(owner)):
+            return None
+        db = await self.policy.database()
+        known = await self.policy.run(db.known_user, owner)
+        if known is None or known.source != source:
+            return None
+        if source == "ldap" and self.directory is not None:
+            found = await self.directory_lookup(owner)
+            return found.groups if found is not None else None
+        if source == "oidc" and self.oidc is not None:
+            fresh = time.time() - known.seen_at <= self.oidc.settings.token_sign_in_within
+            return known.groups if fresh else None
+        return None
 
-    async def remember(self, identity: Identity, source: str) -> None:
-        """Keep the groups of a user who signed in through a directory or an identity provider: their personal
-        tokens act with them."""
+    async def directory_lookup(self, name: str) -> Identity | None:
+        """The directory's user now (groups included), remembered for `auth.cache_ttl`; raises its 503."""
+        assert self.directory is not None
+        now = time.monotonic()
+        hit = self._looked_up.get(name)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        found = await self.directory.lookup(name)
+        if len(self._looked_up) >= _CACHE_LIMIT:
+            self._looked_up.clear()
+        self._looked_up[name] = (found, now + self.settings.cache_ttl)
+        return found
+
+    async def remember(self, identity: Identity) -> bool:
+        """Record a directory's or an identity provider's user (their personal tokens act with their groups);
+        False when the name is an htpasswd user's, or a directory user's and this is the identity provider's."""
+        if self.htpasswd is not None and self.htpasswd.has_user(identity.name):
+            return False
         if self.policy is None:
-            return
+            return True
         try:
             db = await self.policy.database()
-            await self.policy.run(db.remember_user, identity.name, source, identity.groups)
+            return await self.policy.run(db.remember_user, identity.name, identity.source, identity.groups)
         except RegistryError as e:
-            logger.warning("could not record the groups of %r: %s", identity.name, e.message)
+            logger.warning("could not record the sign-in of %r: %s", identity.name, e.message)
+            if identity.source == "oidc":
+                raise  # whose the name is cannot be told: no sign-in
+            return True
 
     def caller_of(self, identity: Identity) -> Caller:
         """The caller an identity signed in another way (a UI session) is: the rules decide its rights."""
@@ -294,7 +330,10 @@ class Authenticator:
         GC dry runs, every repository's usage, the admin API). A token with scopes of its own is never an admin."""
         if identity.kind != "user" or identity.grants:
             return False
-        return any(glob_regex(pattern, segments=False).match(identity.name) for pattern in self.settings.admins) or any(
+        # By name only for the file's and the directory's users: an identity provider's are admins by group.
+        by_name = identity.source in ("htpasswd", "ldap") or (identity.source == "" and self.oidc is None)
+        named = by_name and any(glob_regex(p, segments=False).match(identity.name) for p in self.settings.admins)
+        return named or any(
             glob_regex(pattern, segments=False).match(group)
             for pattern in self.settings.admin_groups
             for group in identity.groups

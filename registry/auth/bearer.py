@@ -33,6 +33,7 @@ LEEWAY_SECONDS = 10
 REFRESH_USE = "refresh"
 PERSONAL_TOKEN_CLAIM = "moorage_pat"
 GROUPS_CLAIM = "moorage_groups"
+SOURCE_CLAIM = "moorage_source"
 CI_TOKEN_CLAIM = "moorage_ci"  # the CI token's record id: its revocation ends the tokens issued to it at once
 KIND_CLAIM = "moorage_kind"
 _CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
@@ -175,6 +176,8 @@ class TokenAuthority:
             claims[PERSONAL_TOKEN_CLAIM] = identity.token_id
         if identity.groups:
             claims[GROUPS_CLAIM] = sorted(identity.groups)
+        if identity.source:
+            claims[SOURCE_CLAIM] = identity.source
         return claims, now
 
     def issue(self, identity: Identity, access: list[dict[str, Any]]) -> Issued:

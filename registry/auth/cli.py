@@ -108,8 +108,11 @@ async def _personal(args: argparse.Namespace) -> int:
         else:
             await personal_tokens.revoke(args.registry, args.name, **where)
             print(f"Revoked personal token {args.name}.")
-    except (ClientError, CiTokenError, KeyError) as e:
+    except (ClientError, CiTokenError) as e:
         print(f"moorage token {args.token_command}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        print(f"moorage token {args.token_command}: unreadable answer from {args.registry}: {e!r}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 

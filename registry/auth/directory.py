@@ -23,3 +23,7 @@ class Directory(Protocol):
         """The user with their groups, or None for a wrong name or password (or a locked account); raises the
         error of `directory_unavailable` when the directory cannot answer."""
         ...
+
+    async def lookup(self, username: str) -> Identity | None:
+        """The user as the directory has it now, without a password (None: gone); raises as `authenticate`."""
+        ...

@@ -36,7 +36,8 @@ warnings.filterwarnings("ignore", message="ssl.match_hostname", category=Depreca
 logger = logging.getLogger("moorage.auth.ldap")
 INVALID_CREDENTIALS = 49
 MAX_USERNAME = 256
-MAX_GROUPS = 1000
+MAX_GROUPS = 200
+MAX_GROUP_NAME = 256
 
 
 class LdapDirectory:
@@ -125,7 +126,31 @@ class LdapDirectory:
         except LDAPException as e:
             logger.warning("ldap: %s cannot be asked: %s", settings.url, e)
             raise directory_unavailable(f"{type(e).__name__}: {e}") from e
-        return Identity("user", username, groups=groups)
+        return Identity("user", username, groups=groups, source="ldap")
+
+    async def lookup(self, username: str) -> Identity | None:
+        """The user as the directory has it now (found, with groups), without a password: for their personal
+        tokens and UI sessions. None: not there any more. Raises the 503 of `directory_unavailable`."""
+        if not username or len(username) > MAX_USERNAME or any(ord(c) < 32 for c in username):
+            return None
+        return await asyncio.to_thread(self._lookup, username)
+
+    def _lookup(self, username: str) -> Identity | None:
+        settings = self.settings
+        try:
+            service = self._service()
+            try:
+                user_filter = settings.user_filter.replace("{username}", escape_filter_chars(username))
+                service.search(settings.user_base, user_filter, SUBTREE, attributes=[], size_limit=2)
+                found = [e for e in service.response or [] if e.get("type") == "searchResEntry"]
+                if len(found) != 1:
+                    return None
+                groups = self._groups(service, username, str(found[0]["dn"]))
+            finally:
+                _close(service)
+        except LDAPException as e:
+            raise directory_unavailable(f"{type(e).__name__}: {e}") from e
+        return Identity("user", username, groups=groups, source="ldap")
 
     def _groups(self, connection: Connection, username: str, dn: str) -> frozenset[str]:
         settings = self.settings
@@ -142,9 +167,9 @@ class LdapDirectory:
                 continue
             values: Any = entry.get("attributes", {}).get(attribute)
             for value in values if isinstance(values, list) else [values]:
-                if isinstance(value, str) and value:
+                if isinstance(value, str) and value and len(value) <= MAX_GROUP_NAME:
                     groups.add(value)
-        return frozenset(groups)
+        return frozenset(sorted(groups)[:MAX_GROUPS])
 
 
 def _close(connection: Connection) -> None:

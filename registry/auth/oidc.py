@@ -32,7 +32,10 @@ logger = logging.getLogger("moorage.auth.oidc")
 DISCOVERY_TTL = 3600.0
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 LEEWAY_SECONDS = 30
-MAX_GROUPS = 1000
+JWKS_TTL = 3600.0  # keys the provider withdrew stop being trusted within this long
+MAX_DOCUMENT_BYTES = 1024 * 1024
+MAX_GROUPS = 200
+MAX_GROUP_NAME = 256
 
 
 class OidcError(Exception):
@@ -47,14 +50,15 @@ class Pending:
     nonce: str
     verifier: str
     next: str
+    issued: float = 0.0  # time.time() when the sign-in began
 
     def to_json(self) -> str:
-        return json.dumps([self.state, self.nonce, self.verifier, self.next])
+        return json.dumps([self.state, self.nonce, self.verifier, self.next, self.issued])
 
     @classmethod
     def from_json(cls, text: str) -> Pending:
-        state, nonce, verifier, target = json.loads(text)
-        return cls(str(state), str(nonce), str(verifier), str(target))
+        state, nonce, verifier, target, issued = json.loads(text)
+        return cls(str(state), str(nonce), str(verifier), str(target), float(issued))
 
 
 def _challenge(verifier: str) -> str:
@@ -77,13 +81,15 @@ class OidcClient:
     async def _get_json(self, url: str) -> dict[str, Any]:
         try:
             response = await self._client.get(url, headers={"Accept": "application/json"})
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
             raise OidcError(f"the identity provider cannot be reached ({type(e).__name__})") from e
         if response.status_code != 200:
             raise OidcError(f"the identity provider answered {response.status_code} for {url}")
+        if len(response.content) > MAX_DOCUMENT_BYTES:
+            raise OidcError(f"the identity provider's {url} is too large")
         try:
             data = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise OidcError(f"the identity provider's {url} is not JSON") from None
         if not isinstance(data, dict):
             raise OidcError(f"the identity provider's {url} is not a JSON object")
@@ -103,7 +109,9 @@ class OidcClient:
     async def begin(self, redirect_uri: str, target: str) -> tuple[str, Pending]:
         """The provider's authorization URL to send the browser to, and what the browser must keep meanwhile."""
         discovery = await self.discovery()
-        pending = Pending(secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48), target)
+        pending = Pending(
+            secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48), target, time.time()
+        )
         query = urlencode(
             {
                 "response_type": "code",
@@ -135,7 +143,7 @@ class OidcClient:
             response = await self._client.post(
                 str(discovery["token_endpoint"]), data=form, auth=auth, headers={"Accept": "application/json"}
             )
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
             raise OidcError(f"the identity provider cannot be reached ({type(e).__name__})") from e
         if response.status_code != 200:
             logger.warning(
@@ -144,13 +152,16 @@ class OidcClient:
             raise OidcError("the identity provider refused the sign-in")
         try:
             id_token = response.json()["id_token"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise OidcError("the identity provider sent no ID token") from None
+        if not isinstance(id_token, str) or len(id_token) > MAX_DOCUMENT_BYTES:
+            raise OidcError("the identity provider sent no usable ID token")
         claims = await self.verify(str(id_token), pending.nonce)
         return self.identity(claims)
 
     async def _key(self, kid: str | None) -> jwt.PyJWK:
-        if kid is not None and kid in self._keys:
+        fresh = time.monotonic() - self._keys_read_at < JWKS_TTL
+        if fresh and kid is not None and kid in self._keys:
             return self._keys[kid]
         # An unknown key id means the provider rotated its keys: read them again. ID tokens only come from the
         # provider's own token endpoint (never from the browser), so nobody else can make us read them often.
@@ -192,7 +203,7 @@ class OidcClient:
                 leeway=LEEWAY_SECONDS,
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )
-        except jwt.PyJWTError as e:
+        except (jwt.PyJWTError, TypeError, ValueError) as e:  # a key of another family than `alg`: TypeError
             raise OidcError(f"the ID token is not valid: {e}") from None
         audience = claims.get("aud")
         if isinstance(audience, list) and len(audience) > 1 and claims.get("azp") != self.settings.client_id:
@@ -208,7 +219,9 @@ class OidcClient:
         if name == "anonymous":
             raise OidcError("the user name 'anonymous' is reserved")
         raw = claims.get(self.settings.groups_claim, [])
-        groups = (
-            frozenset(g for g in raw[:MAX_GROUPS] if isinstance(g, str) and g) if isinstance(raw, list) else frozenset()
-        )
-        return Identity("user", name, groups=groups)
+        listed = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+        named = sorted({g for g in listed if isinstance(g, str) and g and len(g) <= MAX_GROUP_NAME})
+        if len(named) > MAX_GROUPS:
+            logger.warning("oidc: %s is in %d groups; the first %d (by name) count", name, len(named), MAX_GROUPS)
+        groups = frozenset(named[:MAX_GROUPS])
+        return Identity("user", self.settings.username_prefix + name, groups=groups, source="oidc")

@@ -14,7 +14,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from registry.auth.access import Grant, Identity, Scope, ScopeError
 from registry.policy.database import Actor, StoredToken, new_id
@@ -55,38 +55,41 @@ def parse_scopes(scopes: list[str]) -> tuple[Grant, ...]:
     return grants
 
 
+OwnerGroups = Callable[[str, str], Awaitable[frozenset[str] | None]]
+
+
 class PersonalTokens:
-    def __init__(
-        self,
-        policy: Policy,
-        static_groups: Callable[[str], frozenset[str]],
-        user_exists: Callable[[str], bool] = lambda name: True,
-    ) -> None:
+    def __init__(self, policy: Policy, owner_groups: OwnerGroups) -> None:
+        """`owner_groups(owner, source)`: the groups a token of that owner acts with now, or None when the owner
+        may no longer use tokens (registry.auth.authenticator.Authenticator.owner_groups)."""
         self.policy = policy
-        self.static_groups = static_groups
-        self.user_exists = user_exists
+        self.owner_groups = owner_groups
 
     async def create(
-        self, owner: str, name: str, scopes: list[str], lifetime: float | None, actor: Actor
+        self, owner: Identity, name: str, scopes: list[str], lifetime: float | None, actor: Actor
     ) -> tuple[StoredToken, str]:
+        """A token for `owner`, a signed-in user (with the source it signed in through)."""
         self.policy.require_durable()
+        if owner.kind != "user" or owner.source not in ("htpasswd", "ldap", "oidc"):
+            raise TokenError("personal tokens are for users who signed in with a password or single sign-on")
         if not _NAME.match(name):
             raise TokenError("a token's name: letters, digits, spaces, '.', '_', '-'; at most 128")
         grants = parse_scopes(scopes)
-        if len(await self.list(owner)) >= MAX_TOKENS_PER_USER:
+        if len(await self.list(owner.name)) >= MAX_TOKENS_PER_USER:
             raise TokenError(f"at most {MAX_TOKENS_PER_USER} tokens per user: revoke some first")
         token_id = new_id()
         secret = f"{SECRET_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
         now = time.time()
         token = StoredToken(
             id=token_id,
-            owner=owner,
+            owner=owner.name,
             name=name,
             hash=_hash(secret),
             scopes=tuple(str(grant) for grant in grants),
             created_at=now,
             expires_at=now + lifetime if lifetime else None,
             last_used=None,
+            owner_source=owner.source,
         )
         db = await self.policy.database()
         await self.policy.run(db.add_token, token, actor)
@@ -106,10 +109,6 @@ class PersonalTokens:
         db = await self.policy.database()
         return await self.policy.run(db.delete_token, token_id, actor)
 
-    async def groups_of(self, user: str) -> frozenset[str]:
-        db = await self.policy.database()
-        return self.static_groups(user) | await self.policy.run(db.user_groups, user)
-
     async def authenticate(self, username: str, secret: str) -> Identity | None:
         """The owner's identity, narrowed to the token's scopes; None for anything else (unknown, revoked,
         expired, another user's)."""
@@ -117,24 +116,28 @@ class PersonalTokens:
         if match is None:
             return None
         token = await self.get(match.group(1))
-        if token is None or token.owner != username or token.expired() or not self.user_exists(token.owner):
+        if token is None or token.owner != username or token.expired():
             return None
         if not hmac.compare_digest(token.hash.encode(), _hash(secret).encode()):
             return None
+        identity = await self._identity(token)
         now = time.time()
-        if token.last_used is None or now - token.last_used > USED_EVERY_SECONDS:
+        if identity is not None and (token.last_used is None or now - token.last_used > USED_EVERY_SECONDS):
             db = await self.policy.database()
             await self.policy.run(db.token_used, token.id, now)
-        return await self._identity(token)
+        return identity
 
-    async def _identity(self, token: StoredToken) -> Identity:
+    async def _identity(self, token: StoredToken) -> Identity | None:
+        groups = await self.owner_groups(token.owner, token.owner_source)
+        if groups is None:
+            return None
         grants = tuple(Grant.from_scope(Scope.parse(text)) for text in token.scopes)
-        return Identity("user", token.owner, grants, token.id, await self.groups_of(token.owner))
+        return Identity("user", token.owner, grants, token.id, groups, token.owner_source)
 
     async def identity_of(self, token_id: str, owner: str) -> Identity | None:
-        """For bearer and refresh tokens issued to a personal token: what it acts as now, with its scopes; None
-        once it is revoked or expired, or its owner is gone."""
+        """For bearer tokens issued to a personal token: what it acts as now, with its scopes; None once it is
+        revoked or expired, or its owner may no longer use it."""
         token = await self.get(token_id)
-        if token is None or token.owner != owner or token.expired() or not self.user_exists(owner):
+        if token is None or token.owner != owner or token.expired():
             return None
         return await self._identity(token)

@@ -9,6 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from registry.durations import Seconds
 
 ACTIONS = ("pull", "push", "delete")
+
+
+def check_pattern(pattern: str) -> None:
+    """A repository glob's limits (registry.auth.access.check_pattern), imported late: that module imports this."""
+    from registry.auth.access import check_pattern as check
+
+    check(pattern)
+
+
 ANONYMOUS = "anonymous"
 
 
@@ -100,7 +109,19 @@ class OidcSettings(_Section):
     issuer: str = Field(pattern=r"^https?://", description="The provider's issuer URL (discovery is read from it).")
     client_id: str = Field(min_length=1)
     client_secret: SecretStr | None = Field(default=None, description="None: a public client (PKCE alone).")
-    username_claim: str = Field(default="preferred_username", description="The ID token claim that names the user.")
+    username_claim: str = Field(
+        default="preferred_username",
+        description="The ID token claim that names the user: one users cannot choose themselves (names are shared "
+        "with htpasswd and LDAP users; a name either holds is refused here).",
+    )
+    username_prefix: str = Field(
+        default="", max_length=64, description="Put before every OIDC user name (`sso-`): a namespace of their own."
+    )
+    token_sign_in_within: Seconds = Field(
+        default=30 * 86400.0,
+        description="An OIDC user's personal tokens work while they signed in within this long (the provider cannot "
+        "be asked whether they still may).",
+    )
     groups_claim: str = Field(default="groups", description="The ID token claim that lists the user's groups.")
     scopes: list[str] = Field(default=["openid", "profile", "email", "groups"], min_length=1)
     redirect_url: str | None = Field(
@@ -171,6 +192,7 @@ class AccessRule(_Section):
             raise ValueError(f"unknown action {unknown[0]!r} (actions: pull, push, delete, or *)")
         if not self.users and not self.groups:
             raise ValueError("a rule names users, groups or both")
+        check_pattern(self.repository)
         for name in (*self.users, *self.groups):
             if not name or len(name) > 256 or any(ord(c) < 32 for c in name):
                 raise ValueError(f"invalid user or group name {name[:40]!r}")

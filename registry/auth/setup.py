@@ -64,7 +64,7 @@ def install(app: Starlette, settings: Settings, registry: Registry) -> Service |
 
         policy.listen(apply)
         authenticator.policy = policy
-        authenticator.personal_tokens = PersonalTokens(policy, authenticator.static_groups, authenticator.user_exists)
+        authenticator.personal_tokens = PersonalTokens(policy, authenticator.owner_groups)
         app.state.personal_tokens = authenticator.personal_tokens
     setattr(app.state, AUTH_STATE, authenticator)
     setattr(app.state, GUARD_STATE, AccessGuard(authenticator))

@@ -4,7 +4,10 @@ API (/api/v1/tokens) with the credentials `moorage login` (or `docker login`) sa
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+import httpx
 
 from registry.client.api import RegistryClient, error_from_response
 from registry.client.errors import ClientError
@@ -31,7 +34,7 @@ async def create(
         )
         if response.status_code != 201:
             raise error_from_response(response, f"create token {name!r} on {registry.name}")
-        return _object(response.json(), registry.name)
+        return _object(response, registry.name)
 
 
 async def listed(host: str, *, insecure: bool, ca_file: str | None) -> list[dict[str, Any]]:
@@ -39,20 +42,28 @@ async def listed(host: str, *, insecure: bool, ca_file: str | None) -> list[dict
         response = await registry.transport.request("GET", "/api/v1/tokens")
         if response.status_code != 200:
             raise error_from_response(response, f"list tokens on {registry.name}")
-        tokens = _object(response.json(), registry.name).get("tokens")
+        tokens = _object(response, registry.name).get("tokens")
         if not isinstance(tokens, list):
             raise ClientError(f"list tokens: unreadable answer from {registry.name}")
         return [token for token in tokens if isinstance(token, dict)]
 
 
 async def revoke(host: str, token_id: str, *, insecure: bool, ca_file: str | None) -> None:
+    if not re.fullmatch(r"[0-9a-f]{16}", token_id):
+        raise ClientError(
+            f"{token_id[:40]!r} is not a token id (16 hexadecimal digits: `moorage token list` shows them)"
+        )
     async with _client(host, insecure, ca_file) as registry:
         response = await registry.transport.request("DELETE", f"/api/v1/tokens/{token_id}")
         if response.status_code != 204:
             raise error_from_response(response, f"revoke token {token_id} on {registry.name}")
 
 
-def _object(value: object, name: str) -> dict[str, Any]:
+def _object(response: httpx.Response, name: str) -> dict[str, Any]:
+    try:
+        value = response.json()
+    except (ValueError, RecursionError):
+        raise ClientError(f"unreadable answer from {name}: not JSON") from None
     if not isinstance(value, dict):
         raise ClientError(f"unreadable answer from {name}")
     return value

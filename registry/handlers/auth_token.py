@@ -159,7 +159,7 @@ async def _refresh_identity(auth: Authenticator, authority: TokenAuthority, refr
         raise _unauthorized(auth, "invalid refresh token")
     if not auth.htpasswd.has_user(subject):
         raise _unauthorized(auth, "invalid refresh token")
-    return Identity("user", subject, groups=auth.static_groups(subject))
+    return Identity("user", subject, groups=auth.static_groups(subject), source="htpasswd")
 
 
 async def token_post(request: Request) -> Response:

@@ -27,14 +27,14 @@ import math
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from registry.auth.access import ANONYMOUS_IDENTITY, Identity
 from registry.auth.personal_tokens import PersonalTokens, TokenError
-from registry.auth.settings import AccessRule
+from registry.auth.settings import AccessRule, check_pattern
 from registry.durations import Seconds
 from registry.errors import ErrorCode, RegistryError
 from registry.handlers.common import json_response, single_query
@@ -57,10 +57,22 @@ class VisibilityBody(_Body):
     repository: str = Field(min_length=1, max_length=256)
     visibility: str = Field(pattern="^(public|private)$")
 
+    @field_validator("repository")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        check_pattern(value)
+        return value
+
 
 class QuotaBody(_Body):
     repository: str = Field(min_length=1, max_length=256)
     bytes: Bytes
+
+    @field_validator("repository")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        check_pattern(value)
+        return value
 
 
 class TokenBody(_Body):
@@ -247,7 +259,7 @@ async def create_token(request: Request) -> Response:
     body: TokenBody = await _body(request, TokenBody)
     try:
         token, secret = await _tokens(request).create(
-            identity.name, body.name, body.scopes, body.expires_in, _actor(request)
+            identity, body.name, body.scopes, body.expires_in, _actor(request)
         )
     except TokenError as e:
         raise _invalid(str(e)) from None

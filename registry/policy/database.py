@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS quota_pending (
 );
 CREATE TABLE IF NOT EXISTS personal_tokens (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, hash TEXT NOT NULL, scopes TEXT NOT NULL,
-    created_at REAL NOT NULL, expires_at REAL, last_used REAL
+    created_at REAL NOT NULL, expires_at REAL, last_used REAL, owner_source TEXT NOT NULL DEFAULT 'htpasswd'
 );
 CREATE INDEX IF NOT EXISTS personal_tokens_by_owner ON personal_tokens (owner);
 CREATE TABLE IF NOT EXISTS known_users (
@@ -101,6 +101,7 @@ class StoredToken:
     created_at: float
     expires_at: float | None
     last_used: float | None
+    owner_source: str = "htpasswd"  # where its owner signs in: a user of the same name elsewhere is not its owner
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and (now or time.time()) >= self.expires_at
@@ -114,7 +115,23 @@ class StoredToken:
             "created_at": self.created_at,
             "expires_at": self.expires_at,
             "last_used": self.last_used,
+            "owner_source": self.owner_source,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class KnownUser:
+    """A user who signed in through a directory or an identity provider: where, with which groups, when last."""
+
+    name: str
+    source: str
+    groups: frozenset[str]
+    seen_at: float
+
+
+SOURCE_RANK = {"oidc": 1, "ldap": 2, "htpasswd": 3}
+"""Whose claim to a name wins: an operator's file over a directory over an identity provider (whose names users
+may sometimes choose)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,8 +319,8 @@ class PolicyDatabase:
     def add_token(self, token: StoredToken, actor: Actor) -> None:
         with self.engine.transaction() as db:
             db.execute(
-                "INSERT INTO personal_tokens (id, owner, name, hash, scopes, created_at, expires_at, last_used) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                "INSERT INTO personal_tokens (id, owner, name, hash, scopes, created_at, expires_at, last_used, "
+                "owner_source) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
                 (
                     token.id,
                     token.owner,
@@ -312,19 +329,21 @@ class PolicyDatabase:
                     json.dumps(token.scopes),
                     token.created_at,
                     token.expires_at,
+                    token.owner_source,
                 ),
             )
             self._audit(db, actor, "token.create", token.id, {"owner": token.owner, "name": token.name})
 
     def token(self, token_id: str) -> StoredToken | None:
         rows = self.engine.read(
-            "SELECT id, owner, name, hash, scopes, created_at, expires_at, last_used FROM personal_tokens WHERE id = ?",
+            "SELECT id, owner, name, hash, scopes, created_at, expires_at, last_used, owner_source "
+            "FROM personal_tokens WHERE id = ?",
             (token_id,),
         )
         return _token(rows[0]) if rows else None
 
     def tokens(self, owner: str | None) -> list[StoredToken]:
-        columns = "id, owner, name, hash, scopes, created_at, expires_at, last_used"
+        columns = "id, owner, name, hash, scopes, created_at, expires_at, last_used, owner_source"
         if owner is None:
             rows = self.engine.read(f"SELECT {columns} FROM personal_tokens ORDER BY created_at, id")
         else:
@@ -347,18 +366,26 @@ class PolicyDatabase:
 
     # --- users who signed in through a directory or an identity provider: their groups, for their tokens
 
-    def remember_user(self, name: str, source: str, groups: frozenset[str]) -> None:
-        with self.engine.transaction() as db:
+    def remember_user(self, name: str, source: str, groups: frozenset[str]) -> bool:
+        """Record a sign-in; False (nothing written) when a source that ranks higher (SOURCE_RANK) holds the name."""
+        with self.engine.transaction(lock="moorage-user:" + name) as db:
+            rows = db.execute("SELECT source FROM known_users WHERE name = ?", (name,)).fetchall()
+            if rows and SOURCE_RANK.get(str(rows[0][0]), 0) > SOURCE_RANK.get(source, 0):
+                return False
             db.execute(
                 "INSERT INTO known_users (name, source, groups_, seen_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET source = excluded.source, groups_ = excluded.groups_, "
                 "seen_at = excluded.seen_at",
                 (name, source, json.dumps(sorted(groups)), time.time()),
             )
+        return True
 
-    def user_groups(self, name: str) -> frozenset[str]:
-        rows = self.engine.read("SELECT groups_ FROM known_users WHERE name = ?", (name,))
-        return frozenset(json.loads(rows[0][0])) if rows else frozenset()
+    def known_user(self, name: str) -> KnownUser | None:
+        rows = self.engine.read("SELECT source, groups_, seen_at FROM known_users WHERE name = ?", (name,))
+        if not rows:
+            return None
+        source, groups, seen_at = rows[0]
+        return KnownUser(name, str(source), frozenset(json.loads(groups)), float(seen_at))
 
     # --- the audit log
 
@@ -435,4 +462,5 @@ def _token(row: Any) -> StoredToken:
         created_at=float(row[5]),
         expires_at=float(row[6]) if row[6] is not None else None,
         last_used=float(row[7]) if row[7] is not None else None,
+        owner_source=str(row[8]),
     )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from registry.auth.settings import check_pattern
 from registry.durations import Seconds
 from registry.sizes import Bytes
 
@@ -15,6 +16,12 @@ class QuotaRule(BaseModel):
 
     repository: str = Field(min_length=1, max_length=256, description='A glob, as in access rules ("team/**").')
     bytes: Bytes = Field(description="`10GiB`, `500MB`, `1048576`: unique bytes its manifests and pushes reference.")
+
+    @field_validator("repository")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        check_pattern(value)
+        return value
 
 
 class PolicySettings(BaseModel):

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from registry.admin import EXIT_CONFIG_ERROR, EXIT_FAILURE, EXIT_OK, open_registry, set_main
@@ -71,13 +72,17 @@ async def run_du(args: argparse.Namespace, settings: Settings) -> int:
 async def _quota_table(settings: Settings) -> QuotaLimits:
     """The quotas in force: the config's and the admin API's (from the policy database, when it can be read)."""
     # The policy feature's, asked here only (the store itself never imports features).
-    from registry.database import DATABASE_ERRORS
+    from registry.database import DATABASE_ERRORS, EngineCorrupt
     from registry.policy.database import PolicyDatabase, PolicySnapshot
     from registry.policy.quotas import QuotaTable
     from registry.policy.setup import policy_target
 
+    target = policy_target(settings)
+
     def read() -> PolicySnapshot:
-        db = PolicyDatabase.open(policy_target(settings))
+        if isinstance(target, Path) and not target.exists():
+            return PolicySnapshot(version=0)  # no admin change yet: nothing to read, nothing to create
+        db = PolicyDatabase.open(target)
         try:
             return db.snapshot()
         finally:
@@ -85,7 +90,7 @@ async def _quota_table(settings: Settings) -> QuotaLimits:
 
     try:
         snapshot = await asyncio.to_thread(read)
-    except DATABASE_ERRORS as e:
+    except (*DATABASE_ERRORS, EngineCorrupt, OSError) as e:
         print(f"moorage: the policy database cannot be read ({e}): quotas of the config file only", file=sys.stderr)
         snapshot = PolicySnapshot(version=0)
     return QuotaTable(settings.quotas, snapshot)

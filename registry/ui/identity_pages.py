@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
+import time
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -34,6 +36,7 @@ OIDC_COOKIE_PATH = "/ui/auth"
 OIDC_COOKIE_SECONDS = 600
 CALLBACK_PATH = "/ui/auth/callback"
 _MAX_COOKIE = 2048
+_MAX_NEXT = 512
 _DAY = 86400.0
 _MAX_DAYS = 5 * 366
 
@@ -53,25 +56,31 @@ def _redirect_uri(request: Request, client: OidcClient) -> str:
 
 def _seal(request: Request, pending: Pending) -> str:
     payload = base64.urlsafe_b64encode(pending.to_json().encode()).decode()
-    return payload + "." + ui_of(request).sessions.csrf_token("oidc:" + payload)
+    return payload + "." + ui_of(request).sessions.sign("oidc-pending", payload)
 
 
 def _unseal(request: Request, value: str | None) -> Pending | None:
     if not value or len(value) > _MAX_COOKIE or "." not in value:
         return None
     payload, _, signature = value.rpartition(".")
-    if not ui_of(request).sessions.csrf_valid("oidc:" + payload, signature):
+    if not ui_of(request).sessions.signed("oidc-pending", payload, signature):
         return None
     try:
-        return Pending.from_json(base64.urlsafe_b64decode(payload.encode()).decode())
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        pending = Pending.from_json(base64.urlsafe_b64decode(payload.encode()).decode())
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         return None
+    if not 0 <= time.time() - pending.issued <= OIDC_COOKIE_SECONDS:
+        return None  # the cookie's own lifetime is the browser's to keep: this one is ours
+    return pending
 
 
 async def oidc_begin(request: Request) -> Response:
     client = _oidc(request)
     try:
-        url, pending = await client.begin(_redirect_uri(request, client), safe_next(_one(request, "next")))
+        target = safe_next(_one(request, "next"))
+        if len(target) > _MAX_NEXT:
+            target = "/ui/"  # the cookie has room for a page's path, not for anything
+        url, pending = await client.begin(_redirect_uri(request, client), target)
     except OidcError as e:
         return _failed(request, str(e))
     response = RedirectResponse(url, status_code=303)
@@ -111,8 +120,9 @@ async def oidc_callback(request: Request) -> Response:
         logger.warning("oidc: sign-in refused: %s", e)
         return _failed(request, str(e))
     auth = ui_of(request).auth
-    if auth is not None:
-        await auth.remember(identity, "oidc")  # the groups its personal tokens act with
+    if auth is not None and not await auth.remember(identity):  # the groups its personal tokens act with
+        logger.warning("oidc: %r is a local or directory user's name: sign-in refused", identity.name)
+        return _failed(request, f"the name {identity.name!r} belongs to another account here")
     response = await _signed_in(request, identity, "oidc", pending.next, page=True)
     response.delete_cookie(OIDC_COOKIE, path=OIDC_COOKIE_PATH)
     return response
@@ -146,13 +156,13 @@ async def create_token(request: Request) -> Response:
     days_text = form.get("expires_days", "").strip()
     lifetime = None
     if days_text:
-        if not days_text.isdigit() or not 0 < int(days_text) <= _MAX_DAYS:
+        if not re.fullmatch(r"[0-9]{1,5}", days_text) or not 0 < int(days_text) <= _MAX_DAYS:
             return await _tokens_page(request, error=f"Expiry: a number of days from 1 to {_MAX_DAYS}, or empty.")
         lifetime = int(days_text) * _DAY
     client = request.client
     try:
         token, secret = await ui.auth.personal_tokens.create(
-            state.session.user,
+            session_identity(state.session),
             form.get("name", "").strip(),
             form.get("scopes", "").split(),
             lifetime,

@@ -13,6 +13,7 @@ named by the UI session instead of an `Authorization` header, and errors rendere
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -133,6 +134,14 @@ async def identify(request: Request) -> None:
         and not htpasswd.has_user(session.user)
     ):
         session = None  # removed from the htpasswd file since signing in (seen within a second)
+    if session is not None and session.source == "ldap" and ui.auth is not None and ui.auth.directory is not None:
+        # A directory user's groups as the directory has them now (asked at most every auth.cache_ttl).
+        try:
+            found = await ui.auth.directory_lookup(session.user)
+        except RegistryError:
+            pass  # the directory cannot answer: the groups of the sign-in hold meanwhile
+        else:
+            session = None if found is None else dataclasses.replace(session, groups=tuple(sorted(found.groups)))
     nonce = request.cookies.get(CSRF_COOKIE)
     new_nonce = not well_formed(nonce)
     if new_nonce:
@@ -600,7 +609,7 @@ async def _signed_in(request: Request, identity: Identity, source: str, target: 
 
 
 def session_identity(session: Session) -> Identity:
-    return Identity("user", session.user, groups=frozenset(session.groups))
+    return Identity("user", session.user, groups=frozenset(session.groups), source=session.source)
 
 
 async def logout(request: Request) -> Response:

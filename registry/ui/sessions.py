@@ -33,7 +33,7 @@ CSRF_COOKIE = "moorage_csrf"
 COOKIE_PATH = "/ui"
 _SECRET_BYTES = 32
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}\Z")  # token_urlsafe(32)
-_RECORD_LIMIT = 4096
+_RECORD_LIMIT = 128 * 1024  # a user's groups are kept too (at most 200 names of at most 256 characters)
 PRUNE_EVERY_SECONDS = 3600.0
 PRUNE_SLACK_SECONDS = 60.0
 logger = logging.getLogger("moorage.ui")
@@ -139,6 +139,16 @@ class Sessions:
         """The token forms carry for the session secret or nonce `bound_to`."""
         assert self._csrf_key, "use_secret first"
         return hmac.new(self._csrf_key, bound_to.encode(), hashlib.sha256).hexdigest()
+
+    def sign(self, purpose: str, value: str) -> str:
+        """An HMAC of `value` under a key of its own for `purpose` (derived from the shared secret: a signature
+        made for one purpose, or a CSRF token, is never valid for another)."""
+        assert self._csrf_key, "use_secret first"
+        key = hmac.new(self._csrf_key, b"purpose:" + purpose.encode(), hashlib.sha256).digest()
+        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+    def signed(self, purpose: str, value: str, signature: str) -> bool:
+        return hmac.compare_digest(self.sign(purpose, value), signature)
 
     def csrf_valid(self, bound_to: str | None, token: str | None) -> bool:
         if not bound_to or not token:

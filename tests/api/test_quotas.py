@@ -208,3 +208,13 @@ async def test_changes_are_refused_where_they_would_not_last(storage_config: dic
             assert response.status_code == 503 and "database.url" in response.text, response.text
         else:
             assert response.status_code == 200, response.text
+
+
+async def test_moorage_du_reads_the_policy_database_without_creating_it(tmp_path: Path) -> None:
+    root = tmp_path / "fresh"
+    settings = make_settings({"filesystem": {"root": str(root), "fsync": False}})
+    registry = Registry.from_settings(settings)
+    await registry.start()
+    await registry.aclose()
+    assert await run_du(argparse.Namespace(repository=None, json=True), settings) == 0
+    assert not (root / "moorage" / "policy.sqlite").exists()

@@ -104,6 +104,7 @@ async def registry(ldap_directory: LdapServer, tmp_path: Path) -> AsyncIterator[
             "ldap": settings_of(ldap_directory).model_dump(mode="json")
             | {"bind_password": ldap_directory.admin_password},
             "cache_ttl": 1.0,
+            "admin_groups": ["admins"],
         },
         "access": [
             {"repository": "dev/**", "groups": ["developers"], "actions": ["pull", "push"]},
@@ -158,3 +159,24 @@ async def test_failures_are_told_apart_and_remembered_logins_outlive_an_outage(
     finally:
         ldap_directory.resume()
     assert (await registry.get("/v2/", auth=basic("bob", "bob-password"))).status_code == 200
+
+
+async def test_a_directory_users_ui_session_follows_the_directorys_groups(
+    registry: httpx.AsyncClient, ldap_directory: LdapServer
+) -> None:
+    from tests.ui.conftest import csrf_of
+
+    form = await registry.get("/ui/login")
+    signed_in = await registry.post(
+        "/ui/login", data={"csrf": csrf_of(form), "username": "alice", "password": "alice-password", "next": "/ui/"}
+    )
+    assert signed_in.status_code == 303, signed_in.text
+    assert (await registry.get("/ui/admin")).status_code == 200  # alice is in `admins` (auth.admin_groups)
+    made = await registry.get("/ui/tokens")
+    assert made.status_code == 200
+    ldap_directory.remove_member("admins", "alice")
+    started = time.monotonic()
+    while (await registry.get("/ui/admin")).status_code == 200:
+        assert time.monotonic() - started < 3.0, "alice stayed an admin past the cache time"
+        await asyncio.sleep(0.1)
+    assert (await registry.get("/ui/admin")).status_code == 403

@@ -46,6 +46,8 @@ def test_moorage_token_makes_personal_tokens_through_the_api(
 
     refused = server.moorage("token", "revoke", "--registry", host, "0123456789abcdef", check=False)
     assert refused.returncode != 0 and "not found" in refused.stderr, refused.stderr
+    sneaky = server.moorage("token", "revoke", "--registry", host, "../access-rules/abc", check=False)
+    assert sneaky.returncode != 0 and "not a token id" in sneaky.stderr, sneaky.stderr
     server.moorage("token", "revoke", "--registry", host, token_id)
     after = skopeo.run(
         "inspect",

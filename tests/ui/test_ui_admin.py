@@ -80,3 +80,13 @@ async def test_only_admins_see_the_admin_pages(ui_factory: UiFactory, htpasswd: 
     assert made.status_code == 200 and "moorage_pat_" in made.text
     bad = await post_form(alice, "/ui/tokens", "/ui/tokens", name="ci", scopes="nonsense", expires_days="7")
     assert bad.status_code == 400
+
+
+async def test_the_token_form_refuses_odd_expiries_without_an_error_page(ui_factory: UiFactory, htpasswd: Path) -> None:
+    alice = await ui_factory(auth_sections(htpasswd))
+    await sign_in(alice, "alice")
+    for days in ("²", "0", "-1", "1e3", "99999999"):
+        page = await post_form(
+            alice, "/ui/tokens", "/ui/tokens", name="x", scopes="repository:team/*:pull", expires_days=days
+        )
+        assert page.status_code == 400 and "Expiry" in page.text, (days, page.status_code)
