@@ -53,7 +53,9 @@ class Engine(Protocol):
     where: str
     """For messages: the file, or the database without its password."""
 
-    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]: ...
+    def read(self, sql: str, parameters: Sequence[Any] = (), *, wait: float | None = None) -> list[Any]:
+        """`wait`: at most so long for a connection (PostgreSQL; default CONNECT_TIMEOUT_SECONDS)."""
+        ...
 
     def transaction(self, lock: str | None = None) -> contextlib.AbstractContextManager[Sql]: ...
 
@@ -112,7 +114,7 @@ class SqliteEngine:
             self.close()
             raise EngineCorrupt(f"{path}: {e}") from e
 
-    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+    def read(self, sql: str, parameters: Sequence[Any] = (), *, wait: float | None = None) -> list[Any]:
         with self._read_lock:
             return self._reader.execute(sql, tuple(parameters)).fetchall()
 
@@ -219,8 +221,8 @@ class PostgresEngine:
             self._pool.close()  # or its workers would go on trying to connect
             raise
 
-    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
-        with self._pool.connection() as connection:
+    def read(self, sql: str, parameters: Sequence[Any] = (), *, wait: float | None = None) -> list[Any]:
+        with self._pool.connection(timeout=wait) as connection:
             return connection.execute(to_postgresql(sql), tuple(parameters)).fetchall()
 
     @contextlib.contextmanager
@@ -259,8 +261,8 @@ class _SharedPostgres:
         self.where = engine.where
         self._closed = False
 
-    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
-        return self.engine.read(sql, parameters)
+    def read(self, sql: str, parameters: Sequence[Any] = (), *, wait: float | None = None) -> list[Any]:
+        return self.engine.read(sql, parameters, wait=wait)
 
     def transaction(self, lock: str | None = None) -> contextlib.AbstractContextManager[Sql]:
         return self.engine.transaction(lock)

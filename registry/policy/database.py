@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
 CREATE INDEX IF NOT EXISTS audit_log_by_time ON audit_log (at, id)
 """
 _SCHEMA_LOCK = "moorage-policy-schema"
+VERSION_WAIT_SECONDS = 1.0
 _QUOTA_LOCK = "moorage-quota:"
 
 
@@ -200,7 +201,8 @@ class PolicyDatabase:
     # --- what every process follows
 
     def version(self) -> int:
-        return int(self.engine.read("SELECT version FROM policy_version WHERE id = 1")[0][0])
+        # Asked every quarter of a second: never held long by a database that is down (a shutdown waits for it).
+        return int(self.engine.read("SELECT version FROM policy_version WHERE id = 1", wait=VERSION_WAIT_SECONDS)[0][0])
 
     def snapshot(self) -> PolicySnapshot:
         with self.engine.transaction() as db:  # one consistent view, version included

@@ -343,8 +343,9 @@ def token_home(
 
 
 async def test_ci_tokens_are_seen_and_revoked_at_once_on_every_replica(
-    client_factory: ClientFactory, htpasswd: Path, token_home: tuple[dict[str, Any], CiTokenStore]
+    token_home: tuple[dict[str, Any], CiTokenStore], client_factory: ClientFactory, htpasswd: Path
 ) -> None:
+    # token_home first: its database is dropped only after the replicas (client_factory) have stopped.
     database, store = token_home
     sections = {**auth_sections(htpasswd, token=True), **database}
     replica_a, replica_b = await client_factory(sections), await client_factory(sections)
