@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("moorage.auth")
 _CACHE_LIMIT = 10_000
+DIRECTORY_DOWN_SECONDS = 5.0
 
 
 class AuthFailed(Exception):
@@ -98,7 +99,7 @@ class Authenticator:
         self._pending: dict[bytes, asyncio.Future[Identity]] = {}
         self._bearer: dict[str, _VerifiedToken] = {}
         self._static_groups: dict[str, set[str]] = {}
-        self._looked_up: dict[str, tuple[Identity | None, float]] = {}
+        self._looked_up: dict[str, tuple[Identity | RegistryError | None, float]] = {}
         for group, members in self.settings.groups.items():
             for member in members:
                 self._static_groups.setdefault(member, set()).add(group)
@@ -287,8 +288,14 @@ class Authenticator:
             return found.groups if found is not None else None
         if source == "oidc" and self.oidc is not None:
             fresh = time.time() - known.seen_at <= self.oidc.settings.token_sign_in_within
-            return known.groups if fresh else None
+            if not fresh or await self.directory_holds(owner):
+                return None
+            return known.groups
         return None
+
+    async def directory_holds(self, name: str) -> bool:
+        """Whether the directory (when there is one) has a user of this name; raises its 503."""
+        return self.directory is not None and await self.directory_lookup(name) is not None
 
     async def directory_lookup(self, name: str) -> Identity | None:
         """The directory's user now (groups included), remembered for `auth.cache_ttl`; raises its 503."""
@@ -296,10 +303,18 @@ class Authenticator:
         now = time.monotonic()
         hit = self._looked_up.get(name)
         if hit is not None and hit[1] > now:
+            if isinstance(hit[0], RegistryError):
+                raise hit[0]
             return hit[0]
-        found = await self.directory.lookup(name)
         if len(self._looked_up) >= _CACHE_LIMIT:
             self._looked_up.clear()
+        try:
+            found = await self.directory.lookup(name)
+        except RegistryError as e:
+            # The directory cannot answer: said again for a few seconds without asking (each ask may wait
+            # ldap.timeout), not remembered as an answer.
+            self._looked_up[name] = (e, now + min(self.settings.cache_ttl, DIRECTORY_DOWN_SECONDS))
+            raise
         self._looked_up[name] = (found, now + self.settings.cache_ttl)
         return found
 
@@ -308,6 +323,8 @@ class Authenticator:
         False when the name is an htpasswd user's, or a directory user's and this is the identity provider's."""
         if self.htpasswd is not None and self.htpasswd.has_user(identity.name):
             return False
+        if identity.source == "oidc" and await self.directory_holds(identity.name):
+            return False  # the directory's user, signed in before or not (503 while it cannot say)
         if self.policy is None:
             return True
         try:

@@ -98,7 +98,7 @@ class CiToken:
                 name=str(record["name"]),
                 id=str(record["id"]),
                 hash=str(record["hash"]),
-                grants=tuple(Grant.from_scope(Scope.parse(text)) for text in record["scopes"]),
+                grants=tuple(Grant.from_scope(Scope.parse(text), check=False) for text in record["scopes"]),
                 created_at=created or _now(),
                 expires_at=_parse_time(record.get("expires_at")),
             )

@@ -131,7 +131,7 @@ class PersonalTokens:
         groups = await self.owner_groups(token.owner, token.owner_source)
         if groups is None:
             return None
-        grants = tuple(Grant.from_scope(Scope.parse(text)) for text in token.scopes)
+        grants = tuple(Grant.from_scope(Scope.parse(text), check=False) for text in token.scopes)
         return Identity("user", token.owner, grants, token.id, groups, token.owner_source)
 
     async def identity_of(self, token_id: str, owner: str) -> Identity | None:

@@ -192,7 +192,6 @@ class AccessRule(_Section):
             raise ValueError(f"unknown action {unknown[0]!r} (actions: pull, push, delete, or *)")
         if not self.users and not self.groups:
             raise ValueError("a rule names users, groups or both")
-        check_pattern(self.repository)
         for name in (*self.users, *self.groups):
             if not name or len(name) > 256 or any(ord(c) < 32 for c in name):
                 raise ValueError(f"invalid user or group name {name[:40]!r}")

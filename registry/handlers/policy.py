@@ -142,6 +142,12 @@ async def list_rules(request: Request) -> Response:
 async def create_rule(request: Request) -> Response:
     policy = _policy(request)
     rule: AccessRule = await _body(request, AccessRule)
+    try:
+        check_pattern(rule.repository)
+        for name in (*rule.users, *rule.groups):
+            check_pattern(name)
+    except ValueError as e:
+        raise _invalid("invalid body", [{"field": "repository", "problem": str(e)}]) from None
     db = await policy.database()
     stored = await policy.change(db.add_rule, rule, _actor(request))
     return json_response(stored.as_dict(), status=201)

@@ -185,6 +185,8 @@ class PolicyDatabase:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if not engine.has_column(db, "personal_tokens", "owner_source"):  # made by an earlier build
+                db.execute("ALTER TABLE personal_tokens ADD COLUMN owner_source TEXT NOT NULL DEFAULT 'htpasswd'")
             if not db.execute("SELECT 1 FROM policy_version WHERE id = 1").fetchall():
                 db.execute("INSERT INTO policy_version (id, version) VALUES (1, 1)")
 
@@ -222,8 +224,9 @@ class PolicyDatabase:
             tuple(
                 StoredRule(
                     str(row[0]),
-                    AccessRule(
-                        repository=row[1],
+                    # As stored: checked when it was added (a later release's stricter checks must not drop it).
+                    AccessRule.model_construct(
+                        repository=str(row[1]),
                         users=json.loads(row[2]),
                         groups=json.loads(row[3]),
                         actions=json.loads(row[4]),

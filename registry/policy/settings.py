@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from registry.auth.settings import check_pattern
 from registry.durations import Seconds
 from registry.sizes import Bytes
 
@@ -16,12 +15,6 @@ class QuotaRule(BaseModel):
 
     repository: str = Field(min_length=1, max_length=256, description='A glob, as in access rules ("team/**").')
     bytes: Bytes = Field(description="`10GiB`, `500MB`, `1048576`: unique bytes its manifests and pushes reference.")
-
-    @field_validator("repository")
-    @classmethod
-    def _pattern(cls, value: str) -> str:
-        check_pattern(value)
-        return value
 
 
 class PolicySettings(BaseModel):

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
 
-from registry.auth.settings import AccessRule
+from registry.auth.settings import AccessRule, check_pattern
 from registry.errors import ErrorCode, RegistryError
 from registry.handlers.policy import QuotaBody, VisibilityBody
 from registry.policy.database import Actor, PolicyDatabase
@@ -84,7 +84,7 @@ async def add_rule(request: Request) -> Response:
     policy = _policy(request)
 
     async def change(db: PolicyDatabase, actor: Actor) -> None:
-        rule = _valid(
+        rule: AccessRule = _valid(
             AccessRule,
             {
                 "repository": form.get("repository", "").strip(),
@@ -93,6 +93,8 @@ async def add_rule(request: Request) -> Response:
                 "actions": [a for a in ("pull", "push", "delete") if form.get(f"action_{a}")],
             },
         )
+        for pattern in (rule.repository, *rule.users, *rule.groups):
+            check_pattern(pattern)  # ValueError: shown on the page
         await policy.change(db.add_rule, rule, actor)
 
     return await _changed(request, change)

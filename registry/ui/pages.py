@@ -134,6 +134,8 @@ async def identify(request: Request) -> None:
         and not htpasswd.has_user(session.user)
     ):
         session = None  # removed from the htpasswd file since signing in (seen within a second)
+    if session is not None and ui.auth is not None and not await _name_still_theirs(ui.auth, session):
+        session = None  # the name now belongs to a user of another source: not this session's any more
     if session is not None and session.source == "ldap" and ui.auth is not None and ui.auth.directory is not None:
         # A directory user's groups as the directory has them now (asked at most every auth.cache_ttl).
         try:
@@ -162,6 +164,21 @@ async def identify(request: Request) -> None:
                 message="this form's security token is missing, wrong or expired: reload the page and try again",
                 detail="CSRF token refused",
             )
+
+
+async def _name_still_theirs(auth: Authenticator, session: Session) -> bool:
+    """A directory's or an identity provider's session whose name the htpasswd file (or, for the identity provider's,
+    the directory) has since taken ends; so does a directory's session once no directory is configured."""
+    if session.source == "htpasswd":
+        return True
+    if auth.htpasswd is not None and auth.htpasswd.has_user(session.user):
+        return False
+    if session.source == "ldap":
+        return auth.directory is not None
+    try:
+        return not await auth.directory_holds(session.user)
+    except RegistryError:
+        return True  # the directory cannot say: the session goes on meanwhile
 
 
 def _check_origin(request: Request) -> None:

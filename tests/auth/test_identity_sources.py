@@ -146,3 +146,90 @@ def test_patterns_from_users_are_bounded() -> None:
         Grant.from_scope(Scope.parse("repository:team/\x01:pull"))
     with pytest.raises(ValueError):
         AuthSettings.model_validate({"oidc": {"issuer": ISSUER, "client_id": "x", "scopes": ["profile"]}})
+
+
+class Directory:
+    """A directory that holds the users it is given (registry.auth.directory.Directory)."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = set(names)
+        self.lookups = 0
+
+    async def authenticate(self, username: str, password: str) -> Identity | None:
+        return None
+
+    async def lookup(self, username: str) -> Identity | None:
+        self.lookups += 1
+        return Identity("user", username, source="ldap") if username in self.names else None
+
+
+async def test_an_identity_providers_user_never_takes_a_name_the_directory_holds(auth: Authenticator) -> None:
+    directory = Directory("dave")
+    auth.directory = directory
+    assert not await auth.remember(oidc_user("dave"))  # never signed in through the directory, but there
+    assert await auth.remember(oidc_user("gina", "developers"))
+    tokens = auth.personal_tokens
+    assert tokens is not None
+    _, secret = await tokens.create(oidc_user("gina"), "t", ["repository:dev/*:pull"], None, Actor("gina"))
+    assert await tokens.authenticate("gina", secret) is not None
+    directory.names.add("gina")  # the directory gains the name: the identity provider's gina's token stops
+    auth._looked_up.clear()
+    assert await tokens.authenticate("gina", secret) is None
+
+    from registry.ui.pages import _name_still_theirs
+    from registry.ui.sessions import Session
+
+    now = time.time()
+    assert not await _name_still_theirs(auth, Session("gina", now, now + 60, (), "oidc"))
+    assert not await _name_still_theirs(auth, Session("root", now, now + 60, (), "oidc"))  # htpasswd's
+    assert await _name_still_theirs(auth, Session("erin", now, now + 60, (), "oidc"))
+    assert await _name_still_theirs(auth, Session("dave", now, now + 60, (), "ldap"))
+    auth.directory = None
+    assert not await _name_still_theirs(auth, Session("dave", now, now + 60, (), "ldap"))
+
+
+def test_wildcards_never_backtrack_in_user_and_group_patterns_either() -> None:
+    for pattern, name in (
+        ("*a*a*a*a*a*a*a*b", "a" * 60),
+        ("*-*-*-*-*-x", "-" * 255),
+        ("*.*.*.*.*@corp", "a." * 100),
+    ):
+        assert glob_regex(pattern, segments=False).match(name) is None  # a hang fails the suite's time limit
+
+
+def test_what_was_stored_before_stays_readable_and_odd_scope_names_are_granted_nothing(tmp_path: Path) -> None:
+    from registry.auth.access import AccessRules, Scope, check_pattern
+    from registry.auth.ci_tokens import CiToken
+    from registry.auth.settings import AccessRule
+
+    record = (
+        '{"name": "old", "id": "0123456789abcdef", "hash": "sha256:00", "scopes": ["repository:a/**/b/**/c/**:pull"], '
+        '"created_at": "2026-01-01T00:00:00Z", "expires_at": null}'
+    )
+    assert CiToken.from_json(record.encode()).grants[0].pattern == "a/**/b/**/c/**"
+    with pytest.raises(ValueError, match="only once"):
+        check_pattern("team/**a*b**c*d")
+    rules = AccessRules([AccessRule(repository="**", users=["alice"], actions=["pull"])])
+    alice = Identity("user", "alice", source="htpasswd")
+    assert rules.grant(alice, [Scope("repository", "x" * 256, ("pull",))]) == []
+    assert rules.grant(alice, [Scope("repository", "x" * 255, ("pull",))]) != []
+
+
+def test_a_policy_database_of_an_earlier_build_gets_the_new_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from registry.policy.database import PolicyDatabase
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE personal_tokens (id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, "
+            "hash TEXT NOT NULL, scopes TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, last_used REAL)"
+        )
+        old.execute("INSERT INTO personal_tokens VALUES ('0123456789abcdef', 'root', 't', 'h', '[]', 1.0, NULL, NULL)")
+    db = PolicyDatabase.open(path)
+    try:
+        token = db.token("0123456789abcdef")
+        assert token is not None and token.owner_source == "htpasswd"
+    finally:
+        db.close()
