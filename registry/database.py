@@ -146,8 +146,11 @@ class SqliteEngine:
             return False
 
     def close(self) -> None:
-        self._writer.close()
-        self._reader.close()
+        # After any read or transaction under way on another thread (a follower's poll at shutdown): closing a
+        # connection sqlite3 is using crashes the process; one closed first only makes later calls fail.
+        with self._write_lock, self._read_lock:
+            self._writer.close()
+            self._reader.close()
 
 
 def _connect(path: Path) -> sqlite3.Connection:
