@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from registry.auth.settings import ACTIONS, ANONYMOUS, AccessRule
+from registry.names import MAX_NAME_LENGTH
 
 ALL_ACTIONS = frozenset(ACTIONS)
 NO_ACTIONS: frozenset[str] = frozenset()
@@ -73,7 +74,6 @@ def _next_wildcard(pieces: list[str], index: int, segments: bool) -> str | None:
 
 
 MAX_DOUBLE_STARS = 2
-MAX_NAME_LENGTH = 255  # a repository name's (registry/names.py)
 
 
 def check_pattern(pattern: str) -> None:

@@ -101,25 +101,29 @@ class LdapDirectory:
         return connection
 
     def _authenticate(self, username: str, password: str) -> Identity | None:
+        return self._ask(username, password)
+
+    async def lookup(self, username: str) -> Identity | None:
+        """The user as the directory has it now (found, with groups), without a password: for their personal
+        tokens and UI sessions. None: not there any more. Raises the 503 of `directory_unavailable`."""
+        if not username or len(username) > MAX_USERNAME or any(ord(c) < 32 for c in username):
+            return None
+        return await asyncio.to_thread(self._ask, username, None)
+
+    def _ask(self, username: str, password: str | None) -> Identity | None:
+        """Find the user's entry (as the service account), bind as it when `password` is given, read its groups."""
         settings = self.settings
         try:
             service = self._service()
             try:
                 user_filter = settings.user_filter.replace("{username}", escape_filter_chars(username))
                 service.search(settings.user_base, user_filter, SUBTREE, attributes=[], size_limit=2)
-                entries = list(service.response or [])
-                found = [entry for entry in entries if entry.get("type") == "searchResEntry"]
+                found = [entry for entry in service.response or [] if entry.get("type") == "searchResEntry"]
                 if len(found) != 1:
                     return None  # unknown, or ambiguous: never guess which one
                 dn = str(found[0]["dn"])
-                user = self._connection(dn, password)
-                try:
-                    if not user.bind():
-                        if user.result.get("result") == INVALID_CREDENTIALS:
-                            return None
-                        raise directory_unavailable(f"the bind failed: {user.result.get('description')}")
-                finally:
-                    _close(user)
+                if password is not None and not self._binds(dn, password):
+                    return None
                 groups = self._groups(service, username, dn)
             finally:
                 _close(service)
@@ -128,29 +132,17 @@ class LdapDirectory:
             raise directory_unavailable(f"{type(e).__name__}: {e}") from e
         return Identity("user", username, groups=groups, source="ldap")
 
-    async def lookup(self, username: str) -> Identity | None:
-        """The user as the directory has it now (found, with groups), without a password: for their personal
-        tokens and UI sessions. None: not there any more. Raises the 503 of `directory_unavailable`."""
-        if not username or len(username) > MAX_USERNAME or any(ord(c) < 32 for c in username):
-            return None
-        return await asyncio.to_thread(self._lookup, username)
-
-    def _lookup(self, username: str) -> Identity | None:
-        settings = self.settings
+    def _binds(self, dn: str, password: str) -> bool:
+        """Whether the entry binds with this password (False: wrong password or locked account)."""
+        user = self._connection(dn, password)
         try:
-            service = self._service()
-            try:
-                user_filter = settings.user_filter.replace("{username}", escape_filter_chars(username))
-                service.search(settings.user_base, user_filter, SUBTREE, attributes=[], size_limit=2)
-                found = [e for e in service.response or [] if e.get("type") == "searchResEntry"]
-                if len(found) != 1:
-                    return None
-                groups = self._groups(service, username, str(found[0]["dn"]))
-            finally:
-                _close(service)
-        except LDAPException as e:
-            raise directory_unavailable(f"{type(e).__name__}: {e}") from e
-        return Identity("user", username, groups=groups, source="ldap")
+            if user.bind():
+                return True
+            if user.result.get("result") == INVALID_CREDENTIALS:
+                return False
+            raise directory_unavailable(f"the bind failed: {user.result.get('description')}")
+        finally:
+            _close(user)
 
     def _groups(self, connection: Connection, username: str, dn: str) -> frozenset[str]:
         settings = self.settings

@@ -25,9 +25,9 @@ import binascii
 import json
 import math
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -38,6 +38,7 @@ from registry.auth.settings import AccessRule, check_pattern
 from registry.durations import Seconds
 from registry.errors import ErrorCode, RegistryError
 from registry.handlers.common import json_response, single_query
+from registry.names import validate_name
 from registry.policy.database import Actor
 from registry.policy.service import Policy
 from registry.policy.setup import POLICY_STATE
@@ -53,26 +54,23 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class VisibilityBody(_Body):
-    repository: str = Field(min_length=1, max_length=256)
-    visibility: str = Field(pattern="^(public|private)$")
+def _checked(pattern: str) -> str:
+    check_pattern(pattern)
+    return pattern
 
-    @field_validator("repository")
-    @classmethod
-    def _pattern(cls, value: str) -> str:
-        check_pattern(value)
-        return value
+
+RepositoryPattern = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_checked)]
+"""A repository glob given through the API or the UI (registry.auth.access.check_pattern's limits)."""
+
+
+class VisibilityBody(_Body):
+    repository: RepositoryPattern
+    visibility: str = Field(pattern="^(public|private)$")
 
 
 class QuotaBody(_Body):
-    repository: str = Field(min_length=1, max_length=256)
+    repository: RepositoryPattern
     bytes: Bytes
-
-    @field_validator("repository")
-    @classmethod
-    def _pattern(cls, value: str) -> str:
-        check_pattern(value)
-        return value
 
 
 class TokenBody(_Body):
@@ -203,7 +201,7 @@ async def list_quotas(request: Request) -> Response:
     repository = single_query(request, "repository", ErrorCode.NAME_INVALID)
     body: dict[str, Any] = {"quotas": entries}
     if repository:
-        usage = await quotas.usage(repository)
+        usage = await quotas.usage(validate_name(repository))
         body["usage"] = usage.as_dict() if usage is not None else None
     return json_response(body)
 

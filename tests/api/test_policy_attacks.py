@@ -184,6 +184,8 @@ async def test_hostile_inputs_are_400s(serve: Factory) -> None:
     response = await admin.post("/api/v1/tokens", json={"name": "x", "scopes": [many]})
     assert response.status_code == 400 and "at most 50" in response.text
     assert (await admin.put("/api/v1/quotas", json={"repository": "x/*", "bytes": True})).status_code == 400
+    bad_name = await admin.get("/api/v1/quotas", params={"repository": "Not/A..Name" + "x" * 300})
+    assert bad_name.status_code == 400 and error_code(bad_name) == "NAME_INVALID"
 
 
 async def test_a_failed_completion_does_not_uncount_another_push(serve: Factory) -> None:
