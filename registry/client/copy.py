@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 from registry.client.api import RegistryClient
+from registry.client.bodies import blob_body
 from registry.client.errors import ClientError
 from registry.client.manifests import ContentDescriptor
 from registry.client.progress import Reporter
@@ -22,7 +23,7 @@ async def remote_stream(
     async with registry.open_blob(repository, digest, offset) as response:
         if offset and response.status_code != 206:
             raise ClientError(f"blob {repository}@{digest}: the source registry cannot resume (no Range support)")
-        async for chunk in response.aiter_raw():
+        async for chunk in blob_body(response):
             yield chunk
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from registry.client.api import RegistryClient
+from registry.client.bodies import blob_body
 from registry.client.errors import ClientError
 from registry.client.manifests import ContentDescriptor, Manifest, select_platform
 from registry.client.progress import Reporter
@@ -47,7 +48,7 @@ async def warm_image(
             raise ClientError(f"blob {blob.digest}: unsupported digest algorithm")
         hasher = hashlib.new(algorithm)
         async with registry.open_blob(ref.repository, blob.digest) as response:
-            async for chunk in response.aiter_raw():
+            async for chunk in blob_body(response):
                 hasher.update(chunk)
                 progress.advance(len(chunk))
         if hasher.hexdigest() != expected:

@@ -19,6 +19,7 @@ import httpx
 
 from registry.client.api import RegistryClient
 from registry.client.archives import write_docker_archive
+from registry.client.bodies import blob_body
 from registry.client.errors import ClientError, ConnectionFailed, DigestMismatch
 from registry.client.manifests import REF_NAME, ContentDescriptor, Manifest, select_platform
 from registry.client.progress import BlobProgress, Reporter
@@ -101,7 +102,7 @@ async def download_blob(
                         h, written = hashlib.new(algorithm), 0
                         progress.restart(0)
                     buffered = 0
-                    async for chunk in response.aiter_raw():
+                    async for chunk in blob_body(response):
                         written += len(chunk)
                         if written > blob.size:
                             break

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from registry.client.bodies import blob_body
 from registry.digests import Digest
 from registry.proxy.upstreams import Upstream, UpstreamUnavailable
 from registry.store.blobs import BlobInfo
@@ -147,7 +148,7 @@ class Fill:
         try:
             while True:
                 try:
-                    async for chunk in response.aiter_bytes():
+                    async for chunk in blob_body(response):
                         received += len(chunk)
                         yield chunk
                     return

@@ -1,0 +1,76 @@
+"""Large response bodies (blobs) read straight off their connection.
+
+httpx hands a body over through httpcore and h11, which parse every read of the socket and copy it twice more. For a
+blob of 1 GiB that costs 1.2-1.3 s of CPU against 0.45-0.55 s for reading the same socket directly (measured on this
+project's 2-core machine against Distribution 2.8 on 127.0.0.1): most of what a pull through the cache, or a
+`moorage pull`, spends besides hashing.
+
+A plain HTTP/1.1 body of known length needs no parsing. Its first chunk goes through httpx as usual: it holds
+whatever h11 received along with the headers (h11 hands over everything it has buffered, up to the body's length, in
+one piece). The rest is read from the connection as it comes, exactly `Content-Length` bytes. h11 never sees the
+body end, so the connection is closed afterwards rather than reused: one new connection per large blob.
+
+Anything else goes through httpx unchanged: smaller bodies, chunked or encoded ones, HTTP/2, in-process transports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
+
+import httpcore
+import httpx
+
+RAW_MINIMUM = 1024 * 1024  # below this a kept-alive connection is worth more than the parsing it saves
+READ_SIZE = 1024 * 1024
+
+
+def _connection(response: httpx.Response) -> httpcore.AsyncNetworkStream | None:
+    """The connection under `response` when its body can be read from it as is."""
+    stream = response.extensions.get("network_stream")
+    if not isinstance(stream, httpcore.AsyncNetworkStream) or response.http_version != "HTTP/1.1":
+        return None
+    length = response.headers.get("Content-Length", "")
+    if not (length.isascii() and length.isdigit()) or int(length) < RAW_MINIMUM:
+        return None
+    if "Transfer-Encoding" in response.headers:
+        return None
+    if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return None
+    return stream
+
+
+async def blob_body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body of `response` as `aiter_bytes` would give it, read straight off the connection where it can be.
+
+    A connection that drops or stalls raises httpx's own errors (ReadError, ReadTimeout, RemoteProtocolError for a
+    body cut short), as `aiter_bytes` would, so that callers resume the same way."""
+    connection = _connection(response)
+    if connection is None:
+        async for chunk in response.aiter_bytes():
+            yield chunk
+        return
+    remaining = int(response.headers["Content-Length"])
+    timeout = response.request.extensions.get("timeout", {}).get("read")
+    parsed = cast(AsyncGenerator[bytes, None], response.aiter_raw())
+    try:
+        first = await anext(parsed, b"")
+        remaining -= len(first)
+        if first:
+            yield first
+        while remaining > 0:
+            try:
+                data = await connection.read(min(READ_SIZE, remaining), timeout=timeout)
+            except httpcore.TimeoutException as e:
+                raise httpx.ReadTimeout(str(e) or "timed out reading the body", request=response.request) from e
+            except httpcore.NetworkError as e:
+                raise httpx.ReadError(str(e) or "the connection failed", request=response.request) from e
+            if not data:
+                raise httpx.RemoteProtocolError(
+                    f"the peer closed the connection {remaining} bytes before the end of the body",
+                    request=response.request,
+                )
+            remaining -= len(data)
+            yield data
+    finally:
+        await parsed.aclose()  # closes the connection too: h11 did not see the body end
