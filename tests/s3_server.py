@@ -27,6 +27,9 @@ def _free_port() -> int:
         return port
 
 
+LAUNCHER = Path(__file__).with_name("moto_launcher.py")  # moto_server with atomic conditional writes
+
+
 def moto_server_binary() -> str:
     beside = Path(sys.executable).with_name("moto_server")
     found = str(beside) if beside.exists() else shutil.which("moto_server")
@@ -50,7 +53,7 @@ class MotoServer:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         self._process = subprocess.Popen(
-            [moto_server_binary(), "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, str(LAUNCHER), "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
