@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
+import collections
+from collections.abc import AsyncIterable, Awaitable, Callable
 
 from registry.digests import Hasher
 from storage_backends import Writer
 
 WRITE_BUFFER = 1024 * 1024
+# Buffers received but not yet hashed and written, per stream: receiving goes on while the disk or the hash thread
+# catches up with a hiccup (a writeback wait, a thread not scheduled at once), instead of stalling the socket.
+PIPELINE_DEPTH = 4
 # Below this a thread hop costs more than hashing on the event loop.
 INLINE_HASH_LIMIT = 64 * 1024
 
@@ -21,26 +25,68 @@ async def hash_into(hasher: Hasher, data: bytes) -> None:
         await asyncio.to_thread(hasher.update, data)
 
 
-async def _flush(writer: Writer, hasher: Hasher | None, data: bytes) -> None:
-    if hasher is None:
-        await writer.write(data)
-    elif len(data) <= INLINE_HASH_LIMIT:
-        hasher.update(data)
-        await writer.write(data)
-    else:
-        await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
+async def _after(previous: asyncio.Future[None] | None, step: Callable[[], Awaitable[None]]) -> None:
+    """`step` once `previous` (the same stage's last buffer) is done; not at all if it failed."""
+    if previous is not None:
+        await previous
+    await step()
+
+
+class _Pipeline:
+    """Two stages in order, hashing and writing, each taking the buffers one after another on its own thread, the
+    two stages side by side; at most PIPELINE_DEPTH buffers in flight."""
+
+    def __init__(self, writer: Writer, hasher: Hasher | None) -> None:
+        self.writer = writer
+        self.hasher = hasher
+        self._hashed: asyncio.Future[None] | None = None
+        self._written: asyncio.Future[None] | None = None
+        self._in_flight: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def put(self, data: bytes) -> None:
+        while len(self._in_flight) >= PIPELINE_DEPTH:
+            await self._in_flight.popleft()
+        hasher = self.hasher
+        if hasher is not None:
+            self._hashed = asyncio.ensure_future(_after(self._hashed, lambda: hash_into(hasher, data)))
+        self._written = asyncio.ensure_future(_after(self._written, lambda: self.writer.write(data)))
+        self._in_flight.append(self._written if self._hashed is None else self._both(self._hashed, self._written))
+
+    @staticmethod
+    def _both(hashed: asyncio.Future[None], written: asyncio.Future[None]) -> asyncio.Future[None]:
+        return asyncio.ensure_future(_all(hashed, written))
+
+    async def finish(self) -> None:
+        """Wait for every buffer; the first failure raises."""
+        while self._in_flight:
+            await self._in_flight.popleft()
+
+    async def settle(self) -> None:
+        """Let what is in flight end, failed or not (the source failed: the caller cancels the writer next)."""
+        pending = [f for f in (self._hashed, self._written, *self._in_flight) if f is not None]
+        if pending:
+            await asyncio.wait(pending)
+        for future in pending:  # retrieved: a failure after the source's own is not logged as never retrieved
+            if not future.cancelled():
+                future.exception()
+
+
+async def _all(*futures: asyncio.Future[None]) -> None:
+    for future in futures:
+        await future
 
 
 async def copy_stream(source: AsyncIterable[bytes], writer: Writer, hasher: Hasher | None) -> int:
     """Write every chunk of `source` to `writer` (and `hasher`), in buffers of about WRITE_BUFFER bytes.
 
-    One buffer is hashed and written (on threads) while the next is received: the server reads a request
-    body only as fast as the app consumes it, so waiting for each write would stall the socket.
+    Buffers are hashed and written (on threads) while the next ones are received: the server reads a request body
+    only as fast as the app consumes it, so waiting for each write would stall the socket.
     """
     parts: list[bytes] = []
     buffered = 0
     total = 0
-    pending: asyncio.Future[None] | None = None
+    pipeline = _Pipeline(writer, hasher)
+    finished = False
     try:
         async for chunk in source:
             if not chunk:
@@ -52,16 +98,13 @@ async def copy_stream(source: AsyncIterable[bytes], writer: Writer, hasher: Hash
                 data = b"".join(parts)
                 parts.clear()
                 buffered = 0
-                if pending is not None:
-                    await pending
-                pending = asyncio.ensure_future(_flush(writer, hasher, data))
-        if pending is not None:
-            await pending
-            pending = None
+                await pipeline.put(data)
         if parts:
-            await _flush(writer, hasher, b"".join(parts))
+            await pipeline.put(b"".join(parts))
+        await pipeline.finish()
+        finished = True
     finally:
-        if pending is not None and not pending.done():
-            # The source failed mid-way: let the write in flight finish before the caller cancels the writer.
-            await asyncio.wait([pending])
+        if not finished:
+            # The source or a write failed mid-way: what is in flight ends before the caller cancels the writer.
+            await pipeline.settle()
     return total
