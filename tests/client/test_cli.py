@@ -117,6 +117,23 @@ def test_a_failed_push_prints_nothing_on_stdout(tmp_path: Path) -> None:
     assert result.stderr.startswith("moorage: HEAD http://127.0.0.1:")
 
 
+def test_client_commands_do_not_load_the_server_or_the_admin_commands() -> None:
+    """Their imports (pydantic settings, Starlette, psycopg, ...) took ~0.35 s of every `moorage push` or `pull`."""
+    import subprocess
+    import sys
+
+    heavy = ("starlette", "pydantic_settings", "psycopg", "registry.settings", "registry.admin", "uvicorn")
+    code = (
+        "import contextlib, sys\n"
+        "from registry.cli import main\n"
+        "with contextlib.suppress(SystemExit): main(['pull', '--help'])\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "usage: moorage pull" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_serving_does_not_load_the_client() -> None:
     """`moorage serve` shares the parser with the client commands; its process must not import httpx or rich."""
     import subprocess
