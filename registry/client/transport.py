@@ -11,6 +11,7 @@ import asyncio
 import base64
 import random
 import re
+import socket
 import ssl
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from typing import Any
@@ -28,6 +29,11 @@ DEFAULT_BACKOFF = 0.25
 MAX_BACKOFF = 10.0
 CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 120.0
+# The kernel's send buffer per connection (it doubles this). httpx hands a request body over one chunk (1 MiB) at a
+# time and waits for the connection's buffer to drain before the next: with the kernel's default buffer the socket
+# ran dry between chunks, and a 1 GiB push on 127.0.0.1 took 2.5-2.9 s; with room for a chunk queued behind the one
+# being sent, 1.9-2.1 s (and 0.5 CPU s less on the server, which received fewer, larger reads).
+SEND_BUFFER = 1024 * 1024
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
 Body = Callable[[], AsyncIterable[bytes]]
@@ -84,10 +90,13 @@ class Transport:
             except (OSError, ssl.SSLError) as e:
                 raise ClientError(f"--ca-file {ca_file}: {e}") from e
         self._client = client or httpx.AsyncClient(
-            verify=verify,
             timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
             follow_redirects=True,
+            transport=httpx.AsyncHTTPTransport(
+                verify=verify,
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)],
+            ),
         )
 
     async def aclose(self) -> None:

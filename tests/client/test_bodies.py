@@ -1,7 +1,7 @@
 """Blob bodies read straight off the connection (registry/client/bodies.py), against a scripted HTTP/1.1 server on
 127.0.0.1: the bytes are exactly the body's, however the server splits its writes; a body cut short, a stalled one
 and a reset connection raise httpx's own errors; anything but a plain large body goes through httpx unchanged; and
-a connection read past h11 is never reused."""
+a connection read past h11 is never reused. And the client's connections send with room for a chunk queued."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import hashlib
 import random
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from registry.client import bodies
 from registry.client.bodies import blob_body
+from registry.client.transport import SEND_BUFFER, Transport
 from tests.client.test_faults import self_signed_certificate
 
 MIB = 1024 * 1024
@@ -172,3 +174,22 @@ async def test_over_tls(tmp_path: Path) -> None:
     trusted = ssl.create_default_context(cafile=str(cert))
     async with serving(script, tls=context) as server, httpx.AsyncClient(verify=trusted) as client:
         assert await read_all(client, f"https://127.0.0.1:{server.port}/blob") == BODY
+
+
+async def test_the_clients_connections_have_room_for_a_chunk_queued_behind_the_one_being_sent() -> None:
+    """With the kernel's default send buffer the socket ran dry between the 1 MiB chunks of a push (see
+    transport.SEND_BUFFER)."""
+
+    async def script(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(head(2) + b"{}")
+        await writer.drain()
+
+    async with serving(script) as server:
+        transport = Transport(f"127.0.0.1:{server.port}")
+        try:
+            response = await transport.request("GET", "/v2/", stream=True)
+            connection = response.extensions["network_stream"].get_extra_info("socket")
+            assert connection.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 2 * SEND_BUFFER
+            await response.aclose()
+        finally:
+            await transport.aclose()
