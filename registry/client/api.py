@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from registry.client.bodies import IDENTITY
 from registry.client.credentials import Credentials, lookup
 from registry.client.errors import ClientError, RegistryResponseError
 from registry.client.manifests import ACCEPT_MANIFESTS, Manifest, verify_digest
@@ -143,7 +144,7 @@ class RegistryClient:
     @contextlib.asynccontextmanager
     async def open_blob(self, repository: str, digest: str, offset: int = 0) -> AsyncIterator[httpx.Response]:
         """A streaming response for the blob from `offset` (status 206 when the registry honoured the Range)."""
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        headers = {**IDENTITY, "Range": f"bytes={offset}-"} if offset else IDENTITY
         response = await self.transport.request("GET", f"/v2/{repository}/blobs/{digest}", headers=headers, stream=True)
         try:
             if response.status_code not in (200, 206):
@@ -155,7 +156,7 @@ class RegistryClient:
 
     async def get_blob_bytes(self, repository: str, digest: str) -> bytes:
         """A small blob (a config) in memory, verified."""
-        response = await self.transport.request("GET", f"/v2/{repository}/blobs/{digest}")
+        response = await self.transport.request("GET", f"/v2/{repository}/blobs/{digest}", headers=IDENTITY)
         if response.status_code != 200:
             raise error_from_response(response, f"blob {repository}@{digest}")
         verify_digest(response.content, digest, f"blob {repository}@{digest}")

@@ -10,7 +10,11 @@ whatever h11 received along with the headers (h11 hands over everything it has b
 one piece). The rest is read from the connection as it comes, exactly `Content-Length` bytes. h11 never sees the
 body end, so the connection is closed afterwards rather than reused: one new connection per large blob.
 
-Anything else goes through httpx unchanged: smaller bodies, chunked or encoded ones, HTTP/2, in-process transports.
+Anything else goes through httpx unchanged: smaller bodies, chunked ones, HTTP/2, in-process transports.
+
+Either way the bytes are the body as sent, never decoded: a blob's digest covers the bytes as stored, and some
+storage serves a stored .tar.gz layer with `Content-Encoding: gzip`. Blob requests ask for no encoding
+(`IDENTITY`), so that nothing in between compresses them on the way.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import cast
 import httpcore
 import httpx
 
+IDENTITY = {"Accept-Encoding": "identity"}
 RAW_MINIMUM = 1024 * 1024  # below this a kept-alive connection is worth more than the parsing it saves
 READ_SIZE = 1024 * 1024
 
@@ -30,24 +35,25 @@ def _connection(response: httpx.Response) -> httpcore.AsyncNetworkStream | None:
     stream = response.extensions.get("network_stream")
     if not isinstance(stream, httpcore.AsyncNetworkStream) or response.http_version != "HTTP/1.1":
         return None
+    if response.status_code not in (200, 206) or response.request.method != "GET":  # a body that is all there
+        return None
     length = response.headers.get("Content-Length", "")
     if not (length.isascii() and length.isdigit()) or int(length) < RAW_MINIMUM:
         return None
     if "Transfer-Encoding" in response.headers:
         return None
-    if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
-        return None
     return stream
 
 
 async def blob_body(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The body of `response` as `aiter_bytes` would give it, read straight off the connection where it can be.
+    """The body of `response` as `aiter_raw` would give it, read straight off the connection where it can be.
 
     A connection that drops or stalls raises httpx's own errors (ReadError, ReadTimeout, RemoteProtocolError for a
-    body cut short), as `aiter_bytes` would, so that callers resume the same way."""
+    body cut short), as `aiter_raw` would, so that callers resume the same way. The caller closes the response (as
+    `async with client.stream(...)` does): that closes the connection, which h11 did not see the end of."""
     connection = _connection(response)
     if connection is None:
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():
             yield chunk
         return
     remaining = int(response.headers["Content-Length"])
@@ -73,4 +79,4 @@ async def blob_body(response: httpx.Response) -> AsyncIterator[bytes]:
             remaining -= len(data)
             yield data
     finally:
-        await parsed.aclose()  # closes the connection too: h11 did not see the body end
+        await parsed.aclose()

@@ -13,6 +13,7 @@ import random
 import re
 import socket
 import ssl
+import urllib.request
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -32,7 +33,8 @@ READ_TIMEOUT = 120.0
 # The kernel's send buffer per connection (it doubles this). httpx hands a request body over one chunk (1 MiB) at a
 # time and waits for the connection's buffer to drain before the next: with the kernel's default buffer the socket
 # ran dry between chunks, and a 1 GiB push on 127.0.0.1 took 2.5-2.9 s; with room for a chunk queued behind the one
-# being sent, 1.9-2.1 s (and 0.5 CPU s less on the server, which received fewer, larger reads).
+# being sent, 1.9-2.1 s (and 0.5 CPU s less on the server, which received fewer, larger reads). Through a proxy from
+# the environment the client is httpx's own, with the default buffer.
 SEND_BUFFER = 1024 * 1024
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
@@ -89,15 +91,7 @@ class Transport:
                 verify.load_verify_locations(cafile=ca_file)
             except (OSError, ssl.SSLError) as e:
                 raise ClientError(f"--ca-file {ca_file}: {e}") from e
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
-            follow_redirects=True,
-            transport=httpx.AsyncHTTPTransport(
-                verify=verify,
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-                socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)],
-            ),
-        )
+        self._client = client or _client(verify)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -252,6 +246,17 @@ class Transport:
         if not isinstance(token, str) or not token:
             raise ClientError(f"token server {realm} sent no token")
         return token
+
+
+def _client(verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+    if any(scheme != "no" for scheme in urllib.request.getproxies()):
+        # httpx reads HTTP(S)_PROXY, ALL_PROXY and NO_PROXY only for a client that builds its own transports.
+        return httpx.AsyncClient(verify=verify, timeout=timeout, limits=limits, follow_redirects=True)
+    socket_options = [(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)]
+    transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits, socket_options=socket_options)
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=True, transport=transport)
 
 
 def describe_transport_error(error: httpx.TransportError) -> str:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpcore._async.http11
 import httpx
 
+from registry.client.bodies import IDENTITY
 from registry.client.credentials import Credentials
 from registry.client.errors import ClientError, RegistryResponseError
 from registry.client.manifests import ACCEPT_MANIFESTS
@@ -152,7 +153,7 @@ class Upstream:
     ) -> AsyncIterator[httpx.Response | None]:
         """The blob's bytes streaming (None when the upstream has no such blob); from `offset` of its `size` bytes
         with a Range request, which the upstream must honour exactly."""
-        headers = {"Range": f"bytes={offset}-"} if offset else None
+        headers = {**IDENTITY, "Range": f"bytes={offset}-"} if offset else IDENTITY
         async with self._request("GET", f"/v2/{remote}/blobs/{digest}", headers) as response:
             if response.status_code == 404:
                 yield None

@@ -1,7 +1,8 @@
 """Blob bodies read straight off the connection (registry/client/bodies.py), against a scripted HTTP/1.1 server on
 127.0.0.1: the bytes are exactly the body's, however the server splits its writes; a body cut short, a stalled one
 and a reset connection raise httpx's own errors; anything but a plain large body goes through httpx unchanged; and
-a connection read past h11 is never reused. And the client's connections send with room for a chunk queued."""
+a connection read past h11 is never reused; no body is decoded, and blob requests ask for none. The client's
+connections send with room for a chunk queued, and go through a proxy the environment names."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import httpx
 import pytest
 
 from registry.client import bodies
+from registry.client.api import RegistryClient
 from registry.client.bodies import blob_body
+from registry.client.errors import ClientError
 from registry.client.transport import SEND_BUFFER, Transport
 from tests.client.test_faults import self_signed_certificate
 
@@ -35,6 +38,7 @@ class ScriptedServer:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.connections: list[int] = []
+        self.heads: list[bytes] = []
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -52,6 +56,7 @@ class ScriptedServer:
                 if not head:
                     return
                 self.connections[index] += 1
+                self.heads.append(head)
                 await self.script(writer, self.connections[index])
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
@@ -135,11 +140,10 @@ async def test_a_body_cut_short_stalled_or_reset_raises_httpx_errors_after_a_val
         assert 0 < len(received) <= 2 * MIB and BODY.startswith(received), script.__name__
 
 
-async def test_small_chunked_and_encoded_bodies_go_through_httpx() -> None:
+async def test_small_and_chunked_bodies_go_through_httpx_and_no_body_is_decoded() -> None:
     small = BODY[: bodies.RAW_MINIMUM - 1]
     noise = random.Random(1).randbytes(2 * MIB)
-    packed = gzip.compress(noise)  # still over RAW_MINIMUM: only its encoding sends it through httpx
-    assert len(packed) >= bodies.RAW_MINIMUM
+    packed = gzip.compress(noise)  # a stored .tar.gz that its storage serves with Content-Encoding: gzip
 
     async def script(writer: asyncio.StreamWriter, n: int) -> None:
         if n <= 2:  # two small answers on one kept-alive connection
@@ -149,7 +153,9 @@ async def test_small_chunked_and_encoded_bodies_go_through_httpx() -> None:
             for part in (BODY[:MIB], BODY[MIB:]):
                 writer.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
             writer.write(b"0\r\n\r\n")
-        else:  # encoded: the decoded bytes, as aiter_bytes gives them
+        elif n == 4:  # small and encoded
+            writer.write(head(len(packed[:1000]), "Content-Encoding: gzip\r\n") + packed[:1000])
+        else:  # large and encoded
             writer.write(head(len(packed), "Content-Encoding: gzip\r\n") + packed)
         await writer.drain()
 
@@ -158,8 +164,54 @@ async def test_small_chunked_and_encoded_bodies_go_through_httpx() -> None:
         assert await read_all(client, url) == small
         assert await read_all(client, url) == small
         assert await read_all(client, url) == BODY
-        assert await read_all(client, url) == noise
-        assert server.connections == [4]  # each body was read to its end by h11: the connection stayed in use
+        assert await read_all(client, url) == packed[:1000]  # the bytes as sent: a digest covers those
+        assert await read_all(client, url) == packed
+        assert server.connections == [5]  # each body but the last was read to its end by h11: the connection stayed
+
+
+async def test_an_answer_without_a_body_is_not_read_past(tmp_path: Path) -> None:
+    async def script(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 2000000\r\n\r\n" if n == 1 else head(2) + b"{}")
+        await writer.drain()
+
+    async with serving(script) as server, httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=1.0)) as client:
+        url = f"http://127.0.0.1:{server.port}/blob"
+        assert await read_all(client, url) == b""
+        assert await read_all(client, url) == b"{}"
+
+
+async def test_blob_requests_ask_for_no_encoding() -> None:
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Accept-Encoding"))
+        return httpx.Response(200, content=b"{}")
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    registry = RegistryClient(Transport("r.example", client=client))
+    digest = "sha256:" + hashlib.sha256(b"{}").hexdigest()
+    async with registry.open_blob("team/app", digest):
+        pass
+    async with registry.open_blob("team/app", digest, offset=1):
+        pass
+    assert await registry.get_blob_bytes("team/app", digest) == b"{}"
+    assert seen == ["identity"] * 3
+
+
+async def test_a_proxy_in_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def script(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with serving(script) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+        transport = Transport("registry.example", attempts=1)
+        try:
+            with pytest.raises(ClientError):
+                await transport.request("GET", "/v2/")
+        finally:
+            await transport.aclose()
+        assert proxy.heads and proxy.heads[0].startswith(b"CONNECT registry.example:443 ")
 
 
 async def test_over_tls(tmp_path: Path) -> None:
