@@ -45,7 +45,7 @@ class _Pipeline:
 
     async def put(self, data: bytes) -> None:
         while len(self._in_flight) >= PIPELINE_DEPTH:
-            await self._in_flight.popleft()
+            await self._oldest()
         hasher = self.hasher
         if hasher is not None:
             self._hashed = asyncio.ensure_future(_after(self._hashed, lambda: hash_into(hasher, data)))
@@ -59,7 +59,13 @@ class _Pipeline:
     async def finish(self) -> None:
         """Wait for every buffer; the first failure raises."""
         while self._in_flight:
-            await self._in_flight.popleft()
+            await self._oldest()
+
+    async def _oldest(self) -> None:
+        # Shielded: a cancelled caller leaves the buffer's write running (a thread cannot be stopped part-way), and
+        # `settle` waits for it before the caller cancels the writer.
+        await asyncio.shield(self._in_flight[0])
+        self._in_flight.popleft()
 
     async def settle(self) -> None:
         """Let what is in flight end, failed or not (the source failed: the caller cancels the writer next)."""

@@ -1,12 +1,13 @@
 """copy_stream: buffers are hashed and written in order while the next ones are received, at most PIPELINE_DEPTH of
 them in flight; a failed write stops the writes after it and raises; a source failing mid-way returns only once
-what is in flight has ended (the caller cancels the writer next)."""
+what is in flight has ended (the caller cancels the writer next), and so does a cancelled one."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import random
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -123,3 +124,32 @@ async def test_a_source_failing_mid_way_returns_once_the_writes_in_flight_ended(
         await copy_stream(pieces(data, [WRITE_BUFFER] * 10, [], fail_after=6 * WRITE_BUFFER), writer, None)
     assert writer.active == 0
     assert b"".join(writer.writes) == data[: 6 * WRITE_BUFFER]  # everything received was written, in order
+
+
+class ThreadWriter(SlowWriter):
+    """Writes on a thread, as the filesystem's writer does: cancelling the awaiting task does not stop one."""
+
+    def _write(self, data: bytes) -> None:
+        self.active += 1
+        try:
+            time.sleep(self.delay)
+            self.writes.append(data)
+        finally:
+            self.active -= 1
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.to_thread(self._write, data)
+
+
+async def test_a_cancelled_copy_returns_only_once_the_writes_in_flight_ended() -> None:
+    """A client that goes away cancels the request: the writer is cancelled next, never under a write."""
+    data = bytes(10 * WRITE_BUFFER)
+    writer = ThreadWriter(delay=0.05)
+    copy = asyncio.create_task(copy_stream(pieces(data, [WRITE_BUFFER] * 10, []), writer, hashlib.sha256()))
+    await asyncio.sleep(0.08)
+    assert writer.active == 1
+    copy.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await copy
+    assert writer.active == 0
+    assert data.startswith(b"".join(writer.writes))
