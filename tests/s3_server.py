@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -50,6 +51,8 @@ class MotoServer:
         self._client: Any = None
 
     def start(self, timeout: float = 30.0) -> None:
+        if importlib.util.find_spec("moto") is None:
+            raise RuntimeError("moto not found: install the test extras (pip install -e '.[test]')")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         self._process = subprocess.Popen(
