@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from registry.client.bodies import IDENTITY
+from registry.client.bodies import IDENTITY, blob_body
 from registry.client.credentials import Credentials, lookup
 from registry.client.errors import ClientError, RegistryResponseError
 from registry.client.manifests import ACCEPT_MANIFESTS, Manifest, verify_digest
@@ -156,11 +156,10 @@ class RegistryClient:
 
     async def get_blob_bytes(self, repository: str, digest: str) -> bytes:
         """A small blob (a config) in memory, verified."""
-        response = await self.transport.request("GET", f"/v2/{repository}/blobs/{digest}", headers=IDENTITY)
-        if response.status_code != 200:
-            raise error_from_response(response, f"blob {repository}@{digest}")
-        verify_digest(response.content, digest, f"blob {repository}@{digest}")
-        return response.content
+        async with self.open_blob(repository, digest) as response:
+            data = b"".join([chunk async for chunk in blob_body(response)])  # as sent: never decoded
+        verify_digest(data, digest, f"blob {repository}@{digest}")
+        return data
 
     # Listings
 

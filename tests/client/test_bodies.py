@@ -180,21 +180,32 @@ async def test_an_answer_without_a_body_is_not_read_past(tmp_path: Path) -> None
         assert await read_all(client, url) == b"{}"
 
 
-async def test_blob_requests_ask_for_no_encoding() -> None:
+class Streamed(httpx.AsyncByteStream):
+    """A mock response's body that is streamed, as a real one is (`content=` would be read at once)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.data
+
+
+async def test_blob_requests_ask_for_no_encoding_and_configs_are_kept_as_sent() -> None:
+    config = gzip.compress(b'{"architecture": "amd64"}')  # stored compressed, served with Content-Encoding: gzip
     seen: list[str | None] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers.get("Accept-Encoding"))
-        return httpx.Response(200, content=b"{}")
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=Streamed(config))
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     registry = RegistryClient(Transport("r.example", client=client))
-    digest = "sha256:" + hashlib.sha256(b"{}").hexdigest()
+    digest = "sha256:" + hashlib.sha256(config).hexdigest()
     async with registry.open_blob("team/app", digest):
         pass
     async with registry.open_blob("team/app", digest, offset=1):
         pass
-    assert await registry.get_blob_bytes("team/app", digest) == b"{}"
+    assert await registry.get_blob_bytes("team/app", digest) == config
     assert seen == ["identity"] * 3
 
 
