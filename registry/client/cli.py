@@ -236,13 +236,5 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
-def command_names() -> frozenset[str]:
-    """The names `add_commands` adds (the first word of a client command line)."""
-    parser = argparse.ArgumentParser()
-    commands = parser.add_subparsers()
-    add_commands(commands)
-    return frozenset(commands.choices)
-
-
 def is_client_command(args: argparse.Namespace) -> bool:
     return hasattr(args, "client_handler")

@@ -50,11 +50,8 @@ class _Pipeline:
         if hasher is not None:
             self._hashed = asyncio.ensure_future(_after(self._hashed, lambda: hash_into(hasher, data)))
         self._written = asyncio.ensure_future(_after(self._written, lambda: self.writer.write(data)))
-        self._in_flight.append(self._written if self._hashed is None else self._both(self._hashed, self._written))
-
-    @staticmethod
-    def _both(hashed: asyncio.Future[None], written: asyncio.Future[None]) -> asyncio.Future[None]:
-        return asyncio.ensure_future(_all(hashed, written))
+        both = self._written if self._hashed is None else asyncio.ensure_future(_all(self._hashed, self._written))
+        self._in_flight.append(both)
 
     async def finish(self) -> None:
         """Wait for every buffer; the first failure raises."""
