@@ -22,3 +22,4 @@ def parse_bytes(value: object) -> object:
 
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(gt=0, le=2**62)]
+BytesOrZero = Annotated[int, BeforeValidator(parse_bytes), Field(ge=0, le=2**62)]

@@ -30,6 +30,7 @@ from registry.errors import ErrorCode, RegistryError
 from registry.names import TAG_RE
 from registry.proxy.fills import Fills
 from registry.proxy.settings import ProxySettings
+from registry.proxy.spools import SpoolMemory, default_budget
 from registry.proxy.upstreams import (
     Upstream,
     UpstreamDenied,
@@ -76,7 +77,8 @@ class ProxyCache:
         self.prefixed = sorted((u for u in self.upstreams if u.prefix), key=lambda u: -len(u.prefix))
         self.mirror = next((u for u in self.upstreams if not u.prefix), None)
         self.metrics = metrics
-        self.fills = Fills(settings.spool_dir, settings.max_fills, settings.min_rate)
+        memory = settings.spool_memory if settings.spool_memory is not None else default_budget()
+        self.fills = Fills(settings.spool_dir, settings.max_fills, settings.min_rate, SpoolMemory(memory))
         self._registry: Registry | None = None
         self._checked: dict[tuple[str, str], float] = {}  # (repository, tag) -> when it was last checked upstream
         self._flights: dict[tuple[str, ...], asyncio.Future[object]] = {}

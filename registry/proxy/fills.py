@@ -1,8 +1,9 @@
 """Fetching a blob from an upstream once, however many clients ask for it meanwhile.
 
-A fill streams the upstream's bytes into an upload session of the store (which hashes them) and into a spool file
+A fill streams the upstream's bytes into an upload session of the store (which hashes them) and into a spool
 that every client pulling the blob reads as it grows: the first client and the ones that join later are all served
-at the upstream's pace from one upstream GET. The spool is an unnamed temporary file (gone with its last reader).
+at the upstream's pace from one upstream GET. The spool is an unnamed file, in memory while the process's budget for
+that allows, else on disk (registry/proxy/spools.py), gone with its last reader.
 The blob becomes visible in storage only once the upload verifies against its digest; a mismatch, a short body or a
 dropped connection leaves nothing cached, and the clients reading the spool see their stream cut (their own digest
 check would refuse what they got). A fill belongs to no request: a client going away does not stop it.
@@ -15,7 +16,6 @@ import collections
 import contextlib
 import logging
 import os
-import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
@@ -25,6 +25,7 @@ import httpx
 
 from registry.client.bodies import blob_body
 from registry.digests import Digest
+from registry.proxy.spools import Spool, SpoolMemory, disk_spool, memory_spool
 from registry.proxy.upstreams import Upstream, UpstreamUnavailable
 from registry.store.blobs import BlobInfo
 from registry.store.registry import Registry
@@ -55,7 +56,9 @@ class FillFailed(Exception):
 
 
 class Fill:
-    def __init__(self, digest: Digest, spool_dir: Path | None, min_rate: int = 0) -> None:
+    def __init__(
+        self, digest: Digest, spool_dir: Path | None, min_rate: int = 0, memory: SpoolMemory | None = None
+    ) -> None:
         self.digest = digest
         self.min_rate = min_rate
         self.size: int | None = None
@@ -63,13 +66,30 @@ class Fill:
         self.error: BaseException | None = None
         self.finished = False
         self.links: set[str] = set()  # repositories to link the blob into once it is stored
-        self._file = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 (closed by the last of fill and readers)
+        self._memory = memory
+        # On disk until the upstream announces the size (and the memory budget has room for it): a spool directory
+        # that cannot take one fails the fill before it starts. Closed by the last of the fill and its readers.
+        self._spool_file: Spool = disk_spool(spool_dir)
         self._users = 1  # the fill itself, then each reader
         self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=RECENT_BUFFERS)
         self._changed = asyncio.Event()
         self.started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         """True once the upstream answered with the blob (`size` is set then, if it announced one); False: it has
         no such blob."""
+
+    def _spool_in_memory(self) -> None:
+        """Move the (still empty) spool into memory if the budget has room for the announced size: no reader has
+        it yet (readers join once `started` is set)."""
+        if self._memory is None or self.size is None or self.written:
+            return
+        spool = memory_spool(self._memory, self.size)
+        if spool is not None:
+            self._spool_file.close()
+            self._spool_file = spool
+
+    @property
+    def spooled_in_memory(self) -> bool:
+        return self._spool_file.in_memory
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -78,7 +98,7 @@ class Fill:
     def _release(self) -> None:
         self._users -= 1
         if self._users == 0:
-            self._file.close()
+            self._spool_file.close()
 
     async def run(
         self, registry: Registry, upstream: Upstream, remote: str, name: str, count: Callable[[int], None]
@@ -97,6 +117,7 @@ class Fill:
                 ):  # unbounded otherwise: a stream without end would fill the disk
                     raise UpstreamUnavailable(f"{upstream.name}: blob {remote}@{self.digest}: no Content-Length")
                 self.size = int(length)
+                self._spool_in_memory()
                 status = await registry.uploads.start(name, self.digest.algorithm)
                 upload_id = status.upload_id
                 if not self.started.done():
@@ -112,13 +133,15 @@ class Fill:
             upload_id = None
             took = time.monotonic() - started
             logger.info(
-                "proxy: fetched %s (%d bytes) from %s in %.2fs (%.0f MB/s; stored %.2fs after its last byte)",
+                "proxy: fetched %s (%d bytes) from %s in %.2fs (%.0f MB/s; stored %.2fs after its last byte; "
+                "spooled %s)",
                 self.digest,
                 self.size,
                 upstream.name,
                 took,
                 self.size / 1e6 / max(took, 1e-6),
                 time.monotonic() - received,
+                "in memory" if self._spool_file.in_memory else "on disk",
             )
             for other in self.links - {name}:
                 await registry.blobs.link(other, self.digest)
@@ -217,7 +240,7 @@ class Fill:
                     await pending
 
     async def _spool(self, data: bytes, offset: int) -> None:
-        await _in_thread(os.pwrite, self._file.fileno(), data, offset)
+        await _in_thread(os.pwrite, self._spool_file.fileno(), data, offset)
         self._recent.append((offset, data))
         self.written = offset + len(data)
         self._notify()
@@ -255,7 +278,7 @@ class Fill:
                         await changed.wait()
                         continue
                     if data is None:
-                        data = await _in_thread(os.pread, self._file.fileno(), size, position)
+                        data = await _in_thread(os.pread, self._spool_file.fileno(), size, position)
                     if position + len(data) == self.size and self.error is not None:
                         raise FillFailed(f"fetching {self.digest} failed: {self.error}")
                     position += len(data)
@@ -280,12 +303,16 @@ class Fills:
     fill of its own upstream only, once that upstream said the request's repository has the blob (and the blob is
     linked into that repository once stored): a fill never answers for another upstream."""
 
-    def __init__(self, spool_dir: Path | None, limit: int, min_rate: int) -> None:
+    def __init__(self, spool_dir: Path | None, limit: int, min_rate: int, memory: SpoolMemory | None = None) -> None:
         self.spool_dir = spool_dir
         self.limit = limit
         self.min_rate = min_rate
+        self.memory = memory
         self._fills: dict[tuple[str, Digest], Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def under_way(self) -> list[Fill]:
+        return list(self._fills.values())
 
     def spooled(self, digest: Digest, offset: int, length: int | None) -> AsyncIterator[bytes] | None:
         """The bytes of `digest` from a fill whose upstream answered with it (the caller's own `fetch` said one
@@ -313,7 +340,7 @@ class Fills:
             if len(self._fills) >= self.limit:
                 raise UpstreamUnavailable(f"{len(self._fills)} blobs are being fetched already", retry_after=10)
             try:
-                fill = Fill(digest, self.spool_dir, self.min_rate)
+                fill = Fill(digest, self.spool_dir, self.min_rate, self.memory)
             except OSError as e:  # the spool directory is missing, full or not ours
                 raise UpstreamUnavailable(f"cannot spool {digest}: {e}") from e
             self._fills[key] = fill

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from registry.durations import Seconds
 from registry.names import NAME_RE
-from registry.sizes import Bytes
+from registry.sizes import Bytes, BytesOrZero
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -86,7 +86,14 @@ class ProxySettings(_Section):
     )
     spool_dir: Path | None = Field(
         default=None,
-        description="Where blobs being fetched are spooled while clients stream them (default: the temp directory).",
+        description="Where blobs being fetched are spooled while clients stream them, when not in memory (default: "
+        "the temp directory).",
+    )
+    spool_memory: BytesOrZero | None = Field(
+        default=None,
+        description="How many bytes of blobs being fetched may be spooled in memory at once (a blob that does not fit "
+        "in what is left spools in spool_dir); 0: always on disk. Default: an eighth of the memory this process may "
+        "use (its cgroup's limit or the machine's), at most 2 GiB.",
     )
 
     @model_validator(mode="after")

@@ -19,7 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 
+from registry.app import create_app
 from registry.gc.collector import GarbageCollector, GcOptions
 from registry.proxy import fills
 from registry.proxy.fills import FillFailed
@@ -266,6 +268,7 @@ class GatedUpstream(FakeUpstream):
 
     def __init__(self, data: bytes) -> None:
         super().__init__()
+        self.data = data
         self.gate = threading.Event()
 
         def blob_get(request: BaseHTTPRequestHandler) -> None:
@@ -313,6 +316,50 @@ async def test_a_fill_answers_only_for_its_own_upstream(client_factory: ClientFa
         assert (await client.get(f"/v2/public/any/thing/blobs/{digest}")).status_code == 404
     finally:
         private.close()
+
+
+async def test_fills_spool_in_memory_within_the_budget_and_on_disk_beyond_it(storage_config: dict[str, Any]) -> None:
+    first, second = b"m" * 300_000, b"d" * 300_000  # the budget holds one of them, not both
+    gated = {name: GatedUpstream(data) for name, data in (("first", first), ("second", second))}
+    digests = {name: "sha256:" + hashlib.sha256(up.data).hexdigest() for name, up in gated.items()}
+    for name, up in gated.items():
+        up.routes[("HEAD", f"/v2/corp/app/blobs/{digests[name]}")] = (200, {"Content-Length": "300000"}, b"")
+    upstreams = [{"name": name, "url": up.url, "prefix": name, "attempts": 1} for name, up in gated.items()]
+    app = create_app(make_settings(storage_config, {"proxy": {"upstreams": upstreams, "spool_memory": 400_000}}))
+    cache_fills = app.state.registry.read_through.fills
+    memory = cache_fills.memory
+    try:
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://registry.test") as c,
+        ):
+
+            async def pull(name: str) -> bytes:
+                return (await c.get(f"/v2/{name}/corp/app/blobs/{digests[name]}")).content
+
+            async def spooling(name: str) -> fills.Fill:
+                for _ in range(500):  # until the upstream announced the blob's size: its spool is chosen then
+                    for fill in cache_fills.under_way():
+                        if str(fill.digest) == digests[name] and fill.size is not None:
+                            return fill
+                    await asyncio.sleep(0.02)
+                raise AssertionError(f"no fill of {name}'s blob started")
+
+            pulls = {"first": asyncio.create_task(pull("first"))}
+            assert (await spooling("first")).spooled_in_memory
+            assert memory.in_use == len(first)  # the whole announced size is reserved
+            pulls["second"] = asyncio.create_task(pull("second"))
+            assert not (await spooling("second")).spooled_in_memory
+            assert memory.in_use == len(first)  # on disk: nothing more reserved
+            for up in gated.values():
+                up.gate.set()
+            assert await pulls["first"] == first and await pulls["second"] == second
+            assert memory.in_use == 0  # released with the spools, once the fills and their readers are done
+            # Cached: served from storage now, the same bytes.
+            assert await pull("first") == first and await pull("second") == second
+    finally:
+        for up in gated.values():
+            up.close()
 
 
 async def test_search_and_repository_summaries_say_what_is_cached(

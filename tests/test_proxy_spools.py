@@ -1,0 +1,87 @@
+"""Cache fills' spools: in memory within the process's budget (taken from its cgroup's memory limit), else on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from registry.proxy import spools
+from registry.proxy.settings import ProxySettings
+from registry.proxy.spools import SpoolMemory, disk_spool, memory_spool
+
+
+def test_the_budget_reserves_whole_blobs_and_never_more_than_its_limit() -> None:
+    memory = SpoolMemory(1000)
+    assert memory.reserve(600)
+    assert not memory.reserve(401)  # would go over: that blob spools on disk
+    assert memory.reserve(400)
+    assert not memory.reserve(1)
+    memory.release(600)
+    assert memory.in_use == 400
+    assert not memory.reserve(0)  # an empty blob needs no spool in memory
+    assert not SpoolMemory(0).reserve(1)  # 0: always on disk
+
+
+def test_a_memory_spool_reads_back_what_was_written_and_gives_its_reservation_back() -> None:
+    memory = SpoolMemory(1 << 20)
+    spool = memory_spool(memory, 1 << 20)
+    assert spool is not None and spool.in_memory
+    assert memory.in_use == 1 << 20
+    assert memory_spool(memory, 1) is None  # the budget is taken
+    os.pwrite(spool.fileno(), b"b" * 1000, 5)
+    os.pwrite(spool.fileno(), b"a" * 5, 0)
+    assert os.pread(spool.fileno(), 2000, 0) == b"a" * 5 + b"b" * 1000
+    spool.close()
+    assert memory.in_use == 0
+    spool.close()  # idempotent: released once
+    assert memory.in_use == 0
+
+
+def test_a_disk_spool_is_an_unnamed_file_in_the_spool_directory(tmp_path: Path) -> None:
+    spool = disk_spool(tmp_path)
+    os.pwrite(spool.fileno(), b"abc", 0)
+    assert not spool.in_memory and os.pread(spool.fileno(), 10, 0) == b"abc"
+    assert list(tmp_path.iterdir()) == []  # nothing left behind for a crash to leak
+    spool.close()
+    with pytest.raises(OSError):
+        disk_spool(tmp_path / "missing")
+
+
+def test_the_cgroup_limits_on_the_way_up_count_v2_and_v1(tmp_path: Path) -> None:
+    # v2: the process's own cgroup has no limit, its parent has one, the root's file is absent.
+    (tmp_path / "kubepods" / "pod1" / "app").mkdir(parents=True)
+    (tmp_path / "kubepods" / "pod1" / "app" / "memory.max").write_text("max\n")
+    (tmp_path / "kubepods" / "pod1" / "memory.max").write_text(f"{512 * 2**20}\n")
+    (tmp_path / "kubepods" / "memory.max").write_text(f"{8 * 2**30}\n")
+    assert sorted(spools._cgroup_limits("0::/kubepods/pod1/app\n", tmp_path)) == [512 * 2**20, 8 * 2**30]
+    # v1: the memory controller's hierarchy; its "no limit" is a huge number.
+    v1 = tmp_path / "memory" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{256 * 2**20}\n")
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    membership = "12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n1:name=systemd:/docker/abc\n"
+    assert spools._cgroup_limits(membership, tmp_path) == [256 * 2**20]
+    # A path that tries to climb out of the hierarchy reads nothing outside it.
+    assert spools._cgroup_limits("0::/../../etc\n", tmp_path) == []
+    assert spools._cgroup_limits("garbage\n", tmp_path) == []
+
+
+def test_the_default_budget_is_an_eighth_of_usable_memory_at_most_2_gib(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spools, "usable_memory", lambda: 512 * 2**20)
+    assert spools.default_budget() == 64 * 2**20
+    monkeypatch.setattr(spools, "usable_memory", lambda: 64 * 2**30)
+    assert spools.default_budget() == 2 * 2**30
+    monkeypatch.undo()
+    assert 0 < spools.default_budget() <= min(spools.usable_memory() // 8, 2 * 2**30)
+
+
+def test_spool_memory_is_a_size_and_0_turns_it_off() -> None:
+    assert ProxySettings.model_validate({"spool_memory": "512MiB"}).spool_memory == 512 * 2**20
+    assert ProxySettings.model_validate({"spool_memory": 0}).spool_memory == 0
+    assert ProxySettings.model_validate({}).spool_memory is None  # the default budget
+    for bad in (-1, "lots", True):
+        with pytest.raises(ValidationError):
+            ProxySettings.model_validate({"spool_memory": bad})
