@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from registry.proxy import spools
 from registry.proxy.settings import ProxySettings
-from registry.proxy.spools import SpoolMemory, disk_spool, memory_spool
+from registry.proxy.spools import Spool, SpoolMemory, disk_spool, memory_spool
 
 
 def test_the_budget_reserves_whole_blobs_and_never_more_than_its_limit() -> None:
@@ -25,26 +25,46 @@ def test_the_budget_reserves_whole_blobs_and_never_more_than_its_limit() -> None
     assert not SpoolMemory(0).reserve(1)  # 0: always on disk
 
 
-def test_a_memory_spool_reads_back_what_was_written_and_gives_its_reservation_back() -> None:
+async def spool_round_trip(spool: Spool) -> None:
+    """Buffers written in order come back whole (the same object: no copy) or sliced, from any position."""
+    first, second = b"a" * 1000, b"b" * 500
+    await spool.write(first, 0)
+    await spool.write(second, 1000)
+    assert spool.recent(0, 2000) is first
+    assert spool.recent(1000, 1500) is second
+    assert spool.recent(990, 2000) == b"a" * 10  # up to the end of the buffer it falls in
+    assert spool.recent(1200, 1300) == b"b" * 100  # and to `end`
+    assert spool.recent(1500, 2000) is None  # not written yet
+    assert await spool.read(1000, 500) == second
+
+
+async def test_a_memory_spool_keeps_the_buffers_and_gives_its_reservation_back() -> None:
     memory = SpoolMemory(1 << 20)
     spool = memory_spool(memory, 1 << 20)
     assert spool is not None and spool.in_memory
     assert memory.in_use == 1 << 20
     assert memory_spool(memory, 1) is None  # the budget is taken
-    os.pwrite(spool.fileno(), b"b" * 1000, 5)
-    os.pwrite(spool.fileno(), b"a" * 5, 0)
-    assert os.pread(spool.fileno(), 2000, 0) == b"a" * 5 + b"b" * 1000
+    await spool_round_trip(spool)
+    assert await spool.read(995, 10) == b"a" * 5  # a buffer's worth at most
+    with pytest.raises(OSError):  # never written: an error, not an empty read a reader would spin on
+        await spool.read(1500, 10)
     spool.close()
     assert memory.in_use == 0
+    assert spool.recent(0, 10) is None  # the buffers go with it
     spool.close()  # idempotent: released once
     assert memory.in_use == 0
 
 
-def test_a_disk_spool_is_an_unnamed_file_in_the_spool_directory(tmp_path: Path) -> None:
+async def test_a_disk_spool_reads_back_past_its_recent_buffers(tmp_path: Path) -> None:
     spool = disk_spool(tmp_path)
-    os.pwrite(spool.fileno(), b"abc", 0)
-    assert not spool.in_memory and os.pread(spool.fileno(), 10, 0) == b"abc"
-    assert list(tmp_path.iterdir()) == []  # nothing left behind for a crash to leak
+    assert not spool.in_memory
+    await spool_round_trip(spool)
+    for n in range(spools.RECENT_BUFFERS):  # push the first two buffers out of those kept at hand
+        await spool.write(bytes([n]) * 100, 1500 + 100 * n)
+    assert spool.recent(0, 2000) is None
+    assert await spool.read(0, 1000) == b"a" * 1000  # from the file
+    assert await spool.read(990, 20) == b"a" * 10 + b"b" * 10  # the file has no buffer boundaries
+    assert os.listdir(tmp_path) == []  # an unnamed file: nothing for a crash to leave behind
     spool.close()
     with pytest.raises(OSError):
         disk_spool(tmp_path / "missing")

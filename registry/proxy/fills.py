@@ -2,8 +2,8 @@
 
 A fill streams the upstream's bytes into an upload session of the store (which hashes them) and into a spool
 that every client pulling the blob reads as it grows: the first client and the ones that join later are all served
-at the upstream's pace from one upstream GET. The spool is an unnamed file, in memory while the process's budget for
-that allows, else on disk (registry/proxy/spools.py), gone with its last reader.
+at the upstream's pace from one upstream GET. The spool keeps the received buffers themselves while the process's
+memory budget allows, else it is an unnamed file on disk (registry/proxy/spools.py); it goes with its last reader.
 The blob becomes visible in storage only once the upload verifies against its digest; a mismatch, a short body or a
 dropped connection leaves nothing cached, and the clients reading the spool see their stream cut (their own digest
 check would refuse what they got). A fill belongs to no request: a client going away does not stop it.
@@ -12,14 +12,11 @@ check would refuse what they got). A fill belongs to no request: a client going 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import httpx
 
@@ -34,21 +31,7 @@ logger = logging.getLogger("moorage")
 SPOOL_WRITE = 1024 * 1024
 RATE_WINDOW = 30.0
 RESUME_BACKOFF = 0.2
-RECENT_BUFFERS = 8  # the last buffers written to the spool, kept in memory for readers (8 MiB or so per fill)
-T = TypeVar("T")
 READ_SIZE = 1024 * 1024
-
-
-async def _in_thread(function: Callable[..., T], *args: Any) -> T:
-    """`function` on a thread; a cancelled caller still waits for it to return, so that the spool file is never
-    closed (and its descriptor reused) under a read or write in flight."""
-    call = asyncio.ensure_future(asyncio.to_thread(function, *args))
-    try:
-        return await asyncio.shield(call)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await call
-        raise
 
 
 class FillFailed(Exception):
@@ -71,7 +54,6 @@ class Fill:
         # that cannot take one fails the fill before it starts. Closed by the last of the fill and its readers.
         self._spool_file: Spool = disk_spool(spool_dir)
         self._users = 1  # the fill itself, then each reader
-        self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=RECENT_BUFFERS)
         self._changed = asyncio.Event()
         self.started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         """True once the upstream answered with the blob (`size` is set then, if it announced one); False: it has
@@ -240,20 +222,9 @@ class Fill:
                     await pending
 
     async def _spool(self, data: bytes, offset: int) -> None:
-        await _in_thread(os.pwrite, self._spool_file.fileno(), data, offset)
-        self._recent.append((offset, data))
+        await self._spool_file.write(data, offset)
         self.written = offset + len(data)
         self._notify()
-
-    def _remembered(self, position: int, end: int) -> bytes | None:
-        """The bytes from `position` (to at most `end`) out of the buffers written last, without reading the spool
-        back: a reader keeping up with the upstream (the usual case) takes each buffer as is."""
-        for offset, data in reversed(self._recent):
-            if offset <= position < offset + len(data):
-                if position == offset and offset + len(data) <= end:
-                    return data
-                return data[position - offset : end - offset]
-        return None
 
     def reader(self, offset: int, length: int | None) -> AsyncIterator[bytes]:
         """The bytes from `offset` as they arrive; raises FillFailed if the fill stops before they do."""
@@ -270,7 +241,7 @@ class Fill:
                 changed = self._changed
                 if self.written > position:
                     stop = self.written if end is None else min(self.written, end)
-                    data = self._remembered(position, stop)
+                    data = self._spool_file.recent(position, stop)
                     size = len(data) if data is not None else min(READ_SIZE, stop - position)
                     if position + size == self.size and not self.finished:
                         # The blob's last bytes wait for its verification: a client never gets all of a blob
@@ -278,7 +249,7 @@ class Fill:
                         await changed.wait()
                         continue
                     if data is None:
-                        data = await _in_thread(os.pread, self._spool_file.fileno(), size, position)
+                        data = await self._spool_file.read(position, size)
                     if position + len(data) == self.size and self.error is not None:
                         raise FillFailed(f"fetching {self.digest} failed: {self.error}")
                     position += len(data)
