@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -25,17 +26,19 @@ def test_the_budget_reserves_whole_blobs_and_never_more_than_its_limit() -> None
     assert not SpoolMemory(0).reserve(1)  # 0: always on disk
 
 
-async def spool_round_trip(spool: Spool) -> None:
+async def spool_round_trip(spool: Spool) -> tuple[bytes, bytes]:
     """Buffers written in order come back whole (the same object: no copy) or sliced, from any position."""
-    first, second = b"a" * 1000, b"b" * 500
+    first, second = os.urandom(1000), os.urandom(500)
     await spool.write(first, 0)
     await spool.write(second, 1000)
     assert spool.recent(0, 2000) is first
     assert spool.recent(1000, 1500) is second
-    assert spool.recent(990, 2000) == b"a" * 10  # up to the end of the buffer it falls in
-    assert spool.recent(1200, 1300) == b"b" * 100  # and to `end`
+    assert spool.recent(990, 2000) == first[990:]  # up to the end of the buffer it falls in
+    assert spool.recent(1200, 1300) == second[200:300]  # and to `end`
     assert spool.recent(1500, 2000) is None  # not written yet
     assert await spool.read(1000, 500) == second
+    assert await spool.read(1499, 500) == second[-1:]
+    return first, second
 
 
 async def test_a_memory_spool_keeps_the_buffers_and_gives_its_reservation_back() -> None:
@@ -44,8 +47,8 @@ async def test_a_memory_spool_keeps_the_buffers_and_gives_its_reservation_back()
     assert spool is not None and spool.in_memory
     assert memory.in_use == 1 << 20
     assert memory_spool(memory, 1) is None  # the budget is taken
-    await spool_round_trip(spool)
-    assert await spool.read(995, 10) == b"a" * 5  # a buffer's worth at most
+    first, _ = await spool_round_trip(spool)
+    assert await spool.read(995, 10) == first[995:]  # a buffer's worth at most
     with pytest.raises(OSError):  # never written: an error, not an empty read a reader would spin on
         await spool.read(1500, 10)
     spool.close()
@@ -58,16 +61,27 @@ async def test_a_memory_spool_keeps_the_buffers_and_gives_its_reservation_back()
 async def test_a_disk_spool_reads_back_past_its_recent_buffers(tmp_path: Path) -> None:
     spool = disk_spool(tmp_path)
     assert not spool.in_memory
-    await spool_round_trip(spool)
+    first, second = await spool_round_trip(spool)
     for n in range(spools.RECENT_BUFFERS):  # push the first two buffers out of those kept at hand
         await spool.write(bytes([n]) * 100, 1500 + 100 * n)
     assert spool.recent(0, 2000) is None
-    assert await spool.read(0, 1000) == b"a" * 1000  # from the file
-    assert await spool.read(990, 20) == b"a" * 10 + b"b" * 10  # the file has no buffer boundaries
+    assert await spool.read(0, 1000) == first  # from the file
+    assert await spool.read(990, 20) == first[990:] + second[:10]  # the file has no buffer boundaries
+    with pytest.raises(OSError):  # past what was written: an error, not an empty read
+        await spool.read(5000, 10)
     assert os.listdir(tmp_path) == []  # an unnamed file: nothing for a crash to leave behind
     spool.close()
     with pytest.raises(OSError):
         disk_spool(tmp_path / "missing")
+
+
+def test_a_memory_spool_never_closed_gives_its_reservation_back_when_collected() -> None:
+    memory = SpoolMemory(1000)
+    spool = memory_spool(memory, 600)
+    assert spool is not None and memory.in_use == 600
+    del spool  # e.g. a reader that was created and never iterated: its `finally` never runs
+    gc.collect()
+    assert memory.in_use == 0
 
 
 def test_the_cgroup_limits_on_the_way_up_count_v2_and_v1(tmp_path: Path) -> None:
@@ -92,8 +106,10 @@ def test_the_cgroup_limits_on_the_way_up_count_v2_and_v1(tmp_path: Path) -> None
 def test_the_default_budget_is_an_eighth_of_usable_memory_at_most_2_gib(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spools, "usable_memory", lambda: 512 * 2**20)
     assert spools.default_budget() == 64 * 2**20
+    assert spools.default_budget(workers=4) == 16 * 2**20  # the workers share the limit
     monkeypatch.setattr(spools, "usable_memory", lambda: 64 * 2**30)
     assert spools.default_budget() == 2 * 2**30
+    assert spools.default_budget(workers=8) == 2**30 // 4
     monkeypatch.undo()
     assert 0 < spools.default_budget() <= min(spools.usable_memory() // 8, 2 * 2**30)
 

@@ -72,12 +72,12 @@ def _say(status: str) -> None:
 
 
 class ProxyCache:
-    def __init__(self, settings: ProxySettings, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: ProxySettings, metrics: Metrics | None = None, workers: int = 1) -> None:
         self.upstreams = [Upstream(u) for u in settings.upstreams]
         self.prefixed = sorted((u for u in self.upstreams if u.prefix), key=lambda u: -len(u.prefix))
         self.mirror = next((u for u in self.upstreams if not u.prefix), None)
         self.metrics = metrics
-        memory = settings.spool_memory if settings.spool_memory is not None else default_budget()
+        memory = settings.spool_memory if settings.spool_memory is not None else default_budget(workers)
         self.fills = Fills(settings.spool_dir, settings.max_fills, settings.min_rate, SpoolMemory(memory))
         self._registry: Registry | None = None
         self._checked: dict[tuple[str, str], float] = {}  # (repository, tag) -> when it was last checked upstream

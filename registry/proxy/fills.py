@@ -52,7 +52,7 @@ class Fill:
         self._memory = memory
         # On disk until the upstream announces the size (and the memory budget has room for it): a spool directory
         # that cannot take one fails the fill before it starts. Closed by the last of the fill and its readers.
-        self._spool_file: Spool = disk_spool(spool_dir)
+        self._spool_medium: Spool = disk_spool(spool_dir)
         self._users = 1  # the fill itself, then each reader
         self._changed = asyncio.Event()
         self.started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -66,12 +66,13 @@ class Fill:
             return
         spool = memory_spool(self._memory, self.size)
         if spool is not None:
-            self._spool_file.close()
-            self._spool_file = spool
+            on_disk, self._spool_medium = self._spool_medium, spool
+            with contextlib.suppress(OSError):
+                on_disk.close()
 
     @property
     def spooled_in_memory(self) -> bool:
-        return self._spool_file.in_memory
+        return self._spool_medium.in_memory
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -80,7 +81,7 @@ class Fill:
     def _release(self) -> None:
         self._users -= 1
         if self._users == 0:
-            self._spool_file.close()
+            self._spool_medium.close()
 
     async def run(
         self, registry: Registry, upstream: Upstream, remote: str, name: str, count: Callable[[int], None]
@@ -123,7 +124,7 @@ class Fill:
                 took,
                 self.size / 1e6 / max(took, 1e-6),
                 time.monotonic() - received,
-                "in memory" if self._spool_file.in_memory else "on disk",
+                "in memory" if self._spool_medium.in_memory else "on disk",
             )
             for other in self.links - {name}:
                 await registry.blobs.link(other, self.digest)
@@ -222,7 +223,7 @@ class Fill:
                     await pending
 
     async def _spool(self, data: bytes, offset: int) -> None:
-        await self._spool_file.write(data, offset)
+        await self._spool_medium.write(data, offset)
         self.written = offset + len(data)
         self._notify()
 
@@ -241,7 +242,7 @@ class Fill:
                 changed = self._changed
                 if self.written > position:
                     stop = self.written if end is None else min(self.written, end)
-                    data = self._spool_file.recent(position, stop)
+                    data = self._spool_medium.recent(position, stop)
                     size = len(data) if data is not None else min(READ_SIZE, stop - position)
                     if position + size == self.size and not self.finished:
                         # The blob's last bytes wait for its verification: a client never gets all of a blob
@@ -249,7 +250,7 @@ class Fill:
                         await changed.wait()
                         continue
                     if data is None:
-                        data = await self._spool_file.read(position, size)
+                        data = await self._spool_medium.read(position, size)
                     if position + len(data) == self.size and self.error is not None:
                         raise FillFailed(f"fetching {self.digest} failed: {self.error}")
                     position += len(data)

@@ -93,7 +93,7 @@ class ProxySettings(_Section):
         default=None,
         description="How many bytes of blobs being fetched may be spooled in memory at once (a blob that does not fit "
         "in what is left spools in spool_dir); 0: always on disk. Default: an eighth of the memory this process may "
-        "use (its cgroup's limit or the machine's), at most 2 GiB.",
+        "use (its cgroup's limit or the machine's), at most 2 GiB, divided among the http.workers processes.",
     )
 
     @model_validator(mode="after")

@@ -20,7 +20,7 @@ _HEADER = CACHE_STATUS_HEADER.lower().encode()
 
 def read_through(settings: Settings, metrics: Metrics | None) -> ProxyCache:
     """The cache the store reads through (the app builds it when upstreams are configured)."""
-    return ProxyCache(settings.proxy, metrics)
+    return ProxyCache(settings.proxy, metrics, settings.http.workers)
 
 
 class _CacheService:

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import os
 import tempfile
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,8 +85,8 @@ class MemorySpool(Spool):
     in_memory = True
 
     def __init__(self, memory: SpoolMemory, reserved: int) -> None:
-        self._memory = memory
-        self._reserved = reserved
+        # Released once: by `close`, or when the spool is collected without it (a reader never iterated).
+        self._release = weakref.finalize(self, memory.release, reserved)
         self._buffers: list[tuple[int, bytes]] = []
         self._offsets: list[int] = []
 
@@ -107,8 +108,7 @@ class MemorySpool(Spool):
 
     def close(self) -> None:
         self._buffers, self._offsets = [], []
-        self._memory.release(self._reserved)
-        self._reserved = 0
+        self._release()
 
 
 class DiskSpool(Spool):
@@ -122,8 +122,14 @@ class DiskSpool(Spool):
         self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=RECENT_BUFFERS)
 
     async def write(self, data: bytes, offset: int) -> None:
-        await _in_thread(os.pwrite, self._file.fileno(), data, offset)
+        await _in_thread(self._write_all, data, offset)
         self._recent.append((offset, data))
+
+    def _write_all(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:  # a write may take part of it (a disk filling up fails the next one)
+            written = os.pwrite(self._file.fileno(), view, offset)
+            view, offset = view[written:], offset + written
 
     def recent(self, position: int, end: int) -> bytes | None:
         for index in range(len(self._recent) - 1, -1, -1):
@@ -133,7 +139,10 @@ class DiskSpool(Spool):
         return None
 
     async def read(self, position: int, size: int) -> bytes:
-        return await _in_thread(os.pread, self._file.fileno(), size, position)
+        data = await _in_thread(os.pread, self._file.fileno(), size, position)
+        if not data:  # never written: a reader must not spin on nothing
+            raise OSError(f"the spool holds nothing at {position}")
+        return data
 
     def close(self) -> None:
         self._recent.clear()
@@ -164,9 +173,10 @@ def memory_spool(memory: SpoolMemory, size: int) -> MemorySpool | None:
     return MemorySpool(memory, size)
 
 
-def default_budget() -> int:
-    """An eighth of the memory this process may use, at most 2 GiB."""
-    return min(usable_memory() // DEFAULT_SHARE, DEFAULT_CAP)
+def default_budget(workers: int = 1) -> int:
+    """An eighth of the memory this process may use, at most 2 GiB, shared by the server's `workers` processes (they
+    share the limit: each takes its part)."""
+    return min(usable_memory() // DEFAULT_SHARE, DEFAULT_CAP) // max(workers, 1)
 
 
 def usable_memory() -> int:

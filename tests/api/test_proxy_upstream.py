@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from asgi_lifespan import LifespanManager
 
 from registry.app import create_app
 from registry.gc.collector import GarbageCollector, GcOptions
-from registry.proxy import fills
+from registry.proxy import fills, spools
 from registry.proxy.fills import FillFailed
 from registry.store.registry import Registry
 from tests.api.conftest import ClientFactory, make_settings
@@ -360,6 +361,60 @@ async def test_fills_spool_in_memory_within_the_budget_and_on_disk_beyond_it(sto
     finally:
         for up in gated.values():
             up.close()
+
+
+def test_the_default_spool_budget_is_shared_by_the_workers(storage_config: dict[str, Any]) -> None:
+    proxy = {"upstreams": [{"name": "up", "url": "http://127.0.0.1:9", "prefix": "up"}]}
+    for workers in (1, 4):
+        app = create_app(make_settings(storage_config, {"proxy": proxy, "http": {"workers": workers}}))
+        assert app.state.registry.read_through.fills.memory.limit == spools.default_budget(workers)
+    assert spools.default_budget(4) < spools.default_budget(1)
+
+
+@pytest.mark.parametrize("spool_memory", [None, 0], ids=["memory", "disk"])
+async def test_readers_joining_a_fill_get_the_exact_bytes_of_their_ranges(
+    storage_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch, spool_memory: int | None
+) -> None:
+    data = os.urandom(5 * 1024 * 1024 + 12345)  # several spool buffers; the upstream stops halfway until the gate
+    monkeypatch.setattr(spools, "RECENT_BUFFERS", 1)  # a disk spool reads lagging readers back from its file
+    up = GatedUpstream(data)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    up.routes[("HEAD", f"/v2/corp/app/blobs/{digest}")] = (200, {"Content-Length": str(len(data))}, b"")
+    proxy: dict[str, Any] = {"upstreams": [{"name": "up", "url": up.url, "prefix": "up", "attempts": 1}]}
+    if spool_memory is not None:
+        proxy["spool_memory"] = spool_memory
+    app = create_app(make_settings(storage_config, {"proxy": proxy}))
+    cache_fills = app.state.registry.read_through.fills
+    url = f"/v2/up/corp/app/blobs/{digest}"
+    try:
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://registry.test") as c,
+        ):
+            first = asyncio.create_task(c.get(url))
+            for _ in range(500):  # until the fill has spooled what the upstream sent before the gate
+                fill = next(iter(cache_fills.under_way()), None)
+                if fill is not None and fill.written >= 2 * 1024 * 1024:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the fill did not start")
+            assert fill.spooled_in_memory is (spool_memory is None)
+            ranges = [(100, 1_500_000), (1_048_576, 2_097_151), (2_000_000, 3_500_000), (len(data) - 7, len(data) - 1)]
+            joined = [
+                asyncio.create_task(c.get(url, headers={"Range": f"bytes={start}-{end}"})) for start, end in ranges
+            ]
+            late = asyncio.create_task(c.get(url))
+            await asyncio.sleep(0.1)
+            up.gate.set()
+            assert (await first).content == data and (await late).content == data
+            for (start, end), task in zip(ranges, joined, strict=True):
+                response = await task
+                assert response.status_code == 206, response.text
+                assert response.content == data[start : end + 1], (start, end)
+            assert cache_fills.memory.in_use == 0
+    finally:
+        up.close()
 
 
 async def test_search_and_repository_summaries_say_what_is_cached(
