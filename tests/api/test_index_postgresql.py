@@ -59,7 +59,9 @@ async def test_a_new_replica_is_ready_without_rebuilding(
     started = time.monotonic()
     async with serving(storage_config, database) as (client, registry):
         ready_after = time.monotonic() - started
-        assert INDEXES[id(registry)].ready and ready_after < 2.0, ready_after
+        # Ready at start (no rebuild: see above). The bound only catches a start that waits on something (a timeout,
+        # a retry loop); it is not a speed test (a loaded CI machine took 2.3 s on S3).
+        assert INDEXES[id(registry)].ready and ready_after < 10.0, ready_after
         assert (await client.get("/readyz")).status_code == 200
         assert await answers(client) == before
 
