@@ -24,7 +24,7 @@ from registry.client.bodies import blob_body
 from registry.digests import Digest
 from registry.proxy.spools import Spool, SpoolMemory, disk_spool, memory_spool
 from registry.proxy.upstreams import Upstream, UpstreamUnavailable
-from registry.store.blobs import BlobInfo
+from registry.store.blobs import BlobInfo, BlobStore
 from registry.store.registry import Registry
 
 logger = logging.getLogger("moorage")
@@ -54,6 +54,7 @@ class Fill:
         # that cannot take one fails the fill before it starts. Closed by the last of the fill and its readers.
         self._spool_medium: Spool = disk_spool(spool_dir)
         self._users = 1  # the fill itself, then each reader
+        self._stored: BlobStore | None = None  # where readers find the blob once its memory spool is dropped
         self._changed = asyncio.Event()
         self.started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         """True once the upstream answered with the blob (`size` is set then, if it announced one); False: it has
@@ -126,6 +127,11 @@ class Fill:
                 time.monotonic() - received,
                 "in memory" if self._spool_medium.in_memory else "on disk",
             )
+            if self._spool_medium.in_memory:
+                # Stored: readers still under way take the rest from storage, and the memory goes back to the budget
+                # now, not when the slowest client is done (one that stops reading would hold it as long as it stays).
+                self._stored = registry.blobs
+                self._spool_medium.close()
             for other in self.links - {name}:
                 await registry.blobs.link(other, self.digest)
         except BaseException as e:
@@ -243,6 +249,10 @@ class Fill:
                 if self.written > position:
                     stop = self.written if end is None else min(self.written, end)
                     data = self._spool_medium.recent(position, stop)
+                    if data is None and self._stored is not None:
+                        async for chunk in self._stored.read(self.digest, position, stop - position):
+                            yield chunk
+                        return
                     size = len(data) if data is not None else min(READ_SIZE, stop - position)
                     if position + size == self.size and not self.finished:
                         # The blob's last bytes wait for its verification: a client never gets all of a blob

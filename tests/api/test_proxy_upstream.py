@@ -23,6 +23,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from registry.app import create_app
+from registry.digests import Digest
 from registry.gc.collector import GarbageCollector, GcOptions
 from registry.proxy import fills, spools
 from registry.proxy.fills import FillFailed
@@ -413,6 +414,37 @@ async def test_readers_joining_a_fill_get_the_exact_bytes_of_their_ranges(
                 assert response.status_code == 206, response.text
                 assert response.content == data[start : end + 1], (start, end)
             assert cache_fills.memory.in_use == 0
+    finally:
+        up.close()
+
+
+async def test_a_reader_slower_than_the_fill_does_not_hold_its_memory(storage_config: dict[str, Any]) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 99)
+    up = GatedUpstream(data)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    up.routes[("HEAD", f"/v2/corp/app/blobs/{digest}")] = (200, {"Content-Length": str(len(data))}, b"")
+    upstreams = [{"name": "up", "url": up.url, "prefix": "up", "attempts": 1}]
+    app = create_app(make_settings(storage_config, {"proxy": {"upstreams": upstreams}}))
+    cache_fills = app.state.registry.read_through.fills
+    try:
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://registry.test") as c,
+        ):
+            first = asyncio.create_task(c.get(f"/v2/up/corp/app/blobs/{digest}"))
+            for _ in range(500):
+                if any(f.written for f in cache_fills.under_way()):
+                    break
+                await asyncio.sleep(0.02)
+            slow = cache_fills.spooled(Digest.parse(digest), 0, None)  # a client that reads one buffer, then stalls
+            assert slow is not None and cache_fills.memory.in_use == len(data)
+            received = [await anext(slow)]
+            up.gate.set()
+            assert (await first).content == data
+            # Stored: the memory is back in the budget although the slow reader has not finished.
+            assert cache_fills.under_way() == [] and cache_fills.memory.in_use == 0
+            received += [chunk async for chunk in slow]  # the rest from storage
+            assert b"".join(received) == data
     finally:
         up.close()
 
