@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from registry.proxy import spools
 from registry.proxy.settings import ProxySettings
-from registry.proxy.spools import Spool, SpoolMemory, disk_spool, memory_spool
+from registry.proxy.spools import DiskSpool, Spool, SpoolMemory, memory_spool
 
 
 def test_the_budget_reserves_whole_blobs_and_never_more_than_its_limit() -> None:
@@ -59,7 +59,7 @@ async def test_a_memory_spool_keeps_the_buffers_and_gives_its_reservation_back()
 
 
 async def test_a_disk_spool_reads_back_past_its_recent_buffers(tmp_path: Path) -> None:
-    spool = disk_spool(tmp_path)
+    spool = DiskSpool(tmp_path)
     assert not spool.in_memory
     first, second = await spool_round_trip(spool)
     for n in range(spools.RECENT_BUFFERS):  # push the first two buffers out of those kept at hand
@@ -72,7 +72,7 @@ async def test_a_disk_spool_reads_back_past_its_recent_buffers(tmp_path: Path) -
     assert os.listdir(tmp_path) == []  # an unnamed file: nothing for a crash to leave behind
     spool.close()
     with pytest.raises(OSError):
-        disk_spool(tmp_path / "missing")
+        DiskSpool(tmp_path / "missing")
 
 
 def test_a_memory_spool_never_closed_gives_its_reservation_back_when_collected() -> None:

@@ -22,7 +22,7 @@ import httpx
 
 from registry.client.bodies import blob_body
 from registry.digests import Digest
-from registry.proxy.spools import Spool, SpoolMemory, disk_spool, memory_spool
+from registry.proxy.spools import DiskSpool, Spool, SpoolMemory, memory_spool
 from registry.proxy.upstreams import Upstream, UpstreamUnavailable
 from registry.store.blobs import BlobInfo, BlobStore
 from registry.store.registry import Registry
@@ -52,7 +52,7 @@ class Fill:
         self._memory = memory
         # On disk until the upstream announces the size (and the memory budget has room for it): a spool directory
         # that cannot take one fails the fill before it starts. Closed by the last of the fill and its readers.
-        self._spool_medium: Spool = disk_spool(spool_dir)
+        self._spool_medium: Spool = DiskSpool(spool_dir)
         self._users = 1  # the fill itself, then each reader
         self._stored: BlobStore | None = None  # where readers find the blob once its memory spool is dropped
         self._changed = asyncio.Event()

@@ -72,6 +72,10 @@ class Spool(abc.ABC):
     def close(self) -> None: ...
 
 
+def _offset(buffer: tuple[int, bytes]) -> int:
+    return buffer[0]
+
+
 def _slice(buffers: Sequence[tuple[int, bytes]], index: int, position: int, end: int) -> bytes:
     offset, data = buffers[index]
     if position == offset and offset + len(data) <= end:
@@ -87,18 +91,17 @@ class MemorySpool(Spool):
     def __init__(self, memory: SpoolMemory, reserved: int) -> None:
         # Released once: by `close`, or when the spool is collected without it (a reader never iterated).
         self._release = weakref.finalize(self, memory.release, reserved)
-        self._buffers: list[tuple[int, bytes]] = []
-        self._offsets: list[int] = []
+        self._buffers: list[tuple[int, bytes]] = []  # (offset, data), in order
 
     async def write(self, data: bytes, offset: int) -> None:
         self._buffers.append((offset, data))
-        self._offsets.append(offset)
 
     def recent(self, position: int, end: int) -> bytes | None:
-        index = bisect.bisect_right(self._offsets, position) - 1
-        if index < 0 or position >= self._offsets[index] + len(self._buffers[index][1]):
+        index = bisect.bisect_right(self._buffers, position, key=_offset) - 1
+        if index < 0:
             return None
-        return _slice(self._buffers, index, position, end)
+        offset, data = self._buffers[index]
+        return _slice(self._buffers, index, position, end) if position < offset + len(data) else None
 
     async def read(self, position: int, size: int) -> bytes:
         data = self.recent(position, position + size)
@@ -107,7 +110,7 @@ class MemorySpool(Spool):
         return data
 
     def close(self) -> None:
-        self._buffers, self._offsets = [], []
+        self._buffers = []
         self._release()
 
 
@@ -118,6 +121,7 @@ class DiskSpool(Spool):
     in_memory = False
 
     def __init__(self, directory: Path | None) -> None:
+        """In `directory` (default: the temp directory). Raises OSError (missing, full, not ours)."""
         self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (closed by `close`)
         self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=RECENT_BUFFERS)
 
@@ -159,11 +163,6 @@ async def _in_thread(function: Callable[..., T], *args: Any) -> T:
         with contextlib.suppress(BaseException):
             await call
         raise
-
-
-def disk_spool(directory: Path | None) -> DiskSpool:
-    """A spool file in `directory` (default: the temp directory). Raises OSError (missing, full, not ours)."""
-    return DiskSpool(directory)
 
 
 def memory_spool(memory: SpoolMemory, size: int) -> MemorySpool | None:
