@@ -37,6 +37,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.server import ServerState
 
 from registry.errors import ErrorCode, RegistryError
+from registry.sendfile import offers_zero_copy, with_zero_copy
 from registry.settings import HttpSettings
 
 logger = logging.getLogger("moorage.http")
@@ -255,6 +256,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
         self.upload_slots = upload_slots
+        self.zero_copy = False  # whether requests may be offered zero-copy sends (set once connected)
         self.header_timeout = limits.header_timeout
         self.over_capacity = False
         self.lingering = False
@@ -278,6 +280,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # sendfile writes to the socket itself: never under TLS, which encrypts in user space.
+        info = transport.get_extra_info
+        self.zero_copy = info("ssl_object") is None and info("socket") is not None
         open_connections = len(self.connections)
         if open_connections > self.limits.max_connections:
             if open_connections > self.limits.max_connections + self.limits.surplus_connections:
@@ -371,6 +376,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.refuse(UPLOADS_FULL, cycle)
                 return
             app = self.upload_slots.holding(app)
+        elif self.zero_copy and offers_zero_copy(scope):
+            app = with_zero_copy(app, cycle)
         HttpToolsProtocol._start_asgi_task(self, cycle, app)
 
     # Timing: one timer per connection, set for the earliest thing to check and re-armed when it fires

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 from registry.metrics import Metrics
 from storage_backends import FileInfo, PathNotFound, StorageBackend, StorageError, Writer
@@ -22,6 +22,7 @@ OPERATIONS = (
     "get_content",
     "put_content",
     "reader",
+    "open_file",
     "writer",
     "commit",
     "stat",
@@ -167,6 +168,10 @@ class InstrumentedBackend(StorageBackend):
     async def redirect_url(self, path: str, method: str = "GET") -> str | None:
         with self._timers["redirect_url"]():
             return await self.inner.redirect_url(path, method)
+
+    async def open_file(self, path: str) -> BinaryIO | None:
+        with self._timers["open_file"]():
+            return await self.inner.open_file(path)
 
     async def purge_abandoned_writes(self, older_than: float, dry_run: bool = False) -> int:
         with self._timers["purge_abandoned_writes"]():

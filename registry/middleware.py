@@ -14,10 +14,12 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.metrics import UNMATCHED_ROUTE, Metrics
+from registry.zero_copy import ZERO_COPY_SEND
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
+_BODY_MESSAGES = frozenset({"http.response.body", ZERO_COPY_SEND})
 # Unique across processes and restarts without a uuid4 per request: a random prefix per process, then a counter.
 _REQUEST_ID_PREFIX = secrets.token_hex(6)
 _request_numbers = itertools.count(1)
@@ -102,13 +104,16 @@ class RequestObserver:
 
         async def send_observed(message: Message) -> None:
             nonlocal status, sent
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), *extra_headers]
-            elif message["type"] == "http.response.body":
+            elif kind == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif kind == ZERO_COPY_SEND:
+                sent += message.get("count") or 0
             await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
+            if kind in _BODY_MESSAGES and not message.get("more_body", False):
                 observe()
 
         metrics = self.metrics

@@ -22,6 +22,7 @@ import abc
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
@@ -150,6 +151,12 @@ class StorageBackend(abc.ABC):
 
     async def redirect_url(self, path: str, method: str = "GET") -> str | None:
         """A URL the client can fetch the object from directly, or None to serve it ourselves."""
+        return None
+
+    async def open_file(self, path: str) -> BinaryIO | None:
+        """The object as a regular file open for reading, for a server to hand to the kernel (sendfile) without
+        reading it; None where objects are not files (object stores, memory). The caller closes it. Raises
+        PathNotFound."""
         return None
 
     async def purge_abandoned_writes(self, older_than: float, dry_run: bool = False) -> int:

@@ -401,6 +401,14 @@ class FilesystemBackend(StorageBackend):
         finally:
             await f.close()
 
+    async def open_file(self, path: str) -> BinaryIO:
+        full = self._full(path)
+        try:
+            with _store_errors():
+                return await self._run(open, full, "rb", 0)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise self._missing(path) from None
+
     async def writer(self, path: str, exclusive: bool = False) -> Writer:
         check_path(path)
         tmp = self._new_tmp()

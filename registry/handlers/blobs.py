@@ -9,6 +9,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from registry.errors import ErrorCode, RegistryError
 from registry.handlers.common import path_digest, registry_of, repository_name, require_delete_enabled
+from registry.zero_copy import ZeroCopyResponse, zero_copy_offered
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 BLOB_MEDIA_TYPE = "application/octet-stream"  # what Distribution reports: a blob's own type is in its manifest
@@ -71,18 +72,18 @@ async def get_blob(request: Request) -> Response:
         return RedirectResponse(url, status_code=307, headers={"Docker-Content-Digest": str(digest)})
     byte_range = parse_range(request.headers.get("range"), info.size)
     if byte_range is None:
-        headers["Content-Length"] = str(info.size)
-        body = registry.blobs.read(digest, spooled=info.spooled)
-        return StreamingResponse(body, headers=headers, media_type="application/octet-stream")
-    start, end = byte_range
-    headers["Content-Length"] = str(end - start + 1)
-    headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
-    return StreamingResponse(
-        registry.blobs.read(digest, start, end - start + 1, spooled=info.spooled),
-        status_code=206,
-        headers=headers,
-        media_type="application/octet-stream",
-    )
+        start, count, status = 0, info.size, 200
+    else:
+        start, end = byte_range
+        count, status = end - start + 1, 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+    if not info.spooled and zero_copy_offered(request.scope):
+        file = await registry.blobs.open_file(digest)
+        if file is not None:
+            return ZeroCopyResponse(file, start, count, status, headers, BLOB_MEDIA_TYPE)
+    headers["Content-Length"] = str(count)
+    body = registry.blobs.read(digest, start, count if byte_range else None, spooled=info.spooled)
+    return StreamingResponse(body, status_code=status, headers=headers, media_type=BLOB_MEDIA_TYPE)
 
 
 async def delete_blob(request: Request) -> Response:

@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from registry import paths
 from registry.digests import Digest
@@ -167,6 +168,17 @@ class BlobStore:
         yield first
         async for chunk in stream:
             yield chunk
+
+    async def open_file(self, digest: Digest) -> BinaryIO | None:
+        """The blob's data as an open file, where the backend keeps files (see StorageBackend.open_file); None
+        elsewhere. Never for a blob still arriving from an upstream (`spooled`): that one is `read`."""
+        path = paths.blob_data(digest)
+        try:
+            return await self.backend.open_file(path)
+        except PathNotFound:
+            if not await self.quarantine.restore(digest):
+                raise
+        return await self.backend.open_file(path)
 
     async def read_all(self, digest: Digest) -> bytes:
         try:

@@ -1,0 +1,486 @@
+"""Zero-copy blob downloads (registry/sendfile.py, registry/zero_copy.py) on a real uvicorn server in this process,
+with our protocol, on uvloop and on asyncio's own loop: the bytes, ranges, keep-alive and pipelining, slow and
+vanishing readers, TLS (never zero-copy), and what os.sendfile was asked to send (a spy around it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+import uvicorn
+import uvloop
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from uvicorn.protocols.http.flow_control import FlowControl
+
+from registry import sendfile
+from registry.app import create_app
+from registry.http_limits import HttpLimits, bounded_protocol
+from registry.settings import HttpSettings, Settings
+from registry.zero_copy import ZeroCopyResponse, zero_copy_offered
+
+MiB = 1024 * 1024
+TIMEOUT = 30.0
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop,
+    "asyncio": asyncio.new_event_loop,
+}
+
+
+@dataclass
+class SendfileSpy:
+    """Counts what os.sendfile sent, per output descriptor."""
+
+    calls: int = 0
+    sent: int = 0
+    blocked: int = 0  # calls that found the socket full
+    threads: set[str] = field(default_factory=set)  # where the calls ran
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wrap(self, real: Callable[[int, int, int, int], int]) -> Callable[[int, int, int, int], int]:
+        def spying(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+            try:
+                n = real(out_fd, in_fd, offset, count)
+            except BlockingIOError:
+                with self.lock:
+                    self.blocked += 1
+                raise
+            with self.lock:
+                self.threads.add(threading.current_thread().name.partition("_")[0])
+                self.calls += 1
+                self.sent += n
+            return n
+
+        return spying
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> SendfileSpy:
+    spy = SendfileSpy()
+    monkeypatch.setattr(os, "sendfile", spy.wrap(os.sendfile))
+    return spy
+
+
+@dataclass
+class Served:
+    port: int
+    server: uvicorn.Server
+    thread: threading.Thread
+    scheme: str = "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def serving(app: Any, loop: str, ssl_files: tuple[Path, Path] | None = None, drain: int = 5) -> Iterator[Served]:
+    """`app` on a real uvicorn server with our protocol, on its own thread and event loop."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        http=bounded_protocol(HttpLimits.from_settings(HttpSettings())),
+        ws="none",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=drain,
+        ssl_certfile=str(ssl_files[0]) if ssl_files else None,
+        ssl_keyfile=str(ssl_files[1]) if ssl_files else None,
+    )
+    server = uvicorn.Server(config)
+
+    def run() -> None:
+        with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+            runner.run(server.serve())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + TIMEOUT
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield Served(port, server, thread, "https" if ssl_files else "http")
+    finally:
+        server.should_exit = True
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), "the server did not stop"
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def loop(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def registry_app(root: Path) -> Starlette:
+    settings = Settings.model_validate(
+        {"storage": {"filesystem": {"root": str(root), "fsync": False}}, "http": {"access_log": False}}
+    )
+    return create_app(settings)
+
+
+def push_blob(base: str, data: bytes, repository: str = "team/app") -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with httpx.Client(timeout=TIMEOUT) as client:
+        answer = client.post(
+            f"{base}/v2/{repository}/blobs/uploads/",
+            params={"digest": digest},
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert answer.status_code == 201, answer.text
+    return digest
+
+
+def connect(served: Served, receive_buffer: int | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", served.port))
+    return sock
+
+
+def request(path: str, *extra: str) -> bytes:
+    return "\r\n".join([f"GET {path} HTTP/1.1", "Host: registry", *extra, "", ""]).encode()
+
+
+class Reader:
+    """HTTP/1.1 responses read off one socket, in order."""
+
+    def __init__(self, sock: socket.socket, pause: float = 0.0, read_size: int = 256 * 1024) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.pause = pause  # between reads: a slow client
+        self.read_size = read_size
+
+    def _more(self) -> None:
+        if self.pause:
+            time.sleep(self.pause)
+        chunk = self.sock.recv(self.read_size)
+        if not chunk:
+            raise ConnectionError(f"closed by the server with {len(self.buffer)} bytes unread")
+        self.buffer += chunk
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            self._more()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+        length = int(headers["content-length"])
+        body = bytearray()
+        while len(body) < length:
+            if not self.buffer:
+                self._more()
+            take = self.buffer[: length - len(body)]
+            body += take
+            self.buffer = self.buffer[len(take) :]
+        return int(status_line.split()[1]), headers, bytes(body)
+
+
+@pytest.fixture
+def blob() -> bytes:
+    return os.urandom(24 * MiB + 12345)
+
+
+def test_whole_blobs_and_ranges_go_through_sendfile(tmp_path: Path, loop: str, spy: SendfileSpy, blob: bytes) -> None:
+    with serving(registry_app(tmp_path / "data"), loop) as served:
+        digest = push_blob(served.url, blob)
+        path = f"/v2/team/app/blobs/{digest}"
+        with connect(served) as sock:
+            reader = Reader(sock)
+            # Whole, a range, a suffix range, then whole again: one keep-alive connection.
+            sock.sendall(request(path))
+            status, headers, body = reader.response()
+            assert (status, headers["docker-content-digest"], body == blob) == (200, digest, True)
+            sock.sendall(request(path, "Range: bytes=1000-2000999"))
+            status, headers, body = reader.response()
+            assert (status, headers["content-range"], body) == (
+                206,
+                f"bytes 1000-2000999/{len(blob)}",
+                blob[1000:2001000],
+            )
+            sock.sendall(request(path, "Range: bytes=-7"))
+            assert reader.response()[::2] == (206, blob[-7:])
+            sock.sendall(request(path))
+            assert reader.response()[2] == blob
+        assert spy.sent == 2 * len(blob) + 2_000_000 + 7
+        # Manifests, errors and HEADs are not offered the extension.
+        with httpx.Client(timeout=TIMEOUT) as client:
+            assert client.head(served.url + path).status_code == 200
+            assert client.get(f"{served.url}/v2/team/app/blobs/sha256:{'0' * 64}").status_code == 404
+        assert spy.sent == 2 * len(blob) + 2_000_000 + 7
+
+
+def evict_from_page_cache(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())  # dirty pages cannot be dropped
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def test_the_page_cache_probe_tells_cached_from_not(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(8 * MiB))
+    evict_from_page_cache(path)
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        assert not sendfile._cached(fd, 0, 4 * MiB), f"{tmp_path} must be on a disk, not tmpfs, for this test"
+        os.pread(fd, 4 * MiB, 0)
+        assert sendfile._cached(fd, 0, 4 * MiB)
+
+
+def test_blobs_not_in_the_page_cache_are_sent_from_a_thread(
+    tmp_path: Path, loop: str, spy: SendfileSpy, blob: bytes
+) -> None:
+    """The event loop never waits for the disk: a sendfile that has to read it runs on the sendfile threads."""
+    root = tmp_path / "data"
+    with serving(registry_app(root), loop) as served:
+        digest = push_blob(served.url, blob)
+        (data,) = [p for p in root.rglob("data") if p.is_file() and digest.split(":")[1] in str(p)]
+        evict_from_page_cache(data)
+        with httpx.Client(timeout=TIMEOUT) as client:
+            assert client.get(f"{served.url}/v2/team/app/blobs/{digest}").content == blob
+        assert "moorage-sendfile" in spy.threads
+        spy.threads.clear()
+        with httpx.Client(timeout=TIMEOUT) as client:  # now cached: on the event loop
+            assert client.get(f"{served.url}/v2/team/app/blobs/{digest}").content == blob
+        assert "moorage-sendfile" not in spy.threads and spy.threads
+
+
+def test_pipelined_requests_come_back_in_order(tmp_path: Path, loop: str, spy: SendfileSpy) -> None:
+    big, small = os.urandom(8 * MiB), os.urandom(3 * MiB)
+    with serving(registry_app(tmp_path / "data"), loop) as served:
+        big_digest, small_digest = push_blob(served.url, big), push_blob(served.url, small)
+        with connect(served, receive_buffer=64 * 1024) as sock:
+            # A 416 (an error body, not zero-copy) between the blobs.
+            sock.sendall(
+                request(f"/v2/team/app/blobs/{big_digest}")
+                + request(f"/v2/team/app/blobs/{small_digest}", "Range: bytes=99999999-")
+                + request(f"/v2/team/app/blobs/{small_digest}", "Range: bytes=5-9")
+                + request(f"/v2/team/app/blobs/{small_digest}")
+            )
+            time.sleep(0.5)  # the server writes until both socket buffers are full
+            reader = Reader(sock)
+            assert reader.response()[::2] == (200, big)
+            assert reader.response()[0] == 416
+            assert reader.response()[::2] == (206, small[5:10])
+            assert reader.response()[::2] == (200, small)
+    assert spy.sent == len(big) + 5 + len(small)
+
+
+class FlowControlled(asyncio.Protocol):
+    """The transport side of a connection, as uvicorn's protocol has it: a FlowControl fed by pause/resume."""
+
+    def __init__(self) -> None:
+        self.flow: FlowControl | None = None
+        self.disconnected = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.flow = FlowControl(self.transport)
+
+    def pause_writing(self) -> None:
+        assert self.flow is not None
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        assert self.flow is not None
+        self.flow.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disconnected = True
+        if self.flow is not None:
+            self.flow.resume_writing()
+
+
+def test_a_send_waits_for_what_the_transport_still_buffers(tmp_path: Path, loop: str) -> None:
+    """Bytes the transport still holds (the end of an earlier response the client has not read yet) go out first:
+    sendfile's must come after them, never in between."""
+    earlier, data = os.urandom(8 * MiB), os.urandom(3 * MiB)
+    file = tmp_path / "blob"
+    file.write_bytes(data)
+    client, server = socket.socketpair()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    received = bytearray()
+
+    def read_later() -> None:
+        time.sleep(0.3)
+        client.settimeout(TIMEOUT)
+        while len(received) < len(earlier) + len(data):
+            chunk = client.recv(256 * 1024)
+            if not chunk:
+                break
+            received.extend(chunk)
+
+    async def send() -> tuple[int, int]:
+        protocol = FlowControlled()
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, server)
+        transport.write(earlier)
+        buffered = transport.get_write_buffer_size()
+        with open(file, "rb") as f:  # noqa: ASYNC230 - a local file in a test
+            sent = await sendfile._sendfile(cast(Any, protocol), f.fileno(), 0, len(data))
+        transport.close()
+        return buffered, sent
+
+    reader = threading.Thread(target=read_later)
+    reader.start()
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        buffered, sent = runner.run(send())
+    reader.join(TIMEOUT)
+    client.close()
+    assert buffered > 0 and sent == len(data)
+    assert received == earlier + data
+
+
+def test_a_slow_reader_gets_every_byte(tmp_path: Path, loop: str, spy: SendfileSpy) -> None:
+    data = os.urandom(6 * MiB)
+    with serving(registry_app(tmp_path / "data"), loop) as served:
+        digest = push_blob(served.url, data)
+        with connect(served, receive_buffer=32 * 1024) as sock:
+            sock.sendall(request(f"/v2/team/app/blobs/{digest}"))
+            assert Reader(sock, pause=0.002).response()[::2] == (200, data)
+        assert spy.blocked >= 1  # the socket filled up: the sender waited for it
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_reader_that_goes_away_ends_the_send_and_leaks_nothing(tmp_path: Path, loop: str, blob: bytes) -> None:
+    with serving(registry_app(tmp_path / "data"), loop) as served:
+        digest = push_blob(served.url, blob)
+        path = f"/v2/team/app/blobs/{digest}"
+        with httpx.Client(timeout=TIMEOUT) as client:
+            assert client.get(served.url + path).content == blob  # warm up: lazily opened files, thread pools
+        before = open_descriptors()
+        for _ in range(5):
+            with connect(served, receive_buffer=32 * 1024) as sock:
+                sock.sendall(request(path))
+                sock.recv(1000)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+        deadline = time.monotonic() + TIMEOUT
+        while open_descriptors() > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert open_descriptors() <= before  # the blob files and the sockets' duplicates are closed
+        with httpx.Client(timeout=TIMEOUT) as client:
+            assert client.get(served.url + path).content == blob
+
+
+def test_a_stalled_reader_does_not_hold_shutdown_past_the_drain(tmp_path: Path, loop: str, blob: bytes) -> None:
+    with serving(registry_app(tmp_path / "data"), loop, drain=1) as served:
+        digest = push_blob(served.url, blob)
+        sock = connect(served, receive_buffer=32 * 1024)
+        sock.sendall(request(f"/v2/team/app/blobs/{digest}"))
+        sock.recv(1000)  # and never again
+        time.sleep(0.2)
+        started = time.monotonic()
+        served.server.should_exit = True
+        served.thread.join(TIMEOUT)
+        assert not served.thread.is_alive()
+        assert time.monotonic() - started < 1.0 + sendfile.CLOSED_POLL_SECONDS + 3.0
+        sock.close()
+
+
+def test_a_file_shorter_than_its_range_cuts_the_connection(tmp_path: Path, loop: str) -> None:
+    """Content-Length promised more than the file holds (it shrank after the size was read): the client must see
+    a short response, never the next response's bytes as the rest of this one."""
+    short = tmp_path / "short"
+    short.write_bytes(os.urandom(100_000))
+
+    async def download(request: Request) -> Response:
+        assert zero_copy_offered(request.scope)
+        file = open(short, "rb")  # noqa: ASYNC230, SIM115 - a local file in a test; the response closes it
+        return ZeroCopyResponse(file, 0, 200_000, 200, {}, "application/octet-stream")
+
+    app = Starlette(routes=[Route("/v2/x/blobs/short", download)])
+    with serving(app, loop) as served, connect(served) as sock:
+        sock.sendall(request("/v2/x/blobs/short") * 2)
+        reader = Reader(sock)
+        with pytest.raises(ConnectionError, match="closed by the server"):
+            reader.response()
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
+         "-out", str(cert), "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_connections_are_streamed_not_zero_copy(tmp_path: Path, loop: str, spy: SendfileSpy, blob: bytes) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    with serving(registry_app(tmp_path / "data"), loop, ssl_files=(cert, key)) as served:
+        context = ssl.create_default_context(cafile=str(cert))
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        with httpx.Client(timeout=TIMEOUT, verify=context) as client:
+            answer = client.post(
+                f"{served.url}/v2/team/app/blobs/uploads/",
+                params={"digest": digest},
+                content=blob,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            assert answer.status_code == 201
+            assert client.get(f"{served.url}/v2/team/app/blobs/{digest}").content == blob
+            ranged = client.get(f"{served.url}/v2/team/app/blobs/{digest}", headers={"Range": "bytes=10-19"})
+            assert (ranged.status_code, ranged.content) == (206, blob[10:20])
+    assert spy.calls == 0
+
+
+def test_other_servers_get_the_same_bytes_streamed(tmp_path: Path) -> None:
+    """An ASGI server without the extension (here httpx's in-process transport): the handler streams."""
+
+    async def run() -> None:
+        blob = os.urandom(3 * MiB)
+        app = registry_app(tmp_path / "data")
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
+                digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+                answer = await client.post(
+                    "/v2/team/app/blobs/uploads/", params={"digest": digest}, content=blob,
+                    headers={"Content-Type": "application/octet-stream"},
+                )  # fmt: skip
+                assert answer.status_code == 201
+                assert (await client.get(f"/v2/team/app/blobs/{digest}")).content == blob
+                ranged = await client.get(f"/v2/team/app/blobs/{digest}", headers={"Range": "bytes=3-5"})
+                assert (ranged.status_code, ranged.content) == (206, blob[3:6])
+
+    asyncio.run(run())
+
+
+def test_the_access_log_and_metrics_count_zero_copy_bytes(tmp_path: Path, loop: str, blob: bytes) -> None:
+    with serving(registry_app(tmp_path / "data"), loop) as served:
+        digest = push_blob(served.url, blob)
+        with httpx.Client(timeout=TIMEOUT) as client:
+            assert client.get(f"{served.url}/v2/team/app/blobs/{digest}").content == blob
+            metrics = client.get(f"{served.url}/metrics").text
+        sent = [
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("moorage_http_sent_bytes_total{")
+            and 'method="GET"' in line
+            and "/blobs/{digest}" in line
+        ]
+        assert sent == [len(blob)]
