@@ -51,6 +51,7 @@ LINGER_BYTES = 1024 * 1024  # and at most this much of it, so that discarding co
 OVER_CAPACITY_HEAD_TIMEOUT = 2.0
 # Descriptors for everything but connections and upload files: storage pools, databases, logs, the event loop.
 RESERVED_FILE_DESCRIPTORS = 256
+DESCRIPTORS_PER_CONNECTION = 4
 LOG_INTERVAL = 10.0
 _UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
 
@@ -88,7 +89,13 @@ class HttpLimits:
 
     @property
     def file_descriptors_needed(self) -> int:
-        return self.max_connections + self.surplus_connections + self.max_uploads + RESERVED_FILE_DESCRIPTORS
+        # A connection downloading a blob holds the blob's file too, and a zero-copy send two duplicates.
+        return (
+            self.max_connections * DESCRIPTORS_PER_CONNECTION
+            + self.surplus_connections
+            + self.max_uploads
+            + RESERVED_FILE_DESCRIPTORS
+        )
 
 
 def ensure_file_descriptors(limits: HttpLimits) -> tuple[HttpLimits, str | None]:
@@ -471,8 +478,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.abort()
 
     def refuse(self, refusal: Refusal, cycle: RequestResponseCycle | None = None) -> None:
-        """Answer `refusal` and close, after letting the client read it (see LINGER_SECONDS)."""
+        """Answer `refusal` and close, after letting the client read it (see LINGER_SECONDS). While an earlier
+        response is being written, the connection is cut instead: an answer now would land inside that body."""
         _tally.count(refusal.tally_name, self.loop.time())
+        current = self.cycle
+        if current is not None and current is not cycle and current.response_started and not current.response_complete:
+            self.transport.abort()
+            return
         head_only = cycle is not None and cycle.scope["method"] == "HEAD"
         if cycle is not None:
             cycle.response_complete = True  # the parser drops the rest of its body; shutdown may close at once

@@ -110,9 +110,9 @@ class RequestObserver:
                 message["headers"] = [*message.get("headers", []), *extra_headers]
             elif kind == "http.response.body":
                 sent += len(message.get("body", b""))
-            elif kind == ZERO_COPY_SEND:
-                sent += message.get("count") or 0
             await send(message)
+            if kind == ZERO_COPY_SEND:
+                sent += message.get("sent", message.get("count") or 0)  # what went, where the server says
             if kind in _BODY_MESSAGES and not message.get("more_body", False):
                 observe()
 

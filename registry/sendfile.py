@@ -9,35 +9,45 @@ only on plain-text connections (TLS has to encrypt in user space) and only to re
 The socket belongs to the event loop's transport. Before the first sendfile, whatever the transport still buffers
 (the response head, the end of an earlier response) is flushed; while the range is being sent nothing else writes
 to the connection (the application is waiting on this send); writability is awaited on a duplicate of the socket's
-descriptor, which the event loop lets us watch. A sendfile whose bytes are in the page cache runs on the event
-loop (a probe read with RWF_NOWAIT tells); one that has to read from the disk runs on a thread, so that the disk
-does not stall every other connection of the process.
+descriptor, which the event loop lets us watch. A sendfile whose bytes are all in the page cache runs on the event
+loop (cachestat(2) tells); one that has to read from the disk runs on a thread, so that the disk does not stall
+every other connection of the process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import errno
+import logging
+import mmap
 import os
-from collections.abc import Mapping
-from typing import Any, BinaryIO
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO, cast
 
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from registry.zero_copy import ZERO_COPY_SEND
 
+logger = logging.getLogger("moorage.http")
+
 # How long a send waits for the socket to take more before it looks whether the connection was closed meanwhile
 # (the duplicate descriptor keeps the socket open, so a close by the server does not wake the wait).
 CLOSED_POLL_SECONDS = 1.0
-# At most this much per sendfile call (the socket takes at most its buffer's worth anyway): the page-cache probe
-# looks this far ahead.
+# At most this much per sendfile call (the socket takes at most its buffer's worth anyway): cachestat looks this
+# far ahead.
 CALL_BYTES = 4 * 1024 * 1024
+# Without cachestat, what two probe reads vouch for: a sendfile of it that meets the disk stalls the loop briefly.
+PROBED_WINDOW = 256 * 1024
+CACHESTAT = 451  # the same number on every Linux architecture (asm-generic)
+PAGE = mmap.PAGESIZE
 # Threads per process for sendfiles that read from the disk.
 DISK_THREADS = 4
 _PEER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
-_probe = bytearray(1)  # the page-cache probe reads into it, on the event loop's thread only
+_probe = bytearray(1)  # page-cache probes read into it, on the event loop's thread only
 _disk_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
@@ -53,7 +63,7 @@ def with_zero_copy(app: ASGI3Application, cycle: RequestResponseCycle) -> ASGI3A
     async def sending_files(scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         async def send_or_sendfile(message: ASGISendEvent) -> None:
             if message["type"] == ZERO_COPY_SEND:
-                await send_file(cycle, message)
+                await send_file(cycle, cast(dict[str, Any], message))
             else:
                 await send(message)
 
@@ -62,8 +72,10 @@ def with_zero_copy(app: ASGI3Application, cycle: RequestResponseCycle) -> ASGI3A
     return sending_files
 
 
-async def send_file(cycle: RequestResponseCycle, message: Mapping[str, Any]) -> None:
-    """One zero-copy send on `cycle`'s connection: what `cycle.send` does for a body, with sendfile(2)."""
+async def send_file(cycle: RequestResponseCycle, message: dict[str, Any]) -> None:
+    """One zero-copy send on `cycle`'s connection: what `cycle.send` does for a body, with sendfile(2). How many
+    bytes went is left in `message["sent"]` (fewer than `count` when the client went away), for the access log."""
+    message["sent"] = 0
     if cycle.disconnected:
         return
     if not cycle.response_started or cycle.response_complete:
@@ -81,11 +93,19 @@ async def send_file(cycle: RequestResponseCycle, message: Mapping[str, Any]) -> 
     elif count:
         if count > cycle.expected_content_length:
             raise RuntimeError("Response content longer than Content-Length")
-        sent = await _sendfile(cycle, file.fileno(), offset, count)
+        sent, outcome = await _sendfile(cycle, file.fileno(), offset, count)
+        message["sent"] = sent
         cycle.expected_content_length -= sent
-        if sent < count:  # the connection went away, or the file is shorter than the range it promised
-            if not cycle.disconnected:
-                cycle.transport.abort()
+        if outcome is not None:
+            if outcome == _FILE_ENDED:
+                logger.error(
+                    "%s %s: the file ended %d bytes into a range of %d: connection cut",
+                    cycle.scope["method"], cycle.scope["path"], sent, count,
+                )  # fmt: skip
+            # The client cannot be told; the connection is cut so that it sees a short response, never the next
+            # response's bytes as the rest of this one. Nothing more is sent on this cycle.
+            cycle.disconnected = True
+            cycle.transport.abort()
             return
     if not more_body:
         if cycle.expected_content_length != 0:
@@ -111,13 +131,57 @@ async def _flushed(cycle: RequestResponseCycle) -> None:
             transport.set_write_buffer_limits(high=high, low=low)
 
 
-def _cached(file_fd: int, offset: int, count: int) -> bool:
-    """Whether the range's last byte is in the page cache: a read of it that would wait for the disk fails. Blobs
-    are written and read front to back, so the bytes before it are almost always there too."""
+class _CacheStatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _CacheStat(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+
+
+def _cachestat_call() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        return os.preadv(file_fd, [_probe], offset + count - 1, os.RWF_NOWAIT) == 1
-    except OSError:  # BlockingIOError: not cached; anything else: let the thread's sendfile report it
-        return False
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    syscall: Callable[..., int] = libc.syscall
+    syscall.restype = ctypes.c_long  # type: ignore[attr-defined]
+    return syscall
+
+
+_syscall = _cachestat_call()
+
+
+def _loop_bytes(file_fd: int, offset: int, count: int) -> int:
+    """How many of the `count` bytes at `offset` are known to be in the page cache, so that sendfile can send them
+    from the event loop without waiting for the disk; 0: send from a thread.
+
+    cachestat(2) (Linux 6.5) counts the cached pages of the whole window. Without it, a read with RWF_NOWAIT (which
+    fails rather than wait) probes the first and last byte of a small window; without that, everything goes to the
+    thread."""
+    global _syscall
+    if count <= 0:
+        return 0
+    if _syscall is not None:
+        window, stat = _CacheStatRange(offset, count), _CacheStat()
+        if _syscall(CACHESTAT, file_fd, ctypes.byref(window), ctypes.byref(stat), 0) == 0:
+            pages = (offset + count - 1) // PAGE - offset // PAGE + 1
+            return count if stat.cache >= pages else 0
+        if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):  # an older kernel, or a seccomp filter
+            _syscall = None
+        else:
+            return 0
+    nowait = getattr(os, "RWF_NOWAIT", None)
+    if nowait is None:
+        return 0
+    count = min(count, PROBED_WINDOW)
+    try:
+        cached = os.preadv(file_fd, [_probe], offset, nowait) == 1
+        return count if cached and os.preadv(file_fd, [_probe], offset + count - 1, nowait) == 1 else 0
+    except OSError:  # BlockingIOError: not cached; anything else: the thread's sendfile reports it
+        return 0
 
 
 def _disk_reads() -> concurrent.futures.ThreadPoolExecutor:
@@ -127,29 +191,37 @@ def _disk_reads() -> concurrent.futures.ThreadPoolExecutor:
     return _disk_pool
 
 
-async def _sendfile(cycle: RequestResponseCycle, file_fd: int, offset: int, count: int) -> int:
-    """Send `count` bytes of `file_fd` from `offset` on the cycle's socket; returns how many went (fewer when the
-    connection is gone or the file ends early)."""
+_PEER_LEFT = "peer left"
+_FILE_ENDED = "file ended"
+
+
+async def _sendfile(cycle: RequestResponseCycle, file_fd: int, offset: int, count: int) -> tuple[int, str | None]:
+    """Send `count` bytes of `file_fd` from `offset` on the cycle's socket. Returns how many went and, when not
+    all, why (_PEER_LEFT: the connection is gone or closing; _FILE_ENDED: the file is shorter than the range)."""
     await _flushed(cycle)
     transport = cycle.transport
     if cycle.disconnected or transport.is_closing():
-        return 0
+        return 0, _PEER_LEFT
     loop = asyncio.get_running_loop()
-    # Our own descriptor for the socket: the transport closes its own when the connection is lost or cut, and the
-    # number may then be reused by another connection at once; a sendfile must never write there.
+    # Our own descriptors, for the socket and (for a thread) the file: the transport closes its own when the
+    # connection is lost or cut, the application closes the file when this send ends or is cancelled, and a
+    # number may then be reused at once by another connection or file. A sendfile must never use one of those.
     sock_fd = os.dup(transport.get_extra_info("socket").fileno())
+    thread_file_fd: int | None = None
     on_thread: concurrent.futures.Future[int] | None = None
     sent = 0
     try:
         while sent < count:
             if cycle.disconnected or transport.is_closing():
-                return sent
+                return sent, _PEER_LEFT
             at, size = offset + sent, min(count - sent, CALL_BYTES)
             try:
-                if _cached(file_fd, at, size):  # memory to socket: cheaper here than a thread's round trip
-                    n = os.sendfile(sock_fd, file_fd, at, size)
+                if here := _loop_bytes(file_fd, at, size):  # memory to socket: no thread round trip
+                    n = os.sendfile(sock_fd, file_fd, at, here)
                 else:  # the disk reads on a thread; the event loop serves everyone else meanwhile
-                    on_thread = _disk_reads().submit(os.sendfile, sock_fd, file_fd, at, size)
+                    if thread_file_fd is None:
+                        thread_file_fd = os.dup(file_fd)
+                    on_thread = _disk_reads().submit(os.sendfile, sock_fd, thread_file_fd, at, size)
                     n = await asyncio.wrap_future(on_thread)
                     on_thread = None
             except BlockingIOError:
@@ -158,17 +230,23 @@ async def _sendfile(cycle: RequestResponseCycle, file_fd: int, offset: int, coun
                 continue
             except OSError as e:
                 if e.errno in _PEER_GONE:
-                    return sent
+                    return sent, _PEER_LEFT
                 raise
             if n == 0:
-                return sent  # the file ended before the range did
+                return sent, _FILE_ENDED
             sent += n
     finally:
+        mine = [fd for fd in (sock_fd, thread_file_fd) if fd is not None]
         if on_thread is not None and not on_thread.done():  # cancelled while the thread is in sendfile
-            on_thread.add_done_callback(lambda _: os.close(sock_fd))
+            on_thread.add_done_callback(lambda _: _close_all(mine))
         else:
-            os.close(sock_fd)
-    return sent
+            _close_all(mine)
+    return sent, None
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> bool:

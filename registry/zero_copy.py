@@ -5,8 +5,9 @@ A response that has a file sends `http.response.start` (with a Content-Length), 
 
     {"type": "http.response.zerocopysend", "file": <open file>, "offset": int, "count": int, "more_body": False}
 
-and the server hands the range to the kernel. Where it is not offered (TLS, another ASGI server, the test client)
-the application streams the same bytes itself.
+and the server hands the range to the kernel, leaving in the message's "sent" how many bytes went (a Moorage
+addition: fewer than `count` when the client went away). Where it is not offered (TLS, another ASGI server, the
+test client) the application streams the same bytes itself.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from registry.errors import ErrorCode, RegistryError
 from registry.handlers.common import path_digest, registry_of, repository_name, require_delete_enabled
+from registry.store.blobs import blob_unknown
 from registry.zero_copy import ZeroCopyResponse, zero_copy_offered
+from storage_backends import PathNotFound
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 BLOB_MEDIA_TYPE = "application/octet-stream"  # what Distribution reports: a blob's own type is in its manifest
@@ -78,7 +80,11 @@ async def get_blob(request: Request) -> Response:
         count, status = end - start + 1, 206
         headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
     if not info.spooled and zero_copy_offered(request.scope):
-        file = await registry.blobs.open_file(digest)
+        try:
+            file = await registry.blobs.open_file(digest)
+        except PathNotFound:  # gone since the stat above (GC in another process): as if it had never been there
+            registry.blobs.forget(name, digest)
+            raise blob_unknown(digest) from None
         if file is not None:
             return ZeroCopyResponse(file, start, count, status, headers, BLOB_MEDIA_TYPE)
     headers["Content-Length"] = str(count)
