@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,11 @@ import pytest
 from tests.e2e.conftest import REPO_ROOT, MoorageFactory, RunningServer, S3Bucket
 from tests.postgres_server import PostgresServer
 
-# moto answers each call in milliseconds, not microseconds; "postgresql": the filesystem, the index in PostgreSQL.
+# The race goes on until GC has removed blobs in GC_RUNS runs, each overlapping pushes, and the clients did at
+# least twice LEAST of each kind of write; at most RACE_SECONDS (moto answers each call in milliseconds, not
+# microseconds; "postgresql": the filesystem, the index in PostgreSQL).
 RACE_SECONDS = {"filesystem": 25.0, "s3": 40.0, "postgresql": 20.0}
+GC_RUNS = 3
 # Enough of each kind of write for the race to mean something (S3 through moto manages fewer per second).
 LEAST = {"filesystem": (20, 5, 3), "s3": (15, 4, 2), "postgresql": (15, 4, 2)}
 CLIENTS = 4
@@ -135,13 +138,15 @@ async def pull(client: httpx.AsyncClient, image: Image, outcome: Outcome) -> lis
     return problems
 
 
-async def client_loop(server: RunningServer, number: int, shared: list[bytes], outcome: Outcome, stop: float) -> None:
+async def client_loop(
+    server: RunningServer, number: int, shared: list[bytes], outcome: Outcome, finished: Callable[[], bool]
+) -> None:
     rng = random.Random(number)
     own: list[Image] = []
     deleted: list[Image] = []
     async with httpx.AsyncClient(base_url=server.url, timeout=30.0, follow_redirects=True) as client:
         count = 0
-        while time.monotonic() < stop:
+        while not finished():
             count += 1
             choice = rng.random()
             if own and choice < 0.25:
@@ -233,9 +238,22 @@ def test_gc_loses_nothing_while_clients_push(
     stop_gc = threading.Event()
     gc_thread = threading.Thread(target=gc_loop, args=(server, tmp_path, stop_gc, reports))
 
+    deadline = time.monotonic() + RACE_SECONDS[store]
+    pushes, repushes, deletes = LEAST[store]
+
+    def finished() -> bool:
+        if time.monotonic() >= deadline:
+            return True
+        removing_runs = sum(1 for report in list(reports) if report["blobs_removed"])
+        return (
+            removing_runs >= GC_RUNS
+            and outcome.pushes > 2 * pushes
+            and outcome.repushes > 2 * repushes
+            and outcome.deletes > 2 * deletes
+        )
+
     async def race() -> None:
-        stop = time.monotonic() + RACE_SECONDS[store]
-        await asyncio.gather(*(client_loop(server, n, shared, outcome, stop) for n in range(CLIENTS)))
+        await asyncio.gather(*(client_loop(server, n, shared, outcome, finished) for n in range(CLIENTS)))
 
     gc_thread.start()
     try:
@@ -268,7 +286,6 @@ def test_gc_loses_nothing_while_clients_push(
     assert not outcome.errors, outcome.errors
     removed = sum(len(r["blobs_removed"]) for r in reports)
     assert removed > 0, "the race must make GC delete something"
-    pushes, repushes, deletes = LEAST[store]
     assert outcome.pushes > pushes and outcome.repushes > repushes and outcome.deletes > deletes, outcome
 
     assert_blobs_hash_to_their_names(server, bucket)
