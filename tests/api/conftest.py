@@ -26,11 +26,17 @@ def make_settings(storage: dict[str, Any], sections: dict[str, Any] | None = Non
     return Settings.model_validate({"storage": merged, "http": {"access_log": False}, **(sections or {})})
 
 
+def filesystem_storage(tmp_path: Path) -> dict[str, Any]:
+    """The `storage` settings of a fresh directory: for test modules whose subject does not depend on the storage
+    backend, which override `storage_config` with it (the S3 variants of the storage-facing modules cover S3)."""
+    return {"filesystem": {"root": str(tmp_path / "data"), "fsync": False}}
+
+
 @pytest.fixture(params=["filesystem", "s3"])
 def storage_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The `storage` settings of one test: a fresh directory, or a fresh bucket on the session's S3 server."""
     if request.param == "filesystem":
-        yield {"filesystem": {"root": str(tmp_path / "data"), "fsync": False}}
+        yield filesystem_storage(tmp_path)
         return
     server = request.getfixturevalue("s3_server")
     bucket = server.new_bucket()

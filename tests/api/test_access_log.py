@@ -5,14 +5,21 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from registry.logs import ACCESS_LOGGER, JsonFormatter, TextFormatter, logging_config, resolve_format
-from tests.api.conftest import ClientFactory
+from tests.api.conftest import ClientFactory, filesystem_storage
 from tests.api.helpers import digest_of, push_image
+
+
+@pytest.fixture
+def storage_config(tmp_path: Path) -> dict[str, Any]:
+    return filesystem_storage(tmp_path)  # nothing here depends on the storage backend
+
 
 ACCESS_LOG = {"http": {"access_log": True}}
 

@@ -23,12 +23,18 @@ from registry.database import postgres_engine
 from registry.logs import ACCESS_LOGGER
 from registry.settings import ConfigError, Settings
 from storage_backends import StorageBackend
-from tests.api.conftest import ClientFactory
+from tests.api.conftest import ClientFactory, filesystem_storage
 from tests.api.helpers import error_code, push_blob, push_image
 from tests.auth.forge import alg_none, claims, claims_of, foreign_key, hmac_with_public_key, read_signing_key, signed
 from tests.auth.forge import tampered as tamper
 from tests.auth.test_htpasswd import bcrypt_entry
 from tests.webhook_receiver import Receiver
+
+
+@pytest.fixture
+def storage_config(tmp_path: Path) -> dict[str, Any]:
+    return filesystem_storage(tmp_path)  # nothing here depends on the storage backend
+
 
 SERVICE = "registry.test"
 REALM = "http://registry.test/auth/token"

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.api.helpers import error_code
+
+# Nothing here depends on the storage backend: the filesystem only (test_blobs, test_uploads, ... cover S3).
+pytestmark = pytest.mark.parametrize("storage_config", ["filesystem"], indirect=True)
 
 
 async def test_api_version_check(client: httpx.AsyncClient) -> None:

@@ -24,7 +24,7 @@ from registry.index.changes import Change
 from registry.index.database import Database
 from registry.index.local import LocalIndex
 from registry.store.events import Event, EventBus, Planned
-from tests.api.conftest import make_settings
+from tests.api.conftest import filesystem_storage, make_settings
 from tests.api.helpers import (
     DOCKER_LIST,
     OCI_CONFIG,
@@ -37,6 +37,12 @@ from tests.api.helpers import (
     push_blob,
 )
 from tests.hostile_manifests import configs, encode, image_manifests, index_manifests
+
+
+@pytest.fixture
+def storage_config(tmp_path: Path) -> dict[str, Any]:
+    return filesystem_storage(tmp_path)  # nothing here depends on the storage backend
+
 
 DESCRIPTION = "org.opencontainers.image.description"
 LAYER = b"a layer" * 10

@@ -5,10 +5,14 @@ from __future__ import annotations
 import base64
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import ClientFactory
 from tests.api.helpers import OCI_MANIFEST, at, digest_of, push_blob, push_image
+
+# Nothing here depends on the storage backend: the filesystem only (test_blobs, test_uploads, ... cover S3).
+pytestmark = pytest.mark.parametrize("storage_config", ["filesystem"], indirect=True)
 
 MANIFEST_ROUTE = "/v2/{name:path}/manifests/{reference}"
 

@@ -8,14 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from registry.durations import parse_duration
 from registry.notifications.notifier import Notifier
 from registry.notifications.queue import DeliveryQueue
 from registry.settings import NotificationsSettings
-from tests.api.conftest import ClientFactory
+from tests.api.conftest import ClientFactory, filesystem_storage
 from tests.api.helpers import OCI_MANIFEST, push_blob, push_image
 from tests.webhook_receiver import Receiver
+
+
+@pytest.fixture
+def storage_config(tmp_path: Path) -> dict[str, Any]:
+    return filesystem_storage(tmp_path)  # nothing here depends on the storage backend
+
 
 EVENTS_TYPE = "application/vnd.docker.distribution.events.v1+json"
 

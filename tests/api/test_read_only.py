@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from storage_backends import StorageBackend
 from tests.api.conftest import ClientFactory
 from tests.api.helpers import OCI_MANIFEST, digest_of, error_code, push_image
+
+# Nothing here depends on the storage backend: the filesystem only (test_blobs, test_uploads, ... cover S3).
+pytestmark = pytest.mark.parametrize("storage_config", ["filesystem"], indirect=True)
 
 READ_ONLY = {"maintenance": {"read_only": True}}
 

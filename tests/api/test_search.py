@@ -25,6 +25,9 @@ from tests.api.helpers import (
     push_blob,
 )
 
+# Nothing here depends on the storage backend: the filesystem only (test_blobs, test_uploads, ... cover S3).
+pytestmark = pytest.mark.parametrize("storage_config", ["filesystem"], indirect=True)
+
 DESCRIPTION = "org.opencontainers.image.description"
 
 
