@@ -29,7 +29,7 @@ from tests.postgres_server import PostgresServer
 # The race goes on until GC has removed blobs in GC_RUNS runs, each overlapping pushes, and the clients did at
 # least twice LEAST of each kind of write; at most RACE_SECONDS (moto answers each call in milliseconds, not
 # microseconds; "postgresql": the filesystem, the index in PostgreSQL).
-RACE_SECONDS = {"filesystem": 20.0, "s3": 30.0, "postgresql": 20.0}
+RACE_SECONDS = {"filesystem": 25.0, "s3": 40.0, "postgresql": 20.0}
 GC_RUNS = 3
 # Enough of each kind of write for the race to mean something (S3 through moto manages fewer per second).
 LEAST = {"filesystem": (20, 5, 3), "s3": (15, 4, 2), "postgresql": (15, 4, 2)}
