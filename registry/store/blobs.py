@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from registry import paths
 from registry.digests import Digest
@@ -18,6 +18,7 @@ from registry.store.quarantine import DEFAULT_TOUCH_AFTER, Quarantine
 from registry.store.read_through import ReadThrough
 from storage_backends import FileInfo, PathNotFound, StorageBackend
 
+T = TypeVar("T")
 EXISTENCE_TTL = 1.0
 EXISTENCE_CACHE_SIZE = 4096
 
@@ -172,21 +173,21 @@ class BlobStore:
     async def open_file(self, digest: Digest) -> BinaryIO | None:
         """The blob's data as an open file, where the backend keeps files (see StorageBackend.open_file); None
         elsewhere. Never for a blob still arriving from an upstream (`spooled`): that one is `read`."""
-        path = paths.blob_data(digest)
-        try:
-            return await self.backend.open_file(path)
-        except PathNotFound:
-            if not await self.quarantine.restore(digest):
-                raise
-        return await self.backend.open_file(path)
+        return await self._restoring(digest, self.backend.open_file)
 
     async def read_all(self, digest: Digest) -> bytes:
+        return await self._restoring(digest, self.backend.get_content)
+
+    async def _restoring(self, digest: Digest, fetch: Callable[[str], Awaitable[T]]) -> T:
+        """`fetch` of the blob's data path; a blob GC set aside since a remembered `stat` answer is brought back
+        first."""
+        path = paths.blob_data(digest)
         try:
-            return await self.backend.get_content(paths.blob_data(digest))
+            return await fetch(path)
         except PathNotFound:
             if not await self.quarantine.restore(digest):
                 raise
-        return await self.backend.get_content(paths.blob_data(digest))
+        return await fetch(path)
 
     async def redirect_url(self, digest: Digest) -> str | None:
         return await self.backend.redirect_url(paths.blob_data(digest))
