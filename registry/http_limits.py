@@ -9,6 +9,8 @@ for a head or a body that trickles in, and its connection cap answers plain text
 - cuts a request body silent for `body_idle_timeout`, or averaging under `body_min_rate` bytes/s over the last
   `body_rate_window` seconds; time the server itself is not reading (back-pressure while the application is
   busy, a 100 Continue not yet sent) does not count against the client;
+- cuts a response the client takes no bytes of for `send_timeout` (its buffers and the socket's full: a reader
+  that stopped reading), whether the transport holds the rest or a zero-copy send waits on the socket;
 - answers 503 UNAVAILABLE with Retry-After to connections beyond `max_connections`, and to upload requests
   beyond `max_uploads`; past a further allowance, surplus connections are closed without an answer, so that
   file descriptors never run out (`ensure_file_descriptors` sizes the process's limit to match).
@@ -26,6 +28,8 @@ import json
 import logging
 import math
 import resource
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
@@ -56,6 +60,12 @@ LOG_INTERVAL = 10.0
 _UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
 
 
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked, a u64 after 120 bytes of older fields (Linux 4.1+).
+_BYTES_ACKED = struct.Struct("=Q")
+_BYTES_ACKED_OFFSET = 120
+_TCP_INFO_SIZE = 256
+
+
 @dataclass(frozen=True)
 class HttpLimits:
     max_header_bytes: int
@@ -63,6 +73,7 @@ class HttpLimits:
     body_idle_timeout: float
     body_min_rate: int
     body_rate_window: float
+    send_timeout: float
     max_connections: int
     max_uploads: int
 
@@ -74,6 +85,7 @@ class HttpLimits:
             body_idle_timeout=http.body_idle_timeout,
             body_min_rate=http.body_min_rate,
             body_rate_window=http.body_rate_window,
+            send_timeout=http.send_timeout,
             max_connections=http.max_connections,
             max_uploads=http.max_uploads,
         )
@@ -86,6 +98,10 @@ class HttpLimits:
     @property
     def body_check_interval(self) -> float:
         return max(0.05, min(1.0, self.body_idle_timeout / 4, self.body_rate_window / 4))
+
+    @property
+    def send_check_interval(self) -> float:
+        return max(0.05, min(1.0, self.send_timeout / 4))
 
     @property
     def file_descriptors_needed(self) -> int:
@@ -282,6 +298,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.body_progress_at = 0.0
         self.body_progress_bytes = 0
         self.body_samples: collections.deque[tuple[float, int]] = collections.deque()
+        # A response waiting on the client to take more: since when, and how many bytes the client had then
+        # acknowledged (see `acknowledged`).
+        self.send_waiting_since: float | None = None
+        self.send_acknowledged = 0
 
     # Connection lifetime
 
@@ -384,8 +404,44 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 return
             app = self.upload_slots.holding(app)
         elif self.zero_copy and offers_zero_copy(scope):
-            app = with_zero_copy(app, cycle)
+            app = with_zero_copy(app, cycle, self.send_waiting)
         HttpToolsProtocol._start_asgi_task(self, cycle, app)
+
+    # Responses: the transport's flow control (and a zero-copy send, through `send_waiting`) says when the client
+    # is not taking what is sent.
+
+    def pause_writing(self) -> None:
+        HttpToolsProtocol.pause_writing(self)
+        self.send_waiting(True)
+
+    def resume_writing(self) -> None:
+        HttpToolsProtocol.resume_writing(self)
+        self.send_waiting(False)
+
+    def send_waiting(self, waiting: bool) -> None:
+        """Whether the response being sent waits for the client to take more (False: it took some)."""
+        if not waiting:
+            self.send_waiting_since = None
+        elif self.send_waiting_since is None:
+            now = self.loop.time()
+            self.send_waiting_since = now
+            self.send_acknowledged = self.acknowledged()
+            self.wake_at(now + self.limits.send_check_interval)
+
+    def acknowledged(self) -> int:
+        """Bytes of this connection the client's side has acknowledged (TCP_INFO's bytes_acked): what tells a slow
+        reader from one that stopped. Neither the transport's buffer nor writability does: with the socket's send
+        buffer grown to megabytes, the kernel says it is writable only once a third of it is free, which a
+        reader taking a few KiB/s needs minutes for. -1 where the socket says nothing (not TCP, or no TCP_INFO)."""
+        sock = self.transport.get_extra_info("socket")
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+        except (AttributeError, OSError):
+            return -1
+        if len(info) < _BYTES_ACKED.size + _BYTES_ACKED_OFFSET:
+            return -1
+        acked: int = _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_OFFSET)[0]
+        return acked
 
     # Timing: one timer per connection, set for the earliest thing to check and re-armed when it fires
 
@@ -419,9 +475,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def check(self) -> None:
         self.watchdog = None
-        if self.lingering or self.transport.is_closing():
+        if self.lingering:
             return
         now = self.loop.time()
+        if self.transport.is_closing():
+            # A close (keep-alive timeout, `Connection: close`, shutdown) waits until the transport has written what
+            # it holds: a client that stopped reading would keep it waiting for ever.
+            if self.send_waiting_since is not None and self.send_is_moving(now):
+                self.wake_at(now + self.limits.send_check_interval)
+            return
         next_check = math.inf
         if self.head_clock is not None:
             deadline = self.head_clock + self.header_timeout
@@ -433,6 +495,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if not self.body_is_moving(now):
                 return
             next_check = min(next_check, now + self.limits.body_check_interval)
+        if self.send_waiting_since is not None:
+            if not self.send_is_moving(now):
+                return
+            next_check = min(next_check, now + self.limits.send_check_interval)
         if next_check != math.inf:
             self.wake_at(next_check)
 
@@ -468,6 +534,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if span >= limits.body_rate_window and received - oldest_received < limits.body_min_rate * span:
                 self.cut("request bodies under http.body_min_rate", now)
                 return False
+        return True
+
+    def send_is_moving(self, now: float) -> bool:
+        """Whether the client took any of the response within send_timeout; else the connection is cut."""
+        assert self.send_waiting_since is not None
+        acknowledged = self.acknowledged()
+        if acknowledged != self.send_acknowledged:  # the client is reading, if slowly
+            self.send_acknowledged = acknowledged
+            self.send_waiting_since = now
+        elif now - self.send_waiting_since >= self.limits.send_timeout:
+            # The application's send is left waiting: the connection lost wakes it (uvicorn's flow control, or
+            # the zero-copy send's poll of the transport).
+            self.cut("responses not read by the client over http.send_timeout", now)
+            return False
         return True
 
     # Ending a connection

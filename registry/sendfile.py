@@ -56,14 +56,18 @@ def offers_zero_copy(scope: Mapping[str, Any]) -> bool:
     return scope["method"] == "GET" and "/blobs/" in scope["path"]
 
 
-def with_zero_copy(app: ASGI3Application, cycle: RequestResponseCycle) -> ASGI3Application:
-    """`app` for one request of a plain-text connection, its scope offering zero-copy sends served on `cycle`."""
+def with_zero_copy(
+    app: ASGI3Application, cycle: RequestResponseCycle, waiting: Callable[[bool], None]
+) -> ASGI3Application:
+    """`app` for one request of a plain-text connection, its scope offering zero-copy sends served on `cycle`.
+    `waiting(True)` is called when a send waits for the client to take more, `waiting(False)` when it took some:
+    the connection's protocol cuts a client that stopped reading."""
     cycle.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}
 
     async def sending_files(scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         async def send_or_sendfile(message: ASGISendEvent) -> None:
             if message["type"] == ZERO_COPY_SEND:
-                await send_file(cycle, cast(dict[str, Any], message))
+                await send_file(cycle, cast(dict[str, Any], message), waiting)
             else:
                 await send(message)
 
@@ -72,7 +76,7 @@ def with_zero_copy(app: ASGI3Application, cycle: RequestResponseCycle) -> ASGI3A
     return sending_files
 
 
-async def send_file(cycle: RequestResponseCycle, message: dict[str, Any]) -> None:
+async def send_file(cycle: RequestResponseCycle, message: dict[str, Any], waiting: Callable[[bool], None]) -> None:
     """One zero-copy send on `cycle`'s connection: what `cycle.send` does for a body, with sendfile(2). How many
     bytes went is left in `message["sent"]` (fewer than `count` when the client went away), for the access log."""
     message["sent"] = 0
@@ -93,7 +97,7 @@ async def send_file(cycle: RequestResponseCycle, message: dict[str, Any]) -> Non
     elif count:
         if count > cycle.expected_content_length:
             raise RuntimeError("Response content longer than Content-Length")
-        sent, outcome = await _sendfile(cycle, file.fileno(), offset, count)
+        sent, outcome = await _sendfile(cycle, file.fileno(), offset, count, waiting)
         message["sent"] = sent
         cycle.expected_content_length -= sent
         if outcome is not None:
@@ -195,7 +199,9 @@ _PEER_LEFT = "peer left"
 _FILE_ENDED = "file ended"
 
 
-async def _sendfile(cycle: RequestResponseCycle, file_fd: int, offset: int, count: int) -> tuple[int, str | None]:
+async def _sendfile(
+    cycle: RequestResponseCycle, file_fd: int, offset: int, count: int, waiting: Callable[[bool], None]
+) -> tuple[int, str | None]:
     """Send `count` bytes of `file_fd` from `offset` on the cycle's socket. Returns how many went and, when not
     all, why (_PEER_LEFT: the connection is gone or closing; _FILE_ENDED: the file is shorter than the range)."""
     await _flushed(cycle)
@@ -226,6 +232,7 @@ async def _sendfile(cycle: RequestResponseCycle, file_fd: int, offset: int, coun
                     on_thread = None
             except BlockingIOError:
                 on_thread = None
+                waiting(True)
                 await _writable(loop, sock_fd)
                 continue
             except OSError as e:
@@ -234,6 +241,7 @@ async def _sendfile(cycle: RequestResponseCycle, file_fd: int, offset: int, coun
                 raise
             if n == 0:
                 return sent, _FILE_ENDED
+            waiting(False)
             sent += n
     finally:
         mine = [fd for fd in (sock_fd, thread_file_fd) if fd is not None]

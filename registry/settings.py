@@ -66,6 +66,9 @@ class HttpSettings(Section):
         default=1024, ge=0, description="Bytes/s a request body must average over body_rate_window; 0: no floor."
     )
     body_rate_window: Seconds = Field(default=30.0, description="The sliding window body_min_rate is measured over.")
+    send_timeout: Seconds = Field(
+        default=60.0, description="A response the client takes no bytes of for this long is cut (a stalled reader)."
+    )
     max_connections: int = Field(
         default=1024, ge=1, description="Open connections; beyond it new ones are answered 503 and closed."
     )

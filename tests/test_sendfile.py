@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -26,11 +26,11 @@ import uvicorn
 import uvloop
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.flow_control import FlowControl
 
-from registry import sendfile
+from registry import http_limits, sendfile
 from registry.app import create_app
 from registry.http_limits import HttpLimits, bounded_protocol
 from registry.settings import HttpSettings, Settings
@@ -95,13 +95,20 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(app: Any, loop: str, ssl_files: tuple[Path, Path] | None = None, drain: int = 5) -> Iterator[Served]:
-    """`app` on a real uvicorn server with our protocol, on its own thread and event loop."""
+def serving(
+    app: Any,
+    loop: str,
+    ssl_files: tuple[Path, Path] | None = None,
+    drain: int = 5,
+    http: dict[str, Any] | None = None,
+) -> Iterator[Served]:
+    """`app` on a real uvicorn server with our protocol (`http`: settings other than the defaults), on its own
+    thread and event loop."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=0,
-        http=bounded_protocol(HttpLimits.from_settings(HttpSettings())),
+        http=bounded_protocol(HttpLimits.from_settings(HttpSettings.model_validate(http or {}))),
         ws="none",
         lifespan="on",
         log_level="warning",
@@ -392,13 +399,15 @@ def test_a_send_waits_for_what_the_transport_still_buffers(tmp_path: Path, loop:
                 break
             received.extend(chunk)
 
+    waits: list[bool] = []
+
     async def send() -> tuple[int, int]:
         protocol = FlowControlled()
         transport, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, server)
         transport.write(earlier)
         buffered = transport.get_write_buffer_size()
         with open(file, "rb") as f:  # noqa: ASYNC230 - a local file in a test
-            sent, _ = await sendfile._sendfile(cast(Any, protocol), f.fileno(), 0, len(data))
+            sent, _ = await sendfile._sendfile(cast(Any, protocol), f.fileno(), 0, len(data), waits.append)
         transport.close()
         return buffered, sent
 
@@ -410,6 +419,8 @@ def test_a_send_waits_for_what_the_transport_still_buffers(tmp_path: Path, loop:
     client.close()
     assert buffered > 0 and sent == len(data)
     assert received == earlier + data
+    # Told when it waited on the reader (its 64 KiB buffer full) and when the reader took some again.
+    assert True in waits and waits[-1] is False
 
 
 def test_a_slow_reader_gets_every_byte(tmp_path: Path, loop: str, spy: SendfileSpy) -> None:
@@ -500,6 +511,126 @@ def test_a_stalled_reader_does_not_hold_shutdown_past_the_drain(tmp_path: Path, 
         assert not served.thread.is_alive()
         assert time.monotonic() - started < 1.0 + sendfile.CLOSED_POLL_SECONDS + 3.0
         sock.close()
+
+
+SEND_TIMEOUT = 1.0
+DOWNLOADS = ["zero-copy", "streamed"]
+
+
+@contextlib.contextmanager
+def a_download(kind: str, tmp_path: Path, loop: str, blob: bytes) -> Iterator[tuple[Served, str]]:
+    """A server with http.send_timeout = SEND_TIMEOUT, and the path of a download of `blob` from it: a blob (sent
+    zero-copy) or a streamed body (what TLS connections, S3 and other servers' responses go through)."""
+    limits = {"send_timeout": SEND_TIMEOUT}
+    if kind == "zero-copy":
+        with serving(registry_app(tmp_path / "data"), loop, http=limits) as served:
+            yield served, f"/v2/team/app/blobs/{push_blob(served.url, blob)}"
+        return
+
+    async def streamed(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(blob), 64 * 1024):
+                yield blob[start : start + 64 * 1024]
+
+        return StreamingResponse(chunks(), headers={"Content-Length": str(len(blob))})
+
+    with serving(Starlette(routes=[Route("/streamed", streamed)]), loop, http=limits) as served:
+        yield served, "/streamed"
+
+
+def read_to_the_end(sock: socket.socket) -> int:
+    """How many bytes `sock` still gives before the server's close."""
+    total = 0
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(1024 * 1024):
+            total += len(chunk)
+    return total
+
+
+@pytest.mark.parametrize("kind", DOWNLOADS)
+def test_a_reader_that_stops_reading_is_cut_after_the_send_timeout(
+    tmp_path: Path, loop: str, blob: bytes, kind: str, server_logs: Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_limits, "_tally", http_limits.LimitTally())  # logs the first cut of each kind at once
+    with a_download(kind, tmp_path, loop, blob) as (served, path):
+        with httpx.Client(timeout=TIMEOUT) as client:  # warm up: lazily opened files, thread pools
+            assert client.get(served.url + path).content == blob
+        connections = served.server.server_state.connections
+        deadline = time.monotonic() + TIMEOUT
+        while connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        before = open_descriptors()
+        with connect(served, receive_buffer=32 * 1024) as sock:
+            sock.sendall(request(path))
+            received = len(sock.recv(1000))  # and nothing more until the server gave up
+            started = time.monotonic()
+            # The server's side (its connection, the blob's file and the send's duplicates) closed; the client's
+            # socket still open.
+            while (connections or open_descriptors() > before + 1) and time.monotonic() < started + TIMEOUT:
+                time.sleep(0.02)
+            cut_after = time.monotonic() - started
+            received += read_to_the_end(sock)
+        # Cut once nothing went for SEND_TIMEOUT: checked every SEND_TIMEOUT / 4, and a zero-copy send notices
+        # within CLOSED_POLL_SECONDS.
+        assert SEND_TIMEOUT - 0.1 <= cut_after <= SEND_TIMEOUT + sendfile.CLOSED_POLL_SECONDS + 3.0, cut_after
+        assert received < len(blob)  # what the socket buffers held, then the close
+        with httpx.Client(timeout=TIMEOUT) as client:  # the server goes on serving
+            assert client.get(served.url + path).content == blob
+    cuts = [r.getMessage() for r in server_logs.records if "http.send_timeout" in r.getMessage()]
+    assert cuts and "responses not read by the client over http.send_timeout" in cuts[0], cuts
+    assert server_logs.errors() == []
+
+
+def test_a_close_waiting_on_a_reader_that_stopped_is_cut_after_the_send_timeout(
+    loop: str, blob: bytes, monkeypatch: pytest.MonkeyPatch, server_logs: Records
+) -> None:
+    """A whole response in the transport's buffer when the connection is to close (`Connection: close`): the close
+    waits for the buffer to be written, and a client that stopped reading would hold it open for ever."""
+    monkeypatch.setattr(http_limits, "_tally", http_limits.LimitTally())
+
+    async def whole(request: Request) -> Response:
+        return Response(blob)  # one send: all of it handed to the transport at once
+
+    app = Starlette(routes=[Route("/whole", whole)])
+    with serving(app, loop, http={"send_timeout": SEND_TIMEOUT}) as served:
+        with connect(served, receive_buffer=32 * 1024) as sock:
+            sock.sendall(request("/whole", "Connection: close"))
+            received = len(sock.recv(1000))
+            started = time.monotonic()
+            connections = served.server.server_state.connections
+            while connections and time.monotonic() < started + TIMEOUT:
+                time.sleep(0.02)
+            closed_after = time.monotonic() - started
+            received += read_to_the_end(sock)
+        assert SEND_TIMEOUT - 0.1 <= closed_after <= SEND_TIMEOUT + 3.0, closed_after
+        assert received < len(blob)
+    assert any("not read by the client over http.send_timeout" in r.getMessage() for r in server_logs.records)
+
+
+class PausingReader(Reader):
+    """Reads at full speed but for `pauses` pauses of `seconds`, one every 8 reads."""
+
+    def __init__(self, sock: socket.socket, pauses: int, seconds: float) -> None:
+        super().__init__(sock)
+        self.pauses, self.seconds, self.reads = pauses, seconds, 0
+
+    def _more(self) -> None:
+        self.reads += 1
+        if self.pauses and self.reads % 8 == 0:
+            self.pauses -= 1
+            time.sleep(self.seconds)
+        super()._more()
+
+
+@pytest.mark.parametrize("kind", DOWNLOADS)
+def test_a_reader_that_pauses_for_less_than_the_send_timeout_gets_every_byte(
+    tmp_path: Path, loop: str, blob: bytes, kind: str
+) -> None:
+    with a_download(kind, tmp_path, loop, blob) as (served, path), connect(served, receive_buffer=32 * 1024) as sock:
+        sock.sendall(request(path))
+        reader = PausingReader(sock, pauses=3, seconds=0.4 * SEND_TIMEOUT)
+        assert reader.response()[::2] == (200, blob)
+        assert reader.pauses == 0
 
 
 def test_a_file_shorter_than_its_range_cuts_the_connection(tmp_path: Path, loop: str, server_logs: Records) -> None:

@@ -313,6 +313,52 @@ def test_slow_bodies_are_cut_while_others_are_served(moorage_factory: MoorageFac
     assert "request bodies under http.body_min_rate" in log
 
 
+def test_downloads_the_client_stopped_reading_are_cut(moorage_factory: MoorageFactory) -> None:
+    """A client that asks for a blob and never reads it would hold a connection, the blob's file and the zero-copy
+    send's descriptors for ever; after http.send_timeout without a byte taken, the server lets them all go."""
+    send_timeout = 1.5
+    server = moorage_factory(env={"MOORAGE_HTTP__SEND_TIMEOUT": str(send_timeout)})
+    blob = random_bytes(32 * MiB, "stalled download")
+    digest = digest_of(blob)
+    stored = httpx.put(
+        with_query(start_upload(server, "stall/app"), digest=digest),
+        content=blob,
+        headers=OCTET_STREAM,
+        timeout=SOCKET_TIMEOUT,
+    )
+    assert stored.status_code == 201, stored.text
+    assert server.get(f"/v2/stall/app/blobs/{digest}").content == blob  # warm up: lazily opened pools
+    time.sleep(0.3)  # the clients' connections closed on the server's side too
+    baseline = open_descriptors(server.proc.pid)
+    readers = []
+    for _ in range(4):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        sock.settimeout(SOCKET_TIMEOUT)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(f"GET /v2/stall/app/blobs/{digest} HTTP/1.1\r\nHost: registry\r\n\r\n".encode())
+        assert sock.recv(1000).startswith(b"HTTP/1.1 200")  # and nothing more
+        readers.append(sock)
+    started = time.monotonic()
+    held = open_descriptors(server.proc.pid)
+    while open_descriptors(server.proc.pid) > baseline and time.monotonic() < started + SOCKET_TIMEOUT:
+        time.sleep(0.05)
+    released_after = time.monotonic() - started
+    received = []
+    for sock in readers:
+        total = 0
+        with contextlib.suppress(ConnectionResetError), sock:
+            while chunk := sock.recv(MiB):
+                total += len(chunk)
+        received.append(total)
+    print(f"\nstalled downloads: {held - baseline} descriptors held, released after {released_after:.2f}s")
+    assert held >= baseline + 4 * 2  # each: its connection and the blob's file, at least
+    assert send_timeout - 0.2 <= released_after <= send_timeout + 4.0, released_after
+    assert all(total < len(blob) for total in received), received
+    assert "responses not read by the client over http.send_timeout" in server.log()
+    assert server.get(f"/v2/stall/app/blobs/{digest}").content == blob
+
+
 def test_floods_beyond_the_connection_and_upload_caps_are_answered_503(moorage_factory: MoorageFactory) -> None:
     max_connections, max_uploads = 8, 2
     server = moorage_factory(
