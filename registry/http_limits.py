@@ -298,10 +298,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.body_progress_at = 0.0
         self.body_progress_bytes = 0
         self.body_samples: collections.deque[tuple[float, int]] = collections.deque()
-        # A response waiting on the client to take more: since when, and how many bytes the client had then
-        # acknowledged (see `acknowledged`).
+        # A response waiting on the client to take more: since when, and what the client had acknowledged and the
+        # transport held at the last look (see `send_is_moving`); None: not looked at yet.
         self.send_waiting_since: float | None = None
-        self.send_acknowledged = 0
+        self.send_progress: tuple[int, int] | None = None
 
     # Connection lifetime
 
@@ -425,7 +425,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         elif self.send_waiting_since is None:
             now = self.loop.time()
             self.send_waiting_since = now
-            self.send_acknowledged = self.acknowledged()
+            self.send_progress = None  # looked at by the watchdog: a pause of the transport costs no system call
             self.wake_at(now + self.limits.send_check_interval)
 
     def acknowledged(self) -> int:
@@ -539,9 +539,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def send_is_moving(self, now: float) -> bool:
         """Whether the client took any of the response within send_timeout; else the connection is cut."""
         assert self.send_waiting_since is not None
-        acknowledged = self.acknowledged()
-        if acknowledged != self.send_acknowledged:  # the client is reading, if slowly
-            self.send_acknowledged = acknowledged
+        acknowledged, buffered = self.acknowledged(), self.transport.get_write_buffer_size()
+        last = self.send_progress
+        self.send_progress = (acknowledged, buffered)
+        # The first look, or the client is reading (if slowly); where TCP_INFO says nothing, the transport's buffer
+        # shrinking says it, less soon.
+        if last is None or acknowledged != last[0] or buffered < last[1]:
             self.send_waiting_since = now
         elif now - self.send_waiting_since >= self.limits.send_timeout:
             # The application's send is left waiting: the connection lost wakes it (uvicorn's flow control, or
