@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,8 @@ def test_a_new_replica_is_ready_at_once(
     src = OciLayout(tmp_path / "src")
     for i in range(12):
         small_image(src, name=f"app-{i}", tag=f"v{i}")
-    for i in range(12):
-        skopeo.push(src.path, f"v{i}", first.ref(f"e2e/many/app-{i:02d}", "v1"))
+    with ThreadPoolExecutor(4) as pool:  # the pushes are not the subject: four at a time
+        list(pool.map(lambda i: skopeo.push(src.path, f"v{i}", first.ref(f"e2e/many/app-{i:02d}", "v1")), range(12)))
     eventually(lambda: len(first.get_json("/v2/_catalog")["repositories"]) == 12, "the first replica's catalog")
     expected = answers(first)
 
