@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import json
 import logging
@@ -64,6 +65,7 @@ _UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
 _BYTES_ACKED = struct.Struct("=Q")
 _BYTES_ACKED_OFFSET = 120
 _TCP_INFO_SIZE = 256
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 
 
 @dataclass(frozen=True)
@@ -302,6 +304,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # transport held at the last look (see `send_is_moving`); None: not looked at yet.
         self.send_waiting_since: float | None = None
         self.send_progress: tuple[int, int] | None = None
+        self.lost = False
 
     # Connection lifetime
 
@@ -321,6 +324,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.start_head_clock()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True  # a zero-copy send on a thread may still report a wait: nothing is timed any more
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
@@ -385,6 +389,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         HttpToolsProtocol.on_response_complete(self)
+        if self.transport.is_closing():  # `Connection: close`, or shutdown: the close waits for the buffer
+            self.watch_close()
         # From now on the client may send its next request: its head is timed (uvicorn's keep-alive timer is
         # cancelled by any byte, even a lone CRLF that begins nothing). A pipelined head, sent before this
         # response, is timed from here too; its size is bounded all along.
@@ -422,11 +428,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Whether the response being sent waits for the client to take more (False: it took some)."""
         if not waiting:
             self.send_waiting_since = None
-        elif self.send_waiting_since is None:
-            now = self.loop.time()
+            return
+        if self.lost:
+            return
+        now = self.loop.time()
+        if self.send_waiting_since is None:
             self.send_waiting_since = now
             self.send_progress = None  # looked at by the watchdog: a pause of the transport costs no system call
-            self.wake_at(now + self.limits.send_check_interval)
+        self.wake_at(now + self.limits.send_check_interval)  # (nothing to do when the watchdog is due sooner)
+
+    def watch_close(self) -> None:
+        """The transport is closing: the close waits until it has written what it holds, which a client that
+        stopped reading would make it do for ever. Timed like a send."""
+        if self.transport.get_write_buffer_size() and not self.lingering:
+            self.send_waiting(True)
 
     def acknowledged(self) -> int:
         """Bytes of this connection the client's side has acknowledged (TCP_INFO's bytes_acked): what tells a slow
@@ -436,7 +451,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         sock = self.transport.get_extra_info("socket")
         try:
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
-        except (AttributeError, OSError):
+        except (AttributeError, OSError, ValueError):  # ValueError: uvloop's socket of a closed connection
             return -1
         if len(info) < _BYTES_ACKED.size + _BYTES_ACKED_OFFSET:
             return -1
@@ -479,10 +494,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         now = self.loop.time()
         if self.transport.is_closing():
-            # A close (keep-alive timeout, `Connection: close`, shutdown) waits until the transport has written what
-            # it holds: a client that stopped reading would keep it waiting for ever.
-            if self.send_waiting_since is not None and self.send_is_moving(now):
-                self.wake_at(now + self.limits.send_check_interval)
+            # A close (keep-alive timeout, `Connection: close`, shutdown, a head timeout) waits until the transport
+            # has written what it holds, below the high-water mark too (no pause then, or a resume that ended the
+            # clock): timed for as long as something is left.
+            if self.transport.get_write_buffer_size():
+                if self.send_waiting_since is None:
+                    self.send_waiting_since, self.send_progress = now, None
+                if self.send_is_moving(now):
+                    self.wake_at(now + self.limits.send_check_interval)
             return
         next_check = math.inf
         if self.head_clock is not None:
@@ -495,7 +514,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if not self.body_is_moving(now):
                 return
             next_check = min(next_check, now + self.limits.body_check_interval)
-        if self.send_waiting_since is not None:
+        if self.send_waiting_since is not None:  # (the head clock, when both run, may close first: see above)
             if not self.send_is_moving(now):
                 return
             next_check = min(next_check, now + self.limits.send_check_interval)
@@ -509,6 +528,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             _tally.count("idle connections over http.header_timeout", self.loop.time())
         self.transport.close()
+        self.watch_close()  # the last response (or the 408) may still be waiting on the client
+
+    def timeout_keep_alive_handler(self) -> None:
+        HttpToolsProtocol.timeout_keep_alive_handler(self)
+        self.watch_close()
+
+    def shutdown(self) -> None:
+        HttpToolsProtocol.shutdown(self)
+        if self.transport.is_closing():
+            self.watch_close()
 
     def body_is_moving(self, now: float) -> bool:
         """Whether the body arrives fast enough; else the connection is cut."""
@@ -557,6 +586,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def cut(self, why: str, now: float) -> None:
         _tally.count(why, now)
+        # A reset, not a close: the kernel would otherwise keep the socket, and up to its send buffer's megabytes,
+        # for minutes, probing a window the client never opens (nginx's reset_timedout_connection).
+        sock = self.transport.get_extra_info("socket")
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
         # Not close(): that would wait to flush a response to a client that may not be reading either.
         self.transport.abort()
 

@@ -538,6 +538,17 @@ def a_download(kind: str, tmp_path: Path, loop: str, blob: bytes) -> Iterator[tu
         yield served, "/streamed"
 
 
+def server_side_sockets(port: int) -> list[str]:
+    """The kernel's TCP sockets on local port `port` other than the listener (/proc/net/tcp): state and queue."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port, state = int(fields[1].rsplit(":", 1)[1], 16), fields[3]
+        if local_port == port and state != "0A":  # 0A: LISTEN
+            found.append(f"state {state} queues {fields[4]}")
+    return found
+
+
 def read_to_the_end(sock: socket.socket) -> int:
     """How many bytes `sock` still gives before the server's close."""
     total = 0
@@ -569,6 +580,10 @@ def test_a_reader_that_stops_reading_is_cut_after_the_send_timeout(
             while (connections or open_descriptors() > before + 1) and time.monotonic() < started + TIMEOUT:
                 time.sleep(0.02)
             cut_after = time.monotonic() - started
+            # Reset, not closed: the kernel keeps no orphan socket with the send buffer's megabytes queued.
+            while server_side_sockets(served.port) and time.monotonic() < started + TIMEOUT:
+                time.sleep(0.02)
+            assert server_side_sockets(served.port) == []
             received += read_to_the_end(sock)
         # Cut once nothing went for SEND_TIMEOUT: checked every SEND_TIMEOUT / 4, and a zero-copy send notices
         # within CLOSED_POLL_SECONDS.
@@ -605,6 +620,68 @@ def test_a_close_waiting_on_a_reader_that_stopped_is_cut_after_the_send_timeout(
         assert SEND_TIMEOUT - 0.1 <= closed_after <= SEND_TIMEOUT + 3.0, closed_after
         assert received < len(blob)
     assert any("not read by the client over http.send_timeout" in r.getMessage() for r in server_logs.records)
+
+
+def test_a_close_holding_less_than_the_high_water_mark_is_cut_after_the_send_timeout(
+    loop: str, blob: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close after a response waits for the transport's buffer, below the high-water mark too (the transport
+    never paused, or resumed before the client stopped): timed like a send all the same."""
+    monkeypatch.setattr(http_limits, "_tally", http_limits.LimitTally())
+
+    async def whole(request: Request) -> Response:
+        return Response(blob)
+
+    app = Starlette(routes=[Route("/whole", whole)])
+    with serving(app, loop, http={"send_timeout": SEND_TIMEOUT}) as served:
+        connections = served.server.server_state.connections
+        with connect(served, receive_buffer=32 * 1024) as sock:
+            deadline = time.monotonic() + TIMEOUT
+            while not connections and time.monotonic() < deadline:
+                time.sleep(0.01)
+            (protocol,) = connections
+            raised = threading.Event()
+
+            def never_pause() -> None:  # the whole blob stays under the high-water mark: no pause, ever
+                protocol.transport.set_write_buffer_limits(high=4 * len(blob))
+                raised.set()
+
+            protocol.loop.call_soon_threadsafe(never_pause)
+            assert raised.wait(TIMEOUT)
+            sock.sendall(request("/whole", "Connection: close"))
+            received = len(sock.recv(1000))
+            started = time.monotonic()
+            while connections and time.monotonic() < started + TIMEOUT:
+                time.sleep(0.02)
+            closed_after = time.monotonic() - started
+            received += read_to_the_end(sock)
+        assert SEND_TIMEOUT - 0.1 <= closed_after <= SEND_TIMEOUT + 3.0, closed_after
+        assert received < len(blob)
+
+
+def test_a_head_timeout_does_not_stop_the_send_clock(loop: str, blob: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole response paused in the transport, then one byte of a next request (which ends uvicorn's keep-alive
+    timer): the head timeout closes, and that close waits on the reader like the response did."""
+    monkeypatch.setattr(http_limits, "_tally", http_limits.LimitTally())
+
+    async def whole(request: Request) -> Response:
+        return Response(blob)
+
+    app = Starlette(routes=[Route("/whole", whole)])
+    with serving(app, loop, http={"send_timeout": SEND_TIMEOUT, "header_timeout": SEND_TIMEOUT / 2}) as served:
+        connections = served.server.server_state.connections
+        with connect(served, receive_buffer=32 * 1024) as sock:
+            sock.sendall(request("/whole"))
+            received = len(sock.recv(1000))
+            time.sleep(0.2)
+            sock.sendall(b"G")
+            started = time.monotonic()
+            while connections and time.monotonic() < started + TIMEOUT:
+                time.sleep(0.02)
+            closed_after = time.monotonic() - started
+            received += read_to_the_end(sock)
+        assert closed_after <= SEND_TIMEOUT + 3.0, closed_after
+        assert received < len(blob)
 
 
 class PausingReader(Reader):
