@@ -10,7 +10,9 @@ for a head or a body that trickles in, and its connection cap answers plain text
   `body_rate_window` seconds; time the server itself is not reading (back-pressure while the application is
   busy, a 100 Continue not yet sent) does not count against the client;
 - cuts a response the client takes no bytes of for `send_timeout` (its buffers and the socket's full: a reader
-  that stopped reading), whether the transport holds the rest or a zero-copy send waits on the socket;
+  that stopped reading), or takes at under `send_min_rate` bytes/s over the last `send_rate_window` seconds (a
+  slow-read attack), whether the transport holds the rest or a zero-copy send waits on the socket, and while a
+  close waits for the transport to write what it holds;
 - answers 503 UNAVAILABLE with Retry-After to connections beyond `max_connections`, and to upload requests
   beyond `max_uploads`; past a further allowance, surplus connections are closed without an answer, so that
   file descriptors never run out (`ensure_file_descriptors` sizes the process's limit to match).
@@ -76,6 +78,8 @@ class HttpLimits:
     body_min_rate: int
     body_rate_window: float
     send_timeout: float
+    send_min_rate: int
+    send_rate_window: float
     max_connections: int
     max_uploads: int
 
@@ -88,6 +92,8 @@ class HttpLimits:
             body_min_rate=http.body_min_rate,
             body_rate_window=http.body_rate_window,
             send_timeout=http.send_timeout,
+            send_min_rate=http.send_min_rate,
+            send_rate_window=http.send_rate_window,
             max_connections=http.max_connections,
             max_uploads=http.max_uploads,
         )
@@ -103,7 +109,7 @@ class HttpLimits:
 
     @property
     def send_check_interval(self) -> float:
-        return max(0.05, min(1.0, self.send_timeout / 4))
+        return max(0.05, min(1.0, self.send_timeout / 4, self.send_rate_window / 4))
 
     @property
     def file_descriptors_needed(self) -> int:
@@ -304,6 +310,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # transport held at the last look (see `send_is_moving`); None: not looked at yet.
         self.send_waiting_since: float | None = None
         self.send_progress: tuple[int, int] | None = None
+        # (time, bytes acknowledged) over the rate window, looked at while the response waits on the client; kept
+        # across waits (a slow reader's sends alternate with waits), dropped when the response ends.
+        self.send_samples: collections.deque[tuple[float, int]] = collections.deque()
         self.lost = False
 
     # Connection lifetime
@@ -389,6 +398,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         HttpToolsProtocol.on_response_complete(self)
+        self.send_samples.clear()
         if self.transport.is_closing():  # `Connection: close`, or shutdown: the close waits for the buffer
             self.watch_close()
         # From now on the client may send its next request: its head is timed (uvicorn's keep-alive timer is
@@ -580,6 +590,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # the zero-copy send's poll of the transport).
             self.cut("responses not read by the client over http.send_timeout", now)
             return False
+        limits = self.limits
+        if limits.send_min_rate and acknowledged >= 0:
+            samples = self.send_samples
+            samples.append((now, acknowledged))
+            window_start = now - limits.send_rate_window
+            while len(samples) > 2 and samples[1][0] <= window_start:
+                samples.popleft()
+            oldest_time, oldest_acknowledged = samples[0]
+            span = now - oldest_time
+            if span >= limits.send_rate_window and acknowledged - oldest_acknowledged < limits.send_min_rate * span:
+                self.cut("responses read under http.send_min_rate", now)
+                return False
         return True
 
     # Ending a connection

@@ -69,6 +69,12 @@ class HttpSettings(Section):
     send_timeout: Seconds = Field(
         default=60.0, description="A response the client takes no bytes of for this long is cut (a stalled reader)."
     )
+    send_min_rate: int = Field(
+        default=1024,
+        ge=0,
+        description="Bytes/s a client must take a response at, on average over send_rate_window; 0: no floor.",
+    )
+    send_rate_window: Seconds = Field(default=30.0, description="The sliding window send_min_rate is measured over.")
     max_connections: int = Field(
         default=1024, ge=1, description="Open connections; beyond it new ones are answered 503 and closed."
     )

@@ -518,10 +518,10 @@ DOWNLOADS = ["zero-copy", "streamed"]
 
 
 @contextlib.contextmanager
-def a_download(kind: str, tmp_path: Path, loop: str, blob: bytes) -> Iterator[tuple[Served, str]]:
-    """A server with http.send_timeout = SEND_TIMEOUT, and the path of a download of `blob` from it: a blob (sent
-    zero-copy) or a streamed body (what TLS connections, S3 and other servers' responses go through)."""
-    limits = {"send_timeout": SEND_TIMEOUT}
+def a_download(kind: str, tmp_path: Path, loop: str, blob: bytes, **http: Any) -> Iterator[tuple[Served, str]]:
+    """A server with http.send_timeout = SEND_TIMEOUT (and `http`), and the path of a download of `blob` from it: a
+    blob (sent zero-copy) or a streamed body (what TLS connections, S3 and other servers' responses go through)."""
+    limits = {"send_timeout": SEND_TIMEOUT, **http}
     if kind == "zero-copy":
         with serving(registry_app(tmp_path / "data"), loop, http=limits) as served:
             yield served, f"/v2/team/app/blobs/{push_blob(served.url, blob)}"
@@ -708,6 +708,52 @@ def test_a_reader_that_pauses_for_less_than_the_send_timeout_gets_every_byte(
         reader = PausingReader(sock, pauses=3, seconds=0.4 * SEND_TIMEOUT)
         assert reader.response()[::2] == (200, blob)
         assert reader.pauses == 0
+
+
+class TricklingReader(Reader):
+    """Takes `size` bytes every `every` seconds: a slow-read attack."""
+
+    def __init__(self, sock: socket.socket, size: int, every: float) -> None:
+        super().__init__(sock, pause=every, read_size=size)
+
+
+@pytest.mark.parametrize("kind", DOWNLOADS)
+def test_a_reader_under_the_send_min_rate_is_cut(
+    tmp_path: Path, loop: str, blob: bytes, kind: str, server_logs: Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_limits, "_tally", http_limits.LimitTally())
+    floor, window = 256 * 1024, 1.0
+    with a_download(kind, tmp_path, loop, blob, send_timeout=30.0, send_min_rate=floor, send_rate_window=window) as (
+        served,
+        path,
+    ):
+        connections = served.server.server_state.connections
+        with connect(served, receive_buffer=32 * 1024) as sock:
+            sock.sendall(request(path))
+            started = time.monotonic()
+            reader = TricklingReader(sock, size=4096, every=0.05)  # 80 KiB/s: never idle, under the floor
+            with contextlib.suppress(ConnectionError):  # (reset, or closed)
+                reader.response()
+            cut_after = time.monotonic() - started
+            while connections and time.monotonic() < started + TIMEOUT:
+                time.sleep(0.02)
+        # Measured once the socket buffers are full (the first wait), over a window: cut within a few windows.
+        assert window <= cut_after <= window + 6.0, cut_after
+    cuts = [r.getMessage() for r in server_logs.records if "send_min_rate" in r.getMessage()]
+    assert cuts and "responses read under http.send_min_rate" in cuts[0], cuts
+
+
+@pytest.mark.parametrize("kind", DOWNLOADS)
+def test_a_reader_over_the_send_min_rate_that_pauses_is_not_cut(
+    tmp_path: Path, loop: str, blob: bytes, kind: str
+) -> None:
+    with (
+        a_download(kind, tmp_path, loop, blob, send_min_rate=256 * 1024, send_rate_window=1.0) as (served, path),
+        connect(served, receive_buffer=32 * 1024) as sock,
+    ):
+        sock.sendall(request(path))
+        reader = PausingReader(sock, pauses=3, seconds=0.4 * SEND_TIMEOUT)  # MB/s on average
+        assert reader.response()[::2] == (200, blob)
 
 
 def test_a_file_shorter_than_its_range_cuts_the_connection(tmp_path: Path, loop: str, server_logs: Records) -> None:
