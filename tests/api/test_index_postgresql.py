@@ -48,9 +48,11 @@ async def test_replicas_share_one_index(storage_config: dict[str, Any], database
 async def test_a_new_replica_is_ready_without_rebuilding(
     storage_config: dict[str, Any], database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with serving(storage_config, database) as (client, _):
-        # The pushes are not the subject: all at once.
+    async with serving(storage_config, database) as (client, first):
+        # The pushes are not the subject: all at once, then until the index has them all (a query waits for this
+        # process's own writes only OWN_WRITES_WAIT_SECONDS, which 20 at once on a loaded machine outlast).
         await asyncio.gather(*(push(client, f"team/app{i:02d}", "v1", seed=str(i)) for i in range(20)))
+        await INDEXES[id(first)].settled()
         before = await answers(client)
 
     rebuilds: list[str] = []

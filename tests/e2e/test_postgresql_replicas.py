@@ -80,7 +80,15 @@ def test_a_new_replica_is_ready_at_once(
         small_image(src, name=f"app-{i}", tag=f"v{i}")
     with ThreadPoolExecutor(4) as pool:  # the pushes are not the subject: four at a time
         list(pool.map(lambda i: skopeo.push(src.path, f"v{i}", first.ref(f"e2e/many/app-{i:02d}", "v1")), range(12)))
-    eventually(lambda: len(first.get_json("/v2/_catalog")["repositories"]) == 12, "the first replica's catalog")
+
+    def all_indexed() -> bool:  # each with its tag: a repository is listed from its first blob on
+        for i in range(12):
+            summary = first.get(f"/api/v1/repositories/e2e/many/app-{i:02d}")
+            if summary.status_code != 200 or [t["tag"] for t in summary.json()["tags"]] != ["v1"]:
+                return False
+        return True
+
+    eventually(all_indexed, "the first replica's index")
     expected = answers(first)
 
     started = time.monotonic()
