@@ -310,9 +310,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # transport held at the last look (see `send_is_moving`); None: not looked at yet.
         self.send_waiting_since: float | None = None
         self.send_progress: tuple[int, int] | None = None
-        # (time, bytes acknowledged) over the rate window, looked at while the response waits on the client; kept
-        # across waits (a slow reader's sends alternate with waits), dropped when the response ends.
+        # For send_min_rate: a clock that runs only while a response waits on the client (time the server is not
+        # sending never counts against it), (that clock, bytes acknowledged) samples over the rate window, and the
+        # time of the last look in the current wait. Kept across the waits of one request (a slow reader's sends
+        # alternate with them), dropped when the next request starts.
+        self.send_clock = 0.0
         self.send_samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.send_looked_at: float | None = None
         self.lost = False
 
     # Connection lifetime
@@ -398,7 +402,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         HttpToolsProtocol.on_response_complete(self)
-        self.send_samples.clear()
         if self.transport.is_closing():  # `Connection: close`, or shutdown: the close waits for the buffer
             self.watch_close()
         # From now on the client may send its next request: its head is timed (uvicorn's keep-alive timer is
@@ -410,6 +413,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         if self.lingering:  # refused: what the parser still finds in the last chunk read is not served
             return
+        self.send_samples.clear()
         if self.over_capacity:
             self.refuse(CONNECTIONS_FULL, cycle)
             return
@@ -445,6 +449,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.send_waiting_since is None:
             self.send_waiting_since = now
             self.send_progress = None  # looked at by the watchdog: a pause of the transport costs no system call
+            self.send_looked_at = None
         self.wake_at(now + self.limits.send_check_interval)  # (nothing to do when the watchdog is due sooner)
 
     def watch_close(self) -> None:
@@ -509,7 +514,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # clock): timed for as long as something is left.
             if self.transport.get_write_buffer_size():
                 if self.send_waiting_since is None:
-                    self.send_waiting_since, self.send_progress = now, None
+                    self.send_waiting_since, self.send_progress, self.send_looked_at = now, None, None
                 if self.send_is_moving(now):
                     self.wake_at(now + self.limits.send_check_interval)
             return
@@ -583,7 +588,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.send_progress = (acknowledged, buffered)
         # The first look, or the client is reading (if slowly); where TCP_INFO says nothing, the transport's buffer
         # shrinking says it, less soon.
-        if last is None or acknowledged != last[0] or buffered < last[1]:
+        took = last is not None and (acknowledged != last[0] or buffered < last[1])
+        if last is None or took:
             self.send_waiting_since = now
         elif now - self.send_waiting_since >= self.limits.send_timeout:
             # The application's send is left waiting: the connection lost wakes it (uvicorn's flow control, or
@@ -592,14 +598,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return False
         limits = self.limits
         if limits.send_min_rate and acknowledged >= 0:
-            samples = self.send_samples
-            samples.append((now, acknowledged))
-            window_start = now - limits.send_rate_window
+            if self.send_looked_at is not None:
+                self.send_clock += now - self.send_looked_at
+            self.send_looked_at = now
+            clock, samples = self.send_clock, self.send_samples
+            samples.append((clock, acknowledged))
+            window_start = clock - limits.send_rate_window
             while len(samples) > 2 and samples[1][0] <= window_start:
                 samples.popleft()
-            oldest_time, oldest_acknowledged = samples[0]
-            span = now - oldest_time
-            if span >= limits.send_rate_window and acknowledged - oldest_acknowledged < limits.send_min_rate * span:
+            oldest_clock, oldest_acknowledged = samples[0]
+            span = clock - oldest_clock
+            # Judged when the client has just taken bytes: a reader that takes none is send_timeout's (a pause
+            # under it is the client's right), one that takes a few now and then is this floor's.
+            if (
+                took
+                and span >= limits.send_rate_window
+                and acknowledged - oldest_acknowledged < limits.send_min_rate * span
+            ):
                 self.cut("responses read under http.send_min_rate", now)
                 return False
         return True

@@ -744,16 +744,75 @@ def test_a_reader_under_the_send_min_rate_is_cut(
 
 
 @pytest.mark.parametrize("kind", DOWNLOADS)
-def test_a_reader_over_the_send_min_rate_that_pauses_is_not_cut(
+def test_a_pause_longer_than_the_rate_window_is_the_send_timeouts_not_the_floors(
     tmp_path: Path, loop: str, blob: bytes, kind: str
 ) -> None:
+    """A reader that pauses (under send_timeout) takes nothing for a whole rate window: the floor judges readers
+    that read, the timeout those that do not."""
+    window = 0.5
     with (
-        a_download(kind, tmp_path, loop, blob, send_min_rate=256 * 1024, send_rate_window=1.0) as (served, path),
+        a_download(
+            kind, tmp_path, loop, blob, send_timeout=10.0, send_min_rate=256 * 1024, send_rate_window=window
+        ) as (served, path),
         connect(served, receive_buffer=32 * 1024) as sock,
     ):
         sock.sendall(request(path))
-        reader = PausingReader(sock, pauses=3, seconds=0.4 * SEND_TIMEOUT)  # MB/s on average
+        reader = PausingReader(sock, pauses=1, seconds=4 * window)  # MB/s but for the pause
         assert reader.response()[::2] == (200, blob)
+
+
+class PacedReader(Reader):
+    """Reads at `rate` bytes/s, 4 KiB at a time, like a link of that speed (no credit for time it was idle)."""
+
+    def __init__(self, sock: socket.socket, rate: float) -> None:
+        super().__init__(sock, read_size=4096)
+        self.rate, self.taken, self.started = rate, 0, time.monotonic()
+
+    def _more(self) -> None:
+        before = len(self.buffer)
+        super()._more()
+        self.taken += len(self.buffer) - before
+        ahead = self.taken / self.rate - (time.monotonic() - self.started)
+        if ahead > 0:
+            time.sleep(ahead)
+        else:
+            self.started = time.monotonic() - self.taken / self.rate
+
+
+def test_time_the_server_is_not_sending_does_not_count_against_the_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader at 4x the floor, on a keep-alive connection; the server takes several rate windows before the
+    first byte of the second response (storage, an upstream). Small socket buffers (a WAN link's), so that the
+    reader has caught up meanwhile. (The first version of the floor counted that time and cut at 9.6 s.)"""
+    size = 1024 * 1024
+    made = http_limits.BoundedHttpToolsProtocol.connection_made
+
+    def small_send_buffer(self: Any, transport: asyncio.Transport) -> None:
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        made(self, transport)
+
+    monkeypatch.setattr(http_limits.BoundedHttpToolsProtocol, "connection_made", small_send_buffer)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == "/second":
+            await asyncio.sleep(5.0)  # before the response starts
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % size)]})
+        for start in range(0, size, 256 * 1024):
+            await send(
+                {"type": "http.response.body", "body": b"x" * (256 * 1024), "more_body": start + 256 * 1024 < size}
+            )
+
+    limits = {"send_timeout": 10.0, "send_min_rate": 64 * 1024, "send_rate_window": 2.0}
+    with serving(app, "uvloop", http=limits) as served, connect(served, receive_buffer=32 * 1024) as sock:
+        reader = PacedReader(sock, rate=256 * 1024)
+        sock.sendall(request("/first"))
+        assert reader.response()[::2] == (200, b"x" * size)
+        sock.sendall(request("/second"))
+        assert reader.response()[::2] == (200, b"x" * size)
 
 
 def test_a_file_shorter_than_its_range_cuts_the_connection(tmp_path: Path, loop: str, server_logs: Records) -> None:
