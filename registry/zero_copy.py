@@ -12,6 +12,7 @@ test client) the application streams the same bytes itself.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
@@ -45,6 +46,8 @@ class ZeroCopyResponse(Response):
         self.file = file
         self.offset = offset
         self.count = count
+        # Closed when the response goes unsent too (the request cancelled between the handler and the send).
+        self._close_file = weakref.finalize(self, file.close)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -59,4 +62,4 @@ class ZeroCopyResponse(Response):
                 }
             )
         finally:
-            self.file.close()
+            self._close_file()

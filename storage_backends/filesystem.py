@@ -211,6 +211,15 @@ class FilesystemWriter(Writer):
             await self._backend._run(_unlink_quietly, self._tmp_path)
 
 
+def _open_unbuffered(path: str) -> BinaryIO:
+    return open(path, "rb", buffering=0)
+
+
+def _close_opened(opening: asyncio.Future[BinaryIO]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -403,11 +412,17 @@ class FilesystemBackend(StorageBackend):
 
     async def open_file(self, path: str) -> BinaryIO:
         full = self._full(path)
+        opening = asyncio.ensure_future(self._run(_open_unbuffered, full))
         try:
             with _store_errors():
-                return await self._run(open, full, "rb", 0)
+                return await asyncio.shield(opening)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise self._missing(path) from None
+        except asyncio.CancelledError:
+            # The caller went (a client that disconnected): the file the thread opens is nobody's, closed here
+            # rather than whenever the garbage collector finds it.
+            opening.add_done_callback(_close_opened)
+            raise
 
     async def writer(self, path: str, exclusive: bool = False) -> Writer:
         check_path(path)

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 import httpx
 import pytest
@@ -927,3 +927,47 @@ def test_the_access_log_and_metrics_count_zero_copy_bytes(tmp_path: Path, loop: 
             ranged = client.get(f"{served.url}/v2/team/app/blobs/{digest}", headers={"Range": "bytes=0-99"})
             assert ranged.content == blob[:100]
         assert sent_bytes(served) == len(blob) + 100
+
+
+def test_an_unsent_zero_copy_response_closes_its_file(tmp_path: Path) -> None:
+    """The request cancelled between the handler and the send (a client gone): the response's file is closed when
+    the response goes, not whenever the garbage collector finds it."""
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * 100)
+    file = open(path, "rb", buffering=0)  # noqa: SIM115 - the response owns it
+    response = ZeroCopyResponse(file, 0, 100, 200, {}, "application/octet-stream")
+    del response
+    assert file.closed
+
+
+def test_a_cancelled_open_closes_the_file_it_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage_backends import filesystem
+
+    backend = filesystem.FilesystemBackend(tmp_path)
+    opened: list[BinaryIO] = []
+    release = threading.Event()
+    real = filesystem._open_unbuffered
+
+    done = threading.Event()
+
+    def slow_open(path: str) -> BinaryIO:
+        release.wait(TIMEOUT)
+        opened.append(real(path))
+        done.set()
+        return opened[-1]
+
+    monkeypatch.setattr(filesystem, "_open_unbuffered", slow_open)
+
+    async def run() -> None:
+        await backend.put_content("blob", b"x" * 100)
+        task = asyncio.ensure_future(backend.open_file("blob"))
+        await asyncio.sleep(0.05)  # in the thread, waiting
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        await asyncio.get_running_loop().run_in_executor(None, done.wait, TIMEOUT)
+        await asyncio.sleep(0.2)  # the thread's result reaches the loop, then the callback that closes it
+
+    asyncio.run(run())
+    assert opened and opened[0].closed
