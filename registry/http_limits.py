@@ -70,6 +70,18 @@ _TCP_INFO_SIZE = 256
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 
 
+def below_rate(samples: collections.deque[tuple[float, int]], at: float, count: int, window: float, rate: int) -> bool:
+    """Record that a count (bytes received, or acknowledged) was `count` at `at`; whether it grew by less than
+    `rate` per second over the last `window` seconds (once the samples span that long)."""
+    samples.append((at, count))
+    window_start = at - window
+    while len(samples) > 2 and samples[1][0] <= window_start:
+        samples.popleft()
+    oldest_at, oldest_count = samples[0]
+    span = at - oldest_at
+    return span >= window and count - oldest_count < rate * span
+
+
 @dataclass(frozen=True)
 class HttpLimits:
     max_header_bytes: int
@@ -567,17 +579,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         elif now - self.body_progress_at >= limits.body_idle_timeout:
             self.cut("request bodies over http.body_idle_timeout", now)
             return False
-        if limits.body_min_rate:
-            samples = self.body_samples
-            samples.append((now, received))
-            window_start = now - limits.body_rate_window
-            while len(samples) > 2 and samples[1][0] <= window_start:
-                samples.popleft()
-            oldest_time, oldest_received = samples[0]
-            span = now - oldest_time
-            if span >= limits.body_rate_window and received - oldest_received < limits.body_min_rate * span:
-                self.cut("request bodies under http.body_min_rate", now)
-                return False
+        if limits.body_min_rate and below_rate(
+            self.body_samples, now, received, limits.body_rate_window, limits.body_min_rate
+        ):
+            self.cut("request bodies under http.body_min_rate", now)
+            return False
         return True
 
     def send_is_moving(self, now: float) -> bool:
@@ -601,20 +607,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self.send_looked_at is not None:
                 self.send_clock += now - self.send_looked_at
             self.send_looked_at = now
-            clock, samples = self.send_clock, self.send_samples
-            samples.append((clock, acknowledged))
-            window_start = clock - limits.send_rate_window
-            while len(samples) > 2 and samples[1][0] <= window_start:
-                samples.popleft()
-            oldest_clock, oldest_acknowledged = samples[0]
-            span = clock - oldest_clock
+            slow = below_rate(
+                self.send_samples, self.send_clock, acknowledged, limits.send_rate_window, limits.send_min_rate
+            )
             # Judged when the client has just taken bytes: a reader that takes none is send_timeout's (a pause
             # under it is the client's right), one that takes a few now and then is this floor's.
-            if (
-                took
-                and span >= limits.send_rate_window
-                and acknowledged - oldest_acknowledged < limits.send_min_rate * span
-            ):
+            if took and slow:
                 self.cut("responses read under http.send_min_rate", now)
                 return False
         return True

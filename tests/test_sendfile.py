@@ -596,11 +596,13 @@ def test_a_reader_that_stops_reading_is_cut_after_the_send_timeout(
     assert server_logs.errors() == []
 
 
+@pytest.mark.parametrize("paused", [True, False], ids=["paused", "under-the-high-water-mark"])
 def test_a_close_waiting_on_a_reader_that_stopped_is_cut_after_the_send_timeout(
-    loop: str, blob: bytes, monkeypatch: pytest.MonkeyPatch, server_logs: Records
+    loop: str, blob: bytes, paused: bool, monkeypatch: pytest.MonkeyPatch, server_logs: Records
 ) -> None:
     """A whole response in the transport's buffer when the connection is to close (`Connection: close`): the close
-    waits for the buffer to be written, and a client that stopped reading would hold it open for ever."""
+    waits for the buffer to be written, and a client that stopped reading would hold it open for ever. Timed like a
+    send, whether the transport paused or (its high-water mark raised over the blob) never did."""
     monkeypatch.setattr(http_limits, "_tally", http_limits.LimitTally())
 
     async def whole(request: Request) -> Response:
@@ -608,11 +610,24 @@ def test_a_close_waiting_on_a_reader_that_stopped_is_cut_after_the_send_timeout(
 
     app = Starlette(routes=[Route("/whole", whole)])
     with serving(app, loop, http={"send_timeout": SEND_TIMEOUT}) as served:
+        connections = served.server.server_state.connections
         with connect(served, receive_buffer=32 * 1024) as sock:
+            if not paused:
+                deadline = time.monotonic() + TIMEOUT
+                while not connections and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                (protocol,) = connections
+                raised = threading.Event()
+
+                def never_pause() -> None:
+                    protocol.transport.set_write_buffer_limits(high=4 * len(blob))
+                    raised.set()
+
+                protocol.loop.call_soon_threadsafe(never_pause)
+                assert raised.wait(TIMEOUT)
             sock.sendall(request("/whole", "Connection: close"))
             received = len(sock.recv(1000))
             started = time.monotonic()
-            connections = served.server.server_state.connections
             while connections and time.monotonic() < started + TIMEOUT:
                 time.sleep(0.02)
             closed_after = time.monotonic() - started
@@ -620,43 +635,6 @@ def test_a_close_waiting_on_a_reader_that_stopped_is_cut_after_the_send_timeout(
         assert SEND_TIMEOUT - 0.1 <= closed_after <= SEND_TIMEOUT + 3.0, closed_after
         assert received < len(blob)
     assert any("not read by the client over http.send_timeout" in r.getMessage() for r in server_logs.records)
-
-
-def test_a_close_holding_less_than_the_high_water_mark_is_cut_after_the_send_timeout(
-    loop: str, blob: bytes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The close after a response waits for the transport's buffer, below the high-water mark too (the transport
-    never paused, or resumed before the client stopped): timed like a send all the same."""
-    monkeypatch.setattr(http_limits, "_tally", http_limits.LimitTally())
-
-    async def whole(request: Request) -> Response:
-        return Response(blob)
-
-    app = Starlette(routes=[Route("/whole", whole)])
-    with serving(app, loop, http={"send_timeout": SEND_TIMEOUT}) as served:
-        connections = served.server.server_state.connections
-        with connect(served, receive_buffer=32 * 1024) as sock:
-            deadline = time.monotonic() + TIMEOUT
-            while not connections and time.monotonic() < deadline:
-                time.sleep(0.01)
-            (protocol,) = connections
-            raised = threading.Event()
-
-            def never_pause() -> None:  # the whole blob stays under the high-water mark: no pause, ever
-                protocol.transport.set_write_buffer_limits(high=4 * len(blob))
-                raised.set()
-
-            protocol.loop.call_soon_threadsafe(never_pause)
-            assert raised.wait(TIMEOUT)
-            sock.sendall(request("/whole", "Connection: close"))
-            received = len(sock.recv(1000))
-            started = time.monotonic()
-            while connections and time.monotonic() < started + TIMEOUT:
-                time.sleep(0.02)
-            closed_after = time.monotonic() - started
-            received += read_to_the_end(sock)
-        assert SEND_TIMEOUT - 0.1 <= closed_after <= SEND_TIMEOUT + 3.0, closed_after
-        assert received < len(blob)
 
 
 def test_a_head_timeout_does_not_stop_the_send_clock(loop: str, blob: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
