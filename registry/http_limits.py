@@ -459,10 +459,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         now = self.loop.time()
         if self.send_waiting_since is None:
-            self.send_waiting_since = now
-            self.send_progress = None  # looked at by the watchdog: a pause of the transport costs no system call
-            self.send_looked_at = None
+            self.start_send_clock(now)
         self.wake_at(now + self.limits.send_check_interval)  # (nothing to do when the watchdog is due sooner)
+
+    def start_send_clock(self, now: float) -> None:
+        """A wait on the client begins: what it has taken is looked at by the watchdog (so that a pause of the
+        transport costs no system call), and the rate floor's clock resumes from there."""
+        self.send_waiting_since = now
+        self.send_progress = None
+        self.send_looked_at = None
 
     def watch_close(self) -> None:
         """The transport is closing: the close waits until it has written what it holds, which a client that
@@ -526,7 +531,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # clock): timed for as long as something is left.
             if self.transport.get_write_buffer_size():
                 if self.send_waiting_since is None:
-                    self.send_waiting_since, self.send_progress, self.send_looked_at = now, None, None
+                    self.start_send_clock(now)
                 if self.send_is_moving(now):
                     self.wake_at(now + self.limits.send_check_interval)
             return
