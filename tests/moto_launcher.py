@@ -11,8 +11,6 @@ And two costs of moto 5.x taken out of every request, found with py-spy on the s
   global lock (`list_of_moto_modules`, 28% of moto's samples): the list is read once.
 - Listing objects parses each key's stored ISO timestamp again with dateutil before formatting it
   (`parse_to_aware_datetime`, 7% more): each distinct timestamp is parsed once.
-- Werkzeug's access log, a line per request into the log file (9% once the two above were gone): off. Errors and
-  tracebacks are still logged.
 
 Run as `python tests/moto_launcher.py -H HOST -p PORT` (moto_server's own arguments).
 """
@@ -20,7 +18,6 @@ Run as `python tests/moto_launcher.py -H HOST -p PORT` (moto_server's own argume
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 import threading
 from collections.abc import Callable
@@ -66,8 +63,6 @@ def _parse_timestamp(value: Any) -> Any:
 
 
 _serialize["parse_to_aware_datetime"] = _parse_timestamp
-
-logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 if __name__ == "__main__":
     sys.argv[0] = "moto_server"
