@@ -6,9 +6,12 @@ from pathlib import Path
 import pytest
 
 from tests import ldap_server as ldap_module
+from tests import shared_tls
 from tests.ldap_server import LdapServer
 from tests.postgres_server import PACKAGE, PostgresServer, postgres_bin_dir
 from tests.s3_server import MotoServer
+
+shared_tls.install()
 
 
 @pytest.fixture(scope="session")
