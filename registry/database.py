@@ -24,14 +24,21 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import psycopg
-from psycopg.types.string import StrDumper
-from psycopg_pool import ConnectionPool
+if TYPE_CHECKING:
+    from registry.database_postgresql import PostgresEngine
 
 Dialect = Literal["sqlite", "postgresql"]
-DATABASE_ERRORS = (sqlite3.Error, psycopg.Error)
+
+
+class DatabaseError(Exception):
+    """A PostgreSQL error: psycopg's, raised again as this at the engine's boundary (registry/database_postgresql.py),
+    so that neither this module nor its callers import psycopg (~0.1 s of every process's start, for a database
+    most installations do not use)."""
+
+
+DATABASE_ERRORS = (sqlite3.Error, DatabaseError)
 POOL_SIZE = 10
 CONNECT_TIMEOUT_SECONDS = 5.0
 
@@ -175,83 +182,8 @@ def to_postgresql(sql: str) -> str:
     return re.sub(r"\bREAL\b", "DOUBLE PRECISION", translated)
 
 
-class _PostgresSql:
-    __slots__ = ("_connection",)
-
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
-        self._connection = connection
-
-    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
-        return self._connection.execute(to_postgresql(sql), tuple(parameters))
-
-    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> Any:
-        rows = [tuple(row) for row in parameters]
-        cursor = self._connection.cursor()
-        if rows:
-            cursor.executemany(to_postgresql(sql), rows)
-        return cursor
-
-
-def _configure(connection: psycopg.Connection[Any]) -> None:
-    # Strings as `text` (psycopg's default leaves their type to the server, which cannot choose among the
-    # overloads of length() or strpos() for an untyped parameter).
-    connection.adapters.register_dumper(str, StrDumper)
-
-
 def redacted(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
-
-
-class PostgresEngine:
-    dialect: Dialect = "postgresql"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.where = redacted(url)
-        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=POOL_SIZE,
-            kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT_SECONDS)},
-            configure=_configure,
-            timeout=CONNECT_TIMEOUT_SECONDS,
-            open=False,
-            name="moorage-index",
-        )
-        try:
-            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
-        except BaseException:
-            self._pool.close()  # or its workers would go on trying to connect
-            raise
-
-    def read(self, sql: str, parameters: Sequence[Any] = (), *, wait: float | None = None) -> list[Any]:
-        with self._pool.connection(timeout=wait) as connection:
-            return connection.execute(to_postgresql(sql), tuple(parameters)).fetchall()
-
-    @contextlib.contextmanager
-    def transaction(self, lock: str | None = None) -> Iterator[Sql]:
-        with self._pool.connection() as connection, connection.transaction():
-            if lock is not None:
-                connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock,))
-            yield _PostgresSql(connection)
-
-    def table_exists(self, db: Sql, table: str) -> bool:
-        row = db.execute("SELECT to_regclass(?) IS NOT NULL", (table,)).fetchone()
-        return bool(row[0])
-
-    def has_column(self, db: Sql, table: str, column: str) -> bool:
-        row = db.execute(
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ? "
-            "AND column_name = ?",
-            (table, column),
-        ).fetchone()
-        return row is not None
-
-    def healthy(self) -> bool:
-        return True  # nothing of a server's database is ours to replace
-
-    def close(self) -> None:
-        self._pool.close()
 
 
 class _SharedPostgres:
@@ -299,6 +231,8 @@ _SHARED_LOCK = threading.Lock()
 def postgres_engine(url: str) -> Engine:
     """The process's pool for the database at `url`, shared by the index, the webhook queue and the failed-login
     counts (one pool each would hold three times the connections); close the handle when done."""
+    from registry.database_postgresql import PostgresEngine
+
     with _SHARED_LOCK:
         found = _SHARED.get(url)
         engine = found[0] if found is not None else PostgresEngine(url)

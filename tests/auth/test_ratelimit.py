@@ -9,7 +9,7 @@ import pytest
 
 from registry.auth import ratelimit
 from registry.auth.ratelimit import ADDRESS_FACTOR, FailedLogins, SharedLimiter
-from registry.database import PostgresEngine
+from registry.database_postgresql import PostgresEngine
 from tests.postgres_server import PostgresServer
 
 
