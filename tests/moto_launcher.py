@@ -12,21 +12,33 @@ And two costs of moto 5.x taken out of every request, found with py-spy on the s
 - Listing objects parses each key's stored ISO timestamp again with dateutil before formatting it
   (`parse_to_aware_datetime`, 7% more): each distinct timestamp is parsed once.
 
-Run as `python tests/moto_launcher.py -H HOST -p PORT` (moto_server's own arguments).
+moto's application is served by waitress instead of werkzeug's development server, which closes the connection after
+every response ("Connection: close", by design): each S3 request of the tests and of the servers they start cost a
+new TCP connection and a new server thread (py-spy over the suite: ~70 CPU seconds of connection set-up in the test
+processes alone). waitress keeps connections alive and serves them from a fixed pool of threads. The access log keeps
+werkzeug's line format (tests/e2e/test_s3.py counts presigned GETs in it).
+
+Run as `python tests/moto_launcher.py -H HOST -p PORT`.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
+import os
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import moto.backends
 import moto.core.serialize
+import waitress
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.s3.responses import S3Response
-from moto.server import main
+
+THREADS = 16  # requests served at once; the S3 backend under test keeps up to 64 connections
 
 _conditional_writes = threading.Lock()
 CONDITIONS = ("If-None-Match", "If-Match")
@@ -64,6 +76,48 @@ def _parse_timestamp(value: Any) -> Any:
 
 _serialize["parse_to_aware_datetime"] = _parse_timestamp
 
+
+def _access_log(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """A line per request on stderr, as werkzeug writes it: `HOST - - [DATE] "METHOD PATH?QUERY PROTOCOL" STATUS -`."""
+
+    def logged(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            query = environ.get("QUERY_STRING", "")
+            target = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
+            line = (
+                f"{environ.get('REMOTE_ADDR', '-')} - - [{time.strftime('%d/%b/%Y %H:%M:%S')}] "
+                f'"{environ.get("REQUEST_METHOD")} {target} {environ.get("SERVER_PROTOCOL")}" {status.split()[0]} -\n'
+            )
+            sys.stderr.write(line)
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return logged
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("MOTO_PORT", str(args.port))  # what moto_server's own main sets (URLs it generates)
+    app = DomainDispatcherApplication(create_backend_app)
+    app.debug = True  # type: ignore[attr-defined]  # as moto_server's main sets it
+    waitress.serve(
+        _access_log(app),
+        host=args.host,
+        port=args.port,
+        threads=THREADS,
+        connection_limit=1000,
+        backlog=1024,
+        asyncore_use_poll=True,  # select() stops at descriptor 1024
+        max_request_body_size=1 << 34,
+        channel_timeout=300,
+        ident="moto",
+        _quiet=True,
+    )
+
+
 if __name__ == "__main__":
-    sys.argv[0] = "moto_server"
     main()
