@@ -53,6 +53,7 @@ class Notifier:
         self._queue: DeliveryQueue | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moorage-notifications")
         self._tasks: list[asyncio.Task[None]] = []
+        self._adding: list[tuple[asyncio.Future[None], list[tuple[str, str]]]] = []  # flushes stopped mid-way
         self._flushed = asyncio.Event()
         self._wake: dict[str, asyncio.Event] = {}
 
@@ -86,6 +87,13 @@ class Notifier:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for adding, batch in self._adding:  # a flush stopped while its batch was on its way to the queue
+            try:
+                await adding
+            except Exception:
+                logger.exception("could not queue %d notification(s); trying again", len(batch))
+                self._pending[:0] = batch
+        self._adding.clear()
         # What requests emitted while we were stopping is kept for the next start.
         await self._flush()
         if self._queue is not None:
@@ -101,8 +109,14 @@ class Notifier:
         if not self._pending or self._queue is None:
             return
         batch, self._pending = self._pending, []
+        # Shielded: stopping (aclose cancels this task) must not cancel the addition before the executor has begun
+        # it, which would drop the batch (seen under load: an admin command's GC events never delivered).
+        adding = asyncio.ensure_future(self._run(self._queue.add, batch))
         try:
-            await self._run(self._queue.add, batch)
+            await asyncio.shield(adding)
+        except asyncio.CancelledError:
+            self._adding.append((adding, batch))  # aclose waits for it
+            raise
         except Exception:
             logger.exception("could not queue %d notification(s); keeping them in memory", len(batch))
             self._pending[:0] = batch

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from registry.durations import parse_duration
 from registry.notifications.notifier import Notifier
 from registry.notifications.queue import DeliveryQueue
 from registry.settings import NotificationsSettings
+from registry.store.events import Event, EventBus, EventType
 from tests.api.conftest import ClientFactory, filesystem_storage
 from tests.api.helpers import OCI_MANIFEST, push_blob, push_image
 from tests.webhook_receiver import Receiver
@@ -187,3 +190,32 @@ async def test_a_notifier_stopped_mid_send_gives_its_deliveries_back(tmp_path: P
         await asyncio.sleep(0.05)
     assert [d.event for d in queue.claim("slow", 10, 60.0)] == ['{"action":"push"}']
     queue.close()
+
+
+async def test_events_being_queued_when_the_notifier_stops_are_kept(tmp_path: Path) -> None:
+    """Stopping cancels the flush. An addition it had handed to the notifier's one executor thread, not yet begun,
+    was cancelled with it and its events lost (an admin command's GC events, once, on a loaded CI machine)."""
+    settings = NotificationsSettings.model_validate(
+        {"endpoints": [{"name": "hook", "url": "http://127.0.0.1:9/"}], "queue_path": str(tmp_path / "q.sqlite3")}
+    )
+    notifier = Notifier(settings, deliver=False)
+    events = EventBus()
+    notifier.follow(events)
+    await notifier.start()
+    busy = threading.Event()
+    holding = asyncio.ensure_future(notifier._run(busy.wait))  # the executor's only thread, taken for now
+    try:
+        events.emit(Event(EventType.TAG_DELETED, "team/app", "sha256:" + "a" * 64, "v1"))
+        await asyncio.sleep(0.3)  # the flush has taken the event; its addition waits for the thread
+        closing = asyncio.ensure_future(notifier.aclose())
+        await asyncio.sleep(0.2)  # the flush is cancelled
+    finally:
+        busy.set()
+    await closing
+    await holding
+    queue = DeliveryQueue.open(tmp_path / "q.sqlite3")
+    try:
+        queued = queue.claim("hook", 10, 60.0)
+    finally:
+        queue.close()
+    assert [json.loads(d.event)["target"]["tag"] for d in queued] == ["v1"]
