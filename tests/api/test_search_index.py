@@ -42,7 +42,9 @@ async def serving(
     app = create_app(settings)
     INDEXES[id(app.state.registry)] = app.state.index
     try:
-        async with LifespanManager(app) as manager:
+        # Shutdown lets the index apply what it has queued, which on S3 under a loaded CI machine took more than
+        # asgi-lifespan's default 5 s (once, in a random-writes test); what the tests check is the index, not that.
+        async with LifespanManager(app, shutdown_timeout=30) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client:
                 yield client, app.state.registry
