@@ -1,9 +1,11 @@
-"""moto's S3 server, with its conditional writes decided atomically, as S3 decides them.
+"""moto's S3 server, each request atomic, as S3's are.
 
-moto checks `If-None-Match`/`If-Match` and then writes: two steps that its threaded server interleaves between
-concurrent requests, so two exclusive writes of one key could both succeed (the conformance test of exclusive copies
-saw four winners out of six, about one run in six). One lock around every object write that carries a condition
-(PutObject and CompleteMultipartUpload) makes the check and the write one step; other requests run as before.
+moto's in-memory S3 is not safe for concurrent requests: it checks `If-None-Match`/`If-Match` and then writes, in two
+steps another request can come between (the conformance test of exclusive copies saw four winners out of six), and its
+dictionaries change under a listing or a multipart copy running beside a delete (KeyError, answered 500: seen in the
+GC race test on S3, where a blob commit's UploadPartCopy failed through all its retries). One lock around every
+request (the application call and its response body) makes each one a single step. moto's handlers are Python under
+the GIL anyway: serialising them costs little; receiving and sending stay concurrent (waitress, below).
 
 And two costs of moto 5.x taken out of every request, found with py-spy on the server during the suite's S3 tests
 (moto used a quarter of the suite's CPU): what they compute does not change, only how often.
@@ -36,27 +38,27 @@ import moto.backends
 import moto.core.serialize
 import waitress
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from moto.s3.responses import S3Response
 
-THREADS = 16  # requests served at once; the S3 backend under test keeps up to 64 connections
+THREADS = 16  # connections read and written at once; the S3 backend under test keeps up to 64 connections
 
-_conditional_writes = threading.Lock()
-CONDITIONS = ("If-None-Match", "If-Match")
+_one_request_at_a_time = threading.Lock()
 
 
-def _atomic_when_conditional(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def write(self: S3Response, *args: Any, **kwargs: Any) -> Any:
-        if any(self.headers.get(name) for name in CONDITIONS):
-            with _conditional_writes:
-                return method(self, *args, **kwargs)
-        return method(self, *args, **kwargs)
+def _atomic(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """The application called, and its response body gathered, under one lock."""
 
-    return write
+    def atomic(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with _one_request_at_a_time:
+            result = app(environ, start_response)
+            try:
+                return list(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
 
+    return atomic
 
-S3Response.put_object = _atomic_when_conditional(S3Response.put_object)  # type: ignore[method-assign]
-S3Response._key_response_post = _atomic_when_conditional(S3Response._key_response_post)  # type: ignore[method-assign]
 
 _MODULES = tuple(moto.backends.list_of_moto_modules())
 moto.backends.list_of_moto_modules = lambda: _MODULES
@@ -105,7 +107,7 @@ def main() -> None:
     app = DomainDispatcherApplication(create_backend_app)
     app.debug = True  # type: ignore[attr-defined]  # as moto_server's main sets it
     waitress.serve(
-        _access_log(app),
+        _access_log(_atomic(app)),
         host=args.host,
         port=args.port,
         threads=THREADS,
