@@ -1,13 +1,10 @@
-"""The metadata database's engines at their boundary: psycopg is loaded only for a PostgreSQL database, and what
-PostgreSQL refuses reaches the callers as `DatabaseError`, one of `DATABASE_ERRORS`, whatever psycopg called it."""
+"""The metadata database's engines at their boundary: what PostgreSQL refuses reaches the callers as `DatabaseError`,
+one of `DATABASE_ERRORS`, whatever psycopg called it (tests/test_startup_imports.py: psycopg is loaded only for a
+PostgreSQL database)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,32 +12,6 @@ import pytest
 from registry import database as database_module
 from registry.database import DATABASE_ERRORS, DatabaseError, Engine, postgres_engine
 from tests.postgres_server import PostgresServer
-
-
-def test_a_registry_on_sqlite_never_loads_psycopg(tmp_path: Path) -> None:
-    """The default (filesystem, SQLite) server, started and stopped: psycopg took ~0.1 s of every process's start."""
-    code = textwrap.dedent(
-        f"""
-        import asyncio, sys
-        from asgi_lifespan import LifespanManager
-        from registry.app import create_app
-        from registry.cli import build_parser
-        from registry.settings import Settings
-
-        build_parser()
-        settings = Settings.model_validate({{"storage": {{"filesystem": {{"root": {str(tmp_path / "data")!r}}}}}}})
-
-        async def main() -> None:
-            async with LifespanManager(create_app(settings)):
-                pass
-
-        asyncio.run(main())
-        print(sorted(name for name in sys.modules if name.split(".")[0] in ("psycopg", "psycopg_pool")))
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.fixture

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,6 +24,7 @@ import httpx
 import jwt
 
 from registry.auth.access import Identity
+from registry.auth.oidc_state import OidcError, Pending
 from registry.auth.settings import OidcSettings
 
 logger = logging.getLogger("moorage.auth.oidc")
@@ -36,29 +35,6 @@ JWKS_TTL = 3600.0  # keys the provider withdrew stop being trusted within this l
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_GROUPS = 200
 MAX_GROUP_NAME = 256
-
-
-class OidcError(Exception):
-    """The sign-in failed; the message is safe to show."""
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """What the browser keeps between the redirect to the provider and the callback."""
-
-    state: str
-    nonce: str
-    verifier: str
-    next: str
-    issued: float = 0.0  # time.time() when the sign-in began
-
-    def to_json(self) -> str:
-        return json.dumps([self.state, self.nonce, self.verifier, self.next, self.issued])
-
-    @classmethod
-    def from_json(cls, text: str) -> Pending:
-        state, nonce, verifier, target, issued = json.loads(text)
-        return cls(str(state), str(nonce), str(verifier), str(target), float(issued))
 
 
 def _challenge(verifier: str) -> str:

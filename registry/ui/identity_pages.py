@@ -8,12 +8,13 @@ import binascii
 import logging
 import re
 import time
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
 
-from registry.auth.oidc import OidcClient, OidcError, Pending
+from registry.auth.oidc_state import OidcError, Pending
 from registry.auth.personal_tokens import TokenError
 from registry.errors import ErrorCode, RegistryError
 from registry.policy.database import Actor
@@ -29,6 +30,9 @@ from registry.ui.pages import (
     ui_of,
     ui_request,
 )
+
+if TYPE_CHECKING:
+    from registry.auth.oidc import OidcClient
 
 logger = logging.getLogger("moorage.ui")
 OIDC_COOKIE = "moorage_oidc"
