@@ -132,16 +132,3 @@ def test_client_commands_do_not_load_the_server_or_the_admin_commands() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert "usage: moorage pull" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "[]"
-
-
-def test_serving_does_not_load_the_client() -> None:
-    """`moorage serve` shares the parser with the client commands; its process must not import httpx or rich."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from registry.cli import build_parser; build_parser(); "
-        "print(sorted(m for m in ('httpx', 'rich', 'registry.client.commands') if m in sys.modules))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert result.stdout.strip() == "[]"
