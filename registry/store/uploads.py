@@ -255,18 +255,15 @@ class UploadStore:
     async def _known_digest(
         self, name: str, upload_id: str, algorithm: str, chunks: list[Chunk], total: int
     ) -> str | None:
-        """The hex digest of all chunks without reading them all: from this process's running hash (reading
-        only chunks it has not seen), else from the checkpoint the process that stored the last chunk wrote."""
+        """The hex digest of all chunks, reading as few of them as possible: this process's running hash when it
+        covers them all; else the checkpoint written by the process that stored the last chunk; else this process's
+        running hash with the chunks it has not seen read after it. A process's hash can be stale: the one that
+        started the upload holds the hash of nothing, while another process stored every chunk since."""
         latest = self._hashers.latest(upload_id)
-        if latest is not None and latest[1] == algorithm:
-            covered, _, hasher = latest
-            boundaries = {c.offset: i for i, c in enumerate(chunks)}
-            if covered == total:
-                return hasher.hexdigest()
-            if covered in boundaries:
-                async for data in self._read_chunks(chunks[boundaries[covered] :]):
-                    await hash_into(hasher, data)
-                return hasher.hexdigest()
+        if latest is not None and latest[1] != algorithm:
+            latest = None
+        if latest is not None and latest[0] == total:
+            return latest[2].hexdigest()
         if not chunks:
             return new_hasher(algorithm).hexdigest()
         try:
@@ -274,8 +271,18 @@ class UploadStore:
                 paths.upload_digest_checkpoint(name, upload_id, algorithm, total)
             )
         except PathNotFound:
-            return None
-        return checkpoint.decode("ascii", "replace").strip() or None
+            pass
+        else:
+            if known := checkpoint.decode("ascii", "replace").strip():
+                return known
+        if latest is not None:
+            covered, _, hasher = latest
+            boundaries = {c.offset: i for i, c in enumerate(chunks)}
+            if covered in boundaries:
+                async for data in self._read_chunks(chunks[boundaries[covered] :]):
+                    await hash_into(hasher, data)
+                return hasher.hexdigest()
+        return None
 
     async def _read_chunks(self, chunks: list[Chunk]) -> AsyncIterable[bytes]:
         for chunk in chunks:
