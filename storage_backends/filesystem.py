@@ -88,6 +88,10 @@ def _info(path: str, st: os.stat_result) -> FileInfo:
 
 
 WRITEBACK_STEP = 16 * 1024 * 1024
+# Windows of WRITEBACK_STEP bytes the disk may be writing back while the stream goes on (at most this many steps of
+# dirty pages per stream): with one, the disk idled while the next window filled, and the stream while the disk
+# caught up. A 1 GiB upload with two workers, four rounds each on a 455 MB/s disk: 316 MB/s with one, 404 with four.
+WRITEBACK_LAG = 4
 logger = logging.getLogger("moorage")
 # Linux's sync_file_range(2), through libc (Python's `os` has no binding): start the writeback of a range, or wait
 # for a range's. None where libc has no such call; switched off for the process when the kernel refuses it.
@@ -128,16 +132,18 @@ class FilesystemWriter(Writer):
         self._size = 0
         self._done = False
         self._written_back = 0  # bytes handed to the disk's writeback so far (see `_write_back`)
-        self._waiting_from = 0  # the start of the window whose writeback the next step waits for
+        self._waited_to = 0  # bytes known to be written back
+        self._windows: list[int] = []  # the starts of the windows handed over since, oldest first
 
     @property
     def size(self) -> int:
         return self._size
 
     async def _write_back(self) -> None:
-        """Start the disk writing what was written since the last step, and wait for the step before it: the
-        fsync at commit then has one window left to flush instead of the whole file (a durable 1 GiB write: 1.3-1.9 s
-        without this, 0.9-1.3 s with it), and dirty pages stay bounded while a large blob streams in."""
+        """Start the disk writing what was written since the last step, and wait for the window WRITEBACK_LAG steps
+        back: the fsync at commit then has a few windows left to flush instead of the whole file (a durable 1 GiB
+        write: 1.3-1.9 s without this, 0.9-1.3 s with it), and dirty pages stay bounded while a large blob streams
+        in."""
         global _sync_file_range
         sync_file_range = _sync_file_range
         if sync_file_range is None:
@@ -145,12 +151,14 @@ class FilesystemWriter(Writer):
         await self._file.flush()
         fd = self._file.fileno()
         start, end = self._written_back, self._size
-        previous = self._waiting_from
+        wait_from = self._waited_to
+        windows = [*self._windows, start]
+        wait_to = windows[-WRITEBACK_LAG] if len(windows) > WRITEBACK_LAG else wait_from
 
         def step() -> None:
             sync_file_range(fd, start, end - start, _START_WRITE)
-            if start > previous:
-                sync_file_range(fd, previous, start - previous, _WAIT_WRITTEN)
+            if wait_to > wait_from:
+                sync_file_range(fd, wait_from, wait_to - wait_from, _WAIT_WRITTEN)
 
         # Waited for even when the write is cancelled: the file must not be closed (and its descriptor reused) under
         # the call.
@@ -167,7 +175,8 @@ class FilesystemWriter(Writer):
             logger.info("filesystem: sync_file_range unavailable (%s): durable writes flush at commit only", e)
             _sync_file_range = None
             return
-        self._waiting_from, self._written_back = start, end
+        self._windows = [w for w in windows if w >= wait_to]
+        self._waited_to, self._written_back = wait_to, end
 
     async def write(self, data: bytes) -> None:
         if self._done:

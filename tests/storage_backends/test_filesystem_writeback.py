@@ -1,6 +1,6 @@
 """The filesystem writer hands large durable writes to the disk as they stream (sync_file_range every 16 MiB, waiting
-for the window before), so that the fsync at commit has little left; where the kernel refuses the call, writes go on
-without it. Durability is unchanged: commit still fsyncs everything before the file is published."""
+for the window WRITEBACK_LAG steps back), so that the fsync at commit has little left; where the kernel refuses the
+call, writes go on without it. Durability is unchanged: commit still fsyncs everything before the file is published."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def test_libc_has_the_call_here() -> None:
     assert filesystem._sync_file_range is not None  # Linux: the optimisation is not silently off
 
 
-async def test_windows_are_started_then_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("lag", [1, 4])
+async def test_windows_are_started_then_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lag: int) -> None:
     calls: list[tuple[int, int, int]] = []
     real = filesystem._sync_file_range
     assert real is not None
@@ -44,13 +45,20 @@ async def test_windows_are_started_then_waited_for(tmp_path: Path, monkeypatch: 
         real(fd, offset, length, flags)
 
     monkeypatch.setattr(filesystem, "_sync_file_range", recording)
-    await write(tmp_path, 40)
-    step = filesystem.WRITEBACK_STEP
+    step = 2 * MIB
+    monkeypatch.setattr(filesystem, "WRITEBACK_STEP", step)
+    monkeypatch.setattr(filesystem, "WRITEBACK_LAG", lag)
+    await write(tmp_path, 13)  # six whole windows, then a part of one that the commit's fsync flushes
     start, wait = filesystem._START_WRITE, filesystem._WAIT_WRITTEN
-    assert calls == [(0, step, start), (step, step, start), (0, step, wait)]
+    expected: list[tuple[int, int, int]] = []
+    for window in range(6):
+        expected.append((window * step, step, start))
+        if window >= lag:  # at most `lag` windows in the disk's hands: the oldest is waited for
+            expected.append(((window - lag) * step, step, wait))
+    assert calls == expected
     calls.clear()
-    await write(tmp_path / "small", 3)  # under one window: nothing to hand over early
-    await write(tmp_path / "no-fsync", 40, fsync=False)  # not durable: the page cache decides
+    await write(tmp_path / "small", 1)  # under one window: nothing to hand over early
+    await write(tmp_path / "no-fsync", 13, fsync=False)  # not durable: the page cache decides
     assert calls == []
 
 
