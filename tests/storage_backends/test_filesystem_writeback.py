@@ -1,16 +1,18 @@
-"""The filesystem writer hands large durable writes to the disk as they stream (sync_file_range every 16 MiB, waiting
-for the window WRITEBACK_LAG steps back), so that the fsync at commit has little left; where the kernel refuses the
-call, writes go on without it. Durability is unchanged: commit still fsyncs everything before the file is published."""
+"""The filesystem writer hands large durable writes to the disk as they stream (sync_file_range every 16 MiB) and
+flushes them on a thread every 64 MiB while the stream goes on, so that the fsync at commit has little left; where the
+kernel refuses sync_file_range, writes go on without it. Durability is unchanged: commit still fsyncs everything
+before the file is published, and a failed flush fails the write."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
 
-from storage_backends import filesystem
+from storage_backends import StorageError, filesystem
 from storage_backends.filesystem import FilesystemBackend
 
 MIB = 1024 * 1024
@@ -30,36 +32,67 @@ async def write(root: Path, chunks: int, *, fsync: bool = True) -> bytes:
     return stored
 
 
+def leftover_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
 def test_libc_has_the_call_here() -> None:
     assert filesystem._sync_file_range is not None  # Linux: the optimisation is not silently off
 
 
-@pytest.mark.parametrize("lag", [1, 4])
-async def test_windows_are_started_then_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lag: int) -> None:
+async def test_windows_are_handed_over_and_flushed_as_they_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[tuple[int, int, int]] = []
-    real = filesystem._sync_file_range
+    flushes: list[int] = []
+    real, real_fdatasync = filesystem._sync_file_range, os.fdatasync
     assert real is not None
 
     def recording(fd: int, offset: int, length: int, flags: int) -> None:
         calls.append((offset, length, flags))
         real(fd, offset, length, flags)
 
+    def flushing(fd: int) -> None:
+        flushes.append(os.fstat(fd).st_size)
+        real_fdatasync(fd)
+
     monkeypatch.setattr(filesystem, "_sync_file_range", recording)
+    monkeypatch.setattr(os, "fdatasync", flushing)
     step = 2 * MIB
     monkeypatch.setattr(filesystem, "WRITEBACK_STEP", step)
-    monkeypatch.setattr(filesystem, "WRITEBACK_LAG", lag)
+    monkeypatch.setattr(filesystem, "FLUSH_STEP", 2 * step)
     await write(tmp_path, 13)  # six whole windows, then a part of one that the commit's fsync flushes
-    start, wait = filesystem._START_WRITE, filesystem._WAIT_WRITTEN
-    expected: list[tuple[int, int, int]] = []
-    for window in range(6):
-        expected.append((window * step, step, start))
-        if window >= lag:  # at most `lag` windows in the disk's hands: the oldest is waited for
-            expected.append(((window - lag) * step, step, wait))
-    assert calls == expected
+    assert calls == [(window * step, step, filesystem._START_WRITE) for window in range(6)]
+    # A flush every second window, each started once the file had at least that much in it.
+    assert len(flushes) == 3
+    assert all(size >= (i + 1) * 2 * step for i, size in enumerate(sorted(flushes)))
     calls.clear()
+    flushes.clear()
     await write(tmp_path / "small", 1)  # under one window: nothing to hand over early
     await write(tmp_path / "no-fsync", 13, fsync=False)  # not durable: the page cache decides
     assert calls == []
+    assert flushes == []
+
+
+async def test_a_failed_flush_fails_the_write_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdatasync", full)
+    monkeypatch.setattr(filesystem, "WRITEBACK_STEP", MIB)
+    monkeypatch.setattr(filesystem, "FLUSH_STEP", 2 * MIB)
+    backend = FilesystemBackend(tmp_path)
+    await backend.start()
+    writer = await backend.writer("blob")
+    with pytest.raises(StorageError):
+        for i in range(8):
+            await writer.write(bytes([i]) * MIB)
+        await writer.commit()
+    assert not await backend.exists("blob")
+    await backend.aclose()
+    assert leftover_files(tmp_path) == []
 
 
 async def test_a_kernel_that_refuses_the_call_turns_it_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
