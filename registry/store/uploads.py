@@ -224,40 +224,67 @@ class UploadStore:
         return BlobInfo(digest, total)
 
     async def _publish(self, name: str, upload_id: str, digest: Digest, chunks: list[Chunk], total: int) -> bool:
-        """Make the verified bytes the blob; False when the blob already existed (ours is dropped)."""
+        """Make the verified bytes the blob; False when the blob already existed (ours is dropped).
+
+        A chunk's name is taken once, exclusively, and freed only when the session is deleted; but a PATCH that
+        looked at the session before a deletion (a DELETE, or a concurrent PUT that failed) can still store a chunk
+        under the same name after it, with other bytes. So what is known of the chunks (a running hash, a
+        checkpoint, a hash read before the move) vouches for them only while the session lives: several chunks
+        are hashed as they are copied into the blob, whatever is known; a single chunk, moved without a copy, is
+        hashed again once published if the session was deleted meanwhile (`_confirm_moved`)."""
         data_path = paths.blob_data(digest)
-        known = await self._known_digest(name, upload_id, digest.algorithm, chunks, total)
+        several = len(chunks) > 1
+        known = await self._known_digest(name, upload_id, digest.algorithm, chunks, total, read=not several)
         if known is not None:
-            self._verify(digest, known, total)
+            self._verify(digest, known, total)  # a wrong digest is refused before anything is copied
             if not chunks:
                 return await self.backend.put_content(data_path, b"", exclusive=True)
-            if len(chunks) == 1:
-                # The common case: one PATCH (or monolithic PUT). The chunk becomes the blob without a copy;
-                # if the blob already existed (a dedup hit), ours goes with the session.
-                return await self.backend.move(chunks[0].path, data_path, exclusive=True)
-            if await self.blobs.present(digest) is not None:
+            if several and await self.blobs.present(digest) is not None:
                 return False
+        if several:
+            hasher = new_hasher(digest.algorithm)
             async with await self.backend.writer(data_path, exclusive=True) as writer:
-                await copy_stream(self._read_chunks(chunks), writer, None)
+                await copy_stream(self._read_chunks(chunks), writer, hasher)
+                self._verify(digest, hasher.hexdigest(), total)
                 return await writer.commit()
-        # Nothing known about these bytes: hash while concatenating, publish only if it matches.
-        hasher = new_hasher(digest.algorithm)
-        if len(chunks) == 1:
+        if known is None:  # nothing known about the bytes: hash them, and move them if they match
+            hasher = new_hasher(digest.algorithm)
             async for data in self.backend.reader(chunks[0].path):
                 await hash_into(hasher, data)
             self._verify(digest, hasher.hexdigest(), total)
-            return await self.backend.move(chunks[0].path, data_path, exclusive=True)
-        async with await self.backend.writer(data_path, exclusive=True) as writer:
-            await copy_stream(self._read_chunks(chunks), writer, hasher)
-            self._verify(digest, hasher.hexdigest(), total)
-            return await writer.commit()
+        # The common case: one PATCH (or monolithic PUT). The chunk becomes the blob without a copy; if the blob
+        # already existed (a dedup hit), ours goes with the session.
+        created = await self.backend.move(chunks[0].path, data_path, exclusive=True)
+        if created:
+            await self._confirm_moved(name, upload_id, digest, data_path)
+        return created
+
+    async def _confirm_moved(self, name: str, upload_id: str, digest: Digest, data_path: str) -> None:
+        """The chunk just moved into the blob is the one whose digest was checked, unless the session was deleted
+        since (its start record is written by the POST alone, so it does not come back): then hash what was
+        published, and take it back unless it matches."""
+        if await self.backend.exists(paths.upload_started_at(name, upload_id)):
+            return
+        hasher = new_hasher(digest.algorithm)
+        try:
+            async for data in self.backend.reader(data_path):
+                await hash_into(hasher, data)
+        except PathNotFound:
+            raise upload_unknown(upload_id) from None
+        if hasher.hexdigest() != digest.hex:
+            await self.backend.delete(data_path)
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID,
+                detail={"expected": str(digest), "actual": f"{digest.algorithm}:{hasher.hexdigest()}"},
+                message="the upload was deleted while it completed, and what remained does not match the digest",
+            )
 
     async def _known_digest(
-        self, name: str, upload_id: str, algorithm: str, chunks: list[Chunk], total: int
+        self, name: str, upload_id: str, algorithm: str, chunks: list[Chunk], total: int, read: bool = True
     ) -> str | None:
         """The hex digest of all chunks, reading as few of them as possible: this process's running hash when it
         covers them all; else the checkpoint written by the process that stored the last chunk; else this process's
-        running hash with the chunks it has not seen read after it. A process's hash can be stale: the one that
+        running hash with the chunks it has not seen read after it (`read`). A process's hash can be stale: the one that
         started the upload holds the hash of nothing, while another process stored every chunk since."""
         latest = self._hashers.latest(upload_id)
         if latest is not None and latest[1] != algorithm:
@@ -275,7 +302,7 @@ class UploadStore:
         else:
             if known := checkpoint.decode("ascii", "replace").strip():
                 return known
-        if latest is not None:
+        if latest is not None and read:
             covered, _, hasher = latest
             boundaries = {c.offset: i for i, c in enumerate(chunks)}
             if covered in boundaries:

@@ -1,0 +1,148 @@
+"""A chunk's name is freed when its upload session is deleted, and a PATCH that looked at the session before the
+deletion can then store other bytes under it. Whatever the completing PUT knew of the chunks (its running hash, the
+digest checkpoint, a hash read before the move), the blob it publishes holds bytes that hash to its digest, or
+nothing is published. (Found by a review: before, the PUT copied or moved the replaced chunk under the digest it
+had checked, and a blob is shared by every repository.)"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from registry import paths
+from registry.digests import Digest
+from registry.errors import ErrorCode, RegistryError
+from registry.store.registry import Registry
+from storage_backends.memory import MemoryBackend
+
+Hook = Callable[[], Awaitable[None]]
+
+
+def digest_of(data: bytes) -> Digest:
+    return Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+
+
+async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class HookedBackend(MemoryBackend):
+    """Runs a hook before the first read of a path, or before the next move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before_read: dict[str, Hook] = {}
+        self.before_move: Hook | None = None
+
+    async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        hook = self.before_read.pop(path, None)
+        if hook is not None:
+            await hook()
+        async for data in super().reader(path, offset, length):
+            yield data
+
+    async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        hook, self.before_move = self.before_move, None
+        if hook is not None:
+            await hook()
+        return await super().move(src, dst, exclusive)
+
+
+async def blob_holds_its_digest_or_nothing(backend: MemoryBackend, digest: Digest) -> None:
+    try:
+        stored = await backend.get_content(paths.blob_data(digest))
+    except Exception:
+        return
+    assert hashlib.sha256(stored).hexdigest() == digest.hex, f"{digest} holds {len(stored)} other bytes"
+
+
+async def complete_or_refuse(store: Registry, name: str, upload_id: str, digest: Digest) -> None:
+    try:
+        assert (await store.uploads.complete(name, upload_id, digest)).digest == digest
+    except RegistryError as e:
+        assert e.code in (ErrorCode.DIGEST_INVALID, ErrorCode.BLOB_UPLOAD_UNKNOWN)
+
+
+async def straggling_patch(store: Registry, name: str, upload_id: str, data: bytes) -> tuple[asyncio.Event, Hook]:
+    """A PATCH that has looked at the session and waits for its body; and what a client does while the PUT runs:
+    delete the session, then let that PATCH finish (storing `data` under a freed chunk name)."""
+    gate = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        await gate.wait()
+        yield data
+
+    straggler = asyncio.create_task(store.uploads.append(name, upload_id, body()))
+    for _ in range(20):  # until it has read the session's state and waits for its body
+        await asyncio.sleep(0)
+
+    async def delete_then_release() -> None:
+        await store.uploads.delete(name, upload_id)
+        gate.set()
+        await straggler
+
+    return gate, delete_then_release
+
+
+@pytest.fixture
+async def stores() -> AsyncIterator[tuple[HookedBackend, Registry, Registry]]:
+    backend = HookedBackend()
+    one, two = Registry(backend), Registry(backend)
+    for store in (one, two):
+        await store.start()
+    yield backend, one, two
+    for store in (one, two):
+        await store.aclose()
+
+
+@pytest.mark.parametrize("same_process", [True, False], ids=["running-hash", "checkpoint"])
+async def test_a_chunk_replaced_while_several_are_copied_is_not_published(
+    stores: tuple[HookedBackend, Registry, Registry], same_process: bool
+) -> None:
+    backend, one, two = stores
+    name, first, second, evil = "team/app", b"A" * 4096, b"a" * 4096, b"EVIL" * 3000
+    upload_id = (await one.uploads.start(name)).upload_id
+    await one.uploads.append(name, upload_id, one_chunk(first))
+    _, swap = await straggling_patch(two, name, upload_id, evil)  # will store at offset 4096
+    await one.uploads.append(name, upload_id, one_chunk(second))  # takes offset 4096 first
+    backend.before_read[paths.upload_chunk(name, upload_id, len(first))] = swap
+    claimed = digest_of(first + second)
+    await complete_or_refuse(one if same_process else two, name, upload_id, claimed)
+    await blob_holds_its_digest_or_nothing(backend, claimed)
+
+
+async def test_a_single_chunk_replaced_before_its_move_is_taken_back(
+    stores: tuple[HookedBackend, Registry, Registry],
+) -> None:
+    backend, one, two = stores
+    name, good, evil = "team/app", b"G" * 4096, b"EVIL" * 3000
+    upload_id = (await one.uploads.start(name)).upload_id
+    _, swap = await straggling_patch(two, name, upload_id, evil)  # will store at offset 0
+    await one.uploads.append(name, upload_id, one_chunk(good))
+    backend.before_move = swap
+    claimed = digest_of(good)
+    with pytest.raises(RegistryError) as refused:
+        await one.uploads.complete(name, upload_id, claimed)
+    assert refused.value.code is ErrorCode.DIGEST_INVALID
+    await blob_holds_its_digest_or_nothing(backend, claimed)
+    assert not await backend.exists(paths.blob_data(claimed))
+
+
+async def test_a_session_deleted_under_a_single_chunk_move_still_publishes_matching_bytes(
+    stores: tuple[HookedBackend, Registry, Registry],
+) -> None:
+    """The session gone but the chunk the PUT checked still the one moved: hashed again, and kept."""
+    backend, one, _ = stores
+    name, good = "team/app", b"G" * 4096
+    upload_id = (await one.uploads.start(name)).upload_id
+    await one.uploads.append(name, upload_id, one_chunk(good))
+
+    async def delete_start_record() -> None:
+        await backend.delete(paths.upload_started_at(name, upload_id))
+
+    backend.before_move = delete_start_record
+    assert (await one.uploads.complete(name, upload_id, digest_of(good))).digest == digest_of(good)
+    assert await backend.get_content(paths.blob_data(digest_of(good))) == good
