@@ -136,6 +136,7 @@ class FilesystemWriter(Writer):
         self._written_back = 0  # bytes handed to the disk's writeback so far (see `_write_back`)
         self._flushed_to = 0  # bytes the last flush started on covers
         self._flush: asyncio.Future[None] | None = None  # that flush, while not yet waited for
+        self._handing_over: asyncio.Future[None] | None = None  # a sync_file_range on a thread, while it runs
 
     @property
     def size(self) -> int:
@@ -147,15 +148,18 @@ class FilesystemWriter(Writer):
         commit has little left."""
         global _sync_file_range
         await self._file.flush()
+        if self._done:  # cancelled meanwhile (by another task): the file is closed, its descriptor not ours
+            return
         fd = self._file.fileno()
         start, end = self._written_back, self._size
         self._written_back = end
         sync_file_range = _sync_file_range
         if sync_file_range is not None:
+            call = self._handing_over = asyncio.ensure_future(
+                self._backend._run(sync_file_range, fd, start, end - start, _START_WRITE)
+            )
             try:
-                await _thread_call_done(
-                    asyncio.ensure_future(self._backend._run(sync_file_range, fd, start, end - start, _START_WRITE))
-                )
+                await _thread_call_done(call)
             except OSError as e:
                 if e.errno not in _UNSUPPORTED:
                     raise  # EIO, ENOSPC: the write failed
@@ -163,8 +167,12 @@ class FilesystemWriter(Writer):
                     "filesystem: sync_file_range unavailable (%s): durable writes flush every %d bytes", e, FLUSH_STEP
                 )
                 _sync_file_range = None
+            finally:
+                self._handing_over = None
         if end - self._flushed_to >= FLUSH_STEP:
             await self._flushed()
+            if self._done:
+                return
             self._flush = asyncio.ensure_future(self._backend._run(os.fdatasync, fd))
             self._flushed_to = end
 
@@ -210,24 +218,35 @@ class FilesystemWriter(Writer):
             return
         self._done = True
         try:
-            with contextlib.suppress(OSError):
-                await self._flushed()  # not closed under a flush's thread (its descriptor could be reused)
-            # Closing flushes what is buffered, which fails again on a full disk: the file goes all the same.
-            with contextlib.suppress(OSError):
-                await self._file.close()
+            try:
+                # Not closed under a thread's call on its descriptor (the number could be reused at once).
+                if self._handing_over is not None:
+                    with contextlib.suppress(OSError):
+                        await _thread_call_done(self._handing_over)
+                with contextlib.suppress(OSError):
+                    await self._flushed()
+            finally:
+                # Closing flushes what is buffered, which fails again on a full disk: the file goes all the same.
+                with contextlib.suppress(OSError):
+                    await self._file.close()
         finally:
             await self._backend._run(_unlink_quietly, self._tmp_path)
 
 
 async def _thread_call_done(call: asyncio.Future[T]) -> T:
-    """The result of a call running on a thread on a file, waited for to its end even when the caller is cancelled:
-    the file must not be closed (and its descriptor reused) under the call."""
-    try:
-        return await asyncio.shield(call)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await call
-        raise
+    """The result of a call running on a thread on a file, waited for to its end even when the caller is cancelled
+    (once or more): the file must not be closed (and its descriptor reused) under the call."""
+    interrupted = False
+    while not call.done():
+        try:
+            await asyncio.shield(call)
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        if not call.cancelled():
+            call.exception()  # retrieved: the cancellation is what the caller hears of
+        raise asyncio.CancelledError
+    return call.result()
 
 
 def _open_unbuffered(path: str) -> BinaryIO:

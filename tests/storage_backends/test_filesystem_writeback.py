@@ -5,14 +5,16 @@ before the file is published, and a failed flush fails the write."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from storage_backends import StorageError, filesystem
+from storage_backends import StorageFull, filesystem
 from storage_backends.filesystem import FilesystemBackend
 
 MIB = 1024 * 1024
@@ -86,7 +88,7 @@ async def test_a_failed_flush_fails_the_write_and_leaves_nothing(
     backend = FilesystemBackend(tmp_path)
     await backend.start()
     writer = await backend.writer("blob")
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageFull):
         for i in range(8):
             await writer.write(bytes([i]) * MIB)
         await writer.commit()
@@ -102,3 +104,112 @@ async def test_a_kernel_that_refuses_the_call_turns_it_off(tmp_path: Path, monke
     monkeypatch.setattr(filesystem, "_sync_file_range", refusing)
     await write(tmp_path, 40)
     assert filesystem._sync_file_range is None
+
+
+class BlockedFlush:
+    """os.fdatasync that waits until released, then records what its descriptor names at that moment."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.seen: list[str] = []
+        self.real = os.fdatasync
+
+    def __call__(self, fd: int) -> None:
+        self.started.set()
+        self.release.wait(10)
+        try:
+            self.seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError as e:
+            self.seen.append(f"error {e.errno}")
+        self.real(fd)
+
+
+@pytest.fixture
+def blocked_flush(monkeypatch: pytest.MonkeyPatch) -> BlockedFlush:
+    monkeypatch.setattr(filesystem, "WRITEBACK_STEP", MIB)
+    monkeypatch.setattr(filesystem, "FLUSH_STEP", 2 * MIB)
+    blocked = BlockedFlush()
+    monkeypatch.setattr(os, "fdatasync", blocked)
+    return blocked
+
+
+async def cancel_twice(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_write_cancelled_twice_does_not_close_the_file_under_its_flush(
+    tmp_path: Path, blocked_flush: BlockedFlush
+) -> None:
+    backend = FilesystemBackend(tmp_path)
+    await backend.start()
+    writer = await backend.writer("blob")
+    for _ in range(2):
+        await writer.write(b"x" * MIB)  # a flush starts, and blocks
+    await asyncio.to_thread(blocked_flush.started.wait, 10)
+    task = asyncio.create_task(writer.write(b"y" * 2 * MIB))  # waits for that flush before the next
+    await asyncio.sleep(0.2)
+    asyncio.get_running_loop().call_later(0.3, blocked_flush.release.set)
+    await cancel_twice(task)
+    # The write gave up only once the flush's thread was done with the descriptor (before: at once, and the file
+    # could be closed and its number reused under the flush).
+    assert len(blocked_flush.seen) == 1
+    assert blocked_flush.seen[0].startswith(str(tmp_path / ".moorage-tmp")), blocked_flush.seen  # the writer's file
+    await writer.cancel()
+    await backend.aclose()
+
+
+async def test_a_cancel_cancelled_twice_still_closes_and_removes_the_file(
+    tmp_path: Path, blocked_flush: BlockedFlush
+) -> None:
+    backend = FilesystemBackend(tmp_path)
+    await backend.start()
+    writer = await backend.writer("blob")
+    for _ in range(2):
+        await writer.write(b"x" * MIB)
+    await asyncio.to_thread(blocked_flush.started.wait, 10)
+    task = asyncio.create_task(writer.cancel())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    blocked_flush.release.set()
+    await cancel_twice(task)
+    await asyncio.sleep(0.2)
+    await backend.aclose()
+    assert writer._file.closed  # type: ignore[attr-defined]
+    assert leftover_files(tmp_path) == []
+
+
+async def test_a_write_in_flight_when_the_writer_is_cancelled_starts_no_flush(
+    tmp_path: Path, blocked_flush: BlockedFlush, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write still handing a window to the disk when another task cancels the writer: cancel waits for that call,
+    and the write starts no flush on the closed descriptor."""
+    blocked_flush.release.set()
+    gate = threading.Event()
+    real = filesystem._sync_file_range
+    assert real is not None
+
+    def slow(fd: int, offset: int, length: int, flags: int) -> None:
+        gate.wait(10)
+        real(fd, offset, length, flags)
+
+    backend = FilesystemBackend(tmp_path)
+    await backend.start()
+    writer = await backend.writer("blob")
+    await writer.write(b"x" * MIB)
+    monkeypatch.setattr(filesystem, "_sync_file_range", slow)
+    task = asyncio.create_task(writer.write(b"y" * MIB))  # 2 MiB: in sync_file_range, then a flush would start
+    await asyncio.sleep(0.2)
+    cancelling = asyncio.create_task(writer.cancel())
+    await asyncio.sleep(0.1)
+    assert not cancelling.done()  # waits for the call on the descriptor
+    gate.set()
+    await cancelling
+    await task
+    await backend.aclose()
+    assert blocked_flush.seen == []
+    assert leftover_files(tmp_path) == []
