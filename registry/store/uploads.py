@@ -9,6 +9,8 @@ visible, then links it into the repository and deletes the session.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import re
 import uuid
@@ -190,8 +192,26 @@ class UploadStore:
         return UploadStatus(name, upload_id, offset + size, status.started_at)
 
     async def complete(self, name: str, upload_id: str, digest: Digest) -> BlobInfo:
-        """Verify the received bytes against `digest`, publish the blob and link it into `name`."""
+        """Verify the received bytes against `digest`, publish the blob and link it into `name`. One request at a
+        time completes a session: a move frees a chunk's name, and a second completion (under another algorithm's
+        digest, so another blob) could otherwise publish what a straggling PATCH stored there next."""
         await self._started_at(name, upload_id)
+        completing = paths.upload_completing(name, upload_id)
+        if not await self.backend.put_content(completing, b"", exclusive=True, durable=False):
+            raise RegistryError(
+                ErrorCode.BLOB_UPLOAD_INVALID,
+                detail={"uuid": upload_id},
+                message="another request is completing this upload",
+            )
+        try:
+            return await self._complete(name, upload_id, digest)
+        except BaseException:
+            # Failed but not cancelled (a 503, a storage error): the session may be completed again.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.backend.delete(completing))
+            raise
+
+    async def _complete(self, name: str, upload_id: str, digest: Digest) -> BlobInfo:
         chunks = await self._chunks(name, upload_id)
         total = sum(c.size for c in chunks)
         admitted = None
@@ -269,8 +289,13 @@ class UploadStore:
         try:
             async for data in self.backend.reader(data_path):
                 await hash_into(hasher, data)
-        except PathNotFound:
-            raise upload_unknown(upload_id) from None
+        except BaseException as e:
+            # Not verified (a storage error, a cancellation): not left published either.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.backend.delete(data_path))
+            if isinstance(e, PathNotFound):
+                raise upload_unknown(upload_id) from None
+            raise
         if hasher.hexdigest() != digest.hex:
             await self.backend.delete(data_path)
             raise RegistryError(
@@ -326,6 +351,9 @@ class UploadStore:
 
     async def cancel(self, name: str, upload_id: str) -> None:
         self._hashers.drop(upload_id)
+        # The start record first: where a deletion is not atomic (S3 deletes a prefix in batches), a completing
+        # request must not find it while chunks are already gone (see `_confirm_moved`).
+        await self.backend.delete(paths.upload_started_at(name, upload_id))
         await self.backend.delete(paths.upload_dir(name, upload_id))
 
     async def delete(self, name: str, upload_id: str) -> None:

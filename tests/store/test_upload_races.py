@@ -16,6 +16,7 @@ from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.store.registry import Registry
+from storage_backends import StorageUnavailable
 from storage_backends.memory import MemoryBackend
 
 Hook = Callable[[], Awaitable[None]]
@@ -30,12 +31,13 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
 
 
 class HookedBackend(MemoryBackend):
-    """Runs a hook before the first read of a path, or before the next move."""
+    """Runs a hook before the first read of a path, or before the next move (or the next to a destination)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.before_read: dict[str, Hook] = {}
         self.before_move: Hook | None = None
+        self.before_move_to: dict[str, Hook] = {}
 
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         hook = self.before_read.pop(path, None)
@@ -46,6 +48,9 @@ class HookedBackend(MemoryBackend):
 
     async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
         hook, self.before_move = self.before_move, None
+        if hook is not None:
+            await hook()
+        hook = self.before_move_to.pop(dst, None)
         if hook is not None:
             await hook()
         return await super().move(src, dst, exclusive)
@@ -146,3 +151,69 @@ async def test_a_session_deleted_under_a_single_chunk_move_still_publishes_match
     backend.before_move = delete_start_record
     assert (await one.uploads.complete(name, upload_id, digest_of(good))).digest == digest_of(good)
     assert await backend.get_content(paths.blob_data(digest_of(good))) == good
+
+
+async def test_one_request_at_a_time_completes_a_session(stores: tuple[HookedBackend, Registry, Registry]) -> None:
+    """A second completion while one runs is refused: a move frees the chunk's name, and a second completion under
+    another algorithm's digest (another blob) could otherwise publish what a straggling PATCH stored there next."""
+    backend, one, two = stores
+    name, good = "team/app", b"G" * 4096
+    upload_id = (await one.uploads.start(name)).upload_id
+    await one.uploads.append(name, upload_id, one_chunk(good))
+    first_waits, go_on = asyncio.Event(), asyncio.Event()
+
+    async def wait_before_moving() -> None:
+        first_waits.set()
+        await go_on.wait()
+
+    claimed = digest_of(good)
+    backend.before_move_to[paths.blob_data(claimed)] = wait_before_moving
+    first = asyncio.create_task(one.uploads.complete(name, upload_id, claimed))
+    await first_waits.wait()
+    sha512 = Digest.parse("sha512:" + hashlib.sha512(good).hexdigest())
+    with pytest.raises(RegistryError) as refused:
+        await two.uploads.complete(name, upload_id, sha512)
+    assert refused.value.code is ErrorCode.BLOB_UPLOAD_INVALID
+    go_on.set()
+    assert (await first).digest == claimed
+    assert await backend.get_content(paths.blob_data(claimed)) == good
+
+
+async def test_a_completion_that_fails_for_a_while_can_be_retried(
+    stores: tuple[HookedBackend, Registry, Registry],
+) -> None:
+    backend, one, _ = stores
+    name, good = "team/app", b"G" * 4096
+    upload_id = (await one.uploads.start(name)).upload_id
+    await one.uploads.append(name, upload_id, one_chunk(good))
+
+    async def unavailable() -> None:
+        raise StorageUnavailable("storage did not answer")
+
+    backend.before_move = unavailable
+    with pytest.raises(StorageUnavailable):
+        await one.uploads.complete(name, upload_id, digest_of(good))
+    assert (await one.uploads.complete(name, upload_id, digest_of(good))).digest == digest_of(good)
+
+
+@pytest.mark.parametrize("interruption", ["storage-error", "cancelled"])
+async def test_a_take_back_interrupted_leaves_nothing_unverified(
+    stores: tuple[HookedBackend, Registry, Registry], interruption: str
+) -> None:
+    backend, one, two = stores
+    name, good, evil = "team/app", b"G" * 4096, b"EVIL" * 3000
+    upload_id = (await one.uploads.start(name)).upload_id
+    _, swap = await straggling_patch(two, name, upload_id, evil)
+    await one.uploads.append(name, upload_id, one_chunk(good))
+    claimed = digest_of(good)
+
+    async def interrupt() -> None:
+        if interruption == "storage-error":
+            raise StorageUnavailable("a read failed")
+        raise asyncio.CancelledError
+
+    backend.before_move = swap
+    backend.before_read[paths.blob_data(claimed)] = interrupt
+    with pytest.raises((StorageUnavailable, asyncio.CancelledError)):
+        await one.uploads.complete(name, upload_id, claimed)
+    assert not await backend.exists(paths.blob_data(claimed))
