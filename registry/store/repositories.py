@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from registry import paths
@@ -11,6 +12,8 @@ from registry.store.blobs import BlobStore
 from registry.store.events import Event, EventBus, EventType
 from registry.store.tags import TagStore, tag_immutable
 from storage_backends import PathNotFound, StorageBackend
+
+SESSIONS_AT_ONCE = 32  # start records deleted at once when a repository goes
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,23 @@ class RepositoryStore:
                     continue
         return count
 
+    async def _end_upload_sessions(self, name: str) -> None:
+        """Each upload session's start record goes before the rest of its session. A deletion of the whole area
+        need not be atomic (S3 deletes a prefix in batches, in key order: chunks before the start record), and a
+        completing request reads a start record that is still there as "the session was not deleted under me"
+        (UploadStore._confirm_moved)."""
+        try:
+            sessions = [entry for entry in await self.backend.list(paths.uploads_dir(name)) if entry.is_dir]
+        except PathNotFound:
+            return
+        for start in range(0, len(sessions), SESSIONS_AT_ONCE):
+            await asyncio.gather(
+                *(
+                    self.backend.delete(paths.upload_started_at(name, session.path.rsplit("/", 1)[1]))
+                    for session in sessions[start : start + SESSIONS_AT_ONCE]
+                )
+            )
+
     async def _remove(self, name: str) -> None:
         """Tags, then blob links, then manifests, then upload sessions; then tags and manifests once more.
 
@@ -100,6 +120,7 @@ class RepositoryStore:
         is left whose layers are gone: the push fails, or it happened before the deletion."""
         backend = self.backend
         await backend.delete(paths.tags_dir(name))
+        await self._end_upload_sessions(name)
         for area in paths.repository_areas(name):
             await backend.delete(area)
         await backend.delete(paths.tags_dir(name))

@@ -7,6 +7,7 @@ had checked, and a blob is shared by every repository.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -38,6 +39,10 @@ class HookedBackend(MemoryBackend):
         self.before_read: dict[str, Hook] = {}
         self.before_move: Hook | None = None
         self.before_move_to: dict[str, Hook] = {}
+        # S3Backend.delete's shape, when set: the prefix listed in key order and deleted in batches of this many
+        # keys, a round trip between batches (and the hook for that prefix after its first batch).
+        self.delete_batch: int | None = None
+        self.between_batches: dict[str, Hook] = {}
 
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         hook = self.before_read.pop(path, None)
@@ -54,6 +59,19 @@ class HookedBackend(MemoryBackend):
         if hook is not None:
             await hook()
         return await super().move(src, dst, exclusive)
+
+    async def delete(self, path: str) -> None:
+        if self.delete_batch is None:
+            return await super().delete(path)
+        self._remove(path)  # the key itself, then what the prefix holds
+        keys = [info.path async for info in self.walk(path)]
+        for start in range(0, len(keys), self.delete_batch):
+            for key in keys[start : start + self.delete_batch]:
+                self._remove(key)
+            await asyncio.sleep(0)
+            hook = self.between_batches.pop(path, None)
+            if hook is not None:
+                await hook()
 
 
 async def blob_holds_its_digest_or_nothing(backend: MemoryBackend, digest: Digest) -> None:
@@ -217,3 +235,53 @@ async def test_a_take_back_interrupted_leaves_nothing_unverified(
     with pytest.raises((StorageUnavailable, asyncio.CancelledError)):
         await one.uploads.complete(name, upload_id, claimed)
     assert not await backend.exists(paths.blob_data(claimed))
+
+
+async def test_a_repository_deleted_in_batches_under_a_completion_publishes_nothing_unverified(
+    stores: tuple[HookedBackend, Registry, Registry],
+) -> None:
+    """A repository's deletion removes each upload session's start record first: deleted in key order and in
+    batches (S3), a session's chunks could otherwise go a batch before its start record, and a chunk stored again
+    meanwhile by a straggling PATCH would pass for the one the completing request checked."""
+    backend, one, two = stores
+    backend.delete_batch = 1000
+    name, good, evil = "team/app", b"G" * 4096, b"EVIL" * 3000
+    seed = (await one.uploads.start(name)).upload_id  # a blob, so that the repository exists
+    await one.uploads.append(name, seed, one_chunk(b"seed"))
+    await one.uploads.complete(name, seed, digest_of(b"seed"))
+    ids = sorted([(await one.uploads.start(name)).upload_id for _ in range(1100)])
+    target = ids[999]  # 999 sessions sort before it: a batch ends with its chunk, the next holds its start record
+    gate = asyncio.Event()
+
+    async def straggling_body() -> AsyncIterator[bytes]:
+        await gate.wait()
+        yield evil
+
+    straggler = asyncio.create_task(two.uploads.append(name, target, straggling_body()))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await one.uploads.append(name, target, one_chunk(good))
+    paused, resume = asyncio.Event(), asyncio.Event()
+
+    async def after_first_batch() -> None:  # the target's chunk is gone, its start record is the next batch's
+        gate.set()
+        with contextlib.suppress(RegistryError):
+            await straggler  # stores `evil` under the freed chunk name (where the session still looks alive)
+        paused.set()
+        await resume.wait()
+
+    backend.between_batches[paths.uploads_dir(name)] = after_first_batch
+    deletion: asyncio.Task[object] | None = None
+
+    async def delete_the_repository() -> None:
+        nonlocal deletion
+        deletion = asyncio.create_task(one.repositories.delete(name))
+        await asyncio.wait([asyncio.ensure_future(paused.wait()), deletion], return_when=asyncio.FIRST_COMPLETED)
+
+    claimed = digest_of(good)
+    backend.before_move_to[paths.blob_data(claimed)] = delete_the_repository
+    await complete_or_refuse(one, name, target, claimed)
+    resume.set()
+    assert deletion is not None
+    await deletion
+    await blob_holds_its_digest_or_nothing(backend, claimed)
