@@ -150,11 +150,6 @@ def upload_started_at(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/startedat"
 
 
-def upload_completing(name: str, upload_id: str) -> str:
-    """Ours: taken (created exclusively) by the request completing the upload, so that only one does at a time."""
-    return f"{upload_dir(name, upload_id)}/completing"
-
-
 def upload_chunks_dir(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/chunks"
 

@@ -192,26 +192,8 @@ class UploadStore:
         return UploadStatus(name, upload_id, offset + size, status.started_at)
 
     async def complete(self, name: str, upload_id: str, digest: Digest) -> BlobInfo:
-        """Verify the received bytes against `digest`, publish the blob and link it into `name`. One request at a
-        time completes a session: a move frees a chunk's name, and a second completion (under another algorithm's
-        digest, so another blob) could otherwise publish what a straggling PATCH stored there next."""
+        """Verify the received bytes against `digest`, publish the blob and link it into `name`."""
         await self._started_at(name, upload_id)
-        completing = paths.upload_completing(name, upload_id)
-        if not await self.backend.put_content(completing, b"", exclusive=True, durable=False):
-            raise RegistryError(
-                ErrorCode.BLOB_UPLOAD_INVALID,
-                detail={"uuid": upload_id},
-                message="another request is completing this upload",
-            )
-        try:
-            return await self._complete(name, upload_id, digest)
-        except BaseException:
-            # Failed but not cancelled (a 503, a storage error): the session may be completed again.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.backend.delete(completing))
-            raise
-
-    async def _complete(self, name: str, upload_id: str, digest: Digest) -> BlobInfo:
         chunks = await self._chunks(name, upload_id)
         total = sum(c.size for c in chunks)
         admitted = None
@@ -246,34 +228,34 @@ class UploadStore:
     async def _publish(self, name: str, upload_id: str, digest: Digest, chunks: list[Chunk], total: int) -> bool:
         """Make the verified bytes the blob; False when the blob already existed (ours is dropped).
 
-        A chunk's name is taken once, exclusively, and freed only when the session is deleted; but a PATCH that
-        looked at the session before a deletion (a DELETE, or a concurrent PUT that failed) can still store a chunk
-        under the same name after it, with other bytes. So what is known of the chunks (a running hash, a
+        A chunk's name is taken once, exclusively, and freed when the session is deleted or the chunk moved into a
+        blob; but a PATCH that looked at the session before (a DELETE, or a concurrent PUT that failed) can still
+        store a chunk under the same name after it, with other bytes. So what is known of the chunks (a running hash, a
         checkpoint, a hash read before the move) vouches for them only while the session lives: several chunks
-        are hashed as they are copied into the blob, whatever is known; a single chunk, moved without a copy, is
-        hashed again once published if the session was deleted meanwhile (`_confirm_moved`)."""
+        are hashed as they are copied into the blob, whatever is known, and so is a single chunk the session's own
+        hash does not vouch for; a single chunk it does vouch for is moved without a copy, and hashed again once
+        published if the session was deleted meanwhile (`_confirm_moved`)."""
         data_path = paths.blob_data(digest)
         several = len(chunks) > 1
-        known = await self._known_digest(name, upload_id, digest.algorithm, chunks, total, read=not several)
+        known = await self._known_digest(name, upload_id, digest.algorithm, total)
         if known is not None:
             self._verify(digest, known, total)  # a wrong digest is refused before anything is copied
             if not chunks:
                 return await self.backend.put_content(data_path, b"", exclusive=True)
             if several and await self.blobs.present(digest) is not None:
                 return False
-        if several:
+        if several or known is None:
+            # Hashed as they are copied, whatever was known. A single chunk with nothing known (a digest of
+            # another algorithm than the session's, a lost checkpoint) is copied too, not moved: only a move to the
+            # one blob the session's own hash names frees a chunk's name, so two completions of a session can
+            # never move two different contents (a second move to that blob finds it taken).
             hasher = new_hasher(digest.algorithm)
             async with await self.backend.writer(data_path, exclusive=True) as writer:
                 await copy_stream(self._read_chunks(chunks), writer, hasher)
                 self._verify(digest, hasher.hexdigest(), total)
                 return await writer.commit()
-        if known is None:  # nothing known about the bytes: hash them, and move them if they match
-            hasher = new_hasher(digest.algorithm)
-            async for data in self.backend.reader(chunks[0].path):
-                await hash_into(hasher, data)
-            self._verify(digest, hasher.hexdigest(), total)
-        # The common case: one PATCH (or monolithic PUT). The chunk becomes the blob without a copy; if the blob
-        # already existed (a dedup hit), ours goes with the session.
+        # The common case: one PATCH (or monolithic PUT), hashed as it came. The chunk becomes the blob without a
+        # copy; if the blob already existed (a dedup hit), ours goes with the session.
         created = await self.backend.move(chunks[0].path, data_path, exclusive=True)
         if created:
             await self._confirm_moved(name, upload_id, digest, data_path)
@@ -304,37 +286,23 @@ class UploadStore:
                 message="the upload was deleted while it completed, and what remained does not match the digest",
             )
 
-    async def _known_digest(
-        self, name: str, upload_id: str, algorithm: str, chunks: list[Chunk], total: int, read: bool = True
-    ) -> str | None:
-        """The hex digest of all chunks, reading as few of them as possible: this process's running hash when it
-        covers them all; else the checkpoint written by the process that stored the last chunk; else this process's
-        running hash with the chunks it has not seen read after it (`read`). A process's hash can be stale: the one that
-        started the upload holds the hash of nothing, while another process stored every chunk since."""
+    async def _known_digest(self, name: str, upload_id: str, algorithm: str, total: int) -> str | None:
+        """The hex digest of the upload's `total` bytes as the session's own hash saw them, without reading them:
+        this process's running hash when it covers them all, else the checkpoint written by the process that stored
+        the last chunk. A process's hash can be stale: the one that started the upload holds the hash of nothing,
+        while another process stored every chunk since."""
         latest = self._hashers.latest(upload_id)
-        if latest is not None and latest[1] != algorithm:
-            latest = None
-        if latest is not None and latest[0] == total:
+        if latest is not None and latest[1] == algorithm and latest[0] == total:
             return latest[2].hexdigest()
-        if not chunks:
+        if total == 0:
             return new_hasher(algorithm).hexdigest()
         try:
             checkpoint = await self.backend.get_content(
                 paths.upload_digest_checkpoint(name, upload_id, algorithm, total)
             )
         except PathNotFound:
-            pass
-        else:
-            if known := checkpoint.decode("ascii", "replace").strip():
-                return known
-        if latest is not None and read:
-            covered, _, hasher = latest
-            boundaries = {c.offset: i for i, c in enumerate(chunks)}
-            if covered in boundaries:
-                async for data in self._read_chunks(chunks[boundaries[covered] :]):
-                    await hash_into(hasher, data)
-                return hasher.hexdigest()
-        return None
+            return None
+        return checkpoint.decode("ascii", "replace").strip() or None
 
     async def _read_chunks(self, chunks: list[Chunk]) -> AsyncIterable[bytes]:
         for chunk in chunks:

@@ -39,6 +39,7 @@ class HookedBackend(MemoryBackend):
         self.before_read: dict[str, Hook] = {}
         self.before_move: Hook | None = None
         self.before_move_to: dict[str, Hook] = {}
+        self.after_move_to: dict[str, Hook] = {}
         # S3Backend.delete's shape, when set: the prefix listed in key order and deleted in batches of this many
         # keys, a round trip between batches (and the hook for that prefix after its first batch).
         self.delete_batch: int | None = None
@@ -58,7 +59,11 @@ class HookedBackend(MemoryBackend):
         hook = self.before_move_to.pop(dst, None)
         if hook is not None:
             await hook()
-        return await super().move(src, dst, exclusive)
+        moved = await super().move(src, dst, exclusive)
+        hook = self.after_move_to.pop(dst, None)
+        if hook is not None:
+            await hook()
+        return moved
 
     async def delete(self, path: str) -> None:
         if self.delete_batch is None:
@@ -171,30 +176,55 @@ async def test_a_session_deleted_under_a_single_chunk_move_still_publishes_match
     assert await backend.get_content(paths.blob_data(digest_of(good))) == good
 
 
-async def test_one_request_at_a_time_completes_a_session(stores: tuple[HookedBackend, Registry, Registry]) -> None:
-    """A second completion while one runs is refused: a move frees the chunk's name, and a second completion under
-    another algorithm's digest (another blob) could otherwise publish what a straggling PATCH stored there next."""
+async def test_two_completions_under_two_algorithms_never_move_two_contents(
+    stores: tuple[HookedBackend, Registry, Registry],
+) -> None:
+    """A completion's move frees the chunk's name too. A second completion of the session under another algorithm's
+    digest (another blob) copies and hashes instead of moving, so a straggling PATCH never gets the name back while
+    the session's own completion still has to move the chunk."""
     backend, one, two = stores
-    name, good = "team/app", b"G" * 4096
-    upload_id = (await one.uploads.start(name)).upload_id
-    await one.uploads.append(name, upload_id, one_chunk(good))
-    first_waits, go_on = asyncio.Event(), asyncio.Event()
+    name, good, evil = "team/app", b"G" * 4096, b"E" * 4096  # same length: the running hash covers the total
+    upload_id = (await one.uploads.start(name)).upload_id  # a sha256 session
+    gate = asyncio.Event()
 
-    async def wait_before_moving() -> None:
-        first_waits.set()
+    async def straggling_body() -> AsyncIterator[bytes]:
+        await gate.wait()
+        yield evil
+
+    straggler = asyncio.create_task(two.uploads.append(name, upload_id, straggling_body()))  # at offset 0
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await one.uploads.append(name, upload_id, one_chunk(good))
+    sha256, sha512 = digest_of(good), Digest.parse("sha512:" + hashlib.sha512(good).hexdigest())
+    waiting, go_on = asyncio.Event(), asyncio.Event()
+
+    async def wait_before_moving() -> None:  # the sha256 completion has checked its digest, and moves later
+        waiting.set()
         await go_on.wait()
 
-    claimed = digest_of(good)
-    backend.before_move_to[paths.blob_data(claimed)] = wait_before_moving
-    first = asyncio.create_task(one.uploads.complete(name, upload_id, claimed))
-    await first_waits.wait()
-    sha512 = Digest.parse("sha512:" + hashlib.sha512(good).hexdigest())
-    with pytest.raises(RegistryError) as refused:
-        await two.uploads.complete(name, upload_id, sha512)
-    assert refused.value.code is ErrorCode.BLOB_UPLOAD_INVALID
-    go_on.set()
-    assert (await first).digest == claimed
-    assert await backend.get_content(paths.blob_data(claimed)) == good
+    backend.before_move_to[paths.blob_data(sha256)] = wait_before_moving
+    first = asyncio.create_task(one.uploads.complete(name, upload_id, sha256))
+    await waiting.wait()
+
+    async def straggler_then_first() -> None:  # the chunk's name is free, the session not yet cancelled
+        gate.set()
+        with contextlib.suppress(RegistryError):
+            await straggler
+        go_on.set()
+        with contextlib.suppress(RegistryError):
+            await first
+
+    # Were the sha512 completion to move the chunk (it copies), the straggler and the first completion would run
+    # right after that move.
+    backend.after_move_to[paths.blob_data(sha512)] = straggler_then_first
+    await complete_or_refuse(two, name, upload_id, sha512)
+    if not go_on.is_set():
+        await straggler_then_first()  # the straggler finds offset 0 taken (or the session gone): stores nothing
+    for digest in (sha256, sha512):
+        stored = None
+        with contextlib.suppress(Exception):
+            stored = await backend.get_content(paths.blob_data(digest))
+        assert stored in (None, good), f"{digest} holds other bytes"
 
 
 async def test_a_completion_that_fails_for_a_while_can_be_retried(
