@@ -134,6 +134,20 @@ def blocked_flush(monkeypatch: pytest.MonkeyPatch) -> BlockedFlush:
     return blocked
 
 
+async def writer_in_a_blocked_flush(
+    root: Path, blocked_flush: BlockedFlush
+) -> tuple[FilesystemBackend, filesystem.FilesystemWriter]:
+    """A durable writer past its first flush step: its flush has started, and blocks until released."""
+    backend = FilesystemBackend(root)
+    await backend.start()
+    writer = await backend.writer("blob")
+    assert isinstance(writer, filesystem.FilesystemWriter)
+    for _ in range(2):
+        await writer.write(b"x" * MIB)
+    await asyncio.to_thread(blocked_flush.started.wait, 10)
+    return backend, writer
+
+
 async def cancel_twice(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.sleep(0)
@@ -145,12 +159,7 @@ async def cancel_twice(task: asyncio.Task[None]) -> None:
 async def test_a_write_cancelled_twice_does_not_close_the_file_under_its_flush(
     tmp_path: Path, blocked_flush: BlockedFlush
 ) -> None:
-    backend = FilesystemBackend(tmp_path)
-    await backend.start()
-    writer = await backend.writer("blob")
-    for _ in range(2):
-        await writer.write(b"x" * MIB)  # a flush starts, and blocks
-    await asyncio.to_thread(blocked_flush.started.wait, 10)
+    backend, writer = await writer_in_a_blocked_flush(tmp_path, blocked_flush)
     task = asyncio.create_task(writer.write(b"y" * 2 * MIB))  # waits for that flush before the next
     await asyncio.sleep(0.2)
     asyncio.get_running_loop().call_later(0.3, blocked_flush.release.set)
@@ -166,12 +175,7 @@ async def test_a_write_cancelled_twice_does_not_close_the_file_under_its_flush(
 async def test_a_cancel_cancelled_twice_still_closes_and_removes_the_file(
     tmp_path: Path, blocked_flush: BlockedFlush
 ) -> None:
-    backend = FilesystemBackend(tmp_path)
-    await backend.start()
-    writer = await backend.writer("blob")
-    for _ in range(2):
-        await writer.write(b"x" * MIB)
-    await asyncio.to_thread(blocked_flush.started.wait, 10)
+    backend, writer = await writer_in_a_blocked_flush(tmp_path, blocked_flush)
     task = asyncio.create_task(writer.cancel())
     for _ in range(5):
         await asyncio.sleep(0)

@@ -94,18 +94,33 @@ async def complete_or_refuse(store: Registry, name: str, upload_id: str, digest:
         assert e.code in (ErrorCode.DIGEST_INVALID, ErrorCode.BLOB_UPLOAD_UNKNOWN)
 
 
-async def straggling_patch(store: Registry, name: str, upload_id: str, data: bytes) -> tuple[asyncio.Event, Hook]:
-    """A PATCH that has looked at the session and waits for its body; and what a client does while the PUT runs:
-    delete the session, then let that PATCH finish (storing `data` under a freed chunk name)."""
+async def session_holding(store: Registry, name: str, data: bytes) -> str:
+    """A new upload session with `data` as its one chunk; its id."""
+    upload_id = (await store.uploads.start(name)).upload_id
+    await store.uploads.append(name, upload_id, one_chunk(data))
+    return upload_id
+
+
+async def waiting_patch(
+    store: Registry, name: str, upload_id: str, data: bytes
+) -> tuple[asyncio.Event, asyncio.Task[object]]:
+    """A PATCH that has looked at the session and waits for its body (sent once the event is set)."""
     gate = asyncio.Event()
 
     async def body() -> AsyncIterator[bytes]:
         await gate.wait()
         yield data
 
-    straggler = asyncio.create_task(store.uploads.append(name, upload_id, body()))
+    patch = asyncio.create_task(store.uploads.append(name, upload_id, body()))
     for _ in range(20):  # until it has read the session's state and waits for its body
         await asyncio.sleep(0)
+    return gate, patch
+
+
+async def straggling_patch(store: Registry, name: str, upload_id: str, data: bytes) -> tuple[asyncio.Event, Hook]:
+    """A waiting PATCH, and what a client does while the PUT runs: delete the session, then let that PATCH finish
+    (storing `data` under a freed chunk name)."""
+    gate, straggler = await waiting_patch(store, name, upload_id, data)
 
     async def delete_then_release() -> None:
         await store.uploads.delete(name, upload_id)
@@ -165,8 +180,7 @@ async def test_a_session_deleted_under_a_single_chunk_move_still_publishes_match
     """The session gone but the chunk the PUT checked still the one moved: hashed again, and kept."""
     backend, one, _ = stores
     name, good = "team/app", b"G" * 4096
-    upload_id = (await one.uploads.start(name)).upload_id
-    await one.uploads.append(name, upload_id, one_chunk(good))
+    upload_id = await session_holding(one, name, good)
 
     async def delete_start_record() -> None:
         await backend.delete(paths.upload_started_at(name, upload_id))
@@ -185,15 +199,7 @@ async def test_two_completions_under_two_algorithms_never_move_two_contents(
     backend, one, two = stores
     name, good, evil = "team/app", b"G" * 4096, b"E" * 4096  # same length: the running hash covers the total
     upload_id = (await one.uploads.start(name)).upload_id  # a sha256 session
-    gate = asyncio.Event()
-
-    async def straggling_body() -> AsyncIterator[bytes]:
-        await gate.wait()
-        yield evil
-
-    straggler = asyncio.create_task(two.uploads.append(name, upload_id, straggling_body()))  # at offset 0
-    for _ in range(20):
-        await asyncio.sleep(0)
+    gate, straggler = await waiting_patch(two, name, upload_id, evil)
     await one.uploads.append(name, upload_id, one_chunk(good))
     sha256, sha512 = digest_of(good), Digest.parse("sha512:" + hashlib.sha512(good).hexdigest())
     waiting, go_on = asyncio.Event(), asyncio.Event()
@@ -232,8 +238,7 @@ async def test_a_completion_that_fails_for_a_while_can_be_retried(
 ) -> None:
     backend, one, _ = stores
     name, good = "team/app", b"G" * 4096
-    upload_id = (await one.uploads.start(name)).upload_id
-    await one.uploads.append(name, upload_id, one_chunk(good))
+    upload_id = await session_holding(one, name, good)
 
     async def unavailable() -> None:
         raise StorageUnavailable("storage did not answer")
@@ -281,15 +286,7 @@ async def test_a_repository_deleted_in_batches_under_a_completion_publishes_noth
     await one.uploads.complete(name, seed, digest_of(b"seed"))
     ids = sorted([(await one.uploads.start(name)).upload_id for _ in range(1100)])
     target = ids[999]  # 999 sessions sort before it: a batch ends with its chunk, the next holds its start record
-    gate = asyncio.Event()
-
-    async def straggling_body() -> AsyncIterator[bytes]:
-        await gate.wait()
-        yield evil
-
-    straggler = asyncio.create_task(two.uploads.append(name, target, straggling_body()))
-    for _ in range(20):
-        await asyncio.sleep(0)
+    gate, straggler = await waiting_patch(two, name, target, evil)
     await one.uploads.append(name, target, one_chunk(good))
     paused, resume = asyncio.Event(), asyncio.Event()
 
