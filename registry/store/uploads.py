@@ -230,8 +230,8 @@ class UploadStore:
 
         A chunk's name is taken once, exclusively, and freed when the session is deleted or the chunk moved into a
         blob; but a PATCH that looked at the session before (a DELETE, or a concurrent PUT that failed) can still
-        store a chunk under the same name after it, with other bytes. So what is known of the chunks (a running hash, a
-        checkpoint, a hash read before the move) vouches for them only while the session lives: several chunks
+        store a chunk under the same name after it, with other bytes. So what is known of the chunks (a running hash,
+        a checkpoint) vouches for them only while the session lives: several chunks
         are hashed as they are copied into the blob, whatever is known, and so is a single chunk the session's own
         hash does not vouch for; a single chunk it does vouch for is moved without a copy, and hashed again once
         published if the session was deleted meanwhile (`_confirm_moved`)."""
@@ -271,20 +271,19 @@ class UploadStore:
         try:
             async for data in self.backend.reader(data_path):
                 await hash_into(hasher, data)
+            if hasher.hexdigest() != digest.hex:
+                raise RegistryError(
+                    ErrorCode.DIGEST_INVALID,
+                    detail={"expected": str(digest), "actual": f"{digest.algorithm}:{hasher.hexdigest()}"},
+                    message="the upload was deleted while it completed, and what remained does not match the digest",
+                )
         except BaseException as e:
-            # Not verified (a storage error, a cancellation): not left published either.
+            # Not verified (a mismatch, a storage error, a cancellation): not left published either.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.backend.delete(data_path))
             if isinstance(e, PathNotFound):
                 raise upload_unknown(upload_id) from None
             raise
-        if hasher.hexdigest() != digest.hex:
-            await self.backend.delete(data_path)
-            raise RegistryError(
-                ErrorCode.DIGEST_INVALID,
-                detail={"expected": str(digest), "actual": f"{digest.algorithm}:{hasher.hexdigest()}"},
-                message="the upload was deleted while it completed, and what remained does not match the digest",
-            )
 
     async def _known_digest(self, name: str, upload_id: str, algorithm: str, total: int) -> str | None:
         """The hex digest of the upload's `total` bytes as the session's own hash saw them, without reading them:
