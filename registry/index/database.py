@@ -363,6 +363,22 @@ class Database:
             found.update((row[0], _manifest(row)) for row in rows)
         return found
 
+    def indexes_listing(self, name: str, digests: list[str]) -> list[str]:
+        """The indexes of `name` whose references include one of `digests` (their children, as far as the index
+        knows): what changes with them."""
+        found: set[str] = set()
+        kinds = sorted(INDEXES)
+        for start in range(0, len(digests), _BATCH):
+            batch = digests[start : start + _BATCH]
+            rows = self._read(
+                "SELECT DISTINCT b.digest FROM blobs b JOIN manifests m ON m.repository = b.repository "
+                f"AND m.digest = b.digest WHERE b.repository = ? AND b.blob IN ({','.join('?' * len(batch))}) "
+                f"AND b.digest <> b.blob AND m.media_type IN ({','.join('?' * len(kinds))})",
+                (name, *batch, *kinds),
+            )
+            found.update(row[0] for row in rows)
+        return sorted(found)
+
     def tags_pointing_at(self, name: str, digests: list[str]) -> list[str]:
         found: list[str] = []
         for start in range(0, len(digests), _BATCH):

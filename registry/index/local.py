@@ -535,7 +535,11 @@ class LocalIndex:
 
             # Tags that named a changed manifest may have gone with it (a DELETE by digest untags).
             tags = {*change.tags, *await asyncio.to_thread(db.tags_pointing_at, name, sorted(change.manifests))}
-            facts = await read_facts(self.registry, name, tags, change.manifests, lookup, self._skipped)
+
+            async def parents(digests: list[str]) -> list[str]:
+                return await asyncio.to_thread(db.indexes_listing, name, digests)
+
+            facts = await read_facts(self.registry, name, tags, change.manifests, lookup, parents, self._skipped)
             left = await asyncio.to_thread(db.apply, name, facts.tags, facts.manifests)
             # Nothing indexable left: a repository with blobs only stays listed, a deleted one goes.
             if not left and not await self.registry.repositories.exists(name):

@@ -2,7 +2,8 @@
 
 A repository costs a listing of its tags and of its revisions, a stat and a read per tag, a stat per revision (push
 times are the links' modification times) and, for manifests the index does not know yet (content under a digest
-never changes), a read of the manifest and of its image config.
+never changes), a read of the manifest and of its image config. Indexes are read every time: what their records say
+(size, platforms, labels) comes from their children as the repository holds them then.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from registry import paths
 from registry.digests import Digest
 from registry.errors import RegistryError
 from registry.index.base import ManifestRecord, RepositorySnapshot, TagRecord
+from registry.media_types import INDEXES
 from registry.names import TAG_RE
 from registry.store.manifest_format import (
     Descriptor,
@@ -39,6 +41,10 @@ Skipped = Callable[[str, str, list[str]], None]
 """Told of each object read only in part: its kind (`manifest` or `config`), which one it is, and why."""
 Lookup = Callable[[list[str]], Awaitable[Mapping[str, ManifestRecord]]]
 """The records the index holds for some digests of the repository (content under a digest never changes)."""
+Parents = Callable[[list[str]], Awaitable[list[str]]]
+"""The indexes of the repository the index holds as listing some of these digests among their manifests."""
+MAX_NESTING = 8
+"""How many levels of indexes above a changed manifest are re-read (an index of indexes is one level more)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,7 @@ async def read_repository(
     Content never makes this fail: what cannot be read of a manifest or its config is left out of its record (and
     `skipped` is told), a manifest that cannot be read at all is recorded by its digest, type and size. Only
     storage failing does (the caller retries), so that no transient error leaves a record short for good.
+    Indexes are read again even when known: their records depend on which of their children the repository holds.
     """
     limit = asyncio.Semaphore(READS_AT_ONCE)
     tag_names, revision_digests = await asyncio.gather(registry.tags.all(name), _revision_digests(registry, name))
@@ -83,17 +90,12 @@ async def read_repository(
         asyncio.gather(*(_pushed_at(registry, name, digest, limit) for digest in revision_digests)),
     )
     revisions = {str(d): at for d, at in zip(revision_digests, pushed, strict=True) if at is not None}
-    unknown = [digest for digest in revisions if digest not in known]
+    # An index's record is made of its children's as they are now: only images' records are reused.
+    unknown = [digest for digest in revisions if digest not in known or known[digest].media_type in INDEXES]
     loading = (_load(registry, name, d, limit, skipped) for d in unknown)
     loaded = [found for found in await asyncio.gather(*loading) if found]
     records = {d: dataclasses.replace(known[d], pushed_at=at) for d, at in revisions.items() if d in known}
-    # Images first: an index's size and platforms come from its children.
-    for item in sorted(loaded, key=lambda item: item.parsed is not None and item.parsed.is_index):
-        try:
-            records[item.digest] = _record(item, revisions[item.digest], records)
-        except Exception as e:  # a case the record's code did not foresee: the manifest stays listed
-            skipped("manifest", f"manifest {item.digest} of {name}", [f"not indexed in full: {e!r}"])
-            records[item.digest] = _bare_record(item, revisions[item.digest])
+    _add_records(name, loaded, revisions, records, records, skipped)
     tags = tuple(tag for tag in read_tags if tag is not None and tag.digest in records)
     return RepositorySnapshot(name, tags, tuple(records[d] for d in sorted(records)))
 
@@ -104,44 +106,100 @@ async def read_facts(
     tags: Iterable[str],
     digests: Iterable[str],
     lookup: Lookup,
+    parents: Parents,
     skipped: Skipped = _ignore,
 ) -> Facts:
     """The named tags and manifests as storage holds them now, for an index that updates only those rows: a
     stat and a read per tag, a stat per manifest, and a read of the manifests (and their configs) it does not know.
-    A tag is left out (None) unless its manifest is indexable, as in `read_repository`."""
+    A tag is left out (None) unless its manifest is indexable, as in `read_repository`.
+
+    An index's record is made of its children's (size, platforms, labels), so the indexes listing a named manifest
+    (and those above them) are read again too: the rows then equal what `read_repository` makes of storage.
+    """
     limit = asyncio.Semaphore(READS_AT_ONCE)
+    named = set(digests)
     tag_names = sorted(tag for tag in set(tags) if TAG_RE.match(tag))  # a refused PUT's record may name others
     read_tags = await asyncio.gather(*(_read_tag(registry, name, tag, limit) for tag in tag_names))
-    wanted = sorted({*digests, *(tag.digest for tag in read_tags if tag is not None)})
+    wanted = {*named, *(tag.digest for tag in read_tags if tag is not None)}
+    above = await _indexes_above(named, wanted, parents)
     parsed_digests = []
-    for digest in wanted:
+    for digest in sorted(wanted | above):
         with contextlib.suppress(RegistryError):
             parsed_digests.append(Digest.parse(digest))
     pushed = await asyncio.gather(*(_pushed_at(registry, name, d, limit) for d in parsed_digests))
     revisions = {str(d): at for d, at in zip(parsed_digests, pushed, strict=True) if at is not None}
-    known = await lookup(list(revisions))
+    known = await lookup([digest for digest in revisions if digest not in above])
     unknown = [digest for digest in revisions if digest not in known]
     loaded = [
         found for found in await asyncio.gather(*(_load(registry, name, d, limit, skipped) for d in unknown)) if found
     ]
+    # Children this read does not cover, as the index holds them; those it covers count as storage has them now.
     children = {str(c.digest) for item in loaded if item.parsed is not None for c in item.parsed.children}
-    others = dict(await lookup(sorted(children - revisions.keys()))) if children - revisions.keys() else {}
+    outside = sorted(children - wanted - above)
+    others = dict(await lookup(outside)) if outside else {}
     records = {d: dataclasses.replace(known[d], pushed_at=at) for d, at in revisions.items() if d in known}
     others.update(records)
-    for item in sorted(loaded, key=lambda item: item.parsed is not None and item.parsed.is_index):
+    _add_records(name, loaded, revisions, records, others, skipped)
+    return Facts(
+        tags={
+            tag: record if record is not None and record.digest in records else None
+            for tag, record in zip(tag_names, read_tags, strict=True)
+        },
+        manifests={digest: records.get(digest) for digest in sorted(wanted | above)},
+    )
+
+
+async def _indexes_above(named: set[str], wanted: set[str], parents: Parents) -> set[str]:
+    """The indexes the index holds as listing a manifest of `named`, and those listing them, up to MAX_NESTING."""
+    above: set[str] = set()
+    level = sorted(named)
+    for _ in range(MAX_NESTING):
+        if not level:
+            break
+        found = set(await parents(level)) - wanted - above
+        above |= found
+        level = sorted(found)
+    return above
+
+
+def _add_records(
+    name: str,
+    loaded: list[_Loaded],
+    revisions: Mapping[str, float],
+    records: dict[str, ManifestRecord],
+    others: dict[str, ManifestRecord],
+    skipped: Skipped,
+) -> None:
+    """Records of `loaded` into `records` (and `others`, where an index finds its children), each child before the
+    indexes that list it, so that an index's record is the same whatever order its manifests were read in."""
+    for item in _children_first(loaded):
         try:
             records[item.digest] = _record(item, revisions[item.digest], others)
         except Exception as e:  # a case the record's code did not foresee: the manifest stays listed
             skipped("manifest", f"manifest {item.digest} of {name}", [f"not indexed in full: {e!r}"])
             records[item.digest] = _bare_record(item, revisions[item.digest])
         others[item.digest] = records[item.digest]
-    return Facts(
-        tags={
-            tag: record if record is not None and record.digest in records else None
-            for tag, record in zip(tag_names, read_tags, strict=True)
-        },
-        manifests={digest: records.get(digest) for digest in wanted},
-    )
+
+
+def _children_first(loaded: list[_Loaded]) -> list[_Loaded]:
+    """`loaded` ordered so that a manifest comes after those of `loaded` it lists (images before indexes, an index
+    before the indexes listing it); by digest otherwise. Content addressing rules out cycles; were there one, its
+    members would come last in digest order."""
+    pending = {item.digest: item for item in loaded}
+    ordered: list[_Loaded] = []
+    while pending:
+        ready = [
+            item
+            for digest, item in sorted(pending.items())
+            if item.parsed is None
+            or not any(str(c.digest) in pending and str(c.digest) != digest for c in item.parsed.children)
+        ]
+        if not ready:
+            ready = [pending[digest] for digest in sorted(pending)]
+        for item in ready:
+            del pending[item.digest]
+        ordered += ready
+    return ordered
 
 
 async def _revision_digests(registry: Registry, name: str) -> list[Digest]:

@@ -18,7 +18,7 @@ from registry.store.registry import Registry
 from registry.store.usage import measure
 from tests.api.conftest import IndexLocation, make_settings
 from tests.api.helpers import OCI_INDEX, OCI_MANIFEST, descriptor, encode, push_image
-from tests.api.test_search_index import serving
+from tests.api.test_search_index import INDEXES, serving
 
 # Random writes per sequence; fewer on S3, where moto makes each one slow (the thresholds below still hold).
 OPERATIONS = {"filesystem": 60, "s3": 45}
@@ -163,3 +163,62 @@ async def test_the_index_equals_a_rebuild_after_random_writes(
         r.name: r.logical_bytes for r in usage.repositories if r.logical_bytes
     }
     assert physical == usage.physical_bytes > 0
+
+
+async def put_index(client: httpx.AsyncClient, repository: str, tag: str, children: list[tuple[str, bytes]]) -> str:
+    platforms = [{"os": "linux", "architecture": a} for a in ("amd64", "arm64", "s390x")]
+    body = encode(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                descriptor(media_type, child, platform=platform)
+                for (media_type, child), platform in zip(children, platforms, strict=False)
+            ],
+        }
+    )
+    response = await client.put(f"/v2/{repository}/manifests/{tag}", content=body, headers={"Content-Type": OCI_INDEX})
+    assert response.status_code == 201, response.text
+    return str(response.headers["Docker-Content-Digest"])
+
+
+async def test_an_index_follows_its_children_going_and_coming_back(
+    storage_config: dict[str, Any], index_location: IndexLocation
+) -> None:
+    """An index's size, platforms and labels are made of its children's records: deleting a child (or pushing it
+    again) changes the rows of the indexes above it, nested ones included, as a rebuild would have them. Each write
+    is applied on its own, so that none rides along with the write that made the index."""
+    path = index_location()
+    name = "team/multi"
+    async with serving(storage_config, path) as (client, registry):
+        index = INDEXES[id(registry)]
+        amd64 = await push_image(client, name, "amd64", seed="amd64", annotations={"team": "a"})
+        arm64 = await push_image(client, name, "arm64", seed="arm64")
+        inner = await put_index(client, name, "inner", [(OCI_MANIFEST, amd64[1]), (OCI_MANIFEST, arm64[1])])
+        inner_body = (await client.get(f"/v2/{name}/manifests/{inner}", headers={"Accept": OCI_INDEX})).content
+        await put_index(client, name, "outer", [(OCI_INDEX, inner_body)])
+        await index.settled()
+        before = rows(path)
+        sizes = {row[1]: row[4] for row in before["manifests"]}
+        assert sizes[inner] == len(inner_body) + sizes[amd64[0]] + sizes[arm64[0]]
+
+        response = await client.delete(f"/v2/{name}/manifests/{amd64[0]}")
+        assert response.status_code == 202, response.text
+        await index.settled()
+        gone = rows(path)
+        assert gone == await rebuilt(storage_config, index_location())
+        sizes = {row[1]: row[4] for row in gone["manifests"]}
+        assert sizes[inner] < len(inner_body) + sizes[arm64[0]] + 1000  # the deleted child counts its manifest only
+        assert (name, inner, "team", "a") not in gone["labels"]
+
+        again = await client.put(
+            f"/v2/{name}/manifests/{amd64[0]}", content=amd64[1], headers={"Content-Type": OCI_MANIFEST}
+        )
+        assert again.status_code == 201, again.text
+        await index.settled()
+        back = rows(path)
+        assert back == await rebuilt(storage_config, index_location())
+        # As before the delete, but for the push time of the child pushed again.
+        without_times = [row[:8] + row[9:] for row in back["manifests"]]
+        assert without_times == [row[:8] + row[9:] for row in before["manifests"]]
+        assert (back["labels"], back["platforms"]) == (before["labels"], before["platforms"])
