@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -86,7 +87,18 @@ def tail(path: Path, limit: int = LOG_TAIL) -> str:
         text = path.read_text(errors="replace")
     except OSError as e:
         return f"<cannot read {path}: {e}>"
-    return text if len(text) <= limit else "...\n" + text[-limit:]
+    if len(text) <= limit:
+        return text
+    # What went wrong is rarely in the last lines of a busy server's log: its warnings, errors and 5xx answers first.
+    alarms = [line for line in text.splitlines() if _ALARM.search(line)]
+    shown = "\n".join(alarms[:ALARM_LINES]) + (
+        f"\n... and {len(alarms) - ALARM_LINES} more" if len(alarms) > ALARM_LINES else ""
+    )
+    return (f"warnings, errors and 5xx answers:\n{shown}\n" if alarms else "") + "last lines:\n...\n" + text[-limit:]
+
+
+_ALARM = re.compile(r'"level":"(warning|error|critical)"|"status":5\d\d|Traceback|^(WARNING|ERROR|CRITICAL)')
+ALARM_LINES = 60
 
 
 @dataclass
