@@ -94,6 +94,7 @@ class InstrumentedBackend(StorageBackend):
     def __init__(self, inner: StorageBackend, metrics: Metrics) -> None:
         self.inner = inner
         self.name = inner.name
+        self.moves_in_place = inner.moves_in_place
         self._timers = {
             op: _Timer(
                 metrics.buffered_histogram(metrics.storage_duration.labels(inner.name, op)),

@@ -159,6 +159,11 @@ def upload_chunk(name: str, upload_id: str, offset: int) -> str:
     return f"{upload_chunks_dir(name, upload_id)}/{offset:020d}"
 
 
+def upload_staged(name: str, upload_id: str) -> str:
+    """Ours: where a completion moves a single-chunk upload's chunk before publishing it (one per session)."""
+    return f"{upload_dir(name, upload_id)}/staged"
+
+
 def upload_digest_checkpoint(name: str, upload_id: str, algorithm: str, offset: int) -> str:
     """Ours: the hex digest of the upload's first `offset` bytes, written by the process that hashed them."""
     return f"{upload_dir(name, upload_id)}/digests/{algorithm}/{offset:020d}"

@@ -103,6 +103,9 @@ class Writer(abc.ABC):
 
 class StorageBackend(abc.ABC):
     name: str = "abstract"
+    moves_in_place: bool = False
+    """Whether `move` renames (no bytes copied, the object at `src` is the one that arrives at `dst`), so that a
+    move through an intermediate name costs next to nothing."""
 
     @abc.abstractmethod
     async def get_content(self, path: str) -> bytes:

@@ -310,6 +310,7 @@ def _remove_empty_parents(directory: str, stop: str) -> None:
 
 class FilesystemBackend(StorageBackend):
     name = "filesystem"
+    moves_in_place = True
 
     def __init__(self, root: str | os.PathLike[str], fsync: bool = True) -> None:
         self.root = os.path.abspath(os.fspath(root))

@@ -35,6 +35,7 @@ def _now() -> dt.datetime:
 
 class MemoryBackend(StorageBackend):
     name = "memory"
+    moves_in_place = True
 
     def __init__(self) -> None:
         self._objects: dict[str, _Object] = {}

@@ -34,8 +34,9 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
 class HookedBackend(MemoryBackend):
     """Runs a hook before the first read of a path, or before the next move (or the next to a destination)."""
 
-    def __init__(self) -> None:
+    def __init__(self, moves_in_place: bool = True) -> None:
         super().__init__()
+        self.moves_in_place = moves_in_place  # False: moves go like S3's, a copy straight into the blob
         self.before_read: dict[str, Hook] = {}
         self.before_move: Hook | None = None
         self.before_move_to: dict[str, Hook] = {}
@@ -130,9 +131,9 @@ async def straggling_patch(store: Registry, name: str, upload_id: str, data: byt
     return gate, delete_then_release
 
 
-@pytest.fixture
-async def stores() -> AsyncIterator[tuple[HookedBackend, Registry, Registry]]:
-    backend = HookedBackend()
+@pytest.fixture(params=[True, False], ids=["renaming", "copying"])
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[tuple[HookedBackend, Registry, Registry]]:
+    backend = HookedBackend(moves_in_place=request.param)
     one, two = Registry(backend), Registry(backend)
     for store in (one, two):
         await store.start()
@@ -266,7 +267,9 @@ async def test_a_take_back_interrupted_leaves_nothing_unverified(
         raise asyncio.CancelledError
 
     backend.before_move = swap
-    backend.before_read[paths.blob_data(claimed)] = interrupt
+    # Hashed where it was staged (a renaming store), or where it was published (a copying one).
+    hashed = paths.upload_staged(name, upload_id) if backend.moves_in_place else paths.blob_data(claimed)
+    backend.before_read[hashed] = interrupt
     with pytest.raises((StorageUnavailable, asyncio.CancelledError)):
         await one.uploads.complete(name, upload_id, claimed)
     assert not await backend.exists(paths.blob_data(claimed))
@@ -312,3 +315,51 @@ async def test_a_repository_deleted_in_batches_under_a_completion_publishes_noth
     assert deletion is not None
     await deletion
     await blob_holds_its_digest_or_nothing(backend, claimed)
+
+
+async def test_a_renaming_store_never_shows_unverified_bytes_at_the_blob(
+    stores: tuple[HookedBackend, Registry, Registry],
+) -> None:
+    """Where moves rename (the filesystem), a single chunk goes through the session's staging name and reaches the
+    blob only once the session is seen alive after that move, or its bytes hashed: the chunk a straggling PATCH
+    stored after the session's deletion is never at the blob's path, not even for the time of a take-back (where
+    an honest push of the same content would deduplicate against it, and a pull would get it). A copying store
+    (S3) still publishes, then takes back: `seen` is where the two differ."""
+    backend, one, two = stores
+    name, good, evil = "team/app", b"G" * 4096, b"EVIL" * 3000
+    upload_id = (await one.uploads.start(name)).upload_id
+    _, swap = await straggling_patch(two, name, upload_id, evil)
+    await one.uploads.append(name, upload_id, one_chunk(good))
+    claimed = digest_of(good)
+    seen: list[bytes] = []
+
+    async def look() -> None:
+        seen.append(await backend.get_content(paths.blob_data(claimed)))
+
+    backend.before_move = swap
+    backend.after_move_to[paths.blob_data(claimed)] = look
+    with pytest.raises(RegistryError) as refused:
+        await one.uploads.complete(name, upload_id, claimed)
+    assert refused.value.code is ErrorCode.DIGEST_INVALID
+    assert not await backend.exists(paths.blob_data(claimed))
+    assert seen == ([] if backend.moves_in_place else [evil])
+
+
+async def test_a_completion_that_fails_after_staging_is_completed_by_a_retry(
+    stores: tuple[HookedBackend, Registry, Registry],
+) -> None:
+    """Storage failing between the staging move and the move into the blob: the retry finds the staged chunk, and
+    publishes it (the session alive) without the client sending anything again."""
+    backend, one, _ = stores
+    name, good = "team/app", b"G" * 4096
+    upload_id = await session_holding(one, name, good)
+
+    async def unavailable() -> None:
+        raise StorageUnavailable("storage did not answer")
+
+    backend.before_move_to[paths.blob_data(digest_of(good))] = unavailable
+    with pytest.raises(StorageUnavailable):
+        await one.uploads.complete(name, upload_id, digest_of(good))
+    assert (await one.uploads.complete(name, upload_id, digest_of(good))).digest == digest_of(good)
+    assert await backend.get_content(paths.blob_data(digest_of(good))) == good
+    assert not await backend.exists(paths.upload_dir(name, upload_id))
