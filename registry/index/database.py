@@ -371,7 +371,9 @@ class Database:
         for start in range(0, len(digests), _BATCH):
             batch = digests[start : start + _BATCH]
             rows = self._read(
-                "SELECT DISTINCT b.digest FROM blobs b JOIN manifests m ON m.repository = b.repository "
+                # No DISTINCT: with it SQLite walks the repository's rows in digest order (blobs_by_manifest)
+                # instead of looking the digests up (blobs_by_blob).
+                "SELECT b.digest FROM blobs b JOIN manifests m ON m.repository = b.repository "
                 f"AND m.digest = b.digest WHERE b.repository = ? AND b.blob IN ({','.join('?' * len(batch))}) "
                 f"AND b.digest <> b.blob AND m.media_type IN ({','.join('?' * len(kinds))})",
                 (name, *batch, *kinds),
@@ -660,13 +662,16 @@ class Database:
                 verdicts[(name, current)] = until
                 verdicts[(name, digest)] = until
                 return until
-            pending += [
-                str(r[0])
-                for r in self._read(
-                    "SELECT DISTINCT digest FROM blobs WHERE blob = ? AND repository = ? AND digest != ?",
-                    (current, name, current),
-                )
-            ]
+            # No DISTINCT (see indexes_listing): looked up by blobs_by_blob, not a walk of the repository's rows.
+            pending += sorted(
+                {
+                    str(r[0])
+                    for r in self._read(
+                        "SELECT digest FROM blobs WHERE blob = ? AND repository = ? AND digest != ?",
+                        (current, name, current),
+                    )
+                }
+            )
             if keep_referrers and subject:
                 pending.append(str(subject))
         # The walk saw everything that could keep `digest`: none of it is kept either.

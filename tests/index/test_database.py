@@ -197,3 +197,34 @@ def test_one_pool_per_database_and_process(postgres_server: PostgresServer, tmp_
         reopened.close()
     finally:
         postgres_server.drop_database(url)
+
+
+def test_what_lists_a_digest_is_looked_up_not_walked(tmp_path: Path) -> None:
+    """The reverse lookups (which indexes list a manifest, on every incremental write; what keeps a manifest, in
+    GC) search blobs_by_blob by the digest. With DISTINCT, SQLite preferred walking every row of the repository
+    in digest order, a cost that grows with the repository."""
+    db = Database.open(tmp_path / "index.sqlite")
+    plans: list[str] = []
+    reader = db.engine._reader  # type: ignore[attr-defined]
+
+    def explain(statement: str) -> None:
+        if "FROM blobs" in statement and not statement.startswith("EXPLAIN"):
+            plans.append(statement)
+
+    try:
+        tagged = snapshot("team/app")
+        untagged = dataclasses.replace(tagged.manifests[0], digest="sha256:c", pushed_at=1.0)
+        db.replace("team/app", dataclasses.replace(tagged, manifests=(*tagged.manifests, untagged)))
+        reader.set_trace_callback(explain)
+        db.indexes_listing("team/app", ["sha256:a", "sha256:b"])
+        assert db.manifest_kept("team/app", "sha256:c", young_after=10.0, limit=1.0, keep_referrers=False) == 0.0
+        reader.set_trace_callback(None)
+        assert len(plans) >= 2, plans
+        for statement in plans:
+            # The trace shows the statement with its parameters bound: explain it as it ran.
+            steps = [row[3] for row in reader.execute(f"EXPLAIN QUERY PLAN {statement}").fetchall()]
+            blob_steps = [step for step in steps if "blobs" in step and "repository_blobs" not in step]
+            assert blob_steps and all("blobs_by_blob" in step for step in blob_steps), (statement, steps)
+    finally:
+        reader.set_trace_callback(None)
+        db.close()
