@@ -30,6 +30,7 @@ OPERATIONS = (
     "walk",
     "copy",
     "move",
+    "link",
     "delete",
     "touch",
     "redirect_url",
@@ -94,7 +95,7 @@ class InstrumentedBackend(StorageBackend):
     def __init__(self, inner: StorageBackend, metrics: Metrics) -> None:
         self.inner = inner
         self.name = inner.name
-        self.moves_in_place = inner.moves_in_place
+        self.links = inner.links
         self._timers = {
             op: _Timer(
                 metrics.buffered_histogram(metrics.storage_duration.labels(inner.name, op)),
@@ -157,6 +158,10 @@ class InstrumentedBackend(StorageBackend):
     async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
         with self._timers["move"]():
             return await self.inner.move(src, dst, exclusive)
+
+    async def link(self, src: str, dst: str) -> bool:
+        with self._timers["link"]():
+            return await self.inner.link(src, dst)
 
     async def delete(self, path: str) -> None:
         with self._timers["delete"]():

@@ -159,9 +159,9 @@ def upload_chunk(name: str, upload_id: str, offset: int) -> str:
     return f"{upload_chunks_dir(name, upload_id)}/{offset:020d}"
 
 
-def upload_staged(name: str, upload_id: str) -> str:
-    """Ours: where a completion moves a single-chunk upload's chunk before publishing it (one per session)."""
-    return f"{upload_dir(name, upload_id)}/staged"
+def upload_publishing(name: str, upload_id: str, token: str) -> str:
+    """Ours: a second name, private to one completion (`token` is random), for a single-chunk upload's chunk."""
+    return f"{upload_dir(name, upload_id)}/publishing/{token}"
 
 
 def upload_digest_checkpoint(name: str, upload_id: str, algorithm: str, offset: int) -> str:

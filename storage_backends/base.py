@@ -103,9 +103,8 @@ class Writer(abc.ABC):
 
 class StorageBackend(abc.ABC):
     name: str = "abstract"
-    moves_in_place: bool = False
-    """Whether `move` renames (no bytes copied, the object at `src` is the one that arrives at `dst`), so that a
-    move through an intermediate name costs next to nothing."""
+    links: bool = False
+    """Whether `link` is offered: a second name for the very object a path names, without a copy."""
 
     @abc.abstractmethod
     async def get_content(self, path: str) -> bytes:
@@ -143,6 +142,11 @@ class StorageBackend(abc.ABC):
     @abc.abstractmethod
     async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
         """Move an object. With `exclusive` and an existing `dst`, leaves `src` in place and returns False."""
+
+    async def link(self, src: str, dst: str) -> bool:
+        """Give the object `src` names a second name, `dst` (both stay); False when `dst` existed. Only where
+        `links` is set: the object at `dst` is then the one that was at `src`, whatever `src` names later."""
+        raise NotImplementedError(f"{self.name} storage has no links")
 
     @abc.abstractmethod
     async def delete(self, path: str) -> None:

@@ -310,7 +310,7 @@ def _remove_empty_parents(directory: str, stop: str) -> None:
 
 class FilesystemBackend(StorageBackend):
     name = "filesystem"
-    moves_in_place = True
+    links = True
 
     def __init__(self, root: str | os.PathLike[str], fsync: bool = True) -> None:
         self.root = os.path.abspath(os.fspath(root))
@@ -621,6 +621,19 @@ class FilesystemBackend(StorageBackend):
         if placed and exclusive:
             _unlink_quietly(full_src)
         return placed
+
+    async def link(self, src: str, dst: str) -> bool:
+        with _store_errors():
+            return await self._run(self._link_sync, src, dst)
+
+    def _link_sync(self, src: str, dst: str) -> bool:
+        full_src, full_dst = self._full(src), self._full(dst)
+        try:
+            return _place(full_src, full_dst, True, self.root)  # a hard link: the same inode under both names
+        except FileNotFoundError:
+            if os.path.lexists(full_src):
+                raise
+            raise PathNotFound(src) from None
 
     async def delete(self, path: str) -> None:
         with _store_errors():

@@ -35,7 +35,7 @@ def _now() -> dt.datetime:
 
 class MemoryBackend(StorageBackend):
     name = "memory"
-    moves_in_place = True
+    links = True
 
     def __init__(self) -> None:
         self._objects: dict[str, _Object] = {}
@@ -149,6 +149,14 @@ class MemoryBackend(StorageBackend):
             return False
         self._store(dst, source.data)
         self._remove(src)
+        return True
+
+    async def link(self, src: str, dst: str) -> bool:
+        check_path(dst)
+        source = self._object(src)
+        if dst in self._objects:
+            return False
+        self._store(dst, source.data)  # bytes never change in place: the same content is the same object here
         return True
 
     async def delete(self, path: str) -> None:

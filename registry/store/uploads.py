@@ -194,7 +194,7 @@ class UploadStore:
     async def complete(self, name: str, upload_id: str, digest: Digest) -> BlobInfo:
         """Verify the received bytes against `digest`, publish the blob and link it into `name`."""
         await self._started_at(name, upload_id)
-        chunks = await self._chunks(name, upload_id) or await self._staged(name, upload_id)
+        chunks = await self._chunks(name, upload_id)
         total = sum(c.size for c in chunks)
         admitted = None
         if self.admissions:
@@ -234,11 +234,11 @@ class UploadStore:
         checkpoint) vouches for them only while the session lives:
         - several chunks are hashed as they are copied into the blob, whatever is known, and so is a single chunk
           the session's own hash does not vouch for;
-        - a single chunk it vouches for is moved without a copy. Where moves rename (`moves_in_place`), first to
-          the session's one staging name, then into the blob once the session is seen alive after that move, or
-          its bytes hashed (`_publish_staged`): nothing unverified is ever at the blob's path. Where a move copies
-          (S3), straight into the blob, hashed again once published if the session was deleted meanwhile, and
-          taken back unless it matches (`_confirm_moved`)."""
+        - a single chunk it vouches for is published without a copy. Where storage links (`links`: filesystem),
+          through a name private to this completion, the chunk keeping its own (`_publish_linked`): nothing
+          unverified is ever at the blob's path. Where it does not (S3), moved straight into the blob, hashed
+          again once published if the session was deleted meanwhile, and taken back unless it matches
+          (`_confirm_moved`)."""
         data_path = paths.blob_data(digest)
         several = len(chunks) > 1
         known = await self._known_digest(name, upload_id, digest.algorithm, total)
@@ -260,54 +260,44 @@ class UploadStore:
                 return await writer.commit()
         # The common case: one PATCH (or monolithic PUT), hashed as it came. The chunk becomes the blob without a
         # copy; if the blob already existed (a dedup hit), ours goes with the session.
-        if self.backend.moves_in_place:
-            return await self._publish_staged(name, upload_id, digest, chunks[0], data_path)
+        if self.backend.links:
+            return await self._publish_linked(name, upload_id, digest, chunks[0], data_path)
         created = await self.backend.move(chunks[0].path, data_path, exclusive=True)
         if created:
             await self._confirm_moved(name, upload_id, digest, data_path)
         return created
 
-    async def _staged(self, name: str, upload_id: str) -> list[Chunk]:
-        """The chunk a completion staged and did not publish (storage failed): what a retry completes."""
+    async def _publish_linked(self, name: str, upload_id: str, digest: Digest, chunk: Chunk, data_path: str) -> bool:
+        """Link the chunk under a name private to this completion, then publish that name once the session is
+        seen alive after the link, or once its bytes are hashed.
+
+        The chunk keeps its name until the session is deleted: only a deletion frees it, and a deletion removes
+        the start record first (which only the POST writes). Alive after the link therefore means the chunk linked
+        was the only one ever stored under that name, the one the session's hash saw; and no one but this
+        completion writes the private name, so what it then publishes is what it linked."""
+        private = paths.upload_publishing(name, upload_id, uuid.uuid4().hex)
+        if not await self.backend.link(chunk.path, private):
+            raise AssertionError(f"{private} was taken: a random name came up twice")
+        published = False
         try:
-            info = await self.backend.stat(paths.upload_staged(name, upload_id))
-        except PathNotFound:
-            return []
-        return [Chunk(0, info.size, info.path)]
+            if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
+                await self._verify_private(upload_id, digest, private, chunk.size)
+            published = await self.backend.move(private, data_path, exclusive=True)
+            return published
+        finally:
+            if not published:  # a dedup hit, refused or failed: the private name goes (the chunk stays)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.backend.delete(private))
 
-    async def _publish_staged(self, name: str, upload_id: str, digest: Digest, chunk: Chunk, data_path: str) -> bool:
-        """Move the chunk to the session's staging name, then into the blob once the session is seen alive.
-
-        The start record is written by the POST alone and deleted first when the session goes, so alive after the
-        staging move means alive since the chunk was checked: its name was not freed by a deletion, nor by another
-        completion's move (the staging name is taken exclusively, and freed only by a move into the blob that the
-        session's own hash names, which a later move then finds taken). The staged chunk is therefore the one the
-        session's hash describes. Not seen alive: its bytes are hashed where no one else reads them."""
-        staged = paths.upload_staged(name, upload_id)
-        if chunk.path != staged and not await self.backend.move(chunk.path, staged, exclusive=True):
-            raise RegistryError(
-                ErrorCode.BLOB_UPLOAD_INVALID,
-                detail={"uuid": upload_id},
-                message="another request is completing this upload",
-            )
-        if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
-            await self._verify_staged(upload_id, digest, staged, chunk.size)
-        return await self.backend.move(staged, data_path, exclusive=True)
-
-    async def _verify_staged(self, upload_id: str, digest: Digest, staged: str, size: int) -> None:
-        """Hash the staged chunk of a session deleted under its completion; it goes unless it matches `digest`."""
+    async def _verify_private(self, upload_id: str, digest: Digest, private: str, size: int) -> None:
+        """Hash the chunk a completion linked under its private name, its session deleted meanwhile."""
         hasher = new_hasher(digest.algorithm)
         try:
-            async for data in self.backend.reader(staged):
+            async for data in self.backend.reader(private):
                 await hash_into(hasher, data)
-            self._verify(digest, hasher.hexdigest(), size)
-        except BaseException as e:
-            # Not verified (a mismatch, a storage error, a cancellation): dropped, so that no retry publishes it.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.backend.delete(staged))
-            if isinstance(e, PathNotFound):
-                raise upload_unknown(upload_id) from None
-            raise
+        except PathNotFound:
+            raise upload_unknown(upload_id) from None
+        self._verify(digest, hasher.hexdigest(), size)
 
     async def _confirm_moved(self, name: str, upload_id: str, digest: Digest, data_path: str) -> None:
         """The chunk just moved into the blob is the one whose digest was checked, unless the session was deleted

@@ -792,6 +792,31 @@ async def test_move_exclusive_onto_existing_key(backend: StorageBackend, harness
     await assert_no_leftovers(harness)
 
 
+async def test_link_where_offered(backend: StorageBackend, harness: BackendHarness) -> None:
+    """A second name for the same object: both read the bytes, the new one stays when the first is deleted (or
+    replaced), an existing name is not taken (False), a missing source is PathNotFound. A backend without links
+    says so (`links` unset) and refuses the call."""
+    if not backend.links:
+        with pytest.raises(NotImplementedError):
+            await backend.link("l/src", "l/dst")
+        return
+    data = payload(MiB + 5, seed=8)
+    await backend.put_content("l/src", data)
+    assert await backend.link("l/src", "l/new/nested/dst") is True
+    assert await backend.get_content("l/new/nested/dst") == data
+    assert await backend.get_content("l/src") == data
+    await backend.delete("l/src")
+    await backend.put_content("l/src", b"other bytes under the first name")
+    assert await backend.get_content("l/new/nested/dst") == data
+    assert await backend.link("l/src", "l/new/nested/dst") is False
+    assert await backend.get_content("l/new/nested/dst") == data
+    with pytest.raises(PathNotFound) as exc:
+        await backend.link("l/missing", "l/elsewhere")
+    assert exc.value.path == "l/missing"
+    await assert_missing(backend, "l/elsewhere")
+    await assert_no_leftovers(harness)
+
+
 @pytest.mark.parametrize("exclusive", [False, True])
 async def test_move_of_missing_source(backend: StorageBackend, exclusive: bool) -> None:
     with pytest.raises(PathNotFound) as exc:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,8 @@ from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.store.registry import Registry
-from storage_backends import StorageUnavailable
+from storage_backends import FileInfo, StorageUnavailable
+from storage_backends.filesystem import FilesystemBackend
 from storage_backends.memory import MemoryBackend
 
 Hook = Callable[[], Awaitable[None]]
@@ -32,12 +34,15 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
 
 
 class HookedBackend(MemoryBackend):
-    """Runs a hook before the first read of a path, or before the next move (or the next to a destination)."""
+    """Runs a hook before the first read of a path (or of any path under a key ending in "/"), before the next
+    move or link (a chunk leaving for its blob, either way), before the next move to a destination, or before the
+    next listing of a path."""
 
-    def __init__(self, moves_in_place: bool = True) -> None:
+    def __init__(self, links: bool = True) -> None:
         super().__init__()
-        self.moves_in_place = moves_in_place  # False: moves go like S3's, a copy straight into the blob
+        self.links = links  # False: a chunk is moved like on S3, a copy straight into the blob
         self.before_read: dict[str, Hook] = {}
+        self.before_list: dict[str, Hook] = {}
         self.before_move: Hook | None = None
         self.before_move_to: dict[str, Hook] = {}
         self.after_move_to: dict[str, Hook] = {}
@@ -47,11 +52,24 @@ class HookedBackend(MemoryBackend):
         self.between_batches: dict[str, Hook] = {}
 
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        hook = self.before_read.pop(path, None)
+        key = next((k for k in self.before_read if k == path or (k.endswith("/") and path.startswith(k))), None)
+        hook = self.before_read.pop(key) if key is not None else None
         if hook is not None:
             await hook()
         async for data in super().reader(path, offset, length):
             yield data
+
+    async def list(self, path: str) -> list[FileInfo]:
+        hook = self.before_list.pop(path, None)
+        if hook is not None:
+            await hook()
+        return await super().list(path)
+
+    async def link(self, src: str, dst: str) -> bool:
+        hook, self.before_move = self.before_move, None
+        if hook is not None:
+            await hook()
+        return await super().link(src, dst)
 
     async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
         hook, self.before_move = self.before_move, None
@@ -131,9 +149,9 @@ async def straggling_patch(store: Registry, name: str, upload_id: str, data: byt
     return gate, delete_then_release
 
 
-@pytest.fixture(params=[True, False], ids=["renaming", "copying"])
+@pytest.fixture(params=[True, False], ids=["linking", "copying"])
 async def stores(request: pytest.FixtureRequest) -> AsyncIterator[tuple[HookedBackend, Registry, Registry]]:
-    backend = HookedBackend(moves_in_place=request.param)
+    backend = HookedBackend(links=request.param)
     one, two = Registry(backend), Registry(backend)
     for store in (one, two):
         await store.start()
@@ -267,8 +285,9 @@ async def test_a_take_back_interrupted_leaves_nothing_unverified(
         raise asyncio.CancelledError
 
     backend.before_move = swap
-    # Hashed where it was staged (a renaming store), or where it was published (a copying one).
-    hashed = paths.upload_staged(name, upload_id) if backend.moves_in_place else paths.blob_data(claimed)
+    # Hashed under the completion's private name (a linking store), or where it was published (a copying one).
+    private = paths.upload_publishing(name, upload_id, "")
+    hashed = private if backend.links else paths.blob_data(claimed)
     backend.before_read[hashed] = interrupt
     with pytest.raises((StorageUnavailable, asyncio.CancelledError)):
         await one.uploads.complete(name, upload_id, claimed)
@@ -317,14 +336,14 @@ async def test_a_repository_deleted_in_batches_under_a_completion_publishes_noth
     await blob_holds_its_digest_or_nothing(backend, claimed)
 
 
-async def test_a_renaming_store_never_shows_unverified_bytes_at_the_blob(
+async def test_a_linking_store_never_shows_unverified_bytes_at_the_blob(
     stores: tuple[HookedBackend, Registry, Registry],
 ) -> None:
-    """Where moves rename (the filesystem), a single chunk goes through the session's staging name and reaches the
-    blob only once the session is seen alive after that move, or its bytes hashed: the chunk a straggling PATCH
-    stored after the session's deletion is never at the blob's path, not even for the time of a take-back (where
-    an honest push of the same content would deduplicate against it, and a pull would get it). A copying store
-    (S3) still publishes, then takes back: `seen` is where the two differ."""
+    """Where storage links (the filesystem), a single chunk is linked under a name private to the completion and
+    reaches the blob only once the session is seen alive after that link, or its bytes hashed: the chunk a
+    straggling PATCH stored after the session's deletion is never at the blob's path, not even for the time of a
+    take-back (where an honest push of the same content would deduplicate against it, and a pull would get it). A
+    copying store (S3) still publishes, then takes back: `seen` is where the two differ."""
     backend, one, two = stores
     name, good, evil = "team/app", b"G" * 4096, b"EVIL" * 3000
     upload_id = (await one.uploads.start(name)).upload_id
@@ -342,14 +361,14 @@ async def test_a_renaming_store_never_shows_unverified_bytes_at_the_blob(
         await one.uploads.complete(name, upload_id, claimed)
     assert refused.value.code is ErrorCode.DIGEST_INVALID
     assert not await backend.exists(paths.blob_data(claimed))
-    assert seen == ([] if backend.moves_in_place else [evil])
+    assert seen == ([] if backend.links else [evil])
 
 
-async def test_a_completion_that_fails_after_staging_is_completed_by_a_retry(
+async def test_a_completion_that_fails_after_publishing_began_is_completed_by_a_retry(
     stores: tuple[HookedBackend, Registry, Registry],
 ) -> None:
-    """Storage failing between the staging move and the move into the blob: the retry finds the staged chunk, and
-    publishes it (the session alive) without the client sending anything again."""
+    """Storage failing as the chunk goes into the blob: the session still holds (and reports) every byte, and a
+    retried PUT publishes them without the client sending anything again."""
     backend, one, _ = stores
     name, good = "team/app", b"G" * 4096
     upload_id = await session_holding(one, name, good)
@@ -360,6 +379,124 @@ async def test_a_completion_that_fails_after_staging_is_completed_by_a_retry(
     backend.before_move_to[paths.blob_data(digest_of(good))] = unavailable
     with pytest.raises(StorageUnavailable):
         await one.uploads.complete(name, upload_id, digest_of(good))
+    assert (await one.uploads.status(name, upload_id)).offset == len(good)
     assert (await one.uploads.complete(name, upload_id, digest_of(good))).digest == digest_of(good)
     assert await backend.get_content(paths.blob_data(digest_of(good))) == good
     assert not await backend.exists(paths.upload_dir(name, upload_id))
+
+
+@pytest.mark.parametrize("deletion", ["upload", "repository"])
+async def test_a_session_deleted_between_two_completions_publishes_nothing_unverified(
+    stores: tuple[HookedBackend, Registry, Registry], deletion: str
+) -> None:
+    """(Found by a review of a first take on linking stores, which staged the chunk under one shared name.) Worker
+    one holds the running hash of `good`; one of its completions (C1) is on its way to the blob while a second
+    (C3) is slow to list the chunks. The session is deleted on worker two (which leaves worker one's running hash
+    in place) and a straggling PATCH stores `evil`, as long as `good`, under the freed chunk name. C3 then lists
+    `evil`, which the stale running hash vouches for; whatever C1 and C3 publish must hash to the digest."""
+    backend, one, two = stores
+    name, good, evil = "team/app", b"G" * 4096, b"E" * 4096
+    if deletion == "repository":  # a blob, so that the repository exists
+        await one.uploads.complete(name, await session_holding(one, name, b"seed"), digest_of(b"seed"))
+    upload_id = (await one.uploads.start(name)).upload_id
+    gate, straggler = await waiting_patch(two, name, upload_id, evil)
+    await one.uploads.append(name, upload_id, one_chunk(good))
+    claimed = digest_of(good)
+    c3_waits, c3_go = asyncio.Event(), asyncio.Event()
+
+    async def hold_c3() -> None:
+        c3_waits.set()
+        await c3_go.wait()
+
+    backend.before_list[paths.upload_chunks_dir(name, upload_id)] = hold_c3
+    c3 = asyncio.create_task(one.uploads.complete(name, upload_id, claimed))
+    await c3_waits.wait()
+    c1_waits, c1_go = asyncio.Event(), asyncio.Event()
+
+    async def hold_c1() -> None:
+        c1_waits.set()
+        await c1_go.wait()
+
+    backend.before_move_to[paths.blob_data(claimed)] = hold_c1
+    c1 = asyncio.create_task(one.uploads.complete(name, upload_id, claimed))
+    await c1_waits.wait()
+    if deletion == "repository":
+        await two.repositories.delete(name)
+    else:
+        await two.uploads.delete(name, upload_id)
+    gate.set()
+    await straggler
+    assert await backend.get_content(paths.upload_chunk(name, upload_id, 0)) == evil
+
+    async def let_c1_move() -> None:  # before C3 reads what it took: C1's move to the blob goes first
+        c1_go.set()
+        with contextlib.suppress(RegistryError):
+            await c1
+
+    backend.before_read[paths.upload_publishing(name, upload_id, "")] = let_c1_move
+    backend.before_read[paths.blob_data(claimed)] = let_c1_move  # a copying store hashes what it published
+    c3_go.set()
+    with contextlib.suppress(RegistryError):
+        await c3
+    if not c1.done():
+        await let_c1_move()
+    await blob_holds_its_digest_or_nothing(backend, claimed)
+
+
+async def test_two_completions_of_one_session_on_the_filesystem_both_succeed(tmp_path: Path) -> None:
+    """A client (or a proxy) sending the PUT again after a timeout, while the first still runs: one publishes, the
+    other finds the blob there (a dedup hit); neither destroys the upload under the other."""
+    store = Registry(FilesystemBackend(tmp_path, fsync=False))
+    await store.start()
+    try:
+        name = "team/app"
+        for round_ in range(20):
+            good = f"G{round_}".encode() * 2048
+            upload_id = await session_holding(store, name, good)
+            results = await asyncio.gather(
+                *(store.uploads.complete(name, upload_id, digest_of(good)) for _ in range(2)), return_exceptions=True
+            )
+            published = [r for r in results if not isinstance(r, BaseException)]
+            assert published, results
+            for r in results:
+                assert not isinstance(r, BaseException) or (
+                    isinstance(r, RegistryError) and r.code is ErrorCode.BLOB_UPLOAD_UNKNOWN
+                ), results
+            assert await store.backend.get_content(paths.blob_data(digest_of(good))) == good
+    finally:
+        await store.aclose()
+
+
+async def test_a_chunk_keeps_its_name_while_a_completion_publishes_it(
+    stores: tuple[HookedBackend, Registry, Registry],
+) -> None:
+    """No deletion at all: a completion (C1) is on its way to the blob when a straggling PATCH (which looked at the
+    session before the chunk was stored) tries the chunk's name with `evil`, as long as `good`, and a second
+    completion (C3) with the running hash of `good` lists the chunks after that. Were the chunk's name freed by C1
+    taking the chunk, C3 would publish `evil` under the digest of `good` while the session is alive."""
+    backend, one, two = stores
+    name, good, evil = "team/app", b"G" * 4096, b"E" * 4096
+    upload_id = (await one.uploads.start(name)).upload_id
+    gate, straggler = await waiting_patch(two, name, upload_id, evil)
+    await one.uploads.append(name, upload_id, one_chunk(good))
+    claimed = digest_of(good)
+    c1_waits, c1_go = asyncio.Event(), asyncio.Event()
+
+    async def hold_c1() -> None:
+        c1_waits.set()
+        await c1_go.wait()
+
+    backend.before_move_to[paths.blob_data(claimed)] = hold_c1
+    c1 = asyncio.create_task(one.uploads.complete(name, upload_id, claimed))
+    await c1_waits.wait()
+    gate.set()
+    with contextlib.suppress(RegistryError):
+        await straggler
+    c3 = asyncio.create_task(one.uploads.complete(name, upload_id, claimed))
+    for _ in range(50):  # C3 as far as it goes while C1 waits
+        await asyncio.sleep(0)
+    c1_go.set()
+    for task in (c1, c3):
+        with contextlib.suppress(RegistryError):
+            await task
+    await blob_holds_its_digest_or_nothing(backend, claimed)
