@@ -236,9 +236,9 @@ class UploadStore:
           the session's own hash does not vouch for;
         - a single chunk it vouches for is published without a copy. Where storage links (`links`: filesystem),
           through a name private to this completion, the chunk keeping its own (`_publish_linked`): nothing
-          unverified is ever at the blob's path. Where it does not (S3), moved straight into the blob, hashed
-          again once published if the session was deleted meanwhile, and taken back unless it matches
-          (`_confirm_moved`)."""
+          unverified is ever at the blob's path. Where it does not (S3), copied straight into the blob (the chunk
+          keeping its name), hashed again once published if the session was deleted meanwhile, and taken back
+          unless it matches (`_confirm_copied`)."""
         data_path = paths.blob_data(digest)
         several = len(chunks) > 1
         known = await self._known_digest(name, upload_id, digest.algorithm, total)
@@ -258,13 +258,15 @@ class UploadStore:
                 await copy_stream(self._read_chunks(chunks), writer, hasher)
                 self._verify(digest, hasher.hexdigest(), total)
                 return await writer.commit()
-        # The common case: one PATCH (or monolithic PUT), hashed as it came. The chunk becomes the blob without a
-        # copy; if the blob already existed (a dedup hit), ours goes with the session.
+        # The common case: one PATCH (or monolithic PUT), hashed as it came. The chunk becomes the blob without its
+        # bytes passing through here; if the blob already existed (a dedup hit), ours goes with the session.
         if self.backend.links:
             return await self._publish_linked(name, upload_id, digest, chunks[0], data_path)
-        created = await self.backend.move(chunks[0].path, data_path, exclusive=True)
+        # Copied, not moved: the chunk keeps its name until the session goes, so that no PATCH can store other bytes
+        # under it while the session lives (see `_publish_linked`).
+        created = await self.backend.copy(chunks[0].path, data_path, exclusive=True)
         if created:
-            await self._confirm_moved(name, upload_id, digest, data_path)
+            await self._confirm_copied(name, upload_id, digest, data_path)
         return created
 
     async def _publish_linked(self, name: str, upload_id: str, digest: Digest, chunk: Chunk, data_path: str) -> bool:
@@ -299,8 +301,8 @@ class UploadStore:
             raise upload_unknown(upload_id) from None
         self._verify(digest, hasher.hexdigest(), size)
 
-    async def _confirm_moved(self, name: str, upload_id: str, digest: Digest, data_path: str) -> None:
-        """The chunk just moved into the blob is the one whose digest was checked, unless the session was deleted
+    async def _confirm_copied(self, name: str, upload_id: str, digest: Digest, data_path: str) -> None:
+        """The chunk just copied into the blob is the one whose digest was checked, unless the session was deleted
         since (its start record is written by the POST alone, so it does not come back): then hash what was
         published, and take it back unless it matches."""
         if await self.backend.exists(paths.upload_started_at(name, upload_id)):
@@ -357,7 +359,7 @@ class UploadStore:
     async def cancel(self, name: str, upload_id: str) -> None:
         self._hashers.drop(upload_id)
         # The start record first: where a deletion is not atomic (S3 deletes a prefix in batches), a completing
-        # request must not find it while chunks are already gone (see `_confirm_moved`).
+        # request must not find it while chunks are already gone (see `_confirm_copied`).
         await self.backend.delete(paths.upload_started_at(name, upload_id))
         await self.backend.delete(paths.upload_dir(name, upload_id))
 

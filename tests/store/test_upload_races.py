@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,17 +73,28 @@ class HookedBackend(MemoryBackend):
         return await super().link(src, dst)
 
     async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
-        hook, self.before_move = self.before_move, None
-        if hook is not None:
-            await hook()
-        hook = self.before_move_to.pop(dst, None)
-        if hook is not None:
-            await hook()
-        moved = await super().move(src, dst, exclusive)
+        return await self._hooked(src, dst, super().move(src, dst, exclusive))
+
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        return await self._hooked(src, dst, super().copy(src, dst, exclusive))
+
+    async def _hooked(self, src: str, dst: str, call: Coroutine[Any, Any, bool]) -> bool:
+        """A move or a copy (a copying store's way into the blob), between its hooks."""
+        try:
+            hook, self.before_move = self.before_move, None
+            if hook is not None:
+                await hook()
+            hook = self.before_move_to.pop(dst, None)
+            if hook is not None:
+                await hook()
+        except BaseException:
+            call.close()
+            raise
+        done = await call
         hook = self.after_move_to.pop(dst, None)
         if hook is not None:
             await hook()
-        return moved
+        return done
 
     async def delete(self, path: str) -> None:
         if self.delete_batch is None:
