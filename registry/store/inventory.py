@@ -18,6 +18,7 @@ from registry.digests import Digest
 from registry.errors import RegistryError
 from registry.store.manifest_format import References, references_of
 from registry.store.registry import Registry
+from registry.store.uploads import is_upload_id
 from storage_backends import PathNotFound
 
 READS_AT_ONCE = 16
@@ -106,8 +107,11 @@ def _classify(inventory: Inventory, path: str, modified: dt.datetime, only: str 
         digest = _digest(rest[0], rest[1])
         if digest is not None:
             inventory.repository(name).layer_links.add(digest)
-    elif area == "_uploads" and len(rest) == 2 and rest[1] == "startedat":
-        inventory.repository(name).uploads[rest[0]] = modified
+    elif area == "_uploads" and len(rest) >= 2 and is_upload_id(rest[0]):
+        # A session's age is that of its last write (its start record, a chunk, a checkpoint): a long upload still
+        # receiving chunks is not abandoned, and a session whose start record went (a cancel cut short) is found too.
+        uploads = inventory.repository(name).uploads
+        uploads[rest[0]] = max(uploads.get(rest[0], modified), modified)
 
 
 async def read_blobs(registry: Registry, inventory: Inventory) -> None:

@@ -46,6 +46,11 @@ class Chunk:
     path: str
 
 
+def is_upload_id(text: str) -> bool:
+    """Whether `text` has the form of the ids this registry gives upload sessions."""
+    return _UPLOAD_ID_RE.match(text) is not None
+
+
 def upload_unknown(upload_id: str) -> RegistryError:
     return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, detail={"uuid": upload_id})
 
@@ -118,7 +123,7 @@ class UploadStore:
         return UploadStatus(name, upload_id, offset, started_at)
 
     async def _started_at(self, name: str, upload_id: str) -> dt.datetime:
-        if not _UPLOAD_ID_RE.match(upload_id):
+        if not is_upload_id(upload_id):
             raise upload_unknown(upload_id)
         try:
             raw = await self.backend.get_content(paths.upload_started_at(name, upload_id))

@@ -205,3 +205,32 @@ async def test_an_upload_started_in_one_process_and_sent_by_another_is_not_read_
     finally:
         for store in (starting, sending):
             await store.aclose()
+
+
+async def test_gc_purges_upload_sessions_by_their_last_write() -> None:
+    """A session is abandoned when nothing was written to it for `purge_after`: one started long ago but still
+    receiving chunks stays, and one whose start record is gone (a cancel cut short) goes once its files are old."""
+    backend = MemoryBackend()
+    registry = Registry(backend)
+    await registry.start()
+    try:
+        name, day = "team/app", 86400.0
+
+        async def session(data: bytes) -> str:
+            upload_id = (await registry.uploads.start(name)).upload_id
+            await registry.uploads.append(name, upload_id, one_chunk(data))
+            return upload_id
+
+        idle, busy, orphan = await session(b"idle"), await session(b"busy"), await session(b"orphan")
+        for upload_id in (idle, busy, orphan):
+            for info in [i async for i in backend.walk(paths.upload_dir(name, upload_id))]:
+                backend.backdate(info.path, 2 * day)
+        await registry.uploads.append(name, busy, one_chunk(b" and more"))  # still being written
+        await backend.delete(paths.upload_started_at(name, orphan))  # a cancel that stopped there
+        report = await GarbageCollector(registry, GcOptions(grace=0, settle=0, purge_uploads_after=day)).run()
+        assert sorted(report.uploads_purged) == sorted([(name, idle), (name, orphan)])
+        assert not await backend.exists(paths.upload_dir(name, orphan))
+        assert not await backend.exists(paths.upload_dir(name, idle))
+        assert (await registry.uploads.status(name, busy)).offset == len(b"busy and more")
+    finally:
+        await registry.aclose()
