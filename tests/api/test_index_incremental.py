@@ -89,18 +89,8 @@ async def random_writes(
             assert response.status_code == 201, response.text
             kind = "retag"
         elif choice < 0.55 and len(pushed) >= 2:
-            children = rng.sample(pushed, 2)
-            platforms = [{"os": "linux", "architecture": a} for a in ("amd64", "arm64")]
-            body = encode(
-                {
-                    "schemaVersion": 2,
-                    "mediaType": OCI_INDEX,
-                    "manifests": [
-                        descriptor(OCI_MANIFEST, child, platform=platform)
-                        for (_, child), platform in zip(children, platforms, strict=True)
-                    ],
-                }
-            )
+            children = [(OCI_MANIFEST, child) for _, child in rng.sample(pushed, 2)]
+            body = index_of(children)
             response = await client.put(
                 f"/v2/{repository}/manifests/multi{step}", content=body, headers={"Content-Type": OCI_INDEX}
             )
@@ -165,9 +155,10 @@ async def test_the_index_equals_a_rebuild_after_random_writes(
     assert physical == usage.physical_bytes > 0
 
 
-async def put_index(client: httpx.AsyncClient, repository: str, tag: str, children: list[tuple[str, bytes]]) -> str:
+def index_of(children: list[tuple[str, bytes]]) -> bytes:
+    """An OCI index of these (media type, manifest) children, for amd64, arm64 and s390x in that order."""
     platforms = [{"os": "linux", "architecture": a} for a in ("amd64", "arm64", "s390x")]
-    body = encode(
+    return encode(
         {
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
@@ -177,6 +168,10 @@ async def put_index(client: httpx.AsyncClient, repository: str, tag: str, childr
             ],
         }
     )
+
+
+async def put_index(client: httpx.AsyncClient, repository: str, tag: str, children: list[tuple[str, bytes]]) -> str:
+    body = index_of(children)
     response = await client.put(f"/v2/{repository}/manifests/{tag}", content=body, headers={"Content-Type": OCI_INDEX})
     assert response.status_code == 201, response.text
     return str(response.headers["Docker-Content-Digest"])

@@ -161,6 +161,38 @@ async def straggling_patch(store: Registry, name: str, upload_id: str, data: byt
     return gate, delete_then_release
 
 
+def pause() -> tuple[asyncio.Event, asyncio.Event, Hook]:
+    """A hook that says it was reached (the first event) and waits until told to go on (the second)."""
+    reached, go_on = asyncio.Event(), asyncio.Event()
+
+    async def hook() -> None:
+        reached.set()
+        await go_on.wait()
+
+    return reached, go_on, hook
+
+
+async def holding_with_straggler(
+    store: Registry, other: Registry, name: str, good: bytes, evil: bytes
+) -> tuple[str, asyncio.Event, asyncio.Task[object]]:
+    """A session holding `good` (stored through `store`, whose running hash then covers it), and a PATCH through
+    `other` that looked at the session before and waits to send `evil` at offset 0: the session's id, the PATCH's
+    gate and task (see `waiting_patch`)."""
+    upload_id = (await store.uploads.start(name)).upload_id
+    gate, straggler = await waiting_patch(other, name, upload_id, evil)
+    await store.uploads.append(name, upload_id, one_chunk(good))
+    return upload_id, gate, straggler
+
+
+async def holding_with_swap(store: Registry, other: Registry, name: str, good: bytes, evil: bytes) -> tuple[str, Hook]:
+    """A session holding `good`, and the hook that deletes it and lets a straggling PATCH (through `other`) store
+    `evil` at offset 0 (see `straggling_patch`): the session's id and that hook."""
+    upload_id = (await store.uploads.start(name)).upload_id
+    _, swap = await straggling_patch(other, name, upload_id, evil)
+    await store.uploads.append(name, upload_id, one_chunk(good))
+    return upload_id, swap
+
+
 @pytest.fixture(params=[True, False], ids=["linking", "copying"])
 async def stores(request: pytest.FixtureRequest) -> AsyncIterator[tuple[HookedBackend, Registry, Registry]]:
     backend = HookedBackend(links=request.param)
@@ -224,20 +256,15 @@ async def test_a_session_deleted_under_a_single_chunk_move_still_publishes_match
 async def test_two_completions_under_two_algorithms_never_move_two_contents(
     stores: tuple[HookedBackend, Registry, Registry],
 ) -> None:
-    """A completion's move frees the chunk's name too. A second completion of the session under another algorithm's
-    digest (another blob) copies and hashes instead of moving, so a straggling PATCH never gets the name back while
-    the session's own completion still has to move the chunk."""
+    """Two completions of one session under two algorithms' digests (two blobs), a straggling PATCH between them.
+    The session's own completion publishes its chunk without a copy (and the chunk keeps its name); the other one
+    copies and hashes. Neither blob may hold `evil`."""
     backend, one, two = stores
     name, good, evil = "team/app", b"G" * 4096, b"E" * 4096  # same length: the running hash covers the total
-    upload_id = (await one.uploads.start(name)).upload_id  # a sha256 session
-    gate, straggler = await waiting_patch(two, name, upload_id, evil)
-    await one.uploads.append(name, upload_id, one_chunk(good))
+    upload_id, gate, straggler = await holding_with_straggler(one, two, name, good, evil)  # a sha256 session
     sha256, sha512 = digest_of(good), Digest.parse("sha512:" + hashlib.sha512(good).hexdigest())
-    waiting, go_on = asyncio.Event(), asyncio.Event()
-
-    async def wait_before_moving() -> None:  # the sha256 completion has checked its digest, and moves later
-        waiting.set()
-        await go_on.wait()
+    # The sha256 completion has checked its digest, and moves later.
+    waiting, go_on, wait_before_moving = pause()
 
     backend.before_move_to[paths.blob_data(sha256)] = wait_before_moving
     first = asyncio.create_task(one.uploads.complete(name, upload_id, sha256))
@@ -286,9 +313,7 @@ async def test_a_take_back_interrupted_leaves_nothing_unverified(
 ) -> None:
     backend, one, two = stores
     name, good, evil = "team/app", b"G" * 4096, b"EVIL" * 3000
-    upload_id = (await one.uploads.start(name)).upload_id
-    _, swap = await straggling_patch(two, name, upload_id, evil)
-    await one.uploads.append(name, upload_id, one_chunk(good))
+    upload_id, swap = await holding_with_swap(one, two, name, good, evil)
     claimed = digest_of(good)
 
     async def interrupt() -> None:
@@ -358,9 +383,7 @@ async def test_a_linking_store_never_shows_unverified_bytes_at_the_blob(
     copying store (S3) still publishes, then takes back: `seen` is where the two differ."""
     backend, one, two = stores
     name, good, evil = "team/app", b"G" * 4096, b"EVIL" * 3000
-    upload_id = (await one.uploads.start(name)).upload_id
-    _, swap = await straggling_patch(two, name, upload_id, evil)
-    await one.uploads.append(name, upload_id, one_chunk(good))
+    upload_id, swap = await holding_with_swap(one, two, name, good, evil)
     claimed = digest_of(good)
     seen: list[bytes] = []
 
@@ -410,25 +433,13 @@ async def test_a_session_deleted_between_two_completions_publishes_nothing_unver
     name, good, evil = "team/app", b"G" * 4096, b"E" * 4096
     if deletion == "repository":  # a blob, so that the repository exists
         await one.uploads.complete(name, await session_holding(one, name, b"seed"), digest_of(b"seed"))
-    upload_id = (await one.uploads.start(name)).upload_id
-    gate, straggler = await waiting_patch(two, name, upload_id, evil)
-    await one.uploads.append(name, upload_id, one_chunk(good))
+    upload_id, gate, straggler = await holding_with_straggler(one, two, name, good, evil)
     claimed = digest_of(good)
-    c3_waits, c3_go = asyncio.Event(), asyncio.Event()
-
-    async def hold_c3() -> None:
-        c3_waits.set()
-        await c3_go.wait()
-
+    c3_waits, c3_go, hold_c3 = pause()
     backend.before_list[paths.upload_chunks_dir(name, upload_id)] = hold_c3
     c3 = asyncio.create_task(one.uploads.complete(name, upload_id, claimed))
     await c3_waits.wait()
-    c1_waits, c1_go = asyncio.Event(), asyncio.Event()
-
-    async def hold_c1() -> None:
-        c1_waits.set()
-        await c1_go.wait()
-
+    c1_waits, c1_go, hold_c1 = pause()
     backend.before_move_to[paths.blob_data(claimed)] = hold_c1
     c1 = asyncio.create_task(one.uploads.complete(name, upload_id, claimed))
     await c1_waits.wait()
@@ -488,16 +499,9 @@ async def test_a_chunk_keeps_its_name_while_a_completion_publishes_it(
     taking the chunk, C3 would publish `evil` under the digest of `good` while the session is alive."""
     backend, one, two = stores
     name, good, evil = "team/app", b"G" * 4096, b"E" * 4096
-    upload_id = (await one.uploads.start(name)).upload_id
-    gate, straggler = await waiting_patch(two, name, upload_id, evil)
-    await one.uploads.append(name, upload_id, one_chunk(good))
+    upload_id, gate, straggler = await holding_with_straggler(one, two, name, good, evil)
     claimed = digest_of(good)
-    c1_waits, c1_go = asyncio.Event(), asyncio.Event()
-
-    async def hold_c1() -> None:
-        c1_waits.set()
-        await c1_go.wait()
-
+    c1_waits, c1_go, hold_c1 = pause()
     backend.before_move_to[paths.blob_data(claimed)] = hold_c1
     c1 = asyncio.create_task(one.uploads.complete(name, upload_id, claimed))
     await c1_waits.wait()
