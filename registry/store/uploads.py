@@ -105,6 +105,7 @@ class UploadStore:
         self.events = events
         self.admissions = admissions if admissions is not None else Admissions()
         self._hashers = _HasherCache()
+        self._dropping: set[asyncio.Future[None]] = set()  # private names deleted once their link is done
 
     async def start(self, name: str, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
         new_hasher(algorithm)  # rejects unsupported algorithms before anything is stored
@@ -216,6 +217,10 @@ class UploadStore:
                 # A concurrent completion of the same session took the chunks first.
                 raise upload_unknown(upload_id) from None
             except RegistryError:
+                # The session gone since it was read (another PUT of it completed, a DELETE): what was listed of it
+                # (nothing, part of its chunks) says nothing of the client's bytes.
+                if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
+                    raise upload_unknown(upload_id) from None
                 await self.cancel(name, upload_id)
                 raise
             if not created:
@@ -283,18 +288,36 @@ class UploadStore:
         was the only one ever stored under that name, the one the session's hash saw; and no one but this
         completion writes the private name, so what it then publishes is what it linked."""
         private = paths.upload_publishing(name, upload_id, uuid.uuid4().hex)
-        if not await self.backend.link(chunk.path, private):
-            raise AssertionError(f"{private} was taken: a random name came up twice")
+        linking = asyncio.ensure_future(self.backend.link(chunk.path, private))
         published = False
         try:
+            if not await asyncio.shield(linking):
+                raise AssertionError(f"{private} was taken: a random name came up twice")
             if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
                 await self._verify_private(upload_id, digest, private, chunk.size)
             published = await self.backend.move(private, data_path, exclusive=True)
             return published
         finally:
             if not published:  # a dedup hit, refused or failed: the private name goes (the chunk stays)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.backend.delete(private))
+                await self._drop_private(linking, private)
+
+    async def _drop_private(self, linking: asyncio.Future[bool], private: str) -> None:
+        """Delete a completion's private name, once its link is done: a link still running on a thread (the request
+        was cancelled) is waited for in the background, so that no name is made after its delete."""
+
+        async def drop() -> None:
+            with contextlib.suppress(BaseException):
+                await linking
+            with contextlib.suppress(Exception):
+                await self.backend.delete(private)
+
+        if linking.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(drop())
+            return
+        task = asyncio.ensure_future(drop())
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
 
     async def _verify_private(self, upload_id: str, digest: Digest, private: str, size: int) -> None:
         """Hash the chunk a completion linked under its private name, its session deleted meanwhile."""

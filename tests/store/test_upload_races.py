@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -220,7 +222,7 @@ async def test_a_chunk_replaced_while_several_are_copied_is_not_published(
     await blob_holds_its_digest_or_nothing(backend, claimed)
 
 
-async def test_a_single_chunk_replaced_before_its_move_is_taken_back(
+async def test_a_single_chunk_replaced_before_it_is_published_is_refused(
     stores: tuple[HookedBackend, Registry, Registry],
 ) -> None:
     backend, one, two = stores
@@ -232,7 +234,7 @@ async def test_a_single_chunk_replaced_before_its_move_is_taken_back(
     claimed = digest_of(good)
     with pytest.raises(RegistryError) as refused:
         await one.uploads.complete(name, upload_id, claimed)
-    assert refused.value.code is ErrorCode.DIGEST_INVALID
+    assert refused.value.code is ErrorCode.BLOB_UPLOAD_UNKNOWN  # the session was deleted under the PUT
     await blob_holds_its_digest_or_nothing(backend, claimed)
     assert not await backend.exists(paths.blob_data(claimed))
 
@@ -394,7 +396,7 @@ async def test_a_linking_store_never_shows_unverified_bytes_at_the_blob(
     backend.after_move_to[paths.blob_data(claimed)] = look
     with pytest.raises(RegistryError) as refused:
         await one.uploads.complete(name, upload_id, claimed)
-    assert refused.value.code is ErrorCode.DIGEST_INVALID
+    assert refused.value.code is ErrorCode.BLOB_UPLOAD_UNKNOWN  # the session was deleted under the PUT
     assert not await backend.exists(paths.blob_data(claimed))
     assert seen == ([] if backend.links else [evil])
 
@@ -516,3 +518,57 @@ async def test_a_chunk_keeps_its_name_while_a_completion_publishes_it(
         with contextlib.suppress(RegistryError):
             await task
     await blob_holds_its_digest_or_nothing(backend, claimed)
+
+
+@pytest.mark.parametrize("same_worker", [True, False], ids=["same-worker", "other-worker"])
+async def test_a_put_sent_again_while_the_first_completes_is_told_the_upload_is_unknown(
+    stores: tuple[HookedBackend, Registry, Registry], same_worker: bool
+) -> None:
+    """(Found by a review.) The second PUT read the start record, then the first completed and deleted the session:
+    the second lists no chunks. It answers BLOB_UPLOAD_UNKNOWN, not DIGEST_INVALID for the empty upload."""
+    backend, one, two = stores
+    name, good = "team/app", b"G" * 4096
+    upload_id = await session_holding(one, name, good)
+    waiting, go_on, hold = pause()
+    backend.before_list[paths.upload_chunks_dir(name, upload_id)] = hold
+    second = asyncio.create_task((one if same_worker else two).uploads.complete(name, upload_id, digest_of(good)))
+    await waiting.wait()
+    assert (await one.uploads.complete(name, upload_id, digest_of(good))).digest == digest_of(good)
+    go_on.set()
+    with pytest.raises(RegistryError) as refused:
+        await second
+    assert refused.value.code is ErrorCode.BLOB_UPLOAD_UNKNOWN, refused.value
+
+
+async def test_a_completion_cancelled_during_its_link_leaves_no_private_name(tmp_path: Path) -> None:
+    """(Found by a review.) A request cancelled while the link to its private name runs on a thread: the name is
+    deleted once the link is done, not before (which would leave it behind until the session goes)."""
+    backend = FilesystemBackend(tmp_path, fsync=False)
+    store = Registry(backend)
+    await store.start()
+    try:
+        name, good = "team/app", b"G" * 4096
+        upload_id = await session_holding(store, name, good)
+        real, started, release = backend._link_sync, threading.Event(), threading.Event()
+
+        def slow_link(src: str, dst: str) -> bool:
+            started.set()
+            release.wait(5)
+            return real(src, dst)
+
+        backend._link_sync = slow_link  # type: ignore[method-assign]
+        task = asyncio.create_task(store.uploads.complete(name, upload_id, digest_of(good)))
+        await asyncio.to_thread(started.wait, 5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        release.set()
+        publishing = tmp_path / paths.upload_publishing(name, upload_id, "x").rsplit("/", 1)[0]
+        for _ in range(100):  # the background deletion after the link's thread returns
+            if not publishing.exists() or not os.listdir(publishing):
+                break
+            await asyncio.sleep(0.02)
+        assert not publishing.exists() or os.listdir(publishing) == []
+        assert (await store.uploads.status(name, upload_id)).offset == len(good)  # the upload can still complete
+        assert (await store.uploads.complete(name, upload_id, digest_of(good))).digest == digest_of(good)
+    finally:
+        await store.aclose()
