@@ -96,7 +96,6 @@ class InstrumentedBackend(StorageBackend):
         self.inner = inner
         self.name = inner.name
         self.links = inner.links
-        self.copies_if_match = inner.copies_if_match
         self._timers = {
             op: _Timer(
                 metrics.buffered_histogram(metrics.storage_duration.labels(inner.name, op)),
@@ -152,9 +151,9 @@ class InstrumentedBackend(StorageBackend):
             async for entry in entries:
                 yield entry
 
-    async def copy(self, src: str, dst: str, exclusive: bool = False, if_match: str | None = None) -> bool:
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
         with self._timers["copy"]():
-            return await self.inner.copy(src, dst, exclusive, if_match)
+            return await self.inner.copy(src, dst, exclusive)
 
     async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
         with self._timers["move"]():
@@ -213,7 +212,6 @@ class InstrumentedBackend(StorageBackend):
 
     async def start(self) -> None:
         await self.inner.start()
-        self.copies_if_match = self.inner.copies_if_match  # some stores learn it at start (S3 probes)
         self._prober = asyncio.create_task(self._probe_forever(), name="storage-probe")
 
     async def aclose(self) -> None:

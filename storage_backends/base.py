@@ -54,14 +54,6 @@ class StorageUnavailable(StorageError):
         self.reason = reason
 
 
-class SourceChanged(StorageError):
-    """A conditional copy found its source no longer the object a `stat` described (nothing was copied)."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(f"{path} changed since it was looked at")
-        self.path = path
-
-
 class StorageFull(StorageError):
     """The store has no space (or no quota) left for a write; nothing of the write is visible."""
 
@@ -72,8 +64,6 @@ class FileInfo:
     size: int
     modified: dt.datetime
     is_dir: bool = False
-    etag: str | None = None
-    """From `stat`, where the store has it: what `copy(if_match=...)` compares (S3's ETag)."""
 
 
 def check_path(path: str) -> str:
@@ -115,8 +105,6 @@ class StorageBackend(abc.ABC):
     name: str = "abstract"
     links: bool = False
     """Whether `link` is offered: a second name for the very object a path names, without a copy."""
-    copies_if_match: bool = False
-    """Whether `copy` honours `if_match` (an `etag` from `stat`): copies only while the source is still that object."""
 
     @abc.abstractmethod
     async def get_content(self, path: str) -> bytes:
@@ -148,10 +136,8 @@ class StorageBackend(abc.ABC):
         """Every object (not directory) under a prefix, in lexical path order, strictly after `start_after`."""
 
     @abc.abstractmethod
-    async def copy(self, src: str, dst: str, exclusive: bool = False, if_match: str | None = None) -> bool:
-        """Copy an object. With `exclusive`, returns False (and copies nothing) when `dst` existed. With `if_match`
-        (only where `copies_if_match`), raises SourceChanged (and copies nothing) unless `src` is still the object
-        whose `stat` gave that etag."""
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        """Copy an object. With `exclusive`, returns False (and copies nothing) when `dst` existed."""
 
     @abc.abstractmethod
     async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:

@@ -582,9 +582,7 @@ class FilesystemBackend(StorageBackend):
 
     # -- whole-object operations ------------------------------------------------------------------
 
-    async def copy(self, src: str, dst: str, exclusive: bool = False, if_match: str | None = None) -> bool:
-        if if_match is not None:
-            raise NotImplementedError("filesystem storage has no etags: it links instead (`links`)")
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
         with _store_errors():
             return await self._run(self._copy_sync, src, dst, exclusive)
 

@@ -8,30 +8,25 @@ from __future__ import annotations
 import asyncio
 import bisect
 import datetime as dt
-import itertools
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from storage_backends.base import (
     DEFAULT_CHUNK_SIZE,
     FileInfo,
     PathNotFound,
-    SourceChanged,
     StorageBackend,
     StorageError,
     Writer,
     check_path,
 )
 
-_versions = itertools.count(1)
-
 
 @dataclass(slots=True)
 class _Object:
     data: bytes
     modified: dt.datetime
-    version: int = field(default_factory=lambda: next(_versions))  # one per object stored: its etag
 
 
 def _now() -> dt.datetime:
@@ -41,7 +36,6 @@ def _now() -> dt.datetime:
 class MemoryBackend(StorageBackend):
     name = "memory"
     links = True
-    copies_if_match = True
 
     def __init__(self) -> None:
         self._objects: dict[str, _Object] = {}
@@ -110,7 +104,7 @@ class MemoryBackend(StorageBackend):
         check_path(path)
         found = self._objects.get(path)
         if found is not None:
-            return FileInfo(path, len(found.data), found.modified, etag=str(found.version))
+            return FileInfo(path, len(found.data), found.modified)
         below = self._under(path)
         if not below:
             raise PathNotFound(path)
@@ -140,11 +134,9 @@ class MemoryBackend(StorageBackend):
             if found is not None:  # deleted while the walk was paused at a yield
                 yield FileInfo(key, len(found.data), found.modified)
 
-    async def copy(self, src: str, dst: str, exclusive: bool = False, if_match: str | None = None) -> bool:
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
         check_path(dst)
         source = self._object(src)
-        if if_match is not None and str(source.version) != if_match:
-            raise SourceChanged(src)
         if exclusive and dst in self._objects:
             return False
         self._store(dst, source.data)

@@ -26,7 +26,6 @@ from storage_backends.base import (
     DEFAULT_CHUNK_SIZE,
     FileInfo,
     PathNotFound,
-    SourceChanged,
     StorageBackend,
     StorageError,
     StorageFull,
@@ -297,43 +296,20 @@ class S3Backend(StorageBackend):
             raise StorageUnavailable(f"s3 {fn.__name__}: {e}", reason="the store does not answer") from None
 
     async def start(self) -> None:
-        """Check the bucket is reachable, and whether it honours conditional writes (If-None-Match: *, unless the
-        settings say) and conditional copies (CopySourceIfMatch)."""
+        """Check the bucket is reachable and whether it honours conditional writes (If-None-Match: *)."""
         await self.check()
+        if self._probed:
+            return
         probe_key = self.key("moorage/conditional-write-probe")
         await self.call(self.client.put_object, Bucket=self.bucket, Key=probe_key, Body=b"probe")
-        if not self._probed:
-            try:
-                await self.call(
-                    self.client.put_object, Bucket=self.bucket, Key=probe_key, Body=b"probe", IfNoneMatch="*"
-                )
-                self.conditional_writes = False  # the store ignored the condition
-            except PreconditionFailed:
-                self.conditional_writes = True
-            except StorageError:
-                self.conditional_writes = False
-            self._probed = True
-        self.copies_if_match = await self._copies_if_match(probe_key)
-
-    async def _copies_if_match(self, probe_key: str) -> bool:
-        """Whether the store honours CopySourceIfMatch: a copy of the probe under an ETag it does not have must
-        fail (moto, for one, ignores the condition and copies)."""
-        target = self.key("moorage/conditional-copy-probe")
         try:
-            await self.call(
-                self.client.copy_object,
-                Bucket=self.bucket,
-                Key=target,
-                CopySource={"Bucket": self.bucket, "Key": probe_key},
-                CopySourceIfMatch='"00000000000000000000000000000000"',
-            )
+            await self.call(self.client.put_object, Bucket=self.bucket, Key=probe_key, Body=b"probe", IfNoneMatch="*")
+            self.conditional_writes = False  # the store ignored the condition
         except PreconditionFailed:
-            return True
+            self.conditional_writes = True
         except StorageError:
-            return False
-        with contextlib.suppress(StorageError):
-            await self.call(self.client.delete_object, Bucket=self.bucket, Key=target)
-        return False
+            self.conditional_writes = False
+        self._probed = True
 
     async def check(self) -> None:
         """HeadBucket: answers 404 (no body, so no NoSuchBucket code) when the bucket is gone, 403 when denied."""
@@ -416,7 +392,7 @@ class S3Backend(StorageBackend):
             if not listing.get("KeyCount"):
                 raise PathNotFound(path) from None
             return FileInfo(path, 0, listing["Contents"][0]["LastModified"], is_dir=True)
-        return FileInfo(path, int(response["ContentLength"]), response["LastModified"], etag=response.get("ETag"))
+        return FileInfo(path, int(response["ContentLength"]), response["LastModified"])
 
     async def touch(self, path: str) -> None:
         key = self.key(path)
@@ -476,64 +452,42 @@ class S3Backend(StorageBackend):
 
     # -- whole-object operations ------------------------------------------------------------------
 
-    async def copy(self, src: str, dst: str, exclusive: bool = False, if_match: str | None = None) -> bool:
-        if if_match is not None and not self.copies_if_match:
-            raise NotImplementedError("this S3 store does not honour CopySourceIfMatch")
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
         info = await self.stat(src)
         if info.is_dir:
             raise PathNotFound(src)
-        if if_match is not None and info.etag != if_match:
-            raise SourceChanged(src)
         dst_key = self.key(dst)
         source = {"Bucket": self.bucket, "Key": self.key(src)}
-        # Each copy request carries the condition: the source may change between them.
-        condition = {"CopySourceIfMatch": if_match} if if_match is not None else {}
         if exclusive and self.conditional_writes:
             # CopyObject's If-None-Match is not honoured everywhere; CompleteMultipartUpload's is.
             if info.size == 0:
                 return await self.put_object(dst_key, b"", exclusive=True)
-            return await self._multipart_copy(source, dst_key, info.size, exclusive=True, condition=condition)
+            return await self._multipart_copy(source, dst_key, info.size, exclusive=True)
         if exclusive and await self.exists(dst):
             return False
         if info.size <= MAX_COPY_OBJECT_SIZE:
-            try:
-                await self.call(
-                    self.client.copy_object,
-                    Bucket=self.bucket,
-                    Key=dst_key,
-                    CopySource=source,
-                    **condition,
-                    **self.put_extra,
-                )
-            except PreconditionFailed:
-                raise SourceChanged(src) from None
+            await self.call(
+                self.client.copy_object, Bucket=self.bucket, Key=dst_key, CopySource=source, **self.put_extra
+            )
             return True
-        return await self._multipart_copy(source, dst_key, info.size, exclusive=False, condition=condition)
+        return await self._multipart_copy(source, dst_key, info.size, exclusive=False)
 
-    async def _multipart_copy(
-        self, source: dict[str, str], key: str, size: int, exclusive: bool, condition: dict[str, str] | None = None
-    ) -> bool:
-        """Copy in parts; False when `exclusive` and the key existed. `condition` (CopySourceIfMatch) goes with
-        every part: SourceChanged when the source no longer matches it."""
+    async def _multipart_copy(self, source: dict[str, str], key: str, size: int, exclusive: bool) -> bool:
         upload = await self.call(self.client.create_multipart_upload, Bucket=self.bucket, Key=key, **self.put_extra)
         upload_id = upload["UploadId"]
         parts = []
         try:
             for number, start in enumerate(range(0, size, COPY_PART_SIZE), start=1):
                 end = min(start + COPY_PART_SIZE, size) - 1
-                try:
-                    response = await self.call(
-                        self.client.upload_part_copy,
-                        Bucket=self.bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        CopySource=source,
-                        CopySourceRange=f"bytes={start}-{end}",
-                        **(condition or {}),
-                    )
-                except PreconditionFailed:  # the source's condition, not the destination's
-                    raise SourceChanged(str(source["Key"])) from None
+                response = await self.call(
+                    self.client.upload_part_copy,
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=source,
+                    CopySourceRange=f"bytes={start}-{end}",
+                )
                 parts.append({"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]})
             condition = {"IfNoneMatch": "*"} if exclusive else {}
             await self.call(

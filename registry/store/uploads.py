@@ -25,7 +25,7 @@ from registry.store.admission import Admissions
 from registry.store.blobs import BlobInfo, BlobStore
 from registry.store.events import Event, EventBus, EventType
 from registry.store.streaming import copy_stream, hash_into
-from storage_backends import PathNotFound, SourceChanged, StorageBackend
+from storage_backends import PathNotFound, StorageBackend
 
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 HASHER_CACHE_SIZE = 1024
@@ -246,12 +246,9 @@ class UploadStore:
           the session's own hash does not vouch for;
         - a single chunk it vouches for is published without a copy. Where storage links (`links`: filesystem),
           through a name private to this completion, the chunk keeping its own (`_publish_linked`): nothing
-          unverified is ever at the blob's path. Where copies can be conditional on the source's identity (S3's
-          CopySourceIfMatch, `copies_if_match`), copied on the condition that the chunk is still the one looked at
-          while the session lived (`_publish_copied_if_unchanged`): nothing unverified either. Elsewhere (an S3
-          store that ignores the condition, moto among them), copied straight into the blob (the chunk keeping its
-          name), hashed again once published if the session was deleted meanwhile, and taken back unless it
-          matches (`_confirm_copied`)."""
+          unverified is ever at the blob's path. Where it does not (S3), copied straight into the blob (the chunk
+          keeping its name), hashed again once published if the session was deleted meanwhile, and taken back
+          unless it matches (`_confirm_copied`)."""
         data_path = paths.blob_data(digest)
         several = len(chunks) > 1
         known = await self._known_digest(name, upload_id, digest.algorithm, total)
@@ -275,8 +272,6 @@ class UploadStore:
         # bytes passing through here; if the blob already existed (a dedup hit), ours goes with the session.
         if self.backend.links:
             return await self._publish_linked(name, upload_id, digest, chunks[0], data_path)
-        if self.backend.copies_if_match:
-            return await self._publish_copied_if_unchanged(name, upload_id, chunks[0], data_path)
         # Copied, not moved: the chunk keeps its name until the session goes, so that no PATCH can store other bytes
         # under it while the session lives (see `_publish_linked`).
         created = await self.backend.copy(chunks[0].path, data_path, exclusive=True)
@@ -323,21 +318,6 @@ class UploadStore:
         task = asyncio.ensure_future(drop())
         self._dropping.add(task)
         task.add_done_callback(self._dropping.discard)
-
-    async def _publish_copied_if_unchanged(self, name: str, upload_id: str, chunk: Chunk, data_path: str) -> bool:
-        """Copy the chunk into the blob on the condition that it is still the object a look at it found while the
-        session was alive (S3: CopySourceIfMatch on its ETag).
-
-        The look comes first, then the start record: alive then means the session was never deleted, so the chunk
-        looked at was the only one ever stored under its name, the one the session's hash saw. The copy takes only
-        that object. A session deleted meanwhile: nothing is copied (its client's PUT finds it unknown)."""
-        info = await self.backend.stat(chunk.path)
-        if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
-            raise upload_unknown(upload_id)
-        try:
-            return await self.backend.copy(chunk.path, data_path, exclusive=True, if_match=info.etag)
-        except SourceChanged:
-            raise upload_unknown(upload_id) from None
 
     async def _verify_private(self, upload_id: str, digest: Digest, private: str, size: int) -> None:
         """Hash the chunk a completion linked under its private name, its session deleted meanwhile."""

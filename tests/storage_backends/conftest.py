@@ -137,13 +137,3 @@ def harness(backend: StorageBackend, request: pytest.FixtureRequest) -> BackendH
     made: BackendHarness = request.node.stash[_HARNESS_KEY]
     assert made.backend is backend
     return made
-
-
-@pytest.fixture
-async def s3(request: pytest.FixtureRequest) -> AsyncIterator[BackendHarness]:
-    """The S3 backend alone, on a fresh bucket of the session's moto server (closed after the test)."""
-    async with HARNESSES["s3"](request) as made:
-        try:
-            yield made
-        finally:
-            await made.backend.aclose()

@@ -21,7 +21,6 @@ from storage_backends.base import (
     FileInfo,
     InvalidPath,
     PathNotFound,
-    SourceChanged,
     StorageBackend,
     StorageError,
 )
@@ -815,29 +814,6 @@ async def test_link_where_offered(backend: StorageBackend, harness: BackendHarne
         await backend.link("l/missing", "l/elsewhere")
     assert exc.value.path == "l/missing"
     await assert_missing(backend, "l/elsewhere")
-    await assert_no_leftovers(harness)
-
-
-async def test_copy_if_match_where_offered(backend: StorageBackend, harness: BackendHarness) -> None:
-    """A copy on the condition that the source is still the object a `stat` described: copied while it is, refused
-    (SourceChanged, nothing copied) once another object took its name. A backend that cannot says so
-    (`copies_if_match` unset: the filesystem, which links instead, and S3 stores ignoring CopySourceIfMatch, as
-    moto does) and refuses the call."""
-    await backend.put_content("c/src", b"first object")
-    looked = await backend.stat("c/src")
-    if not backend.copies_if_match:
-        with pytest.raises(NotImplementedError):
-            await backend.copy("c/src", "c/dst", exclusive=True, if_match=looked.etag or "x")
-        await assert_missing(backend, "c/dst")
-        return
-    assert looked.etag
-    assert await backend.copy("c/src", "c/dst", exclusive=True, if_match=looked.etag) is True
-    assert await backend.get_content("c/dst") == b"first object"
-    await backend.delete("c/src")
-    await backend.put_content("c/src", b"other object")
-    with pytest.raises(SourceChanged):
-        await backend.copy("c/src", "c/other", exclusive=True, if_match=looked.etag)
-    await assert_missing(backend, "c/other")
     await assert_no_leftovers(harness)
 
 

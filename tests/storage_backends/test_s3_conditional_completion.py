@@ -4,15 +4,25 @@ the race like a 412 would say: `commit()` is False and nothing is left behind; w
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from storage_backends import StorageBackend, StorageUnavailable
 from storage_backends.s3 import S3Backend
-from tests.storage_backends.conftest import BackendHarness
+from tests.storage_backends.conftest import HARNESSES, BackendHarness
 
 MIB = 1024 * 1024
+
+
+@pytest.fixture
+async def s3(request: pytest.FixtureRequest) -> AsyncIterator[BackendHarness]:
+    async with HARNESSES["s3"](request) as made:
+        try:
+            yield made
+        finally:
+            await made.backend.aclose()
 
 
 def failing_completion(backend: StorageBackend, before: Any = None) -> None:

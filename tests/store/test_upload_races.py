@@ -36,22 +36,14 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-MODES = ("linking", "copying-if-match", "copying")
-
-
 class HookedBackend(MemoryBackend):
     """Runs a hook before the first read of a path (or of any path under a key ending in "/"), before the next
     move or link (a chunk leaving for its blob, either way), before the next move to a destination, or before the
     next listing of a path."""
 
-    def __init__(self, mode: str = "linking") -> None:
+    def __init__(self, links: bool = True) -> None:
         super().__init__()
-        # How a single chunk reaches its blob: linked under a private name (the filesystem), copied on the condition
-        # that it is still the object looked at (S3 honouring CopySourceIfMatch), or copied, then taken back if
-        # need be (S3 stores that ignore the condition, moto among them).
-        assert mode in MODES, mode
-        self.links = mode == "linking"
-        self.copies_if_match = mode == "copying-if-match"
+        self.links = links  # False: a chunk is moved like on S3, a copy straight into the blob
         self.before_read: dict[str, Hook] = {}
         self.before_list: dict[str, Hook] = {}
         self.before_move: Hook | None = None
@@ -85,8 +77,8 @@ class HookedBackend(MemoryBackend):
     async def move(self, src: str, dst: str, exclusive: bool = False) -> bool:
         return await self._hooked(src, dst, super().move(src, dst, exclusive))
 
-    async def copy(self, src: str, dst: str, exclusive: bool = False, if_match: str | None = None) -> bool:
-        return await self._hooked(src, dst, super().copy(src, dst, exclusive, if_match))
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        return await self._hooked(src, dst, super().copy(src, dst, exclusive))
 
     async def _hooked(self, src: str, dst: str, call: Coroutine[Any, Any, bool]) -> bool:
         """A move or a copy (a copying store's way into the blob), between its hooks."""
@@ -171,10 +163,6 @@ async def straggling_patch(store: Registry, name: str, upload_id: str, data: byt
     return gate, delete_then_release
 
 
-def mode_of(backend: HookedBackend) -> str:
-    return "linking" if backend.links else "copying-if-match" if backend.copies_if_match else "copying"
-
-
 def pause() -> tuple[asyncio.Event, asyncio.Event, Hook]:
     """A hook that says it was reached (the first event) and waits until told to go on (the second)."""
     reached, go_on = asyncio.Event(), asyncio.Event()
@@ -207,9 +195,9 @@ async def holding_with_swap(store: Registry, other: Registry, name: str, good: b
     return upload_id, swap
 
 
-@pytest.fixture(params=MODES)
+@pytest.fixture(params=[True, False], ids=["linking", "copying"])
 async def stores(request: pytest.FixtureRequest) -> AsyncIterator[tuple[HookedBackend, Registry, Registry]]:
-    backend = HookedBackend(request.param)
+    backend = HookedBackend(links=request.param)
     one, two = Registry(backend), Registry(backend)
     for store in (one, two):
         await store.start()
@@ -336,13 +324,11 @@ async def test_a_take_back_interrupted_leaves_nothing_unverified(
         raise asyncio.CancelledError
 
     backend.before_move = swap
-    # Hashed under the completion's private name (a linking store), or where it was published (a copying one); a
-    # conditional copy hashes nothing: it finds the chunk changed and copies nothing.
+    # Hashed under the completion's private name (a linking store), or where it was published (a copying one).
     private = paths.upload_publishing(name, upload_id, "")
     hashed = private if backend.links else paths.blob_data(claimed)
     backend.before_read[hashed] = interrupt
-    expected = RegistryError if backend.copies_if_match else (StorageUnavailable, asyncio.CancelledError)
-    with pytest.raises(expected):
+    with pytest.raises((StorageUnavailable, asyncio.CancelledError)):
         await one.uploads.complete(name, upload_id, claimed)
     assert not await backend.exists(paths.blob_data(claimed))
 
@@ -393,11 +379,10 @@ async def test_a_linking_store_never_shows_unverified_bytes_at_the_blob(
     stores: tuple[HookedBackend, Registry, Registry],
 ) -> None:
     """Where storage links (the filesystem), a single chunk is linked under a name private to the completion and
-    reaches the blob only once the session is seen alive after that link, or its bytes hashed; where copies can be
-    conditional (S3), it is copied only while it is the object looked at when the session was alive. Either way
-    the chunk a straggling PATCH stored after the session's deletion is never at the blob's path, not even for the
-    time of a take-back (where an honest push of the same content would deduplicate against it, and a pull would
-    get it). An S3 store that ignores the condition still publishes, then takes back: `seen` is the difference."""
+    reaches the blob only once the session is seen alive after that link, or its bytes hashed: the chunk a
+    straggling PATCH stored after the session's deletion is never at the blob's path, not even for the time of a
+    take-back (where an honest push of the same content would deduplicate against it, and a pull would get it). A
+    copying store (S3) still publishes, then takes back: `seen` is where the two differ."""
     backend, one, two = stores
     name, good, evil = "team/app", b"G" * 4096, b"EVIL" * 3000
     upload_id, swap = await holding_with_swap(one, two, name, good, evil)
@@ -413,7 +398,7 @@ async def test_a_linking_store_never_shows_unverified_bytes_at_the_blob(
         await one.uploads.complete(name, upload_id, claimed)
     assert refused.value.code is ErrorCode.BLOB_UPLOAD_UNKNOWN  # the session was deleted under the PUT
     assert not await backend.exists(paths.blob_data(claimed))
-    assert seen == ([evil] if mode_of(backend) == "copying" else [])
+    assert seen == ([] if backend.links else [evil])
 
 
 async def test_a_completion_that_fails_after_publishing_began_is_completed_by_a_retry(
