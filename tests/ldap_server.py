@@ -44,6 +44,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
+import random
 import re
 import secrets
 import shutil
@@ -97,11 +98,36 @@ USERS_GID_NUMBER = 10000  # every user's primary gidNumber (posixAccount needs o
 FIRST_GID_NUMBER = 20000
 
 
+LOW_PORTS = (10000, 32768)
+"""Where slapd's ports are picked: below the kernel's range for ephemeral ports (ip_local_port_range), so that no
+client connection (nor any server asking for port 0) takes one while slapd is paused; CI once lost a resume()
+that way (bind: Address already in use)."""
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
+    start, end = _below_ephemeral_ports()
+    for _ in range(200):
+        port = random.randrange(start, end)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a machine whose every low port is busy: an ephemeral one will do
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        found: int = s.getsockname()[1]
+        return found
+
+
+def _below_ephemeral_ports() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_start = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return LOW_PORTS
+    end = min(LOW_PORTS[1], ephemeral_start)
+    return (LOW_PORTS[0], end) if end - LOW_PORTS[0] >= 1000 else LOW_PORTS
 
 
 def slapd_binary() -> str | None:
@@ -520,7 +546,8 @@ ppolicy_use_lockout
     def pause(self) -> None:
         """Stop slapd but keep its data and ports: connections are refused until `resume()`.
 
-        Meanwhile another process could take a port (an ephemeral client port, say); `resume()` then fails, saying so.
+        The ports lie below the kernel's ephemeral range (LOW_PORTS), so no client connection takes one meanwhile;
+        should anything else have, `resume()` fails, saying so.
         """
         self._dir  # noqa: B018 - asserts it is started
         self._terminate()
