@@ -238,10 +238,10 @@ class UploadStore:
     async def _publish(self, name: str, upload_id: str, digest: Digest, chunks: list[Chunk], total: int) -> bool:
         """Make the verified bytes the blob; False when the blob already existed (ours is dropped).
 
-        A chunk's name is taken once, exclusively, and freed when the session is deleted or the chunk moved out;
-        but a PATCH that looked at the session before (a DELETE, or a concurrent PUT that failed) can still store a
-        chunk under the same name after it, with other bytes. So what is known of the chunks (a running hash, a
-        checkpoint) vouches for them only while the session lives:
+        A chunk's name is taken once, exclusively, and freed only when the session is deleted (no completion moves
+        a chunk out); but a PATCH that looked at the session before the deletion (a DELETE, a PUT that failed and
+        cancelled it, a repository deletion) can still store a chunk under the same name after it, with other bytes.
+        So what is known of the chunks (a running hash, a checkpoint) vouches for them only while the session lives:
         - several chunks are hashed as they are copied into the blob, whatever is known, and so is a single chunk
           the session's own hash does not vouch for;
         - a single chunk it vouches for is published without a copy. Where storage links (`links`: filesystem),
@@ -259,10 +259,8 @@ class UploadStore:
             if several and await self.blobs.present(digest) is not None:
                 return False
         if several or known is None:
-            # Hashed as they are copied, whatever was known. A single chunk with nothing known (a digest of
-            # another algorithm than the session's, a lost checkpoint) is copied too, not moved: only a move to the
-            # one blob the session's own hash names frees a chunk's name, so two completions of a session can
-            # never move two different contents (a second move to that blob finds it taken).
+            # Hashed as they are copied, whatever was known; so is a single chunk with nothing known (a digest of
+            # another algorithm than the session's, a lost checkpoint).
             hasher = new_hasher(digest.algorithm)
             async with await self.backend.writer(data_path, exclusive=True) as writer:
                 await copy_stream(self._read_chunks(chunks), writer, hasher)

@@ -163,6 +163,11 @@ async def straggling_patch(store: Registry, name: str, upload_id: str, data: byt
     return gate, delete_then_release
 
 
+async def unavailable() -> None:
+    """A hook: storage does not answer this call."""
+    raise StorageUnavailable("storage did not answer")
+
+
 def pause() -> tuple[asyncio.Event, asyncio.Event, Hook]:
     """A hook that says it was reached (the first event) and waits until told to go on (the second)."""
     reached, go_on = asyncio.Event(), asyncio.Event()
@@ -272,7 +277,7 @@ async def test_two_completions_under_two_algorithms_never_move_two_contents(
     first = asyncio.create_task(one.uploads.complete(name, upload_id, sha256))
     await waiting.wait()
 
-    async def straggler_then_first() -> None:  # the chunk's name is free, the session not yet cancelled
+    async def straggler_then_first() -> None:  # the session not yet cancelled: the chunk's name is still taken
         gate.set()
         with contextlib.suppress(RegistryError):
             await straggler
@@ -299,9 +304,6 @@ async def test_a_completion_that_fails_for_a_while_can_be_retried(
     backend, one, _ = stores
     name, good = "team/app", b"G" * 4096
     upload_id = await session_holding(one, name, good)
-
-    async def unavailable() -> None:
-        raise StorageUnavailable("storage did not answer")
 
     backend.before_move = unavailable
     with pytest.raises(StorageUnavailable):
@@ -409,9 +411,6 @@ async def test_a_completion_that_fails_after_publishing_began_is_completed_by_a_
     backend, one, _ = stores
     name, good = "team/app", b"G" * 4096
     upload_id = await session_holding(one, name, good)
-
-    async def unavailable() -> None:
-        raise StorageUnavailable("storage did not answer")
 
     backend.before_move_to[paths.blob_data(digest_of(good))] = unavailable
     with pytest.raises(StorageUnavailable):
