@@ -44,12 +44,10 @@ import datetime
 import hashlib
 import ipaddress
 import os
-import random
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -62,6 +60,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests import ports
 
 PACKAGES = "slapd ldap-utils"  # what to apt-get install when the tools are missing
 SLAPD_CANDIDATES = ("/usr/sbin/slapd",)
@@ -96,38 +96,6 @@ DEFAULT_LOCKED: frozenset[str] = frozenset({"dave"})
 FIRST_UID_NUMBER = 10000
 USERS_GID_NUMBER = 10000  # every user's primary gidNumber (posixAccount needs one)
 FIRST_GID_NUMBER = 20000
-
-
-LOW_PORTS = (10000, 32768)
-"""Where slapd's ports are picked: below the kernel's range for ephemeral ports (ip_local_port_range), so that no
-client connection (nor any server asking for port 0) takes one while slapd is paused; CI once lost a resume()
-that way (bind: Address already in use)."""
-
-
-def _free_port() -> int:
-    start, end = _below_ephemeral_ports()
-    for _ in range(200):
-        port = random.randrange(start, end)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:  # a machine whose every low port is busy: an ephemeral one will do
-        s.bind(("127.0.0.1", 0))
-        found: int = s.getsockname()[1]
-        return found
-
-
-def _below_ephemeral_ports() -> tuple[int, int]:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            ephemeral_start = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return LOW_PORTS
-    end = min(LOW_PORTS[1], ephemeral_start)
-    return (LOW_PORTS[0], end) if end - LOW_PORTS[0] >= 1000 else LOW_PORTS
 
 
 def slapd_binary() -> str | None:
@@ -415,7 +383,7 @@ class LdapServer:
         _write_certificates(self.base_dir)
         (self.base_dir / "slapd.conf").write_text(self._config())
         for attempt in range(attempts):
-            self.port, self.ldaps_port = _free_port(), _free_port()
+            self.port, self.ldaps_port = ports.free_port(), ports.free_port()
             try:
                 self._start_server(timeout)
                 break
@@ -546,7 +514,7 @@ ppolicy_use_lockout
     def pause(self) -> None:
         """Stop slapd but keep its data and ports: connections are refused until `resume()`.
 
-        The ports lie below the kernel's ephemeral range (LOW_PORTS), so no client connection takes one meanwhile;
+        The ports lie below the kernel's ephemeral range (tests/ports.py), so no client connection takes one meanwhile;
         should anything else have, `resume()` fails, saying so.
         """
         self._dir  # noqa: B018 - asserts it is started

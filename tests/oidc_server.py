@@ -26,7 +26,6 @@ import re
 import selectors
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +37,8 @@ from typing import IO, Any, NotRequired, TypedDict
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+
+from tests.ports import free_port
 
 PROVIDER_DIR = Path(__file__).resolve().parent / "oidc_provider"
 SCRIPT = PROVIDER_DIR / "provider.mjs"
@@ -59,13 +60,6 @@ class Account(TypedDict):
     name: NotRequired[str]
     groups: NotRequired[list[str]]
     sub: NotRequired[str]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _tail(path: Path, chars: int = 3000) -> str:
@@ -239,7 +233,7 @@ class OidcProvider:
         try:
             # A port taken between choosing it and the provider binding it (another xdist worker): another one.
             for attempt in range(attempts):
-                self._port = _free_port()
+                self._port = free_port()
                 if self._launch(timeout):
                     return
                 if attempt == attempts - 1:

@@ -12,7 +12,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,17 +22,12 @@ from typing import IO
 import psycopg
 from psycopg import sql
 
+from tests.ports import free_port
+
 USER = "moorage"
 SYSTEM_USER = "postgres"  # who runs the server when the tests run as root
 BIN_GLOB_ROOT = Path("/usr/lib/postgresql")
 PACKAGE = "postgresql"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def postgres_bin_dir() -> Path | None:
@@ -125,7 +119,7 @@ class PostgresServer:
         )
         # A port taken between choosing it and the server binding it (another xdist worker) is retried on another.
         for attempt in range(attempts):
-            self.port = _free_port()
+            self.port = free_port()
             try:
                 self._start_server(timeout)
                 return

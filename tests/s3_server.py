@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -17,16 +16,11 @@ from typing import IO, Any
 import boto3
 import httpx
 
+from tests.ports import free_port
+
 ACCESS_KEY = "moorage-test"
 SECRET_KEY = "moorage-test-secret"
 REGION = "us-east-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 LAUNCHER = Path(__file__).with_name("moto_launcher.py")  # moto_server with atomic conditional writes
@@ -44,7 +38,7 @@ class MotoServer:
     """Start with `start()`, stop with `stop()`; `restart()` keeps the port (for outage tests; data is lost)."""
 
     def __init__(self, log_path: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None

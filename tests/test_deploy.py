@@ -17,7 +17,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from pydantic import BaseModel, SecretStr
 
 from registry.cli import build_parser
 from registry.settings import CONFIG_ENV, ConfigError, Settings, load_settings
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -904,13 +904,6 @@ def test_dockerfile_cmd_flags_are_accepted() -> None:
         assert re.search(rf"(^|\s){re.escape(flag)}\b", help_text), f"`moorage serve --help` does not list {flag}"
     args = build_parser().parse_args(argv[1:])
     assert args.command == "serve" and args.workers == 2
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -419,9 +419,9 @@ def test_a_taken_port_is_retried_with_another(monkeypatch: pytest.MonkeyPatch) -
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         taken_port = taken.getsockname()[1]
-        real_free_port = module._free_port
+        real_free_port = module.ports.free_port
         ports = iter([taken_port, real_free_port()])
-        monkeypatch.setattr(module, "_free_port", lambda: next(ports, None) or real_free_port())
+        monkeypatch.setattr(module.ports, "free_port", lambda: next(ports, None) or real_free_port())
         with LdapServer() as ldap:
             assert taken_port not in (ldap.port, ldap.ldaps_port)
             assert _bind(ldap, "alice", DEFAULT_USERS["alice"])["result"] == 0

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.ports import free_port
 from tests.s3_server import MotoServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,13 +73,6 @@ def require_tool(name: str, package: str) -> str:
             pytrace=False,
         )
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def tail(path: Path, limit: int = LOG_TAIL) -> str:
