@@ -236,16 +236,17 @@ class FilesystemWriter(Writer):
 async def _thread_call_done(call: asyncio.Future[T]) -> T:
     """The result of a call running on a thread on a file, waited for to its end even when the caller is cancelled
     (once or more): the file must not be closed (and its descriptor reused) under the call."""
-    interrupted = False
+    interrupted: asyncio.CancelledError | None = None
     while not call.done():
         try:
             await asyncio.shield(call)
-        except asyncio.CancelledError:
-            interrupted = True
-    if interrupted:
+        except asyncio.CancelledError as e:
+            interrupted = e
+    if interrupted is not None:
         if not call.cancelled():
             call.exception()  # retrieved: the cancellation is what the caller hears of
-        raise asyncio.CancelledError
+        # The cancellation itself, its message kept: anyio's cancel scopes (Starlette's) tell theirs by it.
+        raise interrupted
     return call.result()
 
 
@@ -428,26 +429,25 @@ class FilesystemBackend(StorageBackend):
     # -- streaming ---------------------------------------------------------------------------------
 
     async def reader(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        # The file is closed in any case, without a thread: a reader abandoned part-way (a client that went, a
+        # cancellation delivered again and again, as anyio's cancel scopes do) must not leave it to the garbage
+        # collector, nor close it under a read still running on a thread.
+        f = await self.open_file(path)
         try:
-            with _store_errors():
-                f = await aiofiles.open(self._full(path), "rb")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise self._missing(path) from None
-        try:
-            if offset:
-                await f.seek(offset)
             remaining = length
             while remaining is None or remaining > 0:
                 size = DEFAULT_CHUNK_SIZE if remaining is None else min(DEFAULT_CHUNK_SIZE, remaining)
+                reading = asyncio.ensure_future(self._run(os.pread, f.fileno(), size, offset))
                 with _store_errors():
-                    chunk = await f.read(size)
+                    chunk = await _thread_call_done(reading)
                 if not chunk:
                     break
+                offset += len(chunk)
                 if remaining is not None:
                     remaining -= len(chunk)
                 yield chunk
         finally:
-            await f.close()
+            f.close()
 
     async def open_file(self, path: str) -> BinaryIO:
         full = self._full(path)
