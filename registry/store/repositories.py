@@ -98,7 +98,7 @@ class RepositoryStore:
         """Each upload session's start record goes before the rest of its session. A deletion of the whole area
         need not be atomic (S3 deletes a prefix in batches, in key order: chunks before the start record), and a
         completing request reads a start record that is still there as "the session was not deleted under me"
-        (UploadStore._confirm_copied)."""
+        (UploadStore._publish_private)."""
         try:
             sessions = [entry for entry in await self.backend.list(paths.uploads_dir(name)) if entry.is_dir]
         except PathNotFound:

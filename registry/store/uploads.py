@@ -244,11 +244,8 @@ class UploadStore:
         So what is known of the chunks (a running hash, a checkpoint) vouches for them only while the session lives:
         - several chunks are hashed as they are copied into the blob, whatever is known, and so is a single chunk
           the session's own hash does not vouch for;
-        - a single chunk it vouches for is published without a copy. Where storage links (`links`: filesystem),
-          through a name private to this completion, the chunk keeping its own (`_publish_linked`): nothing
-          unverified is ever at the blob's path. Where it does not (S3), copied straight into the blob (the chunk
-          keeping its name), hashed again once published if the session was deleted meanwhile, and taken back
-          unless it matches (`_confirm_copied`)."""
+        - a single chunk it vouches for is published without passing through here, through a name private to this
+          completion (`_publish_private`): nothing unverified is ever at the blob's path."""
         data_path = paths.blob_data(digest)
         several = len(chunks) > 1
         known = await self._known_digest(name, upload_id, digest.algorithm, total)
@@ -266,30 +263,28 @@ class UploadStore:
                 await copy_stream(self._read_chunks(chunks), writer, hasher)
                 self._verify(digest, hasher.hexdigest(), total)
                 return await writer.commit()
-        # The common case: one PATCH (or monolithic PUT), hashed as it came. The chunk becomes the blob without its
-        # bytes passing through here; if the blob already existed (a dedup hit), ours goes with the session.
-        if self.backend.links:
-            return await self._publish_linked(name, upload_id, digest, chunks[0], data_path)
-        # Copied, not moved: the chunk keeps its name until the session goes, so that no PATCH can store other bytes
-        # under it while the session lives (see `_publish_linked`).
-        created = await self.backend.copy(chunks[0].path, data_path, exclusive=True)
-        if created:
-            await self._confirm_copied(name, upload_id, digest, data_path)
-        return created
+        # The common case: one PATCH (or monolithic PUT), hashed as it came. If the blob already existed (a dedup
+        # hit), ours goes with the session.
+        return await self._publish_private(name, upload_id, digest, chunks[0], data_path)
 
-    async def _publish_linked(self, name: str, upload_id: str, digest: Digest, chunk: Chunk, data_path: str) -> bool:
-        """Link the chunk under a name private to this completion, then publish that name once the session is
-        seen alive after the link, or once its bytes are hashed.
+    async def _publish_private(self, name: str, upload_id: str, digest: Digest, chunk: Chunk, data_path: str) -> bool:
+        """Place the chunk under a name private to this completion (a link where storage links, a server-side copy
+        elsewhere), then publish that name once the session is seen alive after the placing, or once its bytes are
+        hashed.
 
         The chunk keeps its name until the session is deleted: only a deletion frees it, and a deletion removes
-        the start record first (which only the POST writes). Alive after the link therefore means the chunk linked
-        was the only one ever stored under that name, the one the session's hash saw; and no one but this
-        completion writes the private name, so what it then publishes is what it linked."""
+        the start record first (which only the POST writes). Alive after the placing therefore means the chunk
+        placed was the only one ever stored under that name, the one the session's hash saw; and no one but this
+        completion writes the private name, so what it then publishes is what it placed. Where storage copies (S3),
+        this costs a second server-side copy: a copy straight into the blob, checked after, would show a straggling
+        PATCH's bytes at the blob's path until taken back, to pulls and to honest pushes deduplicating against it."""
         private = paths.upload_publishing(name, upload_id, uuid.uuid4().hex)
-        linking = asyncio.ensure_future(self.backend.link(chunk.path, private))
+        placing = asyncio.ensure_future(
+            self.backend.link(chunk.path, private) if self.backend.links else self.backend.copy(chunk.path, private)
+        )
         published = False
         try:
-            if not await asyncio.shield(linking):
+            if not await asyncio.shield(placing):
                 raise AssertionError(f"{private} was taken: a random name came up twice")
             if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
                 await self._verify_private(upload_id, digest, private, chunk.size)
@@ -297,10 +292,10 @@ class UploadStore:
             return published
         finally:
             if not published:  # a dedup hit, refused or failed: the private name goes (the chunk stays)
-                await self._drop_private(linking, private)
+                await self._drop_private(placing, private)
 
     async def _drop_private(self, linking: asyncio.Future[bool], private: str) -> None:
-        """Delete a completion's private name, once its link is done: a link still running on a thread (the request
+        """Delete a completion's private name, once its placing is done: a link or copy still running (the request
         was cancelled) is waited for in the background, so that no name is made after its delete."""
 
         async def drop() -> None:
@@ -318,7 +313,7 @@ class UploadStore:
         task.add_done_callback(self._dropping.discard)
 
     async def _verify_private(self, upload_id: str, digest: Digest, private: str, size: int) -> None:
-        """Hash the chunk a completion linked under its private name, its session deleted meanwhile."""
+        """Hash the chunk a completion placed under its private name, its session deleted meanwhile."""
         hasher = new_hasher(digest.algorithm)
         try:
             async for data in self.backend.reader(private):
@@ -326,30 +321,6 @@ class UploadStore:
         except PathNotFound:
             raise upload_unknown(upload_id) from None
         self._verify(digest, hasher.hexdigest(), size)
-
-    async def _confirm_copied(self, name: str, upload_id: str, digest: Digest, data_path: str) -> None:
-        """The chunk just copied into the blob is the one whose digest was checked, unless the session was deleted
-        since (its start record is written by the POST alone, so it does not come back): then hash what was
-        published, and take it back unless it matches."""
-        if await self.backend.exists(paths.upload_started_at(name, upload_id)):
-            return
-        hasher = new_hasher(digest.algorithm)
-        try:
-            async for data in self.backend.reader(data_path):
-                await hash_into(hasher, data)
-            if hasher.hexdigest() != digest.hex:
-                raise RegistryError(
-                    ErrorCode.DIGEST_INVALID,
-                    detail={"expected": str(digest), "actual": f"{digest.algorithm}:{hasher.hexdigest()}"},
-                    message="the upload was deleted while it completed, and what remained does not match the digest",
-                )
-        except BaseException as e:
-            # Not verified (a mismatch, a storage error, a cancellation): not left published either.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.backend.delete(data_path))
-            if isinstance(e, PathNotFound):
-                raise upload_unknown(upload_id) from None
-            raise
 
     async def _known_digest(self, name: str, upload_id: str, algorithm: str, total: int) -> str | None:
         """The hex digest of the upload's `total` bytes as the session's own hash saw them, without reading them:
@@ -385,7 +356,7 @@ class UploadStore:
     async def cancel(self, name: str, upload_id: str) -> None:
         self._hashers.drop(upload_id)
         # The start record first: where a deletion is not atomic (S3 deletes a prefix in batches), a completing
-        # request must not find it while chunks are already gone (see `_confirm_copied`).
+        # request must not find it while chunks are already gone (see `_publish_private`).
         await self.backend.delete(paths.upload_started_at(name, upload_id))
         await self.backend.delete(paths.upload_dir(name, upload_id))
 

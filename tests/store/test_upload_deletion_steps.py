@@ -1,8 +1,8 @@
 """A deletion (of the upload, or of the repository, on worker two) followed by a straggling PATCH storing `evil`
 (as long as `good`, so worker one's stale running hash covers it) at each step of a completion on worker one; a
 second completion on worker one starts right after. On a linking store (the filesystem's semantics, modelled in
-memory) the blob's path holds `good` or nothing, checked after every storage call: not even for a moment other
-bytes. (Written by a review of the linking design; a copying store, S3, may show them until its take-back.)"""
+memory) and on a copying one (S3's) the blob's path holds `good` or nothing, checked after every storage call: not
+even for a moment other bytes. (Written by a review of the linking design; copying stores since 2026-12-07.)"""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from registry.store.registry import Registry
 from storage_backends import FileInfo
 from tests.store.test_upload_races import Hook, HookedBackend, digest_of, one_chunk, waiting_patch
 
-STEPS = ["read-start", "list", "checkpoint", "link", "alive-check", "move", "layer-link", "cancel"]
+STEPS = ["read-start", "list", "checkpoint", "place", "alive-check", "move", "layer-link", "cancel"]
 
 
 class Probe(HookedBackend):
     """Calls `hook` once, at the first call of the chosen step, and checks the blob after every call."""
 
-    def __init__(self) -> None:
-        super().__init__(links=True)
+    def __init__(self, links: bool) -> None:
+        super().__init__(links=links)
         self.step: str | None = None
         self.hook: Hook | None = None
         self.claimed: Digest | None = None
@@ -61,9 +61,17 @@ class Probe(HookedBackend):
         return await super().list(path)
 
     async def link(self, src: str, dst: str) -> bool:
-        await self._at("link")
+        await self._at("place")
         try:
             return await super().link(src, dst)
+        finally:
+            self._check()
+
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        if "/publishing/" in dst:
+            await self._at("place")
+        try:
+            return await super().copy(src, dst, exclusive)
         finally:
             self._check()
 
@@ -96,10 +104,11 @@ class Probe(HookedBackend):
             self._check()
 
 
+@pytest.mark.parametrize("links", [True, False], ids=["linking", "copying"])
 @pytest.mark.parametrize("deletion", ["upload", "repository"])
 @pytest.mark.parametrize("step", STEPS)
-async def test_deletion_then_straggler_at_each_step(step: str, deletion: str) -> None:
-    backend = Probe()
+async def test_deletion_then_straggler_at_each_step(step: str, deletion: str, links: bool) -> None:
+    backend = Probe(links)
     one, two = Registry(backend), Registry(backend)
     for store in (one, two):
         await store.start()

@@ -312,7 +312,7 @@ async def test_a_completion_that_fails_for_a_while_can_be_retried(
 
 
 @pytest.mark.parametrize("interruption", ["storage-error", "cancelled"])
-async def test_a_take_back_interrupted_leaves_nothing_unverified(
+async def test_a_check_interrupted_leaves_nothing_unverified(
     stores: tuple[HookedBackend, Registry, Registry], interruption: str
 ) -> None:
     backend, one, two = stores
@@ -326,10 +326,8 @@ async def test_a_take_back_interrupted_leaves_nothing_unverified(
         raise asyncio.CancelledError
 
     backend.before_move = swap
-    # Hashed under the completion's private name (a linking store), or where it was published (a copying one).
-    private = paths.upload_publishing(name, upload_id, "")
-    hashed = private if backend.links else paths.blob_data(claimed)
-    backend.before_read[hashed] = interrupt
+    # Hashed under the completion's private name, linked there (a linking store) or copied (a copying one).
+    backend.before_read[paths.upload_publishing(name, upload_id, "")] = interrupt
     with pytest.raises((StorageUnavailable, asyncio.CancelledError)):
         await one.uploads.complete(name, upload_id, claimed)
     assert not await backend.exists(paths.blob_data(claimed))
@@ -377,14 +375,14 @@ async def test_a_repository_deleted_in_batches_under_a_completion_publishes_noth
     await blob_holds_its_digest_or_nothing(backend, claimed)
 
 
-async def test_a_linking_store_never_shows_unverified_bytes_at_the_blob(
+async def test_unverified_bytes_are_never_at_the_blob(
     stores: tuple[HookedBackend, Registry, Registry],
 ) -> None:
-    """Where storage links (the filesystem), a single chunk is linked under a name private to the completion and
-    reaches the blob only once the session is seen alive after that link, or its bytes hashed: the chunk a
-    straggling PATCH stored after the session's deletion is never at the blob's path, not even for the time of a
-    take-back (where an honest push of the same content would deduplicate against it, and a pull would get it). A
-    copying store (S3) still publishes, then takes back: `seen` is where the two differ."""
+    """A single chunk is linked (the filesystem) or copied (S3) under a name private to the completion, and reaches
+    the blob only once the session is seen alive after that, or its bytes hashed: the chunk a straggling PATCH
+    stored after the session's deletion is never at the blob's path, not even for a moment (an honest push of the
+    same content would deduplicate against it, and a pull would get it). Until 2026-12-07 a copying store published
+    first and took back after: `seen` held the straggler's bytes."""
     backend, one, two = stores
     name, good, evil = "team/app", b"G" * 4096, b"EVIL" * 3000
     upload_id, swap = await holding_with_swap(one, two, name, good, evil)
@@ -400,7 +398,7 @@ async def test_a_linking_store_never_shows_unverified_bytes_at_the_blob(
         await one.uploads.complete(name, upload_id, claimed)
     assert refused.value.code is ErrorCode.BLOB_UPLOAD_UNKNOWN  # the session was deleted under the PUT
     assert not await backend.exists(paths.blob_data(claimed))
-    assert seen == ([] if backend.links else [evil])
+    assert seen == []
 
 
 async def test_a_completion_that_fails_after_publishing_began_is_completed_by_a_retry(
@@ -458,7 +456,6 @@ async def test_a_session_deleted_between_two_completions_publishes_nothing_unver
             await c1
 
     backend.before_read[paths.upload_publishing(name, upload_id, "")] = let_c1_move
-    backend.before_read[paths.blob_data(claimed)] = let_c1_move  # a copying store hashes what it published
     c3_go.set()
     with contextlib.suppress(RegistryError):
         await c3
