@@ -323,13 +323,16 @@ class ManifestStore:
 
     async def _drop_if_empty(self, name: str) -> None:
         """The directories a push taken back re-created in a deleted repository (a filesystem keeps them, and they
-        would make it a repository again): removed when no file is left in them."""
+        would make it a repository again): removed when no file is left in them. Not the upload area, which makes
+        no repository: an upload session started meanwhile must never lose its chunks before its start record (see
+        RepositoryStore._end_upload_sessions)."""
         areas = paths.repository_areas(name)
         for area in areas:
             async for _ in self.backend.walk(area):
                 return
         for area in areas:
-            await self.backend.delete(area)
+            if area != paths.uploads_dir(name):
+                await self.backend.delete(area)
 
     async def _tag_missing(self, name: str, tag: str) -> bool:
         try:

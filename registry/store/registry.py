@@ -62,7 +62,7 @@ class Registry:
         self.manifests = ManifestStore(
             backend, self.blobs, self.tags, self.referrers, self.events, manifest_max_bytes, read_through
         )
-        self.repositories = RepositoryStore(backend, self.tags, self.blobs, self.events)
+        self.repositories = RepositoryStore(backend, self.tags, self.blobs, self.uploads, self.events)
         if read_through is not None:
             read_through.bind(self)
 

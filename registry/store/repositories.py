@@ -11,6 +11,7 @@ from registry.names import validate_name
 from registry.store.blobs import BlobStore
 from registry.store.events import Event, EventBus, EventType
 from registry.store.tags import TagStore, tag_immutable
+from registry.store.uploads import UploadStore
 from storage_backends import PathNotFound, StorageBackend
 
 SESSIONS_AT_ONCE = 32  # start records deleted at once when a repository goes
@@ -27,10 +28,13 @@ class DeletedRepository:
 
 
 class RepositoryStore:
-    def __init__(self, backend: StorageBackend, tags: TagStore, blobs: BlobStore, events: EventBus) -> None:
+    def __init__(
+        self, backend: StorageBackend, tags: TagStore, blobs: BlobStore, uploads: UploadStore, events: EventBus
+    ) -> None:
         self.backend = backend
         self.tags = tags
         self.blobs = blobs
+        self.uploads = uploads
         self.events = events
 
     async def exists(self, name: str) -> bool:
@@ -95,10 +99,13 @@ class RepositoryStore:
         return count
 
     async def _end_upload_sessions(self, name: str) -> None:
-        """Each upload session's start record goes before the rest of its session. A deletion of the whole area
-        need not be atomic (S3 deletes a prefix in batches, in key order: chunks before the start record), and a
-        completing request reads a start record that is still there as "the session was not deleted under me"
-        (UploadStore._publish_private)."""
+        """End the sessions the repository has now, one by one, each start record before the rest of its session;
+        the upload area is never deleted as a whole. A deletion of many keys need not be atomic (S3 deletes a prefix
+        in batches, in key order: chunks before the start record), and a completing request reads a start record
+        that is still there as "the session was not deleted under me" (UploadStore._publish_private): a session
+        started after the listing, its chunk deleted a batch before its start record, would take a PATCH's other
+        bytes under the freed chunk name while it still looked alive. A session started after the listing is left
+        whole: its push is one that came after the deletion."""
         try:
             sessions = [entry for entry in await self.backend.list(paths.uploads_dir(name)) if entry.is_dir]
         except PathNotFound:
@@ -106,7 +113,7 @@ class RepositoryStore:
         for start in range(0, len(sessions), SESSIONS_AT_ONCE):
             await asyncio.gather(
                 *(
-                    self.backend.delete(paths.upload_started_at(name, session.path.rsplit("/", 1)[1]))
+                    self.uploads.cancel(name, session.path.rsplit("/", 1)[1])
                     for session in sessions[start : start + SESSIONS_AT_ONCE]
                 )
             )
@@ -122,6 +129,7 @@ class RepositoryStore:
         await backend.delete(paths.tags_dir(name))
         await self._end_upload_sessions(name)
         for area in paths.repository_areas(name):
-            await backend.delete(area)
+            if area != paths.uploads_dir(name):  # ended session by session above
+                await backend.delete(area)
         await backend.delete(paths.tags_dir(name))
         await backend.delete(paths.manifest_revisions_dir(name))

@@ -568,3 +568,66 @@ async def test_a_completion_cancelled_during_its_link_leaves_no_private_name(tmp
         assert (await store.uploads.complete(name, upload_id, digest_of(good))).digest == digest_of(good)
     finally:
         await store.aclose()
+
+
+class ListHooked(HookedBackend):
+    """Calls a hook right after a listing of the chosen directory."""
+
+    def __init__(self, links: bool) -> None:
+        super().__init__(links=links)
+        self.after_list: dict[str, Hook] = {}
+
+    async def list(self, path: str) -> list[FileInfo]:
+        found = await super().list(path)
+        hook = self.after_list.pop(path, None)
+        if hook is not None:
+            await hook()
+        return found
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["linking", "copying"])
+async def test_a_session_started_while_its_repository_is_deleted_publishes_nothing_unverified(links: bool) -> None:
+    """(Found by a review of 167619f.) A repository's deletion lists its upload sessions and ends each, start record
+    first. A session started after that listing used to go with the deletion of the whole upload area: deleted in
+    key order and in batches (S3), its chunk went a batch before its start record, and a plain PATCH meanwhile
+    stored other bytes under the freed chunk name while the session still looked alive; a completion that had
+    checked its running hash then published them. Now such a session is left whole (its push came after the
+    deletion began)."""
+    backend = ListHooked(links)
+    backend.delete_batch = 1  # an attacker places the batch boundary with other sessions' keys
+    one, two = Registry(backend), Registry(backend)
+    for store in (one, two):
+        await store.start()
+    name, good, evil = "team/app", b"G" * 4096, b"EVIL" * 1024
+    await one.uploads.complete(name, await session_holding(one, name, b"seed"), digest_of(b"seed"))
+    await session_holding(one, name, b"idle")  # a session the deletion lists and ends
+    claimed = digest_of(good)
+    late: dict[str, Any] = {}
+    reached, go_on, hold = pause()
+
+    async def after_the_sessions_are_listed() -> None:
+        upload_id = await session_holding(one, name, good)  # one's running hash covers `good`
+        late["id"] = upload_id
+        backend.before_move = hold  # the completion's link or copy to its private name waits
+        late["completion"] = asyncio.create_task(one.uploads.complete(name, upload_id, claimed))
+        await reached.wait()  # it has listed the chunk and checked the running hash
+
+    async def between_batches() -> None:  # the late session's chunk gone, its start record in a later batch
+        if await backend.exists(paths.upload_chunk(name, late["id"], 0)):
+            backend.between_batches[paths.uploads_dir(name)] = between_batches  # not yet: after the next batch
+            return
+        with contextlib.suppress(RegistryError):
+            await two.uploads.append(name, late["id"], one_chunk(evil))
+        go_on.set()
+        with contextlib.suppress(RegistryError):
+            await late["completion"]
+
+    backend.after_list[paths.uploads_dir(name)] = after_the_sessions_are_listed
+    backend.between_batches[paths.uploads_dir(name)] = between_batches
+    await one.repositories.delete(name)
+    go_on.set()
+    with contextlib.suppress(RegistryError):
+        await late["completion"]
+    await blob_holds_its_digest_or_nothing(backend, claimed)
+    for store in (one, two):
+        await store.aclose()
