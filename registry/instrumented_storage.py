@@ -107,6 +107,10 @@ class InstrumentedBackend(StorageBackend):
         self._free_bytes = metrics.storage_free_bytes
         self._prober: asyncio.Task[None] | None = None
 
+    @property
+    def exclusive_writes(self) -> bool:
+        return self.inner.exclusive_writes
+
     async def get_content(self, path: str) -> bytes:
         with self._timers["get_content"]():
             return await self.inner.get_content(path)

@@ -106,6 +106,12 @@ class StorageBackend(abc.ABC):
     links: bool = False
     """Whether `link` is offered: a second name for the very object a path names, without a copy."""
 
+    @property
+    def exclusive_writes(self) -> bool:
+        """Whether `exclusive` writes are atomic: of two creations of one name racing, one fails. Where not (an S3
+        store without conditional writes checks, then writes), both may succeed, the later one's bytes staying."""
+        return True
+
     @abc.abstractmethod
     async def get_content(self, path: str) -> bytes:
         """The whole content of a small object. Raises PathNotFound."""

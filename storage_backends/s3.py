@@ -295,6 +295,10 @@ class S3Backend(StorageBackend):
         except BotoCoreError as e:
             raise StorageUnavailable(f"s3 {fn.__name__}: {e}", reason="the store does not answer") from None
 
+    @property
+    def exclusive_writes(self) -> bool:
+        return bool(self.conditional_writes)
+
     async def start(self) -> None:
         """Check the bucket is reachable and whether it honours conditional writes (If-None-Match: *)."""
         await self.check()

@@ -255,9 +255,11 @@ class UploadStore:
                 return await self.backend.put_content(data_path, b"", exclusive=True)
             if several and await self.blobs.present(digest) is not None:
                 return False
-        if several or known is None:
+        if several or known is None or not self.backend.exclusive_writes:
             # Hashed as they are copied, whatever was known; so is a single chunk with nothing known (a digest of
-            # another algorithm than the session's, a lost checkpoint).
+            # another algorithm than the session's, a lost checkpoint), and any chunk where exclusive writes are not
+            # atomic (an S3 store without conditional writes): two PATCHes racing at one offset may both store their
+            # chunk there, the later one's bytes staying, which the earlier one's hash would vouch for.
             hasher = new_hasher(digest.algorithm)
             async with await self.backend.writer(data_path, exclusive=True) as writer:
                 await copy_stream(self._read_chunks(chunks), writer, hasher)

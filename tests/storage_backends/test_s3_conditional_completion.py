@@ -64,3 +64,13 @@ async def test_a_failed_completion_without_such_a_key_is_an_error(s3: BackendHar
         await writer.commit()
     assert not await backend.exists("lonely/blob")
     assert await s3.leftovers() == []
+
+
+async def test_exclusive_writes_are_atomic_only_where_the_store_honours_the_condition(s3: BackendHarness) -> None:
+    """What the upload store asks before trusting a running hash for a single chunk (UploadStore._publish)."""
+    backend = s3.backend
+    assert isinstance(backend, S3Backend)
+    assert backend.conditional_writes is True  # the harness's moto honours If-None-Match: * (moto_launcher.py)
+    assert backend.exclusive_writes is True
+    backend.conditional_writes = False  # as `storage.s3.conditional_writes: false`, or a store the probe found not to
+    assert backend.exclusive_writes is False

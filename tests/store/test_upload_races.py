@@ -631,3 +631,29 @@ async def test_a_session_started_while_its_repository_is_deleted_publishes_nothi
     await blob_holds_its_digest_or_nothing(backend, claimed)
     for store in (one, two):
         await store.aclose()
+
+
+class CheckThenWrite(HookedBackend):
+    """A store whose exclusive writes are not atomic (S3 without conditional writes): it says so."""
+
+    @property
+    def exclusive_writes(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["linking", "copying"])
+async def test_where_exclusive_writes_are_not_atomic_a_running_hash_vouches_for_nothing(links: bool) -> None:
+    """(Found by a review of 167619f.) Two PATCHes at offset 0 both pass a check-then-write: the later one's bytes
+    stay under the chunk's name, and the earlier one's running hash would vouch for them. The single chunk is then
+    hashed as it is copied into the blob."""
+    backend = CheckThenWrite(links=links)
+    store = Registry(backend)
+    await store.start()
+    name, good, evil = "team/app", b"G" * 4096, b"EVIL" * 1024
+    upload_id = await session_holding(store, name, good)
+    await backend.put_content(paths.upload_chunk(name, upload_id, 0), evil)  # the other PATCH's write, later
+    with pytest.raises(RegistryError) as refused:
+        await store.uploads.complete(name, upload_id, digest_of(good))
+    assert refused.value.code is ErrorCode.DIGEST_INVALID
+    assert not await backend.exists(paths.blob_data(digest_of(good)))
+    await store.aclose()
