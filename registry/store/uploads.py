@@ -25,7 +25,7 @@ from registry.store.admission import Admissions
 from registry.store.blobs import BlobInfo, BlobStore
 from registry.store.events import Event, EventBus, EventType
 from registry.store.streaming import copy_stream, hash_into
-from storage_backends import PathNotFound, StorageBackend
+from storage_backends import PathNotFound, StorageBackend, StorageError, StorageFull, StorageUnavailable
 
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 HASHER_CACHE_SIZE = 1024
@@ -222,6 +222,14 @@ class UploadStore:
                 if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
                     raise upload_unknown(upload_id) from None
                 await self.cancel(name, upload_id)
+                raise
+            except (StorageUnavailable, StorageFull):
+                raise  # a 503 or a 507: the session stays for a retry
+            except StorageError:
+                # Another refusal of the store (a copy of parts of a chunk replaced by a shorter one, its session
+                # deleted meanwhile, is refused as out of range): not a server error when the session went.
+                if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
+                    raise upload_unknown(upload_id) from None
                 raise
             if not created:
                 # A dedup hit on an old blob: its age is what GC's grace period reads, and a manifest PUT follows.

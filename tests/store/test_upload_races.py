@@ -21,7 +21,7 @@ from registry import paths
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.store.registry import Registry
-from storage_backends import FileInfo, StorageUnavailable
+from storage_backends import FileInfo, StorageError, StorageUnavailable
 from storage_backends.filesystem import FilesystemBackend
 from storage_backends.memory import MemoryBackend
 
@@ -656,4 +656,33 @@ async def test_where_exclusive_writes_are_not_atomic_a_running_hash_vouches_for_
         await store.uploads.complete(name, upload_id, digest_of(good))
     assert refused.value.code is ErrorCode.DIGEST_INVALID
     assert not await backend.exists(paths.blob_data(digest_of(good)))
+    await store.aclose()
+
+
+@pytest.mark.parametrize("session", ["deleted", "alive"])
+async def test_a_store_refusing_the_publish_says_the_upload_is_unknown_once_the_session_went(session: str) -> None:
+    """(Found by a review of 167619f.) S3 refuses a part copy beyond its source's size (a chunk replaced by a
+    shorter one, its session deleted meanwhile) with an error of its own: BLOB_UPLOAD_UNKNOWN when the session is
+    gone, never a server error; the error as it is while the session lives."""
+    backend = HookedBackend(links=False)
+    store = Registry(backend)
+    await store.start()
+    name, good = "team/app", b"G" * 4096
+    upload_id = await session_holding(store, name, good)
+
+    async def refused() -> None:
+        if session == "deleted":
+            await store.uploads.delete(name, upload_id)
+        raise StorageError("s3 upload_part_copy: 400: InvalidRequest")
+
+    backend.before_move = refused
+    if session == "deleted":
+        with pytest.raises(RegistryError) as answer:
+            await store.uploads.complete(name, upload_id, digest_of(good))
+        assert answer.value.code is ErrorCode.BLOB_UPLOAD_UNKNOWN
+    else:
+        with pytest.raises(StorageError):
+            await store.uploads.complete(name, upload_id, digest_of(good))
+        assert (await store.uploads.complete(name, upload_id, digest_of(good))).digest == digest_of(good)
+    assert await backend.exists(paths.blob_data(digest_of(good))) is (session == "alive")
     await store.aclose()
