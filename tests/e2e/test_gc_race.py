@@ -75,6 +75,8 @@ class Outcome:
     mounts: int = 0
     redirect_retries: int = 0
     live: dict[tuple[str, str], Image] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    """Each refusal, when and what it said: what a failed run prints beside GC's reports."""
 
 
 def record(outcome: Outcome, response: httpx.Response) -> None:
@@ -84,6 +86,26 @@ def record(outcome: Outcome, response: httpx.Response) -> None:
         except (ValueError, KeyError, TypeError):
             codes = [f"HTTP {response.status_code}"]
         outcome.errors.update(codes)
+        outcome.failures.append(
+            f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} {response.request.method} "
+            f"{response.request.url.path} {response.status_code}: {response.text[:400]}"
+        )
+
+
+def explained(outcome: Outcome, reports: list[dict[str, Any]]) -> str:
+    """The refusals, and what GC did to the blobs they name (each run's start and end, wall clock)."""
+    named = {word.strip('"{}[],') for failure in outcome.failures for word in failure.split() if "sha256:" in word}
+    named = {word[word.index("sha256:") :][:71] for word in named}
+    lines = [*outcome.failures, "GC runs touching those blobs:"]
+    for number, report in enumerate(reports):
+        removed = {b["digest"] for b in report.get("blobs_removed", [])} & named
+        restored = set(report.get("blobs_restored", [])) & named
+        if removed or restored:
+            lines.append(
+                f"run {number} {report.get('_started', '?')}..{report.get('_ended', '?')}: "
+                f"removed {sorted(removed)} restored {sorted(restored)}"
+            )
+    return "\n".join(lines)
 
 
 async def push(client: httpx.AsyncClient, image: Image, outcome: Outcome, mount_from: str | None) -> bool:
@@ -202,6 +224,7 @@ def assert_blobs_hash_to_their_names(server: RunningServer, bucket: S3Bucket | N
 def gc_loop(server: RunningServer, cwd: Path, stop: threading.Event, reports: list[dict[str, Any]]) -> None:
     env = {**os.environ, **server.moorage_env, "PYTHONPATH": str(REPO_ROOT)}
     while not stop.is_set():
+        started = time.strftime("%H:%M:%S")
         result = subprocess.run(
             [sys.executable, "-m", "registry", "gc", "--grace", "0s", "--settle", "2s", "--delete-untagged", "--json"],
             cwd=cwd,
@@ -211,7 +234,9 @@ def gc_loop(server: RunningServer, cwd: Path, stop: threading.Event, reports: li
             timeout=GC_TIMEOUT,
         )
         assert result.returncode == 0, result.stderr
-        reports.append(json.loads(result.stdout))
+        report = json.loads(result.stdout)
+        report["_started"], report["_ended"] = started, time.strftime("%H:%M:%S")
+        reports.append(report)
 
 
 @pytest.fixture
@@ -285,8 +310,10 @@ def test_gc_loses_nothing_while_clients_push(
     )
     reports.append(json.loads(final.stdout))
     assert asyncio.run(check()) == []
-    assert outcome.errors["MANIFEST_BLOB_UNKNOWN"] == 0 and outcome.errors["BLOB_UNKNOWN"] == 0, outcome.errors
-    assert not outcome.errors, outcome.errors
+    assert outcome.errors["MANIFEST_BLOB_UNKNOWN"] == 0 and outcome.errors["BLOB_UNKNOWN"] == 0, explained(
+        outcome, reports
+    )
+    assert not outcome.errors, explained(outcome, reports)
     removed = sum(len(r["blobs_removed"]) for r in reports)
     assert removed > 0, "the race must make GC delete something"
     assert outcome.pushes > pushes and outcome.repushes > repushes and outcome.deletes > deletes, outcome
