@@ -89,4 +89,5 @@ class Registry:
         await self.backend.check()
 
     async def aclose(self) -> None:
+        await self.uploads.aclose()
         await self.backend.aclose()

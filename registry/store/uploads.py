@@ -96,6 +96,10 @@ class _HasherCache:
         self._entries.pop(upload_id, None)
 
 
+CLOSE_WAIT_SECONDS = 10.0
+"""How long closing waits for private names deleted in the background (a link or copy of a cancelled completion)."""
+
+
 class UploadStore:
     def __init__(
         self, backend: StorageBackend, blobs: BlobStore, events: EventBus, admissions: Admissions | None = None
@@ -105,7 +109,7 @@ class UploadStore:
         self.events = events
         self.admissions = admissions if admissions is not None else Admissions()
         self._hashers = _HasherCache()
-        self._dropping: set[asyncio.Future[None]] = set()  # private names deleted once their link is done
+        self._dropping: set[asyncio.Future[None]] = set()  # private names deleted once their placing is done
 
     async def start(self, name: str, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
         new_hasher(algorithm)  # rejects unsupported algorithms before anything is stored
@@ -362,6 +366,12 @@ class UploadStore:
                 ErrorCode.DIGEST_INVALID,
                 detail={"expected": str(digest), "actual": f"{digest.algorithm}:{actual}", "size": total},
             )
+
+    async def aclose(self, wait: float = CLOSE_WAIT_SECONDS) -> None:
+        """Let the private names still being deleted in the background go before storage closes (else they wait
+        for GC's purge of their session)."""
+        if self._dropping:
+            await asyncio.wait(set(self._dropping), timeout=wait)
 
     async def cancel(self, name: str, upload_id: str) -> None:
         self._hashers.drop(upload_id)

@@ -686,3 +686,31 @@ async def test_a_store_refusing_the_publish_says_the_upload_is_unknown_once_the_
         assert (await store.uploads.complete(name, upload_id, digest_of(good))).digest == digest_of(good)
     assert await backend.exists(paths.blob_data(digest_of(good))) is (session == "alive")
     await store.aclose()
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["linking", "copying"])
+async def test_closing_waits_for_the_private_name_of_a_cancelled_completion_to_go(links: bool) -> None:
+    """A completion cancelled while its link or copy runs leaves the deletion of its private name to the
+    background, once that placing is done; closing the store waits for it (else it waits for GC's purge)."""
+    backend = HookedBackend(links=links)
+    store = Registry(backend)
+    await store.start()
+    name, good = "team/app", b"G" * 4096
+    upload_id = await session_holding(store, name, good)
+    placing, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_placing() -> None:
+        placing.set()
+        await release.wait()
+
+    backend.before_move = slow_placing
+    completion = asyncio.create_task(store.uploads.complete(name, upload_id, digest_of(good)))
+    await placing.wait()
+    completion.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await completion
+    asyncio.get_running_loop().call_later(0.05, release.set)
+    await store.aclose()
+    assert release.is_set()  # closing waited for the placing, then for the private name's deletion
+    assert [path async for path in backend.walk(paths.upload_dir(name, upload_id)) if "/publishing/" in path.path] == []
+    assert not await backend.exists(paths.blob_data(digest_of(good)))
