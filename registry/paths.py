@@ -178,6 +178,11 @@ def repository_marker_dirs() -> tuple[str, ...]:
     return ("_manifests", "_layers")
 
 
+def uploads_dir_name() -> str:
+    """The directory name of a repository's upload sessions (no marker: sessions alone make no repository)."""
+    return "_uploads"
+
+
 def repository_name_of(repository_dir: str) -> str:
     return repository_dir[len(REPOSITORIES) + 1 :]
 

@@ -368,7 +368,7 @@ class ReviewCollector:
         swept = await asyncio.to_thread(db.get_meta, UPLOADS_SWEPT)
         if swept is None or now - float(swept) >= limit / 4:
             inventory = Inventory()
-            for name in sorted(await self.registry.repositories.names()):
+            for name in await self.registry.repositories.names(with_uploads=True):
                 await read_uploads(self.registry, inventory, name)
             for contents in inventory.repositories.values():
                 for upload_id, started in sorted(contents.uploads.items()):

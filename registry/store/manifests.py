@@ -326,13 +326,12 @@ class ManifestStore:
         would make it a repository again): removed when no file is left in them. Not the upload area, which makes
         no repository: an upload session started meanwhile must never lose its chunks before its start record (see
         RepositoryStore._end_upload_sessions)."""
-        areas = paths.repository_areas(name)
+        areas = [area for area in paths.repository_areas(name) if area != paths.uploads_dir(name)]
         for area in areas:
             async for _ in self.backend.walk(area):
                 return
         for area in areas:
-            if area != paths.uploads_dir(name):
-                await self.backend.delete(area)
+            await self.backend.delete(area)
 
     async def _tag_missing(self, name: str, tag: str) -> bool:
         try:

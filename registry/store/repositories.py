@@ -43,24 +43,29 @@ class RepositoryStore:
                 return True
         return False
 
-    async def names(self) -> list[str]:
+    async def names(self, *, with_uploads: bool = False) -> list[str]:
+        """Every repository's name. `with_uploads`: also the names that hold upload sessions alone (a first push
+        abandoned before any blob completed, a session started while its repository was deleted), which are no
+        repository for the catalog but hold bytes for GC's upload sweep."""
         found: list[str] = []
-        await self._collect(paths.REPOSITORIES, found)
+        markers = paths.repository_marker_dirs()
+        if with_uploads:
+            markers = (*markers, paths.uploads_dir_name())
+        await self._collect(paths.REPOSITORIES, found, markers)
         return sorted(found)
 
-    async def _collect(self, directory: str, found: list[str]) -> None:
+    async def _collect(self, directory: str, found: list[str], markers: tuple[str, ...]) -> None:
         try:
             entries = await self.backend.list(directory)
         except PathNotFound:
             return
-        markers = paths.repository_marker_dirs()
         bases = {entry.path.rsplit("/", 1)[1]: entry.path for entry in entries if entry.is_dir}
         if directory != paths.REPOSITORIES and any(marker in bases for marker in markers):
             found.append(paths.repository_name_of(directory))
         for base, child in bases.items():
             if base.startswith("_"):
                 continue
-            await self._collect(child, found)
+            await self._collect(child, found, markers)
 
     async def delete(self, name: str, *, force: bool = False) -> DeletedRepository:
         """The repository's manifests, tags, links and uploads go now; its unique blobs at the next GC.

@@ -274,8 +274,14 @@ class UploadStore:
             # chunk there, the later one's bytes staying, which the earlier one's hash would vouch for.
             hasher = new_hasher(digest.algorithm)
             async with await self.backend.writer(data_path, exclusive=True) as writer:
-                await copy_stream(self._read_chunks(chunks), writer, hasher)
+                size = await copy_stream(self._read_chunks(chunks), writer, hasher)
                 self._verify(digest, hasher.hexdigest(), total)
+                if size != total:  # a chunk replaced since the listing: admitted and reported as `total` bytes
+                    raise RegistryError(
+                        ErrorCode.BLOB_UPLOAD_INVALID,
+                        detail={"uuid": upload_id, "listed": total, "read": size},
+                        message="the upload changed while it completed; restart it",
+                    )
                 return await writer.commit()
         # The common case: one PATCH (or monolithic PUT), hashed as it came. If the blob already existed (a dedup
         # hit), ours goes with the session.
