@@ -30,6 +30,11 @@ from tests.postgres_server import PostgresServer
 # least twice LEAST of each kind of write; at most RACE_SECONDS (moto answers each call in milliseconds, not
 # microseconds; "postgresql": the filesystem, the index in PostgreSQL).
 RACE_SECONDS = {"filesystem": 25.0, "s3": 40.0, "postgresql": 20.0}
+SETTLE = {"filesystem": "2s", "s3": "8s", "postgresql": "2s"}
+"""GC's settle period here, with a grace period of 0: a client's blob may be set aside as soon as it is uploaded, and
+only what its manifest PUT restores within the settle period survives, so the settle period must outlast a push's
+gap from its first upload to its manifest. On moto under CI's load an upload's PUT takes up to 2 s (a single chunk
+is copied twice since 167619f): a push of two new blobs took 5 s there, and 2 s lost a blob (CI, 2026-12-07)."""
 GC_RUNS = 3
 # Enough of each kind of write for the race to mean something (S3 through moto manages fewer per second).
 LEAST = {"filesystem": (20, 5, 3), "s3": (15, 4, 2), "postgresql": (15, 4, 2)}
@@ -221,12 +226,15 @@ def assert_blobs_hash_to_their_names(server: RunningServer, bucket: S3Bucket | N
         assert "sha256:" + hashlib.sha256(body).hexdigest() == digest, keys
 
 
-def gc_loop(server: RunningServer, cwd: Path, stop: threading.Event, reports: list[dict[str, Any]]) -> None:
+def gc_loop(
+    server: RunningServer, cwd: Path, stop: threading.Event, reports: list[dict[str, Any]], settle: str
+) -> None:
     env = {**os.environ, **server.moorage_env, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "registry", "gc", "--grace", "0s", "--settle", settle, "--delete-untagged"]
     while not stop.is_set():
         started = time.strftime("%H:%M:%S")
         result = subprocess.run(
-            [sys.executable, "-m", "registry", "gc", "--grace", "0s", "--settle", "2s", "--delete-untagged", "--json"],
+            [*command, "--json"],
             cwd=cwd,
             env=env,
             capture_output=True,
@@ -264,7 +272,7 @@ def test_gc_loses_nothing_while_clients_push(
     outcome = Outcome()
     reports: list[dict[str, Any]] = []
     stop_gc = threading.Event()
-    gc_thread = threading.Thread(target=gc_loop, args=(server, tmp_path, stop_gc, reports))
+    gc_thread = threading.Thread(target=gc_loop, args=(server, tmp_path, stop_gc, reports, SETTLE[store]))
 
     deadline = time.monotonic() + RACE_SECONDS[store]
     pushes, repushes, deletes = LEAST[store]

@@ -559,7 +559,7 @@ async def test_a_completion_cancelled_during_its_link_leaves_no_private_name(tmp
         await asyncio.gather(task, return_exceptions=True)
         release.set()
         publishing = tmp_path / paths.upload_publishing(name, upload_id, "x").rsplit("/", 1)[0]
-        for _ in range(100):  # the background deletion after the link's thread returns
+        for _ in range(500):  # the background deletion after the link's thread returns (CI's load: up to 10 s)
             if not publishing.exists() or not os.listdir(publishing):
                 break
             await asyncio.sleep(0.02)
