@@ -545,12 +545,15 @@ async def test_a_completion_cancelled_during_its_link_leaves_no_private_name(tmp
     try:
         name, good = "team/app", b"G" * 4096
         upload_id = await session_holding(store, name, good)
-        real, started, release = backend._link_sync, threading.Event(), threading.Event()
+        real, started, release, linked = backend._link_sync, threading.Event(), threading.Event(), threading.Event()
 
         def slow_link(src: str, dst: str) -> bool:
             started.set()
             release.wait(5)
-            return real(src, dst)
+            try:
+                return real(src, dst)
+            finally:
+                linked.set()
 
         backend._link_sync = slow_link  # type: ignore[method-assign]
         task = asyncio.create_task(store.uploads.complete(name, upload_id, digest_of(good)))
@@ -558,6 +561,9 @@ async def test_a_completion_cancelled_during_its_link_leaves_no_private_name(tmp
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         release.set()
+        # Looked at once the link is made (before, under load, the name was not there yet: the loop below ended at
+        # once and the assertion then found the name the link had just made, not yet deleted).
+        assert await asyncio.to_thread(linked.wait, 10)
         publishing = tmp_path / paths.upload_publishing(name, upload_id, "x").rsplit("/", 1)[0]
         for _ in range(500):  # the background deletion after the link's thread returns (CI's load: up to 10 s)
             if not publishing.exists() or not os.listdir(publishing):
