@@ -36,6 +36,8 @@ from typing import Any
 
 import moto.backends
 import moto.core.serialize
+import moto.s3.models
+import moto.s3.responses
 import waitress
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
@@ -77,6 +79,39 @@ def _parse_timestamp(value: Any) -> Any:
 
 
 _serialize["parse_to_aware_datetime"] = _parse_timestamp
+
+
+# moto lists every multipart upload as initiated on 2010-11-10 (a constant in its ListMultipartUploads answer), so
+# GC's purge of abandoned multipart uploads (StorageBackend.purge_abandoned_writes) took every upload still without a
+# part for sixteen years old and aborted it: a blob commit's UploadPartCopy then failed through all its retries
+# (KeyError, 500; CI's S3 GC race, 2026-12-07). Each upload's real start is kept, and listed.
+_FAKE_INITIATED = b"<Initiated>2010-11-10T20:48:33.000Z</Initiated>"
+_started: dict[str, str] = {}
+_multipart_init = moto.s3.models.FakeMultipart.__init__
+
+
+def _remember_start(self: Any, *args: Any, **kwargs: Any) -> None:
+    _multipart_init(self, *args, **kwargs)
+    _started[self.id] = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+
+
+moto.s3.models.FakeMultipart.__init__ = _remember_start  # type: ignore[method-assign]
+_list_uploads = moto.s3.responses.S3Response.list_multipart_uploads
+
+
+def _listed_with_their_start(self: Any) -> Any:
+    status, headers, body = _list_uploads(self)
+    raw = body.encode() if isinstance(body, str) else body
+    pieces = raw.split(_FAKE_INITIATED)
+    if len(pieces) > 1:
+        ids = [piece.rsplit(b"<UploadId>", 1)[-1].split(b"</UploadId>", 1)[0].decode() for piece in pieces[:-1]]
+        stamps = [f"<Initiated>{_started.get(i, '2010-11-10T20:48:33.000Z')}</Initiated>".encode() for i in ids]
+        raw = b"".join(piece + stamp for piece, stamp in zip(pieces, [*stamps, b""], strict=True))
+        body = raw.decode() if isinstance(body, str) else raw
+    return status, headers, body
+
+
+moto.s3.responses.S3Response.list_multipart_uploads = _listed_with_their_start  # type: ignore[method-assign]
 
 
 def _access_log(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
