@@ -271,7 +271,8 @@ def _place(src: str, dst: str, exclusive: bool, root: str) -> bool:
     """Rename `src` to `dst` (or hard-link it, when `exclusive`: False if `dst` exists), creating parents.
 
     A concurrent recursive delete of an ancestor can remove the parent directory between `makedirs` and
-    the rename (FileNotFoundError), or between makedirs' mkdir and its own check (FileExistsError): retry.
+    the rename (FileNotFoundError), or between makedirs' mkdir and its own check (FileExistsError): retry, unless
+    `src` is gone too (FileNotFoundError for `src`, whichever error the race showed).
     """
     for attempt in range(1, _RACE_RETRIES + 1):
         try:
@@ -284,8 +285,12 @@ def _place(src: str, dst: str, exclusive: bool, root: str) -> bool:
             except FileExistsError:
                 return False
             return True
-        except (FileNotFoundError, FileExistsError):
-            if attempt == _RACE_RETRIES or not os.path.lexists(src):
+        except (FileNotFoundError, FileExistsError) as e:
+            if not os.path.lexists(src):
+                # The source went with its directory (a session deleted under a completion): whichever of the two
+                # errors the race showed, the caller's answer is "no such source".
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), src) from e
+            if attempt == _RACE_RETRIES:
                 raise
         except OSError as e:
             if e.errno in FULL_ERRNOS:
