@@ -95,6 +95,11 @@ async def fill(client: httpx.AsyncClient) -> None:
     await push(client, "tools/lint", "stable", annotations={DESCRIPTION: "lints"})
 
 
+@pytest.mark.parametrize(
+    ("storage_config", "index_location"),
+    [("filesystem", "sqlite"), ("filesystem", "postgresql"), ("s3", "postgresql")],  # as the random writes' matrix
+    indirect=True,
+)
 async def test_results_stay_right_through_push_retag_delete_and_rebuild(
     storage_config: dict[str, Any], index_location: IndexLocation
 ) -> None:
