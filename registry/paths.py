@@ -159,9 +159,14 @@ def upload_chunk(name: str, upload_id: str, offset: int) -> str:
     return f"{upload_chunks_dir(name, upload_id)}/{offset:020d}"
 
 
+def upload_publishing_dir(name: str, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/publishing"
+
+
 def upload_publishing(name: str, upload_id: str, token: str) -> str:
-    """Ours: a second name, private to one completion (`token` is random), for a single-chunk upload's chunk."""
-    return f"{upload_dir(name, upload_id)}/publishing/{token}"
+    """Ours, one per completion in flight (`token` is random): a second name for a single-chunk upload's chunk where
+    storage links, an empty marker where it copies."""
+    return f"{upload_publishing_dir(name, upload_id)}/{token}"
 
 
 def upload_digest_checkpoint(name: str, upload_id: str, algorithm: str, offset: int) -> str:

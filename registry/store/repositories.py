@@ -107,7 +107,7 @@ class RepositoryStore:
         """End the sessions the repository has now, one by one, each start record before the rest of its session;
         the upload area is never deleted as a whole. A deletion of many keys need not be atomic (S3 deletes a prefix
         in batches, in key order: chunks before the start record), and a completing request reads a start record
-        that is still there as "the session was not deleted under me" (UploadStore._publish_private): a session
+        that is still there as "the session was not deleted under me" (UploadStore._publish_linked): a session
         started after the listing, its chunk deleted a batch before its start record, would take a PATCH's other
         bytes under the freed chunk name while it still looked alive. A session started after the listing is left
         whole: its push is one that came after the deletion."""

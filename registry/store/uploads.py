@@ -97,7 +97,8 @@ class _HasherCache:
 
 
 CLOSE_WAIT_SECONDS = 10.0
-"""How long closing waits for private names deleted in the background (a link or copy of a cancelled completion)."""
+"""How long closing waits for private names and markers deleted in the background (after the link or copy of a
+cancelled completion)."""
 
 
 class UploadStore:
@@ -109,7 +110,7 @@ class UploadStore:
         self.events = events
         self.admissions = admissions if admissions is not None else Admissions()
         self._hashers = _HasherCache()
-        self._dropping: set[asyncio.Future[None]] = set()  # private names deleted once their placing is done
+        self._dropping: set[asyncio.Future[None]] = set()  # names deleted once their link or copy is done
 
     async def start(self, name: str, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
         new_hasher(algorithm)  # rejects unsupported algorithms before anything is stored
@@ -256,8 +257,10 @@ class UploadStore:
         So what is known of the chunks (a running hash, a checkpoint) vouches for them only while the session lives:
         - several chunks are hashed as they are copied into the blob, whatever is known, and so is a single chunk
           the session's own hash does not vouch for;
-        - a single chunk it vouches for is published without passing through here, through a name private to this
-          completion (`_publish_private`): nothing unverified is ever at the blob's path."""
+        - a single chunk it vouches for is published without passing through here: through a name private to this
+          completion where storage links (`_publish_linked`), straight from the chunk where it copies, the session
+          marked so that no deletion frees the chunk meanwhile (`_publish_copied`). Nothing unverified is ever at
+          the blob's path."""
         data_path = paths.blob_data(digest)
         several = len(chunks) > 1
         known = await self._known_digest(name, upload_id, digest.algorithm, total)
@@ -272,39 +275,42 @@ class UploadStore:
             # another algorithm than the session's, a lost checkpoint), and any chunk where exclusive writes are not
             # atomic (an S3 store without conditional writes): two PATCHes racing at one offset may both store their
             # chunk there, the later one's bytes staying, which the earlier one's hash would vouch for.
-            hasher = new_hasher(digest.algorithm)
-            async with await self.backend.writer(data_path, exclusive=True) as writer:
-                size = await copy_stream(self._read_chunks(chunks), writer, hasher)
-                self._verify(digest, hasher.hexdigest(), total)
-                if size != total:  # a chunk replaced since the listing: admitted and reported as `total` bytes
-                    raise RegistryError(
-                        ErrorCode.BLOB_UPLOAD_INVALID,
-                        detail={"uuid": upload_id, "listed": total, "read": size},
-                        message="the upload changed while it completed; restart it",
-                    )
-                return await writer.commit()
+            return await self._publish_hashed(upload_id, digest, chunks, total, data_path)
         # The common case: one PATCH (or monolithic PUT), hashed as it came. If the blob already existed (a dedup
         # hit), ours goes with the session.
-        return await self._publish_private(name, upload_id, digest, chunks[0], data_path)
+        if self.backend.links:
+            return await self._publish_linked(name, upload_id, digest, chunks[0], data_path)
+        return await self._publish_copied(name, upload_id, digest, chunks[0], data_path)
 
-    async def _publish_private(self, name: str, upload_id: str, digest: Digest, chunk: Chunk, data_path: str) -> bool:
-        """Place the chunk under a name private to this completion (a link where storage links, a server-side copy
-        elsewhere), then publish that name once the session is seen alive after the placing, or once its bytes are
-        hashed.
+    async def _publish_hashed(
+        self, upload_id: str, digest: Digest, chunks: list[Chunk], total: int, data_path: str
+    ) -> bool:
+        """Copy the chunks into the blob, hashing them: the blob is created (exclusively) only if they hash right."""
+        hasher = new_hasher(digest.algorithm)
+        async with await self.backend.writer(data_path, exclusive=True) as writer:
+            size = await copy_stream(self._read_chunks(chunks), writer, hasher)
+            self._verify(digest, hasher.hexdigest(), total)
+            if size != total:  # a chunk replaced since the listing: admitted and reported as `total` bytes
+                raise RegistryError(
+                    ErrorCode.BLOB_UPLOAD_INVALID,
+                    detail={"uuid": upload_id, "listed": total, "read": size},
+                    message="the upload changed while it completed; restart it",
+                )
+            return await writer.commit()
+
+    async def _publish_linked(self, name: str, upload_id: str, digest: Digest, chunk: Chunk, data_path: str) -> bool:
+        """Where storage links: link the chunk under a name private to this completion, then publish that name once
+        the session is seen alive after the linking, or once its bytes are hashed.
 
         The chunk keeps its name until the session is deleted: only a deletion frees it, and a deletion removes
-        the start record first (which only the POST writes). Alive after the placing therefore means the chunk
-        placed was the only one ever stored under that name, the one the session's hash saw; and no one but this
-        completion writes the private name, so what it then publishes is what it placed. Where storage copies (S3),
-        this costs a second server-side copy: a copy straight into the blob, checked after, would show a straggling
-        PATCH's bytes at the blob's path until taken back, to pulls and to honest pushes deduplicating against it."""
+        the start record first (which only the POST writes). Alive after the linking therefore means the chunk
+        linked was the only one ever stored under that name, the one the session's hash saw; and no one but this
+        completion writes the private name, so what it then publishes is what it linked."""
         private = paths.upload_publishing(name, upload_id, uuid.uuid4().hex)
-        placing = asyncio.ensure_future(
-            self.backend.link(chunk.path, private) if self.backend.links else self.backend.copy(chunk.path, private)
-        )
+        linking = asyncio.ensure_future(self.backend.link(chunk.path, private))
         published = False
         try:
-            if not await asyncio.shield(placing):
+            if not await asyncio.shield(linking):
                 raise AssertionError(f"{private} was taken: a random name came up twice")
             if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
                 await self._verify_private(upload_id, digest, private, chunk.size)
@@ -312,19 +318,44 @@ class UploadStore:
             return published
         finally:
             if not published:  # a dedup hit, refused or failed: the private name goes (the chunk stays)
-                await self._drop_private(placing, private)
+                await self._delete_when_done(linking, private)
 
-    async def _drop_private(self, linking: asyncio.Future[bool], private: str) -> None:
-        """Delete a completion's private name, once its placing is done: a link or copy still running (the request
-        was cancelled) is waited for in the background, so that no name is made after its delete."""
+    async def _publish_copied(self, name: str, upload_id: str, digest: Digest, chunk: Chunk, data_path: str) -> bool:
+        """Where storage copies (S3): mark the session as being published from, then copy the chunk straight into
+        the blob (created exclusively) if the session is seen alive after the marking; else hash it as it is copied.
+
+        A deletion of the session removes the start record first, and frees the chunks only when it finds no
+        marker (`cancel`). Alive after the marking therefore means the chunk is the one the session's hash saw, and
+        stays so: it cannot be freed, hence not replaced by a straggling PATCH, until this completion's marker goes,
+        once its copy is done. One server-side copy of the layer, where a private copy checked before publishing
+        would cost two."""
+        marker = paths.upload_publishing(name, upload_id, uuid.uuid4().hex)
+        await self.backend.put_content(marker, b"", durable=False)
+        copying: asyncio.Future[bool] | None = None
+        published = False
+        try:
+            if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
+                published = await self._publish_hashed(upload_id, digest, [chunk], chunk.size, data_path)
+                return published
+            copying = asyncio.ensure_future(self.backend.copy(chunk.path, data_path, exclusive=True))
+            published = await asyncio.shield(copying)
+            return published
+        finally:
+            await self._delete_when_done(copying, marker)
+
+    async def _delete_when_done(self, work: asyncio.Future[bool] | None, path: str) -> None:
+        """Delete a completion's private name or marker once its link or copy is done: one still running (the
+        request was cancelled) is waited for in the background, so that no name is made after its delete, and no
+        chunk freed under its copy."""
 
         async def drop() -> None:
-            with contextlib.suppress(BaseException):
-                await linking
+            if work is not None:
+                with contextlib.suppress(BaseException):
+                    await work
             with contextlib.suppress(Exception):
-                await self.backend.delete(private)
+                await self.backend.delete(path)
 
-        if linking.done():
+        if work is None or work.done():
             with contextlib.suppress(Exception):
                 await asyncio.shield(drop())
             return
@@ -374,17 +405,32 @@ class UploadStore:
             )
 
     async def aclose(self, wait: float = CLOSE_WAIT_SECONDS) -> None:
-        """Let the private names still being deleted in the background go before storage closes (else they wait
-        for GC's purge of their session)."""
+        """Let the private names and markers still being deleted in the background go before storage closes (else
+        they wait for GC's purge of their session)."""
         if self._dropping:
             await asyncio.wait(set(self._dropping), timeout=wait)
 
-    async def cancel(self, name: str, upload_id: str) -> None:
+    async def cancel(self, name: str, upload_id: str, *, markers_older_than: float | None = None) -> None:
+        """End the session. Where storage copies, its chunks stay while a completion marked it (`_publish_copied`):
+        the completion's own end deletes them. Markers older than `markers_older_than` seconds (GC's purge of
+        idle sessions) are a dead completion's: they keep nothing."""
         self._hashers.drop(upload_id)
         # The start record first: where a deletion is not atomic (S3 deletes a prefix in batches), a completing
-        # request must not find it while chunks are already gone (see `_publish_private`).
+        # request must not find it while chunks are already gone (see `_publish_linked`, `_publish_copied`).
         await self.backend.delete(paths.upload_started_at(name, upload_id))
+        if not self.backend.links and await self._marked(name, upload_id, markers_older_than):
+            return
         await self.backend.delete(paths.upload_dir(name, upload_id))
+
+    async def _marked(self, name: str, upload_id: str, older_than: float | None) -> bool:
+        try:
+            markers = await self.backend.list(paths.upload_publishing_dir(name, upload_id))
+        except PathNotFound:
+            return False
+        if older_than is None:
+            return bool(markers)
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        return any(marker.modified > since for marker in markers)
 
     async def delete(self, name: str, upload_id: str) -> None:
         await self._started_at(name, upload_id)

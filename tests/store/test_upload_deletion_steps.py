@@ -68,8 +68,8 @@ class Probe(HookedBackend):
             self._check()
 
     async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
-        if "/publishing/" in dst:
-            await self._at("place")
+        if dst.endswith("/data"):  # a copying store publishes by copying the chunk into the blob
+            await self._at("move")
         try:
             return await super().copy(src, dst, exclusive)
         finally:
@@ -90,6 +90,8 @@ class Probe(HookedBackend):
     async def put_content(self, path: str, data: bytes, exclusive: bool = False, durable: bool = True) -> bool:
         if "/_layers/" in path:
             await self._at("layer-link")
+        elif "/publishing/" in path:  # a copying store's marker
+            await self._at("place")
         try:
             return await super().put_content(path, data, exclusive, durable)
         finally:

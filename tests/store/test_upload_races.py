@@ -37,14 +37,15 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
 
 
 class HookedBackend(MemoryBackend):
-    """Runs a hook before the first read of a path (or of any path under a key ending in "/"), before the next
-    move or link (a chunk leaving for its blob, either way), before the next move to a destination, or before the
-    next listing of a path."""
+    """Runs a hook before the first read or write of a path (or of any path under a key ending in "/"), before the
+    next move or link (a chunk leaving for its blob, either way), before the next move to a destination, or before
+    the next listing of a path."""
 
     def __init__(self, links: bool = True) -> None:
         super().__init__()
         self.links = links  # False: a chunk is moved like on S3, a copy straight into the blob
         self.before_read: dict[str, Hook] = {}
+        self.before_put: dict[str, Hook] = {}
         self.before_list: dict[str, Hook] = {}
         self.before_move: Hook | None = None
         self.before_move_to: dict[str, Hook] = {}
@@ -61,6 +62,13 @@ class HookedBackend(MemoryBackend):
             await hook()
         async for data in super().reader(path, offset, length):
             yield data
+
+    async def put_content(self, path: str, data: bytes, exclusive: bool = False, durable: bool = True) -> bool:
+        key = next((k for k in self.before_put if k == path or (k.endswith("/") and path.startswith(k))), None)
+        hook = self.before_put.pop(key) if key is not None else None
+        if hook is not None:
+            await hook()
+        return await super().put_content(path, data, exclusive, durable)
 
     async def list(self, path: str) -> list[FileInfo]:
         hook = self.before_list.pop(path, None)
@@ -325,9 +333,14 @@ async def test_a_check_interrupted_leaves_nothing_unverified(
             raise StorageUnavailable("a read failed")
         raise asyncio.CancelledError
 
-    backend.before_move = swap
-    # Hashed under the completion's private name, linked there (a linking store) or copied (a copying one).
-    backend.before_read[paths.upload_publishing(name, upload_id, "")] = interrupt
+    if backend.links:
+        # Linked under the completion's private name, then the session found deleted: hashed there.
+        backend.before_move = swap
+        backend.before_read[paths.upload_publishing(name, upload_id, "")] = interrupt
+    else:
+        # Deleted before the completion marks it: hashed as the chunk is copied.
+        backend.before_put[paths.upload_publishing(name, upload_id, "")] = swap
+        backend.before_read[paths.upload_chunk(name, upload_id, 0)] = interrupt
     with pytest.raises((StorageUnavailable, asyncio.CancelledError)):
         await one.uploads.complete(name, upload_id, claimed)
     assert not await backend.exists(paths.blob_data(claimed))
@@ -447,21 +460,29 @@ async def test_a_session_deleted_between_two_completions_publishes_nothing_unver
     else:
         await two.uploads.delete(name, upload_id)
     gate.set()
-    await straggler
-    assert await backend.get_content(paths.upload_chunk(name, upload_id, 0)) == evil
+    with contextlib.suppress(RegistryError):  # copying: the straggler finds offset 0 taken and the session gone
+        await straggler
+    # Linking: the deletion freed the chunk name, which the straggler took. Copying: C1 marked the session, so its
+    # chunk stayed for C1's copy and the straggler found offset 0 taken.
+    assert await backend.get_content(paths.upload_chunk(name, upload_id, 0)) == (evil if backend.links else good)
 
     async def let_c1_move() -> None:  # before C3 reads what it took: C1's move to the blob goes first
         c1_go.set()
         with contextlib.suppress(RegistryError):
             await c1
 
-    backend.before_read[paths.upload_publishing(name, upload_id, "")] = let_c1_move
+    # C3 finds the session gone after it listed the chunks: it hashes its private name (linking) or the chunk
+    # (copying).
+    c3_reads = paths.upload_publishing(name, upload_id, "") if backend.links else paths.upload_chunk(name, upload_id, 0)
+    backend.before_read[c3_reads] = let_c1_move
     c3_go.set()
     with contextlib.suppress(RegistryError):
         await c3
     if not c1.done():
         await let_c1_move()
     await blob_holds_its_digest_or_nothing(backend, claimed)
+    if not backend.links:  # whichever completion ended last freed the chunks the deletion had left to C1
+        assert [info.path async for info in backend.walk(paths.upload_dir(name, upload_id))] == []
 
 
 async def test_two_completions_of_one_session_on_the_filesystem_both_succeed(tmp_path: Path) -> None:
@@ -696,8 +717,9 @@ async def test_a_store_refusing_the_publish_says_the_upload_is_unknown_once_the_
 
 @pytest.mark.parametrize("links", [True, False], ids=["linking", "copying"])
 async def test_closing_waits_for_the_private_name_of_a_cancelled_completion_to_go(links: bool) -> None:
-    """A completion cancelled while its link or copy runs leaves the deletion of its private name to the
-    background, once that placing is done; closing the store waits for it (else it waits for GC's purge)."""
+    """A completion cancelled while its link or copy runs leaves the deletion of its private name (linking) or
+    marker (copying) to the background, once that link or copy is done; closing the store waits for it (else it
+    waits for GC's purge). A copying store's copy was into the blob: it completes, with the session's bytes."""
     backend = HookedBackend(links=links)
     store = Registry(backend)
     await store.start()
@@ -719,4 +741,7 @@ async def test_closing_waits_for_the_private_name_of_a_cancelled_completion_to_g
     await store.aclose()
     assert release.is_set()  # closing waited for the placing, then for the private name's deletion
     assert [path async for path in backend.walk(paths.upload_dir(name, upload_id)) if "/publishing/" in path.path] == []
-    assert not await backend.exists(paths.blob_data(digest_of(good)))
+    if links:
+        assert not await backend.exists(paths.blob_data(digest_of(good)))
+    else:
+        assert await backend.get_content(paths.blob_data(digest_of(good))) == good
