@@ -32,6 +32,7 @@ OPERATIONS = (
     "move",
     "link",
     "delete",
+    "delete_file",
     "touch",
     "redirect_url",
     "purge_abandoned_writes",
@@ -170,6 +171,10 @@ class InstrumentedBackend(StorageBackend):
     async def delete(self, path: str) -> None:
         with self._timers["delete"]():
             await self.inner.delete(path)
+
+    async def delete_file(self, path: str) -> None:
+        with self._timers["delete_file"]():
+            await self.inner.delete_file(path)
 
     async def touch(self, path: str) -> None:
         with self._timers["touch"]():

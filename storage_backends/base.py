@@ -158,6 +158,12 @@ class StorageBackend(abc.ABC):
     async def delete(self, path: str) -> None:
         """Delete an object or everything under a prefix. Deleting what is absent is not an error."""
 
+    async def delete_file(self, path: str) -> None:
+        """Delete one object, and nothing under `path` as a prefix: for a path known to name a file, where `delete`
+        would also list the prefix (one request on S3 where `delete` makes two). Deleting what is absent is not an
+        error."""
+        await self.delete(path)
+
     async def touch(self, path: str) -> None:
         """Refresh the modification time of an object (GC grace periods read it). Raises PathNotFound."""
         await self.stat(path)

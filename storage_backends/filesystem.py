@@ -644,6 +644,19 @@ class FilesystemBackend(StorageBackend):
         with _store_errors():
             await self._run(self._delete_sync, path)
 
+    async def delete_file(self, path: str) -> None:
+        with _store_errors():
+            await self._run(self._delete_file_sync, path)
+
+    def _delete_file_sync(self, path: str) -> None:
+        try:
+            os.unlink(self._full(path))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return  # absent, or a directory (no object of that name)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EISDIR):  # EPERM: some platforms' answer for a directory
+                raise
+
     def _delete_sync(self, path: str) -> None:
         full = self._full(path)
         try:

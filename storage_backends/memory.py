@@ -165,6 +165,10 @@ class MemoryBackend(StorageBackend):
         for key in self._under(path):
             self._remove(key)
 
+    async def delete_file(self, path: str) -> None:
+        check_path(path)
+        self._remove(path)
+
     async def touch(self, path: str) -> None:
         self._object(path).modified = _now()
 

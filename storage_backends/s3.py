@@ -564,8 +564,7 @@ class S3Backend(StorageBackend):
         return True
 
     async def delete(self, path: str) -> None:
-        key = self.key(path)
-        await self.call(self.client.delete_object, Bucket=self.bucket, Key=key)
+        await self.delete_file(path)
         batch: builtins.list[dict[str, str]] = []
         async for info in self.walk(path):
             batch.append({"Key": self.key(info.path)})
@@ -574,6 +573,9 @@ class S3Backend(StorageBackend):
                 batch = []
         if batch:
             await self._delete_batch(batch)
+
+    async def delete_file(self, path: str) -> None:
+        await self.call(self.client.delete_object, Bucket=self.bucket, Key=self.key(path))
 
     async def _delete_batch(self, batch: builtins.list[dict[str, str]]) -> None:
         await self.call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})

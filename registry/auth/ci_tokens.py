@@ -155,7 +155,7 @@ class StorageTokenRecords:
         return [entry.path.rsplit("/", 1)[-1].removesuffix(".json") for entry in entries if not entry.is_dir]
 
     async def remove(self, name: str) -> None:
-        await self.backend.delete(paths.ci_token(name))
+        await self.backend.delete_file(paths.ci_token(name))
 
     def close(self) -> None:
         pass

@@ -174,5 +174,5 @@ class ChangeLog:
                 break
             old.append(info.path)
         for path in old:
-            await self.backend.delete(path)
+            await self.backend.delete_file(path)
         return len(old)

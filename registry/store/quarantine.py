@@ -63,7 +63,7 @@ class Quarantine:
         if now - info.modified <= grace:
             return False
         quarantined = paths.quarantined_blob(digest)
-        await self.backend.delete(quarantined)  # a duplicate left by an interrupted run
+        await self.backend.delete_file(quarantined)  # a duplicate left by an interrupted run
         try:
             if not await self.backend.move(data, quarantined, exclusive=True):
                 return False
@@ -83,7 +83,7 @@ class Quarantine:
             if await self.backend.move(quarantined, paths.blob_data(digest), exclusive=True):
                 await self.backend.touch(paths.blob_data(digest))
                 return True
-            await self.backend.delete(quarantined)  # pushed again meanwhile: the set-aside copy is a duplicate
+            await self.backend.delete_file(quarantined)  # pushed again meanwhile: the set-aside copy is a duplicate
         except PathNotFound:
             pass
         try:
@@ -96,7 +96,7 @@ class Quarantine:
         """Delete the set-aside copy for good; False when the blob was pushed again meanwhile (the copy was a
         duplicate, dropped as well)."""
         pushed_again = await self.backend.exists(paths.blob_data(digest))
-        await self.backend.delete(paths.quarantined_blob(digest))
+        await self.backend.delete_file(paths.quarantined_blob(digest))
         return not pushed_again
 
     async def refresh(self, digest: Digest, info: FileInfo) -> float | None:

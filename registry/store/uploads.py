@@ -353,7 +353,7 @@ class UploadStore:
                 with contextlib.suppress(BaseException):
                     await work
             with contextlib.suppress(Exception):
-                await self.backend.delete(path)
+                await self.backend.delete_file(path)
 
         if work is None or work.done():
             with contextlib.suppress(Exception):
@@ -417,7 +417,7 @@ class UploadStore:
         self._hashers.drop(upload_id)
         # The start record first: where a deletion is not atomic (S3 deletes a prefix in batches), a completing
         # request must not find it while chunks are already gone (see `_publish_linked`, `_publish_copied`).
-        await self.backend.delete(paths.upload_started_at(name, upload_id))
+        await self.backend.delete_file(paths.upload_started_at(name, upload_id))
         if not self.backend.links and await self._marked(name, upload_id, markers_older_than):
             return
         await self.backend.delete(paths.upload_dir(name, upload_id))

@@ -111,14 +111,14 @@ class Sessions:
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
         if session.expires <= time.time():
-            await self.backend.delete(path)
+            await self.backend.delete_file(path)
             return None
         return session
 
     async def end(self, secret: str | None) -> None:
         if well_formed(secret):
             assert secret is not None
-            await self.backend.delete(paths.ui_session(_key(secret)))
+            await self.backend.delete_file(paths.ui_session(_key(secret)))
 
     async def prune(self) -> int:
         """Delete the records of sessions past their lifetime that nobody came back to end (by the records' age:
@@ -131,7 +131,7 @@ class Sessions:
         pruned = 0
         for entry in entries:
             if not entry.is_dir and entry.modified < cutoff:
-                await self.backend.delete(entry.path)
+                await self.backend.delete_file(entry.path)
                 pruned += 1
         return pruned
 

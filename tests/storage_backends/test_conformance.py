@@ -873,6 +873,16 @@ async def test_delete_prefix_is_recursive(backend: StorageBackend, harness: Back
     await assert_no_leftovers(harness)
 
 
+async def test_delete_file_deletes_the_object_and_nothing_under_it(backend: StorageBackend) -> None:
+    await put_all(backend, ["f/obj", "f/obj2", "f/dir/a", "f/dir/b/c"])
+    await backend.delete_file("f/obj")
+    await assert_missing(backend, "f/obj")
+    await backend.delete_file("f/obj")  # idempotent
+    await backend.delete_file("f/dir")  # a prefix, not an object: what lies under it stays
+    await backend.delete_file("nothing/deeper/still")
+    assert await walk_paths(backend, "f") == ["f/dir/a", "f/dir/b/c", "f/obj2"]
+
+
 async def test_delete_of_missing_path_is_not_an_error(backend: StorageBackend) -> None:
     await backend.delete("nothing")
     await backend.delete("nothing/deeper/still")
