@@ -338,10 +338,8 @@ class GarbageCollector:
                 if now - started > limit:
                     report.uploads_purged.append((contents.name, upload_id))
                     if not self.options.dry_run:
-                        # Idle for that long: a completion's marker as old is a dead one's.
-                        await self.registry.uploads.cancel(
-                            contents.name, upload_id, markers_older_than=self.options.purge_uploads_after
-                        )
+                        # Idle for that long; a marker kept fresh is a live completion's (UploadStore.cancel).
+                        await self.registry.uploads.cancel(contents.name, upload_id, purging=True)
         # Same age limit: no request writes for as long as an upload session may stay idle.
         report.abandoned_writes_purged = await self.backend.purge_abandoned_writes(
             self.options.purge_uploads_after, dry_run=self.options.dry_run

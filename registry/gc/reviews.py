@@ -375,8 +375,8 @@ class ReviewCollector:
                     if now - started.timestamp() > limit:
                         report.uploads_purged.append((contents.name, upload_id))
                         if not self.options.dry_run:
-                            # Idle for that long: a completion's marker as old is a dead one's.
-                            await self.registry.uploads.cancel(contents.name, upload_id, markers_older_than=limit)
+                            # Idle for that long; a marker kept fresh is a live completion's (UploadStore.cancel).
+                            await self.registry.uploads.cancel(contents.name, upload_id, purging=True)
             if not self.options.dry_run:
                 await asyncio.to_thread(db.set_meta, {UPLOADS_SWEPT: repr(now)})
         report.abandoned_writes_purged = await self.registry.backend.purge_abandoned_writes(

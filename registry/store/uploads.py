@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import re
 import uuid
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from storage_backends import PathNotFound, StorageBackend, StorageError, Storage
 
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 HASHER_CACHE_SIZE = 1024
+logger = logging.getLogger("moorage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,11 @@ class _HasherCache:
     def drop(self, upload_id: str) -> None:
         self._entries.pop(upload_id, None)
 
+
+MARKER_REFRESH_SECONDS = 600.0
+"""How often a completion copying a chunk (S3) rewrites its marker while the copy runs."""
+MARKER_DEAD_SECONDS = 3600.0
+"""A marker older than this was left by a completion that died mid-copy (a live one rewrites it far more often)."""
 
 CLOSE_WAIT_SECONDS = 10.0
 """How long closing waits for private names and markers deleted in the background (after the link or copy of a
@@ -324,44 +331,91 @@ class UploadStore:
         """Where storage copies (S3): mark the session as being published from, then copy the chunk straight into
         the blob (created exclusively) if the session is seen alive after the marking; else hash it as it is copied.
 
-        A deletion of the session removes the start record first, and frees the chunks only when it finds no
+        A deletion of the session removes the start record first, and frees the chunks only when it finds no live
         marker (`cancel`). Alive after the marking therefore means the chunk is the one the session's hash saw, and
         stays so: it cannot be freed, hence not replaced by a straggling PATCH, until this completion's marker goes,
-        once its copy is done. One server-side copy of the layer, where a private copy checked before publishing
-        would cost two."""
+        once its copy is done (the marker is rewritten while a long copy runs, so that it never looks like a dead
+        completion's). One server-side copy of the layer, where a private copy checked before publishing would cost
+        two. A completion that ends otherwise than published finishes a deletion its marker held off."""
         marker = paths.upload_publishing(name, upload_id, uuid.uuid4().hex)
-        await self.backend.put_content(marker, b"", durable=False)
-        copying: asyncio.Future[bool] | None = None
-        published = False
+        work: asyncio.Future[bool] = asyncio.ensure_future(self.backend.put_content(marker, b"", durable=False))
+        keeping: asyncio.Future[None] | None = None
+        ended = False
         try:
+            await asyncio.shield(work)  # cancelled, the PUT may still land: `_unmark` waits for it
             if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
-                published = await self._publish_hashed(upload_id, digest, [chunk], chunk.size, data_path)
-                return published
-            copying = asyncio.ensure_future(self.backend.copy(chunk.path, data_path, exclusive=True))
-            published = await asyncio.shield(copying)
-            return published
+                created = await self._publish_hashed(upload_id, digest, [chunk], chunk.size, data_path)
+            else:
+                work = asyncio.ensure_future(self.backend.copy(chunk.path, data_path, exclusive=True))
+                keeping = asyncio.ensure_future(self._keep_marked(marker, work))
+                created = await asyncio.shield(work)
+            ended = True
+            return created
         finally:
-            await self._delete_when_done(copying, marker)
+            unmarking = asyncio.ensure_future(self._unmark(name, upload_id, marker, work, keeping, ended))
+            self._dropping.add(unmarking)
+            unmarking.add_done_callback(self._dropping.discard)
+            # Done, the marker goes before the session's own cancel reads the markers. Cancelled during the copy,
+            # it goes in the background once the copy is done (`aclose` waits for it).
+            if work.done():
+                await asyncio.shield(unmarking)
 
-    async def _delete_when_done(self, work: asyncio.Future[bool] | None, path: str) -> None:
-        """Delete a completion's private name or marker once its link or copy is done: one still running (the
-        request was cancelled) is waited for in the background, so that no name is made after its delete, and no
-        chunk freed under its copy."""
+    async def _keep_marked(self, marker: str, copying: asyncio.Future[bool]) -> None:
+        """Rewrite the marker every MARKER_REFRESH_SECONDS while the copy runs (a layer of many GiB)."""
+        while True:
+            done, _ = await asyncio.wait({copying}, timeout=MARKER_REFRESH_SECONDS)
+            if done:
+                return
+            try:
+                await self.backend.put_content(marker, b"", durable=False)
+            except StorageError as e:
+                logger.warning("uploads: could not refresh the marker %s: %s", marker, e)
+
+    async def _unmark(
+        self,
+        name: str,
+        upload_id: str,
+        marker: str,
+        work: asyncio.Future[bool],
+        keeping: asyncio.Future[None] | None,
+        ended: bool,
+    ) -> None:
+        """Once the marker's PUT, the copy and the marker's refreshes are done: delete the marker, and unless the
+        completion ended (published, or found the blob there: the session's own cancel follows), finish the
+        deletion of the session if one came and left the chunks to this completion."""
+        for pending in (work, keeping):
+            if pending is not None:
+                with contextlib.suppress(BaseException):
+                    await pending
+        try:
+            await self.backend.delete_file(marker)
+            if not ended:
+                await self._finish_deletion(name, upload_id)
+        except Exception as e:  # the session then waits for GC's purge, the marker seen dead by then
+            logger.warning("uploads: could not clean up after completing %s/%s: %s", name, upload_id, e)
+
+    async def _finish_deletion(self, name: str, upload_id: str) -> None:
+        """Delete what is left of a session deleted while completions marked it, once none marks it any more."""
+        if await self.backend.exists(paths.upload_started_at(name, upload_id)):
+            return  # alive: a retry may still complete it
+        if not await self._marked(name, upload_id, purging=False):
+            await self.backend.delete(paths.upload_dir(name, upload_id))
+
+    async def _delete_when_done(self, work: asyncio.Future[bool], path: str) -> None:
+        """Delete a completion's private name once its link is done: one still running (the request was cancelled)
+        is waited for in the background, so that no name is made after its delete."""
 
         async def drop() -> None:
-            if work is not None:
-                with contextlib.suppress(BaseException):
-                    await work
+            with contextlib.suppress(BaseException):
+                await work
             with contextlib.suppress(Exception):
                 await self.backend.delete_file(path)
 
-        if work is None or work.done():
-            with contextlib.suppress(Exception):
-                await asyncio.shield(drop())
-            return
         task = asyncio.ensure_future(drop())
         self._dropping.add(task)
         task.add_done_callback(self._dropping.discard)
+        if work.done():
+            await asyncio.shield(task)
 
     async def _verify_private(self, upload_id: str, digest: Digest, private: str, size: int) -> None:
         """Hash the chunk a completion placed under its private name, its session deleted meanwhile."""
@@ -410,26 +464,26 @@ class UploadStore:
         if self._dropping:
             await asyncio.wait(set(self._dropping), timeout=wait)
 
-    async def cancel(self, name: str, upload_id: str, *, markers_older_than: float | None = None) -> None:
-        """End the session. Where storage copies, its chunks stay while a completion marked it (`_publish_copied`):
-        the completion's own end deletes them. Markers older than `markers_older_than` seconds (GC's purge of
-        idle sessions) are a dead completion's: they keep nothing."""
+    async def cancel(self, name: str, upload_id: str, *, purging: bool = False) -> None:
+        """End the session. Where storage copies, its chunks stay while a completion marks it (`_publish_copied`):
+        that completion's end deletes them. `purging` (GC's purge of idle sessions): markers older than
+        MARKER_DEAD_SECONDS are dead completions', which keep nothing."""
         self._hashers.drop(upload_id)
         # The start record first: where a deletion is not atomic (S3 deletes a prefix in batches), a completing
         # request must not find it while chunks are already gone (see `_publish_linked`, `_publish_copied`).
         await self.backend.delete_file(paths.upload_started_at(name, upload_id))
-        if not self.backend.links and await self._marked(name, upload_id, markers_older_than):
+        if not self.backend.links and await self._marked(name, upload_id, purging):
             return
         await self.backend.delete(paths.upload_dir(name, upload_id))
 
-    async def _marked(self, name: str, upload_id: str, older_than: float | None) -> bool:
+    async def _marked(self, name: str, upload_id: str, purging: bool) -> bool:
         try:
             markers = await self.backend.list(paths.upload_publishing_dir(name, upload_id))
         except PathNotFound:
             return False
-        if older_than is None:
+        if not purging:
             return bool(markers)
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=MARKER_DEAD_SECONDS)
         return any(marker.modified > since for marker in markers)
 
     async def delete(self, name: str, upload_id: str) -> None:

@@ -18,6 +18,7 @@ from registry.errors import ErrorCode, RegistryError
 from registry.gc.collector import GcOptions, GcReport
 from registry.gc.reviews import ReviewCollector
 from registry.store.registry import Registry
+from registry.store.uploads import MARKER_DEAD_SECONDS
 from storage_backends.filesystem import FilesystemBackend
 from storage_backends.memory import MemoryBackend
 from tests.store.test_upload_races import CheckThenWrite, HookedBackend, ListHooked, digest_of, session_holding
@@ -126,19 +127,21 @@ async def test_a_blob_published_by_hashing_is_the_size_the_completion_counted() 
 
 async def test_a_session_a_dead_completion_marked_is_left_by_its_deletion_and_swept_by_gc() -> None:
     """Where storage copies, a deletion leaves the chunks of a session a completion marked (its copy may still be
-    reading them); so does GC's purge while the marker is recent. A completion that died mid-copy leaves its marker,
-    and GC's purge of the session idle for longer deletes all."""
+    reading them); so does GC's purge while the marker is fresh (a live completion rewrites it while it copies). A
+    completion that died mid-copy leaves its marker to age: GC's purge then deletes it all."""
     backend = HookedBackend(links=False)
     store = Registry(backend)
     await store.start()
     name = "team/app"
     upload_id = await session_holding(store, name, b"x" * 1000)
-    await backend.put_content(paths.upload_publishing(name, upload_id, "dead"), b"")
+    marker = paths.upload_publishing(name, upload_id, "dead")
+    await backend.put_content(marker, b"")
     await store.uploads.delete(name, upload_id)
     assert not await backend.exists(paths.upload_started_at(name, upload_id))
     assert await backend.get_content(paths.upload_chunk(name, upload_id, 0)) == b"x" * 1000
-    await store.uploads.cancel(name, upload_id, markers_older_than=3600)  # a purge: the marker is too recent
+    await swept_by_reviews(store)
     assert await backend.get_content(paths.upload_chunk(name, upload_id, 0)) == b"x" * 1000
+    backend.backdate(marker, MARKER_DEAD_SECONDS + 1)
     assert (name, upload_id) in await swept_by_reviews(store)
     assert [info.path async for info in backend.walk(paths.upload_dir(name, upload_id))] == []
     await store.aclose()

@@ -1,0 +1,199 @@
+"""A copying store's completion marks the session while it copies the chunk into the blob (UploadStore._publish_copied):
+whatever way the completion ends, the session leaves nothing behind once it is deleted, and a marker is dead only once
+it has not been rewritten for MARKER_DEAD_SECONDS. (Found by a review of cbce787; each test fails on it.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from registry import paths
+from registry.errors import RegistryError
+from registry.store import uploads as uploads_module
+from registry.store.registry import Registry
+from storage_backends import FileInfo, StorageUnavailable
+from tests.store.test_upload_races import (
+    HookedBackend,
+    blob_holds_its_digest_or_nothing,
+    digest_of,
+    one_chunk,
+    session_holding,
+    waiting_patch,
+)
+
+NAME = "team/app"
+GOOD, EVIL = b"G" * 4096, b"E" * 4096
+
+
+async def session_files(backend: HookedBackend, upload_id: str) -> list[str]:
+    return [info.path async for info in backend.walk(paths.upload_dir(NAME, upload_id))]
+
+
+@pytest.fixture
+async def stores() -> AsyncIterator[tuple[HookedBackend, Registry, Registry]]:
+    backend = HookedBackend(links=False)
+    one, two = Registry(backend), Registry(backend)
+    for store in (one, two):
+        await store.start()
+    yield backend, one, two
+    for store in (one, two):
+        await store.aclose()
+
+
+def paused() -> tuple[asyncio.Event, asyncio.Event, object]:
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def hook() -> None:
+        reached.set()
+        await release.wait()
+
+    return reached, release, hook
+
+
+async def test_a_deletion_during_the_copy_then_a_failed_copy_leaves_nothing(
+    stores: tuple[HookedBackend, Registry, Registry],
+) -> None:
+    """The DELETE leaves the chunks to the copying completion; its copy fails (a 503): it finishes the deletion."""
+    backend, one, two = stores
+    upload_id = await session_holding(one, NAME, GOOD)
+
+    async def delete_then_fail() -> None:
+        await two.uploads.delete(NAME, upload_id)
+        raise StorageUnavailable("the copy failed")
+
+    backend.before_move_to[paths.blob_data(digest_of(GOOD))] = delete_then_fail
+    with pytest.raises(StorageUnavailable):
+        await one.uploads.complete(NAME, upload_id, digest_of(GOOD))
+    assert await session_files(backend, upload_id) == []
+
+
+async def test_a_cancelled_completion_and_its_retry_leave_nothing(
+    stores: tuple[HookedBackend, Registry, Registry],
+) -> None:
+    """A client gives up on a slow PUT and sends it again: the retry publishes, and its cancel finds the first one's
+    marker; the first one's copy ends later, and it finishes the deletion."""
+    backend, one, _ = stores
+    upload_id = await session_holding(one, NAME, GOOD)
+    reached, release, hook = paused()
+    backend.before_move_to[paths.blob_data(digest_of(GOOD))] = hook  # type: ignore[assignment]
+    first = asyncio.create_task(one.uploads.complete(NAME, upload_id, digest_of(GOOD)))
+    await reached.wait()
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    assert (await one.uploads.complete(NAME, upload_id, digest_of(GOOD))).digest == digest_of(GOOD)
+    assert await session_files(backend, upload_id) != []  # the first one's copy still reads the chunk
+    release.set()
+    await one.uploads.aclose()
+    assert await backend.get_content(paths.blob_data(digest_of(GOOD))) == GOOD
+    assert await session_files(backend, upload_id) == []
+
+
+class MarkerLandsUnanswered(HookedBackend):
+    """The marker's PUT reaches the store but its answer never comes before the request is cancelled (S3: boto3 runs
+    in a thread, which finishes the PUT whatever happens to the coroutine waiting for it)."""
+
+    def __init__(self) -> None:
+        super().__init__(links=False)
+        self.landed = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def put_content(self, path: str, data: bytes, exclusive: bool = False, durable: bool = True) -> bool:
+        done = await super().put_content(path, data, exclusive, durable)
+        if "/publishing/" in path and not self.landed.is_set():
+            self.landed.set()
+            await self.answer.wait()
+        return done
+
+
+async def test_a_completion_cancelled_during_its_marking_leaves_no_marker() -> None:
+    backend = MarkerLandsUnanswered()
+    store = Registry(backend)
+    await store.start()
+    upload_id = await session_holding(store, NAME, GOOD)
+    first = asyncio.create_task(store.uploads.complete(NAME, upload_id, digest_of(GOOD)))
+    await backend.landed.wait()
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    backend.answer.set()
+    await store.uploads.aclose()  # the first one's marker goes once its PUT answered
+    assert (await store.uploads.complete(NAME, upload_id, digest_of(GOOD))).digest == digest_of(GOOD)
+    assert await session_files(backend, upload_id) == []
+    await store.aclose()
+
+
+class PartwiseCopy(HookedBackend):
+    """S3's exclusive copy of a large object: the source read part by part (each part as it is then), the
+    destination created at the end; a hook between the parts."""
+
+    def __init__(self) -> None:
+        super().__init__(links=False)
+        self.between_parts: object = None
+
+    async def copy(self, src: str, dst: str, exclusive: bool = False) -> bool:
+        if not dst.endswith("/data"):
+            return await super().copy(src, dst, exclusive)
+        size = (await self.stat(src)).size
+        first = (await self.get_content(src))[: size // 2]
+        hook, self.between_parts = self.between_parts, None
+        if hook is not None:
+            await hook()  # type: ignore[operator]
+        second = (await self.get_content(src))[size // 2 : size]
+        return await self.put_content(dst, first + second, exclusive=exclusive)
+
+
+async def test_a_purge_during_a_copy_keeps_the_chunk_the_copy_reads() -> None:
+    """GC's purge (its age limit shorter than the copy: every file of the session looks old) finds the live
+    completion's marker fresh: it keeps the chunk, so a straggling PATCH cannot put other bytes under its name for
+    the copy's later parts to read."""
+    backend = PartwiseCopy()
+    one, two = Registry(backend), Registry(backend)
+    for store in (one, two):
+        await store.start()
+    upload_id = (await one.uploads.start(NAME)).upload_id
+    gate, straggler = await waiting_patch(two, NAME, upload_id, EVIL)
+    await one.uploads.append(NAME, upload_id, one_chunk(GOOD))
+
+    async def purge_then_straggle() -> None:
+        for path in await session_files(backend, upload_id):
+            if "/publishing/" not in path:
+                backend.backdate(path, 120)
+        await two.uploads.cancel(NAME, upload_id, purging=True)
+        gate.set()
+        with contextlib.suppress(RegistryError):
+            await straggler
+
+    backend.between_parts = purge_then_straggle
+    with contextlib.suppress(RegistryError):
+        await one.uploads.complete(NAME, upload_id, digest_of(GOOD))
+    await blob_holds_its_digest_or_nothing(backend, digest_of(GOOD))
+    assert await backend.get_content(paths.blob_data(digest_of(GOOD))) == GOOD
+    for store in (one, two):
+        await store.aclose()
+    assert await session_files(backend, upload_id) == []
+
+
+async def test_a_long_copy_keeps_its_marker_fresh(
+    stores: tuple[HookedBackend, Registry, Registry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend, one, two = stores
+    monkeypatch.setattr(uploads_module, "MARKER_REFRESH_SECONDS", 0.01)
+    upload_id = await session_holding(one, NAME, GOOD)
+    reached, release, hook = paused()
+    backend.before_move_to[paths.blob_data(digest_of(GOOD))] = hook  # type: ignore[assignment]
+    completion = asyncio.create_task(one.uploads.complete(NAME, upload_id, digest_of(GOOD)))
+    await reached.wait()
+    markers: list[FileInfo] = await backend.list(paths.upload_publishing_dir(NAME, upload_id))
+    (marker,) = markers
+    backend.backdate(marker.path, uploads_module.MARKER_DEAD_SECONDS + 60)
+    await asyncio.sleep(0.1)  # a few refreshes
+    await two.uploads.cancel(NAME, upload_id, purging=True)
+    assert await backend.get_content(paths.upload_chunk(NAME, upload_id, 0)) == GOOD  # kept for the copy
+    release.set()
+    assert (await completion).digest == digest_of(GOOD)
+    assert await backend.get_content(paths.blob_data(digest_of(GOOD))) == GOOD
+    assert await session_files(backend, upload_id) == []
