@@ -16,8 +16,9 @@ import logging
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from registry import paths
 from registry.digests import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
@@ -222,6 +223,7 @@ class UploadStore:
                 if e.code is ErrorCode.DENIED:  # refused for good; a 503 leaves the session for a retry
                     await self.cancel(name, upload_id)
                 raise
+        published = False
         try:
             try:
                 created = await self._publish(name, upload_id, digest, chunks, total)
@@ -243,11 +245,15 @@ class UploadStore:
                 if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
                     raise upload_unknown(upload_id) from None
                 raise
+            published = True
             if not created:
                 # A dedup hit on an old blob: its age is what GC's grace period reads, and a manifest PUT follows.
                 await self.blobs.present(digest, touch=True)
             await self.blobs.link(name, digest)
         except BaseException:
+            if published and not self.backend.links:
+                # The session's cancel below will not run: a deletion the marker held off is finished here.
+                self._in_background(self._finish_deletion(name, upload_id))
             if admitted is not None:
                 await admitted.release()  # not stored (or not linked) after all: not counted either
             raise
@@ -352,9 +358,7 @@ class UploadStore:
             ended = True
             return created
         finally:
-            unmarking = asyncio.ensure_future(self._unmark(name, upload_id, marker, work, keeping, ended))
-            self._dropping.add(unmarking)
-            unmarking.add_done_callback(self._dropping.discard)
+            unmarking = self._in_background(self._unmark(name, upload_id, marker, work, keeping, ended))
             # Done, the marker goes before the session's own cancel reads the markers. Cancelled during the copy,
             # it goes in the background once the copy is done (`aclose` waits for it).
             if work.done():
@@ -384,9 +388,15 @@ class UploadStore:
         completion ended (published, or found the blob there: the session's own cancel follows), finish the
         deletion of the session if one came and left the chunks to this completion."""
         for pending in (work, keeping):
-            if pending is not None:
-                with contextlib.suppress(BaseException):
-                    await pending
+            if pending is None:
+                continue
+            try:
+                await asyncio.shield(pending)  # never cancelled from here: a refresh's PUT may be in flight
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this cleanup cancelled (the loop closing): the marker stays, dead in an hour, for GC
+            except Exception:
+                pass  # the copy failed: what follows is the same
         try:
             await self.backend.delete_file(marker)
             if not ended:
@@ -411,11 +421,16 @@ class UploadStore:
             with contextlib.suppress(Exception):
                 await self.backend.delete_file(path)
 
-        task = asyncio.ensure_future(drop())
-        self._dropping.add(task)
-        task.add_done_callback(self._dropping.discard)
+        task = self._in_background(drop())
         if work.done():
             await asyncio.shield(task)
+
+    def _in_background(self, cleanup: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """Run a cleanup on its own, whatever happens to the request that started it (`aclose` waits for it)."""
+        task = asyncio.ensure_future(cleanup)
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
+        return task
 
     async def _verify_private(self, upload_id: str, digest: Digest, private: str, size: int) -> None:
         """Hash the chunk a completion placed under its private name, its session deleted meanwhile."""

@@ -21,6 +21,7 @@ from tests.store.test_upload_races import (
     digest_of,
     one_chunk,
     session_holding,
+    unavailable,
     waiting_patch,
 )
 
@@ -197,3 +198,109 @@ async def test_a_long_copy_keeps_its_marker_fresh(
     assert (await completion).digest == digest_of(GOOD)
     assert await backend.get_content(paths.blob_data(digest_of(GOOD))) == GOOD
     assert await session_files(backend, upload_id) == []
+
+
+async def test_a_deletion_held_off_then_a_failed_link_leaves_nothing(
+    stores: tuple[HookedBackend, Registry, Registry],
+) -> None:
+    """(Found by a review of 6245c44.) The DELETE during the copy leaves the chunks to the completion; the copy
+    publishes, but the layer link fails (a 503): the completion's final cancel never runs, so it finishes the
+    deletion on its way out."""
+    backend, one, two = stores
+    upload_id = await session_holding(one, NAME, GOOD)
+
+    async def delete_during_copy() -> None:
+        await two.uploads.delete(NAME, upload_id)
+
+    backend.before_move_to[paths.blob_data(digest_of(GOOD))] = delete_during_copy
+    backend.before_put[paths.layer_link(NAME, digest_of(GOOD))] = unavailable
+    with pytest.raises(StorageUnavailable):
+        await one.uploads.complete(NAME, upload_id, digest_of(GOOD))
+    await one.uploads.aclose()
+    assert await session_files(backend, upload_id) == []
+
+
+async def test_a_deletion_held_off_then_a_client_gone_during_the_link_leaves_nothing(
+    stores: tuple[HookedBackend, Registry, Registry],
+) -> None:
+    backend, one, two = stores
+    upload_id = await session_holding(one, NAME, GOOD)
+
+    async def delete_during_copy() -> None:
+        await two.uploads.delete(NAME, upload_id)
+
+    reached, release, hook = paused()
+    backend.before_move_to[paths.blob_data(digest_of(GOOD))] = delete_during_copy
+    backend.before_put[paths.layer_link(NAME, digest_of(GOOD))] = hook  # type: ignore[assignment]
+    completion = asyncio.create_task(one.uploads.complete(NAME, upload_id, digest_of(GOOD)))
+    await reached.wait()
+    completion.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await completion
+    release.set()
+    await one.uploads.aclose()
+    assert await session_files(backend, upload_id) == []
+
+
+class RefreshOnAThread(HookedBackend):
+    """The marker's first refresh runs as on a thread (S3: boto3 in an executor): cancelling the coroutine waiting
+    for it does not stop the PUT, which lands once `land` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(links=False)
+        self.marker_puts = 0
+        self.refreshing = asyncio.Event()
+        self.land = asyncio.Event()
+
+    async def put_content(self, path: str, data: bytes, exclusive: bool = False, durable: bool = True) -> bool:
+        if "/publishing/" in path:
+            self.marker_puts += 1
+            if self.marker_puts == 2:
+                self.refreshing.set()
+
+                async def on_a_thread() -> bool:
+                    await self.land.wait()
+                    return await HookedBackend.put_content(self, path, data, exclusive, durable)
+
+                return await asyncio.shield(asyncio.ensure_future(on_a_thread()))
+        return await super().put_content(path, data, exclusive, durable)
+
+
+async def test_a_cleanup_cancelled_at_shutdown_never_deletes_a_marker_a_refresh_then_writes_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """(Found by a review of 6245c44.) The loop closing cancels a completion's cleanup while a refresh of its marker
+    is in flight: the cleanup stops there and leaves the marker (dead in MARKER_DEAD_SECONDS, then GC's); it used to
+    swallow the cancellation and delete the marker, which the refresh then wrote again, for good."""
+    monkeypatch.setattr(uploads_module, "MARKER_REFRESH_SECONDS", 0.01)
+    backend = RefreshOnAThread()
+    store = Registry(backend)
+    await store.start()
+    upload_id = await session_holding(store, NAME, GOOD)
+    reached, release, hook = paused()
+    backend.before_move_to[paths.blob_data(digest_of(GOOD))] = hook  # type: ignore[assignment]
+    completion = asyncio.create_task(store.uploads.complete(NAME, upload_id, digest_of(GOOD)))
+    await reached.wait()
+    await backend.refreshing.wait()
+    completion.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await completion
+    release.set()
+    await asyncio.sleep(0.01)
+    (cleanup,) = store.uploads._dropping
+    cleanup.cancel()
+    await asyncio.sleep(0.01)
+    assert cleanup.cancelled()
+    deleted: list[str] = []
+    real_delete_file = backend.delete_file
+
+    async def recording(path: str) -> None:
+        deleted.append(path)
+        await real_delete_file(path)
+
+    monkeypatch.setattr(backend, "delete_file", recording)
+    backend.land.set()
+    await asyncio.sleep(0.01)
+    assert [path for path in deleted if "/publishing/" in path] == []
+    assert len([path for path in await session_files(backend, upload_id) if "/publishing/" in path]) == 1
+    await store.aclose()
