@@ -1,6 +1,7 @@
 """A copying store's completion marks the session while it copies the chunk into the blob (UploadStore._publish_copied):
-whatever way the completion ends, the session leaves nothing behind once it is deleted, and a marker is dead only once
-it has not been rewritten for MARKER_DEAD_SECONDS. (Found by a review of cbce787; each test fails on it.)"""
+however the completion ends (published, failed, cancelled; its cleanup cancelled as the loop closes excepted: that
+marker waits for GC), a deleted session leaves nothing behind, and a marker is dead only once it has not been rewritten
+for MARKER_DEAD_SECONDS. (Found by reviews of cbce787 and 6245c44; each test fails before its fix.)"""
 
 from __future__ import annotations
 
