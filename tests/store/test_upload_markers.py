@@ -21,6 +21,7 @@ from tests.store.test_upload_races import (
     blob_holds_its_digest_or_nothing,
     digest_of,
     one_chunk,
+    pause,
     session_holding,
     unavailable,
     waiting_patch,
@@ -43,16 +44,6 @@ async def stores() -> AsyncIterator[tuple[HookedBackend, Registry, Registry]]:
     yield backend, one, two
     for store in (one, two):
         await store.aclose()
-
-
-def paused() -> tuple[asyncio.Event, asyncio.Event, object]:
-    reached, release = asyncio.Event(), asyncio.Event()
-
-    async def hook() -> None:
-        reached.set()
-        await release.wait()
-
-    return reached, release, hook
 
 
 async def test_a_deletion_during_the_copy_then_a_failed_copy_leaves_nothing(
@@ -79,8 +70,8 @@ async def test_a_cancelled_completion_and_its_retry_leave_nothing(
     marker; the first one's copy ends later, and it finishes the deletion."""
     backend, one, _ = stores
     upload_id = await session_holding(one, NAME, GOOD)
-    reached, release, hook = paused()
-    backend.before_move_to[paths.blob_data(digest_of(GOOD))] = hook  # type: ignore[assignment]
+    reached, release, hook = pause()
+    backend.before_move_to[paths.blob_data(digest_of(GOOD))] = hook
     first = asyncio.create_task(one.uploads.complete(NAME, upload_id, digest_of(GOOD)))
     await reached.wait()
     first.cancel()
@@ -185,8 +176,8 @@ async def test_a_long_copy_keeps_its_marker_fresh(
     backend, one, two = stores
     monkeypatch.setattr(uploads_module, "MARKER_REFRESH_SECONDS", 0.01)
     upload_id = await session_holding(one, NAME, GOOD)
-    reached, release, hook = paused()
-    backend.before_move_to[paths.blob_data(digest_of(GOOD))] = hook  # type: ignore[assignment]
+    reached, release, hook = pause()
+    backend.before_move_to[paths.blob_data(digest_of(GOOD))] = hook
     completion = asyncio.create_task(one.uploads.complete(NAME, upload_id, digest_of(GOOD)))
     await reached.wait()
     markers: list[FileInfo] = await backend.list(paths.upload_publishing_dir(NAME, upload_id))
@@ -230,9 +221,9 @@ async def test_a_deletion_held_off_then_a_client_gone_during_the_link_leaves_not
     async def delete_during_copy() -> None:
         await two.uploads.delete(NAME, upload_id)
 
-    reached, release, hook = paused()
+    reached, release, hook = pause()
     backend.before_move_to[paths.blob_data(digest_of(GOOD))] = delete_during_copy
-    backend.before_put[paths.layer_link(NAME, digest_of(GOOD))] = hook  # type: ignore[assignment]
+    backend.before_put[paths.layer_link(NAME, digest_of(GOOD))] = hook
     completion = asyncio.create_task(one.uploads.complete(NAME, upload_id, digest_of(GOOD)))
     await reached.wait()
     completion.cancel()
@@ -278,8 +269,8 @@ async def test_a_cleanup_cancelled_at_shutdown_never_deletes_a_marker_a_refresh_
     store = Registry(backend)
     await store.start()
     upload_id = await session_holding(store, NAME, GOOD)
-    reached, release, hook = paused()
-    backend.before_move_to[paths.blob_data(digest_of(GOOD))] = hook  # type: ignore[assignment]
+    reached, release, hook = pause()
+    backend.before_move_to[paths.blob_data(digest_of(GOOD))] = hook
     completion = asyncio.create_task(store.uploads.complete(NAME, upload_id, digest_of(GOOD)))
     await reached.wait()
     await backend.refreshing.wait()
