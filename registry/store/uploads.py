@@ -104,6 +104,12 @@ MARKER_REFRESH_SECONDS = 600.0
 MARKER_DEAD_SECONDS = 3600.0
 """A marker older than this was left by a completion that died mid-copy (a live one rewrites it far more often)."""
 
+PRESENT_PROBE_BYTES = 16 * 1024 * 1024
+"""Where storage copies (S3), a verified single chunk at least this large is published only after a look for the
+blob: a layer already in the registry (pushed to another repository, whose blobs clients cannot see from theirs) is
+then linked without a server-side copy of all its bytes. Below this size the copy costs about what the look costs when
+the blob is absent (on S3 a HEAD and a listing), and most small blobs (configs) are new."""
+
 CLOSE_WAIT_SECONDS = 10.0
 """How long closing waits for private names and markers deleted in the background (after the link or copy of a
 cancelled completion)."""
@@ -268,6 +274,8 @@ class UploadStore:
         a chunk out); but a PATCH that looked at the session before the deletion (a DELETE, a PUT that failed and
         cancelled it, a repository deletion) can still store a chunk under the same name after it, with other bytes.
         So what is known of the chunks (a running hash, a checkpoint) vouches for them only while the session lives:
+        - a blob already there is not published again when the session's own hash vouches for the digest: several
+          chunks, or one large chunk on a copying store (PRESENT_PROBE_BYTES), are linked without a copy;
         - several chunks are hashed as they are copied into the blob, whatever is known, and so is a single chunk
           the session's own hash does not vouch for;
         - a single chunk it vouches for is published without passing through here: through a name private to this
@@ -283,6 +291,8 @@ class UploadStore:
                 return await self.backend.put_content(data_path, b"", exclusive=True)
             if several and await self.blobs.present(digest) is not None:
                 return False
+            if not several and self._worth_a_look(total) and await self.backend.exists(data_path):
+                return False  # a layer the registry holds already: linked without a server-side copy of its bytes
         if several or known is None or not self.backend.exclusive_writes:
             # Hashed as they are copied, whatever was known; so is a single chunk with nothing known (a digest of
             # another algorithm than the session's, a lost checkpoint), and any chunk where exclusive writes are not
@@ -294,6 +304,11 @@ class UploadStore:
         if self.backend.links:
             return await self._publish_linked(name, upload_id, digest, chunks[0], data_path)
         return await self._publish_copied(name, upload_id, digest, chunks[0], data_path)
+
+    def _worth_a_look(self, size: int) -> bool:
+        """Whether to look for the blob before publishing a verified single chunk of `size` bytes: where storage
+        links, publishing a blob already there costs a link and its undoing; where it copies, a copy of the bytes."""
+        return not self.backend.links and size >= PRESENT_PROBE_BYTES
 
     async def _publish_hashed(
         self, upload_id: str, digest: Digest, chunks: list[Chunk], total: int, data_path: str

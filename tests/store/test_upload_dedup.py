@@ -1,0 +1,89 @@
+"""A layer already in the registry is linked, not copied again, when a copying store (S3) completes an upload of it
+(UploadStore._publish, PRESENT_PROBE_BYTES): clients pushing to a new repository cannot see the blobs of others, so
+they upload base layers the registry already holds. Until 2026-12-07 such a completion copied the whole chunk
+server-side before its exclusive create found the blob there (a 256 MiB layer on moto: 1.8 s, now 0.09 s)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from registry import paths
+from registry.errors import ErrorCode, RegistryError
+from registry.store import uploads as uploads_module
+from registry.store.events import Event, EventType
+from registry.store.registry import Registry
+from tests.store.test_upload_races import HookedBackend, digest_of, session_holding
+
+LAYER = b"L" * 8192
+
+
+@pytest.fixture
+async def copying() -> AsyncIterator[tuple[HookedBackend, Registry]]:
+    backend = HookedBackend(links=False)
+    store = Registry(backend)
+    await store.start()
+    yield backend, store
+    await store.aclose()
+
+
+def refuse(what: str) -> Callable[[], Awaitable[None]]:
+    async def hook() -> None:
+        raise AssertionError(what)
+
+    return hook
+
+
+async def test_a_large_layer_already_stored_is_linked_without_a_copy(
+    copying: tuple[HookedBackend, Registry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend, store = copying
+    monkeypatch.setattr(uploads_module, "PRESENT_PROBE_BYTES", len(LAYER))
+    digest = digest_of(LAYER)
+    await store.uploads.complete("team/base", await session_holding(store, "team/base", LAYER), digest)
+    events: list[Event] = []
+    store.events.subscribe(events.append)
+
+    upload_id = await session_holding(store, "team/app", LAYER)
+    backend.before_move_to[paths.blob_data(digest)] = refuse("the chunk was copied into a blob already there")
+    backend.before_read[paths.upload_dir("team/app", upload_id) + "/"] = refuse("the chunk was read")
+    info = await store.uploads.complete("team/app", upload_id, digest)
+
+    assert (info.digest, info.size) == (digest, len(LAYER))
+    assert (await store.blobs.stat("team/app", digest)).size == len(LAYER)
+    assert await backend.get_content(paths.blob_data(digest)) == LAYER
+    assert [info.path async for info in backend.walk(paths.upload_dir("team/app", upload_id))] == []
+    pushed = [e for e in events if e.type is EventType.BLOB_PUSHED]
+    assert [(e.repository, e.digest, e.size, e.deduplicated) for e in pushed] == [
+        ("team/app", str(digest), len(LAYER), True)
+    ]
+
+
+async def test_a_wrong_digest_is_refused_before_the_look_for_the_blob(
+    copying: tuple[HookedBackend, Registry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look is no way to link a blob one does not hold: the session's own hash must vouch for the digest."""
+    _, store = copying
+    monkeypatch.setattr(uploads_module, "PRESENT_PROBE_BYTES", 1)
+    digest = digest_of(LAYER)
+    await store.uploads.complete("team/base", await session_holding(store, "team/base", LAYER), digest)
+    upload_id = await session_holding(store, "team/app", b"other bytes of the same length".ljust(len(LAYER)))
+    with pytest.raises(RegistryError) as refused:
+        await store.uploads.complete("team/app", upload_id, digest)
+    assert refused.value.code is ErrorCode.DIGEST_INVALID
+    with pytest.raises(RegistryError):
+        await store.blobs.stat("team/app", digest)
+
+
+async def test_below_the_probe_size_a_layer_already_stored_is_still_a_dedup_hit(
+    copying: tuple[HookedBackend, Registry],
+) -> None:
+    """Small blobs skip the look (their copy costs about as much): the exclusive copy finds the blob instead."""
+    _, store = copying
+    assert len(LAYER) < uploads_module.PRESENT_PROBE_BYTES
+    digest = digest_of(LAYER)
+    await store.uploads.complete("team/base", await session_holding(store, "team/base", LAYER), digest)
+    info = await store.uploads.complete("team/app", await session_holding(store, "team/app", LAYER), digest)
+    assert info.size == len(LAYER)
+    assert (await store.blobs.stat("team/app", digest)).size == len(LAYER)
