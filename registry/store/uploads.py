@@ -125,6 +125,8 @@ class UploadStore:
         self.admissions = admissions if admissions is not None else Admissions()
         self._hashers = _HasherCache()
         self._dropping: set[asyncio.Future[None]] = set()  # names deleted once their link or copy is done
+        # Markers of this process's completions, done, whose delete failed: its own deletions pass them by.
+        self._spent_markers: set[str] = set()
 
     async def start(self, name: str, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
         new_hasher(algorithm)  # rejects unsupported algorithms before anything is stored
@@ -414,9 +416,15 @@ class UploadStore:
                 pass  # the copy failed: what follows is the same
         try:
             await self.backend.delete_file(marker)
+        except Exception as e:
+            # Done with, it holds nothing off here: the session's cancel that follows (or any deletion of it by this
+            # process) deletes it with the rest. Other processes wait for it to age, then GC's purge removes it.
+            self._spent_markers.add(marker)
+            logger.warning("uploads: could not delete the marker %s: %s", marker, e)
+        try:
             if not ended:
                 await self._finish_deletion(name, upload_id)
-        except Exception as e:  # the session then waits for GC's purge, the marker seen dead by then
+        except Exception as e:  # the session then waits for GC's purge
             logger.warning("uploads: could not clean up after completing %s/%s: %s", name, upload_id, e)
 
     async def _finish_deletion(self, name: str, upload_id: str) -> None:
@@ -504,13 +512,17 @@ class UploadStore:
         await self.backend.delete_file(paths.upload_started_at(name, upload_id))
         if not self.backend.links and await self._marked(name, upload_id, purging):
             return
-        await self.backend.delete(paths.upload_dir(name, upload_id))
+        session = paths.upload_dir(name, upload_id)
+        await self.backend.delete(session)
+        if self._spent_markers:
+            self._spent_markers = {m for m in self._spent_markers if not m.startswith(session + "/")}
 
     async def _marked(self, name: str, upload_id: str, purging: bool) -> bool:
         try:
             markers = await self.backend.list(paths.upload_publishing_dir(name, upload_id))
         except PathNotFound:
             return False
+        markers = [marker for marker in markers if marker.path not in self._spent_markers]
         if not purging:
             return bool(markers)
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=MARKER_DEAD_SECONDS)

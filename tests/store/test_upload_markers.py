@@ -296,3 +296,32 @@ async def test_a_cleanup_cancelled_at_shutdown_never_deletes_a_marker_a_refresh_
     assert [path for path in deleted if "/publishing/" in path] == []
     assert len([path for path in await session_files(backend, upload_id) if "/publishing/" in path]) == 1
     await store.aclose()
+
+
+class MarkerDeleteFailsOnce(HookedBackend):
+    """The first delete of a marker fails (S3 answering 503 through every retry)."""
+
+    def __init__(self) -> None:
+        super().__init__(links=False)
+        self.failed = False
+
+    async def delete_file(self, path: str) -> None:
+        if "/publishing/" in path and not self.failed:
+            self.failed = True
+            raise StorageUnavailable("503 SlowDown")
+        await super().delete_file(path)
+
+
+async def test_a_marker_whose_delete_failed_holds_nothing_off_for_its_own_process() -> None:
+    """The push succeeds and its session's cancel deletes everything, the marker too: before, the cancel found the
+    completion's own marker and left the session's files to GC's purge an hour later. (Found by the review of
+    6245c44.)"""
+    backend = MarkerDeleteFailsOnce()
+    store = Registry(backend)
+    await store.start()
+    upload_id = await session_holding(store, NAME, GOOD)
+    assert (await store.uploads.complete(NAME, upload_id, digest_of(GOOD))).digest == digest_of(GOOD)
+    await store.aclose()
+    assert backend.failed
+    assert await session_files(backend, upload_id) == []
+    assert await backend.get_content(paths.blob_data(digest_of(GOOD))) == GOOD
