@@ -247,10 +247,11 @@ class UploadStore:
                 raise
             except (StorageUnavailable, StorageFull):
                 raise  # a 503 or a 507: the session stays for a retry
-            except StorageError:
+            except StorageError as e:
                 # Another refusal of the store (a copy of parts of a chunk replaced by a shorter one, its session
                 # deleted meanwhile, is refused as out of range): not a server error when the session went.
                 if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
+                    logger.info("uploads: %s/%s went while it completed; the store said: %s", name, upload_id, e)
                     raise upload_unknown(upload_id) from None
                 raise
             published = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -687,10 +688,14 @@ async def test_where_exclusive_writes_are_not_atomic_a_running_hash_vouches_for_
 
 
 @pytest.mark.parametrize("session", ["deleted", "alive"])
-async def test_a_store_refusing_the_publish_says_the_upload_is_unknown_once_the_session_went(session: str) -> None:
+async def test_a_store_refusing_the_publish_says_the_upload_is_unknown_once_the_session_went(
+    session: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """(Found by a review of 167619f.) S3 refuses a part copy beyond its source's size (a chunk replaced by a
     shorter one, its session deleted meanwhile) with an error of its own: BLOB_UPLOAD_UNKNOWN when the session is
-    gone, never a server error; the error as it is while the session lives."""
+    gone, never a server error, and what the store said goes to the log; the error as it is while the session
+    lives."""
+    caplog.set_level(logging.INFO, logger="moorage")
     backend = HookedBackend(links=False)
     store = Registry(backend)
     await store.start()
@@ -707,6 +712,7 @@ async def test_a_store_refusing_the_publish_says_the_upload_is_unknown_once_the_
         with pytest.raises(RegistryError) as answer:
             await store.uploads.complete(name, upload_id, digest_of(good))
         assert answer.value.code is ErrorCode.BLOB_UPLOAD_UNKNOWN
+        assert "400: InvalidRequest" in caplog.text
     else:
         with pytest.raises(StorageError):
             await store.uploads.complete(name, upload_id, digest_of(good))
