@@ -110,6 +110,9 @@ blob: a layer already in the registry (pushed to another repository, whose blobs
 then linked without a server-side copy of all its bytes. Below this size the copy costs about what the look costs when
 the blob is absent (on S3 a HEAD and a listing), and most small blobs (configs) are new."""
 
+SPENT_SESSIONS_LIMIT = 1024
+"""At most this many sessions' spent markers (see UploadStore._unmark) are remembered by a process."""
+
 CLOSE_WAIT_SECONDS = 10.0
 """How long closing waits for private names and markers deleted in the background (after the link or copy of a
 cancelled completion)."""
@@ -125,8 +128,10 @@ class UploadStore:
         self.admissions = admissions if admissions is not None else Admissions()
         self._hashers = _HasherCache()
         self._dropping: set[asyncio.Future[None]] = set()  # names deleted once their link or copy is done
-        # Markers of this process's completions, done, whose delete failed: its own deletions pass them by.
-        self._spent_markers: set[str] = set()
+        # Markers of this process's completions, done, whose delete failed, by session directory: this process's
+        # deletions pass them by. Forgotten once the session is deleted here; at most SPENT_SESSIONS_LIMIT sessions
+        # (a session deleted elsewhere, or forgotten, keeps its files until GC's purge, as any marked session does).
+        self._spent_markers: OrderedDict[str, set[str]] = OrderedDict()
 
     async def start(self, name: str, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
         new_hasher(algorithm)  # rejects unsupported algorithms before anything is stored
@@ -292,10 +297,16 @@ class UploadStore:
             self._verify(digest, known, total)  # a wrong digest is refused before anything is copied
             if not chunks:
                 return await self.backend.put_content(data_path, b"", exclusive=True)
-            if several and await self.blobs.present(digest) is not None:
+            if several:
+                there = await self.blobs.present(digest) is not None
+            else:  # a layer the registry holds already: linked without a server-side copy of its bytes
+                there = self._worth_a_look(total) and await self.backend.exists(data_path)
+            if there:
+                # Linked only if the session outlived the look: one deleted meanwhile (with its repository, by
+                # another replica) must not have a layer link written back into what was deleted.
+                if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
+                    raise PathNotFound(paths.upload_started_at(name, upload_id))
                 return False
-            if not several and self._worth_a_look(total) and await self.backend.exists(data_path):
-                return False  # a layer the registry holds already: linked without a server-side copy of its bytes
         if several or known is None or not self.backend.exclusive_writes:
             # Hashed as they are copied, whatever was known; so is a single chunk with nothing known (a digest of
             # another algorithm than the session's, a lost checkpoint), and any chunk where exclusive writes are not
@@ -420,7 +431,9 @@ class UploadStore:
         except Exception as e:
             # Done with, it holds nothing off here: the session's cancel that follows (or any deletion of it by this
             # process) deletes it with the rest. Other processes wait for it to age, then GC's purge removes it.
-            self._spent_markers.add(marker)
+            self._spent_markers.setdefault(paths.upload_dir(name, upload_id), set()).add(marker)
+            while len(self._spent_markers) > SPENT_SESSIONS_LIMIT:
+                self._spent_markers.popitem(last=False)
             logger.warning("uploads: could not delete the marker %s: %s", marker, e)
         try:
             if not ended:
@@ -433,7 +446,7 @@ class UploadStore:
         if await self.backend.exists(paths.upload_started_at(name, upload_id)):
             return  # alive: a retry may still complete it
         if not await self._marked(name, upload_id, purging=False):
-            await self.backend.delete(paths.upload_dir(name, upload_id))
+            await self._delete_session(name, upload_id)
 
     async def _delete_when_done(self, work: asyncio.Future[bool], path: str) -> None:
         """Delete a completion's private name once its link is done: one still running (the request was cancelled)
@@ -513,17 +526,20 @@ class UploadStore:
         await self.backend.delete_file(paths.upload_started_at(name, upload_id))
         if not self.backend.links and await self._marked(name, upload_id, purging):
             return
+        await self._delete_session(name, upload_id)
+
+    async def _delete_session(self, name: str, upload_id: str) -> None:
         session = paths.upload_dir(name, upload_id)
         await self.backend.delete(session)
-        if self._spent_markers:
-            self._spent_markers = {m for m in self._spent_markers if not m.startswith(session + "/")}
+        self._spent_markers.pop(session, None)
 
     async def _marked(self, name: str, upload_id: str, purging: bool) -> bool:
         try:
             markers = await self.backend.list(paths.upload_publishing_dir(name, upload_id))
         except PathNotFound:
             return False
-        markers = [marker for marker in markers if marker.path not in self._spent_markers]
+        spent = self._spent_markers.get(paths.upload_dir(name, upload_id), ())
+        markers = [marker for marker in markers if marker.path not in spent]
         if not purging:
             return bool(markers)
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=MARKER_DEAD_SECONDS)

@@ -14,7 +14,8 @@ from registry.errors import ErrorCode, RegistryError
 from registry.store import uploads as uploads_module
 from registry.store.events import Event, EventType
 from registry.store.registry import Registry
-from tests.store.test_upload_races import HookedBackend, digest_of, session_holding
+from storage_backends import FileInfo
+from tests.store.test_upload_races import HookedBackend, digest_of, one_chunk, session_holding
 
 LAYER = b"L" * 8192
 
@@ -87,3 +88,50 @@ async def test_below_the_probe_size_a_layer_already_stored_is_still_a_dedup_hit(
     info = await store.uploads.complete("team/app", await session_holding(store, "team/app", LAYER), digest)
     assert info.size == len(LAYER)
     assert (await store.blobs.stat("team/app", digest)).size == len(LAYER)
+
+
+class DeletingAfterListing(HookedBackend):
+    """Runs a hook once a listing of a path is answered (the completion has read its chunks)."""
+
+    def __init__(self) -> None:
+        super().__init__(links=False)
+        self.after_list: dict[str, Callable[[], Awaitable[None]]] = {}
+
+    async def list(self, path: str) -> list[FileInfo]:
+        found = await super().list(path)
+        hook = self.after_list.pop(path, None)
+        if hook is not None:
+            await hook()
+        return found
+
+
+@pytest.mark.parametrize("chunks", [1, 2])
+async def test_a_dedup_hit_in_a_repository_deleted_meanwhile_links_nothing_back(
+    chunks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another replica deletes the repository once the completion has listed its chunks: the completion answers
+    BLOB_UPLOAD_UNKNOWN and the repository stays deleted (found by the review of d845bec, which linked the blob
+    back into it; the several-chunk hit did so before)."""
+    monkeypatch.setattr(uploads_module, "PRESENT_PROBE_BYTES", len(LAYER))
+    backend = DeletingAfterListing()
+    store, other = Registry(backend), Registry(backend)
+    for each in (store, other):
+        await each.start()
+    digest = digest_of(LAYER)
+    await store.uploads.complete("team/base", await session_holding(store, "team/base", LAYER), digest)
+    small = b"a small blob of the repository"
+    await store.uploads.complete("team/app", await session_holding(store, "team/app", small), digest_of(small))
+    upload_id = await session_holding(store, "team/app", LAYER[: len(LAYER) // chunks])
+    if chunks == 2:
+        await store.uploads.append("team/app", upload_id, one_chunk(LAYER[len(LAYER) // 2 :]))
+
+    async def delete_repository() -> None:
+        await other.repositories.delete("team/app")
+
+    backend.after_list[paths.upload_chunks_dir("team/app", upload_id)] = delete_repository
+    with pytest.raises(RegistryError) as refused:
+        await store.uploads.complete("team/app", upload_id, digest)
+    assert refused.value.code is ErrorCode.BLOB_UPLOAD_UNKNOWN
+    assert not await store.repositories.exists("team/app")
+    for each in (store, other):
+        await each.aclose()

@@ -325,3 +325,60 @@ async def test_a_marker_whose_delete_failed_holds_nothing_off_for_its_own_proces
     assert backend.failed
     assert await session_files(backend, upload_id) == []
     assert await backend.get_content(paths.blob_data(digest_of(GOOD))) == GOOD
+
+
+class MarkerDeletesFail(HookedBackend):
+    """Every delete of a marker fails."""
+
+    def __init__(self) -> None:
+        super().__init__(links=False)
+        self.failures = 0
+
+    async def delete_file(self, path: str) -> None:
+        if "/publishing/" in path:
+            self.failures += 1
+            raise StorageUnavailable("503 SlowDown")
+        await super().delete_file(path)
+
+
+async def test_spent_markers_are_forgotten_with_their_sessions() -> None:
+    """A DELETE during the copy leaves the chunks to the completion, whose copy then fails and whose marker's delete
+    fails: the completion deletes the session all the same, and forgets the marker (the review of 24dfd51 found the
+    process kept every such marker for its life)."""
+    backend = MarkerDeletesFail()
+    store = Registry(backend)
+    await store.start()
+    for i in range(5):
+        data = b"L%d" % i * 2048
+        upload_id = await session_holding(store, NAME, data)
+
+        async def delete_then_fail(upload_id: str = upload_id) -> None:
+            await store.uploads.delete(NAME, upload_id)
+            raise StorageUnavailable("the copy failed")
+
+        backend.before_move_to[paths.blob_data(digest_of(data))] = delete_then_fail
+        with pytest.raises(StorageUnavailable):
+            await store.uploads.complete(NAME, upload_id, digest_of(data))
+        await store.uploads.aclose()
+        assert await session_files(backend, upload_id) == []
+    assert backend.failures == 5
+    assert not store.uploads._spent_markers
+    await store.aclose()
+
+
+async def test_spent_markers_are_remembered_for_a_bounded_number_of_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies that fail (their sessions stay for a retry) and whose markers cannot be deleted: the process remembers
+    the spent markers of the last SPENT_SESSIONS_LIMIT sessions only."""
+    monkeypatch.setattr(uploads_module, "SPENT_SESSIONS_LIMIT", 3)
+    backend = MarkerDeletesFail()
+    store = Registry(backend)
+    await store.start()
+    sessions = []
+    for i in range(5):
+        data = b"B%d" % i * 2048
+        sessions.append(await session_holding(store, NAME, data))
+        backend.before_move_to[paths.blob_data(digest_of(data))] = unavailable
+        with pytest.raises(StorageUnavailable):
+            await store.uploads.complete(NAME, sessions[-1], digest_of(data))
+    assert list(store.uploads._spent_markers) == [paths.upload_dir(NAME, s) for s in sessions[2:]]
+    await store.aclose()
