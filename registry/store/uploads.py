@@ -238,31 +238,15 @@ class UploadStore:
                 raise
         published = False
         try:
-            try:
-                created = await self._publish(name, upload_id, digest, chunks, total)
-            except PathNotFound:
-                # A concurrent completion of the same session took the chunks first.
-                raise upload_unknown(upload_id) from None
-            except RegistryError:
-                # The session gone since it was read (another PUT of it completed, a DELETE): what was listed of it
-                # (nothing, part of its chunks) says nothing of the client's bytes.
-                if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
-                    raise upload_unknown(upload_id) from None
-                await self.cancel(name, upload_id)
-                raise
-            except (StorageUnavailable, StorageFull):
-                raise  # a 503 or a 507: the session stays for a retry
-            except StorageError as e:
-                # Another refusal of the store (a copy of parts of a chunk replaced by a shorter one, its session
-                # deleted meanwhile, is refused as out of range): not a server error when the session went.
-                if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
-                    logger.info("uploads: %s/%s went while it completed; the store said: %s", name, upload_id, e)
-                    raise upload_unknown(upload_id) from None
-                raise
+            created = await self._publish_answered(name, upload_id, digest, chunks, total)
             published = True
-            if not created:
-                # A dedup hit on an old blob: its age is what GC's grace period reads, and a manifest PUT follows.
-                await self.blobs.present(digest, touch=True)
+            # A dedup hit on an old blob: its age is what GC's grace period reads, and a manifest PUT follows.
+            if not created and await self.blobs.present(digest, touch=True) is None:
+                # GC deleted that blob for good since it was found (past its settle period): the client's bytes,
+                # still in the session, are published after all.
+                created = await self._publish_answered(name, upload_id, digest, chunks, total)
+                if not created and await self.blobs.present(digest, touch=True) is None:
+                    raise StorageUnavailable(f"{digest} was collected again while its upload completed; retry")
             await self.blobs.link(name, digest)
         except BaseException:
             if published and not self.backend.links:
@@ -274,6 +258,32 @@ class UploadStore:
         await self.cancel(name, upload_id)
         self.events.emit(Event(EventType.BLOB_PUSHED, name, str(digest), size=total, deduplicated=not created))
         return BlobInfo(digest, total)
+
+    async def _publish_answered(
+        self, name: str, upload_id: str, digest: Digest, chunks: list[Chunk], total: int
+    ) -> bool:
+        """`_publish`, its failures answered as the client must hear them."""
+        try:
+            return await self._publish(name, upload_id, digest, chunks, total)
+        except PathNotFound:
+            # A concurrent completion of the same session took the chunks first.
+            raise upload_unknown(upload_id) from None
+        except RegistryError:
+            # The session gone since it was read (another PUT of it completed, a DELETE): what was listed of it
+            # (nothing, part of its chunks) says nothing of the client's bytes.
+            if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
+                raise upload_unknown(upload_id) from None
+            await self.cancel(name, upload_id)
+            raise
+        except (StorageUnavailable, StorageFull):
+            raise  # a 503 or a 507: the session stays for a retry
+        except StorageError as e:
+            # Another refusal of the store (a copy of parts of a chunk replaced by a shorter one, its session
+            # deleted meanwhile, is refused as out of range): not a server error when the session went.
+            if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
+                logger.info("uploads: %s/%s went while it completed; the store said: %s", name, upload_id, e)
+                raise upload_unknown(upload_id) from None
+            raise
 
     async def _publish(self, name: str, upload_id: str, digest: Digest, chunks: list[Chunk], total: int) -> bool:
         """Make the verified bytes the blob; False when the blob already existed (ours is dropped).

@@ -135,3 +135,37 @@ async def test_a_dedup_hit_in_a_repository_deleted_meanwhile_links_nothing_back(
     assert not await store.repositories.exists("team/app")
     for each in (store, other):
         await each.aclose()
+
+
+class CollectedAfterTheLook(HookedBackend):
+    """The blob is deleted for good (GC past its settle period) right after the completion's look finds it."""
+
+    def __init__(self) -> None:
+        super().__init__(links=False)
+        self.collect: str | None = None
+
+    async def stat(self, path: str) -> FileInfo:
+        info = await super().stat(path)
+        if path == self.collect:
+            self.collect = None
+            await self.delete_file(path)
+        return info
+
+
+async def test_a_blob_collected_after_the_look_is_published_from_the_clients_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before, the completion answered 201 for a blob that was gone (found by the review of d845bec)."""
+    monkeypatch.setattr(uploads_module, "PRESENT_PROBE_BYTES", len(LAYER))
+    backend = CollectedAfterTheLook()
+    store = Registry(backend)
+    await store.start()
+    digest = digest_of(LAYER)
+    await store.uploads.complete("team/base", await session_holding(store, "team/base", LAYER), digest)
+    upload_id = await session_holding(store, "team/app", LAYER)
+    backend.collect = paths.blob_data(digest)
+    info = await store.uploads.complete("team/app", upload_id, digest)
+    assert backend.collect is None and info.size == len(LAYER)
+    assert await backend.get_content(paths.blob_data(digest)) == LAYER
+    assert (await store.blobs.stat("team/app", digest)).size == len(LAYER)
+    await store.aclose()
