@@ -11,7 +11,9 @@ from registry.errors import ErrorCode, RegistryError
 
 HEX_LENGTHS = {"sha256": 64, "sha512": 128}
 DEFAULT_ALGORITHM = "sha256"
-_DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
+# \Z, not $: "$" also matches before a final newline, which made "sha256:<hex>\n" (a %0A in a URL) a digest.
+_DIGEST_RE = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)\Z")
+_LOWER_HEX_RE = re.compile(r"[0-9a-f]*\Z")
 
 
 class Hasher(Protocol):
@@ -43,7 +45,7 @@ class Digest:
                 detail=f"unsupported digest algorithm: {algorithm}",
                 message="unsupported digest algorithm",
             )
-        if len(hex_part) != HEX_LENGTHS[algorithm] or not all(c in "0123456789abcdef" for c in hex_part):
+        if len(hex_part) != HEX_LENGTHS[algorithm] or not _LOWER_HEX_RE.match(hex_part):
             raise RegistryError(
                 ErrorCode.DIGEST_INVALID,
                 detail=f"invalid {algorithm} digest: {value!r}",

@@ -17,7 +17,7 @@ from registry.metrics import UNMATCHED_ROUTE, Metrics
 from registry.zero_copy import ZERO_COPY_SEND
 
 REQUEST_ID_HEADER = b"x-request-id"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}\Z")
 _UPLOAD_METHODS = frozenset({"POST", "PATCH", "PUT"})
 _BODY_MESSAGES = frozenset({"http.response.body", ZERO_COPY_SEND})
 # Unique across processes and restarts without a uuid4 per request: a random prefix per process, then a counter.

@@ -13,7 +13,7 @@ from registry.store.blobs import blob_unknown
 from registry.zero_copy import ZeroCopyResponse, zero_copy_offered
 from storage_backends import PathNotFound
 
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)\Z")
 BLOB_MEDIA_TYPE = "application/octet-stream"  # what Distribution reports: a blob's own type is in its manifest
 
 

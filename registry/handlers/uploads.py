@@ -19,7 +19,7 @@ from registry.store.blobs import BlobInfo
 from registry.store.registry import Registry
 from registry.store.uploads import UploadStatus, range_header
 
-_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?\Z")
 _START_KEY = "moorage.upload_start"
 # A mount without `from` looks at no more repositories than this (each costs a storage read or two).
 MOUNT_DISCOVERY_LIMIT = 64

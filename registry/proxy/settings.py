@@ -11,7 +11,7 @@ from registry.durations import Seconds
 from registry.names import NAME_RE
 from registry.sizes import Bytes, BytesOrZero
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 
 
 class _Section(BaseModel):

@@ -29,7 +29,7 @@ from registry.store.events import Event, EventBus, EventType
 from registry.store.streaming import copy_stream, hash_into
 from storage_backends import PathNotFound, StorageBackend, StorageError, StorageFull, StorageUnavailable
 
-_UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UPLOAD_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 HASHER_CACHE_SIZE = 1024
 logger = logging.getLogger("moorage")
 

@@ -95,6 +95,9 @@ async def test_blobs_are_stored_once_across_repositories(client: httpx.AsyncClie
         ("/v2/team/app/blobs/md5:" + "a" * 32, "DIGEST_INVALID"),
         ("/v2/team/app/blobs/sha256:" + "A" * 64, "DIGEST_INVALID"),
         ("/v2/team/-app/blobs/sha256:" + "a" * 64, "NAME_INVALID"),
+        # "$" in a pattern matches before a final newline: a digest with an encoded newline was the same blob.
+        ("/v2/team/app/blobs/sha256:" + "a" * 64 + "%0A", "DIGEST_INVALID"),
+        ("/v2/team/app/blobs/sha256:" + "a" * 64 + "%0a", "DIGEST_INVALID"),
     ],
 )
 async def test_bad_names_and_digests(client: httpx.AsyncClient, path: str, code: str) -> None:
@@ -149,3 +152,12 @@ async def test_existence_memory_is_short_and_local(client_factory: ClientFactory
     assert (await worker_b.head(f"/v2/team/app/blobs/{digest}")).status_code == 404
     await asyncio.sleep(EXISTENCE_TTL + 0.1)
     assert (await worker_a.head(f"/v2/team/app/blobs/{digest}")).status_code == 404
+
+
+async def test_a_digest_with_a_newline_after_it_names_no_blob(client: httpx.AsyncClient) -> None:
+    """The blob is there; the same digest followed by an encoded newline is no digest (it was served as the blob)."""
+    digest = await push_blob(client, "team/app", DATA)
+    for method in ("GET", "HEAD", "DELETE"):
+        response = await client.request(method, f"/v2/team/app/blobs/{digest}%0A")
+        assert response.status_code == 400, method
+    assert (await client.get(f"/v2/team/app/blobs/{digest}")).content == DATA

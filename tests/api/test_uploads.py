@@ -181,10 +181,16 @@ async def test_put_without_digest(client: httpx.AsyncClient) -> None:
     assert error_code(response) == "DIGEST_INVALID"
 
 
-@pytest.mark.parametrize("bad", ["sha256:short", "nonsense", "sha1:" + "a" * 40])
+@pytest.mark.parametrize("bad", ["sha256:short", "nonsense", "sha1:" + "a" * 40, digest_of(DATA) + "\n"])
 async def test_put_with_malformed_digest(client: httpx.AsyncClient, bad: str) -> None:
     location = (await start(client)).headers["Location"]
     response = await client.put(at(location, digest=bad), content=DATA)
+    assert response.status_code == 400
+    assert error_code(response) == "DIGEST_INVALID"
+
+
+async def test_a_monolithic_post_with_a_newline_after_its_digest_is_refused(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v2/team/app/blobs/uploads/", params={"digest": digest_of(DATA) + "\n"}, content=DATA)
     assert response.status_code == 400
     assert error_code(response) == "DIGEST_INVALID"
 
