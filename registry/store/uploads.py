@@ -247,6 +247,18 @@ class UploadStore:
                 created = await self._publish_answered(name, upload_id, digest, chunks, total)
                 if not created and await self.blobs.present(digest, touch=True) is None:
                     raise StorageUnavailable(f"{digest} was collected again while its upload completed; retry")
+            # A dedup hit is linked only if the session outlived the completion: one deleted meanwhile (a DELETE, its
+            # repository deleted by another replica) must not get a layer link written back into what was deleted.
+            # Unless the repository links the blob already: the session's other completion (a client's retry)
+            # linked it, then ended the session. (A blob this completion published is linked even so, as before: a
+            # DELETE or GC's purge during a long copy still ends in a 201; a repository deletion during the copy
+            # leaves that one link, which a check here, one more request per upload, would close.)
+            if (
+                not created
+                and not await self.backend.exists(paths.upload_started_at(name, upload_id))
+                and not await self.blobs.is_linked(name, digest)
+            ):
+                raise upload_unknown(upload_id)
             await self.blobs.link(name, digest)
         except BaseException:
             if published and not self.backend.links:
@@ -312,11 +324,7 @@ class UploadStore:
             else:  # a layer the registry holds already: linked without a server-side copy of its bytes
                 there = self._worth_a_look(total) and await self.backend.exists(data_path)
             if there:
-                # Linked only if the session outlived the look: one deleted meanwhile (with its repository, by
-                # another replica) must not have a layer link written back into what was deleted.
-                if not await self.backend.exists(paths.upload_started_at(name, upload_id)):
-                    raise PathNotFound(paths.upload_started_at(name, upload_id))
-                return False
+                return False  # linked only if the session outlives the completion (`complete`)
         if several or known is None or not self.backend.exclusive_writes:
             # Hashed as they are copied, whatever was known; so is a single chunk with nothing known (a digest of
             # another algorithm than the session's, a lost checkpoint), and any chunk where exclusive writes are not
@@ -441,7 +449,9 @@ class UploadStore:
         except Exception as e:
             # Done with, it holds nothing off here: the session's cancel that follows (or any deletion of it by this
             # process) deletes it with the rest. Other processes wait for it to age, then GC's purge removes it.
-            self._spent_markers.setdefault(paths.upload_dir(name, upload_id), set()).add(marker)
+            session = paths.upload_dir(name, upload_id)
+            self._spent_markers.setdefault(session, set()).add(marker)
+            self._spent_markers.move_to_end(session)
             while len(self._spent_markers) > SPENT_SESSIONS_LIMIT:
                 self._spent_markers.popitem(last=False)
             logger.warning("uploads: could not delete the marker %s: %s", marker, e)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from registry import paths
+from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
 from registry.store import uploads as uploads_module
 from registry.store.events import Event, EventType
@@ -169,3 +170,79 @@ async def test_a_blob_collected_after_the_look_is_published_from_the_clients_byt
     assert await backend.get_content(paths.blob_data(digest)) == LAYER
     assert (await store.blobs.stat("team/app", digest)).size == len(LAYER)
     await store.aclose()
+
+
+async def _answer(store: Registry, name: str, upload_id: str, digest: Digest) -> str:
+    try:
+        await store.uploads.complete(name, upload_id, digest)
+    except RegistryError as e:
+        return e.code.name
+    return "201"
+
+
+async def test_a_dedup_hit_found_by_the_copy_in_a_repository_deleted_meanwhile_links_nothing_back() -> None:
+    """A small layer (no look): the exclusive copy finds the blob while another replica deletes the repository
+    (found by the review of 1c669ae)."""
+    backend = HookedBackend(links=False)
+    store, other = Registry(backend), Registry(backend)
+    for each in (store, other):
+        await each.start()
+    digest = digest_of(LAYER)
+    await store.uploads.complete("team/base", await session_holding(store, "team/base", LAYER), digest)
+    small = b"a small blob of the repository"
+    await store.uploads.complete("team/app", await session_holding(store, "team/app", small), digest_of(small))
+    upload_id = await session_holding(store, "team/app", LAYER)
+
+    async def delete_repository() -> None:
+        await other.repositories.delete("team/app")
+
+    backend.before_move_to[paths.blob_data(digest)] = delete_repository
+    assert await _answer(store, "team/app", upload_id, digest) == "BLOB_UPLOAD_UNKNOWN"
+    assert not await store.repositories.exists("team/app")
+    for each in (store, other):
+        await each.aclose()
+
+
+@pytest.mark.parametrize("links", [True, False])
+async def test_an_empty_blob_in_a_repository_deleted_meanwhile_is_linked_nowhere(links: bool) -> None:
+    backend = HookedBackend(links=links)
+    store, other = Registry(backend), Registry(backend)
+    for each in (store, other):
+        await each.start()
+    digest = digest_of(b"")
+    await store.uploads.complete("team/base", (await store.uploads.start("team/base")).upload_id, digest)
+    small = b"a small blob of the repository"
+    await store.uploads.complete("team/app", await session_holding(store, "team/app", small), digest_of(small))
+    upload_id = (await store.uploads.start("team/app")).upload_id
+
+    async def delete_repository() -> None:
+        await other.repositories.delete("team/app")
+
+    backend.before_put[paths.blob_data(digest)] = delete_repository
+    assert await _answer(store, "team/app", upload_id, digest) == "BLOB_UPLOAD_UNKNOWN"
+    assert not await store.repositories.exists("team/app")
+    for each in (store, other):
+        await each.aclose()
+
+
+async def test_a_retried_completion_after_the_first_one_linked_is_answered_201() -> None:
+    """Two PUTs of one session (a client retrying one that timed out): while the second copies, the first publishes,
+    links and ends the session; the second finds the blob there and is answered 201 too, the repository linking it
+    (the check against deleted repositories lets it through)."""
+    backend = HookedBackend(links=False)
+    store = Registry(backend)
+    await store.start()
+    digest = digest_of(LAYER)
+    upload_id = await session_holding(store, "team/app", LAYER)
+    first: list[str] = []
+
+    async def first_completes() -> None:
+        first.append(await _answer(store, "team/app", upload_id, digest))
+
+    backend.before_move_to[paths.blob_data(digest)] = first_completes
+    second = await _answer(store, "team/app", upload_id, digest)
+    assert (first, second) == (["201"], "201")
+    assert not await backend.exists(paths.upload_started_at("team/app", upload_id))
+    assert (await store.blobs.stat("team/app", digest)).size == len(LAYER)
+    await store.aclose()
+    assert [info.path async for info in backend.walk(paths.upload_dir("team/app", upload_id))] == []
