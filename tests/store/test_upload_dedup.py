@@ -16,7 +16,7 @@ from registry.store import uploads as uploads_module
 from registry.store.events import Event, EventType
 from registry.store.registry import Registry
 from storage_backends import FileInfo
-from tests.store.test_upload_races import HookedBackend, digest_of, one_chunk, session_holding
+from tests.store.test_upload_races import HookedBackend, ListHooked, digest_of, one_chunk, session_holding
 
 LAYER = b"L" * 8192
 
@@ -91,19 +91,35 @@ async def test_below_the_probe_size_a_layer_already_stored_is_still_a_dedup_hit(
     assert (await store.blobs.stat("team/app", digest)).size == len(LAYER)
 
 
-class DeletingAfterListing(HookedBackend):
-    """Runs a hook once a listing of a path is answered (the completion has read its chunks)."""
+async def answer(store: Registry, name: str, upload_id: str, digest: Digest) -> str:
+    try:
+        await store.uploads.complete(name, upload_id, digest)
+    except RegistryError as e:
+        return e.code.name
+    return "201"
 
-    def __init__(self) -> None:
-        super().__init__(links=False)
-        self.after_list: dict[str, Callable[[], Awaitable[None]]] = {}
 
-    async def list(self, path: str) -> list[FileInfo]:
-        found = await super().list(path)
-        hook = self.after_list.pop(path, None)
-        if hook is not None:
-            await hook()
-        return found
+async def close(*stores: Registry) -> None:
+    for store in stores:
+        await store.aclose()
+
+
+async def replicas(links: bool = False) -> tuple[ListHooked, Registry, Registry]:
+    """Two stores over one backend (`other` stands for another replica), and "team/app" holding a small blob."""
+    backend = ListHooked(links=links)
+    store, other = Registry(backend), Registry(backend)
+    for each in (store, other):
+        await each.start()
+    small = b"a small blob of the repository"
+    await store.uploads.complete("team/app", await session_holding(store, "team/app", small), digest_of(small))
+    return backend, store, other
+
+
+def deleting_the_repository(other: Registry) -> Callable[[], Awaitable[None]]:
+    async def hook() -> None:
+        await other.repositories.delete("team/app")
+
+    return hook
 
 
 @pytest.mark.parametrize("chunks", [1, 2])
@@ -114,28 +130,16 @@ async def test_a_dedup_hit_in_a_repository_deleted_meanwhile_links_nothing_back(
     BLOB_UPLOAD_UNKNOWN and the repository stays deleted (found by the review of d845bec, which linked the blob
     back into it; the several-chunk hit did so before)."""
     monkeypatch.setattr(uploads_module, "PRESENT_PROBE_BYTES", len(LAYER))
-    backend = DeletingAfterListing()
-    store, other = Registry(backend), Registry(backend)
-    for each in (store, other):
-        await each.start()
+    backend, store, other = await replicas()
     digest = digest_of(LAYER)
     await store.uploads.complete("team/base", await session_holding(store, "team/base", LAYER), digest)
-    small = b"a small blob of the repository"
-    await store.uploads.complete("team/app", await session_holding(store, "team/app", small), digest_of(small))
     upload_id = await session_holding(store, "team/app", LAYER[: len(LAYER) // chunks])
     if chunks == 2:
         await store.uploads.append("team/app", upload_id, one_chunk(LAYER[len(LAYER) // 2 :]))
-
-    async def delete_repository() -> None:
-        await other.repositories.delete("team/app")
-
-    backend.after_list[paths.upload_chunks_dir("team/app", upload_id)] = delete_repository
-    with pytest.raises(RegistryError) as refused:
-        await store.uploads.complete("team/app", upload_id, digest)
-    assert refused.value.code is ErrorCode.BLOB_UPLOAD_UNKNOWN
+    backend.after_list[paths.upload_chunks_dir("team/app", upload_id)] = deleting_the_repository(other)
+    assert await answer(store, "team/app", upload_id, digest) == "BLOB_UPLOAD_UNKNOWN"
     assert not await store.repositories.exists("team/app")
-    for each in (store, other):
-        await each.aclose()
+    await close(store, other)
 
 
 class CollectedAfterTheLook(HookedBackend):
@@ -172,57 +176,29 @@ async def test_a_blob_collected_after_the_look_is_published_from_the_clients_byt
     await store.aclose()
 
 
-async def _answer(store: Registry, name: str, upload_id: str, digest: Digest) -> str:
-    try:
-        await store.uploads.complete(name, upload_id, digest)
-    except RegistryError as e:
-        return e.code.name
-    return "201"
-
-
 async def test_a_dedup_hit_found_by_the_copy_in_a_repository_deleted_meanwhile_links_nothing_back() -> None:
     """A small layer (no look): the exclusive copy finds the blob while another replica deletes the repository
     (found by the review of 1c669ae)."""
-    backend = HookedBackend(links=False)
-    store, other = Registry(backend), Registry(backend)
-    for each in (store, other):
-        await each.start()
+    backend, store, other = await replicas()
     digest = digest_of(LAYER)
     await store.uploads.complete("team/base", await session_holding(store, "team/base", LAYER), digest)
-    small = b"a small blob of the repository"
-    await store.uploads.complete("team/app", await session_holding(store, "team/app", small), digest_of(small))
     upload_id = await session_holding(store, "team/app", LAYER)
-
-    async def delete_repository() -> None:
-        await other.repositories.delete("team/app")
-
-    backend.before_move_to[paths.blob_data(digest)] = delete_repository
-    assert await _answer(store, "team/app", upload_id, digest) == "BLOB_UPLOAD_UNKNOWN"
+    backend.before_move_to[paths.blob_data(digest)] = deleting_the_repository(other)
+    assert await answer(store, "team/app", upload_id, digest) == "BLOB_UPLOAD_UNKNOWN"
     assert not await store.repositories.exists("team/app")
-    for each in (store, other):
-        await each.aclose()
+    await close(store, other)
 
 
 @pytest.mark.parametrize("links", [True, False])
 async def test_an_empty_blob_in_a_repository_deleted_meanwhile_is_linked_nowhere(links: bool) -> None:
-    backend = HookedBackend(links=links)
-    store, other = Registry(backend), Registry(backend)
-    for each in (store, other):
-        await each.start()
+    backend, store, other = await replicas(links)
     digest = digest_of(b"")
     await store.uploads.complete("team/base", (await store.uploads.start("team/base")).upload_id, digest)
-    small = b"a small blob of the repository"
-    await store.uploads.complete("team/app", await session_holding(store, "team/app", small), digest_of(small))
     upload_id = (await store.uploads.start("team/app")).upload_id
-
-    async def delete_repository() -> None:
-        await other.repositories.delete("team/app")
-
-    backend.before_put[paths.blob_data(digest)] = delete_repository
-    assert await _answer(store, "team/app", upload_id, digest) == "BLOB_UPLOAD_UNKNOWN"
+    backend.before_put[paths.blob_data(digest)] = deleting_the_repository(other)
+    assert await answer(store, "team/app", upload_id, digest) == "BLOB_UPLOAD_UNKNOWN"
     assert not await store.repositories.exists("team/app")
-    for each in (store, other):
-        await each.aclose()
+    await close(store, other)
 
 
 async def test_a_retried_completion_after_the_first_one_linked_is_answered_201() -> None:
@@ -237,10 +213,10 @@ async def test_a_retried_completion_after_the_first_one_linked_is_answered_201()
     first: list[str] = []
 
     async def first_completes() -> None:
-        first.append(await _answer(store, "team/app", upload_id, digest))
+        first.append(await answer(store, "team/app", upload_id, digest))
 
     backend.before_move_to[paths.blob_data(digest)] = first_completes
-    second = await _answer(store, "team/app", upload_id, digest)
+    second = await answer(store, "team/app", upload_id, digest)
     assert (first, second) == (["201"], "201")
     assert not await backend.exists(paths.upload_started_at("team/app", upload_id))
     assert (await store.blobs.stat("team/app", digest)).size == len(LAYER)
