@@ -40,3 +40,13 @@ def test_a_port_in_use_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
             taken.bind(("127.0.0.1", busy))
         monkeypatch.setattr(ports, "_next", busy)
         assert ports.free_port() > busy
+
+
+def test_ports_browsers_refuse_are_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chromium answers ERR_UNSAFE_PORT for 10080 without connecting: a UI server there fails its browser test."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    monkeypatch.setattr(ports, "_low_range", lambda: ports.LOW_PORTS)
+    start, end = ports._slice(ports.LOW_PORTS)
+    assert start <= 10080 < end
+    monkeypatch.setattr(ports, "_next", 10080)
+    assert ports.free_port() not in ports.BROWSER_BLOCKED_PORTS
