@@ -17,6 +17,7 @@ from registry.store import uploads as uploads_module
 from registry.store.registry import Registry
 from storage_backends import FileInfo, StorageUnavailable
 from tests.store.test_upload_races import (
+    Hook,
     HookedBackend,
     blob_holds_its_digest_or_nothing,
     digest_of,
@@ -33,6 +34,17 @@ GOOD, EVIL = b"G" * 4096, b"E" * 4096
 
 async def session_files(backend: HookedBackend, upload_id: str) -> list[str]:
     return [info.path async for info in backend.walk(paths.upload_dir(NAME, upload_id))]
+
+
+def deleting(store: Registry, upload_id: str, then_fail: bool = False) -> Hook:
+    """A hook: `store` (another process) deletes the session; then, if asked, the call the hook precedes fails."""
+
+    async def hook() -> None:
+        await store.uploads.delete(NAME, upload_id)
+        if then_fail:
+            raise StorageUnavailable("the copy failed")
+
+    return hook
 
 
 @pytest.fixture
@@ -53,10 +65,7 @@ async def test_a_deletion_during_the_copy_then_a_failed_copy_leaves_nothing(
     backend, one, two = stores
     upload_id = await session_holding(one, NAME, GOOD)
 
-    async def delete_then_fail() -> None:
-        await two.uploads.delete(NAME, upload_id)
-        raise StorageUnavailable("the copy failed")
-
+    delete_then_fail = deleting(two, upload_id, then_fail=True)
     backend.before_move_to[paths.blob_data(digest_of(GOOD))] = delete_then_fail
     with pytest.raises(StorageUnavailable):
         await one.uploads.complete(NAME, upload_id, digest_of(GOOD))
@@ -201,9 +210,7 @@ async def test_a_deletion_held_off_then_a_failed_link_leaves_nothing(
     backend, one, two = stores
     upload_id = await session_holding(one, NAME, GOOD)
 
-    async def delete_during_copy() -> None:
-        await two.uploads.delete(NAME, upload_id)
-
+    delete_during_copy = deleting(two, upload_id)
     backend.before_move_to[paths.blob_data(digest_of(GOOD))] = delete_during_copy
     backend.before_put[paths.layer_link(NAME, digest_of(GOOD))] = unavailable
     with pytest.raises(StorageUnavailable):
@@ -218,9 +225,7 @@ async def test_a_deletion_held_off_then_a_client_gone_during_the_link_leaves_not
     backend, one, two = stores
     upload_id = await session_holding(one, NAME, GOOD)
 
-    async def delete_during_copy() -> None:
-        await two.uploads.delete(NAME, upload_id)
-
+    delete_during_copy = deleting(two, upload_id)
     reached, release, hook = pause()
     backend.before_move_to[paths.blob_data(digest_of(GOOD))] = delete_during_copy
     backend.before_put[paths.layer_link(NAME, digest_of(GOOD))] = hook
@@ -352,10 +357,7 @@ async def test_spent_markers_are_forgotten_with_their_sessions() -> None:
         data = b"L%d" % i * 2048
         upload_id = await session_holding(store, NAME, data)
 
-        async def delete_then_fail(upload_id: str = upload_id) -> None:
-            await store.uploads.delete(NAME, upload_id)
-            raise StorageUnavailable("the copy failed")
-
+        delete_then_fail = deleting(store, upload_id, then_fail=True)
         backend.before_move_to[paths.blob_data(digest_of(data))] = delete_then_fail
         with pytest.raises(StorageUnavailable):
             await store.uploads.complete(NAME, upload_id, digest_of(data))
