@@ -171,6 +171,13 @@ def upload_in_background(server: RunningServer, body: SlowBody, digest: str) -> 
     thread = threading.Thread(target=upload)
     thread.start()
     assert body.started.wait(30), "the upload did not start"
+    # The first part being sent is not enough: until the server has read the request, a SIGTERM closes the
+    # connection as idle (seen on a loaded CI machine). Its session in storage says the request is being handled.
+    sessions = server.root / "docker" / "registry" / "v2" / "repositories" / "e2e" / "drain" / "_uploads"
+    deadline = time.monotonic() + 30
+    while not (sessions.is_dir() and any(p.is_file() for p in sessions.rglob("*"))):
+        assert time.monotonic() < deadline, "the server did not start the upload"
+        time.sleep(0.01)
     return thread, outcome
 
 
