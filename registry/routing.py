@@ -70,13 +70,16 @@ class Need:
 Access = Callable[[Request], Need]
 
 
-def on_repository(action: Action, *, key: str = "name") -> Access:
-    """The declaration of a route acting on the repository named by its `{name}` path parameter."""
+def on_repository(action: Action, *more: Action, key: str = "name") -> Access:
+    """The declaration of a route acting on the repository named by its `{name}` path parameter, with every action
+    it needs (a page that shows what it would delete needs `pull` as well as `delete`)."""
+    actions = (action, *more)
 
     def need(request: Request) -> Need:
-        return Need("repository", (RepositoryAccess(validate_name(request.path_params[key]), action),))
+        name = validate_name(request.path_params[key])
+        return Need("repository", tuple(RepositoryAccess(name, a) for a in actions))
 
-    need.__qualname__ = f"on_repository({action!r})"
+    need.__qualname__ = f"on_repository({', '.join(map(repr, actions))})"
     return need
 
 

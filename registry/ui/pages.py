@@ -674,8 +674,10 @@ def routes() -> list[BaseRoute]:
         _page("/ui/storage", storage, ["GET"], UI_LISTING),
         _page("/ui/storage/gc", gc_dry_run, ["POST"], LOGIN),
         _page(repo + "/-/images/{digest}", image, ["GET"], pull),
-        _page(repo + "/-/tags/{tag}/delete", confirm_delete, ["GET"], on_repository("delete")),
-        _page(repo + "/-/tags/{tag}/delete", delete_tag, ["POST"], on_repository("delete")),
+        # Both show the tag's digest (the page, and the refusal of an immutable tag): they need `pull` too, as the
+        # API does to read a tag. The refusal depends on the rules alone, never on whether the tag exists.
+        _page(repo + "/-/tags/{tag}/delete", confirm_delete, ["GET"], on_repository("pull", "delete")),
+        _page(repo + "/-/tags/{tag}/delete", delete_tag, ["POST"], on_repository("pull", "delete")),
         _page(repo, repository, ["GET"], pull),
     ]
 

@@ -258,6 +258,28 @@ async def test_buttons_only_for_what_the_user_may_do(ui_factory: UiFactory, htpa
     assert "delete-tag" in (await ui.get("/ui/r/team/app")).text
 
 
+async def test_the_delete_page_needs_pull_too(ui_factory: UiFactory, htpasswd: Path) -> None:
+    """A user who may delete but not pull (the API refuses them the tag and the tags list) learns from the
+    confirmation page neither the tag's digest nor whether the tag exists."""
+    sections = auth_sections(htpasswd)
+    sections["access"].append({"repository": "team/**", "users": ["carol"], "actions": ["delete"]})
+    ui = await ui_factory(sections)
+    root = httpx.BasicAuth("root", PASSWORD)
+    await as_user(ui, "root", lambda: push_rich_image(ui, "team/app", "1.0"))
+    digest = (await ui.head("/v2/team/app/manifests/1.0", auth=root)).headers["Docker-Content-Digest"]
+    assert (await ui.head("/v2/team/app/manifests/1.0", auth=("carol", PASSWORD))).status_code == 403
+    assert (await sign_in(ui, "carol")).status_code == 303
+    csrf = csrf_of(await ui.get("/ui/"))
+    for tag in ("1.0", "no-such-tag"):
+        for page in (
+            await ui.get(f"/ui/r/team/app/-/tags/{tag}/delete"),
+            await ui.post(f"/ui/r/team/app/-/tags/{tag}/delete", data={"csrf": csrf, "digest": digest}),
+        ):
+            assert page.status_code == 403 and 'data-code="DENIED"' in page.text, (tag, page.status_code)
+            assert digest not in page.text and digest.removeprefix("sha256:")[:12] not in page.text
+    assert (await ui.get("/v2/team/app/tags/list", auth=root)).json()["tags"] == ["1.0"]
+
+
 @pytest.mark.parametrize(
     "target", ["//evil.example/x", "https://evil.example/ui/", "/ui/\\evil", "/v2/_catalog", "javascript:alert(1)"]
 )
