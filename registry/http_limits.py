@@ -472,8 +472,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def watch_close(self) -> None:
         """The transport is closing: the close waits until it has written what it holds, which a client that
         stopped reading would make it do for ever. Timed like a send."""
-        if self.transport.get_write_buffer_size() and not self.lingering:
+        if self.buffered() and not self.lingering:
             self.send_waiting(True)
+
+    def buffered(self) -> int:
+        """Bytes the transport holds, not yet written. asyncio's TLS transport, closed a second time (uvicorn's
+        shutdown does that to a connection still closing), lets go of its TLS protocol (Python 3.11), and every
+        question to it raises AttributeError from then on: 0, since its first close is the one being watched."""
+        try:
+            return self.transport.get_write_buffer_size()
+        except AttributeError:
+            return 0
 
     def acknowledged(self) -> int:
         """Bytes of this connection the client's side has acknowledged (TCP_INFO's bytes_acked): what tells a slow
@@ -529,7 +538,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # A close (keep-alive timeout, `Connection: close`, shutdown, a head timeout) waits until the transport
             # has written what it holds, below the high-water mark too (no pause then, or a resume that ended the
             # clock): timed for as long as something is left.
-            if self.transport.get_write_buffer_size():
+            if self.buffered():
                 if self.send_waiting_since is None:
                     self.start_send_clock(now)
                 if self.send_is_moving(now):
@@ -594,7 +603,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def send_is_moving(self, now: float) -> bool:
         """Whether the client took any of the response within send_timeout; else the connection is cut."""
         assert self.send_waiting_since is not None
-        acknowledged, buffered = self.acknowledged(), self.transport.get_write_buffer_size()
+        acknowledged, buffered = self.acknowledged(), self.buffered()
         last = self.send_progress
         self.send_progress = (acknowledged, buffered)
         # The first look, or the client is reading (if slowly); where TCP_INFO says nothing, the transport's buffer

@@ -878,6 +878,29 @@ def test_tls_connections_are_streamed_not_zero_copy(tmp_path: Path, loop: str, s
     assert spy.calls == 0
 
 
+def test_a_tls_connection_still_closing_when_the_server_stops(tmp_path: Path, loop: str) -> None:
+    """The server closed a TLS connection (`Connection: close`) and waits for the client's close_notify, which
+    never comes; then the server stops. uvicorn's shutdown closes the transport a second time, and asyncio's TLS
+    transport (3.11) drops its protocol then: the protocol's look at its write buffer used to raise AttributeError
+    out of the shutdown (seen once in CI, in the test above, when the client's close came late)."""
+    cert, key = self_signed_certificate(tmp_path)
+    context = ssl.create_default_context(cafile=str(cert))
+    with serving(registry_app(tmp_path / "data"), loop, ssl_files=(cert, key)) as served:
+        raw = socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT)
+        client = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        client.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n{}" not in answer:
+            answer += client.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200")
+        time.sleep(0.2)  # the server's close is under way: its close_notify sent, the client's awaited
+        served.server.should_exit = True
+        time.sleep(1.0)  # the server's shutdown has closed its connections (it looks every 0.1 s)
+        client.close()
+    # `serving` found the server's thread ended; an exception in it fails the test (pytest's check of unhandled
+    # exceptions in threads).
+
+
 def test_other_servers_get_the_same_bytes_streamed(tmp_path: Path) -> None:
     """An ASGI server without the extension (here httpx's in-process transport): the handler streams."""
 
