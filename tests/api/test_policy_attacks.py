@@ -134,6 +134,41 @@ async def test_a_refresh_token_never_comes_from_or_for_a_personal_token(serve: F
     assert "refresh_token" not in got
 
 
+async def test_a_bearer_token_holds_no_more_than_the_rules_allow_now(serve: Factory) -> None:
+    """A token this registry issued carries what the rules allowed when it was issued: a rule revoked, or a
+    repository made private, stops it at once (as it stops Basic), not when the token expires."""
+    client = await serve()
+    admin, plain = client(("admin", PASSWORDS["admin"])), client(None)
+    alice = client(("alice", PASSWORDS["alice"]))
+    await push_image(admin, "secret/app", "v1")
+    await push_image(admin, "team/app", "v1")
+    made = await admin.post(
+        "/api/v1/access-rules", json={"repository": "secret/**", "users": ["alice"], "actions": ["pull"]}
+    )
+    assert made.status_code == 201, made.text
+    public = await admin.put("/api/v1/visibility", json={"repository": "team/app", "visibility": "public"})
+    assert public.status_code == 200, public.text
+    alices = {"Authorization": f"Bearer {(await bearer(alice, 'repository:secret/app:pull'))['token']}"}
+    anonymous = {"Authorization": f"Bearer {(await bearer(plain, 'repository:team/app:pull'))['token']}"}
+    assert (await plain.get("/v2/secret/app/manifests/v1", headers=alices)).status_code == 200
+    assert (await plain.get("/v2/team/app/manifests/v1", headers=anonymous)).status_code == 200
+
+    assert (await admin.delete(f"/api/v1/access-rules/{made.json()['id']}")).status_code == 204
+    closed = await admin.put("/api/v1/visibility", json={"repository": "team/app", "visibility": "private"})
+    assert closed.status_code == 200, closed.text
+    assert (await alice.get("/v2/secret/app/manifests/v1")).status_code == 403  # Basic: refused at once
+    for headers, name in ((alices, "secret/app"), (anonymous, "team/app")):
+        for path in (f"/v2/{name}/manifests/v1", f"/v2/{name}/tags/list"):
+            refused = await plain.get(path, headers=headers)
+            assert refused.status_code in (401, 403), (path, refused.status_code)  # 401: anonymous's challenge
+    # What the rules still allow, the same tokens still do: alice pulls team/app through her rule there (a token
+    # for it, granted before, keeps working); the token's claims still bound it (no push from a pull token).
+    alices_team = {"Authorization": f"Bearer {(await bearer(alice, 'repository:team/app:pull'))['token']}"}
+    assert (await plain.get("/v2/team/app/manifests/v1", headers=alices_team)).status_code == 200
+    pushing = await plain.post("/v2/team/app/blobs/uploads/", headers=alices_team)
+    assert pushing.status_code in (401, 403), pushing.status_code
+
+
 async def test_only_a_signed_in_owner_manages_tokens(serve: Factory, tmp_path: Path) -> None:
     client = await serve()
     alice = client(("alice", PASSWORDS["alice"]))
