@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -99,6 +100,16 @@ class HtpasswdFile:
     def has_user(self, user: str) -> bool:
         self.refresh()
         return user in self._users
+
+    def credential_mark(self, user: str) -> str | None:
+        """A mark of the user's entry as it is now (None: no such user), which a refresh token carries: a new
+        password (a new entry) ends the refresh tokens got with the old one. A digest of the stored hash, never
+        the hash: it tells nothing that would help guess the password."""
+        self.refresh()
+        entry = self._users.get(user)
+        if entry is None:
+            return None
+        return hashlib.sha256(b"moorage refresh token binding\0" + entry).hexdigest()[:32]
 
     async def verify(self, user: str, password: str) -> bool:
         """bcrypt on a thread: it takes tens to hundreds of milliseconds by design."""

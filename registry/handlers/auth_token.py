@@ -15,7 +15,14 @@ from starlette.routing import BaseRoute
 
 from registry.auth.access import ANONYMOUS_IDENTITY, Identity, Scope, ScopeError
 from registry.auth.authenticator import Authenticator, AuthFailed, TooManyFailures
-from registry.auth.bearer import CI_TOKEN_CLAIM, KIND_CLAIM, PERSONAL_TOKEN_CLAIM, InvalidToken, TokenAuthority
+from registry.auth.bearer import (
+    CI_TOKEN_CLAIM,
+    CREDENTIAL_CLAIM,
+    KIND_CLAIM,
+    PERSONAL_TOKEN_CLAIM,
+    InvalidToken,
+    TokenAuthority,
+)
 from registry.errors import ErrorCode, RegistryError
 from registry.handlers.common import json_response
 from registry.routing import PUBLIC, ApiRoute
@@ -112,7 +119,8 @@ def _token_body(
         "scope": " ".join(f"{e['type']}:{e['name']}:{','.join(e['actions'])}" for e in access),
     }
     if offline and refreshable(auth, identity):
-        body["refresh_token"] = authority.issue_refresh(identity)
+        mark = auth.htpasswd.credential_mark(identity.name) if identity.kind == "user" and auth.htpasswd else None
+        body["refresh_token"] = authority.issue_refresh(identity, mark or "")
     return body
 
 
@@ -157,7 +165,10 @@ async def _refresh_identity(auth: Authenticator, authority: TokenAuthority, refr
         return record.identity()
     if claims.get(PERSONAL_TOKEN_CLAIM) is not None or not subject or auth.htpasswd is None:
         raise _unauthorized(auth, "invalid refresh token")
-    if not auth.htpasswd.has_user(subject):
+    # The user still there, with the password the token was got with: a new password ends the old refresh tokens
+    # (a docker login with the new one gets a new one). Tokens without the mark (before it was made) end too.
+    mark = auth.htpasswd.credential_mark(subject)
+    if mark is None or claims.get(CREDENTIAL_CLAIM) != mark:
         raise _unauthorized(auth, "invalid refresh token")
     return Identity("user", subject, groups=auth.static_groups(subject), source="htpasswd")
 

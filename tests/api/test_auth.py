@@ -4,6 +4,7 @@ seen by every replica at once, filtered listings. (The allow/deny table over rea
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -60,6 +61,11 @@ def auth_sections(htpasswd: Path, *, token: bool, rules: list[dict[str, Any]] = 
         "auth": {"htpasswd": {"path": str(htpasswd)}, "token": {"enabled": token, "service": SERVICE}, **auth},
         "access": rules,
     }
+
+
+def entries_of(path: Path) -> dict[str, str]:
+    """An htpasswd file's entries by user."""
+    return dict(line.split(":", 1) for line in path.read_text().splitlines())
 
 
 def rewrite(path: Path, text: str) -> None:
@@ -224,6 +230,40 @@ async def test_oauth2_password_and_refresh_grants(client_factory: ClientFactory,
     await asyncio.sleep(htpasswd_module.RECHECK_SECONDS + 0.05)
     gone = await client.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": refresh})
     assert gone.status_code == 401
+
+
+async def test_a_new_password_ends_the_refresh_tokens_got_with_the_old_one(
+    client_factory: ClientFactory, htpasswd: Path
+) -> None:
+    """docker login keeps a refresh token instead of the password: one leaked must not outlive a password reset
+    (for auth.token.refresh_expiry, 30 days). Other users' refresh tokens are untouched."""
+    client = await client_factory(auth_sections(htpasswd, token=True))
+
+    async def refresh_token(user: str, password: str) -> str:
+        params = {"service": SERVICE, "scope": "repository:team/app:pull", "offline_token": "true"}
+        got = await client.get("/auth/token", params=params, auth=(user, password))
+        assert got.status_code == 200, got.text
+        token: str = got.json()["refresh_token"]
+        return token
+
+    async def refresh(token: str) -> httpx.Response:
+        return await client.post(
+            "/auth/token", data={"grant_type": "refresh_token", "refresh_token": token, "service": SERVICE}
+        )
+
+    alices, bobs = await refresh_token("alice", PASSWORDS["alice"]), await refresh_token("bob", PASSWORDS["bob"])
+    assert (await refresh(alices)).status_code == 200
+    # The token carries a mark of the password entry, not the entry (a bcrypt hash to crack offline).
+    entries = entries_of(htpasswd)
+    assert entries["alice"] not in json.dumps(claims_of(alices)) and "$2" not in json.dumps(claims_of(alices))
+
+    entries["alice"] = bcrypt_entry("alice", "new-secret").split(":", 1)[1]  # the others' lines as they were
+    rewrite(htpasswd, "".join(f"{user}:{entry}\n" for user, entry in entries.items()))
+    await asyncio.sleep(htpasswd_module.RECHECK_SECONDS + 0.05)
+    ended = await refresh(alices)
+    assert ended.status_code == 401, ended.text
+    assert (await refresh(bobs)).status_code == 200
+    assert (await refresh(await refresh_token("alice", "new-secret"))).status_code == 200
 
 
 async def test_bad_bearer_tokens_get_401(
