@@ -39,7 +39,8 @@ _VERSION_HEADER = (API_VERSION_HEADER[0].lower().encode(), API_VERSION_HEADER[1]
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
-    metrics = Metrics() if settings.metrics.enabled else None
+    shows_names = settings.metrics.shows_repository_names(auth=settings.auth is not None)
+    metrics = Metrics(repository_names=shows_names) if settings.metrics.enabled else None
     backend = backend_from_settings(settings)
     if metrics is not None:
         backend = InstrumentedBackend(backend, metrics)

@@ -92,7 +92,8 @@ class BufferedCounter:
 class Metrics:
     """Every metric the registry keeps, registered on its own CollectorRegistry (one per app)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, repository_names: bool = True) -> None:
+        self.repository_names = repository_names  # else no series names a repository (MetricsSettings)
         self.registry = CollectorRegistry()
         r = self.registry
         http_labels = ("method", "route", "status")
@@ -297,6 +298,8 @@ class Metrics:
         self.proxy_requests.labels(upstream, outcome).inc()
 
     def quota(self, repository: str, limit: int, used: int) -> None:
+        if not self.repository_names:
+            return
         self.quota_limit_bytes.labels(repository).set(limit)
         self.quota_used_bytes.labels(repository).set(used)
 

@@ -161,6 +161,19 @@ class MetricsSettings(Section):
     )
     username: str | None = None
     password: SecretStr | None = None
+    repository_names: bool | None = Field(
+        default=None,
+        description=(
+            "Series labelled with repository names (the quota gauges). Default: only where /metrics shows nobody "
+            "more than the registry does: auth off, or metrics.username/password set."
+        ),
+    )
+
+    def shows_repository_names(self, *, auth: bool) -> bool:
+        """Whether series may name repositories: a scrape without credentials must not list private ones."""
+        if self.repository_names is not None:
+            return self.repository_names
+        return not auth or self.username is not None
 
     @model_validator(mode="after")
     def _credentials_come_in_pairs(self) -> MetricsSettings:

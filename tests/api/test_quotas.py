@@ -218,3 +218,41 @@ async def test_moorage_du_reads_the_policy_database_without_creating_it(tmp_path
     await registry.aclose()
     assert await run_du(argparse.Namespace(repository=None, json=True), settings) == 0
     assert not (root / "moorage" / "policy.sqlite").exists()
+
+
+@pytest.mark.parametrize("storage_config", ["filesystem"], indirect=True)
+@pytest.mark.parametrize(
+    ("metrics", "named"),
+    [
+        ({}, False),  # an open scrape, with auth on: no private names
+        ({"username": "prometheus", "password": "scrape-secret"}, True),
+        ({"repository_names": True}, True),  # the operator's choice (a metrics port only Prometheus reaches)
+    ],
+)
+async def test_metrics_name_repositories_only_where_the_scrape_is_protected(
+    storage_config: dict[str, Any], tmp_path: Path, metrics: dict[str, Any], named: bool
+) -> None:
+    from tests.auth.test_htpasswd import bcrypt_entry
+
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(bcrypt_entry("admin", "admin-secret") + "\n")
+    sections = {
+        "auth": {"htpasswd": {"path": str(htpasswd)}, "admins": ["admin"]},
+        "access": [{"repository": "**", "users": ["admin"], "actions": ["*"]}],
+        "quotas": [{"repository": "secret/*", "bytes": 10_000_000}],
+        "metrics": metrics,
+        "policy": {"path": str(tmp_path / "policy.sqlite")},
+    }
+    app = create_app(make_settings(storage_config, sections))
+    async with LifespanManager(app) as manager:
+        base = "http://registry.test"
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url=base) as client:
+            client.auth = httpx.BasicAuth("admin", "admin-secret")
+            assert (await push_with(client, "secret/merger", "v1", b"s" * 5000)).status_code == 201
+            client.auth = None  # type: ignore[assignment]
+            assert (await client.get("/v2/_catalog")).status_code == 401
+            scrape = ("prometheus", "scrape-secret") if "username" in metrics else None
+            text = (await client.get("/metrics", auth=scrape or httpx.USE_CLIENT_DEFAULT)).text
+            assert "moorage_http_requests_total" in text
+            assert ('moorage_quota_limit_bytes{repository="secret/merger"} 1e+07' in text) is named, text[-2000:]
+            assert ("secret/merger" in text) is named
