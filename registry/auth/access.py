@@ -168,6 +168,7 @@ class Identity:
     token_id: str = ""  # a CI or personal token's record id, so that its revocation is seen at once
     groups: frozenset[str] = frozenset()
     source: str = ""  # where a user signed in: "htpasswd", "ldap" or "oidc" (their names are one namespace)
+    credential: str = ""  # an htpasswd user's: the mark of the password entry signed in with (HtpasswdFile)
 
     @property
     def authenticated(self) -> bool:
@@ -267,24 +268,28 @@ class AccessRules:
         """Every action `identity` may do on `repository`."""
         kind = identity.kind
         if kind == "ci":
-            ci = self._rule_actions("anonymous", "", frozenset(), repository)
+            ci = self._cached_actions("anonymous", "", frozenset(), repository)
             for grant in identity.grants:
                 if grant.matches(repository):
                     ci = ci | grant.actions
             return ci
-        key = (kind, identity.name, identity.groups, repository)
-        cached = self._cache.get(key)
-        if cached is None:
-            cached = self._rule_actions(kind, identity.name, identity.groups, repository)
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = cached
-        actions = cached
+        actions = self._cached_actions(kind, identity.name, identity.groups, repository)
         if identity.grants:  # a personal token: the user's rights, narrowed to its scopes
             actions = frozenset(
                 a for a in actions if any(g.matches(repository) and a in g.actions for g in identity.grants)
             )
         return actions
+
+    def _cached_actions(self, kind: IdentityKind, name: str, groups: frozenset[str], repository: str) -> frozenset[str]:
+        """What the rules (and visibility) give; remembered, since every request of a token asks again."""
+        key = (kind, name, groups, repository)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._rule_actions(kind, name, groups, repository)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = cached
+        return cached
 
     def grant(self, identity: Identity, scopes: Iterable[Scope]) -> list[dict[str, Any]]:
         """The token spec's `access` claim: what was asked, narrowed to what is allowed (never an error)."""

@@ -77,6 +77,28 @@ def test_ci_tokens_get_their_scopes_not_the_rules_for_their_name() -> None:
     assert RULES.actions(token, "public/x") == {"pull"}
 
 
+def test_the_rules_are_walked_once_per_repository_for_a_ci_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request with a token asks the rules again (a rule revoked stops its tokens at once): what anonymous
+    may do, the part a CI token takes from the rules, is remembered like a user's rights."""
+    rules = AccessRules(
+        [AccessRule(repository=f"team{i}/**", users=[f"u{i}"], actions=["pull"]) for i in range(50)]
+        + [AccessRule(repository="public/**", users=["anonymous"], actions=["pull"])]
+    )
+    walks: list[str] = []
+    walk = rules._rule_actions
+
+    def counted(kind: str, name: str, groups: frozenset[str], repository: str) -> frozenset[str]:
+        walks.append(repository)
+        return walk(kind, name, groups, repository)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rules, "_rule_actions", counted)
+    token = Identity("ci", "ci-app", (Grant("team5/app", frozenset({"pull", "push"})),), "id1")
+    for _ in range(20):  # a pull: the manifest, then its layers
+        assert rules.actions(token, "team5/app") == {"pull", "push"}
+        assert rules.actions(token, "public/x") == {"pull"}
+    assert walks == ["team5/app", "public/x"]
+
+
 def test_anonymous_allowed_only_when_a_rule_names_it() -> None:
     assert RULES.anonymous_allowed
     assert not AccessRules([AccessRule(repository="**", users=["*"], actions=["pull"])]).anonymous_allowed
