@@ -90,8 +90,10 @@ class TagStore:
         self.events.emit(Event(EventType.TAG_DELETED, name, str(digest or ""), tag=tag))
 
     async def delete(self, name: str, tag: str) -> None:
-        digest = await self.resolve(name, tag)
+        # The policy first: its refusal depends on the tag's name alone, so that it never tells a caller who may
+        # delete but not pull whether the tag exists (403 for a protected name, whether or not it is there).
         self.check_can_delete(name, tag)
+        digest = await self.resolve(name, tag)
         planned = await self.events.prepare(name, tags=[tag])
         with self.events.ending(planned):
             await self.remove(name, tag, digest)

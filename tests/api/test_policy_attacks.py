@@ -169,6 +169,25 @@ async def test_a_bearer_token_holds_no_more_than_the_rules_allow_now(serve: Fact
     assert pushing.status_code in (401, 403), pushing.status_code
 
 
+async def test_a_delete_only_user_cannot_tell_a_protected_tag_from_a_missing_one(serve: Factory) -> None:
+    """Immutable tags refuse their deletion by name: the refusal comes before the tag is looked up, so that a user
+    who may delete but not pull learns nothing of which tags exist (nothing is deleted either way)."""
+    client = await serve(
+        access=[*RULES, {"repository": "secret/*", "users": ["alice"], "actions": ["delete"]}],
+        immutable_tags=[{"repository": "secret/*", "tags": ["v*"]}],
+    )
+    admin, alice = client(("admin", PASSWORDS["admin"])), client(("alice", PASSWORDS["alice"]))
+    await push_image(admin, "secret/app", "v1")
+    assert (await alice.head("/v2/secret/app/manifests/v1")).status_code == 403
+    existing = await alice.delete("/v2/secret/app/manifests/v1")
+    missing = await alice.delete("/v2/secret/app/manifests/v999")
+    assert (existing.status_code, error_code(existing)) == (missing.status_code, error_code(missing)) == (403, "DENIED")
+    assert existing.json()["errors"][0]["message"].replace("v1", "") == missing.json()["errors"][0]["message"].replace(
+        "v999", ""
+    )
+    assert (await admin.head("/v2/secret/app/manifests/v1")).status_code == 200
+
+
 async def test_only_a_signed_in_owner_manages_tokens(serve: Factory, tmp_path: Path) -> None:
     client = await serve()
     alice = client(("alice", PASSWORDS["alice"]))
