@@ -27,6 +27,7 @@ from registry.auth.access import (
 )
 from registry.auth.bearer import (
     CI_TOKEN_CLAIM,
+    CREDENTIAL_CLAIM,
     GROUPS_CLAIM,
     KIND_CLAIM,
     PERSONAL_TOKEN_CLAIM,
@@ -151,8 +152,11 @@ class Authenticator:
             identity = await self.directory.authenticate(username, password)
             if identity is not None:
                 await self.remember(identity)
-        elif self.htpasswd is not None and await self.htpasswd.verify(username, password):
-            identity = Identity("user", username, groups=self.static_groups(username), source="htpasswd")
+        elif self.htpasswd is not None:
+            mark = await self.htpasswd.verified_mark(username, password)
+            if mark is not None:
+                groups = self.static_groups(username)
+                identity = Identity("user", username, groups=groups, source="htpasswd", credential=mark)
         if identity is None:
             await self.failures.failed(username, address)
             logger.warning("failed login for user %r from %s", username[:100], address)
@@ -246,9 +250,14 @@ class Authenticator:
                     frozenset(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else frozenset()
                 )
                 source = claims.get(SOURCE_CLAIM)
-                identity = Identity(
-                    "user", subject, groups=group_names, source=source if isinstance(source, str) else ""
-                )
+                source = source if isinstance(source, str) else ""
+                credential = ""
+                if self.htpasswd is not None and source in ("htpasswd", ""):
+                    # Got with the htpasswd file's password: that password still the user's (Basic's rule).
+                    credential = self.htpasswd.credential_mark(subject) or ""
+                    if not credential or claims.get(CREDENTIAL_CLAIM) != credential:
+                        raise AuthFailed("the user's password changed or the user was removed: get a new token")
+                identity = Identity("user", subject, groups=group_names, source=source, credential=credential)
         else:
             identity = ANONYMOUS_IDENTITY
         return Caller(identity, verified.view, RuleView(self.rules, identity), bearer=True, issued_here=True)

@@ -36,7 +36,7 @@ GROUPS_CLAIM = "moorage_groups"
 SOURCE_CLAIM = "moorage_source"
 CI_TOKEN_CLAIM = "moorage_ci"  # the CI token's record id: its revocation ends the tokens issued to it at once
 KIND_CLAIM = "moorage_kind"
-CREDENTIAL_CLAIM = "moorage_cred"  # a refresh token's mark of the password it was got with (HtpasswdFile)
+CREDENTIAL_CLAIM = "moorage_cred"  # an htpasswd user's tokens: the mark of the password they were got with
 _CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 
@@ -179,6 +179,8 @@ class TokenAuthority:
             claims[GROUPS_CLAIM] = sorted(identity.groups)
         if identity.source:
             claims[SOURCE_CLAIM] = identity.source
+        if identity.credential:
+            claims[CREDENTIAL_CLAIM] = identity.credential
         return claims, now
 
     def issue(self, identity: Identity, access: list[dict[str, Any]]) -> Issued:
@@ -187,12 +189,9 @@ class TokenAuthority:
         issued_at = dt.datetime.fromtimestamp(now, dt.UTC).isoformat().replace("+00:00", "Z")
         return Issued(self._sign(claims), int(self.settings.expiry), issued_at)
 
-    def issue_refresh(self, identity: Identity, credential: str = "") -> str:
-        """`credential`: the mark of the user's password entry, checked at each refresh."""
+    def issue_refresh(self, identity: Identity) -> str:
         claims, _ = self._base_claims(identity, self.settings.refresh_expiry)
         claims["token_use"] = REFRESH_USE
-        if credential:
-            claims[CREDENTIAL_CLAIM] = credential
         return self._sign(claims)
 
     def verify(self, token: str, *, refresh: bool = False) -> dict[str, Any]:

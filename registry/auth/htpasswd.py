@@ -44,6 +44,10 @@ def parse_htpasswd(text: str, source: str) -> dict[str, bytes]:
     return users
 
 
+def _mark(entry: bytes) -> str:
+    return hashlib.sha256(b"moorage token binding\0" + entry).hexdigest()[:32]
+
+
 def check_password(password: str, hashed: bytes | None) -> bool:
     """bcrypt's own comparison is constant-time; `$2y$` (Apache's) is the same algorithm as `$2b$`."""
     candidate = password.encode()
@@ -102,16 +106,22 @@ class HtpasswdFile:
         return user in self._users
 
     def credential_mark(self, user: str) -> str | None:
-        """A mark of the user's entry as it is now (None: no such user), which a refresh token carries: a new
-        password (a new entry) ends the refresh tokens got with the old one. A digest of the stored hash, never
-        the hash: it tells nothing that would help guess the password."""
+        """A mark of the user's entry as it is now (None: no such user), which the tokens issued to the user carry:
+        a new password (a new entry) ends the tokens got with the old one, and a removed user's. A digest of the
+        stored hash, never the hash: it tells nothing that would help guess the password."""
         self.refresh()
         entry = self._users.get(user)
-        if entry is None:
+        return None if entry is None else _mark(entry)
+
+    async def verified_mark(self, user: str, password: str) -> str | None:
+        """The mark of the entry `password` matched, None when it did not: the entry checked, never one read after
+        the check (a password changed meanwhile must not lend the new entry's mark to the old password). bcrypt on
+        a thread: it takes tens to hundreds of milliseconds by design."""
+        self.refresh()
+        entry = self._users.get(user)
+        if not await asyncio.to_thread(check_password, password, entry) or entry is None:
             return None
-        return hashlib.sha256(b"moorage refresh token binding\0" + entry).hexdigest()[:32]
+        return _mark(entry)
 
     async def verify(self, user: str, password: str) -> bool:
-        """bcrypt on a thread: it takes tens to hundreds of milliseconds by design."""
-        self.refresh()
-        return await asyncio.to_thread(check_password, password, self._users.get(user))
+        return await self.verified_mark(user, password) is not None

@@ -101,6 +101,7 @@ def refreshable(auth: Authenticator, identity: Identity) -> bool:
     return (
         identity.kind == "user"
         and not identity.token_id
+        and bool(identity.credential)  # signed in with the htpasswd file's password, whose mark it carries
         and auth.htpasswd is not None
         and auth.htpasswd.has_user(identity.name)
     )
@@ -119,8 +120,7 @@ def _token_body(
         "scope": " ".join(f"{e['type']}:{e['name']}:{','.join(e['actions'])}" for e in access),
     }
     if offline and refreshable(auth, identity):
-        mark = auth.htpasswd.credential_mark(identity.name) if identity.kind == "user" and auth.htpasswd else None
-        body["refresh_token"] = authority.issue_refresh(identity, mark or "")
+        body["refresh_token"] = authority.issue_refresh(identity)
     return body
 
 
@@ -170,7 +170,7 @@ async def _refresh_identity(auth: Authenticator, authority: TokenAuthority, refr
     mark = auth.htpasswd.credential_mark(subject)
     if mark is None or claims.get(CREDENTIAL_CLAIM) != mark:
         raise _unauthorized(auth, "invalid refresh token")
-    return Identity("user", subject, groups=auth.static_groups(subject), source="htpasswd")
+    return Identity("user", subject, groups=auth.static_groups(subject), source="htpasswd", credential=mark)
 
 
 async def token_post(request: Request) -> Response:

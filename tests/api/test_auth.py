@@ -232,11 +232,11 @@ async def test_oauth2_password_and_refresh_grants(client_factory: ClientFactory,
     assert gone.status_code == 401
 
 
-async def test_a_new_password_ends_the_refresh_tokens_got_with_the_old_one(
+async def test_a_new_password_ends_the_tokens_got_with_the_old_one(
     client_factory: ClientFactory, htpasswd: Path
 ) -> None:
     """docker login keeps a refresh token instead of the password: one leaked must not outlive a password reset
-    (for auth.token.refresh_expiry, 30 days). Other users' refresh tokens are untouched."""
+    (for auth.token.refresh_expiry, 30 days), nor the access tokens got with it. Other users' are untouched."""
     client = await client_factory(auth_sections(htpasswd, token=True))
 
     async def refresh_token(user: str, password: str) -> str:
@@ -248,11 +248,21 @@ async def test_a_new_password_ends_the_refresh_tokens_got_with_the_old_one(
 
     async def refresh(token: str) -> httpx.Response:
         return await client.post(
-            "/auth/token", data={"grant_type": "refresh_token", "refresh_token": token, "service": SERVICE}
+            "/auth/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": token,
+                "service": SERVICE,
+                "scope": "repository:team/app:pull",
+            },
         )
 
     alices, bobs = await refresh_token("alice", PASSWORDS["alice"]), await refresh_token("bob", PASSWORDS["bob"])
-    assert (await refresh(alices)).status_code == 200
+    refreshed = await refresh(alices)
+    assert refreshed.status_code == 200
+    access = {"Authorization": f"Bearer {refreshed.json()['token']}"}  # got through the refresh token
+    bobs_access = {"Authorization": f"Bearer {(await refresh(bobs)).json()['token']}"}
+    assert (await client.get("/v2/team/app/tags/list", headers=access)).status_code == 404  # let in, nothing there
     # The token carries a mark of the password entry, not the entry (a bcrypt hash to crack offline).
     entries = entries_of(htpasswd)
     assert entries["alice"] not in json.dumps(claims_of(alices)) and "$2" not in json.dumps(claims_of(alices))
@@ -262,8 +272,16 @@ async def test_a_new_password_ends_the_refresh_tokens_got_with_the_old_one(
     await asyncio.sleep(htpasswd_module.RECHECK_SECONDS + 0.05)
     ended = await refresh(alices)
     assert ended.status_code == 401, ended.text
+    # The access tokens got with the old password end too, as Basic with it does (not at their expiry).
+    assert (await client.get("/v2/team/app/tags/list", headers=access)).status_code == 401
     assert (await refresh(bobs)).status_code == 200
+    assert (await client.get("/v2/team/app/tags/list", headers=bobs_access)).status_code == 404
     assert (await refresh(await refresh_token("alice", "new-secret"))).status_code == 200
+    # A user taken out of the file: their tokens end at once.
+    del entries["bob"]
+    rewrite(htpasswd, "".join(f"{user}:{entry}\n" for user, entry in entries.items()))
+    await asyncio.sleep(htpasswd_module.RECHECK_SECONDS + 0.05)
+    assert (await client.get("/v2/team/app/tags/list", headers=bobs_access)).status_code == 401
 
 
 async def test_bad_bearer_tokens_get_401(

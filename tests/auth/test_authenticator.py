@@ -45,15 +45,15 @@ async def test_one_check_for_concurrent_requests_then_remembered(
 ) -> None:
     assert authenticator.htpasswd is not None
     calls = 0
-    verify = authenticator.htpasswd.verify
+    verify = authenticator.htpasswd.verified_mark
 
-    async def counting(user: str, password: str) -> bool:
+    async def counting(user: str, password: str) -> str | None:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.05)
         return await verify(user, password)
 
-    monkeypatch.setattr(authenticator.htpasswd, "verify", counting)
+    monkeypatch.setattr(authenticator.htpasswd, "verified_mark", counting)
     identities = await asyncio.gather(*(authenticator.basic(encoded("alice", "pw"), "a") for _ in range(8)))
     assert {identity.name for identity in identities} == {"alice"} and calls == 1
     await authenticator.basic(encoded("alice", "pw"), "a")

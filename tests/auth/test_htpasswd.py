@@ -67,6 +67,35 @@ async def test_file_is_reloaded_when_it_changes(tmp_path: Path, monkeypatch: pyt
     assert users.generation > generation
 
 
+async def test_a_password_checked_against_an_entry_gets_that_entrys_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mark a token carries is the entry the password matched, never one read after the check: a login with
+    the old password racing its reset must not get a token the new entry's mark would keep valid."""
+    monkeypatch.setattr(htpasswd, "RECHECK_SECONDS", 0.0)
+    path = tmp_path / "htpasswd"
+    path.write_text(bcrypt_entry("alice", "old") + "\n")
+    users = HtpasswdFile(path)
+    users.load()
+    before = users.credential_mark("alice")
+    check = htpasswd.check_password
+
+    def reset_during_the_check(password: str, hashed: bytes | None) -> bool:
+        matched = check(password, hashed)
+        path.write_text(bcrypt_entry("alice", "new") + "\n")  # the admin resets the password meanwhile
+        os.utime(path, ns=(1, 1))
+        return matched
+
+    monkeypatch.setattr(htpasswd, "check_password", reset_during_the_check)
+    assert await users.verified_mark("alice", "old") == before
+    after = users.credential_mark("alice")
+    assert after is not None and after != before
+    monkeypatch.setattr(htpasswd, "check_password", check)
+    assert await users.verified_mark("alice", "new") == after
+    assert await users.verified_mark("alice", "old") is None
+    assert await users.verified_mark("nobody", "old") is None and users.credential_mark("nobody") is None
+
+
 async def test_a_broken_edit_keeps_the_users_read_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(htpasswd, "RECHECK_SECONDS", 0.0)
     path = tmp_path / "htpasswd"
