@@ -191,8 +191,25 @@ class Transport:
         self._authorization = value
         return changed
 
+    def _token_url(self, realm: str) -> str:
+        """The token server's URL (relative: the registry's). Credentials go to a token server the registry names,
+        on another host or not (Docker Hub's is), but never in the clear when the registry itself is reached over
+        TLS: a challenge (or whoever rewrote it) must not turn the password into plain text on the network."""
+        try:
+            url = httpx.URL(self.url(realm))
+        except httpx.InvalidURL:
+            raise ClientError(f"{self.registry}: the token server's address {realm[:200]!r} is not a URL") from None
+        downgrade = url.scheme == "http" and httpx.URL(self.base_url).scheme == "https"
+        if self.credentials is not None and (url.scheme not in ("http", "https") or downgrade):
+            raise ClientError(
+                f"{self.registry}: the token server {realm[:200]} is not https although the registry is: "
+                "credentials are not sent there"
+            )
+        return str(url)
+
     async def _token_request(self, realm: str, service: str | None, scopes: list[str]) -> httpx.Response:
         """OAuth2 refresh-token grant with an identity token; else GET with basic credentials (or anonymous)."""
+        realm = self._token_url(realm)
         if self.credentials is not None and self.credentials.identity_token:
             form = {
                 "grant_type": "refresh_token",

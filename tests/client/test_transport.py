@@ -10,7 +10,7 @@ import pytest
 
 from registry.client.api import RegistryClient, error_from_response
 from registry.client.credentials import Credentials
-from registry.client.errors import ConnectionFailed, RegistryResponseError
+from registry.client.errors import ClientError, ConnectionFailed, RegistryResponseError
 from registry.client.transport import Transport, parse_challenge
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -62,6 +62,36 @@ async def test_bearer_token_flow() -> None:
         assert await registry.tags("team/app") == ["1"]  # the token is reused
     tags_path = "/v2/team/app/tags/list"
     assert [r.url.path for r in seen] == [tags_path, "/token", tags_path, tags_path]
+
+
+@pytest.mark.parametrize(
+    ("host", "realm", "sent"),
+    [
+        ("r.example", "http://auth.example/token", False),  # a TLS registry naming a plain-text token server
+        ("r.example", "ftp://auth.example/token", False),
+        ("r.example", "https://auth.example/token", True),  # another host, over TLS: as Docker Hub's
+        ("r.example", "/token", True),  # the registry's own, relative
+        ("localhost:5000", "http://localhost:5000/token", True),  # a plain-text registry: nothing to downgrade
+    ],
+)
+async def test_credentials_never_go_to_a_token_server_in_the_clear(host: str, realm: str, sent: bool) -> None:
+    tokens: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            tokens.append(request)
+            return httpx.Response(200, json={"token": "T"})
+        if request.headers.get("Authorization") != "Bearer T":
+            return httpx.Response(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="reg"'})
+        return httpx.Response(200, json={"name": "team/app", "tags": ["1"]})
+
+    async with make_registry(handler, Credentials("u", "p"), host=host) as registry:
+        if sent:
+            assert await registry.tags("team/app") == ["1"]
+        else:
+            with pytest.raises(ClientError, match="credentials are not sent there"):
+                await registry.tags("team/app")
+    assert len(tokens) == (1 if sent else 0)
 
 
 async def test_basic_challenge_and_refused_credentials() -> None:
