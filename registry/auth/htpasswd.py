@@ -48,9 +48,14 @@ def _mark(entry: bytes) -> str:
     return hashlib.sha256(b"moorage token binding\0" + entry).hexdigest()[:32]
 
 
+BCRYPT_MAX_BYTES = 72
+
+
 def check_password(password: str, hashed: bytes | None) -> bool:
-    """bcrypt's own comparison is constant-time; `$2y$` (Apache's) is the same algorithm as `$2b$`."""
-    candidate = password.encode()
+    """bcrypt's own comparison is constant-time; `$2y$` (Apache's) is the same algorithm as `$2b$`. bcrypt reads
+    the first 72 bytes of a password (what `htpasswd -B` hashed of a longer one); the bcrypt package refuses longer
+    ones, which for the unknown user's dummy check was an error (a 500 that told unknown users from known ones)."""
+    candidate = password.encode()[:BCRYPT_MAX_BYTES]
     if hashed is None:
         bcrypt.checkpw(candidate, _dummy_hash())
         return False

@@ -284,6 +284,23 @@ async def test_a_new_password_ends_the_tokens_got_with_the_old_one(
     assert (await client.get("/v2/team/app/tags/list", headers=bobs_access)).status_code == 401
 
 
+async def test_a_long_password_is_a_401_whether_the_user_exists_or_not(
+    client_factory: ClientFactory, htpasswd: Path
+) -> None:
+    client = await client_factory(auth_sections(htpasswd, token=True))
+    long = "p" * 100  # over bcrypt's 72 bytes
+    for user in ("nobody", "alice"):
+        refused = [
+            await client.get("/v2/", auth=(user, long)),
+            await client.get("/auth/token", params={"service": SERVICE}, auth=(user, long)),
+            await client.post(
+                "/auth/token",
+                data={"grant_type": "password", "username": user, "password": long, "service": SERVICE},
+            ),
+        ]
+        assert [r.status_code for r in refused] == [401, 401, 401], (user, [r.text for r in refused])
+
+
 async def test_bad_bearer_tokens_get_401(
     client_factory: ClientFactory, htpasswd: Path, storage: StorageBackend
 ) -> None:

@@ -31,6 +31,22 @@ def test_entries_written_by_apache_htpasswd_verify() -> None:
     assert not check_password("Secret", users["alice"])
 
 
+def test_passwords_over_72_bytes_are_checked_as_bcrypt_does() -> None:
+    """bcrypt reads a password's first 72 bytes (Apache's `htpasswd -B` hashes a longer one so); the bcrypt
+    package refuses longer ones with ValueError, which the unknown user's dummy check let through (a 500 telling
+    unknown users from known ones, and never counted as a failed login)."""
+    tool = shutil.which("htpasswd")
+    if tool is None:
+        pytest.fail("htpasswd is not installed: `apt-get install apache2-utils` (listed in .ci/apt-packages.txt)")
+    long = "é" * 50  # 100 bytes
+    entry = subprocess.run([tool, "-nbB", "-C", "4", "alice", long], capture_output=True, text=True, check=True)
+    users = parse_htpasswd(entry.stdout, "test")
+    assert check_password(long, users["alice"])
+    assert check_password(long.encode()[:72].decode(), users["alice"])  # what bcrypt compares
+    assert not check_password("é" * 35, users["alice"])
+    assert not check_password("p" * 1000, None) and not check_password("p" * 1000, users["alice"])
+
+
 def test_both_bcrypt_prefixes_and_comments() -> None:
     text = "# users\n\n" + bcrypt_entry("a", "pa") + "\n" + bcrypt_entry("b", "pb", "$2b$") + "\n"
     users = parse_htpasswd(text, "test")
