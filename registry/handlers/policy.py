@@ -44,6 +44,7 @@ from registry.policy.service import Policy
 from registry.policy.setup import POLICY_STATE
 from registry.routing import ADMIN, IDENTITY_SCOPE_KEY, LOGIN, ApiRoute
 from registry.sizes import Bytes
+from registry.store.manifest_format import decode_json
 
 MAX_BODY_BYTES = 64 * 1024
 AUDIT_PAGE = 100
@@ -90,9 +91,11 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
         if len(body) > MAX_BODY_BYTES:
             raise RegistryError(ErrorCode.REQUEST_INVALID, message=f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _invalid("the body must be a JSON object") from None
+        # Strict: UTF-8, bounded depth, standard numbers, no unpaired surrogate (stored, one would break every page
+        # and export that shows it).
+        data = decode_json(body)
+    except RegistryError as e:
+        raise _invalid("the body must be a JSON object", e.detail) from None
     if not isinstance(data, dict):
         raise _invalid("the body must be a JSON object")
     try:
@@ -294,8 +297,8 @@ def _parse_cursor(text: str) -> tuple[float, str]:
         position = float(at), str(entry_id)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, OverflowError, RecursionError):
         raise _invalid("invalid `before` cursor") from None
-    if not math.isfinite(position[0]) or len(position[1]) > 64:
-        raise _invalid("invalid `before` cursor")
+    if not math.isfinite(position[0]) or len(position[1]) > 64 or not position[1].isascii():
+        raise _invalid("invalid `before` cursor")  # ids are ASCII: anything else (a lone surrogate) names nothing
     return position
 
 

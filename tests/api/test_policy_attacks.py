@@ -225,6 +225,37 @@ async def test_a_token_stops_with_its_owners_htpasswd_entry(serve: Factory, tmp_
     assert (await as_token.get("/v2/team/app/tags/list")).status_code == 401
 
 
+@pytest.mark.parametrize(
+    ("user", "path", "body"),
+    [
+        ("admin", "/api/v1/access-rules", b'{"repository":"team/*","users":["\\udc80"],"actions":["pull"]}'),
+        ("admin", "/api/v1/access-rules", b'{"repository":"team/*","groups":["x\\ud800"],"actions":["pull"]}'),
+        ("alice", "/api/v1/tokens", b'{"name":"t","scopes":["repository:team/\\udc80:pull"]}'),
+        ("alice", "/api/v1/tokens", b'{"name":"t","scopes":["repository:team/app:pull"]}\xff'),
+    ],
+)
+async def test_json_bodies_with_lone_surrogates_are_refused_not_stored(
+    serve: Factory, user: str, path: str, body: bytes
+) -> None:
+    """An unpaired surrogate escape is no text (RFC 8259): stored in a list item (pydantic checks only bounded
+    strings), it made every later render of the admin or tokens page a 500."""
+    client = await serve()
+    caller = client((user, PASSWORDS[user]))
+    before = (await caller.get(path)).json()
+    refused = await caller.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert refused.status_code == 400 and error_code(refused) == "REQUEST_INVALID", refused.text
+    assert (await caller.get(path)).json() == before
+
+
+async def test_an_audit_cursor_naming_no_entry_is_refused(serve: Factory) -> None:
+    client = await serve()
+    admin = client(("admin", PASSWORDS["admin"]))
+    for entry_id in ("\udc80", "é", "x" * 65):
+        cursor = base64.urlsafe_b64encode(json.dumps([1, entry_id]).encode()).decode()
+        refused = await admin.get("/api/v1/audit", params={"before": cursor})
+        assert refused.status_code == 400 and error_code(refused) == "REQUEST_INVALID", (entry_id, refused.text)
+
+
 async def test_hostile_inputs_are_400s(serve: Factory) -> None:
     client = await serve()
     admin = client(("admin", PASSWORDS["admin"]))
