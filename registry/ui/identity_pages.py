@@ -33,6 +33,8 @@ from registry.ui.pages import (
 
 if TYPE_CHECKING:
     from registry.auth.oidc import OidcClient
+    from registry.auth.personal_tokens import PersonalTokens
+    from registry.ui.sessions import Session
 
 logger = logging.getLogger("moorage.ui")
 OIDC_COOKIE = "moorage_oidc"
@@ -135,15 +137,21 @@ async def oidc_callback(request: Request) -> Response:
 # Personal access tokens.
 
 
+def _signed_in_tokens(request: Request) -> tuple[PersonalTokens, Session]:
+    """The personal tokens and the caller's session; a 404 page where there are none (no auth, no sign-in)."""
+    ui = ui_of(request)
+    tokens = ui.auth.personal_tokens if ui.auth is not None else None
+    session = ui_request(request).session
+    if tokens is None or session is None:
+        raise RegistryError(ErrorCode.NOT_FOUND, message="personal tokens need sign-in")
+    return tokens, session
+
+
 async def _tokens_page(
     request: Request, *, created: dict[str, str] | None = None, error: str | None = None
 ) -> Response:
-    ui = ui_of(request)
-    state = ui_request(request)
-    tokens = ui.auth.personal_tokens if ui.auth is not None else None
-    if tokens is None or state.session is None:
-        raise RegistryError(ErrorCode.NOT_FOUND, message="personal tokens need sign-in")
-    listed = await tokens.list(state.session.user)
+    tokens, session = _signed_in_tokens(request)
+    listed = await tokens.list(session.user)
     context = {"title": "Access tokens", "tokens": listed, "created": created, "error": error}
     return render(request, "tokens.html", context, status=400 if error else 200)
 
@@ -153,10 +161,8 @@ async def tokens_page(request: Request) -> Response:
 
 
 async def create_token(request: Request) -> Response:
-    ui = ui_of(request)
-    state = ui_request(request)
-    form = state.form
-    assert ui.auth is not None and ui.auth.personal_tokens is not None and state.session is not None
+    tokens, session = _signed_in_tokens(request)
+    form = ui_request(request).form
     days_text = form.get("expires_days", "").strip()
     lifetime = None
     if days_text:
@@ -165,12 +171,12 @@ async def create_token(request: Request) -> Response:
         lifetime = int(days_text) * _DAY
     client = request.client
     try:
-        token, secret = await ui.auth.personal_tokens.create(
-            session_identity(state.session),
+        token, secret = await tokens.create(
+            session_identity(session),
             form.get("name", "").strip(),
             form.get("scopes", "").split(),
             lifetime,
-            Actor(state.session.user, client.host if client else ""),
+            Actor(session.user, client.host if client else ""),
         )
     except TokenError as e:
         return await _tokens_page(request, error=str(e))
@@ -178,15 +184,15 @@ async def create_token(request: Request) -> Response:
 
 
 async def revoke_token(request: Request) -> Response:
-    ui = ui_of(request)
-    state = ui_request(request)
-    assert ui.auth is not None and ui.auth.personal_tokens is not None and state.session is not None
-    token = await ui.auth.personal_tokens.get(request.path_params["id"])
-    identity = session_identity(state.session)
-    if token is None or (token.owner != identity.name and not ui.auth.is_admin(identity)):
+    tokens, session = _signed_in_tokens(request)
+    auth = ui_of(request).auth
+    assert auth is not None  # there are personal tokens
+    token = await tokens.get(request.path_params["id"])
+    identity = session_identity(session)
+    if token is None or (token.owner != identity.name and not auth.is_admin(identity)):
         raise RegistryError(ErrorCode.NOT_FOUND, message="no such token")
     client = request.client
-    await ui.auth.personal_tokens.revoke(token.id, Actor(identity.name, client.host if client else ""))
+    await tokens.revoke(token.id, Actor(identity.name, client.host if client else ""))
     return _secured(request, RedirectResponse("/ui/tokens", status_code=303))
 
 

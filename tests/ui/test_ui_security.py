@@ -258,6 +258,17 @@ async def test_buttons_only_for_what_the_user_may_do(ui_factory: UiFactory, htpa
     assert "delete-tag" in (await ui.get("/ui/r/team/app")).text
 
 
+async def test_token_forms_without_auth_are_not_found(ui_factory: UiFactory) -> None:
+    """Laptop mode (no auth): no personal tokens, so their forms are a 404 page like their page (an assertion made
+    them a 500)."""
+    ui = await ui_factory()
+    csrf = csrf_of(await ui.get("/ui/storage"))
+    assert (await ui.get("/ui/tokens")).status_code == 404
+    created = await ui.post("/ui/tokens", data={"csrf": csrf, "name": "t", "scopes": "repository:a:pull"})
+    revoked = await ui.post("/ui/tokens/abc/revoke", data={"csrf": csrf})
+    assert (created.status_code, revoked.status_code) == (404, 404), (created.text[:300], revoked.text[:300])
+
+
 async def test_the_delete_page_needs_pull_too(ui_factory: UiFactory, htpasswd: Path) -> None:
     """A user who may delete but not pull (the API refuses them the tag and the tags list) learns from the
     confirmation page neither the tag's digest nor whether the tag exists."""
