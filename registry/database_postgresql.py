@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.abc import Buffer
 from psycopg.types.string import StrDumper
 from psycopg_pool import ConnectionPool
 
@@ -42,10 +43,19 @@ def _translated() -> Iterator[None]:
         raise DatabaseError(str(e)) from e
 
 
+class _TextDumper(StrDumper):
+    """A string as `text`, a NUL (which `text` cannot hold: the query failed, answered 503) as U+FFFD: what the
+    index stores in its place (registry/index/database.py `_text`), so that a search holding one finds what it
+    would on SQLite."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+
 def _configure(connection: psycopg.Connection[Any]) -> None:
     # Strings as `text` (psycopg's default leaves their type to the server, which cannot choose among the
     # overloads of length() or strpos() for an untyped parameter).
-    connection.adapters.register_dumper(str, StrDumper)
+    connection.adapters.register_dumper(str, _TextDumper)
 
 
 class PostgresEngine:

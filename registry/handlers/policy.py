@@ -287,6 +287,9 @@ async def revoke_token(request: Request) -> Response:
 # --- the audit log
 
 
+_ENTRY_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what new_id makes (hex), with room
+
+
 def _cursor(entry_at: float, entry_id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([entry_at, entry_id]).encode()).decode()
 
@@ -297,8 +300,8 @@ def _parse_cursor(text: str) -> tuple[float, str]:
         position = float(at), str(entry_id)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, OverflowError, RecursionError):
         raise _invalid("invalid `before` cursor") from None
-    if not math.isfinite(position[0]) or len(position[1]) > 64 or not position[1].isascii():
-        raise _invalid("invalid `before` cursor")  # ids are ASCII: anything else (a lone surrogate) names nothing
+    if not math.isfinite(position[0]) or not _ENTRY_ID.fullmatch(position[1]):
+        raise _invalid("invalid `before` cursor")  # anything else (a NUL, a lone surrogate) names no entry
     return position
 
 

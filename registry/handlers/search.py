@@ -25,6 +25,7 @@ from registry.handlers.common import (
 from registry.handlers.listings import next_link
 from registry.index.base import IndexUnavailable, ManifestRecord, MetadataIndex, SearchHit
 from registry.index.query import parse_query
+from registry.names import MAX_NAME_LENGTH, NAME_RE
 from registry.routing import DOCKER_SEARCH, PUBLIC, SEARCH, ApiRoute, on_repository
 
 DEFAULT_RESULTS = 25
@@ -106,6 +107,8 @@ async def search(request: Request) -> Response:
     q = request.query_params.get("q", "")
     n = result_count(request)
     last = single_query(request, "last", ErrorCode.PAGINATION_NUMBER_INVALID) or None
+    if last is not None and (len(last) > MAX_NAME_LENGTH or not NAME_RE.match(last)):  # a page ends at a repository
+        raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, detail={"last": last[:256]}, message="invalid `last`")
     query = parse_query(q)
     try:
         hits = await usable_index(request).search(query, last, n + 1, pull_filter(request))

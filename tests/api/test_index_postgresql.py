@@ -164,3 +164,20 @@ async def test_a_database_upgraded_by_a_newer_release_is_left_alone(
         assert engine.read("SELECT value FROM meta WHERE key = 'schema'") == [(str(SCHEMA_VERSION + 1),)]
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("storage_config", ["filesystem"], indirect=True)
+async def test_queries_holding_a_nul_answer_as_on_sqlite(storage_config: dict[str, Any], database: str) -> None:
+    """PostgreSQL's text cannot hold NUL: a search holding one failed in the database, and was answered 503 as if the
+    index were being built. It now finds what it would on SQLite (nothing); a `last` that names no repository is
+    refused."""
+    async with serving(storage_config, database) as (client, registry):
+        await push(client, "team/app", "v1")
+        await INDEXES[id(registry)].settled()
+        for path in ("/api/v1/search?q=%00", "/api/v1/search?q=a%00b", "/v1/search?q=%00", "/ui/?q=label:%00=%00"):
+            found = await client.get(path)
+            assert found.status_code == 200, (path, found.text[:300])
+        assert (await client.get("/api/v1/search?q=app")).json()["results"][0]["name"] == "team/app"
+        for last in ("%00", "team/app%00", "Team"):
+            refused = await client.get(f"/api/v1/search?q=app&last={last}")
+            assert refused.status_code == 400 and error_code(refused) == "PAGINATION_NUMBER_INVALID", refused.text

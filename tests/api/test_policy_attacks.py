@@ -250,7 +250,7 @@ async def test_json_bodies_with_lone_surrogates_are_refused_not_stored(
 async def test_an_audit_cursor_naming_no_entry_is_refused(serve: Factory) -> None:
     client = await serve()
     admin = client(("admin", PASSWORDS["admin"]))
-    for entry_id in ("\udc80", "é", "x" * 65):
+    for entry_id in ("\udc80", "é", "a\x00b", "x" * 65, ""):
         cursor = base64.urlsafe_b64encode(json.dumps([1, entry_id]).encode()).decode()
         refused = await admin.get("/api/v1/audit", params={"before": cursor})
         assert refused.status_code == 400 and error_code(refused) == "REQUEST_INVALID", (entry_id, refused.text)
