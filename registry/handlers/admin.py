@@ -15,6 +15,7 @@ from registry.handlers.common import (
     registry_of,
     repository_name,
     require_delete_enabled,
+    single_query,
 )
 from registry.policy.database import Actor
 from registry.policy.quotas import Quotas
@@ -41,7 +42,7 @@ async def delete_repository_endpoint(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    repository = request.query_params.get("repository")
+    repository = single_query(request, "repository", ErrorCode.NAME_INVALID)
     visible = pull_filter(request)
     if repository is not None:
         repository = repository.strip()

@@ -70,6 +70,14 @@ def _bad_request(message: str) -> RegistryError:
     return RegistryError(ErrorCode.UNSUPPORTED, message=message, status=400)
 
 
+def _once(request: Request, key: str) -> str | None:
+    """A parameter given at most once: two answers to one question are refused, never guessed."""
+    values = request.query_params.getlist(key)
+    if len(values) > 1:
+        raise _bad_request(f"{key} given more than once")
+    return values[0] if values else None
+
+
 def _check_service(authority: TokenAuthority, service: str | None) -> None:
     if service and service != authority.service:
         raise _bad_request(f"unknown service {service[:100]!r}: this token service serves {authority.service!r}")
@@ -127,7 +135,7 @@ def _token_body(
 async def token_get(request: Request) -> Response:
     """`GET /auth/token?service=&scope=...[&offline_token=true]`, anonymous or with Basic credentials."""
     auth, authority = _service(request)
-    _check_service(authority, request.query_params.get("service"))
+    _check_service(authority, _once(request, "service"))
     scopes = _scopes(request.query_params.getlist("scope"))
     identity = ANONYMOUS_IDENTITY
     header = request.headers.get("authorization")
@@ -136,7 +144,7 @@ async def token_get(request: Request) -> Response:
         if scheme.lower() != "basic":
             raise _unauthorized(auth, "the token service takes Basic credentials")
         identity = await _login(auth, auth.basic(credentials.strip(), _address(request)))
-    offline = request.query_params.get("offline_token", "").lower() == "true"
+    offline = (_once(request, "offline_token") or "").lower() == "true"
     return json_response(_token_body(auth, authority, identity, scopes, offline=offline), headers=NO_STORE)
 
 

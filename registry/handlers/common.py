@@ -96,13 +96,16 @@ def parse_page_size(request: Request) -> int | None:
     raw = single_query(request, "n", ErrorCode.PAGINATION_NUMBER_INVALID)
     if raw is None or raw == "":
         return None
-    try:
-        n = int(raw)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, detail={"n": raw})
+    n = whole_number(raw)
+    if n is None:
+        raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, detail={"n": raw[:64]})
     return min(n, MAX_PAGE_SIZE)
+
+
+def whole_number(raw: str) -> int | None:
+    """ASCII digits as a number, None for anything else: int() also takes signs, spaces, `_` and other scripts'
+    digits (a fullwidth one was taken as 1)."""
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
 
 
 def paginate(items: list[str], request: Request, path: str) -> tuple[list[str], dict[str, str]]:

@@ -8,8 +8,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from registry import media_types
-from registry.errors import RegistryError
-from registry.handlers.common import json_response, path_digest, registry_of, repository_name
+from registry.errors import ErrorCode, RegistryError
+from registry.handlers.common import json_response, path_digest, registry_of, repository_name, single_query
 from registry.store.referrers import descriptors_in_index, fallback_tag, referrer_descriptor
 from storage_backends import PathNotFound
 
@@ -36,7 +36,7 @@ async def list_referrers(request: Request) -> Response:
             found.setdefault(str(descriptor.get("digest")), descriptor)
     manifests = sorted(found.values(), key=lambda d: str(d.get("digest")))
     headers = {}
-    artifact_type = request.query_params.get("artifactType")
+    artifact_type = single_query(request, "artifactType", ErrorCode.REQUEST_INVALID)
     if artifact_type:
         manifests = [d for d in manifests if d.get("artifactType") == artifact_type]
         headers["OCI-Filters-Applied"] = "artifactType"

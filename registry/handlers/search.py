@@ -21,6 +21,7 @@ from registry.handlers.common import (
     pull_filter,
     repository_name,
     single_query,
+    whole_number,
 )
 from registry.handlers.listings import next_link
 from registry.index.base import IndexUnavailable, ManifestRecord, MetadataIndex, SearchHit
@@ -53,10 +54,7 @@ def result_count(request: Request) -> int:
     raw = single_query(request, "n", ErrorCode.PAGINATION_NUMBER_INVALID)
     if raw is None or raw == "":
         return DEFAULT_RESULTS
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
+    n = whole_number(raw) or 0
     if not 1 <= n <= MAX_RESULTS:
         raise RegistryError(
             ErrorCode.PAGINATION_NUMBER_INVALID,
@@ -83,7 +81,7 @@ def _not_ready() -> RegistryError:
 
 
 async def docker_search(request: Request) -> Response:
-    q = request.query_params.get("q", "")
+    q = single_query(request, "q", ErrorCode.REQUEST_INVALID) or ""
     n = result_count(request)
     query = parse_query(q)
     try:
@@ -104,7 +102,7 @@ async def docker_search(request: Request) -> Response:
 
 
 async def search(request: Request) -> Response:
-    q = request.query_params.get("q", "")
+    q = single_query(request, "q", ErrorCode.REQUEST_INVALID) or ""
     n = result_count(request)
     last = single_query(request, "last", ErrorCode.PAGINATION_NUMBER_INVALID) or None
     if last is not None and (len(last) > MAX_NAME_LENGTH or not NAME_RE.match(last)):  # a page ends at a repository

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from registry.digests import DEFAULT_ALGORITHM, Digest, new_hasher
 from registry.errors import ErrorCode, RegistryError
-from registry.handlers.common import index_of, registry_of, repository_name, signer_of, single_query
+from registry.handlers.common import index_of, registry_of, repository_name, signer_of, single_query, whole_number
 from registry.index.base import IndexUnavailable
 from registry.names import validate_name
 from registry.routing import Need, RepositoryAccess, allowed, granted, unrestricted
@@ -59,12 +59,9 @@ def content_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise RegistryError(ErrorCode.SIZE_INVALID, detail={"content-length": raw})
+    value = whole_number(raw)
+    if value is None:
+        raise RegistryError(ErrorCode.SIZE_INVALID, detail={"content-length": raw[:64]})
     return value
 
 
