@@ -7,6 +7,7 @@ clients to come back, instead of passing each of their retries on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import ssl
@@ -39,6 +40,7 @@ ACCEPT = ACCEPT_MANIFESTS  # not schema 1, which the store does not take
 DEFAULT_PAUSE = 60.0
 MANIFEST_LIMIT = 4 * 1024 * 1024
 MAX_PAUSE = 3600.0
+MANIFEST_DEADLINE_TIMEOUTS = 4  # a manifest arrives whole within this many of the upstream's read timeouts
 
 
 class UpstreamUnavailable(Exception):
@@ -79,6 +81,9 @@ class Upstream:
             timeout=httpx.Timeout(settings.timeout),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
             follow_redirects=True,
+            # Bodies as they are stored: a compressed answer is not decompressed on the way in (a gzip bomb went
+            # past the manifest limit, checked after decoding), and the digests are of these bytes.
+            headers=IDENTITY,
         )
         self.transport = Transport(
             host,
@@ -89,6 +94,7 @@ class Upstream:
             base_url=settings.url,
         )
         self._paused_until = 0.0
+        self.manifest_deadline = MANIFEST_DEADLINE_TIMEOUTS * settings.timeout
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -122,11 +128,24 @@ class Upstream:
             if response.status_code == 404:
                 return None
             self._expect(response, f"manifest {remote}:{reference}")
+            encoding = response.headers.get("Content-Encoding", "").strip().lower()
+            if encoding not in ("", "identity"):
+                raise UpstreamUnavailable(f"{self.name}: manifest {remote}:{reference} came {encoding[:40]}-encoded")
             received = bytearray()
-            async for chunk in response.aiter_bytes():
-                received += chunk
-                if len(received) > limit:
-                    raise UpstreamUnavailable(f"{self.name}: manifest {remote}:{reference} is over {limit} bytes")
+            try:
+                # The whole manifest within a deadline (the timeout bounds each read only: a byte every few seconds
+                # held every client waiting on the tag's check for days).
+                async with asyncio.timeout(self.manifest_deadline):
+                    async for chunk in response.aiter_raw():  # never decoded: see the client's Accept-Encoding
+                        received += chunk
+                        if len(received) > limit:
+                            raise UpstreamUnavailable(
+                                f"{self.name}: manifest {remote}:{reference} is over {limit} bytes"
+                            )
+            except TimeoutError:
+                raise UpstreamUnavailable(
+                    f"{self.name}: manifest {remote}:{reference} not received within {self.manifest_deadline:g} s"
+                ) from None
             data = bytes(received)
             header = response.headers.get("Docker-Content-Digest", "")
         expected = Digest.parse(reference) if Digest.is_digest(reference) else None
