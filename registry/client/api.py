@@ -16,6 +16,7 @@ from registry.client.manifests import ACCEPT_MANIFESTS, Manifest, verify_digest
 from registry.client.transport import Transport
 
 PAGE_SIZE = 1000
+MAX_PAGES = 10_000  # ten million names at PAGE_SIZE: a registry that goes on is looping, or hostile
 SEARCH_LIMIT = 25
 
 
@@ -173,6 +174,7 @@ class RegistryClient:
         items: list[str] = []
         url: str | None = path
         params: dict[str, str] | None = {"n": str(PAGE_SIZE)}
+        seen: set[str] = set()
         while url:
             response = await self.transport.request("GET", url, params=params)
             if response.status_code != 200:
@@ -182,6 +184,16 @@ class RegistryClient:
             except (ValueError, AttributeError) as e:
                 raise ClientError(f"{subject}: unreadable answer from {self.name}") from e
             url, params = next_link(response), None
+            if url is not None:
+                # The next page on this registry only (the request carries its credentials), each page once.
+                following, here = httpx.URL(self.transport.url(url)), httpx.URL(self.transport.base_url)
+                if (
+                    (following.scheme, following.host, following.port) != (here.scheme, here.host, here.port)
+                    or str(following) in seen
+                    or len(seen) >= MAX_PAGES
+                ):
+                    raise ClientError(f"{subject}: {self.name} sent a next-page link that loops or leaves it")
+                seen.add(str(following))
         return items
 
     async def search(self, term: str, limit: int = SEARCH_LIMIT) -> list[dict[str, Any]]:

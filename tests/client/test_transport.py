@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 from registry.client.api import RegistryClient, error_from_response
 from registry.client.credentials import Credentials
 from registry.client.errors import ClientError, ConnectionFailed, RegistryResponseError
-from registry.client.transport import Transport, parse_challenge
+from registry.client.transport import Transport, backoff_delay, parse_challenge
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -92,6 +93,45 @@ async def test_credentials_never_go_to_a_token_server_in_the_clear(host: str, re
             with pytest.raises(ClientError, match="credentials are not sent there"):
                 await registry.tags("team/app")
     assert len(tokens) == (1 if sent else 0)
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "</v2/team/app/tags/list?last=a>",  # the same page again, for ever
+        "<http://evil.example/v2/team/app/tags/list?last=a>",  # another host: the credentials would go there
+        "<http://r.example/v2/team/app/tags/list?last=a>",  # the registry, but in plain text
+    ],
+)
+async def test_paging_follows_next_links_on_the_registry_only_and_each_once(link: str) -> None:
+    """A hostile registry's Link: a page linking to itself was followed for ever (every page kept in memory), and a
+    link to another host got the registry's credentials."""
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if len(requests) >= 50:  # the test's own brake
+            return httpx.Response(200, json={"name": "team/app", "tags": []})
+        if "Authorization" not in request.headers:
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+        return httpx.Response(200, json={"name": "team/app", "tags": ["a"]}, headers={"Link": f'{link}; rel="next"'})
+
+    async with make_registry(handler, Credentials("alice", "s3cret")) as registry:
+        with pytest.raises(ClientError, match="next-page link that loops or leaves it"):
+            await registry.tags("team/app")
+    assert [r.url.host for r in requests] == ["r.example"] * len(requests) and len(requests) <= 3
+
+
+def test_a_challenge_is_parsed_in_linear_time() -> None:
+    started = time.monotonic()
+    assert parse_challenge("Bearer " + "a" * 100_000) == ("bearer", {})
+    assert parse_challenge("Bearer " + "a=" * 50_000)[0] == "bearer"
+    assert time.monotonic() - started < 1.0  # quadratic: 13 s for 30,000 letters
+
+
+def test_a_retry_after_that_is_no_ascii_number_is_ignored() -> None:
+    assert backoff_delay(0, 0.001, "\u00b2") < 1.0  # "²": a digit to str.isdigit(), a ValueError to float()
+    assert backoff_delay(0, 0.001, "7") == 7.0
 
 
 async def test_basic_challenge_and_refused_credentials() -> None:
