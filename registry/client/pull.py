@@ -164,9 +164,13 @@ async def resolve(
         return top, [top]
     if platform is not None:
         chosen = await registry.get_manifest(ref.repository, select_platform(top, platform).digest)
-        return chosen, [chosen]
-    images = [await registry.get_manifest(ref.repository, child.digest) for child in top.children]
-    return top, images
+        images = [chosen]
+    else:
+        images = [await registry.get_manifest(ref.repository, child.digest) for child in top.children]
+    if any(image.is_index for image in images):
+        # Its children would not be fetched: the layout would name manifests it does not hold (as cp and mirror).
+        raise ClientError(f"{ref}: nested indexes are not supported")
+    return (images[0], images) if platform is not None else (top, images)
 
 
 async def pull_image(

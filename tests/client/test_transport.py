@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +15,9 @@ import pytest
 from registry.client.api import RegistryClient, error_from_response
 from registry.client.credentials import Credentials
 from registry.client.errors import ClientError, ConnectionFailed, RegistryResponseError
+from registry.client.progress import make_reporter
+from registry.client.pull import pull_image
+from registry.client.reference import parse_reference
 from registry.client.transport import Transport, backoff_delay, parse_challenge
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -120,6 +126,31 @@ async def test_paging_follows_next_links_on_the_registry_only_and_each_once(link
         with pytest.raises(ClientError, match="next-page link that loops or leaves it"):
             await registry.tags("team/app")
     assert [r.url.host for r in requests] == ["r.example"] * len(requests) and len(requests) <= 3
+
+
+async def test_a_pull_of_an_index_of_indexes_is_refused_not_left_incomplete(tmp_path: Path) -> None:
+    """The grandchildren were never fetched, yet the pull reported success with a layout naming manifests it does
+    not hold. Refused, as `cp` and `mirror` do."""
+    index_type = "application/vnd.oci.image.index.v1+json"
+    grandchild = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "1" * 64, "size": 2}
+    inner = json.dumps({"schemaVersion": 2, "mediaType": index_type, "manifests": [grandchild]}).encode()
+    inner_digest = "sha256:" + hashlib.sha256(inner).hexdigest()
+    child = {"mediaType": index_type, "digest": inner_digest, "size": len(inner)}
+    top = json.dumps({"schemaVersion": 2, "mediaType": index_type, "manifests": [child]}).encode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/manifests/v1"):
+            return httpx.Response(200, headers={"Content-Type": index_type}, content=top)
+        if request.url.path.endswith(inner_digest):
+            return httpx.Response(200, headers={"Content-Type": index_type}, content=inner)
+        return httpx.Response(404)
+
+    dest = tmp_path / "out"
+    async with make_registry(handler) as registry:
+        with pytest.raises(ClientError, match="nested indexes are not supported"):
+            reporter = make_reporter(quiet=True, json_output=False)
+            await pull_image(parse_reference("r.example/team/app:v1"), dest, registry, reporter)
+    assert not dest.exists()
 
 
 def test_a_challenge_is_parsed_in_linear_time() -> None:
