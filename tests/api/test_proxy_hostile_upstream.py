@@ -10,37 +10,28 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from registry.proxy.settings import UpstreamSettings
 from registry.proxy.upstreams import Upstream, UpstreamUnavailable
 from tests.api.conftest import ClientFactory
-from tests.api.test_proxy_upstream import FakeUpstream, oci_manifest, proxied
+from tests.api.test_proxy_upstream import (  # noqa: F401 - the fixtures storage_config and upstream
+    FakeUpstream,
+    oci_manifest,
+    proxied,
+    storage_config,
+    upstream,
+)
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def storage_config(tmp_path: Path) -> dict[str, Any]:
-    return {"filesystem": {"root": str(tmp_path / "data"), "fsync": False}}
-
-
-@pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
-    yield fake
-    fake.close()
 
 
 def rss_mib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
-async def test_manifest_limit_holds_for_a_compressed_body(upstream: FakeUpstream) -> None:
+async def test_manifest_limit_holds_for_a_compressed_body(upstream: FakeUpstream) -> None:  # noqa: F811
     """Upstream.manifest's `limit` counts decoded bytes only after a whole raw chunk is decoded: gzip,gzip bomb."""
     inflated = 512 * MIB
     bomb = gzip.compress(gzip.compress(b"\0" * inflated, 9), 9)
@@ -58,7 +49,8 @@ async def test_manifest_limit_holds_for_a_compressed_body(upstream: FakeUpstream
 
 
 async def test_a_pathological_challenge_does_not_freeze_the_server(
-    client_factory: ClientFactory, upstream: FakeUpstream
+    client_factory: ClientFactory,
+    upstream: FakeUpstream,  # noqa: F811 - the fixture imported above
 ) -> None:
     upstream.default = (401, {"WWW-Authenticate": "Bearer " + "a" * 30_000}, b"")
     client = await client_factory(proxied(upstream))
@@ -69,7 +61,8 @@ async def test_a_pathological_challenge_does_not_freeze_the_server(
 
 
 async def test_retry_after_non_ascii_digit_still_serves_the_cached_tag(
-    client_factory: ClientFactory, upstream: FakeUpstream
+    client_factory: ClientFactory,
+    upstream: FakeUpstream,  # noqa: F811 - the fixture imported above
 ) -> None:
     upstream.manifest("team/app", "v1", oci_manifest("a"))
     client = await client_factory(proxied(upstream, attempts=2, tag_ttl=0.05))
