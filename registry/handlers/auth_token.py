@@ -24,7 +24,7 @@ from registry.auth.bearer import (
     TokenAuthority,
 )
 from registry.errors import ErrorCode, RegistryError
-from registry.handlers.common import json_response
+from registry.handlers.common import json_response, single_query
 from registry.routing import PUBLIC, ApiRoute
 
 MAX_FORM_BYTES = 64 * 1024
@@ -71,11 +71,8 @@ def _bad_request(message: str) -> RegistryError:
 
 
 def _once(request: Request, key: str) -> str | None:
-    """A parameter given at most once: two answers to one question are refused, never guessed."""
-    values = request.query_params.getlist(key)
-    if len(values) > 1:
-        raise _bad_request(f"{key} given more than once")
-    return values[0] if values else None
+    """A parameter given at most once (the token endpoint's errors are 400 UNSUPPORTED, as `_bad_request`)."""
+    return single_query(request, key, ErrorCode.UNSUPPORTED, status=400)
 
 
 def _check_service(authority: TokenAuthority, service: str | None) -> None:

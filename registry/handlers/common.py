@@ -65,11 +65,11 @@ def repository_name(request: Request) -> str:
     return validate_name(request.path_params["name"])
 
 
-def single_query(request: Request, key: str, code: ErrorCode) -> str | None:
+def single_query(request: Request, key: str, code: ErrorCode, status: int | None = None) -> str | None:
     """A query parameter that may appear once: a repeated one is ambiguous and refused, never guessed."""
     values = request.query_params.getlist(key)
     if len(values) > 1:
-        raise RegistryError(code, detail={"parameter": key, "reason": "given more than once"})
+        raise RegistryError(code, detail={"parameter": key, "reason": "given more than once"}, status=status)
     return values[0] if values else None
 
 
