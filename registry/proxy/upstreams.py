@@ -26,6 +26,7 @@ from registry.client.manifests import ACCEPT_MANIFESTS
 from registry.client.transport import RETRY_STATUSES, Transport
 from registry.digests import Digest
 from registry.errors import ErrorCode, RegistryError
+from registry.proxy.address_guard import AddressGuard, AddressRefused
 from registry.proxy.settings import UpstreamSettings
 from registry.settings import ConfigError
 
@@ -66,7 +67,8 @@ class RemoteManifest:
 
 
 class Upstream:
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, http_transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """`http_transport`: what carries the requests (httpx's own by default; tests stand a scripted one in)."""
         self.settings = settings
         self.name = settings.name
         self.prefix = settings.prefix
@@ -84,6 +86,9 @@ class Upstream:
             # Bodies as they are stored: a compressed answer is not decompressed on the way in (a gzip bomb went
             # past the manifest limit, checked after decoding), and the digests are of these bytes.
             headers=IDENTITY,
+            # Redirects and token realms lead only where the upstream itself is, or further out (SSRF).
+            event_hooks=AddressGuard(settings.url).hooks(),
+            transport=http_transport,
         )
         self.transport = Transport(
             host,
@@ -198,6 +203,9 @@ class Upstream:
                 raise UpstreamDenied(f"{self.name}: {e}") from e
             raise UpstreamUnavailable(f"{self.name}: {e}") from e
         except ClientError as e:  # the network, TLS
+            raise UpstreamUnavailable(f"{self.name}: {e}") from e
+        except AddressRefused as e:
+            logger.warning("proxy: %s: %s %s refused: %s", self.name, method, path, e)
             raise UpstreamUnavailable(f"{self.name}: {e}") from e
         try:
             self._answered(response)
