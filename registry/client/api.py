@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from registry.client.bodies import IDENTITY, blob_body
+from registry.client.bodies import IDENTITY, blob_body, read_whole
 from registry.client.credentials import Credentials, lookup
 from registry.client.errors import ClientError, RegistryResponseError
 from registry.client.manifests import ACCEPT_MANIFESTS, Manifest, verify_digest
@@ -149,18 +149,21 @@ class RegistryClient:
         response = await self.transport.request("GET", f"/v2/{repository}/blobs/{digest}", headers=headers, stream=True)
         try:
             if response.status_code not in (200, 206):
-                await response.aread()
-                raise error_from_response(response, f"blob {repository}@{digest}")
+                raise error_from_response(await read_whole(response), f"blob {repository}@{digest}")
             yield response
         finally:
             await response.aclose()
 
-    async def get_blob_bytes(self, repository: str, digest: str) -> bytes:
-        """A small blob (a config) in memory, verified."""
+    async def get_blob_bytes(self, repository: str, digest: str, size: int) -> bytes:
+        """A small blob (a config) of `size` bytes in memory, verified; no more than that is read."""
+        data = bytearray()
         async with self.open_blob(repository, digest) as response:
-            data = b"".join([chunk async for chunk in blob_body(response)])  # as sent: never decoded
-        verify_digest(data, digest, f"blob {repository}@{digest}")
-        return data
+            async for chunk in blob_body(response):  # as sent: never decoded
+                data += chunk
+                if len(data) > size:
+                    raise ClientError(f"blob {repository}@{digest}: more bytes than its size ({size})")
+        verify_digest(bytes(data), digest, f"blob {repository}@{digest}")
+        return bytes(data)
 
     # Listings
 

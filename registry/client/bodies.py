@@ -12,6 +12,9 @@ body end, so the connection is closed afterwards rather than reused: one new con
 
 Anything else goes through httpx unchanged: smaller bodies, chunked ones, HTTP/2, in-process transports.
 
+Every other body (manifests, listings, tokens, errors) is read whole by `read_whole`, bounded: on the wire, and once
+decoded (a registry may compress despite `Accept-Encoding: identity`; a gzip bomb decodes no further than the bound).
+
 Either way the bytes are the body as sent, never decoded: a blob's digest covers the bytes as stored, and some
 storage serves a stored .tar.gz layer with `Content-Encoding: gzip`. Blob requests ask for no encoding
 (`IDENTITY`), so that nothing in between compresses them on the way.
@@ -19,13 +22,17 @@ storage serves a stored .tar.gz layer with `Content-Encoding: gzip`. Blob reques
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
 import httpcore
 import httpx
 
+from registry.client.errors import ClientError
+
 IDENTITY = {"Accept-Encoding": "identity"}
+MAX_RESPONSE = 64 * 1024 * 1024  # a whole answer other than a blob: a manifest (4 MiB), a catalog page, a token
 RAW_MINIMUM = 1024 * 1024  # below this a kept-alive connection is worth more than the parsing it saves
 READ_SIZE = 1024 * 1024
 
@@ -80,3 +87,51 @@ async def blob_body(response: httpx.Response) -> AsyncIterator[bytes]:
             yield data
     finally:
         await parsed.aclose()
+
+
+async def read_whole(response: httpx.Response, limit: int = MAX_RESPONSE) -> httpx.Response:
+    """`response` (streaming) read and closed, as a response holding its decoded body: at most `limit` bytes, else
+    ClientError. One content coding at most (gzip or deflate), decoded here within the bound."""
+    try:
+        whole = response.content  # an in-process transport's answer is in memory already
+    except httpx.ResponseNotRead:
+        pass
+    else:
+        if len(whole) > limit:
+            raise ClientError(f"{response.request.url.host}: an answer over {limit} bytes (refused)")
+        return response
+    try:
+        raw = bytearray()
+        async for chunk in response.aiter_raw():
+            raw += chunk
+            if len(raw) > limit:
+                raise ClientError(f"{response.request.url.host}: an answer over {limit} bytes (refused)")
+    finally:
+        await response.aclose()
+    codings = [c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",")]
+    codings = [c for c in codings if c not in ("", "identity")]
+    headers = response.headers
+    body = bytes(raw)
+    if codings:
+        body = _decoded(body, codings, limit, response.request.url.host)
+        dropped = ("content-encoding", "content-length")
+        headers = httpx.Headers([(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped])
+    return httpx.Response(
+        response.status_code, headers=headers, content=body, request=response.request, extensions=response.extensions
+    )
+
+
+def _decoded(data: bytes, codings: list[str], limit: int, host: str) -> bytes:
+    if len(codings) > 1 or codings[0] not in ("gzip", "x-gzip", "deflate"):
+        raise ClientError(f"{host}: an answer in an encoding this client does not read ({', '.join(codings)[:80]})")
+    # gzip's header, or deflate as zlib data; raw deflate (some servers send it as "deflate") when that fails.
+    for wbits in (16 + zlib.MAX_WBITS,) if codings[0] != "deflate" else (zlib.MAX_WBITS, -zlib.MAX_WBITS):
+        decoder = zlib.decompressobj(wbits)
+        try:
+            body = decoder.decompress(data, limit + 1)
+        except zlib.error:
+            continue
+        if len(body) > limit or decoder.unconsumed_tail:
+            raise ClientError(f"{host}: an answer over {limit} bytes once decoded (refused)")
+        return body
+    raise ClientError(f"{host}: an answer whose {codings[0]} encoding is broken")

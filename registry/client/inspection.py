@@ -31,7 +31,7 @@ async def _config(registry: RegistryClient, repository: str, image: Manifest) ->
     descriptor = image.config
     if descriptor is None or not descriptor.media_type.endswith("json") or descriptor.size > 4 * 1024 * 1024:
         return None
-    data = await registry.get_blob_bytes(repository, descriptor.digest)
+    data = await registry.get_blob_bytes(repository, descriptor.digest, descriptor.size)
     try:
         config = json.loads(data)
     except ValueError:

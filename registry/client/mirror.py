@@ -47,11 +47,15 @@ async def warm_image(
         if algorithm not in ("sha256", "sha512"):
             raise ClientError(f"blob {blob.digest}: unsupported digest algorithm")
         hasher = hashlib.new(algorithm)
+        read = 0
         async with registry.open_blob(ref.repository, blob.digest) as response:
             async for chunk in blob_body(response):
+                read += len(chunk)
+                if read > blob.size:  # never the blob: no need to read (or hash) on
+                    raise ClientError(f"blob {ref.repository}@{blob.digest}: more bytes than its size ({blob.size})")
                 hasher.update(chunk)
                 progress.advance(len(chunk))
-        if hasher.hexdigest() != expected:
+        if read != blob.size or hasher.hexdigest() != expected:
             raise ClientError(f"blob {ref.repository}@{blob.digest}: the bytes read do not match the digest")
         total += blob.size
         reporter.done(blob.digest, blob.size, "mirrored")

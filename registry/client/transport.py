@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from registry.client.bodies import IDENTITY, read_whole
 from registry.client.credentials import Credentials
 from registry.client.errors import ClientError, ConnectionFailed, RegistryResponseError
 from registry.client.reference import api_host, is_local
@@ -164,9 +165,8 @@ class Transport:
                 continue
             if not stream:
                 try:
-                    await response.aread()
+                    response = await read_whole(response)
                 except httpx.TransportError as e:
-                    await response.aclose()
                     if retry and attempt + 1 < self.attempts:
                         attempt += 1
                         continue
@@ -222,7 +222,8 @@ class Transport:
             }
             if service:
                 form["service"] = service
-            return await self._client.post(realm, data=form)
+            request = self._client.build_request("POST", realm, data=form)
+            return await read_whole(await self._client.send(request, stream=True))
         params: list[tuple[str, str | int | float | bool | None]] = []
         if service:
             params.append(("service", service))
@@ -231,7 +232,9 @@ class Transport:
         if self.credentials is not None:
             params.append(("account", self.credentials.username))
             auth = (self.credentials.username, self.credentials.password)
-        return await self._client.get(realm, params=params, auth=auth or httpx.USE_CLIENT_DEFAULT)
+        request = self._client.build_request("GET", realm, params=params)
+        response = await self._client.send(request, auth=auth or httpx.USE_CLIENT_DEFAULT, stream=True)
+        return await read_whole(response)
 
     async def fetch_token(self, realm: str, service: str | None, scopes: Iterable[str]) -> str:
         scope_list = list(scopes)
@@ -273,10 +276,11 @@ def _client(verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
     if any(scheme != "no" for scheme in urllib.request.getproxies()):
         # httpx reads HTTP(S)_PROXY, ALL_PROXY and NO_PROXY only for a client that builds its own transports.
-        return httpx.AsyncClient(verify=verify, timeout=timeout, limits=limits, follow_redirects=True)
+        return httpx.AsyncClient(verify=verify, timeout=timeout, limits=limits, follow_redirects=True, headers=IDENTITY)
     socket_options = [(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)]
     transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits, socket_options=socket_options)
-    return httpx.AsyncClient(timeout=timeout, follow_redirects=True, transport=transport)
+    # Answers as sent (see registry/client/bodies.py): nothing compressed on the way, so nothing to decode.
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=True, transport=transport, headers=IDENTITY)
 
 
 def describe_transport_error(error: httpx.TransportError) -> str:

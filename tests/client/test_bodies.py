@@ -205,7 +205,7 @@ async def test_blob_requests_ask_for_no_encoding_and_configs_are_kept_as_sent() 
         pass
     async with registry.open_blob("team/app", digest, offset=1):
         pass
-    assert await registry.get_blob_bytes("team/app", digest) == config
+    assert await registry.get_blob_bytes("team/app", digest, len(config)) == config
     assert seen == ["identity"] * 3
 
 
