@@ -15,6 +15,7 @@ from typing import Any
 
 from registry.client.errors import ClientError
 from registry.client.tasks import first_error
+from registry.client.terminal import printable
 
 # The command handlers (and httpx, rich) load only when a client command runs: `moorage serve` shares this
 # parser, and its worker should not carry them.
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             message = f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}"
         else:
             message = f"unexpected error: {type(error).__name__}: {error}"
-        print(f"moorage: {message}", file=sys.stderr)
+        print(f"moorage: {printable(message)}", file=sys.stderr)
         return EXIT_FAILURE
 
 

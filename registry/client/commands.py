@@ -22,6 +22,7 @@ from registry.client.progress import Reporter, make_reporter
 from registry.client.pull import pull_image
 from registry.client.push import push_image
 from registry.client.reference import check_tag, parse_reference, parse_registry, parse_repository
+from registry.client.terminal import printable
 
 
 def _connect(args: argparse.Namespace, registry: str) -> RegistryClient:
@@ -40,7 +41,7 @@ def _print_result(args: argparse.Namespace, result: dict[str, Any], text: str) -
     if args.json_output:
         print(json.dumps(result))
     else:
-        print(text)
+        print(printable(text))
 
 
 async def cmd_push(args: argparse.Namespace) -> int:
@@ -153,7 +154,7 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
     else:
         for result in results:
             where = f" -> {result['copied_to']}" if "copied_to" in result else ""
-            print(f"{result['reference']} {result['digest']}{where}")
+            print(printable(f"{result['reference']} {result['digest']}{where}"))
     return 0
 
 
@@ -187,7 +188,7 @@ async def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json_output:
         _print_json(info)
     else:
-        print(format_inspection(info))
+        print(printable(format_inspection(info)))
     return 0
 
 

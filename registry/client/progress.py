@@ -18,6 +18,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from registry.client.terminal import printable
+
 
 class BlobProgress(Protocol):
     def advance(self, n: int) -> None: ...
@@ -75,10 +77,10 @@ class LineReporter(QuietReporter):
         self.stream = stream or sys.stderr
 
     def done(self, digest: str, size: int, outcome: str) -> None:
-        print(f"{outcome} {short_digest(digest)} {human_size(size)}", file=self.stream, flush=True)
+        print(printable(f"{outcome} {short_digest(digest)} {human_size(size)}"), file=self.stream, flush=True)
 
     def message(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        print(printable(text), file=self.stream, flush=True)
 
 
 class JsonReporter(QuietReporter):
@@ -110,7 +112,7 @@ class RichReporter(QuietReporter):
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
@@ -123,7 +125,7 @@ class RichReporter(QuietReporter):
         self.progress.start()
 
     def blob(self, digest: str, size: int, action: str) -> BlobProgress:
-        task = self.progress.add_task(f"{action} {short_digest(digest)}", total=size)
+        task = self.progress.add_task(printable(f"{action} {short_digest(digest)}"), total=size)
         self.tasks[digest] = task
         return _RichBar(self.progress, task)
 
@@ -131,10 +133,11 @@ class RichReporter(QuietReporter):
         task = self.tasks.pop(digest, None)
         if task is not None:
             self.progress.remove_task(task)
-        self.progress.console.print(f"{outcome} {short_digest(digest)} {human_size(size)}", highlight=False)
+        line = printable(f"{outcome} {short_digest(digest)} {human_size(size)}")
+        self.progress.console.print(line, highlight=False, markup=False)
 
     def message(self, text: str) -> None:
-        self.progress.console.print(text, highlight=False)
+        self.progress.console.print(printable(text), highlight=False, markup=False)
 
     def close(self) -> None:
         self.progress.stop()

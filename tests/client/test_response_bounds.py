@@ -1,7 +1,8 @@
 """A hostile registry against the client (and the proxy's upstream client, which shares its transport): answers
-that never end, or that decode to far more than they weigh, are refused at a bound instead of filling memory, and a
-blob is read no further than its size. The registry is a real HTTP server on 127.0.0.1 sending crafted answers;
-each test failed before the bound (read whole, decoded whole, or read for ever)."""
+that never end, or that decode to far more than they weigh, are refused at a bound instead of filling memory, a
+blob is read no further than its size, and the registry's words reach the terminal with control characters shown.
+The registry is a real HTTP server on 127.0.0.1 sending crafted answers; each test failed before its fix (read
+whole, decoded whole, read for ever, or printed as sent)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +24,7 @@ from registry.client.mirror import warm_image
 from registry.client.progress import QuietReporter
 from registry.client.reference import parse_reference
 from registry.client.transport import Transport
+from tests.client.cli_runner import run_cli
 
 MIB = 1024 * 1024
 Answer = Callable[[BaseHTTPRequestHandler], None]
@@ -215,3 +218,21 @@ async def test_an_endless_error_answer_for_a_blob_is_cut(crafted: CraftedRegistr
     async with client(crafted) as registry:
         with pytest.raises(ClientError, match=f"over {MAX_RESPONSE} bytes"):
             await within(60, registry.get_blob_bytes("team/app", digest, 10))
+
+
+def test_a_registrys_words_reach_the_terminal_with_control_characters_shown(
+    crafted: CraftedRegistry, tmp_path: Path
+) -> None:
+    """Tag names and error messages are the registry's: an escape sequence in them is printed as text (a title
+    set, a line hidden, a name reversed by a bidi override), never sent to the terminal as it is."""
+    tags = {"name": "team/app", "tags": ["v1", "evil\x1b]0;owned\x07", "x\x1b[2K\rfine", "\u202eexe.gpj"]}
+    crafted.routes["/v2/team/app/tags/list"] = fixed(json.dumps(tags).encode(), {"Content-Type": "application/json"})
+    refusal = {"errors": [{"code": "DENIED", "message": "go away\x1b[1A\x1b[2Kmoorage: all good", "detail": None}]}
+    crafted.routes["/v2/team/other/tags/list"] = fixed(json.dumps(refusal).encode(), status=403)
+    listed = run_cli("tags", f"{crafted.address}/team/app", docker_config=tmp_path).ok()
+    assert listed.stdout.split() == ["v1", "evil\\x1b]0;owned\\x07", "x\\x1b[2K\\rfine", "\\u202eexe.gpj"]
+    refused = run_cli("tags", f"{crafted.address}/team/other", docker_config=tmp_path).failed()
+    assert "\x1b" not in refused.stderr and "go away\\x1b[1A\\x1b[2Kmoorage: all good" in refused.stderr
+    as_json = run_cli("tags", "--json", f"{crafted.address}/team/app", docker_config=tmp_path).ok()
+    assert json.loads(as_json.stdout)["tags"] == tags["tags"]  # JSON carries them exactly, escaped by JSON itself
+    assert "\x1b" not in as_json.stdout
