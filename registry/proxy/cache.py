@@ -20,6 +20,7 @@ import contextvars
 import dataclasses
 import logging
 import math
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
@@ -54,6 +55,8 @@ ABSENT_SECONDS = 10.0
 USED_MIN_SECONDS = 1.0
 CHECKED_LIMIT = 65536
 CACHE_STATUS_HEADER = "Moorage-Cache"
+SAMPLE_BYTES = 256  # what an upstream shows of a blob already stored before it is linked for one of its names
+SAMPLE_WINDOW = 1024 * 1024  # the sample lies within the first MiB (an upstream without Range sends the body)
 
 # What the cache did for the current request ("hit", "miss", "stale"), for the response header (registry/proxy/setup).
 cache_status: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("moorage_cache_status", default=None)
@@ -286,6 +289,8 @@ class ProxyCache:
                 return None
             present = await registry.blobs.present(digest, touch=True)
             if present is not None:  # stored already (an earlier fill, another repository): deduplicated
+                if not await self._proven(upstream, remote, digest, present.size, size):
+                    return None
                 await registry.blobs.link(name, digest)
                 self._count(upstream, "hit")
                 return present
@@ -297,6 +302,26 @@ class ProxyCache:
         if info is not None:
             self._count(upstream, "miss")
         return info
+
+    async def _proven(self, upstream: Upstream, remote: str, digest: Digest, stored: int, claimed: int) -> bool:
+        """The upstream holds the bytes of the copy in storage, not only its digest: a sample of them at an offset
+        it cannot foresee must match. Else an upstream that answers 200 for any digest (hostile, or compromised)
+        would have the cache link, and serve, another repository's private blob whose digest it learned."""
+        if stored != claimed:
+            raise UpstreamUnavailable(
+                f"{upstream.name}: blob {remote}@{digest} is {claimed} bytes there, {stored} here"
+            )
+        if stored == 0:
+            return True
+        length = min(SAMPLE_BYTES, stored)
+        offset = secrets.randbelow(min(stored, SAMPLE_WINDOW) - length + 1)  # near the start: cheap without Range
+        sample = await upstream.blob_sample(remote, digest, offset, length)
+        if sample is None:  # a HEAD that said yes, a GET that says no
+            return False
+        local = b"".join([chunk async for chunk in self.registry.blobs.read(digest, offset, length)])
+        if sample != local:
+            raise UpstreamUnavailable(f"{upstream.name}: blob {remote}@{digest}: its bytes are not the blob's")
+        return True
 
     @staticmethod
     def _refusal(error: UpstreamUnavailable, unknown: RegistryError) -> RegistryError:

@@ -171,6 +171,31 @@ class Upstream:
             raise UpstreamUnavailable(f"{self.name}: blob {remote}@{digest}: no size in the answer to HEAD")
         return int(length)
 
+    async def blob_sample(self, remote: str, digest: Digest, offset: int, length: int) -> bytes | None:
+        """`length` bytes of the blob from `offset` as the upstream holds them (a Range request; from an upstream
+        that ignores Range, read off the whole body up to there), or None when it has no such blob."""
+        last = offset + length - 1
+        headers = {**IDENTITY, "Range": f"bytes={offset}-{last}"}
+        async with self._request("GET", f"/v2/{remote}/blobs/{digest}", headers) as response:
+            if response.status_code == 404:
+                return None
+            self._expect(response, f"blob {remote}@{digest}")
+            skip = offset
+            if response.status_code == 206:
+                if not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-{last}/"):
+                    raise UpstreamUnavailable(f"{self.name}: blob {remote}@{digest}: not the range asked for")
+                skip = 0
+            received = bytearray()
+            try:
+                async with asyncio.timeout(self.manifest_deadline):
+                    async for chunk in response.aiter_raw():
+                        received += chunk
+                        if len(received) >= skip + length:
+                            break
+            except TimeoutError:
+                raise UpstreamUnavailable(f"{self.name}: blob {remote}@{digest}: too slow to answer") from None
+        return bytes(received[skip : skip + length])
+
     @contextlib.asynccontextmanager
     async def open_blob(
         self, remote: str, digest: Digest, offset: int = 0, size: int | None = None

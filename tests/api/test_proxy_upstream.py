@@ -241,11 +241,20 @@ async def test_a_private_layer_is_not_served_through_a_cached_name(
         response = await client.request(method, f"/v2/up/anything/blobs/{secret}", headers=basic("mallory"))
         assert response.status_code == 404, (method, response.text)
     assert ("HEAD", f"/v2/anything/blobs/{secret}") in [(m, p) for m, p, _ in upstream.requests]
-    # Once the upstream says the repository has it, the stored copy serves (deduplicated, not fetched again).
+    # An upstream that claims it (a HEAD says 200, with the right size) without showing its bytes: still not linked.
     upstream.routes[("HEAD", f"/v2/other/blobs/{secret}")] = (200, {"Content-Length": "29"}, b"")
+    claimed = await client.get(f"/v2/up/other/blobs/{secret}", headers=basic("mallory"))
+    assert claimed.status_code == 404, claimed.text
+    # One that shows other bytes under the digest (it learned the digest, not the content): refused.
+    upstream.routes[("GET", f"/v2/other/blobs/{secret}")] = (200, {}, b"x" * 29)
+    forged = await client.get(f"/v2/up/other/blobs/{secret}", headers=basic("mallory"))
+    assert forged.status_code == 503 and "private layer" not in forged.text, forged.text
+    # One that holds the bytes: the stored copy serves (deduplicated: a sample of the bytes asked, not the blob).
+    upstream.routes[("GET", f"/v2/other/blobs/{secret}")] = (200, {}, b"a private layer of secret/app")
     served = await client.get(f"/v2/up/other/blobs/{secret}", headers=basic("mallory"))
-    assert served.status_code == 200
-    assert not any(m == "GET" and "/blobs/" in p for m, p, _ in upstream.requests)
+    assert served.status_code == 200 and served.content == b"a private layer of secret/app"
+    samples = [h.get("Range") for m, p, h in upstream.requests if m == "GET" and "/blobs/" in p]
+    assert samples == ["bytes=0-28"] * 3  # the whole of a blob this small; of a larger one, 256 bytes
 
 
 async def test_mirror_mode_a_blob_request_keeps_the_name_a_cache(
@@ -663,3 +672,34 @@ async def test_a_push_into_a_cached_prefix_is_authorized_before_it_is_refused(
     refused = await client.post("/v2/up/team/x/blobs/uploads/", headers=basic("admin"))
     assert refused.status_code == 405
     assert refused.json()["errors"][0]["code"] == "UNSUPPORTED"
+
+
+async def test_a_stored_blob_is_proven_with_a_sample_not_fetched_again(
+    client_factory: ClientFactory, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Deduplication stays cheap: an upstream that holds a blob already stored here shows 256 of its bytes, at an
+    offset within the first MiB it cannot foresee (a Range request), and the stored copy serves."""
+    data = os.urandom(3 * 1024 * 1024)
+    sent: list[tuple[str, int]] = []
+
+    def ranged(request: BaseHTTPRequestHandler) -> None:
+        first, _, last = request.headers["Range"].removeprefix("bytes=").partition("-")
+        start, end = int(first), int(last)
+        request.send_response(206)
+        request.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        request.send_header("Content-Length", str(end - start + 1))
+        request.end_headers()
+        request.wfile.write(data[start : end + 1])
+        sent.append((request.headers["Range"], end - start + 1))
+
+    upstream.blob_get = ranged
+    client = await client_factory(with_mallory(tmp_path, upstream, "up"))
+    client.auth = httpx.BasicAuth("admin", PASSWORD)
+    digest = await push_blob(client, "team/base", data)
+    client.auth = None
+    upstream.routes[("HEAD", f"/v2/library/base/blobs/{digest}")] = (200, {"Content-Length": str(len(data))}, b"")
+    served = await client.get(f"/v2/up/library/base/blobs/{digest}", headers=basic("mallory"))
+    assert served.status_code == 200 and served.content == data
+    assert len(sent) == 1 and sent[0][1] == 256, sent
+    start = int(sent[0][0].removeprefix("bytes=").partition("-")[0])
+    assert 0 <= start <= 1024 * 1024 - 256
