@@ -170,6 +170,11 @@ async def _image(
         view.problems.append(f"the config is {config.size} bytes: larger than this page reads")
         return
     try:
+        # Only a config the repository holds: a cached manifest names whatever config its upstream wrote, which
+        # this repository has only once pulled (an upstream must not have another repository's config shown).
+        if not await registry.blobs.is_linked(name, config.digest):
+            view.problems.append("the config is not in this repository yet (a cached image's comes with its pull)")
+            return
         body = json.loads(await registry.blobs.read_all(config.digest))
     except (RegistryError, StorageError, ValueError, UnicodeDecodeError):
         view.problems.append("the config blob could not be read")

@@ -19,6 +19,8 @@ from registry import paths
 from registry.store.registry import Registry
 from registry.ui.sessions import SESSION_COOKIE, Sessions, _key
 from tests.api.conftest import make_settings
+from tests.api.helpers import OCI_MANIFEST, push_blob
+from tests.api.test_proxy_upstream import FakeUpstream
 from tests.ui.conftest import (
     PASSWORD,
     UiFactory,
@@ -32,6 +34,7 @@ from tests.ui.conftest import (
 )
 from tests.ui.test_ui_pages import push_rich_image
 
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 REPOSITORIES = ("team/app", "secret/app", "public/app", "other/app")
 VISIBLE = {
     None: {"public/app"},
@@ -381,3 +384,30 @@ async def test_expired_session_records_are_pruned(
         await registry.aclose()
     assert live.exists() and not stale.exists()
     assert 'id="signed-in-as"' in (await ui.get("/ui/")).text  # the live session is untouched
+
+
+async def test_a_cached_image_never_shows_a_config_its_repository_does_not_hold(
+    ui_factory: UiFactory, htpasswd: Path
+) -> None:
+    """A cached manifest names whatever config its upstream wrote: one naming the digest of another repository's
+    private config (learned somewhere) must not have that config shown on the cached image's page."""
+    upstream = FakeUpstream()
+    try:
+        sections = auth_sections(htpasswd)
+        sections["access"].append({"repository": "up/**", "users": ["carol"], "actions": ["pull"]})
+        sections["proxy"] = {"upstreams": [{"name": "up", "url": upstream.url, "prefix": "up", "attempts": 1}]}
+        ui = await ui_factory(sections)
+        config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Env": ["DB_PASSWORD=hunter2"]}})
+        config_digest = await as_user(ui, "alice", lambda: push_blob(ui, "secret/app", config.encode()))
+        descriptor = {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": len(config)}
+        forged = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor, "layers": []})
+        digest = upstream.manifest("lure/app", "v1", forged.encode())
+        pull = lambda: ui.get("/v2/up/lure/app/manifests/v1", headers={"Accept": OCI_MANIFEST})  # noqa: E731
+        assert (await as_user(ui, "carol", pull)).status_code == 200
+        await sign_in(ui, "carol")
+        page = await ui.get(f"/ui/r/up/lure/app/-/images/{digest}")
+        assert page.status_code == 200, page.text
+        assert "hunter2" not in page.text and "DB_PASSWORD" not in page.text
+        assert "not in this repository yet" in text_of(page)
+    finally:
+        upstream.close()
