@@ -97,10 +97,13 @@ class RegistryClient:
         if response.status_code != 200:
             raise error_from_response(response, subject)
         data = response.content
-        # By digest, the bytes must hash to it; by tag, to what the registry says the tag points at.
+        # By digest, the bytes must hash to it; by tag, to what the registry says the tag points at. A digest the
+        # client cannot check is never taken: asked for, it is refused; said by the registry, the bytes' own is used.
         digest = reference if ":" in reference else response.headers.get("Docker-Content-Digest")
-        if digest and digest.partition(":")[0] in ("sha256", "sha512"):
+        if digest and (":" in reference or digest.partition(":")[0] in ("sha256", "sha512")):
             verify_digest(data, digest, f"manifest {subject}")
+        else:
+            digest = None
         return Manifest.parse(data, response.headers.get("Content-Type"), digest)
 
     async def manifest_digest(self, repository: str, reference: str) -> str:
@@ -110,8 +113,10 @@ class RegistryClient:
         response = await self.transport.request(
             "HEAD", f"/v2/{repository}/manifests/{reference}", headers={"Accept": ACCEPT_MANIFESTS}
         )
-        if response.status_code == 200 and response.headers.get("Docker-Content-Digest"):
-            return response.headers["Docker-Content-Digest"]
+        said = response.headers.get("Docker-Content-Digest", "")
+        if response.status_code == 200 and said.partition(":")[0] in ("sha256", "sha512"):
+            return said
+        # Without one (or with one of an algorithm the client cannot check): the bytes' own digest.
         if response.status_code not in (200, 405):
             raise error_from_response(response, f"{repository}:{reference}")
         return (await self.get_manifest(repository, reference)).digest

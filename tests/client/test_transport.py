@@ -261,3 +261,23 @@ async def test_concurrent_requests_challenged_together_all_go_through() -> None:
     finally:
         await transport.aclose()
     assert [response.status_code for response in responses] == [200] * 4
+
+
+async def test_a_digest_the_client_cannot_check_is_never_reported() -> None:
+    """A registry's Docker-Content-Digest of an unknown algorithm was reported as the manifest's digest unchecked;
+    now the bytes' own sha256 is, and a reference by such a digest is refused."""
+    body = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}'
+    own = "sha256:" + hashlib.sha256(body).hexdigest()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {
+            "Docker-Content-Digest": "md5:0123456789abcdef",
+            "Content-Type": "application/vnd.oci.image.manifest.v1+json",
+        }
+        return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else body)
+
+    registry = make_registry(handler)
+    assert (await registry.get_manifest("team/app", "v1")).digest == own
+    assert await registry.manifest_digest("team/app", "v1") == own
+    with pytest.raises(ClientError, match="unsupported digest algorithm"):
+        await registry.get_manifest("team/app", "md5:0123456789abcdef")
