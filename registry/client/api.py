@@ -113,7 +113,7 @@ class RegistryClient:
         response = await self.transport.request(
             "HEAD", f"/v2/{repository}/manifests/{reference}", headers={"Accept": ACCEPT_MANIFESTS}
         )
-        said = response.headers.get("Docker-Content-Digest", "")
+        said = str(response.headers.get("Docker-Content-Digest", ""))
         if response.status_code == 200 and said.partition(":")[0] in ("sha256", "sha512"):
             return said
         # Without one (or with one of an algorithm the client cannot check): the bytes' own digest.
