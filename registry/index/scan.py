@@ -92,7 +92,8 @@ async def read_repository(
     revisions = {str(d): at for d, at in zip(revision_digests, pushed, strict=True) if at is not None}
     # An index's record is made of its children's as they are now: only images' records are reused.
     unknown = [digest for digest in revisions if digest not in known or known[digest].media_type in INDEXES]
-    loading = (_load(registry, name, d, limit, skipped) for d in unknown)
+    cached = await _is_cached(registry, name)
+    loading = (_load(registry, name, d, limit, skipped, cached) for d in unknown)
     loaded = [found for found in await asyncio.gather(*loading) if found]
     records = {d: dataclasses.replace(known[d], pushed_at=at) for d, at in revisions.items() if d in known}
     _add_records(name, loaded, revisions, records, records, skipped)
@@ -130,9 +131,9 @@ async def read_facts(
     revisions = {str(d): at for d, at in zip(parsed_digests, pushed, strict=True) if at is not None}
     known = await lookup([digest for digest in revisions if digest not in above])
     unknown = [digest for digest in revisions if digest not in known]
-    loaded = [
-        found for found in await asyncio.gather(*(_load(registry, name, d, limit, skipped) for d in unknown)) if found
-    ]
+    cached = bool(unknown) and await _is_cached(registry, name)
+    loading = (_load(registry, name, d, limit, skipped, cached) for d in unknown)
+    loaded = [found for found in await asyncio.gather(*loading) if found]
     # Children this read does not cover, as the index holds them; those it covers count as storage has them now.
     children = {str(c.digest) for item in loaded if item.parsed is not None for c in item.parsed.children}
     outside = sorted(children - wanted - above)
@@ -247,9 +248,16 @@ async def _read_tag(registry: Registry, name: str, tag: str, limit: asyncio.Sema
     return TagRecord(tag, str(digest), info.modified.timestamp())
 
 
+async def _is_cached(registry: Registry, name: str) -> bool:
+    """Whether `name` is a cache of an upstream (registry/proxy), whose manifests name what their upstream wrote."""
+    return registry.read_through is not None and name in await registry.read_through.origins([name])
+
+
 async def _load(
-    registry: Registry, name: str, digest: str, limit: asyncio.Semaphore, skipped: Skipped
+    registry: Registry, name: str, digest: str, limit: asyncio.Semaphore, skipped: Skipped, cached: bool = False
 ) -> _Loaded | None:
+    """The manifest and its image config. `cached`: the config only when the repository holds it (a cached
+    manifest was never checked against the repository, as a push is: it could name another repository's config)."""
     async with limit:
         try:
             stored = await registry.manifests.load(name, Digest.parse(digest))
@@ -263,7 +271,9 @@ async def _load(
             skipped("manifest", what, problems)
         config = None
         if parsed is not None and parsed.config is not None and _is_image_config(parsed.config):
-            config = await _read_config(registry, parsed.config.digest, f"config of {what}", limit, skipped)
+            held = not cached or await registry.blobs.is_linked(name, parsed.config.digest)
+            if held:
+                config = await _read_config(registry, parsed.config.digest, f"config of {what}", limit, skipped)
     except (StorageError, OSError):
         raise
     except Exception as e:  # a case the lenient reader did not foresee: indexed by name and size

@@ -41,6 +41,7 @@ from registry.proxy.upstreams import (
 )
 from registry.store.blobs import BlobInfo, blob_unknown
 from registry.store.events import Event, EventType, acting_as, current_origin
+from registry.store.manifest_format import parse_manifest
 from registry.store.tags import manifest_unknown
 from storage_backends import StorageError
 
@@ -55,6 +56,7 @@ ABSENT_SECONDS = 10.0
 USED_MIN_SECONDS = 1.0
 CHECKED_LIMIT = 65536
 CACHE_STATUS_HEADER = "Moorage-Cache"
+CONFIG_FIRST_MAX_BYTES = 4 * 1024 * 1024  # a config larger than this comes with the client's request only
 SAMPLE_BYTES = 256  # what an upstream shows of a blob already stored before it is linked for one of its names
 SAMPLE_WINDOW = 1024 * 1024  # the sample lies within the first MiB (an upstream without Range sends the body)
 
@@ -236,6 +238,7 @@ class ProxyCache:
             raise manifest_unknown(name, tag or digest)
         if not await self._mark_cached(upstream, name):  # pushed here meanwhile: local now
             raise manifest_unknown(name, tag or digest)
+        await self._config_first(upstream, name, found.data)
         try:
             with _filling(upstream):
                 await registry.manifests.put(name, tag or digest, found.data, "", cached=True)
@@ -246,6 +249,24 @@ class ProxyCache:
             # client pulling it, the cache cannot serve it.
             logger.warning("proxy: %s sent %s@%s, which cannot be stored: %s", upstream.name, name, digest, e)
             raise UpstreamUnavailable(f"{upstream.name}: its manifest {digest} cannot be stored ({e.code.name})") from e
+
+    async def _config_first(self, upstream: Upstream, name: str, data: bytes) -> None:
+        """An image's config comes into the repository before its manifest (the client asks for it next anyway),
+        so that what reads a cached manifest's config (the metadata index, the UI) reads one the repository holds,
+        never one of another repository whose digest the upstream's manifest named. What fails here is left to
+        the client's own request for the config."""
+        try:
+            config = parse_manifest(data, "").config
+        except RegistryError:
+            return  # the store refuses it next, and says why
+        if config is None or config.size > CONFIG_FIRST_MAX_BYTES:
+            return
+        try:
+            info = await self.blob(name, config.digest, fetch=True)
+            if info is not None and info.spooled:
+                await self.fills.stored(upstream, config.digest)
+        except (RegistryError, StorageError) as e:
+            logger.info("proxy: the config %s of a manifest of %s did not come first: %s", config.digest, name, e)
 
     async def _mark_cached(self, upstream: Upstream, name: str) -> bool:
         """Record that `name` is a cache of `upstream`, before anything of it is stored (in mirror mode, a name with

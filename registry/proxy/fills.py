@@ -71,6 +71,11 @@ class Fill:
             with contextlib.suppress(OSError):
                 on_disk.close()
 
+    async def wait_finished(self) -> None:
+        """Until the fill is over: stored, or failed (`error`)."""
+        while not self.finished:
+            await self._changed.wait()
+
     @property
     def spooled_in_memory(self) -> bool:
         return self._spool_medium.in_memory
@@ -341,6 +346,12 @@ class Fills:
         if not found or fill.size is None:
             return None
         return BlobInfo(digest, fill.size, spooled=True)
+
+    async def stored(self, upstream: Upstream, digest: Digest) -> None:
+        """Until the fill of `digest` from `upstream` under way (if any) is over."""
+        fill = self._fills.get((upstream.name, digest))
+        if fill is not None:
+            await asyncio.shield(fill.wait_finished())
 
     async def _run(
         self,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -703,3 +703,83 @@ async def test_a_stored_blob_is_proven_with_a_sample_not_fetched_again(
     assert len(sent) == 1 and sent[0][1] == 256, sent
     start = int(sent[0][0].removeprefix("bytes=").partition("-")[0])
     assert 0 <= start <= 1024 * 1024 - 256
+
+
+def image_with_config(config: bytes, layer: bytes) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": "sha256:" + hashlib.sha256(layer).hexdigest(),
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
+
+
+async def summary_when_indexed(client: httpx.AsyncClient, name: str, headers: dict[str, str]) -> dict[str, Any]:
+    for _ in range(100):  # the index applies the fill's events in the background
+        response = await client.get(f"/api/v1/repositories/{name}", headers=headers)
+        if response.status_code == 200 and response.json()["tags"]:
+            return cast(dict[str, Any], response.json())
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} never indexed: {response.text}")
+
+
+async def test_a_cached_images_config_comes_first_and_is_indexed(
+    client_factory: ClientFactory, upstream: FakeUpstream
+) -> None:
+    """The config is in the cached repository before its manifest (one upstream GET, which the client's own
+    request for it then does not repeat), so the index reads it: platform and description."""
+    config = json.dumps(
+        {"architecture": "arm64", "os": "linux", "config": {"Labels": {"description": "from the upstream"}}}
+    ).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    upstream.manifest("team/app", "v1", image_with_config(config, b"layer"))
+    for method in ("HEAD", "GET"):
+        upstream.routes[(method, f"/v2/team/app/blobs/{config_digest}")] = (200, {}, config)
+    client = await client_factory(proxied(upstream))
+    assert (await client.get("/v2/up/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST})).status_code == 200
+    summary = await summary_when_indexed(client, "up/team/app", {})
+    assert summary["description"] == "from the upstream"
+    assert summary["tags"][0]["platforms"] == ["linux/arm64"]
+    assert (await client.get(f"/v2/up/team/app/blobs/{config_digest}")).content == config
+    config_gets = [p for m, p, _ in upstream.requests if m == "GET" and p.endswith(config_digest)]
+    assert len(config_gets) == 1
+
+
+async def test_a_cached_manifest_naming_another_repositorys_config_does_not_index_it(
+    client_factory: ClientFactory, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """An upstream's manifest naming the digest of a private config stored here (the upstream cannot show its
+    bytes): the cached image is indexed without it, so search never shows that config's labels."""
+    client = await client_factory(with_mallory(tmp_path, upstream, "up"))
+    client.auth = httpx.BasicAuth("admin", PASSWORD)
+    private = json.dumps(
+        {"architecture": "s390x", "os": "linux", "config": {"Labels": {"description": "secret project X"}}}
+    ).encode()
+    await push_blob(client, "secret/app", private)
+    client.auth = None
+    upstream.manifest("lure/app", "v1", image_with_config(private, b"layer"))
+    private_digest = "sha256:" + hashlib.sha256(private).hexdigest()
+    upstream.routes[("HEAD", f"/v2/lure/app/blobs/{private_digest}")] = (
+        200,
+        {"Content-Length": str(len(private))},
+        b"",
+    )
+    mallory = basic("mallory")
+    pulled = await client.get("/v2/up/lure/app/manifests/v1", headers={**mallory, "Accept": OCI_MANIFEST})
+    assert pulled.status_code == 200, pulled.text
+    summary = await summary_when_indexed(client, "up/lure/app", mallory)
+    assert "secret project X" not in json.dumps(summary) and "s390x" not in json.dumps(summary)
+    search = await client.get("/api/v1/search", params={"q": "secret project"}, headers=mallory)
+    assert search.status_code == 200 and "up/lure/app" not in search.text
