@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
@@ -18,6 +19,7 @@ from registry.client.transport import Transport
 PAGE_SIZE = 1000
 MAX_PAGES = 10_000  # ten million names at PAGE_SIZE: a registry that goes on is looping, or hostile
 SEARCH_LIMIT = 25
+CHECKABLE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 
 
 def error_from_response(response: httpx.Response, subject: str) -> RegistryResponseError:
@@ -114,7 +116,7 @@ class RegistryClient:
             "HEAD", f"/v2/{repository}/manifests/{reference}", headers={"Accept": ACCEPT_MANIFESTS}
         )
         said = str(response.headers.get("Docker-Content-Digest", ""))
-        if response.status_code == 200 and said.partition(":")[0] in ("sha256", "sha512"):
+        if response.status_code == 200 and CHECKABLE_DIGEST.fullmatch(said):  # what goes into URLs next: exact
             return said
         # Without one (or with one of an algorithm the client cannot check): the bytes' own digest.
         if response.status_code not in (200, 405):

@@ -112,7 +112,7 @@ async def read_whole(response: httpx.Response, limit: int = MAX_RESPONSE) -> htt
     codings = [c for c in codings if c not in ("", "identity")]
     headers = response.headers
     body = bytes(raw)
-    if codings:
+    if codings and body:  # an empty body (a HEAD's) has nothing to decode, whatever it says
         body = _decoded(body, codings, limit, response.request.url.host)
         dropped = ("content-encoding", "content-length")
         headers = httpx.Headers([(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped])

@@ -22,7 +22,7 @@ from registry.client.progress import Reporter, make_reporter
 from registry.client.pull import pull_image
 from registry.client.push import push_image
 from registry.client.reference import check_tag, parse_reference, parse_registry, parse_repository
-from registry.client.terminal import printable
+from registry.client.terminal import printable, printable_lines
 
 
 def _connect(args: argparse.Namespace, registry: str) -> RegistryClient:
@@ -37,11 +37,14 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def _print_result(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
+def _print_result(args: argparse.Namespace, result: dict[str, Any], text: str | list[str]) -> None:
+    """`result` as JSON with --json, else `text`: one line, or a line per item (each kept to its line)."""
     if args.json_output:
         print(json.dumps(result))
-    else:
+    elif isinstance(text, str):
         print(printable(text))
+    else:
+        print(printable_lines(text))
 
 
 async def cmd_push(args: argparse.Namespace) -> int:
@@ -188,7 +191,7 @@ async def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json_output:
         _print_json(info)
     else:
-        print(printable(format_inspection(info)))
+        print(printable_lines(format_inspection(info)))
     return 0
 
 
@@ -197,7 +200,7 @@ async def cmd_tags(args: argparse.Namespace) -> int:
     async with _connect(args, repo.registry) as registry:
         registry.allow(repo.repository, "pull")
         tags = await registry.tags(repo.repository)
-    _print_result(args, {"name": repo.repository, "tags": tags}, "\n".join(tags))
+    _print_result(args, {"name": repo.repository, "tags": tags}, tags)
     return 0
 
 
@@ -206,7 +209,7 @@ async def cmd_catalog(args: argparse.Namespace) -> int:
     async with _connect(args, host) as registry:
         registry.transport.add_scope("registry:catalog:*")
         repositories = await registry.catalog()
-    _print_result(args, {"repositories": repositories}, "\n".join(repositories))
+    _print_result(args, {"repositories": repositories}, repositories)
     return 0
 
 
@@ -214,8 +217,8 @@ async def cmd_search(args: argparse.Namespace) -> int:
     host = parse_registry(args.registry)
     async with _connect(args, host) as registry:
         results = await registry.search(args.term, args.limit)
-    text = "\n".join(f"{r['name']}\t{r.get('description') or ''}".rstrip() for r in results)
-    _print_result(args, {"query": args.term, "results": results}, text)
+    lines = [f"{r['name']}\t{r.get('description') or ''}".rstrip() for r in results]
+    _print_result(args, {"query": args.term, "results": results}, lines)
     return 0
 
 

@@ -66,7 +66,7 @@ async def inspect_image(registry: RegistryClient, ref: Reference) -> dict[str, A
     return result
 
 
-def format_inspection(info: dict[str, Any]) -> str:
+def format_inspection(info: dict[str, Any]) -> list[str]:
     lines = [
         f"Name:       {info['reference']}",
         f"Digest:     {info['digest']}",
@@ -85,4 +85,4 @@ def format_inspection(info: dict[str, Any]) -> str:
     for key in ("Entrypoint", "Cmd"):
         if inner.get(key):
             lines.append(f"{key + ':':<11} {json.dumps(inner[key])}")
-    return "\n".join(lines)
+    return lines

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import re
 
-# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional embeddings, overrides and isolates.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 controls but tab (newlines too: a name holding one would print as a line of its own), DEL, C1 controls, the
+# bidirectional marks, embeddings, overrides and isolates, and the Unicode line and paragraph separators.
+_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
+    """One line of output, whatever `text` holds."""
     return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def printable_lines(lines: list[str]) -> str:
+    """Lines of output, one per item, whatever each holds."""
+    return "\n".join(printable(line) for line in lines)

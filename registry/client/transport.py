@@ -41,6 +41,9 @@ SEND_BUFFER = 1024 * 1024
 # `([A-Za-z_]+)\s*=` retried every suffix of a long run of letters with no `=` (30,000 of them: 13 s of CPU).
 _CHALLENGE_PARAM = re.compile(r'(?<![A-Za-z_])([A-Za-z_]++)\s*+=\s*+(?:"((?:[^"\\]|\\.)*+)"|([^\s,]++))')
 MAX_CHALLENGE = 16 * 1024  # far more than any registry's challenge
+MAX_REDIRECTS = 10
+MAX_REDIRECT_BODY = 64 * 1024
+MAX_TOKEN_RESPONSE = 1024 * 1024  # a token server's answer: a few KiB (in the proxy, one per concurrent 401)
 
 Body = Callable[[], AsyncIterable[bytes]]
 
@@ -76,6 +79,7 @@ class Transport:
         client: httpx.AsyncClient | None = None,
         retry_statuses: frozenset[int] = RETRY_STATUSES,
         base_url: str | None = None,
+        token_deadline: float | None = None,
     ) -> None:
         self.registry = registry
         # A CA file means TLS even for a local registry; else localhost and --insecure mean plain HTTP. `base_url`
@@ -87,7 +91,9 @@ class Transport:
         self.backoff = backoff
         self.retry_statuses = retry_statuses
         self.scopes: set[str] = set()
+        self.token_deadline = token_deadline  # a whole token answer within this (each read has its own timeout)
         self._authorization: str | None = None
+        self._authenticating = asyncio.Lock()
         verify: ssl.SSLContext | bool = True
         if ca_file:
             verify = ssl.create_default_context()
@@ -106,6 +112,25 @@ class Transport:
     def url(self, path_or_url: str) -> str:
         """An absolute URL: registry paths (`/v2/...`) and relative `Location`s resolve against the registry."""
         return str(httpx.URL(self.base_url).join(path_or_url))
+
+    async def _send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        """`request` sent, its redirects followed without reading their bodies (httpx reads a redirect's body whole,
+        decoded, before it follows it: unbounded)."""
+        response = await self._client.send(request, stream=True, follow_redirects=False, **kwargs)
+        for _ in range(MAX_REDIRECTS):
+            following = response.next_request
+            if following is None:
+                return response
+            try:
+                response.content  # noqa: B018 (in memory already: an in-process transport's)
+            except httpx.ResponseNotRead:
+                async for _ in response.aiter_raw():  # a short body is read, so that the connection is reused
+                    if response.num_bytes_downloaded > MAX_REDIRECT_BODY:
+                        break
+            await response.aclose()
+            response = await self._client.send(following, stream=True, follow_redirects=False)
+        await response.aclose()
+        raise ClientError(f"{request.url.host}: more than {MAX_REDIRECTS} redirects")
 
     async def request(
         self,
@@ -138,7 +163,7 @@ class Transport:
                 content=body() if body is not None else content,
             )
             try:
-                response = await self._client.send(request, stream=True)
+                response = await self._send(request)
             except httpx.TransportError as e:
                 if retry and attempt + 1 < self.attempts:
                     await asyncio.sleep(backoff_delay(attempt, self.backoff))
@@ -148,10 +173,14 @@ class Transport:
             if response.status_code == 401 and auth_tries < 2:
                 challenge = response.headers.get("WWW-Authenticate", "")
                 auth_tries += 1
-                # Concurrent requests sent before another one authenticated: retry with what it found first.
-                stale = self._authorization is not None and request_headers.get("Authorization") != self._authorization
                 try:
-                    renewed = stale or (bool(challenge) and await self._authenticate(challenge))
+                    # One challenge answered at a time: concurrent requests refused together (a pull's blobs) wait
+                    # for the first one's token, instead of each asking the token server (the proxy: every client's).
+                    async with self._authenticating:
+                        # Sent before another request authenticated: retried with what that one found.
+                        sent = request_headers.get("Authorization")
+                        stale = self._authorization is not None and sent != self._authorization
+                        renewed = stale or (bool(challenge) and await self._authenticate(challenge))
                 except BaseException:
                     await response.aclose()
                     raise
@@ -223,7 +252,7 @@ class Transport:
             if service:
                 form["service"] = service
             request = self._client.build_request("POST", realm, data=form)
-            return await read_whole(await self._client.send(request, stream=True))
+            return await read_whole(await self._send(request), MAX_TOKEN_RESPONSE)
         params: list[tuple[str, str | int | float | bool | None]] = []
         if service:
             params.append(("service", service))
@@ -233,14 +262,17 @@ class Transport:
             params.append(("account", self.credentials.username))
             auth = (self.credentials.username, self.credentials.password)
         request = self._client.build_request("GET", realm, params=params)
-        response = await self._client.send(request, auth=auth or httpx.USE_CLIENT_DEFAULT, stream=True)
-        return await read_whole(response)
+        response = await self._send(request, auth=auth or httpx.USE_CLIENT_DEFAULT)
+        return await read_whole(response, MAX_TOKEN_RESPONSE)
 
     async def fetch_token(self, realm: str, service: str | None, scopes: Iterable[str]) -> str:
         scope_list = list(scopes)
         for attempt in range(self.attempts):
             try:
-                response = await self._token_request(realm, service, scope_list)
+                async with asyncio.timeout(self.token_deadline):
+                    response = await self._token_request(realm, service, scope_list)
+            except TimeoutError:
+                raise ConnectionFailed(f"token server {realm}: no whole answer in {self.token_deadline:g} s") from None
             except httpx.TransportError as e:
                 if attempt + 1 < self.attempts:
                     await asyncio.sleep(backoff_delay(attempt, self.backoff))

@@ -33,6 +33,7 @@ from registry.proxy.fills import Fills
 from registry.proxy.settings import ProxySettings
 from registry.proxy.spools import SpoolMemory, default_budget
 from registry.proxy.upstreams import (
+    RangeIgnored,
     Upstream,
     UpstreamDenied,
     UpstreamUnavailable,
@@ -43,7 +44,7 @@ from registry.store.blobs import BlobInfo, blob_unknown
 from registry.store.events import Event, EventType, acting_as, current_origin
 from registry.store.manifest_format import parse_manifest
 from registry.store.tags import manifest_unknown
-from storage_backends import StorageError
+from storage_backends import PathNotFound, StorageError
 
 if TYPE_CHECKING:
     from registry.metrics import Metrics
@@ -57,8 +58,9 @@ USED_MIN_SECONDS = 1.0
 CHECKED_LIMIT = 65536
 CACHE_STATUS_HEADER = "Moorage-Cache"
 CONFIG_FIRST_MAX_BYTES = 4 * 1024 * 1024  # a config larger than this comes with the client's request only
-SAMPLE_BYTES = 256  # what an upstream shows of a blob already stored before it is linked for one of its names
-SAMPLE_WINDOW = 1024 * 1024  # the sample lies within the first MiB (an upstream without Range sends the body)
+SAMPLES = 4  # an upstream shows this many pieces of a blob stored already before it is linked for one of its names
+SAMPLE_BYTES = 256  # each this long
+SAMPLE_UNRANGED_MAX = 1024 * 1024  # from an upstream ignoring Range, a sample this far in is read off the body
 
 # What the cache did for the current request ("hit", "miss", "stale"), for the response header (registry/proxy/setup).
 cache_status: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("moorage_cache_status", default=None)
@@ -90,6 +92,8 @@ class ProxyCache:
         # What the upstream said it has not (blob sizes of None, manifests unknown), until when.
         self._absent: dict[tuple[str, ...], tuple[float, RegistryError | UpstreamDenied | None]] = {}
         self._routes: dict[str, tuple[bool, float]] = {}  # mirror mode: name -> (cached, until)
+        # (upstream, digest) whose sample did not match: fetched whole from then on (no second draw of samples)
+        self._unproven: dict[tuple[str, Digest], None] = {}
         self._used_at: dict[str, float] = {}  # when this process last recorded a use of a cached repository
 
     def bind(self, registry: Registry) -> None:
@@ -310,11 +314,14 @@ class ProxyCache:
                 return None
             present = await registry.blobs.present(digest, touch=True)
             if present is not None:  # stored already (an earlier fill, another repository): deduplicated
-                if not await self._proven(upstream, remote, digest, present.size, size):
+                proven = await self._proven(upstream, remote, digest, present.size, size)
+                if proven is False:
                     return None
-                await registry.blobs.link(name, digest)
-                self._count(upstream, "hit")
-                return present
+                if proven:
+                    await registry.blobs.link(name, digest)
+                    self._count(upstream, "hit")
+                    return present
+                # Not provable with a sample: the upstream sends it whole, checked against its digest as any fill.
             with _filling(upstream):  # the fill's task takes this context: its blob.pushed names the cache
                 info = await self.fills.fetch(registry, upstream, remote, name, digest, self._counter(upstream))
         except UpstreamUnavailable as e:
@@ -324,24 +331,43 @@ class ProxyCache:
             self._count(upstream, "miss")
         return info
 
-    async def _proven(self, upstream: Upstream, remote: str, digest: Digest, stored: int, claimed: int) -> bool:
-        """The upstream holds the bytes of the copy in storage, not only its digest: a sample of them at an offset
-        it cannot foresee must match. Else an upstream that answers 200 for any digest (hostile, or compromised)
-        would have the cache link, and serve, another repository's private blob whose digest it learned."""
+    async def _proven(self, upstream: Upstream, remote: str, digest: Digest, stored: int, claimed: int) -> bool | None:
+        """The upstream holds the bytes of the copy in storage, not only its digest: SAMPLES samples of them, each
+        SAMPLE_BYTES at an offset it cannot foresee anywhere in the blob, must match. Else an upstream that answers
+        200 for any digest (hostile, or compromised) would have the cache link, and serve, another repository's
+        private blob whose digest it learned; one that knows a part of it (a public beginning) passes only if every
+        sample falls in that part, once: after a mismatch, that upstream sends the blob whole (checked against its
+        digest as any fill) for as long as this process runs.
+
+        False: the upstream has no such blob after all. None: it is fetched whole instead (no Range support far
+        into the blob, a mismatch before, or the stored copy went meanwhile)."""
         if stored != claimed:
             raise UpstreamUnavailable(
                 f"{upstream.name}: blob {remote}@{digest} is {claimed} bytes there, {stored} here"
             )
         if stored == 0:
             return True
+        if (upstream.name, digest) in self._unproven:
+            return None
         length = min(SAMPLE_BYTES, stored)
-        offset = secrets.randbelow(min(stored, SAMPLE_WINDOW) - length + 1)  # near the start: cheap without Range
-        sample = await upstream.blob_sample(remote, digest, offset, length)
-        if sample is None:  # a HEAD that said yes, a GET that says no
+        offsets = sorted({secrets.randbelow(stored - length + 1) for _ in range(SAMPLES)})
+        asked = [upstream.blob_sample(remote, digest, offset, length, SAMPLE_UNRANGED_MAX) for offset in offsets]
+        try:
+            samples = await asyncio.gather(*asked)
+        except RangeIgnored:
+            return None
+        if any(sample is None for sample in samples):  # a HEAD that said yes, a GET that says no
             return False
-        local = b"".join([chunk async for chunk in self.registry.blobs.read(digest, offset, length)])
-        if sample != local:
-            raise UpstreamUnavailable(f"{upstream.name}: blob {remote}@{digest}: its bytes are not the blob's")
+        try:
+            for offset, sample in zip(offsets, samples, strict=True):
+                local = b"".join([chunk async for chunk in self.registry.blobs.read(digest, offset, length)])
+                if sample != local:
+                    self._unproven[(upstream.name, digest)] = None
+                    while len(self._unproven) > CHECKED_LIMIT:
+                        self._unproven.pop(next(iter(self._unproven)))
+                    raise UpstreamUnavailable(f"{upstream.name}: blob {remote}@{digest}: its bytes are not the blob's")
+        except PathNotFound:  # collected since it was found: fetched as if it never was
+            return None
         return True
 
     @staticmethod

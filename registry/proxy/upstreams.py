@@ -12,6 +12,7 @@ import contextlib
 import logging
 import ssl
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -52,6 +53,10 @@ class UpstreamUnavailable(Exception):
         self.retry_after = retry_after
 
 
+class RangeIgnored(Exception):
+    """The upstream answered a Range request with the whole blob, where reading up to the range costs too much."""
+
+
 class UpstreamDenied(UpstreamUnavailable):
     """The upstream refused access (401, 403): to this cache's clients, what it refuses does not exist (registries
     answer so for repositories that do not exist, too); what is cached may still serve."""
@@ -87,7 +92,7 @@ class Upstream:
             # past the manifest limit, checked after decoding), and the digests are of these bytes.
             headers=IDENTITY,
             # Redirects and token realms lead only where the upstream itself is, or further out (SSRF).
-            event_hooks=AddressGuard(settings.url).hooks(),
+            event_hooks=AddressGuard(settings.url, None if http_transport else _env_proxied).hooks(),
             transport=http_transport,
         )
         self.transport = Transport(
@@ -97,6 +102,7 @@ class Upstream:
             client=client,
             retry_statuses=RETRY_STATUSES - {429},  # 429 pauses this upstream instead (see `_answered`)
             base_url=settings.url,
+            token_deadline=MANIFEST_DEADLINE_TIMEOUTS * settings.timeout,
         )
         self._paused_until = 0.0
         self.manifest_deadline = MANIFEST_DEADLINE_TIMEOUTS * settings.timeout
@@ -171,9 +177,12 @@ class Upstream:
             raise UpstreamUnavailable(f"{self.name}: blob {remote}@{digest}: no size in the answer to HEAD")
         return int(length)
 
-    async def blob_sample(self, remote: str, digest: Digest, offset: int, length: int) -> bytes | None:
-        """`length` bytes of the blob from `offset` as the upstream holds them (a Range request; from an upstream
-        that ignores Range, read off the whole body up to there), or None when it has no such blob."""
+    async def blob_sample(
+        self, remote: str, digest: Digest, offset: int, length: int, max_unranged: int
+    ) -> bytes | None:
+        """`length` bytes of the blob from `offset` as the upstream holds them (a Range request), or None when it has
+        no such blob. From an upstream that ignores Range, read off the whole body when they lie within its first
+        `max_unranged` bytes; else RangeIgnored."""
         last = offset + length - 1
         headers = {**IDENTITY, "Range": f"bytes={offset}-{last}"}
         async with self._request("GET", f"/v2/{remote}/blobs/{digest}", headers) as response:
@@ -185,6 +194,8 @@ class Upstream:
                 if not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-{last}/"):
                     raise UpstreamUnavailable(f"{self.name}: blob {remote}@{digest}: not the range asked for")
                 skip = 0
+            elif offset + length > max_unranged:
+                raise RangeIgnored(f"{self.name}: blob {remote}@{digest}: no Range support")
             received = bytearray()
             try:
                 async with asyncio.timeout(self.manifest_deadline):
@@ -257,6 +268,12 @@ class Upstream:
             logger.info("proxy: %s refused %s (HTTP %d)", self.name, subject, status)
             raise UpstreamDenied(f"{self.name} refused access to {subject} (HTTP {status})")
         raise UpstreamUnavailable(f"{self.name}: {subject}: HTTP {status}")
+
+
+def _env_proxied(url: httpx.URL) -> bool:
+    """Whether httpx sends a request to `url` through a proxy from the environment (HTTP(S)_PROXY, ALL_PROXY)."""
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get(url.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(url.host)
 
 
 def _credentials(settings: UpstreamSettings) -> Credentials | None:

@@ -23,7 +23,7 @@ from registry.client.errors import ClientError
 from registry.client.mirror import warm_image
 from registry.client.progress import QuietReporter
 from registry.client.reference import parse_reference
-from registry.client.transport import Transport
+from registry.client.transport import MAX_TOKEN_RESPONSE, Transport
 from tests.client.cli_runner import run_cli
 
 MIB = 1024 * 1024
@@ -141,7 +141,7 @@ async def test_an_endless_token_answer_is_refused_at_the_bound(crafted: CraftedR
     crafted.routes["/v2/team/app/manifests/v1"] = fixed(b"{}", {"WWW-Authenticate": challenge}, status=401)
     crafted.routes["/token"] = endless
     async with client(crafted) as registry:
-        with pytest.raises(ClientError, match=f"over {MAX_RESPONSE} bytes"):
+        with pytest.raises(ClientError, match=f"over {MAX_TOKEN_RESPONSE} bytes"):
             await within(60, registry.get_manifest("team/app", "v1"))
 
 
