@@ -225,14 +225,45 @@ def test_a_registrys_words_reach_the_terminal_with_control_characters_shown(
 ) -> None:
     """Tag names and error messages are the registry's: an escape sequence in them is printed as text (a title
     set, a line hidden, a name reversed by a bidi override), never sent to the terminal as it is."""
-    tags = {"name": "team/app", "tags": ["v1", "evil\x1b]0;owned\x07", "x\x1b[2K\rfine", "\u202eexe.gpj"]}
+    forged_line = "v2\nmoorage: login succeeded"
+    tags = {"name": "team/app", "tags": ["v1", "evil\x1b]0;owned\x07", "x\x1b[2K\rfine", "\u202eexe.gpj", forged_line]}
     crafted.routes["/v2/team/app/tags/list"] = fixed(json.dumps(tags).encode(), {"Content-Type": "application/json"})
     refusal = {"errors": [{"code": "DENIED", "message": "go away\x1b[1A\x1b[2Kmoorage: all good", "detail": None}]}
     crafted.routes["/v2/team/other/tags/list"] = fixed(json.dumps(refusal).encode(), status=403)
     listed = run_cli("tags", f"{crafted.address}/team/app", docker_config=tmp_path).ok()
-    assert listed.stdout.split() == ["v1", "evil\\x1b]0;owned\\x07", "x\\x1b[2K\\rfine", "\\u202eexe.gpj"]
+    assert listed.stdout.splitlines() == [
+        "v1",
+        "evil\\x1b]0;owned\\x07",
+        "x\\x1b[2K\\rfine",
+        "\\u202eexe.gpj",
+        "v2\\nmoorage: login succeeded",  # one tag, one line: no line of the registry's making
+    ]
     refused = run_cli("tags", f"{crafted.address}/team/other", docker_config=tmp_path).failed()
     assert "\x1b" not in refused.stderr and "go away\\x1b[1A\\x1b[2Kmoorage: all good" in refused.stderr
     as_json = run_cli("tags", "--json", f"{crafted.address}/team/app", docker_config=tmp_path).ok()
     assert json.loads(as_json.stdout)["tags"] == tags["tags"]  # JSON carries them exactly, escaped by JSON itself
     assert "\x1b" not in as_json.stdout
+
+
+async def test_a_head_with_an_unreadable_encoding_and_no_body_is_read(crafted: CraftedRegistry) -> None:
+    """A HEAD has no body to decode, whatever Content-Encoding it names."""
+    digest = "sha256:" + "c" * 64
+    headers = {"Content-Encoding": "br", "Docker-Content-Digest": digest}
+    crafted.routes["/v2/team/app/manifests/v1"] = fixed(b"", headers)
+    async with client(crafted) as registry:
+        assert await registry.manifest_digest("team/app", "v1") == digest
+
+
+async def test_a_digest_header_that_is_no_exact_digest_never_reaches_a_url(crafted: CraftedRegistry) -> None:
+    """`moorage rm` resolves a tag with a HEAD, then DELETEs by the digest: a header holding a path went into the
+    DELETE's URL. Only an exact digest is taken; else the manifest's own is computed."""
+    body = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}'
+    headers = {"Docker-Content-Digest": "sha256:x/../../victim/manifests/latest"}
+    crafted.routes["/v2/team/app/manifests/v1"] = fixed(body, headers)
+    async with client(crafted) as registry:
+        with pytest.raises(ClientError):  # the GET's header does not match the bytes: refused, not followed
+            await registry.manifest_digest("team/app", "v1")
+    honest = {"Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest()}
+    crafted.routes["/v2/team/app/manifests/v2"] = fixed(body, {**honest, "Content-Encoding": "identity"})
+    async with client(crafted) as registry:
+        assert await registry.manifest_digest("team/app", "v2") == honest["Docker-Content-Digest"]
