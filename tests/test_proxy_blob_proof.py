@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from registry.digests import Digest
-from registry.proxy.cache import SAMPLE_BYTES, SAMPLES, ProxyCache
+from registry.proxy.cache import PROOF_MIN_BYTES, SAMPLE_BYTES, SAMPLES, ProxyCache, sample_offsets
 from registry.proxy.settings import UpstreamSettings
 from registry.proxy.upstreams import Upstream, UpstreamUnavailable
 
@@ -38,8 +38,11 @@ class Body(httpx.AsyncByteStream):
 class Storage:
     """registry.blobs, holding the private blob."""
 
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
     async def read(self, digest: Digest, offset: int, length: int) -> AsyncIterator[bytes]:
-        yield PRIVATE[offset : offset + length]
+        yield self.blob[offset : offset + length]
 
 
 def ranges_of(data: bytes) -> httpx.MockTransport:
@@ -52,14 +55,14 @@ def ranges_of(data: bytes) -> httpx.MockTransport:
     return httpx.MockTransport(answer)
 
 
-async def proofs(transport: httpx.MockTransport, rounds: int) -> list[bool | str | None]:
+async def proofs(transport: httpx.MockTransport, rounds: int, blob: bytes = PRIVATE) -> list[bool | str | None]:
     upstream = Upstream(UpstreamSettings(name="hub", url="https://93.184.216.34", attempts=1), http_transport=transport)
-    cache = SimpleNamespace(registry=SimpleNamespace(blobs=Storage()), _unproven={})
+    cache = SimpleNamespace(registry=SimpleNamespace(blobs=Storage(blob)), _unproven={})
     results: list[bool | str | None] = []
     try:
         for _ in range(rounds):
             try:
-                size = len(PRIVATE)
+                size = len(blob)
                 results.append(await ProxyCache._proven(cache, upstream, "x", DIGEST, size, size))  # type: ignore[arg-type]
             except UpstreamUnavailable:
                 results.append("refused")
@@ -106,3 +109,77 @@ async def test_odd_answers_never_prove_a_forged_blob(mode: str) -> None:
 
 def test_the_proof_is_small() -> None:
     assert SAMPLES * SAMPLE_BYTES == 1024
+
+
+async def test_refusing_a_sample_gives_no_second_draw() -> None:
+    """An upstream that sees an offset outside what it knows and answers 503 (or 404, or a wrong range) instead of
+    wrong bytes was drawn again at the next pull, until every sample fell where it knew: now it sends the blob whole
+    from the first refusal on."""
+    known = len(PUBLIC_PREFIX)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        first, _, last = request.headers["Range"].removeprefix("bytes=").partition("-")
+        start, end = int(first), int(last)
+        if end >= known:
+            return httpx.Response(503)
+        headers = {"Content-Range": f"bytes {start}-{end}/{len(PRIVATE)}"}
+        return httpx.Response(206, headers=headers, stream=Body(PRIVATE[start : end + 1]))
+
+    results = await proofs(httpx.MockTransport(answer), 30)
+    assert True not in results and set(results[1:]) == {None}, results
+
+
+async def test_a_small_blob_is_fetched_whole_not_sampled() -> None:
+    """Four samples of a config say little (its secret may be 30 bytes of it): under 4 MiB, the blob comes whole."""
+    small = os.urandom(PROOF_MIN_BYTES - 1)
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        return httpx.Response(500)
+
+    assert await proofs(httpx.MockTransport(answer), 3, small) == [None, None, None]
+    assert asked == []
+
+
+async def test_no_sample_request_outlives_a_failed_proof() -> None:
+    """One sample answered wrong: the others are cancelled, not left holding connections in the background."""
+    import asyncio
+
+    in_flight = 0
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight
+        first = request.headers["Range"].removeprefix("bytes=").partition("-")[0]
+        if int(first) == min(offsets_seen):
+            return httpx.Response(206, headers={"Content-Range": "bytes 0-0/1"}, stream=Body(b"x"))
+        in_flight += 1
+        try:
+            await asyncio.sleep(3)
+        finally:
+            in_flight -= 1
+        return httpx.Response(500)
+
+    offsets_seen: list[int] = []
+
+    async def recording(request: httpx.Request) -> httpx.Response:
+        offsets_seen.append(int(request.headers["Range"].removeprefix("bytes=").partition("-")[0]))
+        await asyncio.sleep(0.05)  # every sample asked before any answers
+        return await answer(request)
+
+    results = await proofs(httpx.MockTransport(recording), 1)
+    assert results == ["refused"] and in_flight == 0
+
+
+def test_every_byte_is_as_likely_to_be_sampled() -> None:
+    """The first and last bytes are in a sample as often as the middle one (a uniform offset almost never covered
+    the first bytes of a small blob, where a config keeps its environment)."""
+    size, draws = 4096, 5_000
+    hits = {"first": 0, "middle": 0, "last": 0}
+    for _ in range(draws):
+        for offset in sample_offsets(size, SAMPLE_BYTES, 4):
+            hits["first"] += offset == 0
+            hits["middle"] += offset <= size // 2 < offset + SAMPLE_BYTES
+            hits["last"] += offset + SAMPLE_BYTES == size
+    expected = draws * 4 * SAMPLE_BYTES / (size + SAMPLE_BYTES - 1)
+    assert all(0.8 * expected < n < 1.2 * expected for n in hits.values()), (hits, expected)

@@ -14,6 +14,7 @@ import re
 import socket
 import ssl
 import urllib.request
+from collections import OrderedDict
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -42,6 +43,8 @@ SEND_BUFFER = 1024 * 1024
 _CHALLENGE_PARAM = re.compile(r'(?<![A-Za-z_])([A-Za-z_]++)\s*+=\s*+(?:"((?:[^"\\]|\\.)*+)"|([^\s,]++))')
 MAX_CHALLENGE = 16 * 1024  # far more than any registry's challenge
 MAX_REDIRECTS = 10
+RECENT_AUTHORIZATIONS = 64
+MAX_AUTH_TRIES = 3  # challenges a request answers: its own, and once more if another request's answer did not do
 MAX_REDIRECT_BODY = 64 * 1024
 MAX_TOKEN_RESPONSE = 1024 * 1024  # a token server's answer: a few KiB (in the proxy, one per concurrent 401)
 
@@ -94,6 +97,9 @@ class Transport:
         self.token_deadline = token_deadline  # a whole token answer within this (each read has its own timeout)
         self._authorization: str | None = None
         self._authenticating = asyncio.Lock()
+        self._recent: OrderedDict[frozenset[str], str] = OrderedDict()  # bearer tokens found lately, by scopes
+        self._auth_generation = 0  # challenges answered (or not) so far
+        self._last_outcome: str | Exception | None = None  # of the last answer: the authorization, or its failure
         verify: ssl.SSLContext | bool = True
         if ca_file:
             verify = ssl.create_default_context()
@@ -151,10 +157,13 @@ class Transport:
         """
         attempt = 0
         auth_tries = 0
+        mine: str | None = None  # the authorization this request's own answer to a challenge got
         while True:
             request_headers = dict(headers or {})
-            if self._authorization and "Authorization" not in request_headers:
-                request_headers["Authorization"] = self._authorization
+            authorization = mine or self._authorization
+            if authorization and "Authorization" not in request_headers:
+                request_headers["Authorization"] = authorization
+            generation = self._auth_generation
             request = self._client.build_request(
                 method,
                 self.url(url),
@@ -170,21 +179,15 @@ class Transport:
                     attempt += 1
                     continue
                 raise ConnectionFailed(f"{method} {request.url}: {describe_transport_error(e)}") from e
-            if response.status_code == 401 and auth_tries < 2:
+            if response.status_code == 401 and auth_tries < MAX_AUTH_TRIES:
                 challenge = response.headers.get("WWW-Authenticate", "")
                 auth_tries += 1
                 try:
-                    # One challenge answered at a time: concurrent requests refused together (a pull's blobs) wait
-                    # for the first one's token, instead of each asking the token server (the proxy: every client's).
-                    async with self._authenticating:
-                        # Sent before another request authenticated: retried with what that one found.
-                        sent = request_headers.get("Authorization")
-                        stale = self._authorization is not None and sent != self._authorization
-                        renewed = stale or (bool(challenge) and await self._authenticate(challenge))
+                    mine = await self._answer(challenge, request_headers.get("Authorization"), generation)
                 except BaseException:
                     await response.aclose()
                     raise
-                if renewed:
+                if mine is not None:
                     await response.aclose()
                     continue
             if response.status_code in self.retry_statuses and retry and attempt + 1 < self.attempts:
@@ -202,26 +205,66 @@ class Transport:
                     raise ConnectionFailed(f"{method} {request.url}: {describe_transport_error(e)}") from e
             return response
 
-    async def _authenticate(self, challenge: str) -> bool:
-        """Answer a challenge; False when there is nothing new to try (the request then fails with 401)."""
+    async def _answer(self, challenge: str, sent: str | None, generation: int) -> str | None:
+        """The authorization to send again after `challenge`, or None when there is nothing new to try (the request
+        then fails with 401). `sent`: what the refused request carried; `generation`: `_auth_generation` then.
+
+        One challenge is answered at a time: requests refused together (a pull's blobs; in the proxy, every client's
+        request to one upstream) wait for the first one's answer instead of each asking the token server. A waiter
+        takes the failure when finding it failed (not asking again, one after another); any request takes a token
+        found lately for its challenge's scope; else it asks for itself."""
+        async with self._authenticating:
+            for scopes in [scopes for scopes, held in self._recent.items() if held == sent]:
+                del self._recent[scopes]  # refused: not offered to the next request
+            if self._auth_generation != generation:  # answered meanwhile, by another request: it failed?
+                outcome = self._last_outcome
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                if outcome is None:
+                    return None
+            covering = self._covering(challenge)
+            if covering is not None and covering != sent:
+                return covering
+            try:
+                found = await self._authenticate(challenge)
+            except Exception as e:  # not a cancellation: the next waiter asks then
+                self._auth_generation += 1
+                self._last_outcome = e
+                raise
+            self._auth_generation += 1
+            self._last_outcome = found
+            return found if found is not None and found != sent else None
+
+    def _covering(self, challenge: str) -> str | None:
+        """The newest authorization found lately that was asked for with every scope `challenge` names (in the
+        proxy, requests for several repositories of one upstream are refused together, each for its own scope)."""
+        scheme, params = parse_challenge(challenge)
+        if scheme != "bearer":
+            return self._authorization
+        wanted = set(params.get("scope", "").split())
+        return next((held for scopes, held in reversed(self._recent.items()) if wanted <= scopes), None)
+
+    async def _authenticate(self, challenge: str) -> str | None:
+        """Answer a challenge: the authorization to send from now on, None when there is nothing to try."""
         scheme, params = parse_challenge(challenge)
         if scheme == "basic":
             if self.credentials is None:
-                return False
+                return None
             token = base64.b64encode(f"{self.credentials.username}:{self.credentials.password}".encode()).decode()
-            return self._set_authorization(f"Basic {token}")
+            self._authorization = f"Basic {token}"
+            return self._authorization
         if scheme == "bearer" and "realm" in params:
             scopes = set(self.scopes)
             if params.get("scope"):
                 scopes.update(params["scope"].split(" "))
             token = await self.fetch_token(params["realm"], params.get("service"), sorted(scopes))
-            return self._set_authorization(f"Bearer {token}")
-        return False
-
-    def _set_authorization(self, value: str) -> bool:
-        changed = value != self._authorization
-        self._authorization = value
-        return changed
+            self._authorization = f"Bearer {token}"
+            self._recent.pop(frozenset(scopes), None)
+            self._recent[frozenset(scopes)] = self._authorization
+            while len(self._recent) > RECENT_AUTHORIZATIONS:
+                self._recent.popitem(last=False)
+            return self._authorization
+        return None
 
     def _token_url(self, realm: str) -> str:
         """The token server's URL (relative: the registry's). Credentials go to a token server the registry names,

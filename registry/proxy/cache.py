@@ -58,6 +58,7 @@ USED_MIN_SECONDS = 1.0
 CHECKED_LIMIT = 65536
 CACHE_STATUS_HEADER = "Moorage-Cache"
 CONFIG_FIRST_MAX_BYTES = 4 * 1024 * 1024  # a config larger than this comes with the client's request only
+PROOF_MIN_BYTES = 4 * 1024 * 1024  # a blob stored already and smaller than this comes whole again, not proven
 SAMPLES = 4  # an upstream shows this many pieces of a blob stored already before it is linked for one of its names
 SAMPLE_BYTES = 256  # each this long
 SAMPLE_UNRANGED_MAX = 1024 * 1024  # from an upstream ignoring Range, a sample this far in is read off the body
@@ -76,6 +77,14 @@ def _say(status: str) -> None:
     said = cache_status.get()
     if said is not None:
         said.append(status)
+
+
+def sample_offsets(size: int, length: int, count: int) -> list[int]:
+    """`count` offsets (fewer when two coincide) of `length`-byte samples of a `size`-byte blob, unforeseeable.
+    Drawn past both ends and clipped, so that every byte, the first and last included, is as likely to be sampled."""
+    return sorted(
+        {min(max(secrets.randbelow(size + length - 1) - (length - 1), 0), size - length) for _ in range(count)}
+    )
 
 
 class ProxyCache:
@@ -333,42 +342,52 @@ class ProxyCache:
 
     async def _proven(self, upstream: Upstream, remote: str, digest: Digest, stored: int, claimed: int) -> bool | None:
         """The upstream holds the bytes of the copy in storage, not only its digest: SAMPLES samples of them, each
-        SAMPLE_BYTES at an offset it cannot foresee anywhere in the blob, must match. Else an upstream that answers
-        200 for any digest (hostile, or compromised) would have the cache link, and serve, another repository's
-        private blob whose digest it learned; one that knows a part of it (a public beginning) passes only if every
-        sample falls in that part, once: after a mismatch, that upstream sends the blob whole (checked against its
-        digest as any fill) for as long as this process runs.
+        SAMPLE_BYTES at an offset it cannot foresee (every byte of the blob as likely to be in one), must match.
+        Else an upstream that answers 200 for any digest (hostile, or compromised) would have the cache link, and
+        serve, another repository's private blob whose digest it learned. A blob under PROOF_MIN_BYTES is fetched
+        whole instead (about as cheap, and a sample of a small blob says little). An upstream that knows a part of a
+        blob passes only if every sample falls in that part, and has one draw: once sampling has begun, anything but
+        a match (a mismatch, an error, a refusal, a missing range) has that upstream send the blob whole, checked
+        against its digest as any fill, for as long as this process runs.
 
-        False: the upstream has no such blob after all. None: it is fetched whole instead (no Range support far
-        into the blob, a mismatch before, or the stored copy went meanwhile)."""
+        False: the upstream has no such blob after all. None: it is fetched whole instead."""
         if stored != claimed:
             raise UpstreamUnavailable(
                 f"{upstream.name}: blob {remote}@{digest} is {claimed} bytes there, {stored} here"
             )
-        if stored == 0:
-            return True
-        if (upstream.name, digest) in self._unproven:
+        if stored < PROOF_MIN_BYTES or (upstream.name, digest) in self._unproven:
             return None
-        length = min(SAMPLE_BYTES, stored)
-        offsets = sorted({secrets.randbelow(stored - length + 1) for _ in range(SAMPLES)})
-        asked = [upstream.blob_sample(remote, digest, offset, length, SAMPLE_UNRANGED_MAX) for offset in offsets]
+        length = SAMPLE_BYTES
+        offsets = sample_offsets(stored, length, SAMPLES)
+        proven = False
         try:
-            samples = await asyncio.gather(*asked)
-        except RangeIgnored:
-            return None
-        if any(sample is None for sample in samples):  # a HEAD that said yes, a GET that says no
-            return False
-        try:
+            try:
+                async with asyncio.TaskGroup() as group:  # one failing cancels the others: none left running
+                    asked = [
+                        group.create_task(upstream.blob_sample(remote, digest, offset, length, SAMPLE_UNRANGED_MAX))
+                        for offset in offsets
+                    ]
+            except ExceptionGroup as failed:
+                if failed.subgroup(RangeIgnored) is not None:
+                    return None
+                raise failed.exceptions[0] from None
+            samples = [task.result() for task in asked]
+            if any(sample is None for sample in samples):  # a HEAD that said yes, a GET that says no
+                return False
             for offset, sample in zip(offsets, samples, strict=True):
-                local = b"".join([chunk async for chunk in self.registry.blobs.read(digest, offset, length)])
+                try:
+                    local = b"".join([chunk async for chunk in self.registry.blobs.read(digest, offset, length)])
+                except PathNotFound:  # collected since it was found: fetched whole, as if it never was
+                    return None
                 if sample != local:
-                    self._unproven[(upstream.name, digest)] = None
-                    while len(self._unproven) > CHECKED_LIMIT:
-                        self._unproven.pop(next(iter(self._unproven)))
                     raise UpstreamUnavailable(f"{upstream.name}: blob {remote}@{digest}: its bytes are not the blob's")
-        except PathNotFound:  # collected since it was found: fetched as if it never was
-            return None
-        return True
+            proven = True
+            return True
+        finally:
+            if not proven:
+                self._unproven[(upstream.name, digest)] = None
+                while len(self._unproven) > CHECKED_LIMIT:
+                    self._unproven.pop(next(iter(self._unproven)))
 
     @staticmethod
     def _refusal(error: UpstreamUnavailable, unknown: RegistryError) -> RegistryError:

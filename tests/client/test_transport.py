@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -281,3 +282,51 @@ async def test_a_digest_the_client_cannot_check_is_never_reported() -> None:
     assert await registry.manifest_digest("team/app", "v1") == own
     with pytest.raises(ClientError, match="unsupported digest algorithm"):
         await registry.get_manifest("team/app", "md5:0123456789abcdef")
+
+
+def scoped_registry(tokens: list[str], token_answer: int = 200, token_delay: float = 0.0) -> httpx.MockTransport:
+    """A registry whose tokens each cover the scopes asked for; every manifest needs `repository:<repo>:pull`."""
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            tokens.append(" ".join(request.url.params.get_list("scope")))
+            await asyncio.sleep(token_delay)
+            if token_answer != 200:
+                return httpx.Response(token_answer)
+            return httpx.Response(200, json={"token": "T:" + tokens[-1]})
+        want = f"repository:{request.url.path.split('/')[2]}:pull"
+        held = request.headers.get("Authorization", "").removeprefix("Bearer T:").split(" ")
+        if want in held:
+            await asyncio.sleep(0.01)
+            return httpx.Response(200)
+        challenge = f'Bearer realm="https://r.example/token",service="r",scope="{want}"'
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    return httpx.MockTransport(answer)
+
+
+async def test_concurrent_challenges_for_several_repositories_each_get_their_own_token_once() -> None:
+    """The proxy's transport to one upstream serves every repository of it: 32 requests over 4 repositories refused
+    together make 4 token requests, and all succeed (waiters once retried with another repository's token)."""
+    tokens: list[str] = []
+    client = httpx.AsyncClient(transport=scoped_registry(tokens))
+    transport = Transport("r.example", client=client, attempts=1)
+    answers = await asyncio.gather(*(transport.request("GET", f"/v2/r{i % 4}/manifests/latest") for i in range(32)))
+    await transport.aclose()
+    assert [a.status_code for a in answers] == [200] * 32
+    assert sorted(tokens) == [f"repository:r{i}:pull" for i in range(4)]
+
+
+async def test_a_failing_token_server_fails_the_waiters_at_once() -> None:
+    """Requests waiting on one challenge's answer take its failure, instead of asking again one after another
+    (each for as long as the token server takes)."""
+    tokens: list[str] = []
+    client = httpx.AsyncClient(transport=scoped_registry(tokens, token_answer=401, token_delay=0.3))
+    transport = Transport("r.example", client=client, attempts=1)
+    started = time.monotonic()
+    answers = await asyncio.gather(
+        *(transport.request("GET", "/v2/r0/manifests/latest") for _ in range(8)), return_exceptions=True
+    )
+    await transport.aclose()
+    assert all(isinstance(a, RegistryResponseError) and a.status == 401 for a in answers), answers
+    assert len(tokens) == 1 and time.monotonic() - started < 1.5
