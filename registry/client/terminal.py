@@ -11,8 +11,13 @@ from __future__ import annotations
 import re
 
 # C0 controls but tab (newlines too: a name holding one would print as a line of its own), DEL, C1 controls, the
-# bidirectional marks, embeddings, overrides and isolates, and the Unicode line and paragraph separators.
-_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# bidirectional marks, embeddings, overrides and isolates, the Unicode line and paragraph separators, invisible
+# characters (soft hyphen, zero-width ones, word joiners, the byte order mark, tag characters: names that look the
+# same), lone surrogates (which no terminal encoding takes), and the backslash (so that an escape shown is one).
+_UNSAFE = re.compile(
+    "[\\\\\x00-\x08\x0a-\x1f\x7f-\x9f\xad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+    "\ud800-\udfff\U000e0000-\U000e007f]"
+)
 
 
 def printable(text: str) -> str:

@@ -226,7 +226,11 @@ def test_a_registrys_words_reach_the_terminal_with_control_characters_shown(
     """Tag names and error messages are the registry's: an escape sequence in them is printed as text (a title
     set, a line hidden, a name reversed by a bidi override), never sent to the terminal as it is."""
     forged_line = "v2\nmoorage: login succeeded"
-    tags = {"name": "team/app", "tags": ["v1", "evil\x1b]0;owned\x07", "x\x1b[2K\rfine", "\u202eexe.gpj", forged_line]}
+    odd = ["looks\\nlike", "zero\u200bwidth", "lone\ud800"]  # a backslash, an invisible char, a lone surrogate
+    tags = {
+        "name": "team/app",
+        "tags": ["v1", "evil\x1b]0;owned\x07", "x\x1b[2K\rfine", "\u202eexe.gpj", forged_line, *odd],
+    }
     crafted.routes["/v2/team/app/tags/list"] = fixed(json.dumps(tags).encode(), {"Content-Type": "application/json"})
     refusal = {"errors": [{"code": "DENIED", "message": "go away\x1b[1A\x1b[2Kmoorage: all good", "detail": None}]}
     crafted.routes["/v2/team/other/tags/list"] = fixed(json.dumps(refusal).encode(), status=403)
@@ -237,6 +241,9 @@ def test_a_registrys_words_reach_the_terminal_with_control_characters_shown(
         "x\\x1b[2K\\rfine",
         "\\u202eexe.gpj",
         "v2\\nmoorage: login succeeded",  # one tag, one line: no line of the registry's making
+        "looks\\\\nlike",  # a backslash shown as an escape: never mistaken for one
+        "zero\\u200bwidth",
+        "lone\\ud800",  # printed, not a crash (no terminal encoding takes it)
     ]
     refused = run_cli("tags", f"{crafted.address}/team/other", docker_config=tmp_path).failed()
     assert "\x1b" not in refused.stderr and "go away\\x1b[1A\\x1b[2Kmoorage: all good" in refused.stderr
