@@ -42,7 +42,8 @@ class ScriptedNetwork(httpx.AsyncBaseTransport):
         return httpx.Response(200, content=BLOB)
 
 
-async def fetch_blob(network: ScriptedNetwork, url: str = PUBLIC_UPSTREAM) -> bytes:
+async def fetch_blob(network: httpx.AsyncBaseTransport, url: str = PUBLIC_UPSTREAM) -> bytes:
+    """The blob through an Upstream whose requests `network` carries."""
     upstream = Upstream(UpstreamSettings(name="hub", url=url, attempts=1), http_transport=network)
     try:
         async with upstream.open_blob("team/app", DIGEST) as response:

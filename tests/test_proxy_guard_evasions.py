@@ -18,6 +18,7 @@ from registry.proxy.address_guard import AddressGuard, AddressRefused, Reach, re
 from registry.proxy.settings import UpstreamSettings
 from registry.proxy.upstreams import Upstream, UpstreamUnavailable
 from tests.tcp_handlers import serving
+from tests.test_proxy_address_guard import fetch_blob
 
 BLOB = b"layer bytes"
 DIGEST = Digest.parse("sha256:" + hashlib.sha256(BLOB).hexdigest())
@@ -41,16 +42,6 @@ class Redirecting(httpx.AsyncBaseTransport):
         await self.real.aclose()
 
 
-async def fetch(url: str, network: httpx.AsyncBaseTransport) -> bytes:
-    upstream = Upstream(UpstreamSettings(name="hub", url=url, attempts=1), http_transport=network)
-    try:
-        async with upstream.open_blob("team/app", DIGEST) as response:
-            assert response is not None
-            return await response.aread()
-    finally:
-        await upstream.aclose()
-
-
 async def test_a_private_upstream_cannot_reach_this_machine_through_the_unspecified_address() -> None:
     host = "0.0.0.0"
     hits: list[bytes] = []
@@ -63,7 +54,7 @@ async def test_a_private_upstream_cannot_reach_this_machine_through_the_unspecif
     async with serving(admin) as port:
         network = Redirecting("10.1.2.3", f"http://{host}:{port}/admin/delete-everything")
         with pytest.raises(UpstreamUnavailable) as refused:
-            await fetch("http://10.1.2.3:5000", network)
+            await fetch_blob(network, "http://10.1.2.3:5000")
     assert "sent the cache to 0.0.0.0" in str(refused.value)
     assert not hits, "the request to this machine was sent (the pre-check let it through)"
 
@@ -78,7 +69,7 @@ def test_a_cloud_metadata_address_the_stdlib_calls_global_is_not_public() -> Non
 async def test_a_name_the_resolver_refuses_is_an_unavailable_upstream(target: str) -> None:
     network = Redirecting("93.184.216.34", target)
     with pytest.raises(UpstreamUnavailable):
-        await fetch("https://93.184.216.34", network)
+        await fetch_blob(network, "https://93.184.216.34")
 
 
 # A redirect loop: httpx.TooManyRedirects (not a TransportError) escaped the upstream's error handling.
@@ -87,7 +78,7 @@ async def test_a_redirect_loop_is_an_unavailable_upstream() -> None:
         return httpx.Response(307, headers={"Location": f"https://104.16.0.1/hop{len(request.url.path)}"})
 
     with pytest.raises(UpstreamUnavailable):
-        await fetch("https://93.184.216.34", httpx.MockTransport(handler))
+        await fetch_blob(httpx.MockTransport(handler), "https://93.184.216.34")
 
 
 async def test_an_upstream_naming_loopback_beside_its_public_address_gains_nothing(

@@ -69,11 +69,12 @@ async def test_a_redirects_body_is_not_read_whole_by_the_client() -> None:
     assert peak < 16 * 1024 * 1024, f"a {len(bomb())}-byte redirect body took {peak} bytes"
 
 
+def public_upstream(network: httpx.AsyncBaseTransport) -> Upstream:
+    return Upstream(UpstreamSettings(name="hub", url="https://93.184.216.34", attempts=1), http_transport=network)
+
+
 async def test_a_redirects_body_is_not_read_whole_by_the_proxy() -> None:
-    upstream = Upstream(
-        UpstreamSettings(name="hub", url="https://93.184.216.34", attempts=1),
-        http_transport=httpx.MockTransport(handler),
-    )
+    upstream = public_upstream(httpx.MockTransport(handler))
 
     async def pull() -> None:
         async with upstream.open_blob("team/app", DIGEST) as response:
@@ -102,10 +103,7 @@ async def test_concurrent_challenges_make_one_token_request() -> None:
             return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://93.184.216.34/token"'})
         return httpx.Response(200, content=BLOB)
 
-    upstream = Upstream(
-        UpstreamSettings(name="hub", url="https://93.184.216.34", attempts=1),
-        http_transport=httpx.MockTransport(token_server),
-    )
+    upstream = public_upstream(httpx.MockTransport(token_server))
 
     async def pull() -> None:
         async with upstream.open_blob("team/app", DIGEST) as response:
