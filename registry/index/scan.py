@@ -250,7 +250,7 @@ async def _read_tag(registry: Registry, name: str, tag: str, limit: asyncio.Sema
 
 async def _is_cached(registry: Registry, name: str) -> bool:
     """Whether `name` is a cache of an upstream (registry/proxy), whose manifests name what their upstream wrote."""
-    return registry.read_through is not None and name in await registry.read_through.origins([name])
+    return registry.read_through is not None and await registry.read_through.is_cache(name)
 
 
 async def _load(

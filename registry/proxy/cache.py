@@ -398,6 +398,15 @@ class ProxyCache:
         return self.fills.spooled(digest, offset, length)
 
     async def origins(self, names: Sequence[str]) -> dict[str, str]:
+        try:
+            return await self._origins(names)
+        except (StorageError, OSError):  # a listing says what it can: the prefixes, and the index the rest
+            return {name: u.name for name in names for u in self.prefixed if u.covers(name)}
+
+    async def is_cache(self, name: str) -> bool:
+        return bool(await self._origins([name]))
+
+    async def _origins(self, names: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         unprefixed: list[str] = []
         for name in names:
@@ -408,10 +417,7 @@ class ProxyCache:
                 unprefixed.append(name)
         if self.mirror is not None and unprefixed:
             exists = self.registry.backend.exists
-            try:
-                marked = await asyncio.gather(*(exists(paths.proxy_cached(name)) for name in unprefixed))
-            except (StorageError, OSError):  # a listing says what it can: the index answered the rest
-                return found
+            marked = await asyncio.gather(*(exists(paths.proxy_cached(name)) for name in unprefixed))
             found.update({name: self.mirror.name for name, cached in zip(unprefixed, marked, strict=True) if cached})
         return found
 

@@ -35,4 +35,8 @@ class ReadThrough(Protocol):
         """The bytes of a blob being fetched, as they arrive (None: no fetch of it is under way here)."""
 
     async def origins(self, names: Sequence[str]) -> dict[str, str]:
-        """Which of `names` are caches, each with the name of its upstream (for listings that say so)."""
+        """Which of `names` are caches, each with the name of its upstream (for listings that say so: as far as
+        storage answers)."""
+
+    async def is_cache(self, name: str) -> bool:
+        """Whether `name` is a cache of an upstream; raises StorageError when storage cannot say."""
