@@ -8,21 +8,24 @@ read as another. Every line the client prints passes through `printable`: such c
 
 from __future__ import annotations
 
-import re
+# Look-alike fillers that Unicode counts as letters: names printed with them look like others.
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u034f\u2800")
 
-# C0 controls but tab (newlines too: a name holding one would print as a line of its own), DEL, C1 controls, the
-# bidirectional marks, embeddings, overrides and isolates, the Unicode line and paragraph separators, invisible
-# characters (soft hyphen, zero-width ones, word joiners, the byte order mark, tag characters: names that look the
-# same), lone surrogates (which no terminal encoding takes), and the backslash (so that an escape shown is one).
-_UNSAFE = re.compile(
-    "[\\\\\x00-\x08\x0a-\x1f\x7f-\x9f\xad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
-    "\ud800-\udfff\U000e0000-\U000e007f]"
-)
+
+def _unsafe(char: str) -> bool:
+    """Anything but a printable character or a tab, by Unicode category: controls (C0, C1), formats (bidi marks,
+    overrides and isolates, zero-width characters, word joiners, the byte order mark, tag characters), lone
+    surrogates, private use and unassigned code points, line and paragraph separators and spaces other than the
+    space (newlines too: a name holding one would print as a line of its own); the fillers; and the backslash, so
+    that an escape shown is one."""
+    return char == "\\" or char in _FILLERS or not (char.isprintable() or char == "\t")
 
 
 def printable(text: str) -> str:
     """One line of output, whatever `text` holds."""
-    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text
+    return "".join(char.encode("unicode_escape").decode("ascii") if _unsafe(char) else char for char in text)
 
 
 def printable_lines(lines: list[str]) -> str:

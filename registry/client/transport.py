@@ -98,8 +98,9 @@ class Transport:
         self._authorization: str | None = None
         self._authenticating = asyncio.Lock()
         self._recent: OrderedDict[frozenset[str], str] = OrderedDict()  # bearer tokens found lately, by scopes
-        self._auth_generation = 0  # challenges answered (or not) so far
-        self._last_outcome: str | Exception | None = None  # of the last answer: the authorization, or its failure
+        self._auth_generation = 0  # challenges answered (or failed) so far
+        # The last failure of each challenge lately (realm, service, scopes): the generation it ended, and the error.
+        self._failures: dict[tuple[str, str, str, frozenset[str]], tuple[int, Exception]] = {}
         verify: ssl.SSLContext | bool = True
         if ca_file:
             verify = ssl.create_default_context()
@@ -211,17 +212,17 @@ class Transport:
 
         One challenge is answered at a time: requests refused together (a pull's blobs; in the proxy, every client's
         request to one upstream) wait for the first one's answer instead of each asking the token server. A waiter
-        takes the failure when finding it failed (not asking again, one after another); any request takes a token
-        found lately for its challenge's scope; else it asks for itself."""
+        whose very challenge (realm, service, scopes) failed meanwhile fails too, at once, not asking again one
+        after another; a failure for another challenge (another repository's) is not its own. Any request takes a
+        token found lately for its challenge's scopes; else it asks for itself."""
+        key = _challenge_key(challenge)
         async with self._authenticating:
-            for scopes in [scopes for scopes, held in self._recent.items() if held == sent]:
-                del self._recent[scopes]  # refused: not offered to the next request
-            if self._auth_generation != generation:  # answered meanwhile, by another request: it failed?
-                outcome = self._last_outcome
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                if outcome is None:
-                    return None
+            wanted = set(key[3])
+            for scopes in [scopes for scopes, held in self._recent.items() if held == sent and wanted <= scopes]:
+                del self._recent[scopes]  # refused for a scope it was asked for: not offered again
+            failed = self._failures.get(key)
+            if failed is not None and failed[0] > generation:  # this challenge failed since the request was sent
+                raise _again(failed[1])
             covering = self._covering(challenge)
             if covering is not None and covering != sent:
                 return covering
@@ -229,10 +230,13 @@ class Transport:
                 found = await self._authenticate(challenge)
             except Exception as e:  # not a cancellation: the next waiter asks then
                 self._auth_generation += 1
-                self._last_outcome = e
+                self._failures.pop(key, None)
+                self._failures[key] = (self._auth_generation, e.with_traceback(None))
+                while len(self._failures) > RECENT_AUTHORIZATIONS:
+                    self._failures.pop(next(iter(self._failures)))
                 raise
             self._auth_generation += 1
-            self._last_outcome = found
+            self._failures.pop(key, None)
             return found if found is not None and found != sent else None
 
     def _covering(self, challenge: str) -> str | None:
@@ -344,6 +348,20 @@ class Transport:
         if not isinstance(token, str) or not token:
             raise ClientError(f"token server {realm} sent no token")
         return token
+
+
+def _again(error: Exception) -> Exception:
+    """A fresh copy of `error` for another waiter to raise (one object raised in many tasks grows one traceback)."""
+    again = type(error).__new__(type(error), *error.args)
+    again.__dict__.update(error.__dict__)
+    return again
+
+
+def _challenge_key(challenge: str) -> tuple[str, str, str, frozenset[str]]:
+    """What a challenge asks for: its scheme, realm, service and scopes."""
+    scheme, params = parse_challenge(challenge)
+    scopes = frozenset(params.get("scope", "").split())
+    return scheme, params.get("realm", ""), params.get("service", ""), scopes
 
 
 def _client(verify: ssl.SSLContext | bool) -> httpx.AsyncClient:

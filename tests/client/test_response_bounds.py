@@ -226,7 +226,7 @@ def test_a_registrys_words_reach_the_terminal_with_control_characters_shown(
     """Tag names and error messages are the registry's: an escape sequence in them is printed as text (a title
     set, a line hidden, a name reversed by a bidi override), never sent to the terminal as it is."""
     forged_line = "v2\nmoorage: login succeeded"
-    odd = ["looks\\nlike", "zero\u200bwidth", "lone\ud800"]  # a backslash, an invisible char, a lone surrogate
+    odd = ["looks\\nlike", "zero\u200bwidth", "lone\ud800", "shaping\u206a", "\u3164filler"]
     tags = {
         "name": "team/app",
         "tags": ["v1", "evil\x1b]0;owned\x07", "x\x1b[2K\rfine", "\u202eexe.gpj", forged_line, *odd],
@@ -244,6 +244,8 @@ def test_a_registrys_words_reach_the_terminal_with_control_characters_shown(
         "looks\\\\nlike",  # a backslash shown as an escape: never mistaken for one
         "zero\\u200bwidth",
         "lone\\ud800",  # printed, not a crash (no terminal encoding takes it)
+        "shaping\\u206a",  # any format character, by category
+        "\\u3164filler",  # a look-alike filler
     ]
     refused = run_cli("tags", f"{crafted.address}/team/other", docker_config=tmp_path).failed()
     assert "\x1b" not in refused.stderr and "go away\\x1b[1A\\x1b[2Kmoorage: all good" in refused.stderr

@@ -284,15 +284,17 @@ async def test_a_digest_the_client_cannot_check_is_never_reported() -> None:
         await registry.get_manifest("team/app", "md5:0123456789abcdef")
 
 
-def scoped_registry(tokens: list[str], token_answer: int = 200, token_delay: float = 0.0) -> httpx.MockTransport:
+def scoped_registry(
+    tokens: list[str], token_answer: int = 200, token_delay: float = 0.0, refused: str = "-"
+) -> httpx.MockTransport:
     """A registry whose tokens each cover the scopes asked for; every manifest needs `repository:<repo>:pull`."""
 
     async def answer(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/token":
             tokens.append(" ".join(request.url.params.get_list("scope")))
             await asyncio.sleep(token_delay)
-            if token_answer != 200:
-                return httpx.Response(token_answer)
+            if token_answer != 200 or f"repository:{refused}:pull" in tokens[-1]:
+                return httpx.Response(token_answer if token_answer != 200 else 403)
             return httpx.Response(200, json={"token": "T:" + tokens[-1]})
         want = f"repository:{request.url.path.split('/')[2]}:pull"
         held = request.headers.get("Authorization", "").removeprefix("Bearer T:").split(" ")
@@ -330,3 +332,22 @@ async def test_a_failing_token_server_fails_the_waiters_at_once() -> None:
     await transport.aclose()
     assert all(isinstance(a, RegistryResponseError) and a.status == 401 for a in answers), answers
     assert len(tokens) == 1 and time.monotonic() - started < 1.5
+
+
+async def test_a_token_refused_for_one_repository_fails_no_other() -> None:
+    """In the proxy one transport serves every client of an upstream: a token server refusing one repository's
+    scope must not fail the requests for other repositories waiting on the same lock (one client asking for a
+    refused repository again and again denied everyone else)."""
+    tokens: list[str] = []
+    client = httpx.AsyncClient(transport=scoped_registry(tokens, token_delay=0.1, refused="r0"))
+    transport = Transport("r.example", client=client, attempts=1)
+    answers = await asyncio.gather(
+        *(transport.request("GET", f"/v2/r{i % 4}/manifests/latest") for i in range(8)), return_exceptions=True
+    )
+    await transport.aclose()
+    refused = [a for i, a in enumerate(answers) if i % 4 == 0]
+    assert all(isinstance(a, RegistryResponseError) for a in refused), refused
+    assert [a.status_code for i, a in enumerate(answers) if i % 4 and isinstance(a, httpx.Response)] == [200] * 6
+    assert tokens.count("repository:r0:pull") == 1  # its waiters took the failure, not a token request each
+    errors = [a for a in refused if isinstance(a, BaseException)]
+    assert len({id(e) for e in errors}) == len(errors)  # each waiter raises its own copy (no shared traceback)
