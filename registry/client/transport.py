@@ -369,11 +369,12 @@ def _client(verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
     if any(scheme != "no" for scheme in urllib.request.getproxies()):
         # httpx reads HTTP(S)_PROXY, ALL_PROXY and NO_PROXY only for a client that builds its own transports.
-        return httpx.AsyncClient(verify=verify, timeout=timeout, limits=limits, follow_redirects=True, headers=IDENTITY)
+        return httpx.AsyncClient(verify=verify, timeout=timeout, limits=limits, headers=IDENTITY)
     socket_options = [(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)]
     transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits, socket_options=socket_options)
-    # Answers as sent (see registry/client/bodies.py): nothing compressed on the way, so nothing to decode.
-    return httpx.AsyncClient(timeout=timeout, follow_redirects=True, transport=transport, headers=IDENTITY)
+    # Answers as sent (see registry/client/bodies.py): nothing compressed on the way, so nothing to decode. Redirects
+    # are followed by Transport._send, which never reads their bodies whole.
+    return httpx.AsyncClient(timeout=timeout, transport=transport, headers=IDENTITY)
 
 
 def describe_transport_error(error: httpx.TransportError) -> str:

@@ -92,7 +92,7 @@ async def read_repository(
     revisions = {str(d): at for d, at in zip(revision_digests, pushed, strict=True) if at is not None}
     # An index's record is made of its children's as they are now: only images' records are reused.
     unknown = [digest for digest in revisions if digest not in known or known[digest].media_type in INDEXES]
-    cached = await _is_cached(registry, name)
+    cached = bool(unknown) and await _is_cached(registry, name)
     loading = (_load(registry, name, d, limit, skipped, cached) for d in unknown)
     loaded = [found for found in await asyncio.gather(*loading) if found]
     records = {d: dataclasses.replace(known[d], pushed_at=at) for d, at in revisions.items() if d in known}

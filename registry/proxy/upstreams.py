@@ -87,7 +87,6 @@ class Upstream:
             verify=verify,
             timeout=httpx.Timeout(settings.timeout),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-            follow_redirects=True,
             # Bodies as they are stored: a compressed answer is not decompressed on the way in (a gzip bomb went
             # past the manifest limit, checked after decoding), and the digests are of these bytes.
             headers=IDENTITY,
